@@ -1,0 +1,160 @@
+//! The bus seam between logic (producer) and job (consumer).
+//!
+//! Messages are prost-encoded so the Kafka bus can carry the same bytes; the embedded bus is a
+//! bounded in-process queue. A full bus is an error the caller reports, never a silent drop.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::link::ShardKeys;
+
+/// One push, as logic publishes it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BusMessage {
+    #[prost(oneof = "Push", tags = "1, 2, 3")]
+    pub push: Option<Push>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Push {
+    #[prost(message, tag = "1")]
+    Keys(KeysPush),
+    #[prost(message, tag = "2")]
+    Room(RoomPush),
+    #[prost(message, tag = "3")]
+    All(BroadcastPush),
+}
+
+/// Connections on one comet, grouped by shard.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KeysPush {
+    #[prost(string, tag = "1")]
+    pub comet: String,
+    #[prost(message, repeated, tag = "2")]
+    pub targets: Vec<ShardKeys>,
+    #[prost(int32, tag = "3")]
+    pub op: i32,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub body: Bytes,
+}
+
+/// A message for every member of a room (`type://id`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoomPush {
+    #[prost(string, tag = "1")]
+    pub room: String,
+    #[prost(int32, tag = "2")]
+    pub op: i32,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body: Bytes,
+}
+
+/// A message for every connection watching `op`, paced at `speed` connections per second.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BroadcastPush {
+    #[prost(int32, tag = "1")]
+    pub op: i32,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub body: Bytes,
+    #[prost(uint32, tag = "3")]
+    pub speed: u32,
+}
+
+impl BusMessage {
+    pub fn new(push: Push) -> Self {
+        BusMessage { push: Some(push) }
+    }
+
+    /// The ordering key: one comet's, one room's and the broadcasts' messages keep their order.
+    pub fn partition_key(&self) -> String {
+        match &self.push {
+            Some(Push::Keys(k)) => format!("comet:{}", k.comet),
+            Some(Push::Room(r)) => format!("room:{}", r.room),
+            Some(Push::All(_)) | None => "all".to_string(),
+        }
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus queue full: job is not keeping up (waited {0:?})")]
+    Full(Duration),
+    #[error("bus closed: no consumer is running")]
+    Closed,
+}
+
+/// The producing side of the bus.
+#[async_trait::async_trait]
+pub trait BusProducer: Send + Sync {
+    /// Returns once the bus has accepted the message (for Kafka: the broker acknowledged it).
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
+}
+
+/// The consuming side of the bus.
+#[async_trait::async_trait]
+pub trait BusConsumer: Send {
+    /// The next message, or `None` once the bus is closed and drained.
+    async fn recv(&mut self) -> Option<BusMessage>;
+}
+
+/// Creates the embedded bus: a bounded in-process queue of `capacity` messages. A publish waits
+/// up to `wait` for room, then fails with [`BusError::Full`].
+pub fn embedded(capacity: usize, wait: Duration) -> (EmbeddedProducer, EmbeddedConsumer) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    (EmbeddedProducer { tx, wait }, EmbeddedConsumer { rx })
+}
+
+/// Producer half of the embedded bus.
+#[derive(Clone)]
+pub struct EmbeddedProducer {
+    tx: tokio::sync::mpsc::Sender<BusMessage>,
+    wait: Duration,
+}
+
+/// Consumer half of the embedded bus.
+pub struct EmbeddedConsumer {
+    rx: tokio::sync::mpsc::Receiver<BusMessage>,
+}
+
+#[async_trait::async_trait]
+impl BusProducer for EmbeddedProducer {
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        match self.tx.send_timeout(msg, self.wait).await {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                Err(BusError::Full(self.wait))
+            }
+            Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => Err(BusError::Closed),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BusConsumer for EmbeddedConsumer {
+    async fn recv(&mut self) -> Option<BusMessage> {
+        self.rx.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_bus_is_reported() {
+        let (tx, mut rx) = embedded(1, Duration::from_millis(10));
+        let msg = BusMessage::new(Push::All(BroadcastPush {
+            op: 1,
+            body: Bytes::new(),
+            speed: 0,
+        }));
+        tx.publish(msg.clone()).await.unwrap();
+        assert!(matches!(
+            tx.publish(msg.clone()).await,
+            Err(BusError::Full(_))
+        ));
+        assert_eq!(rx.recv().await, Some(msg));
+    }
+}

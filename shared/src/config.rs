@@ -1,0 +1,353 @@
+//! Configuration: one TOML file with a section per service. Every option has a default, so an
+//! empty file (or no file) is a complete configuration; `imgate.example.toml` at the repository
+//! root lists every option with its default and a comment.
+//!
+//! Durations are strings with a unit: `"500ms"`, `"8s"`, `"4m"`, `"1h"`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub comet: CometConfig,
+    pub logic: LogicConfig,
+    pub job: JobConfig,
+    pub bus: BusConfig,
+    pub store: StoreConfig,
+}
+
+/// The connection server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CometConfig {
+    /// This comet's id in the registry and in sessions; empty = `comet-<hostname>-<link port>`.
+    pub id: String,
+    /// goim TCP client listeners.
+    pub tcp_bind: Vec<String>,
+    /// WebSocket (`ws://host:port/sub`) client listeners.
+    pub ws_bind: Vec<String>,
+    /// Cluster-link listener where job delivers pushes.
+    pub link_bind: String,
+    /// Address job should dial for this comet; empty = `link_bind` with its bound port.
+    pub link_advertise: String,
+    /// Addresses of logic's cluster link (comet sends connect/disconnect/heartbeat/online here).
+    pub logic_addrs: Vec<String>,
+    /// Public addresses advertised to clients by `/goim/nodes/*`; empty = the bound addresses.
+    pub addrs: Vec<String>,
+    /// Weight in logic's node balancing.
+    pub weight: u32,
+    /// Executors (shards), each pinned to one core; 0 = one per available core.
+    pub shards: usize,
+    /// Pin each shard to a core.
+    pub pin: bool,
+    /// Listen backlog for client listeners (glommio's own is fixed at 1024).
+    #[serde(rename = "backlog")]
+    pub backlog: u32,
+    /// Accept → auth deadline.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Largest frame body accepted from a client.
+    pub max_body: usize,
+    /// Largest WebSocket upgrade request head.
+    pub ws_max_header: usize,
+    /// Pushes queued per connection before it is closed as too slow.
+    pub send_queue: usize,
+    /// How often each shard reports its connections and rooms to logic.
+    #[serde(deserialize_with = "duration")]
+    pub online_interval: Duration,
+    /// Deadline for a request to logic (connect, heartbeat, online).
+    #[serde(deserialize_with = "duration")]
+    pub logic_timeout: Duration,
+    /// Locked memory glommio reserves per shard for io_uring buffers, in bytes.
+    pub io_memory: usize,
+}
+
+/// The business HTTP API and session logic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogicConfig {
+    /// goim's HTTP API.
+    pub http_bind: String,
+    /// Cluster-link listener for comets.
+    pub link_bind: String,
+    /// Client heartbeat interval advertised by `/goim/nodes/weighted`.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// Missed heartbeats tolerated; the server closes after `heartbeat × heartbeat_max`.
+    pub heartbeat_max: u32,
+    /// Refresh interval of the online-count cache behind `/goim/online/*`.
+    #[serde(deserialize_with = "duration")]
+    pub online_refresh: Duration,
+    /// Largest HTTP push body.
+    pub max_push_body: usize,
+    /// Most keys or mids in one push request.
+    pub max_push_targets: usize,
+    /// Domain returned by `/goim/nodes/weighted` when no comet qualifies.
+    pub default_domain: String,
+    /// Suffix of web node names (`<comet id><host_domain>`).
+    pub host_domain: String,
+    pub tcp_port: u16,
+    pub ws_port: u16,
+    pub wss_port: u16,
+    /// Reconnect backoff advertised to clients.
+    pub backoff: Backoff,
+}
+
+/// Client reconnect backoff hints (seconds), passed through as goim does.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backoff {
+    pub max_delay: i32,
+    pub base_delay: i32,
+    pub factor: f32,
+    pub jitter: f32,
+}
+
+/// The push router.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobConfig {
+    /// A room batch is flushed when it holds this many messages…
+    pub room_batch: usize,
+    /// …or when its first message has waited this long.
+    #[serde(deserialize_with = "duration")]
+    pub room_max_delay: Duration,
+    /// Messages queued per comet link before the link reports itself full.
+    pub comet_queue: usize,
+    /// How often the comet registry is read for joins and departures.
+    #[serde(deserialize_with = "duration")]
+    pub registry_interval: Duration,
+}
+
+/// Which bus carries pushes from logic to job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `embedded` (in-process queue).
+    pub kind: String,
+    /// Capacity of the embedded queue.
+    pub capacity: usize,
+    /// How long a publish waits for room before the push is refused.
+    #[serde(deserialize_with = "duration")]
+    pub publish_timeout: Duration,
+}
+
+/// Where sessions, online counts and the comet registry live.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (in-process).
+    pub kind: String,
+    /// Session lifetime without a heartbeat refresh.
+    #[serde(deserialize_with = "duration")]
+    pub session_ttl: Duration,
+    /// A comet shard that has not reported for this long is gone.
+    #[serde(deserialize_with = "duration")]
+    pub online_ttl: Duration,
+}
+
+impl Default for CometConfig {
+    fn default() -> Self {
+        CometConfig {
+            id: String::new(),
+            tcp_bind: vec!["0.0.0.0:3101".into()],
+            ws_bind: vec!["0.0.0.0:3102".into()],
+            link_bind: "127.0.0.1:3109".into(),
+            link_advertise: String::new(),
+            logic_addrs: vec!["127.0.0.1:3119".into()],
+            addrs: Vec::new(),
+            weight: 10,
+            shards: 0,
+            pin: true,
+            backlog: 65535,
+            handshake_timeout: Duration::from_secs(8),
+            max_body: crate::frame::DEFAULT_MAX_BODY,
+            ws_max_header: 8192,
+            send_queue: 128,
+            online_interval: Duration::from_secs(5),
+            logic_timeout: Duration::from_secs(3),
+            io_memory: 1 << 20,
+        }
+    }
+}
+
+impl Default for LogicConfig {
+    fn default() -> Self {
+        LogicConfig {
+            http_bind: "0.0.0.0:3111".into(),
+            link_bind: "127.0.0.1:3119".into(),
+            heartbeat: Duration::from_secs(240),
+            heartbeat_max: 2,
+            online_refresh: Duration::from_secs(1),
+            max_push_body: 64 << 10,
+            max_push_targets: 10_000,
+            default_domain: "conn.goim.io".into(),
+            host_domain: ".goim.io".into(),
+            tcp_port: 3101,
+            ws_port: 3102,
+            wss_port: 3103,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            max_delay: 300,
+            base_delay: 3,
+            factor: 1.8,
+            jitter: 0.3,
+        }
+    }
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            room_batch: 20,
+            room_max_delay: Duration::from_millis(10),
+            comet_queue: 8192,
+            registry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: "embedded".into(),
+            capacity: 65536,
+            publish_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: "embedded".into(),
+            session_ttl: Duration::from_secs(30 * 60),
+            online_ttl: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that would otherwise fail late or silently.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.bus.kind != "embedded" {
+            return bad(format!(
+                "bus.kind {:?} is not supported (embedded)",
+                self.bus.kind
+            ));
+        }
+        if self.store.kind != "embedded" {
+            return bad(format!(
+                "store.kind {:?} is not supported (embedded)",
+                self.store.kind
+            ));
+        }
+        if self.comet.send_queue == 0 || self.job.room_batch == 0 || self.job.comet_queue == 0 {
+            return bad("comet.send_queue, job.room_batch and job.comet_queue must be > 0".into());
+        }
+        if self.logic.heartbeat.is_zero() || self.logic.heartbeat_max == 0 {
+            return bad("logic.heartbeat and logic.heartbeat_max must be > 0".into());
+        }
+        if self.comet.max_body == 0 || self.comet.max_body > 1 << 24 {
+            return bad("comet.max_body must be between 1 and 16 MiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `"500ms"`, `"8s"`, `"4m"`, `"1h"` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("duration {text:?} must be a whole number followed by ms, s, m or h")
+    })?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("duration {text:?} needs a unit: ms, s, m or h")),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("4m"), Ok(Duration::from_secs(240)));
+        assert!(parse_duration("4").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_file_lists_the_defaults() {
+        let text = include_str!("../../imgate.example.toml");
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml("[comet]\ntcp_bnid = []").is_err());
+        assert!(Config::from_toml("[comet]\nhandshake_timeout = \"8\"").is_err());
+        assert!(Config::from_toml("[bus]\nkind = \"kafka\"").is_err());
+    }
+}

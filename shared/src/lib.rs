@@ -1,0 +1,10 @@
+//! Pieces every imgate service shares: the goim frame codec, WebSocket framing, the
+//! cluster-link messages, configuration, and the bus and store seams with their embedded
+//! implementations.
+
+pub mod bus;
+pub mod config;
+pub mod frame;
+pub mod link;
+pub mod store;
+pub mod ws;

@@ -1,0 +1,314 @@
+//! The cluster link: prost messages in length-prefixed frames over TCP.
+//!
+//! comet → logic: `Connect`, `Disconnect`, `Heartbeat`, `RenewOnline`, `Upstream` (requests carry
+//! an id and get a reply with the same id). job → comet: `PushKeys`, `PushRoom`, `Broadcast`
+//! (pipelined, id 0, no reply). The messages are declared here with prost's derive macros, so
+//! the build needs no `protoc`; the field tags are the schema and must never be reused.
+//!
+//! Wire framing: a 4-byte big-endian length, then that many bytes of an encoded [`Envelope`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+/// Largest link frame accepted (a room batch or a broadcast body fits well inside).
+pub const MAX_LINK_FRAME: usize = 16 << 20;
+
+/// One cluster-link message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Envelope {
+    /// Request id; a reply carries the id of its request. 0 for one-way messages.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(oneof = "Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
+    pub body: Option<Body>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Body {
+    #[prost(message, tag = "2")]
+    Connect(Connect),
+    #[prost(message, tag = "3")]
+    ConnectReply(ConnectReply),
+    #[prost(message, tag = "4")]
+    Disconnect(Disconnect),
+    #[prost(message, tag = "5")]
+    Heartbeat(Heartbeat),
+    #[prost(message, tag = "6")]
+    RenewOnline(RenewOnline),
+    #[prost(message, tag = "7")]
+    RenewOnlineReply(RenewOnlineReply),
+    #[prost(message, tag = "8")]
+    Upstream(Upstream),
+    /// A successful reply with nothing to say.
+    #[prost(message, tag = "9")]
+    Ok(Empty),
+    /// A failed request; the reason is for logs and close frames.
+    #[prost(message, tag = "10")]
+    Error(Failure),
+    #[prost(message, tag = "11")]
+    PushKeys(PushKeys),
+    #[prost(message, tag = "12")]
+    PushRoom(PushRoom),
+    #[prost(message, tag = "13")]
+    Broadcast(Broadcast),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Empty {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Failure {
+    #[prost(string, tag = "1")]
+    pub message: String,
+}
+
+/// Identifies one connection cluster-wide: which comet, which shard, which connection there.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct ConnRef {
+    #[prost(string, tag = "1")]
+    pub comet: String,
+    #[prost(uint32, tag = "2")]
+    pub shard: u32,
+    /// Unique within the comet process; lets logic tell a reconnect with the same key apart.
+    #[prost(uint64, tag = "3")]
+    pub conn_id: u64,
+}
+
+/// A client sent its auth frame: logic authenticates it and opens a session.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Connect {
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    /// The auth frame's body.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub token: Bytes,
+    /// The WebSocket `Cookie` header, if any.
+    #[prost(string, tag = "3")]
+    pub cookie: String,
+    #[prost(string, tag = "4")]
+    pub remote_addr: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectReply {
+    #[prost(int64, tag = "1")]
+    pub mid: i64,
+    #[prost(string, tag = "2")]
+    pub key: String,
+    #[prost(string, tag = "3")]
+    pub room: String,
+    #[prost(int32, repeated, tag = "4")]
+    pub accepts: Vec<i32>,
+    /// Server-side heartbeat expiry, in milliseconds.
+    #[prost(uint64, tag = "5")]
+    pub heartbeat_ms: u64,
+}
+
+/// The connection closed; logic removes its session if it still belongs to this connection.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Disconnect {
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    #[prost(int64, tag = "2")]
+    pub mid: i64,
+    #[prost(string, tag = "3")]
+    pub key: String,
+}
+
+/// The session is alive: logic refreshes (or re-creates) its TTL.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Heartbeat {
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    #[prost(int64, tag = "2")]
+    pub mid: i64,
+    #[prost(string, tag = "3")]
+    pub key: String,
+}
+
+/// What a comet tells the registry about itself.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CometInfo {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// Where job reaches this comet's cluster link.
+    #[prost(string, tag = "2")]
+    pub link_addr: String,
+    #[prost(string, repeated, tag = "3")]
+    pub tcp_addrs: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    pub ws_addrs: Vec<String>,
+    #[prost(uint32, tag = "5")]
+    pub weight: u32,
+    #[prost(uint32, tag = "6")]
+    pub shards: u32,
+}
+
+/// A shard's periodic report: it is alive, how many connections it holds, who is in which room.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RenewOnline {
+    #[prost(message, optional, tag = "1")]
+    pub comet: Option<CometInfo>,
+    #[prost(uint32, tag = "2")]
+    pub shard: u32,
+    #[prost(uint32, tag = "3")]
+    pub conn_count: u32,
+    /// Room key → connections of this shard in the room (empty rooms omitted).
+    #[prost(btree_map = "string, uint32", tag = "4")]
+    pub rooms: std::collections::BTreeMap<String, u32>,
+    #[prost(uint32, tag = "5")]
+    pub ip_count: u32,
+}
+
+/// Cluster-wide counts, only for the rooms the report named (goim answers with every room).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RenewOnlineReply {
+    #[prost(btree_map = "string, uint32", tag = "1")]
+    pub rooms: std::collections::BTreeMap<String, u32>,
+}
+
+/// A client frame with a business op, forwarded to logic.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Upstream {
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    #[prost(int64, tag = "2")]
+    pub mid: i64,
+    #[prost(string, tag = "3")]
+    pub key: String,
+    #[prost(int32, tag = "4")]
+    pub op: i32,
+    #[prost(int32, tag = "5")]
+    pub seq: i32,
+    #[prost(bytes = "bytes", tag = "6")]
+    pub body: Bytes,
+}
+
+/// Keys of one shard.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ShardKeys {
+    #[prost(uint32, tag = "1")]
+    pub shard: u32,
+    #[prost(string, repeated, tag = "2")]
+    pub keys: Vec<String>,
+}
+
+/// Deliver one encoded frame to the given connections of this comet, if they watch `op`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushKeys {
+    #[prost(message, repeated, tag = "1")]
+    pub targets: Vec<ShardKeys>,
+    #[prost(int32, tag = "2")]
+    pub op: i32,
+    /// One complete goim frame (header and body).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub frame: Bytes,
+}
+
+/// Deliver a batch of room messages to every member of the room on this comet.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushRoom {
+    #[prost(string, tag = "1")]
+    pub room: String,
+    /// One or more complete goim frames, concatenated, in order.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub frames: Bytes,
+    /// How many frames `frames` holds.
+    #[prost(uint32, tag = "3")]
+    pub count: u32,
+}
+
+/// Deliver one frame to every connection of this comet that watches `op`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Broadcast {
+    #[prost(int32, tag = "1")]
+    pub op: i32,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub frame: Bytes,
+    /// Connections per second for this comet; 0 = unpaced.
+    #[prost(uint32, tag = "3")]
+    pub speed: u32,
+}
+
+/// Why link bytes could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("link frame of {0} bytes exceeds the {MAX_LINK_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("undecodable link message: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+impl Envelope {
+    pub fn new(id: u64, body: Body) -> Self {
+        Envelope {
+            id,
+            body: Some(body),
+        }
+    }
+
+    /// The envelope with its 4-byte length prefix, ready to write.
+    pub fn to_frame(&self) -> Bytes {
+        let len = self.encoded_len();
+        let mut out = BytesMut::with_capacity(4 + len);
+        out.put_u32(len as u32);
+        self.encode(&mut out).expect("BytesMut grows as needed");
+        out.freeze()
+    }
+}
+
+/// Takes one whole envelope off the front of `buf`, or `Ok(None)` if more bytes are needed.
+pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Envelope>, LinkError> {
+    let Some(len) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > MAX_LINK_FRAME {
+        return Err(LinkError::TooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let body = buf.split_to(len).freeze();
+    Ok(Some(Envelope::decode(body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_through_frames() {
+        let msg = Envelope::new(
+            7,
+            Body::PushKeys(PushKeys {
+                targets: vec![ShardKeys {
+                    shard: 1,
+                    keys: vec!["k".into()],
+                }],
+                op: 1000,
+                frame: Bytes::from_static(b"abc"),
+            }),
+        );
+        let mut buf = BytesMut::new();
+        let frame = msg.to_frame();
+        buf.extend_from_slice(&frame[..5]);
+        assert!(decode_frame(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&frame[5..]);
+        buf.extend_from_slice(&frame);
+        assert_eq!(decode_frame(&mut buf).unwrap(), Some(msg.clone()));
+        assert_eq!(decode_frame(&mut buf).unwrap(), Some(msg));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            decode_frame(&mut buf),
+            Err(LinkError::TooLarge(_))
+        ));
+    }
+}
