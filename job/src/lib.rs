@@ -1,1 +1,224 @@
+//! imgate job: consumes pushes from the bus and delivers them to the comets over the cluster
+//! link.
+//!
+//! One task owns the routing: keys pushes go to the comet that holds the keys, room messages
+//! are batched per room ([`room`]) and each batch goes to every comet, broadcasts go to every
+//! comet with the speed split between them. Every comet has its own link task and bounded
+//! queue ([`comet_link`]), so a slow comet fills its own queue (counted) instead of stalling the
+//! others.
 
+mod comet_link;
+mod registry;
+mod room;
+mod stats;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use imgate_shared::bus::{BusConsumer, BusMessage, Push};
+use imgate_shared::config::{Config, JobConfig};
+use imgate_shared::frame;
+use imgate_shared::link::{Body, Broadcast, Envelope, PushKeys, PushRoom};
+use imgate_shared::store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use registry::Registry;
+use room::RoomBatcher;
+use stats::{add, Counters};
+
+pub use stats::JobStats;
+
+/// Least time between registry reads triggered by pushes for unknown comets.
+const ON_DEMAND_REFRESH_GAP: Duration = Duration::from_millis(50);
+
+/// Why job could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("invalid job configuration: {0}")]
+    Config(String),
+}
+
+/// A running job.
+pub struct JobHandle {
+    counters: Arc<Counters>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl JobHandle {
+    /// Comets with an open (connected) link right now.
+    pub fn comet_count(&self) -> usize {
+        self.counters.connected.load(Ordering::Relaxed)
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> JobStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops consuming, flushes pending room batches and closes the links once they have
+    /// written what they hold (bounded).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts job on the current tokio runtime: reads the comet registry, links every comet and
+/// consumes `consumer` until shutdown or until the bus closes.
+pub async fn start(
+    config: &Config,
+    store: Arc<dyn Store>,
+    consumer: Box<dyn BusConsumer>,
+) -> Result<JobHandle, JobError> {
+    let job = config.job.clone();
+    if job.room_batch == 0 || job.comet_queue == 0 {
+        return Err(JobError::Config(
+            "job.room_batch and job.comet_queue must be > 0".into(),
+        ));
+    }
+    let counters = Arc::new(Counters::default());
+    let mut registry = Registry::new(store, counters.clone(), job.comet_queue);
+    registry.refresh().await;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let router = Router {
+        batcher: RoomBatcher::new(job.room_batch, job.room_max_delay),
+        registry,
+        counters: counters.clone(),
+    };
+    let task = tokio::spawn(router.run(job, consumer, shutdown_rx));
+    Ok(JobHandle {
+        counters,
+        shutdown,
+        task,
+    })
+}
+
+struct Router {
+    registry: Registry,
+    batcher: RoomBatcher,
+    counters: Arc<Counters>,
+}
+
+impl Router {
+    async fn run(
+        mut self,
+        config: JobConfig,
+        mut consumer: Box<dyn BusConsumer>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut registry_tick = tokio::time::interval_at(
+            Instant::now() + config.registry_interval,
+            config.registry_interval.max(Duration::from_millis(10)),
+        );
+        registry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.batcher.next_deadline();
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    for batch in self.batcher.expired(Instant::now()) {
+                        self.send_room(batch);
+                    }
+                }
+                _ = registry_tick.tick() => self.registry.refresh().await,
+                message = consumer.recv() => match message {
+                    Some(message) => self.route(message).await,
+                    None => {
+                        tracing::info!("bus closed; job stops");
+                        break;
+                    }
+                },
+            }
+        }
+        for batch in self.batcher.drain() {
+            self.send_room(batch);
+        }
+        self.registry.close().await;
+    }
+
+    async fn route(&mut self, message: BusMessage) {
+        add(&self.counters.consumed, 1);
+        match message.push {
+            Some(Push::Keys(push)) => {
+                let frame = frame::encode(frame::PUSH_VER, push.op, 0, &push.body);
+                let link_frame = Envelope::new(
+                    0,
+                    Body::PushKeys(PushKeys {
+                        targets: push.targets,
+                        op: push.op,
+                        frame,
+                    }),
+                )
+                .to_frame();
+                if !self.registry.contains(&push.comet) {
+                    // It may have joined since the last registry read.
+                    self.registry
+                        .refresh_unless_fresh(ON_DEMAND_REFRESH_GAP)
+                        .await;
+                }
+                if !self.registry.contains(&push.comet) {
+                    add(&self.counters.undeliverable, 1);
+                    tracing::warn!(comet = %push.comet, "keys push for an unknown comet is undeliverable");
+                } else if self.registry.send_to(&push.comet, link_frame) {
+                    add(&self.counters.keys_pushes, 1);
+                }
+            }
+            Some(Push::Room(push)) => {
+                add(&self.counters.room_messages, 1);
+                if let Some(batch) =
+                    self.batcher
+                        .push(&push.room, push.op, &push.body, Instant::now())
+                {
+                    self.send_room(batch);
+                }
+            }
+            Some(Push::All(push)) => {
+                let comets = self.registry.len();
+                if comets == 0 {
+                    add(&self.counters.undeliverable, 1);
+                    tracing::warn!(
+                        op = push.op,
+                        "broadcast with no comet known is undeliverable"
+                    );
+                    return;
+                }
+                let speed = push.speed.div_ceil(comets as u32);
+                let frame = frame::encode(frame::PUSH_VER, push.op, 0, &push.body);
+                let link_frame = Envelope::new(
+                    0,
+                    Body::Broadcast(Broadcast {
+                        op: push.op,
+                        frame,
+                        speed,
+                    }),
+                )
+                .to_frame();
+                self.registry.send_to_all(&link_frame);
+                add(&self.counters.broadcasts, 1);
+            }
+            None => {
+                add(&self.counters.undeliverable, 1);
+                tracing::warn!("bus message without a push; skipped");
+            }
+        }
+    }
+
+    /// Encodes the batch once and queues the same bytes to every comet.
+    fn send_room(&self, batch: PushRoom) {
+        if self.registry.len() == 0 {
+            add(&self.counters.undeliverable, u64::from(batch.count));
+            tracing::warn!(room = %batch.room, messages = batch.count, "room batch with no comet known is undeliverable");
+            return;
+        }
+        let link_frame: Bytes = Envelope::new(0, Body::PushRoom(batch)).to_frame();
+        self.registry.send_to_all(&link_frame);
+        add(&self.counters.room_batches, 1);
+    }
+}

@@ -1,1 +1,152 @@
+//! imgate logic: goim's business HTTP API, sessions, online counts and node lists.
+//!
+//! [`start`] binds the HTTP listener and the cluster-link listener comets talk to, and spawns
+//! their tasks on the current tokio runtime. Pushes leave through the bus to job; sessions and
+//! online counts live in the store.
 
+mod auth;
+mod http;
+mod link_server;
+mod nodes;
+mod online;
+mod query;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgate_shared::bus::BusProducer;
+use imgate_shared::config::Config;
+use imgate_shared::store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use auth::{AuthError, Authenticator, GoimJsonAuth, Identity};
+
+/// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why logic could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogicError {
+    #[error("cannot bind the {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running logic: its bound addresses and the way to stop it.
+pub struct LogicHandle {
+    http_addr: SocketAddr,
+    link_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LogicHandle {
+    /// Where the HTTP API listens (port 0 resolved).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where comets connect their cluster links (port 0 resolved).
+    pub fn link_addr(&self) -> SocketAddr {
+        self.link_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded) and ends every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for mut task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Starts logic with goim's JSON auth: binds `logic.http_bind` and `logic.link_bind` and spawns
+/// its tasks on the current tokio runtime.
+pub async fn start(
+    config: &Config,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn BusProducer>,
+) -> Result<LogicHandle, LogicError> {
+    start_with_auth(config, store, bus, Arc::new(GoimJsonAuth)).await
+}
+
+/// [`start`] with another [`Authenticator`].
+pub async fn start_with_auth(
+    config: &Config,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn BusProducer>,
+    auth: Arc<dyn Authenticator>,
+) -> Result<LogicHandle, LogicError> {
+    let logic = &config.logic;
+    let bind = |what: &'static str, addr: String| async move {
+        TcpListener::bind(&addr)
+            .await
+            .and_then(|l| l.local_addr().map(|a| (l, a)))
+            .map_err(|source| LogicError::Bind { what, addr, source })
+    };
+    let (http_listener, http_addr) = bind("HTTP", logic.http_bind.clone()).await?;
+    let (link_listener, link_addr) = bind("cluster-link", logic.link_bind.clone()).await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let rooms = online::RoomCounts::default();
+    rooms.refresh(store.as_ref()).await;
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(rooms.clone().run(
+        store.clone(),
+        logic.online_refresh,
+        shutdown_rx.clone(),
+    )));
+
+    let handler = Arc::new(link_server::LinkHandler {
+        store: store.clone(),
+        auth,
+        rooms: rooms.clone(),
+        heartbeat: logic.heartbeat * logic.heartbeat_max,
+        upstream_frames: AtomicU64::new(0),
+    });
+    tasks.push(tokio::spawn(link_server::serve(
+        link_listener,
+        handler,
+        shutdown_rx.clone(),
+    )));
+
+    let api = Arc::new(http::Api {
+        config: logic.clone(),
+        store,
+        bus,
+        rooms,
+    });
+    let app = http::router(api);
+    let mut http_shutdown = shutdown_rx;
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "logic HTTP server failed");
+        }
+    }));
+
+    tracing::info!(%http_addr, %link_addr, "logic started");
+    Ok(LogicHandle {
+        http_addr,
+        link_addr,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,175 @@
+//! One comet's cluster link as job sees it: a bounded FIFO of ready-to-write link frames and a
+//! task that keeps a TCP connection to the comet and writes them, several per syscall.
+//!
+//! Frames queued while the link is (re)connecting wait in the queue. A full queue is reported
+//! to the caller, who counts it; nothing is dropped silently. Dropping the [`CometLink`] lets the
+//! task write out what is queued and then close.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::task::JoinHandle;
+
+use crate::stats::{add, Counters};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes written between flushes at most, so one busy link still flushes regularly.
+const MAX_WRITE_BATCH: usize = 1 << 20;
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueError {
+    Full,
+    Closed,
+}
+
+/// The sending side of one comet link.
+pub(crate) struct CometLink {
+    pub addr: String,
+    queue: mpsc::Sender<Bytes>,
+    task: JoinHandle<()>,
+}
+
+impl CometLink {
+    /// Starts the link task for comet `id` at `addr`.
+    pub(crate) fn spawn(
+        id: String,
+        addr: String,
+        capacity: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let (queue, frames) = mpsc::channel(capacity.max(1));
+        let task = tokio::spawn(run(id, addr.clone(), frames, counters));
+        CometLink { addr, queue, task }
+    }
+
+    /// Queues one link frame without waiting.
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), QueueError> {
+        self.queue.try_send(frame).map_err(|e| match e {
+            TrySendError::Full(_) => QueueError::Full,
+            TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    /// Closes the queue and waits (at most `grace`) for the queued frames to be written.
+    pub(crate) async fn close(self, grace: Duration) {
+        let CometLink {
+            queue, mut task, ..
+        } = self;
+        drop(queue);
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+enum Ended {
+    /// The queue was closed and everything in it written.
+    Drained,
+    /// The connection broke; reconnect.
+    Broken,
+}
+
+async fn run(id: String, addr: String, mut frames: mpsc::Receiver<Bytes>, counters: Arc<Counters>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failures = 0u32;
+    loop {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(_)) | Err(_) => {
+                let error = match connected {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {CONNECT_TIMEOUT:?}"),
+                };
+                if frames.is_closed() {
+                    let lost = frames.len() as u64;
+                    if lost > 0 {
+                        add(&counters.link_write_failed, lost);
+                        tracing::warn!(comet = %id, %addr, lost, %error, "comet link closed while unreachable; queued frames lost");
+                    }
+                    return;
+                }
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(comet = %id, %addr, %error, "cannot connect to comet; retrying");
+                } else {
+                    tracing::debug!(comet = %id, %addr, %error, failures, "cannot connect to comet");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
+        failures = 0;
+        let _ = stream.set_nodelay(true);
+        tracing::info!(comet = %id, %addr, "comet link connected");
+        counters.connected.fetch_add(1, Ordering::Relaxed);
+        let ended = pump(stream, &mut frames, &counters).await;
+        counters.connected.fetch_sub(1, Ordering::Relaxed);
+        match ended {
+            Ended::Drained => {
+                tracing::debug!(comet = %id, "comet link closed");
+                return;
+            }
+            Ended::Broken => {
+                tracing::warn!(comet = %id, %addr, "comet link broke; reconnecting");
+            }
+        }
+    }
+}
+
+/// Writes queued frames until the queue closes or the connection breaks.
+async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Bytes>, counters: &Counters) -> Ended {
+    let (mut reader, writer) = stream.into_split();
+    let mut writer = BufWriter::with_capacity(64 << 10, writer);
+    // The comet sends nothing on this link; reading only notices that it closed.
+    let mut scratch = [0u8; 256];
+    loop {
+        tokio::select! {
+            biased;
+            frame = frames.recv() => {
+                let Some(frame) = frame else {
+                    let _ = writer.flush().await;
+                    let _ = writer.shutdown().await;
+                    return Ended::Drained;
+                };
+                let mut written = 0usize;
+                let mut in_batch = 0u64;
+                let mut next = Some(frame);
+                let mut result = Ok(());
+                while let Some(frame) = next.take() {
+                    in_batch += 1;
+                    written += frame.len();
+                    if let Err(e) = writer.write_all(&frame).await {
+                        result = Err(e);
+                        break;
+                    }
+                    if written < MAX_WRITE_BATCH {
+                        next = frames.try_recv().ok();
+                    }
+                }
+                if result.is_ok() {
+                    result = writer.flush().await;
+                }
+                if let Err(e) = result {
+                    add(&counters.link_write_failed, in_batch);
+                    tracing::warn!(error = %e, frames = in_batch, "comet link write failed; frames of this write lost");
+                    return Ended::Broken;
+                }
+            }
+            read = reader.read(&mut scratch) => match read {
+                Ok(0) | Err(_) => return Ended::Broken,
+                Ok(_) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The comets job delivers to, read from the store's registry, each with its [`CometLink`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use imgate_shared::store::Store;
+
+use crate::comet_link::{CometLink, QueueError};
+use crate::stats::{add, Counters};
+
+/// How long closing waits for a link to write out its queue.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+pub(crate) struct Registry {
+    store: Arc<dyn Store>,
+    counters: Arc<Counters>,
+    queue_capacity: usize,
+    links: HashMap<String, CometLink>,
+    last_read: Option<Instant>,
+}
+
+impl Registry {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        counters: Arc<Counters>,
+        queue_capacity: usize,
+    ) -> Self {
+        Registry {
+            store,
+            counters,
+            queue_capacity,
+            links: HashMap::new(),
+            last_read: None,
+        }
+    }
+
+    /// Re-reads the registry: links new comets, relinks moved ones, drops departed ones. A
+    /// failed read keeps the current set.
+    pub(crate) async fn refresh(&mut self) {
+        self.last_read = Some(Instant::now());
+        let comets = match self.store.comets().await {
+            Ok(comets) => comets,
+            Err(e) => {
+                add(&self.counters.registry_errors, 1);
+                tracing::warn!(error = %e, "comet registry read failed; keeping the known comets");
+                return;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for comet in comets {
+            let info = comet.info;
+            if info.link_addr.is_empty() {
+                tracing::warn!(comet = %info.id, "comet reports no link address; skipped");
+                continue;
+            }
+            seen.insert(info.id.clone());
+            if self
+                .links
+                .get(&info.id)
+                .is_some_and(|l| l.addr == info.link_addr)
+            {
+                continue;
+            }
+            tracing::info!(comet = %info.id, addr = %info.link_addr, "comet joined (or moved)");
+            let link = CometLink::spawn(
+                info.id.clone(),
+                info.link_addr,
+                self.queue_capacity,
+                self.counters.clone(),
+            );
+            // A replaced link writes out what it already holds to the old address, then closes.
+            self.links.insert(info.id, link);
+        }
+        self.links.retain(|id, _| {
+            let keep = seen.contains(id);
+            if !keep {
+                tracing::info!(comet = %id, "comet left");
+            }
+            keep
+        });
+    }
+
+    /// [`Registry::refresh`] unless the registry was read less than `min_age` ago, so a stream
+    /// of pushes for a departed comet does not turn into a stream of registry reads.
+    pub(crate) async fn refresh_unless_fresh(&mut self, min_age: Duration) {
+        if self.last_read.is_none_or(|at| at.elapsed() >= min_age) {
+            self.refresh().await;
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub(crate) fn contains(&self, comet: &str) -> bool {
+        self.links.contains_key(comet)
+    }
+
+    /// Queues `frame` to one comet; false (counted and logged) if it is unknown or full.
+    pub(crate) fn send_to(&self, comet: &str, frame: Bytes) -> bool {
+        match self.links.get(comet) {
+            Some(link) => self.queue(comet, link, frame),
+            None => false,
+        }
+    }
+
+    /// Queues the same `frame` to every comet; returns how many took it.
+    pub(crate) fn send_to_all(&self, frame: &Bytes) -> usize {
+        self.links
+            .iter()
+            .filter(|(id, link)| self.queue(id, link, frame.clone()))
+            .count()
+    }
+
+    fn queue(&self, comet: &str, link: &CometLink, frame: Bytes) -> bool {
+        match link.send(frame) {
+            Ok(()) => true,
+            Err(QueueError::Full) => {
+                add(&self.counters.link_queue_full, 1);
+                tracing::warn!(%comet, "comet link queue full; push to this comet failed");
+                false
+            }
+            Err(QueueError::Closed) => {
+                add(&self.counters.link_write_failed, 1);
+                tracing::warn!(%comet, "comet link task ended; push to this comet failed");
+                false
+            }
+        }
+    }
+
+    /// Closes every link, letting each write out its queue (bounded).
+    pub(crate) async fn close(self) {
+        let closing: Vec<_> = self
+            .links
+            .into_values()
+            .map(|link| tokio::spawn(link.close(CLOSE_GRACE)))
+            .collect();
+        for task in closing {
+            let _ = task.await;
+        }
+    }
+}

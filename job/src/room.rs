@@ -1,0 +1,165 @@
+//! Per-room batching (reference §4.3, with a low-latency deadline).
+//!
+//! Each room's messages are appended, already encoded as goim frames, to that room's buffer. A
+//! buffer is flushed when it holds `batch` messages or when its first message has waited
+//! `max_delay`. One task owns the batcher, so a room's batches leave in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use imgate_shared::frame;
+use imgate_shared::link::PushRoom;
+use tokio::time::Instant;
+
+struct Pending {
+    frames: BytesMut,
+    count: u32,
+    /// Tells this buffer's deadline entry apart from one of an earlier, already flushed buffer.
+    generation: u64,
+}
+
+pub(crate) struct RoomBatcher {
+    batch: u32,
+    max_delay: Duration,
+    rooms: HashMap<String, Pending>,
+    /// Flush deadlines in arrival order; every room uses the same delay, so this is sorted.
+    deadlines: VecDeque<(Instant, String, u64)>,
+    next_generation: u64,
+}
+
+impl RoomBatcher {
+    pub(crate) fn new(batch: usize, max_delay: Duration) -> Self {
+        RoomBatcher {
+            batch: u32::try_from(batch.max(1)).unwrap_or(u32::MAX),
+            max_delay,
+            rooms: HashMap::new(),
+            deadlines: VecDeque::new(),
+            next_generation: 0,
+        }
+    }
+
+    /// Adds one message; returns the room's batch if it is now full.
+    pub(crate) fn push(
+        &mut self,
+        room: &str,
+        op: i32,
+        body: &[u8],
+        now: Instant,
+    ) -> Option<PushRoom> {
+        if !self.rooms.contains_key(room) {
+            self.next_generation += 1;
+            self.rooms.insert(
+                room.to_owned(),
+                Pending {
+                    frames: BytesMut::new(),
+                    count: 0,
+                    generation: self.next_generation,
+                },
+            );
+            self.deadlines
+                .push_back((now + self.max_delay, room.to_owned(), self.next_generation));
+        }
+        let pending = self.rooms.get_mut(room)?;
+        frame::encode_into(&mut pending.frames, frame::PUSH_VER, op, 0, body);
+        pending.count += 1;
+        if pending.count >= self.batch {
+            return self.take(room);
+        }
+        None
+    }
+
+    /// When the oldest pending buffer is due (possibly one already flushed; harmless).
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|(at, _, _)| *at)
+    }
+
+    /// Takes every buffer whose deadline has passed, oldest first.
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<PushRoom> {
+        let mut out = Vec::new();
+        while let Some((at, _, _)) = self.deadlines.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, room, generation)) = self.deadlines.pop_front() {
+                if self
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|p| p.generation == generation)
+                {
+                    out.extend(self.take(&room));
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes every pending buffer, oldest first (shutdown).
+    pub(crate) fn drain(&mut self) -> Vec<PushRoom> {
+        let mut out = Vec::new();
+        while let Some((_, room, generation)) = self.deadlines.pop_front() {
+            if self
+                .rooms
+                .get(&room)
+                .is_some_and(|p| p.generation == generation)
+            {
+                out.extend(self.take(&room));
+            }
+        }
+        out
+    }
+
+    fn take(&mut self, room: &str) -> Option<PushRoom> {
+        let (room, pending) = self.rooms.remove_entry(room)?;
+        Some(PushRoom {
+            room,
+            frames: pending.frames.freeze(),
+            count: pending.count,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_batches_flush_at_once_and_stragglers_at_the_deadline() {
+        let mut b = RoomBatcher::new(3, Duration::from_millis(10));
+        let t0 = Instant::now();
+        assert!(b.push("r", 1, b"a", t0).is_none());
+        assert!(b.push("s", 1, b"x", t0).is_none());
+        assert!(b.push("r", 1, b"b", t0).is_none());
+        let full = b
+            .push("r", 1, b"c", t0)
+            .expect("third message fills the batch");
+        assert_eq!(full.count, 3);
+        let bodies: Vec<&[u8]> = frame::split_frames(&full.frames)
+            .map(|f| f.unwrap().1)
+            .collect();
+        assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"]);
+        assert!(b
+            .push("r", 1, b"d", t0 + Duration::from_millis(5))
+            .is_none());
+        assert!(b.expired(t0 + Duration::from_millis(9)).is_empty());
+        let due = b.expired(t0 + Duration::from_millis(10));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].room, "s");
+        let due = b.expired(t0 + Duration::from_millis(15));
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].room.as_str(), due[0].count), ("r", 1));
+        assert!(b.next_deadline().is_none());
+        assert!(b.rooms.is_empty());
+    }
+
+    #[test]
+    fn drain_takes_everything() {
+        let mut b = RoomBatcher::new(10, Duration::from_secs(1));
+        let t0 = Instant::now();
+        b.push("a", 1, b"1", t0);
+        b.push("b", 1, b"2", t0);
+        let all = b.drain();
+        assert_eq!(all.len(), 2);
+        assert!(b.rooms.is_empty());
+    }
+}

@@ -1,0 +1,380 @@
+//! goim's business HTTP API (reference §3.1–3.2), with stricter validation: every bad request
+//! is a 400 that says which parameter was wrong, a full bus is a 503, a store failure a 500.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use imgate_shared::bus::{
+    BroadcastPush, BusError, BusMessage, BusProducer, KeysPush, Push, RoomPush,
+};
+use imgate_shared::config::LogicConfig;
+use imgate_shared::link::ShardKeys;
+use imgate_shared::store::{Session, Store, StoreError};
+use serde_json::{json, Value};
+
+use crate::nodes;
+use crate::online::RoomCounts;
+use crate::query::{BadRequest, Query};
+
+/// Longest a request may take, body upload included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most rooms in one `/goim/online/room` query.
+const MAX_ONLINE_ROOMS: usize = 10_000;
+
+/// What the handlers share.
+pub(crate) struct Api {
+    pub config: LogicConfig,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn BusProducer>,
+    pub rooms: RoomCounts,
+}
+
+/// The router with every goim route.
+pub(crate) fn router(api: Arc<Api>) -> Router {
+    let body_limit = api.config.max_push_body;
+    Router::new()
+        .route("/goim/push/keys", post(push_keys))
+        .route("/goim/push/mids", post(push_mids))
+        .route("/goim/push/room", post(push_room))
+        .route("/goim/push/all", post(push_all))
+        .route("/goim/online/top", get(online_top))
+        .route("/goim/online/room", get(online_room))
+        .route("/goim/online/total", get(online_total))
+        .route("/goim/nodes/weighted", get(nodes_weighted))
+        .route("/goim/nodes/instances", get(nodes_instances))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(timeout))
+        .with_state(api)
+}
+
+/// A failed request, rendered as goim's envelope.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    BadRequest(String),
+    TooLarge(usize),
+    Bus(BusError),
+    Store(StoreError),
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(e: BadRequest) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        ApiError::Bus(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Store(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::BadRequest(m) => envelope(StatusCode::BAD_REQUEST, -400, m, None),
+            ApiError::TooLarge(max) => envelope(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -400,
+                format!("body exceeds the limit of {max} bytes"),
+                None,
+            ),
+            ApiError::Bus(e) => {
+                tracing::warn!(error = %e, "push refused by the bus");
+                envelope(StatusCode::SERVICE_UNAVAILABLE, -500, e.to_string(), None)
+            }
+            ApiError::Store(e) => {
+                tracing::warn!(error = %e, "store failed");
+                envelope(StatusCode::INTERNAL_SERVER_ERROR, -500, e.to_string(), None)
+            }
+        }
+    }
+}
+
+/// `{"code", "message", "data"}` with `data` left out when there is none.
+fn envelope(
+    status: StatusCode,
+    code: i32,
+    message: impl Into<String>,
+    data: Option<Value>,
+) -> Response {
+    let mut body = json!({ "code": code, "message": message.into() });
+    if let Some(data) = data {
+        body["data"] = data;
+    }
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        bytes,
+    )
+        .into_response()
+}
+
+fn ok(message: impl Into<String>, data: Option<Value>) -> Response {
+    envelope(StatusCode::OK, 0, message, data)
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => envelope(
+            StatusCode::REQUEST_TIMEOUT,
+            -400,
+            format!("request not completed within {REQUEST_TIMEOUT:?}"),
+            None,
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    envelope(StatusCode::NOT_FOUND, -400, "no such route", None)
+}
+
+async fn method_not_allowed() -> Response {
+    envelope(
+        StatusCode::METHOD_NOT_ALLOWED,
+        -400,
+        "method not allowed on this route",
+        None,
+    )
+}
+
+fn push_body(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    match body {
+        Ok(body) if body.len() > api.config.max_push_body => {
+            Err(ApiError::TooLarge(api.config.max_push_body))
+        }
+        Ok(body) => Ok(body),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::TooLarge(api.config.max_push_body))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "cannot read the body: {}",
+            e.body_text()
+        ))),
+    }
+}
+
+/// Groups sessions by comet and shard and publishes one keys push per comet; returns how many
+/// connections were targeted.
+async fn publish_to_sessions(
+    api: &Api,
+    sessions: Vec<Session>,
+    op: i32,
+    body: Bytes,
+) -> Result<usize, ApiError> {
+    let mut by_comet: BTreeMap<String, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
+    let mut connections = 0;
+    for session in sessions {
+        let keys = by_comet
+            .entry(session.conn.comet)
+            .or_default()
+            .entry(session.conn.shard)
+            .or_default();
+        if !keys.contains(&session.key) {
+            keys.push(session.key);
+            connections += 1;
+        }
+    }
+    for (comet, shards) in by_comet {
+        let targets = shards
+            .into_iter()
+            .map(|(shard, keys)| ShardKeys { shard, keys })
+            .collect();
+        api.bus
+            .publish(BusMessage::new(Push::Keys(KeysPush {
+                comet,
+                targets,
+                op,
+                body: body.clone(),
+            })))
+            .await?;
+    }
+    Ok(connections)
+}
+
+fn connections_reply(connections: usize, what: &str) -> Response {
+    let message = if connections == 0 {
+        format!("no online connection for these {what}")
+    } else {
+        String::new()
+    };
+    ok(message, Some(json!({ "connections": connections })))
+}
+
+async fn push_keys(
+    State(api): State<Arc<Api>>,
+    RawQuery(raw): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?.push_keys(api.config.max_push_targets)?;
+    let body = push_body(&api, body)?;
+    let sessions = api.store.sessions_by_keys(&query.keys).await?;
+    let n = publish_to_sessions(&api, sessions, query.op, body).await?;
+    Ok(connections_reply(n, "keys"))
+}
+
+async fn push_mids(
+    State(api): State<Arc<Api>>,
+    RawQuery(raw): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?.push_mids(api.config.max_push_targets)?;
+    let body = push_body(&api, body)?;
+    let sessions = api.store.sessions_by_mids(&query.mids).await?;
+    let n = publish_to_sessions(&api, sessions, query.op, body).await?;
+    Ok(connections_reply(n, "mids"))
+}
+
+async fn push_room(
+    State(api): State<Arc<Api>>,
+    RawQuery(raw): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?.push_room()?;
+    let body = push_body(&api, body)?;
+    api.bus
+        .publish(BusMessage::new(Push::Room(RoomPush {
+            room: query.room.clone(),
+            op: query.op,
+            body,
+        })))
+        .await?;
+    Ok(ok("", Some(json!({ "room": query.room }))))
+}
+
+async fn push_all(
+    State(api): State<Arc<Api>>,
+    RawQuery(raw): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?.push_all()?;
+    let body = push_body(&api, body)?;
+    api.bus
+        .publish(BusMessage::new(Push::All(BroadcastPush {
+            op: query.op,
+            body,
+            speed: query.speed,
+        })))
+        .await?;
+    Ok(ok("", None))
+}
+
+async fn online_top(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?.online_top()?;
+    let prefix = format!("{}://", query.room_type);
+    let counts = api.rooms.snapshot();
+    let mut top: Vec<(&str, u64)> = counts
+        .iter()
+        .filter_map(|(room, &n)| room.strip_prefix(&prefix).map(|id| (id, n)))
+        .collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    top.truncate(query.limit);
+    let data: Vec<Value> = top
+        .into_iter()
+        .map(|(id, n)| json!({ "room_id": id, "count": n }))
+        .collect();
+    Ok(ok("", Some(Value::Array(data))))
+}
+
+async fn online_room(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?.online_rooms(MAX_ONLINE_ROOMS)?;
+    let counts = api.rooms.snapshot();
+    let data: serde_json::Map<String, Value> = query
+        .rooms
+        .into_iter()
+        .map(|id| {
+            let n = counts
+                .get(&crate::query::room_key(&query.room_type, &id))
+                .copied()
+                .unwrap_or(0);
+            (id, json!(n))
+        })
+        .collect();
+    Ok(ok("", Some(Value::Object(data))))
+}
+
+async fn online_total(State(api): State<Arc<Api>>) -> ApiResult {
+    let comets = api.store.comets().await?;
+    let ip_count: u64 = comets.iter().map(|c| c.ip_count).sum();
+    let conn_count: u64 = comets.iter().map(|c| c.conn_count).sum();
+    Ok(ok(
+        "",
+        Some(json!({ "ip_count": ip_count, "conn_count": conn_count })),
+    ))
+}
+
+async fn nodes_weighted(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?;
+    let comets = api.store.comets().await?;
+    let config = &api.config;
+    let names = nodes::node_names(&comets, query.platform(), config);
+    Ok(ok(
+        "",
+        Some(json!({
+            "domain": config.default_domain,
+            "tcp_port": config.tcp_port,
+            "ws_port": config.ws_port,
+            "wss_port": config.wss_port,
+            "heartbeat": config.heartbeat.as_secs(),
+            "heartbeat_max": config.heartbeat_max,
+            "nodes": names,
+            "backoff": {
+                "max_delay": config.backoff.max_delay,
+                "base_delay": config.backoff.base_delay,
+                "factor": f32_json(config.backoff.factor),
+                "jitter": f32_json(config.backoff.jitter),
+            },
+        })),
+    ))
+}
+
+/// An `f32` as the JSON number it reads as (`1.8`, not `1.7999999523162842`).
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+async fn nodes_instances(State(api): State<Arc<Api>>) -> ApiResult {
+    let comets = api.store.comets().await?;
+    let data: Vec<Value> = comets
+        .iter()
+        .map(|c| {
+            json!({
+                "hostname": c.info.id,
+                "addrs": [c.info.link_addr],
+                "metadata": {
+                    "weight": c.info.weight.to_string(),
+                    "conn_count": c.conn_count.to_string(),
+                    "ip_count": c.ip_count.to_string(),
+                    "offline": "false",
+                    "addrs": c.info.tcp_addrs.join(","),
+                },
+                "latest_timestamp": c.updated_ms.saturating_mul(1_000_000),
+            })
+        })
+        .collect();
+    Ok(ok("", Some(Value::Array(data))))
+}

@@ -1,0 +1,326 @@
+//! Query-string parsing and validation for the goim HTTP API.
+//!
+//! goim encodes lists as repeated parameters (`keys=a&keys=b`), so the raw query is parsed into
+//! pairs and every parameter is checked by hand; each failure names the parameter and what was
+//! wrong with it.
+
+/// A request that failed validation; the text is returned to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadRequest(pub String);
+
+/// The decoded `name=value` pairs of one query string, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    pub(crate) fn parse(raw: Option<&str>) -> Result<Query, BadRequest> {
+        let pairs = match raw {
+            None | Some("") => Vec::new(),
+            Some(raw) => serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
+                .map_err(|e| BadRequest(format!("malformed query string: {e}")))?,
+        };
+        Ok(Query { pairs })
+    }
+
+    /// The first value of `name`, if present.
+    fn first(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required_str(&self, name: &str) -> Result<&str, BadRequest> {
+        match self.first(name) {
+            Some(v) if !v.is_empty() => Ok(v),
+            Some(_) => Err(BadRequest(format!("{name} must not be empty"))),
+            None => Err(BadRequest(format!("{name} is required"))),
+        }
+    }
+
+    fn optional_number<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, BadRequest> {
+        match self.first(name) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| BadRequest(format!("{name} must be {what}, got {v:?}"))),
+        }
+    }
+
+    fn required_nonzero_op(&self) -> Result<i32, BadRequest> {
+        match self.optional_number::<i32>("operation", "a 32-bit integer")? {
+            None => Err(BadRequest("operation is required".into())),
+            Some(0) => Err(BadRequest("operation must not be 0".into())),
+            Some(op) => Ok(op),
+        }
+    }
+
+    /// The values of a repeated list parameter: at least one, at most `max`, none empty,
+    /// duplicates removed (order kept).
+    fn list<'a>(&'a self, name: &str, max: usize) -> Result<Vec<&'a str>, BadRequest> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (_, v) in self.pairs.iter().filter(|(k, _)| k == name) {
+            let v = v.as_str();
+            if v.is_empty() {
+                return Err(BadRequest(format!(
+                    "{name} must not contain an empty value"
+                )));
+            }
+            if seen.insert(v) {
+                out.push(v);
+            }
+        }
+        if out.is_empty() {
+            return Err(BadRequest(format!(
+                "{name} is required (repeat it for several: {name}=a&{name}=b)"
+            )));
+        }
+        if out.len() > max {
+            return Err(BadRequest(format!(
+                "too many {name}: {} given, at most {max} allowed",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// `POST /goim/push/keys`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct KeysQuery {
+    pub op: i32,
+    pub keys: Vec<String>,
+}
+
+/// `POST /goim/push/mids`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct MidsQuery {
+    pub op: i32,
+    pub mids: Vec<i64>,
+}
+
+/// `POST /goim/push/room`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct RoomQuery {
+    pub op: i32,
+    /// `type://room`.
+    pub room: String,
+}
+
+/// `POST /goim/push/all`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct AllQuery {
+    pub op: i32,
+    pub speed: u32,
+}
+
+/// `GET /goim/online/top`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct TopQuery {
+    pub room_type: String,
+    pub limit: usize,
+}
+
+/// `GET /goim/online/room`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct RoomsQuery {
+    pub room_type: String,
+    pub rooms: Vec<String>,
+}
+
+impl Query {
+    pub(crate) fn push_keys(&self, max_targets: usize) -> Result<KeysQuery, BadRequest> {
+        let op = self
+            .optional_number("operation", "a 32-bit integer")?
+            .unwrap_or(0);
+        let keys = self.list("keys", max_targets)?;
+        Ok(KeysQuery {
+            op,
+            keys: keys.into_iter().map(str::to_owned).collect(),
+        })
+    }
+
+    pub(crate) fn push_mids(&self, max_targets: usize) -> Result<MidsQuery, BadRequest> {
+        let op = self
+            .optional_number("operation", "a 32-bit integer")?
+            .unwrap_or(0);
+        let mids = self
+            .list("mids", max_targets)?
+            .into_iter()
+            .map(|m| {
+                m.parse::<i64>()
+                    .map_err(|_| BadRequest(format!("mids must be 64-bit integers, got {m:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MidsQuery { op, mids })
+    }
+
+    pub(crate) fn push_room(&self) -> Result<RoomQuery, BadRequest> {
+        let op = self.required_nonzero_op()?;
+        let room_type = self.required_str("type")?;
+        let room = self.required_str("room")?;
+        Ok(RoomQuery {
+            op,
+            room: room_key(room_type, room),
+        })
+    }
+
+    pub(crate) fn push_all(&self) -> Result<AllQuery, BadRequest> {
+        let op = self.required_nonzero_op()?;
+        let speed = self
+            .optional_number("speed", "a non-negative 32-bit integer")?
+            .unwrap_or(0);
+        Ok(AllQuery { op, speed })
+    }
+
+    pub(crate) fn online_top(&self) -> Result<TopQuery, BadRequest> {
+        let room_type = self.required_str("type")?.to_owned();
+        let limit = match self.optional_number::<usize>("limit", "a positive integer")? {
+            None => return Err(BadRequest("limit is required".into())),
+            Some(0) => return Err(BadRequest("limit must be greater than 0".into())),
+            Some(n) => n,
+        };
+        Ok(TopQuery { room_type, limit })
+    }
+
+    pub(crate) fn online_rooms(&self, max: usize) -> Result<RoomsQuery, BadRequest> {
+        let room_type = self.required_str("type")?.to_owned();
+        let rooms = self
+            .list("rooms", max)?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Ok(RoomsQuery { room_type, rooms })
+    }
+
+    pub(crate) fn platform(&self) -> &str {
+        self.first("platform").unwrap_or("")
+    }
+}
+
+/// goim's room key: `type://id`.
+pub(crate) fn room_key(room_type: &str, room: &str) -> String {
+    format!("{room_type}://{room}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(raw: &str) -> Query {
+        Query::parse(Some(raw)).unwrap()
+    }
+
+    fn err<T: std::fmt::Debug>(r: Result<T, BadRequest>) -> String {
+        r.expect_err("should be refused").0
+    }
+
+    #[test]
+    fn keys_are_repeated_parameters_and_operation_defaults_to_zero() {
+        assert_eq!(
+            q("keys=a&keys=b%20c&keys=a").push_keys(10).unwrap(),
+            KeysQuery {
+                op: 0,
+                keys: vec!["a".into(), "b c".into()],
+            }
+        );
+        assert_eq!(q("operation=1000&keys=a").push_keys(10).unwrap().op, 1000);
+        // Comma-separated values are not split, as in goim.
+        assert_eq!(q("keys=a,b").push_keys(10).unwrap().keys, vec!["a,b"]);
+    }
+
+    #[test]
+    fn bad_keys_requests_name_the_parameter() {
+        assert!(err(q("operation=1").push_keys(10)).contains("keys is required"));
+        assert!(err(q("").push_keys(10)).contains("keys"));
+        assert!(err(Query::parse(None).unwrap().push_keys(10)).contains("keys"));
+        assert!(err(q("keys=").push_keys(10)).contains("empty"));
+        assert!(err(q("operation=x&keys=a").push_keys(10)).contains("operation must be"));
+        assert!(err(q("operation=99999999999&keys=a").push_keys(10)).contains("operation"));
+        let too_many = err(q("keys=a&keys=b&keys=c").push_keys(2));
+        assert!(too_many.contains("too many keys: 3"), "{too_many}");
+    }
+
+    #[test]
+    fn mids_must_be_integers() {
+        assert_eq!(
+            q("operation=5&mids=1&mids=-2").push_mids(10).unwrap(),
+            MidsQuery {
+                op: 5,
+                mids: vec![1, -2],
+            }
+        );
+        assert!(err(q("mids=1&mids=x").push_mids(10)).contains("mids must be 64-bit integers"));
+        assert!(err(q("mids=1&mids=2").push_mids(1)).contains("too many mids"));
+        assert!(err(q("operation=5").push_mids(10)).contains("mids is required"));
+    }
+
+    #[test]
+    fn room_push_needs_operation_type_and_room() {
+        assert_eq!(
+            q("operation=1000&type=live&room=1000").push_room().unwrap(),
+            RoomQuery {
+                op: 1000,
+                room: "live://1000".into(),
+            }
+        );
+        assert_eq!(
+            err(q("type=live&room=1").push_room()),
+            "operation is required"
+        );
+        assert_eq!(
+            err(q("operation=0&type=live&room=1").push_room()),
+            "operation must not be 0"
+        );
+        assert_eq!(err(q("operation=1&room=1").push_room()), "type is required");
+        assert_eq!(
+            err(q("operation=1&type=&room=1").push_room()),
+            "type must not be empty"
+        );
+        assert_eq!(
+            err(q("operation=1&type=live").push_room()),
+            "room is required"
+        );
+    }
+
+    #[test]
+    fn broadcast_speed_is_optional_and_non_negative() {
+        assert_eq!(
+            q("operation=7").push_all().unwrap(),
+            AllQuery { op: 7, speed: 0 }
+        );
+        assert_eq!(q("operation=7&speed=100").push_all().unwrap().speed, 100);
+        assert!(err(q("operation=7&speed=-1").push_all()).contains("speed"));
+        assert!(err(q("speed=1").push_all()).contains("operation is required"));
+    }
+
+    #[test]
+    fn online_queries() {
+        assert_eq!(
+            q("type=live&limit=3").online_top().unwrap(),
+            TopQuery {
+                room_type: "live".into(),
+                limit: 3,
+            }
+        );
+        assert!(err(q("type=live").online_top()).contains("limit is required"));
+        assert!(err(q("type=live&limit=0").online_top()).contains("limit must be greater"));
+        assert!(err(q("limit=1").online_top()).contains("type is required"));
+        assert_eq!(
+            q("type=live&rooms=1&rooms=2")
+                .online_rooms(10)
+                .unwrap()
+                .rooms,
+            vec!["1", "2"]
+        );
+        assert!(err(q("type=live").online_rooms(10)).contains("rooms is required"));
+    }
+}

@@ -1,0 +1,473 @@
+//! logic over real sockets: the cluster link as a comet speaks it, the HTTP API as a business
+//! calls it, and the bus as job reads it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use imgate_logic::LogicHandle;
+use imgate_shared::bus::{self, BusConsumer, EmbeddedConsumer, Push};
+use imgate_shared::config::Config;
+use imgate_shared::link::{
+    self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline,
+};
+use imgate_shared::store::{EmbeddedStore, Store, StoreTtl};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Harness {
+    logic: LogicHandle,
+    store: Arc<EmbeddedStore>,
+    consumer: EmbeddedConsumer,
+}
+
+async fn start_logic() -> Harness {
+    let mut config = Config::default();
+    config.logic.http_bind = "127.0.0.1:0".into();
+    config.logic.link_bind = "127.0.0.1:0".into();
+    config.logic.max_push_targets = 3;
+    config.logic.max_push_body = 1024;
+    config.logic.online_refresh = Duration::from_millis(20);
+    let store = Arc::new(EmbeddedStore::new(StoreTtl {
+        session: Duration::from_secs(60),
+        online: Duration::from_secs(60),
+    }));
+    let (producer, consumer) = bus::embedded(64, Duration::from_millis(100));
+    let logic = imgate_logic::start(&config, store.clone(), Arc::new(producer))
+        .await
+        .expect("logic starts");
+    Harness {
+        logic,
+        store,
+        consumer,
+    }
+}
+
+/// A comet's side of the cluster link.
+struct LinkClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    next_id: u64,
+}
+
+impl LinkClient {
+    async fn connect(logic: &LogicHandle) -> Self {
+        LinkClient {
+            stream: TcpStream::connect(logic.link_addr()).await.unwrap(),
+            buf: BytesMut::new(),
+            next_id: 1,
+        }
+    }
+
+    async fn request(&mut self, body: Body) -> Body {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stream
+            .write_all(&Envelope::new(id, body).to_frame())
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(WAIT, self.read())
+            .await
+            .expect("reply within the deadline");
+        assert_eq!(reply.id, id);
+        reply.body.expect("reply has a body")
+    }
+
+    async fn read(&mut self) -> Envelope {
+        loop {
+            if let Some(env) = link::decode_frame(&mut self.buf).unwrap() {
+                return env;
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+            assert!(n > 0, "logic closed the link");
+        }
+    }
+}
+
+fn conn(conn_id: u64) -> ConnRef {
+    ConnRef {
+        comet: "comet-a".into(),
+        shard: 2,
+        conn_id,
+    }
+}
+
+/// Minimal HTTP/1.1 client: one request per connection.
+async fn http(logic: &LogicHandle, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(logic.http_addr()).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        response
+    };
+    let response = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("HTTP answer within the deadline");
+    let text = String::from_utf8(response).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length"),
+        "expected a fixed-length body: {head}"
+    );
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, json)
+}
+
+async fn next_push(consumer: &mut EmbeddedConsumer) -> Push {
+    tokio::time::timeout(WAIT, consumer.recv())
+        .await
+        .expect("a bus message within the deadline")
+        .expect("bus open")
+        .push
+        .expect("a push")
+}
+
+#[tokio::test]
+async fn connect_then_push_to_the_generated_key_reaches_the_bus() {
+    let mut h = start_logic().await;
+    let mut comet = LinkClient::connect(&h.logic).await;
+    let reply = comet
+        .request(Body::Connect(Connect {
+            conn: Some(conn(7)),
+            token: Bytes::from_static(br#"{"mid":123,"room_id":"live://1000","accepts":[1000]}"#),
+            cookie: String::new(),
+            remote_addr: "10.0.0.9:5555".into(),
+        }))
+        .await;
+    let Body::ConnectReply(reply) = reply else {
+        panic!("expected ConnectReply, got {reply:?}");
+    };
+    assert_eq!(reply.mid, 123);
+    assert_eq!(reply.room, "live://1000");
+    assert_eq!(reply.accepts, vec![1000]);
+    assert_eq!(reply.heartbeat_ms, 480_000);
+    assert_eq!(reply.key.len(), 36, "a generated UUID: {:?}", reply.key);
+
+    let (status, json) = http(
+        &h.logic,
+        "POST",
+        &format!("/goim/push/keys?operation=1000&keys={}", reply.key),
+        b"hello",
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["code"], 0);
+    assert_eq!(json["message"], "");
+    assert_eq!(json["data"]["connections"], 1);
+    match next_push(&mut h.consumer).await {
+        Push::Keys(push) => {
+            assert_eq!(push.comet, "comet-a");
+            assert_eq!(push.op, 1000);
+            assert_eq!(&push.body[..], b"hello");
+            assert_eq!(push.targets.len(), 1);
+            assert_eq!(push.targets[0].shard, 2);
+            assert_eq!(push.targets[0].keys, vec![reply.key.clone()]);
+        }
+        other => panic!("expected a keys push, got {other:?}"),
+    }
+
+    // Same user by mid.
+    let (status, json) = http(
+        &h.logic,
+        "POST",
+        "/goim/push/mids?operation=5&mids=123",
+        b"m",
+    )
+    .await;
+    assert_eq!(
+        (status, json["data"]["connections"].clone()),
+        (200, 1.into())
+    );
+    assert!(matches!(next_push(&mut h.consumer).await, Push::Keys(p) if p.op == 5));
+
+    // Unknown key: code 0, nothing published, the message says why.
+    let (status, json) = http(&h.logic, "POST", "/goim/push/keys?keys=nobody", b"x").await;
+    assert_eq!((status, json["code"].clone()), (200, 0.into()));
+    assert_eq!(json["data"]["connections"], 0);
+    assert!(json["message"]
+        .as_str()
+        .unwrap()
+        .contains("no online connection"));
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_400_with_a_reason() {
+    let h = start_logic().await;
+    let (status, json) = http(
+        &h.logic,
+        "POST",
+        "/goim/push/room?operation=1000&room=1",
+        b"x",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(json["code"], -400);
+    assert_eq!(json["message"], "type is required");
+    assert!(json.get("data").is_none());
+
+    let (status, json) = http(
+        &h.logic,
+        "POST",
+        "/goim/push/keys?operation=abc&keys=k",
+        b"x",
+    )
+    .await;
+    assert_eq!((status, json["code"].clone()), (400, (-400).into()));
+    assert!(json["message"].as_str().unwrap().contains("operation"));
+
+    let (status, json) = http(
+        &h.logic,
+        "POST",
+        "/goim/push/keys?keys=a&keys=b&keys=c&keys=d",
+        b"x",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(json["message"].as_str().unwrap().contains("too many keys"));
+
+    let (status, json) = http(&h.logic, "POST", "/goim/push/all?operation=1", &[0u8; 2000]).await;
+    assert_eq!((status, json["code"].clone()), (413, (-400).into()));
+
+    let (status, json) = http(&h.logic, "GET", "/goim/nope", b"").await;
+    assert_eq!((status, json["code"].clone()), (404, (-400).into()));
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn room_and_broadcast_pushes_are_published() {
+    let mut h = start_logic().await;
+    let (status, json) = http(
+        &h.logic,
+        "POST",
+        "/goim/push/room?operation=1000&type=live&room=1000",
+        b"r",
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["data"]["room"], "live://1000");
+    assert!(
+        matches!(next_push(&mut h.consumer).await, Push::Room(p) if p.room == "live://1000" && p.op == 1000)
+    );
+    let (status, _) = http(
+        &h.logic,
+        "POST",
+        "/goim/push/all?operation=9&speed=100",
+        b"b",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        matches!(next_push(&mut h.consumer).await, Push::All(p) if p.op == 9 && p.speed == 100)
+    );
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_bus_is_503() {
+    let h = start_logic().await;
+    // Nobody reads the bus: fill its 64 slots, then the next publish times out.
+    let mut last = (0, Value::Null);
+    for _ in 0..65 {
+        last = http(&h.logic, "POST", "/goim/push/all?operation=1", b"x").await;
+    }
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert_eq!(last.1["code"], -500);
+    assert!(last.1["message"].as_str().unwrap().contains("full"));
+    drop(h.consumer);
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn disconnect_of_another_connection_keeps_the_session() {
+    let h = start_logic().await;
+    let mut comet = LinkClient::connect(&h.logic).await;
+    let reply = comet
+        .request(Body::Connect(Connect {
+            conn: Some(conn(1)),
+            token: Bytes::from_static(br#"{"mid":5,"key":"k5"}"#),
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(&reply, Body::ConnectReply(r) if r.key == "k5"),
+        "{reply:?}"
+    );
+
+    let reply = comet
+        .request(Body::Disconnect(Disconnect {
+            conn: Some(conn(2)),
+            mid: 5,
+            key: "k5".into(),
+        }))
+        .await;
+    assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
+    assert_eq!(
+        h.store
+            .sessions_by_keys(&["k5".into()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let reply = comet
+        .request(Body::Disconnect(Disconnect {
+            conn: Some(conn(1)),
+            mid: 5,
+            key: "k5".into(),
+        }))
+        .await;
+    assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
+    assert!(h
+        .store
+        .sessions_by_keys(&["k5".into()])
+        .await
+        .unwrap()
+        .is_empty());
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_auth_and_missing_conn_are_errors() {
+    let h = start_logic().await;
+    let mut comet = LinkClient::connect(&h.logic).await;
+    let reply = comet
+        .request(Body::Connect(Connect {
+            conn: Some(conn(1)),
+            token: Bytes::from_static(b"not json"),
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(&reply, Body::Error(e) if e.message.contains("auth")),
+        "{reply:?}"
+    );
+    let reply = comet
+        .request(Body::Connect(Connect {
+            conn: None,
+            token: Bytes::from_static(b"{}"),
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(reply, Body::Error(_)), "{reply:?}");
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn online_reports_feed_the_counts_and_the_node_list() {
+    let h = start_logic().await;
+    let mut comet = LinkClient::connect(&h.logic).await;
+    let info = CometInfo {
+        id: "comet-a".into(),
+        link_addr: "127.0.0.1:1".into(),
+        tcp_addrs: vec!["10.1.1.1:3101".into()],
+        ws_addrs: vec![],
+        weight: 10,
+        shards: 1,
+    };
+    let reply = comet
+        .request(Body::RenewOnline(RenewOnline {
+            comet: Some(info),
+            shard: 0,
+            conn_count: 7,
+            rooms: [
+                ("live://1".to_string(), 5),
+                ("live://2".to_string(), 2),
+                ("livex://9".to_string(), 9),
+            ]
+            .into(),
+            ip_count: 3,
+        }))
+        .await;
+    let Body::RenewOnlineReply(reply) = reply else {
+        panic!("expected RenewOnlineReply, got {reply:?}");
+    };
+    assert_eq!(reply.rooms.len(), 3);
+    assert_eq!(reply.rooms["live://1"], 5);
+
+    // The cache refreshes every 20 ms; poll until it shows the report.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let top = loop {
+        let (status, json) = http(&h.logic, "GET", "/goim/online/top?type=live&limit=5", b"").await;
+        assert_eq!(status, 200);
+        if json["data"].as_array().is_some_and(|a| !a.is_empty()) {
+            break json;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room counts never showed up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        top["data"],
+        serde_json::json!([{"room_id": "1", "count": 5}, {"room_id": "2", "count": 2}])
+    );
+    let (_, json) = http(
+        &h.logic,
+        "GET",
+        "/goim/online/room?type=live&rooms=1&rooms=3",
+        b"",
+    )
+    .await;
+    assert_eq!(json["data"], serde_json::json!({"1": 5, "3": 0}));
+    let (_, json) = http(&h.logic, "GET", "/goim/online/total", b"").await;
+    assert_eq!(
+        json["data"],
+        serde_json::json!({"ip_count": 3, "conn_count": 7})
+    );
+    let (_, json) = http(
+        &h.logic,
+        "GET",
+        "/goim/nodes/weighted?platform=android",
+        b"",
+    )
+    .await;
+    assert_eq!(json["data"]["nodes"], serde_json::json!(["10.1.1.1"]));
+    assert_eq!(json["data"]["heartbeat"], 240);
+    assert_eq!(
+        json["data"]["backoff"],
+        serde_json::json!({"max_delay": 300, "base_delay": 3, "factor": 1.8, "jitter": 0.3})
+    );
+    let (_, json) = http(&h.logic, "GET", "/goim/nodes/weighted?platform=web", b"").await;
+    assert_eq!(
+        json["data"]["nodes"],
+        serde_json::json!(["comet-a.goim.io"])
+    );
+    let (_, json) = http(&h.logic, "GET", "/goim/nodes/instances", b"").await;
+    assert_eq!(json["data"][0]["hostname"], "comet-a");
+    assert_eq!(json["data"][0]["metadata"]["conn_count"], "7");
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_link_frame_closes_the_link_connection() {
+    let h = start_logic().await;
+    let mut stream = TcpStream::connect(h.logic.link_addr()).await.unwrap();
+    // A length prefix followed by bytes that are not a valid envelope.
+    stream
+        .write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("logic closes within the deadline");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    h.logic.shutdown().await;
+}
