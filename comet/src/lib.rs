@@ -1,1 +1,260 @@
+//! imgate comet: the goim-compatible connection server, thread-per-core on glommio.
+//!
+//! [`start`] binds every listener on the caller's thread (one SO_REUSEPORT socket per shard),
+//! starts one executor thread per shard and returns a [`CometHandle`]. Each shard owns its
+//! connections, key index and rooms; shards talk only through bounded inboxes.
 
+mod connection;
+mod link;
+mod listener;
+mod logic_client;
+mod outbound;
+mod reassembly;
+mod room;
+mod shard;
+mod socket_io;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use imgate_shared::config::CometConfig;
+use imgate_shared::link::CometInfo;
+
+use crate::shard::{CometShared, ShardCommand, ShardSetup, INBOX_CAPACITY};
+use crate::stats::ShardStats;
+
+pub use crate::stats::Stats;
+
+/// Why a comet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CometError {
+    /// An address in the configuration does not parse or resolve.
+    #[error("invalid listen address {0:?}")]
+    Address(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// A shard's executor could not be created or did not come up.
+    #[error("shard {shard} failed to start: {reason}")]
+    Shard { shard: usize, reason: String },
+}
+
+/// A running comet. Dropping it shuts it down as [`CometHandle::shutdown`] does.
+pub struct CometHandle {
+    id: String,
+    tcp_addrs: Vec<SocketAddr>,
+    ws_addrs: Vec<SocketAddr>,
+    link_addr: SocketAddr,
+    stats: Vec<Arc<ShardStats>>,
+    inboxes: Vec<async_channel::Sender<ShardCommand>>,
+    threads: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl CometHandle {
+    /// The comet id used in the registry and in connection references.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The bound goim TCP listener addresses (port 0 resolved), in configuration order.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    /// The bound WebSocket listener addresses, in configuration order.
+    pub fn ws_addrs(&self) -> &[SocketAddr] {
+        &self.ws_addrs
+    }
+
+    /// The bound cluster-link address where job delivers pushes.
+    pub fn link_addr(&self) -> SocketAddr {
+        self.link_addr
+    }
+
+    /// The counters of every shard, summed.
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for s in &self.stats {
+            s.add_to(&mut total);
+        }
+        total
+    }
+
+    /// Stops accepting, closes every connection, joins every shard thread and releases the
+    /// ports.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for inbox in &self.inboxes {
+            let _ = inbox.send_blocking(ShardCommand::Shutdown);
+        }
+        for thread in self.threads.drain(..) {
+            if let Err(e) = thread.join() {
+                tracing::warn!("comet shard ended with an error: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for CometHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+/// Binds the configured listeners and starts the shards. Returns once every listener is bound
+/// and every shard runs, so clients can connect immediately.
+pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = if config.shards == 0 {
+        cpus
+    } else {
+        config.shards
+    };
+    let tcp = config
+        .tcp_bind
+        .iter()
+        .map(|a| listener::bind_group(a, shards, config.backlog))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ws = config
+        .ws_bind
+        .iter()
+        .map(|a| listener::bind_group(a, shards, config.backlog))
+        .collect::<Result<Vec<_>, _>>()?;
+    let link = listener::bind_group(&config.link_bind, shards, config.backlog)?;
+
+    let id = if config.id.is_empty() {
+        format!("comet-{}-{}", hostname(), link.addr.port())
+    } else {
+        config.id.clone()
+    };
+    let link_advertise = if config.link_advertise.is_empty() {
+        link.addr.to_string()
+    } else {
+        config.link_advertise.clone()
+    };
+    let tcp_addrs: Vec<SocketAddr> = tcp.iter().map(|g| g.addr).collect();
+    let ws_addrs: Vec<SocketAddr> = ws.iter().map(|g| g.addr).collect();
+    let advertised = |bound: &[SocketAddr]| {
+        if config.addrs.is_empty() {
+            bound.iter().map(|a| a.to_string()).collect()
+        } else {
+            config.addrs.clone()
+        }
+    };
+    let info = CometInfo {
+        id: id.clone(),
+        link_addr: link_advertise,
+        tcp_addrs: advertised(&tcp_addrs),
+        ws_addrs: advertised(&ws_addrs),
+        weight: config.weight,
+        shards: shards as u32,
+    };
+
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| async_channel::bounded(INBOX_CAPACITY))
+        .unzip();
+    let comet = Arc::new(CometShared {
+        id: id.clone(),
+        config: config.clone(),
+        info,
+        inboxes: senders.clone(),
+    });
+    let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
+
+    // Hand socket i of every group to shard i.
+    let mut tcp_sockets: Vec<_> = tcp.into_iter().map(|g| g.sockets.into_iter()).collect();
+    let mut ws_sockets: Vec<_> = ws.into_iter().map(|g| g.sockets.into_iter()).collect();
+    let mut link_sockets = link.sockets.into_iter();
+
+    let mut handle = CometHandle {
+        id,
+        tcp_addrs,
+        ws_addrs,
+        link_addr: link.addr,
+        stats: stats.clone(),
+        inboxes: senders,
+        threads: Vec::with_capacity(shards),
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for (index, inbox) in receivers.into_iter().enumerate() {
+        let setup = ShardSetup {
+            index: index as u32,
+            comet: comet.clone(),
+            stats: stats[index].clone(),
+            inbox,
+            tcp: tcp_sockets.iter_mut().filter_map(Iterator::next).collect(),
+            ws: ws_sockets.iter_mut().filter_map(Iterator::next).collect(),
+            link: link_sockets.next().ok_or_else(|| CometError::Shard {
+                shard: index,
+                reason: "no link socket".into(),
+            })?,
+            ready: ready_tx.clone(),
+        };
+        let placement = if config.pin {
+            Placement::Fixed(index % cpus)
+        } else {
+            Placement::Unbound
+        };
+        let spawned = LocalExecutorBuilder::new(placement)
+            .name(&format!("comet-shard-{index}"))
+            .io_memory(config.io_memory)
+            .spawn(move || shard::run(setup));
+        match spawned {
+            Ok(thread) => handle.threads.push(thread),
+            Err(e) => {
+                return Err(CometError::Shard {
+                    shard: index,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    drop(ready_tx);
+    for index in 0..shards {
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err(CometError::Shard {
+                    shard: index,
+                    reason,
+                })
+            }
+            Err(e) => {
+                return Err(CometError::Shard {
+                    shard: index,
+                    reason: format!("did not report ready: {e}"),
+                })
+            }
+        }
+    }
+    Ok(handle)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn handle_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::CometHandle>();
+        assert_send_sync::<super::Stats>();
+    }
+}

@@ -1,0 +1,643 @@
+//! One client connection (TCP or WebSocket) from accept to close, run as one task: a
+//! handshake bounded by a deadline, then a reader, a writer and a heartbeat watchdog raced
+//! against each other. Idle connections hold no read or write buffer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::future::{self, poll_fn};
+use glommio::net::TcpStream;
+use glommio::timer::sleep;
+use imgate_shared::frame::{op, Header};
+use imgate_shared::link::{Body, ConnRef, Connect, ConnectReply, Disconnect, Heartbeat, Upstream};
+use imgate_shared::ws::{self, opcode, WsError};
+
+use crate::outbound::{reply, ws_control};
+use crate::reassembly::{Event, Flow, Reassembly};
+use crate::shard::{Shard, SCRATCH_SIZE};
+use crate::socket_io::{poll_write, read_with, write_all};
+use crate::stats;
+
+/// Heartbeat expiry used when logic returns none (goim's 4 min × 2).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(480);
+/// Most ops one connection may watch; further subscriptions are ignored.
+const MAX_WATCHED_OPS: usize = 1024;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client closed (EOF or a WebSocket close).
+    Quiet,
+    /// A socket error.
+    Io,
+    Malformed,
+    HandshakeTimeout,
+    AuthFailed,
+    HeartbeatExpired,
+    /// The outgoing queue was full.
+    Slow,
+    /// A newer connection authenticated with the same key.
+    Kicked,
+    Shutdown,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// The connection is already closing; nothing queued.
+    Closed,
+    /// The queue was full: the connection is now closing as too slow.
+    Overflow,
+}
+
+/// The shard-visible state of an authenticated connection.
+pub(crate) struct Conn {
+    pub id: u64,
+    pub websocket: bool,
+    pub mid: i64,
+    pub key: String,
+    pub peer_ip: Option<IpAddr>,
+    pub room: RefCell<Option<Rc<str>>>,
+    watch: RefCell<Vec<i32>>,
+    heartbeat: Duration,
+    queue: RefCell<VecDeque<Bytes>>,
+    writer: RefCell<Option<Waker>>,
+    close: Cell<Option<CloseReason>>,
+    flush_then_close: Cell<bool>,
+    last_heartbeat: Cell<Instant>,
+    last_logic_heartbeat: Cell<Instant>,
+}
+
+impl Conn {
+    /// Whether key pushes and broadcasts with `op` reach this connection.
+    pub fn watches(&self, op: i32) -> bool {
+        self.watch.borrow().contains(&op)
+    }
+
+    /// Queues `frame`, or closes the connection as too slow if `limit` entries are waiting.
+    pub fn push(&self, frame: Bytes, limit: usize) -> Pushed {
+        if self.close.get().is_some() {
+            return Pushed::Closed;
+        }
+        let mut queue = self.queue.borrow_mut();
+        if queue.len() >= limit {
+            drop(queue);
+            self.close(CloseReason::Slow);
+            return Pushed::Overflow;
+        }
+        queue.push_back(frame);
+        drop(queue);
+        self.wake_writer();
+        Pushed::Queued
+    }
+
+    /// Asks the connection task to close (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        if self.close.get().is_none() {
+            self.close.set(Some(reason));
+            self.queue.borrow_mut().clear();
+            self.wake_writer();
+        }
+    }
+
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn conn_ref(&self, shard: &Shard) -> Option<ConnRef> {
+        Some(ConnRef {
+            comet: shard.comet.id.clone(),
+            shard: shard.index,
+            conn_id: self.id,
+        })
+    }
+
+    fn subscribe(&self, ops: &[i32]) {
+        let mut watch = self.watch.borrow_mut();
+        for op in ops {
+            if !watch.contains(op) && watch.len() < MAX_WATCHED_OPS {
+                watch.push(*op);
+            }
+        }
+    }
+
+    fn unsubscribe(&self, ops: &[i32]) {
+        self.watch.borrow_mut().retain(|op| !ops.contains(op));
+    }
+}
+
+/// Parses an OpSub/OpUnsub body: comma-separated decimal int32 ops. Any invalid item voids
+/// the whole list (goim).
+pub(crate) fn parse_ops(body: &[u8]) -> Option<Vec<i32>> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split(',')
+        .map(|item| item.trim().parse::<i32>().ok())
+        .collect()
+}
+
+struct Authed {
+    ver: i16,
+    seq: i32,
+    reply: ConnectReply,
+}
+
+/// Serves one accepted client connection until it closes.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, websocket: bool) {
+    stats::inc(&shard.stats.accepted);
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let stream = RefCell::new(stream);
+    let conn_id = shard.next_conn_id();
+    let config = &shard.comet.config;
+    let mut rx = Reassembly::new(websocket, config.max_body);
+
+    let stop = shard.stop.clone();
+    let handshake_deadline = config.handshake_timeout;
+    // Boxed: the handshake's state is large and short-lived, so it should not size the task
+    // that an idle connection keeps for its whole life.
+    let outcome = future::or(
+        future::or(
+            Box::pin(handshake(
+                &shard, &stream, &mut rx, websocket, conn_id, peer,
+            )),
+            async {
+                sleep(handshake_deadline).await;
+                Err(CloseReason::HandshakeTimeout)
+            },
+        ),
+        async {
+            let _ = stop.recv().await;
+            Err(CloseReason::Shutdown)
+        },
+    )
+    .await;
+    drop(stop);
+    let authed = match outcome {
+        Ok(authed) => authed,
+        Err(reason) => {
+            count_close(&shard, reason);
+            return;
+        }
+    };
+    let Some(conn) = admit(&shard, conn_id, websocket, peer, authed) else {
+        return;
+    };
+    shard.kick_elsewhere(&conn.key, conn.id).await;
+
+    let raced = future::or(
+        future::or(
+            read_loop(&shard, &conn, &stream, &mut rx),
+            write_loop(&shard, &conn, &stream),
+        ),
+        watchdog(&conn),
+    )
+    .await;
+    let reason = conn.close.get().unwrap_or(raced);
+    conn.close(reason);
+    shard.unregister(&conn);
+    count_close(&shard, reason);
+    shard.logic.notify(Body::Disconnect(Disconnect {
+        conn: conn.conn_ref(&shard),
+        mid: conn.mid,
+        key: conn.key.clone(),
+    }));
+}
+
+/// Turns an authenticated handshake into a registered connection with its auth reply queued.
+/// Synchronous, so none of the reply's fields stay in the connection task's state.
+fn admit(
+    shard: &Shard,
+    conn_id: u64,
+    websocket: bool,
+    peer: Option<SocketAddr>,
+    authed: Authed,
+) -> Option<Rc<Conn>> {
+    let Authed { ver, seq, reply: r } = authed;
+    if shard.is_stopping() {
+        // Logic opened a session for it; close that too.
+        shard.logic.notify(Body::Disconnect(Disconnect {
+            conn: Some(ConnRef {
+                comet: shard.comet.id.clone(),
+                shard: shard.index,
+                conn_id,
+            }),
+            mid: r.mid,
+            key: r.key,
+        }));
+        return None;
+    }
+    let heartbeat = match r.heartbeat_ms {
+        0 => DEFAULT_HEARTBEAT,
+        ms => Duration::from_millis(ms),
+    };
+    let now = Instant::now();
+    let conn = Rc::new(Conn {
+        id: conn_id,
+        websocket,
+        mid: r.mid,
+        key: r.key,
+        peer_ip: peer.map(|p| p.ip()),
+        room: RefCell::new(None),
+        watch: RefCell::new(Vec::new()),
+        heartbeat,
+        queue: RefCell::new(VecDeque::new()),
+        writer: RefCell::new(None),
+        close: Cell::new(None),
+        flush_then_close: Cell::new(false),
+        last_heartbeat: Cell::new(now),
+        last_logic_heartbeat: Cell::new(now),
+    });
+    conn.subscribe(&r.accepts);
+    shard.register(&conn, &r.room);
+    push_reply(
+        shard,
+        &conn,
+        reply(websocket, ver, op::AUTH_REPLY, seq, &[]),
+    );
+    Some(conn)
+}
+
+fn count_close(shard: &Shard, reason: CloseReason) {
+    let s = &shard.stats;
+    match reason {
+        CloseReason::Malformed => stats::inc(&s.closed_malformed),
+        CloseReason::HandshakeTimeout => stats::inc(&s.handshake_timeouts),
+        CloseReason::AuthFailed => stats::inc(&s.auth_failed),
+        CloseReason::HeartbeatExpired => stats::inc(&s.heartbeat_expired),
+        CloseReason::Slow => stats::inc(&s.closed_slow),
+        CloseReason::Kicked => stats::inc(&s.kicked_duplicate),
+        CloseReason::Quiet | CloseReason::Io | CloseReason::Shutdown => {}
+    }
+}
+
+fn push_reply(shard: &Shard, conn: &Conn, frame: Bytes) {
+    conn.push(frame, shard.comet.config.send_queue);
+}
+
+/// What the handshake saw in one batch of frames.
+#[derive(Default)]
+struct HandshakeFrames {
+    auth: Option<(i16, i32, Bytes)>,
+    control: Vec<Bytes>,
+    closing: bool,
+}
+
+impl HandshakeFrames {
+    fn on_event(&mut self, event: Event<'_>) -> Flow {
+        match event {
+            Event::Frame(h, body) if h.op == op::AUTH => {
+                self.auth = Some((h.ver, h.seq, Bytes::copy_from_slice(body)));
+                Flow::Stop
+            }
+            // goim ignores anything else before auth; only the deadline bounds it.
+            Event::Frame(..) => Flow::Continue,
+            Event::Ping(payload) => {
+                self.control.push(ws_control(opcode::PONG, payload));
+                Flow::Continue
+            }
+            Event::Close(payload) => {
+                self.control
+                    .push(ws_control(opcode::CLOSE, payload.get(..2).unwrap_or(&[])));
+                self.closing = true;
+                Flow::Stop
+            }
+        }
+    }
+}
+
+async fn handshake(
+    shard: &Shard,
+    stream: &RefCell<TcpStream>,
+    rx: &mut Reassembly,
+    websocket: bool,
+    conn_id: u64,
+    peer: Option<SocketAddr>,
+) -> Result<Authed, CloseReason> {
+    let config = &shard.comet.config;
+    let mut cookie = String::new();
+    if websocket {
+        let mut head = BytesMut::new();
+        let upgrade = loop {
+            let parsed = read_with(stream, &shard.read_scratch, |data| {
+                head.extend_from_slice(data);
+                ws::parse_upgrade(&head, config.ws_max_header)
+            })
+            .await;
+            match parsed {
+                Ok(Some(Ok(Some(upgrade)))) => break upgrade,
+                Ok(Some(Ok(None))) => continue,
+                Ok(Some(Err(e))) => {
+                    let status = match e {
+                        WsError::NotFound(_) => "404 Not Found",
+                        _ => "400 Bad Request",
+                    };
+                    let response = ws::error_response(status, &e.to_string());
+                    let _ = write_all(stream, response.as_bytes()).await;
+                    return Err(CloseReason::Malformed);
+                }
+                Ok(None) => return Err(CloseReason::Quiet),
+                Err(_) => return Err(CloseReason::Io),
+            }
+        };
+        rx.preload(&head[upgrade.consumed..]);
+        write_all(stream, ws::upgrade_response(&upgrade.key).as_bytes())
+            .await
+            .map_err(|_| CloseReason::Io)?;
+        cookie = upgrade.cookie.unwrap_or_default();
+    }
+
+    let mut seen = HandshakeFrames::default();
+    let mut fed = rx.feed(&mut [], &mut |e| seen.on_event(e));
+    loop {
+        if fed.is_err() {
+            return Err(CloseReason::Malformed);
+        }
+        for frame in seen.control.drain(..) {
+            write_all(stream, &frame)
+                .await
+                .map_err(|_| CloseReason::Io)?;
+        }
+        if seen.closing {
+            return Err(CloseReason::Quiet);
+        }
+        if seen.auth.is_some() {
+            break;
+        }
+        fed = match read_with(stream, &shard.read_scratch, |data| {
+            rx.feed(data, &mut |e| seen.on_event(e))
+        })
+        .await
+        {
+            Ok(Some(result)) => result,
+            Ok(None) => return Err(CloseReason::Quiet),
+            Err(_) => return Err(CloseReason::Io),
+        };
+    }
+    let Some((ver, seq, token)) = seen.auth else {
+        return Err(CloseReason::Malformed);
+    };
+
+    let request = Body::Connect(Connect {
+        conn: Some(ConnRef {
+            comet: shard.comet.id.clone(),
+            shard: shard.index,
+            conn_id,
+        }),
+        token,
+        cookie,
+        remote_addr: peer.map(|p| p.to_string()).unwrap_or_default(),
+    });
+    match shard.logic.request(request, config.logic_timeout).await {
+        Ok(Body::ConnectReply(reply)) => Ok(Authed { ver, seq, reply }),
+        Ok(_) => {
+            tracing::warn!("logic answered Connect with an unexpected message");
+            Err(CloseReason::AuthFailed)
+        }
+        Err(e) => {
+            tracing::debug!(conn_id, "auth failed: {e}");
+            Err(CloseReason::AuthFailed)
+        }
+    }
+}
+
+/// Reads client frames after auth and answers them through the queue.
+async fn read_loop(
+    shard: &Shard,
+    conn: &Conn,
+    stream: &RefCell<TcpStream>,
+    rx: &mut Reassembly,
+) -> CloseReason {
+    // Frames that arrived together with the auth frame.
+    let mut fed = rx.feed(&mut [], &mut |e| on_event(shard, conn, e));
+    loop {
+        match fed {
+            Err(e) => {
+                tracing::debug!(conn_id = conn.id, "malformed client data: {}", e.0);
+                return CloseReason::Malformed;
+            }
+            Ok(Flow::Stop) => {
+                // A WebSocket close: the writer sends the answer, then the connection ends.
+                conn.flush_then_close.set(true);
+                conn.wake_writer();
+                return future::pending().await;
+            }
+            Ok(Flow::Continue) => {}
+        }
+        fed = match read_with(stream, &shard.read_scratch, |data| {
+            rx.feed(data, &mut |e| on_event(shard, conn, e))
+        })
+        .await
+        {
+            Ok(Some(result)) => result,
+            Ok(None) => return CloseReason::Quiet,
+            Err(_) => return CloseReason::Io,
+        };
+    }
+}
+
+fn on_event(shard: &Shard, conn: &Conn, event: Event<'_>) -> Flow {
+    match event {
+        Event::Frame(header, body) => {
+            on_frame(shard, conn, header, body);
+            Flow::Continue
+        }
+        Event::Ping(payload) => {
+            push_reply(shard, conn, ws_control(opcode::PONG, payload));
+            Flow::Continue
+        }
+        Event::Close(payload) => {
+            let code = payload.get(..2).unwrap_or(&[]);
+            push_reply(shard, conn, ws_control(opcode::CLOSE, code));
+            Flow::Stop
+        }
+    }
+}
+
+fn on_frame(shard: &Shard, conn: &Conn, h: Header, body: &[u8]) {
+    let ws = conn.websocket;
+    let answer = match h.op {
+        op::HEARTBEAT => {
+            let now = Instant::now();
+            conn.last_heartbeat.set(now);
+            if now.duration_since(conn.last_logic_heartbeat.get()) >= conn.heartbeat {
+                conn.last_logic_heartbeat.set(now);
+                shard.logic.notify(Body::Heartbeat(Heartbeat {
+                    conn: conn.conn_ref(shard),
+                    mid: conn.mid,
+                    key: conn.key.clone(),
+                }));
+            }
+            let online = conn
+                .room
+                .borrow()
+                .as_deref()
+                .map_or(0, |room| shard.room_online(room));
+            let online = online.min(i32::MAX as u32) as i32;
+            reply(ws, h.ver, op::HEARTBEAT_REPLY, h.seq, &online.to_be_bytes())
+        }
+        op::CHANGE_ROOM => {
+            shard.change_room(conn, &String::from_utf8_lossy(body));
+            reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, body)
+        }
+        op::SUB => {
+            if let Some(ops) = parse_ops(body) {
+                conn.subscribe(&ops);
+            }
+            reply(ws, h.ver, op::SUB_REPLY, h.seq, body)
+        }
+        op::UNSUB => {
+            if let Some(ops) = parse_ops(body) {
+                conn.unsubscribe(&ops);
+            }
+            reply(ws, h.ver, op::UNSUB_REPLY, h.seq, body)
+        }
+        other => {
+            shard.logic.notify(Body::Upstream(Upstream {
+                conn: conn.conn_ref(shard),
+                mid: conn.mid,
+                key: conn.key.clone(),
+                op: other,
+                seq: h.seq,
+                body: Bytes::copy_from_slice(body),
+            }));
+            reply(ws, h.ver, other, h.seq, &[])
+        }
+    };
+    push_reply(shard, conn, answer);
+}
+
+/// Drains the queue, coalescing queued frames into one write through the shard's scratch
+/// buffer. Only bytes a full socket did not take are copied into a connection-owned buffer.
+async fn write_loop(shard: &Shard, conn: &Conn, stream: &RefCell<TcpStream>) -> CloseReason {
+    let mut unsent: Option<Bytes> = None;
+    poll_fn(|cx| loop {
+        if let Some(reason) = conn.close.get() {
+            return Poll::Ready(reason);
+        }
+        if let Some(buf) = unsent.as_mut() {
+            match poll_write(stream, cx, buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Io),
+                Poll::Ready(Ok(n)) => {
+                    buf.advance(n);
+                    if buf.is_empty() {
+                        unsent = None;
+                    }
+                    continue;
+                }
+                Poll::Pending => {
+                    register(&conn.writer, cx.waker());
+                    return Poll::Pending;
+                }
+            }
+        }
+        let mut queue = conn.queue.borrow_mut();
+        match queue.len() {
+            0 => {
+                drop(queue);
+                if conn.flush_then_close.get() {
+                    return Poll::Ready(CloseReason::Quiet);
+                }
+                register(&conn.writer, cx.waker());
+                return Poll::Pending;
+            }
+            1 => unsent = queue.pop_front(),
+            _ => {
+                let mut scratch = shard.write_scratch.borrow_mut();
+                scratch.clear();
+                while let Some(front) = queue.front() {
+                    if !scratch.is_empty() && scratch.len() + front.len() > SCRATCH_SIZE {
+                        break;
+                    }
+                    scratch.extend_from_slice(front);
+                    queue.pop_front();
+                }
+                drop(queue);
+                match poll_write(stream, cx, &scratch) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(CloseReason::Io)
+                    }
+                    Poll::Ready(Ok(n)) if n == scratch.len() => {}
+                    Poll::Ready(Ok(n)) => unsent = Some(Bytes::copy_from_slice(&scratch[n..])),
+                    Poll::Pending => {
+                        unsent = Some(Bytes::copy_from_slice(&scratch));
+                        register(&conn.writer, cx.waker());
+                        return Poll::Pending;
+                    }
+                }
+                if scratch.capacity() > SCRATCH_SIZE * 2 {
+                    *scratch = Vec::with_capacity(SCRATCH_SIZE);
+                }
+            }
+        }
+    })
+    .await
+}
+
+fn register(slot: &RefCell<Option<Waker>>, waker: &Waker) {
+    let mut slot = slot.borrow_mut();
+    match slot.as_ref() {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+/// Closes the connection when no heartbeat arrived for `heartbeat`. One timer per connection,
+/// re-armed lazily when it fires rather than on every heartbeat.
+async fn watchdog(conn: &Conn) -> CloseReason {
+    loop {
+        let deadline = conn.last_heartbeat.get() + conn.heartbeat;
+        let now = Instant::now();
+        if now >= deadline {
+            return CloseReason::HeartbeatExpired;
+        }
+        sleep(deadline - now).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_lists() {
+        assert_eq!(parse_ops(b"1000,1001"), Some(vec![1000, 1001]));
+        assert_eq!(parse_ops(b"-5"), Some(vec![-5]));
+        assert_eq!(parse_ops(b"1000,x"), None);
+        assert_eq!(parse_ops(b""), None);
+        assert_eq!(parse_ops(b"2147483648"), None);
+        assert_eq!(parse_ops(&[0xff]), None);
+    }
+
+    /// Per-connection state budget: the connection task's future (everything an idle
+    /// connection owns besides its `Conn`, its map entries and glommio's socket state).
+    #[test]
+    fn connection_state_is_small() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(128 << 10)
+            .make()
+            .unwrap()
+            .run(async {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let shard = Shard::detached(Default::default());
+                let task = serve(shard, stream, true);
+                let future = std::mem::size_of_val(&task);
+                let conn = std::mem::size_of::<Conn>();
+                println!(
+                    "connection future {future} bytes, Conn {conn} bytes, TcpStream {}, Reassembly {}",
+                    std::mem::size_of::<TcpStream>(),
+                    std::mem::size_of::<Reassembly>()
+                );
+                assert!(future + conn < 1536, "future {future}, conn {conn}");
+            });
+    }
+}

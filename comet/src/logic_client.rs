@@ -1,0 +1,255 @@
+//! A shard's connection to logic's cluster link: pipelined requests matched to replies by id,
+//! plus one-way notices. The connection is re-established with backoff when it drops; requests
+//! made meanwhile wait in the queue until their deadline.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::future::{self, poll_fn};
+use glommio::net::TcpStream;
+use glommio::timer::sleep;
+use imgate_shared::link::{self, Body, Envelope};
+
+use crate::socket_io::{read_with, write_all};
+
+/// Queued one-way notices kept while logic is unreachable; older ones are dropped beyond it.
+const MAX_OUTGOING: usize = 100_000;
+/// Largest batch written to logic in one write.
+const WRITE_BATCH: usize = 64 << 10;
+
+/// Why a request to logic got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogicError {
+    #[error("logic did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the connection to logic was lost")]
+    Disconnected,
+    #[error("logic refused: {0}")]
+    Refused(String),
+}
+
+#[derive(Default)]
+struct Slot {
+    value: RefCell<Option<Result<Body, LogicError>>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Slot {
+    fn fill(&self, value: Result<Body, LogicError>) {
+        *self.value.borrow_mut() = Some(value);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+struct Outgoing {
+    id: u64,
+    /// A request whose caller waits for a reply (skipped if the caller gave up).
+    awaited: bool,
+    frame: Bytes,
+}
+
+struct ForgetOnDrop<'a> {
+    client: &'a LogicClient,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.client.pending.borrow_mut().remove(&self.id);
+    }
+}
+
+/// One shard's client of logic.
+pub(crate) struct LogicClient {
+    next_id: Cell<u64>,
+    outgoing: RefCell<VecDeque<Outgoing>>,
+    pending: RefCell<HashMap<u64, Rc<Slot>>>,
+    writer: RefCell<Option<Waker>>,
+}
+
+impl LogicClient {
+    pub fn new() -> Self {
+        LogicClient {
+            next_id: Cell::new(1),
+            outgoing: RefCell::new(VecDeque::new()),
+            pending: RefCell::new(HashMap::new()),
+            writer: RefCell::new(None),
+        }
+    }
+
+    fn enqueue(&self, id: u64, awaited: bool, body: Body) {
+        let frame = Envelope::new(id, body).to_frame();
+        let mut queue = self.outgoing.borrow_mut();
+        if queue.len() >= MAX_OUTGOING {
+            queue.pop_front();
+            tracing::warn!("logic unreachable: dropping the oldest queued notice");
+        }
+        queue.push_back(Outgoing { id, awaited, frame });
+        drop(queue);
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn take_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1).max(1));
+        id
+    }
+
+    /// Sends a one-way notice (disconnect, heartbeat, upstream); replies are ignored.
+    pub fn notify(&self, body: Body) {
+        let id = self.take_id();
+        self.enqueue(id, false, body);
+    }
+
+    /// Sends a request and waits for its reply, at most `deadline`.
+    pub async fn request(&self, body: Body, deadline: Duration) -> Result<Body, LogicError> {
+        let id = self.take_id();
+        let slot = Rc::new(Slot::default());
+        self.pending.borrow_mut().insert(id, slot.clone());
+        // Removes the entry however this future ends (answered, timed out or dropped by a
+        // caller that gave up), so an abandoned request is neither kept nor sent.
+        let _forget = ForgetOnDrop { client: self, id };
+        self.enqueue(id, true, body);
+        let answer = poll_fn(|cx| match slot.value.borrow_mut().take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                *slot.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        let result = future::or(answer, async {
+            sleep(deadline).await;
+            Err(LogicError::Timeout(deadline))
+        })
+        .await;
+        match result {
+            Ok(Body::Error(failure)) => Err(LogicError::Refused(failure.message)),
+            other => other,
+        }
+    }
+
+    /// Keeps a connection to the first reachable of `addrs` and moves messages over it until
+    /// the task is dropped.
+    pub async fn run(self: Rc<Self>, addrs: Vec<String>, scratch: Rc<RefCell<Vec<u8>>>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if let Some(stream) = connect_first(&addrs).await {
+                backoff = Duration::from_millis(50);
+                let _ = stream.set_nodelay(true);
+                let stream = RefCell::new(stream);
+                let reason =
+                    future::or(self.read_loop(&stream, &scratch), self.write_loop(&stream)).await;
+                tracing::warn!("connection to logic lost: {reason}");
+                // Requests already sent will never be answered.
+                let sent: Vec<Rc<Slot>> = {
+                    let queued: std::collections::HashSet<u64> =
+                        self.outgoing.borrow().iter().map(|o| o.id).collect();
+                    self.pending
+                        .borrow()
+                        .iter()
+                        .filter(|(id, _)| !queued.contains(id))
+                        .map(|(_, s)| s.clone())
+                        .collect()
+                };
+                for slot in sent {
+                    slot.fill(Err(LogicError::Disconnected));
+                }
+            }
+            sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn read_loop(&self, stream: &RefCell<TcpStream>, scratch: &RefCell<Vec<u8>>) -> String {
+        let mut buf = BytesMut::new();
+        loop {
+            match read_with(stream, scratch, |data| buf.extend_from_slice(data)).await {
+                Ok(Some(())) => {}
+                Ok(None) => return "logic closed the connection".into(),
+                Err(e) => return format!("read error: {e}"),
+            }
+            loop {
+                match link::decode_frame(&mut buf) {
+                    Ok(Some(envelope)) => self.answer(envelope),
+                    Ok(None) => break,
+                    Err(e) => return format!("bad frame from logic: {e}"),
+                }
+            }
+        }
+    }
+
+    fn answer(&self, envelope: Envelope) {
+        let slot = self.pending.borrow_mut().remove(&envelope.id);
+        if let (Some(slot), Some(body)) = (slot, envelope.body) {
+            slot.fill(Ok(body));
+        }
+    }
+
+    async fn write_loop(&self, stream: &RefCell<TcpStream>) -> String {
+        let mut batch: Vec<u8> = Vec::new();
+        loop {
+            poll_fn(|cx| {
+                let mut queue = self.outgoing.borrow_mut();
+                let pending = self.pending.borrow();
+                while let Some(item) = queue.front() {
+                    if !batch.is_empty() && batch.len() + item.frame.len() > WRITE_BATCH {
+                        break;
+                    }
+                    if !item.awaited || pending.contains_key(&item.id) {
+                        batch.extend_from_slice(&item.frame);
+                    }
+                    queue.pop_front();
+                }
+                if batch.is_empty() {
+                    *self.writer.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            if let Err(e) = write_all(stream, &batch).await {
+                return format!("write error: {e}");
+            }
+            batch.clear();
+            if batch.capacity() > 4 * WRITE_BATCH {
+                batch = Vec::new();
+            }
+        }
+    }
+}
+
+async fn connect_first(addrs: &[String]) -> Option<TcpStream> {
+    for spec in addrs {
+        let resolved: Vec<SocketAddr> = match spec.to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::warn!("cannot resolve logic address {spec}: {e}");
+                continue;
+            }
+        };
+        for addr in resolved {
+            match TcpStream::connect_timeout(addr, Duration::from_secs(1)).await {
+                Ok(stream) => return Some(stream),
+                Err(e) => tracing::debug!("logic at {addr} unreachable: {e}"),
+            }
+        }
+    }
+    None
+}
+
+impl LogicClient {
+    /// Whether messages are still waiting to be written to logic.
+    pub fn has_queued(&self) -> bool {
+        !self.outgoing.borrow().is_empty()
+    }
+}

@@ -1,0 +1,452 @@
+//! A shard: one thread running one glommio executor that owns its listeners, connections, key
+//! index, rooms and timers outright. Other shards reach it only through its inbox.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::IntoRawFd;
+use std::os::unix::io::FromRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::net::TcpListener;
+use glommio::timer::sleep;
+use glommio::{spawn_local, Task};
+use imgate_shared::config::CometConfig;
+use imgate_shared::link::{Body, CometInfo, RenewOnline};
+use socket2::Socket;
+
+use crate::connection::{self, CloseReason, Conn, Pushed};
+use crate::link;
+use crate::logic_client::LogicClient;
+use crate::room::Rooms;
+use crate::stats::{self, ShardStats};
+
+/// Capacity of each shard's inbox.
+pub(crate) const INBOX_CAPACITY: usize = 4096;
+/// Size of the per-shard read scratch and of one coalesced write.
+pub(crate) const SCRATCH_SIZE: usize = 64 << 10;
+
+/// Work sent to a shard by link readers, other shards and the handle.
+pub(crate) enum ShardCommand {
+    /// Deliver to these keys of the shard if their connection watches `op`.
+    PushKeys {
+        keys: Vec<String>,
+        op: i32,
+        tcp: Bytes,
+        ws: Bytes,
+    },
+    /// Deliver to every member of `room` on the shard.
+    PushRoom { room: String, tcp: Bytes, ws: Bytes },
+    /// Deliver to every connection watching `op`, about `speed` per second (0 = at once).
+    Broadcast {
+        op: i32,
+        tcp: Bytes,
+        ws: Bytes,
+        speed: u32,
+    },
+    /// Close the connection holding `key` unless it is `keep_conn_id`.
+    Kick { key: String, keep_conn_id: u64 },
+    /// Close everything and let the executor return.
+    Shutdown,
+}
+
+/// What every shard of one comet shares (immutable after start).
+pub(crate) struct CometShared {
+    pub id: String,
+    pub config: CometConfig,
+    pub info: CometInfo,
+    pub inboxes: Vec<async_channel::Sender<ShardCommand>>,
+}
+
+/// Everything a shard thread starts from.
+pub(crate) struct ShardSetup {
+    pub index: u32,
+    pub comet: Arc<CometShared>,
+    pub stats: Arc<ShardStats>,
+    pub inbox: async_channel::Receiver<ShardCommand>,
+    pub tcp: Vec<Socket>,
+    pub ws: Vec<Socket>,
+    pub link: Socket,
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// The state one shard owns.
+pub(crate) struct Shard {
+    pub index: u32,
+    pub comet: Arc<CometShared>,
+    pub stats: Arc<ShardStats>,
+    pub logic: Rc<LogicClient>,
+    /// Read buffer shared by every connection of the shard, borrowed only inside a poll.
+    pub read_scratch: Rc<RefCell<Vec<u8>>>,
+    /// Buffer for coalescing queued frames into one write, borrowed only inside a poll.
+    pub write_scratch: RefCell<Vec<u8>>,
+    /// Closed when the shard stops; tasks not in `conns` race against it.
+    pub stop: async_channel::Receiver<()>,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    keys: RefCell<HashMap<String, u64>>,
+    rooms: RefCell<Rooms>,
+    cluster_rooms: RefCell<HashMap<String, u32>>,
+    ips: RefCell<HashMap<IpAddr, u32>>,
+    next_conn: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+/// The body of a shard thread: runs until a `Shutdown` command arrives.
+pub(crate) async fn run(setup: ShardSetup) {
+    let ShardSetup {
+        index,
+        comet,
+        stats,
+        inbox,
+        tcp,
+        ws,
+        link: link_socket,
+        ready,
+    } = setup;
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let shard = Rc::new(Shard::new(index, comet, stats, stop_rx));
+
+    // Duplicates of the listening sockets, kept to take them out of LISTEN state at shutdown:
+    // an in-flight io_uring accept holds the file until the ring is torn down asynchronously,
+    // so merely closing the fd would leave the port busy for a moment after `shutdown`.
+    let mut listening: Vec<Socket> = Vec::new();
+    let mut listeners: Vec<Task<()>> = Vec::new();
+    for (socket, websocket) in tcp
+        .into_iter()
+        .map(|s| (s, false))
+        .chain(ws.into_iter().map(|s| (s, true)))
+    {
+        listening.extend(socket.try_clone().ok());
+        let listener = into_listener(socket);
+        listeners.push(spawn_local(accept_clients(
+            shard.clone(),
+            listener,
+            websocket,
+        )));
+    }
+    listening.extend(link_socket.try_clone().ok());
+    listeners.push(spawn_local(link::accept_links(
+        shard.clone(),
+        into_listener(link_socket),
+    )));
+    let logic_task = spawn_local(shard.logic.clone().run(
+        shard.comet.config.logic_addrs.clone(),
+        shard.read_scratch.clone(),
+    ));
+    let renew_task = spawn_local(renew_online(shard.clone()));
+    let _ = ready.send(Ok(()));
+
+    while let Ok(command) = inbox.recv().await {
+        if let ShardCommand::Shutdown = command {
+            break;
+        }
+        shard.handle(command);
+    }
+
+    // Shutdown: stop accepting, close every connection, give logic a moment to hear about it.
+    shard.stopping.set(true);
+    drop(stop_tx);
+    for socket in listening {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    for task in listeners {
+        task.cancel().await;
+    }
+    let open: Vec<Rc<Conn>> = shard.conns.borrow().values().cloned().collect();
+    for conn in open {
+        conn.close(CloseReason::Shutdown);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while shard.logic.has_queued() && Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    renew_task.cancel().await;
+    logic_task.cancel().await;
+}
+
+fn into_listener(socket: Socket) -> TcpListener {
+    // SAFETY: the fd comes from a listening socket this shard now owns exclusively.
+    unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }
+}
+
+async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, websocket: bool) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                spawn_local(connection::serve(shard.clone(), stream, websocket)).detach();
+            }
+            Err(_) if shard.is_stopping() => return,
+            Err(e) => {
+                tracing::warn!(shard = shard.index, "accept failed: {e}");
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Reports this shard to logic right away (retrying quickly until the registry has it), then
+/// every `online_interval`, and keeps the cluster-wide room counts of the reply.
+async fn renew_online(shard: Rc<Shard>) {
+    let config = &shard.comet.config;
+    loop {
+        let report = shard.online_report();
+        let ok = match shard
+            .logic
+            .request(Body::RenewOnline(report), config.logic_timeout)
+            .await
+        {
+            Ok(Body::RenewOnlineReply(reply)) => {
+                *shard.cluster_rooms.borrow_mut() = reply.rooms.into_iter().collect();
+                true
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(shard = shard.index, "online report failed: {e}");
+                false
+            }
+        };
+        let wait = if ok {
+            config.online_interval
+        } else {
+            Duration::from_millis(100)
+        };
+        sleep(wait).await;
+    }
+}
+
+impl Shard {
+    fn new(
+        index: u32,
+        comet: Arc<CometShared>,
+        stats: Arc<ShardStats>,
+        stop: async_channel::Receiver<()>,
+    ) -> Self {
+        Shard {
+            index,
+            comet,
+            stats,
+            logic: Rc::new(LogicClient::new()),
+            read_scratch: Rc::new(RefCell::new(vec![0; SCRATCH_SIZE])),
+            write_scratch: RefCell::new(Vec::with_capacity(SCRATCH_SIZE)),
+            stop,
+            conns: RefCell::new(HashMap::new()),
+            keys: RefCell::new(HashMap::new()),
+            rooms: RefCell::new(Rooms::default()),
+            cluster_rooms: RefCell::new(HashMap::new()),
+            ips: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            stopping: Cell::new(false),
+        }
+    }
+
+    /// A shard outside any comet, for measuring per-connection state in tests.
+    #[cfg(test)]
+    pub fn detached(config: CometConfig) -> Rc<Self> {
+        let comet = Arc::new(CometShared {
+            id: "test".into(),
+            config,
+            info: CometInfo::default(),
+            inboxes: Vec::new(),
+        });
+        let (_, stop) = async_channel::bounded(1);
+        Rc::new(Shard::new(0, comet, Arc::default(), stop))
+    }
+
+    /// A comet-wide unique connection id: the shard index in the high bits.
+    pub fn next_conn_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        ((self.index as u64) << 40) | n
+    }
+
+    /// Whether the shard is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Registers an authenticated connection: key (closing an older holder on this shard),
+    /// room and peer address.
+    pub fn register(&self, conn: &Rc<Conn>, room: &str) {
+        if !conn.key.is_empty() {
+            let old = self.keys.borrow_mut().insert(conn.key.clone(), conn.id);
+            if let Some(old) = old.and_then(|id| self.conns.borrow().get(&id).cloned()) {
+                old.close(CloseReason::Kicked);
+            }
+        }
+        self.conns.borrow_mut().insert(conn.id, conn.clone());
+        if !room.is_empty() {
+            let key = self.rooms.borrow_mut().join(room, conn.id);
+            *conn.room.borrow_mut() = Some(key);
+        }
+        if let Some(ip) = conn.peer_ip {
+            *self.ips.borrow_mut().entry(ip).or_default() += 1;
+        }
+        stats::inc(&self.stats.connections);
+    }
+
+    /// Forgets a closed connection. The key entry is removed only if it still names this
+    /// connection (a newer one with the same key keeps it).
+    pub fn unregister(&self, conn: &Conn) {
+        if self.conns.borrow_mut().remove(&conn.id).is_none() {
+            return;
+        }
+        {
+            let mut keys = self.keys.borrow_mut();
+            if keys.get(&conn.key) == Some(&conn.id) {
+                keys.remove(&conn.key);
+            }
+        }
+        if let Some(room) = conn.room.borrow_mut().take() {
+            self.rooms.borrow_mut().leave(&room, conn.id);
+        }
+        if let Some(ip) = conn.peer_ip {
+            let mut ips = self.ips.borrow_mut();
+            if let Some(n) = ips.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    ips.remove(&ip);
+                }
+            }
+        }
+        stats::dec(&self.stats.connections);
+    }
+
+    /// Moves a connection to `room` (empty = leave its room).
+    pub fn change_room(&self, conn: &Conn, room: &str) {
+        let mut current = conn.room.borrow_mut();
+        if current.as_deref() == Some(room) {
+            return;
+        }
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(old) = current.take() {
+            rooms.leave(&old, conn.id);
+        }
+        if !room.is_empty() {
+            *current = Some(rooms.join(room, conn.id));
+        }
+    }
+
+    /// The online count a heartbeat reply reports for `room`.
+    pub fn room_online(&self, room: &str) -> u32 {
+        let cluster = self.cluster_rooms.borrow().get(room).copied().unwrap_or(0);
+        cluster.max(self.rooms.borrow().count(room))
+    }
+
+    /// Tells the other shards to close their connection holding `key`.
+    pub async fn kick_elsewhere(&self, key: &str, keep_conn_id: u64) {
+        if key.is_empty() {
+            return;
+        }
+        for (index, inbox) in self.comet.inboxes.iter().enumerate() {
+            if index as u32 != self.index {
+                let _ = inbox
+                    .send(ShardCommand::Kick {
+                        key: key.to_string(),
+                        keep_conn_id,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    fn online_report(&self) -> RenewOnline {
+        RenewOnline {
+            comet: Some(self.comet.info.clone()),
+            shard: self.index,
+            conn_count: self.conns.borrow().len() as u32,
+            rooms: self.rooms.borrow().counts(),
+            ip_count: self.ips.borrow().len() as u32,
+        }
+    }
+
+    fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
+        let frame = if conn.websocket { ws } else { tcp };
+        if conn.push(frame.clone(), self.comet.config.send_queue) == Pushed::Queued {
+            stats::inc(&self.stats.frames_queued);
+        }
+    }
+
+    fn handle(self: &Rc<Self>, command: ShardCommand) {
+        match command {
+            ShardCommand::PushKeys { keys, op, tcp, ws } => {
+                for key in &keys {
+                    let conn = self
+                        .keys
+                        .borrow()
+                        .get(key)
+                        .and_then(|id| self.conns.borrow().get(id).cloned());
+                    match conn {
+                        Some(conn) if conn.watches(op) => self.deliver(&conn, &tcp, &ws),
+                        Some(_) => {}
+                        None => stats::inc(&self.stats.push_dropped_no_key),
+                    }
+                }
+            }
+            ShardCommand::PushRoom { room, tcp, ws } => {
+                let members: Vec<Rc<Conn>> = {
+                    let conns = self.conns.borrow();
+                    self.rooms
+                        .borrow()
+                        .members(&room)
+                        .filter_map(|id| conns.get(&id).cloned())
+                        .collect()
+                };
+                for conn in members {
+                    self.deliver(&conn, &tcp, &ws);
+                }
+            }
+            ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
+            ShardCommand::Kick { key, keep_conn_id } => {
+                let id = self.keys.borrow().get(&key).copied();
+                if let Some(id) = id.filter(|id| *id != keep_conn_id) {
+                    let conn = self.conns.borrow().get(&id).cloned();
+                    if let Some(conn) = conn {
+                        conn.close(CloseReason::Kicked);
+                    }
+                }
+            }
+            ShardCommand::Shutdown => {}
+        }
+    }
+
+    fn broadcast(self: &Rc<Self>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
+        let targets: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| c.watches(op))
+            .cloned()
+            .collect();
+        if speed == 0 {
+            for conn in &targets {
+                self.deliver(conn, &tcp, &ws);
+            }
+            return;
+        }
+        // Paced: about `speed` connections per second, in chunks of a twentieth of that.
+        let shard = self.clone();
+        let chunk = (speed as usize / 20).max(1);
+        let pause = Duration::from_secs_f64(chunk as f64 / speed as f64);
+        spawn_local(async move {
+            for (i, part) in targets.chunks(chunk).enumerate() {
+                if i > 0 {
+                    sleep(pause).await;
+                }
+                if shard.is_stopping() {
+                    return;
+                }
+                for conn in part {
+                    shard.deliver(conn, &tcp, &ws);
+                }
+            }
+        })
+        .detach();
+    }
+}

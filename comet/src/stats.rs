@@ -1,0 +1,70 @@
+//! Per-shard counters, written only by their shard and summed when read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a comet's counters, summed over its shards.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Currently authenticated connections.
+    pub connections: u64,
+    /// Client connections accepted (TCP and WebSocket), authenticated or not.
+    pub accepted: u64,
+    /// Connections closed because logic refused or could not answer their auth.
+    pub auth_failed: u64,
+    /// Connections closed for a protocol error (bad frame, bad upgrade, bad WebSocket framing).
+    pub closed_malformed: u64,
+    /// Connections closed because their outgoing queue was full.
+    pub closed_slow: u64,
+    /// Connections closed because they did not authenticate in time.
+    pub handshake_timeouts: u64,
+    /// Connections closed because no heartbeat arrived in time.
+    pub heartbeat_expired: u64,
+    /// Connections closed because a newer connection authenticated with the same key.
+    pub kicked_duplicate: u64,
+    /// Pushes queued to connections.
+    pub frames_queued: u64,
+    /// Key pushes whose key has no connection on the target shard.
+    pub push_dropped_no_key: u64,
+}
+
+/// The counters of one shard. Only that shard writes them (relaxed), readers sum them.
+#[derive(Debug, Default)]
+pub(crate) struct ShardStats {
+    pub connections: AtomicU64,
+    pub accepted: AtomicU64,
+    pub auth_failed: AtomicU64,
+    pub closed_malformed: AtomicU64,
+    pub closed_slow: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub heartbeat_expired: AtomicU64,
+    pub kicked_duplicate: AtomicU64,
+    pub frames_queued: AtomicU64,
+    pub push_dropped_no_key: AtomicU64,
+}
+
+/// Adds one to a counter.
+pub(crate) fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Subtracts one from a gauge.
+pub(crate) fn dec(counter: &AtomicU64) {
+    counter.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl ShardStats {
+    /// Adds this shard's counters to `total`.
+    pub fn add_to(&self, total: &mut Stats) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        total.connections += get(&self.connections);
+        total.accepted += get(&self.accepted);
+        total.auth_failed += get(&self.auth_failed);
+        total.closed_malformed += get(&self.closed_malformed);
+        total.closed_slow += get(&self.closed_slow);
+        total.handshake_timeouts += get(&self.handshake_timeouts);
+        total.heartbeat_expired += get(&self.heartbeat_expired);
+        total.kicked_duplicate += get(&self.kicked_duplicate);
+        total.frames_queued += get(&self.frames_queued);
+        total.push_dropped_no_key += get(&self.push_dropped_no_key);
+    }
+}
