@@ -1,1 +1,234 @@
-fn main() {}
+//! `imgate`: run the whole gateway, one of its services, or a test subscriber.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use imgate::client::{Client, ClientError, Transport};
+use imgate::standalone::Gateway;
+use imgate_shared::config::{parse_duration, Config};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "imgate",
+    version,
+    about = "goim-compatible IM and push gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run only the connection server; it joins logic over the cluster link.
+    Comet(ServiceArgs),
+    /// Run logic (with job beside it while the bus is the embedded one).
+    Logic(ServiceArgs),
+    /// Run job alone (needs a bus shared between processes).
+    Job(ServiceArgs),
+    /// Connect as a goim client and print every pushed message as a line.
+    Sub(SubArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServiceArgs {
+    /// TOML configuration file (see imgate.example.toml); defaults apply without one.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// comet TCP listen address (repeatable).
+    #[arg(long)]
+    tcp_bind: Vec<String>,
+    /// comet WebSocket listen address (repeatable).
+    #[arg(long)]
+    ws_bind: Vec<String>,
+    /// comet cluster-link listen address (job delivers pushes here).
+    #[arg(long)]
+    comet_link_bind: Option<String>,
+    /// logic HTTP API listen address.
+    #[arg(long)]
+    http_bind: Option<String>,
+    /// logic cluster-link listen address (comets connect here).
+    #[arg(long)]
+    logic_link_bind: Option<String>,
+    /// logic cluster-link address(es) a comet joins (repeatable).
+    #[arg(long)]
+    join: Vec<String>,
+    /// comet id in the registry.
+    #[arg(long)]
+    comet_id: Option<String>,
+    /// Number of comet shards (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Args)]
+struct SubArgs {
+    /// comet address: TCP port (3101) or, with --ws, the WebSocket port (3102).
+    #[arg(long, default_value = "127.0.0.1:3101")]
+    addr: SocketAddr,
+    /// Speak WebSocket (ws://ADDR/sub) instead of raw TCP.
+    #[arg(long)]
+    ws: bool,
+    /// User id.
+    #[arg(long, default_value_t = 0)]
+    mid: i64,
+    /// Connection key; empty lets logic assign one.
+    #[arg(long, default_value = "")]
+    key: String,
+    /// Room to join, `type://id`.
+    #[arg(long, default_value = "")]
+    room: String,
+    /// Business ops to receive for key/mid pushes and broadcasts, comma-separated.
+    #[arg(long, default_value = "1000,1001,1002", value_delimiter = ',')]
+    accepts: Vec<i32>,
+    /// Exit after this many pushed messages (0 = run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Heartbeat interval.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    heartbeat: Duration,
+}
+
+impl ServiceArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if !self.tcp_bind.is_empty() {
+            config.comet.tcp_bind = self.tcp_bind.clone();
+        }
+        if !self.ws_bind.is_empty() {
+            config.comet.ws_bind = self.ws_bind.clone();
+        }
+        if !self.join.is_empty() {
+            config.comet.logic_addrs = self.join.clone();
+        }
+        let set = |target: &mut String, value: &Option<String>| {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        };
+        set(&mut config.comet.link_bind, &self.comet_link_bind);
+        set(&mut config.logic.http_bind, &self.http_bind);
+        set(&mut config.logic.link_bind, &self.logic_link_bind);
+        set(&mut config.comet.id, &self.comet_id);
+        if let Some(shards) = self.shards {
+            config.comet.shards = shards;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let gateway = match cli.command {
+        None => Gateway::start(cli.service.load()?)?,
+        Some(Command::Comet(args)) => Gateway::start_comet(args.load()?)?,
+        Some(Command::Logic(args)) => {
+            tracing::info!("bus is embedded: job runs inside this logic process");
+            Gateway::start_logic(args.load()?)?
+        }
+        Some(Command::Job(args)) => {
+            let config = args.load()?;
+            bail!(
+                "job needs a bus shared between processes; with bus.kind = {:?} job runs inside \
+                 the logic process (`imgate logic` or `imgate`)",
+                config.bus.kind
+            );
+        }
+        Some(Command::Sub(args)) => return subscribe(&args),
+    };
+    for line in gateway.describe() {
+        tracing::info!("{line}");
+    }
+    tracing::warn!(
+        "development mode: clients are trusted (goim's unsigned JSON auth) and the HTTP API is open"
+    );
+    wait_for_signal()?;
+    tracing::info!("shutting down");
+    gateway.shutdown();
+    Ok(())
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
+}
+
+fn subscribe(args: &SubArgs) -> anyhow::Result<()> {
+    let transport = if args.ws {
+        Transport::WebSocket
+    } else {
+        Transport::Tcp
+    };
+    let mut client = Client::connect(args.addr, transport)
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let auth = serde_json::json!({
+        "mid": args.mid,
+        "key": args.key,
+        "room_id": args.room,
+        "platform": "cli",
+        "accepts": args.accepts,
+    });
+    client.auth(&auth.to_string()).context("authenticating")?;
+    eprintln!("authenticated to {} as mid {}", args.addr, args.mid);
+    let mut next_heartbeat = Instant::now();
+    let mut seq = 1;
+    let mut printed = 0u64;
+    loop {
+        if Instant::now() >= next_heartbeat {
+            client.send(1, imgate_shared::frame::op::HEARTBEAT, seq, &[])?;
+            seq += 1;
+            next_heartbeat = Instant::now() + args.heartbeat;
+        }
+        let wait = next_heartbeat.saturating_duration_since(Instant::now());
+        match client.recv(wait) {
+            Ok(frame) if frame.op == imgate_shared::frame::op::HEARTBEAT_REPLY => {
+                let online = frame
+                    .body
+                    .get(..4)
+                    .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                eprintln!("heartbeat reply: room online {online}");
+            }
+            Ok(frame) => {
+                println!(
+                    "op={} seq={} body={}",
+                    frame.op,
+                    frame.seq,
+                    String::from_utf8_lossy(&frame.body)
+                );
+                printed += 1;
+                if args.count > 0 && printed >= args.count {
+                    return Ok(());
+                }
+            }
+            Err(ClientError::Timeout) => {}
+            Err(e) => return Err(e).context("connection ended"),
+        }
+    }
+}

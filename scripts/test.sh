@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: builds imgate and runs every test (unit, property and end-to-end).
+# It installs what the tests need when it is missing, so it passes on a fresh Debian machine
+# that has only the Rust toolchain. The end-to-end tests start imgate on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need cc; then
+  echo "test.sh: installing a C toolchain (needed by mimalloc)" >&2
+  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+fi
+
+# Debug builds keep the edit-test loop short; dependencies are optimised (see Cargo.toml).
+cargo test --workspace --all-targets "$@"

@@ -1,0 +1,286 @@
+//! A small blocking goim client over TCP or WebSocket: what `imgate sub` runs and what the
+//! end-to-end tests use to speak the real protocol over real sockets.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use imgate_shared::frame::{self, op};
+use imgate_shared::ws;
+
+/// One frame received from the server (inner frames of an op-9 batch are returned one by one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub ver: i16,
+    pub op: i32,
+    pub seq: i32,
+    pub body: Vec<u8>,
+}
+
+/// Transport the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+/// A connected goim client.
+pub struct Client {
+    stream: TcpStream,
+    transport: Transport,
+    buf: BytesMut,
+    pending: VecDeque<Frame>,
+    /// Frames received from the server so far, batches counted per inner frame.
+    pub received: u64,
+}
+
+/// Why the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("timed out waiting for the server")]
+    Timeout,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("auth refused: expected op 8, got op {0}")]
+    AuthRefused(i32),
+}
+
+impl Client {
+    /// Connects and, for WebSocket, performs the upgrade to `/sub`.
+    pub fn connect(addr: SocketAddr, transport: Transport) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        let mut client = Client {
+            stream,
+            transport,
+            buf: BytesMut::with_capacity(4096),
+            pending: VecDeque::new(),
+            received: 0,
+        };
+        if transport == Transport::WebSocket {
+            client.upgrade(addr)?;
+        }
+        Ok(client)
+    }
+
+    fn upgrade(&mut self, addr: SocketAddr) -> Result<(), ClientError> {
+        let request = format!(
+            "GET /sub HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aW1nYXRlLXRlc3Qta2V5MQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.stream.write_all(request.as_bytes())?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                let _ = self.buf.split_to(end + 4);
+                if !head.starts_with("HTTP/1.1 101") {
+                    return Err(ClientError::Protocol(format!("upgrade refused: {head}")));
+                }
+                let expected = ws::accept_key("aW1nYXRlLXRlc3Qta2V5MQ==");
+                if !head.contains(&expected) {
+                    return Err(ClientError::Protocol("wrong Sec-WebSocket-Accept".into()));
+                }
+                return Ok(());
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// Sends one goim frame.
+    pub fn send(&mut self, ver: i16, op: i32, seq: i32, body: &[u8]) -> Result<(), ClientError> {
+        let frame = frame::encode(ver, op, seq, body);
+        self.send_raw_frame(&frame)
+    }
+
+    /// Sends bytes as one goim "frame": raw on TCP, one binary message on WebSocket.
+    pub fn send_raw_frame(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        match self.transport {
+            Transport::Tcp => self.stream.write_all(bytes)?,
+            Transport::WebSocket => {
+                let msg =
+                    ws::encode_client_frame(ws::opcode::BINARY, bytes, [0x12, 0x34, 0x56, 0x78]);
+                self.stream.write_all(&msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes bytes to the socket as they are (for tests of malformed input).
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Sends the auth frame and waits for op 8.
+    pub fn auth(&mut self, body: &str) -> Result<(), ClientError> {
+        self.send(1, op::AUTH, 1, body.as_bytes())?;
+        let reply = self.recv(Duration::from_secs(5))?;
+        if reply.op != op::AUTH_REPLY {
+            return Err(ClientError::AuthRefused(reply.op));
+        }
+        Ok(())
+    }
+
+    /// Sends a heartbeat and returns the room online count from the reply, skipping pushes
+    /// that arrive first (they stay queued for `recv`).
+    pub fn heartbeat(&mut self, seq: i32) -> Result<i32, ClientError> {
+        self.send(1, op::HEARTBEAT, seq, &[])?;
+        let reply = self.recv_op(op::HEARTBEAT_REPLY, Duration::from_secs(5))?;
+        let count: [u8; 4] = reply.body.as_slice().try_into().map_err(|_| {
+            ClientError::Protocol(format!(
+                "heartbeat reply body of {} bytes",
+                reply.body.len()
+            ))
+        })?;
+        Ok(i32::from_be_bytes(count))
+    }
+
+    /// Waits for a frame with `op`; frames with other ops received meanwhile stay queued.
+    pub fn recv_op(&mut self, wanted: i32, timeout: Duration) -> Result<Frame, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut skipped = VecDeque::new();
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left) {
+                Ok(f) if f.op == wanted => break Ok(f),
+                Ok(f) => skipped.push_back(f),
+                Err(e) => break Err(e),
+            }
+        };
+        while let Some(f) = skipped.pop_back() {
+            self.pending.push_front(f);
+        }
+        result
+    }
+
+    /// The next frame, waiting at most `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Frame, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                return Ok(f);
+            }
+            if self.parse_buffered()? {
+                continue;
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// Whether the server has closed the connection, waiting at most `timeout` for it.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.fill(deadline) {
+                Err(ClientError::Closed) => return true,
+                Err(ClientError::Io(e)) if e.kind() != io::ErrorKind::WouldBlock => return true,
+                Err(ClientError::Timeout) => return false,
+                _ => self.buf.clear(),
+            }
+        }
+    }
+
+    fn fill(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout);
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err(ClientError::Closed),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ClientError::Timeout)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves complete frames from the buffer to `pending`; says whether it found any.
+    fn parse_buffered(&mut self) -> Result<bool, ClientError> {
+        let bad = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
+        match self.transport {
+            Transport::Tcp => {
+                match frame::decode(&self.buf, usize::MAX / 2).map_err(|e| bad(&e))? {
+                    Some((h, body)) => {
+                        let f = Frame {
+                            ver: h.ver,
+                            op: h.op,
+                            seq: h.seq,
+                            body: body.to_vec(),
+                        };
+                        let _ = self.buf.split_to(h.pack_len);
+                        self.push_frame(f)?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            }
+            Transport::WebSocket => {
+                let Some(wsf) = ws::parse_frame(&mut self.buf, usize::MAX / 2, ws::Role::Client)
+                    .map_err(|e| bad(&e))?
+                else {
+                    return Ok(false);
+                };
+                let message = self.buf.split_to(wsf.frame_len);
+                let payload = wsf.payload(&message);
+                match wsf.opcode {
+                    ws::opcode::BINARY => {
+                        let (h, body) =
+                            frame::decode_exact(payload, usize::MAX / 2).map_err(|e| bad(&e))?;
+                        self.push_frame(Frame {
+                            ver: h.ver,
+                            op: h.op,
+                            seq: h.seq,
+                            body: body.to_vec(),
+                        })?;
+                    }
+                    ws::opcode::CLOSE => return Err(ClientError::Closed),
+                    ws::opcode::PONG | ws::opcode::PING => {}
+                    other => {
+                        return Err(ClientError::Protocol(format!(
+                            "unexpected ws opcode {other}"
+                        )))
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn push_frame(&mut self, f: Frame) -> Result<(), ClientError> {
+        if f.op == op::RAW {
+            for inner in frame::split_frames(&f.body) {
+                let (h, body) = inner.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                self.received += 1;
+                self.pending.push_back(Frame {
+                    ver: h.ver,
+                    op: h.op,
+                    seq: h.seq,
+                    body: body.to_vec(),
+                });
+            }
+        } else {
+            if !matches!(f.op, op::AUTH_REPLY | op::HEARTBEAT_REPLY) {
+                self.received += 1;
+            }
+            self.pending.push_back(f);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! The `imgate` binary itself: `imgate sub` against a running gateway, and `imgate` started
+//! as a process on the ports its command line names, stopped with SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
+
+#[test]
+fn sub_prints_pushed_messages_and_stops_after_count() {
+    let g = gateway();
+    let mut sub = Command::new(IMGATE)
+        .args([
+            "sub",
+            "--addr",
+            &g.ws_addr().to_string(),
+            "--ws",
+            "--mid",
+            "77",
+            "--room",
+            "live://sub",
+            "--count",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("imgate sub starts");
+    // The subscriber is ready once its session exists.
+    eventually(
+        Duration::from_secs(10),
+        "imgate sub to authenticate",
+        || {
+            push(
+                g.http_addr(),
+                "/goim/push/mids?operation=1000&mids=77",
+                "probe",
+            )["data"]["connections"]
+                == 1
+        },
+    );
+    push(
+        g.http_addr(),
+        "/goim/push/room?operation=1001&type=live&room=sub",
+        "{\"room\":true}",
+    );
+    let status = wait_with_timeout(&mut sub, Duration::from_secs(10));
+    assert!(status.success(), "imgate sub exited with {status}");
+    let out = std::io::read_to_string(sub.stdout.take().unwrap()).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "output: {out}");
+    assert_eq!(lines[0], "op=1000 seq=0 body=probe");
+    // Probes sent before it authenticated reached nobody, so the room push comes next.
+    assert_eq!(lines[1], "op=1001 seq=0 body={\"room\":true}");
+    g.shutdown();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_binary_serves_goim_clients_and_stops_on_sigterm() {
+    let (tcp, ws, http_port, comet_link, logic_link) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let mut child = Command::new(IMGATE)
+        .args([
+            "--tcp-bind",
+            &format!("127.0.0.1:{tcp}"),
+            "--ws-bind",
+            &format!("127.0.0.1:{ws}"),
+            "--http-bind",
+            &format!("127.0.0.1:{http_port}"),
+            "--comet-link-bind",
+            &format!("127.0.0.1:{comet_link}"),
+            "--logic-link-bind",
+            &format!("127.0.0.1:{logic_link}"),
+            "--shards",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("imgate starts");
+    // Wait for the start-up log line that lists the listeners.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("imgate logs its listeners");
+        if line.contains("logic http") {
+            break;
+        }
+    }
+    let http_addr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let tcp_addr = format!("127.0.0.1:{tcp}").parse().unwrap();
+    let mut c = client(tcp_addr, imgate::client::Transport::Tcp, 5, "", "", &[1000]);
+    push(
+        http_addr,
+        "/goim/push/mids?operation=1000&mids=5",
+        "from the binary",
+    );
+    assert_eq!(next_push(&mut c).1, "from the binary");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "imgate exited with {status}");
+    assert!(
+        c.wait_closed(Duration::from_secs(5)),
+        "clients are disconnected at shutdown"
+    );
+}

@@ -1,0 +1,134 @@
+//! Helpers for end-to-end tests: a gateway on free loopback ports, clients, and a tiny
+//! HTTP/1.1 client for logic's API.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use imgate::client::{Client, Transport};
+use imgate::standalone::Gateway;
+use imgate_shared::config::Config;
+
+/// A configuration for tests: every listener on 127.0.0.1:0, two unpinned shards, short
+/// timers so reports and expiries happen within a test's patience.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.comet.tcp_bind = vec!["127.0.0.1:0".into()];
+    c.comet.ws_bind = vec!["127.0.0.1:0".into()];
+    c.comet.link_bind = "127.0.0.1:0".into();
+    c.comet.shards = 2;
+    c.comet.pin = false;
+    c.comet.io_memory = 256 << 10;
+    c.comet.handshake_timeout = Duration::from_secs(1);
+    c.comet.online_interval = Duration::from_millis(200);
+    c.logic.http_bind = "127.0.0.1:0".into();
+    c.logic.link_bind = "127.0.0.1:0".into();
+    c.logic.online_refresh = Duration::from_millis(100);
+    c.job.registry_interval = Duration::from_millis(100);
+    c
+}
+
+/// Starts a gateway with the test configuration.
+pub fn gateway() -> Gateway {
+    Gateway::start(test_config()).expect("gateway starts")
+}
+
+/// The goim auth body.
+pub fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> String {
+    serde_json::json!({"mid": mid, "key": key, "room_id": room, "platform": "test", "accepts": accepts})
+        .to_string()
+}
+
+/// Connects and authenticates.
+pub fn client(
+    addr: SocketAddr,
+    transport: Transport,
+    mid: i64,
+    key: &str,
+    room: &str,
+    accepts: &[i32],
+) -> Client {
+    let mut c = Client::connect(addr, transport).expect("connect");
+    c.auth(&auth_body(mid, key, room, accepts))
+        .expect("auth accepted");
+    c
+}
+
+/// An HTTP answer: status and the parsed JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub json: serde_json::Value,
+}
+
+/// Sends one HTTP/1.1 request and reads the whole answer.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).expect("connect to logic");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read answer");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP answer has a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("JSON body ({e}): {body:?}"));
+    Answer { status, json }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// POSTs a push and checks that logic accepted it (HTTP 200, code 0).
+pub fn push(addr: SocketAddr, path: &str, body: &str) -> serde_json::Value {
+    let a = http(addr, "POST", path, body.as_bytes());
+    assert_eq!(a.status, 200, "push {path}: {:?}", a.json);
+    assert_eq!(a.json["code"], 0, "push {path}: {:?}", a.json);
+    a.json
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Receives the next push (skipping nothing) and returns (op, body as text).
+pub fn next_push(c: &mut Client) -> (i32, String) {
+    let f = c.recv(Duration::from_secs(5)).expect("a push arrives");
+    (f.op, String::from_utf8_lossy(&f.body).to_string())
+}
