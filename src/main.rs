@@ -71,9 +71,9 @@ struct ServiceArgs {
 
 #[derive(Args)]
 struct SubArgs {
-    /// comet address: TCP port (3101) or, with --ws, the WebSocket port (3102).
-    #[arg(long, default_value = "127.0.0.1:3101")]
-    addr: SocketAddr,
+    /// comet address [default: 127.0.0.1:3101, or 127.0.0.1:3102 with --ws].
+    #[arg(long)]
+    addr: Option<SocketAddr>,
     /// Speak WebSocket (ws://ADDR/sub) instead of raw TCP.
     #[arg(long)]
     ws: bool,
@@ -181,13 +181,16 @@ fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 fn subscribe(args: &SubArgs) -> anyhow::Result<()> {
-    let transport = if args.ws {
-        Transport::WebSocket
+    let (transport, default_port) = if args.ws {
+        (Transport::WebSocket, 3102)
     } else {
-        Transport::Tcp
+        (Transport::Tcp, 3101)
     };
-    let mut client = Client::connect(args.addr, transport)
-        .with_context(|| format!("connecting to {}", args.addr))?;
+    let addr = args
+        .addr
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], default_port)));
+    let mut client =
+        Client::connect(addr, transport).with_context(|| format!("connecting to {addr}"))?;
     let auth = serde_json::json!({
         "mid": args.mid,
         "key": args.key,
@@ -196,7 +199,7 @@ fn subscribe(args: &SubArgs) -> anyhow::Result<()> {
         "accepts": args.accepts,
     });
     client.auth(&auth.to_string()).context("authenticating")?;
-    eprintln!("authenticated to {} as mid {}", args.addr, args.mid);
+    eprintln!("authenticated to {addr} as mid {}", args.mid);
     let mut next_heartbeat = Instant::now();
     let mut seq = 1;
     let mut printed = 0u64;
