@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use imgate_shared::bus::{BusConsumer, BusMessage, Push};
+use imgate_shared::bus::{BusConsumer, BusEvent, BusMessage, Push};
 use imgate_shared::config::{Config, JobConfig};
 use imgate_shared::frame;
 use imgate_shared::link::{Body, Broadcast, Envelope, PushKeys, PushRoom};
@@ -128,8 +128,15 @@ impl Router {
                     }
                 }
                 _ = registry_tick.tick() => self.registry.refresh().await,
-                message = consumer.recv() => match message {
-                    Some(message) => self.route(message).await,
+                event = consumer.recv() => match event {
+                    // The embedded bus has nothing to commit; the guard's drop reports delivery.
+                    Some(BusEvent::Message(message, _guard)) => self.route(message).await,
+                    Some(BusEvent::Revoking { done, .. }) => {
+                        for batch in self.batcher.drain() {
+                            self.send_room(batch);
+                        }
+                        let _ = done.send(());
+                    }
                     None => {
                         tracing::info!("bus closed; job stops");
                         break;

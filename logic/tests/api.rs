@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use imgate_logic::LogicHandle;
-use imgate_shared::bus::{self, BusConsumer, EmbeddedConsumer, Push};
+use imgate_shared::bus::{self, BusConsumer, BusEvent, EmbeddedConsumer, Push};
 use imgate_shared::config::Config;
 use imgate_shared::link::{
     self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline,
@@ -128,12 +128,14 @@ async fn http(logic: &LogicHandle, method: &str, path: &str, body: &[u8]) -> (u1
 }
 
 async fn next_push(consumer: &mut EmbeddedConsumer) -> Push {
-    tokio::time::timeout(WAIT, consumer.recv())
+    match tokio::time::timeout(WAIT, consumer.recv())
         .await
         .expect("a bus message within the deadline")
         .expect("bus open")
-        .push
-        .expect("a push")
+    {
+        BusEvent::Message(msg, _) => msg.push.expect("a push"),
+        other => panic!("expected a message, got {other:?}"),
+    }
 }
 
 #[tokio::test]

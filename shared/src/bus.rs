@@ -83,6 +83,8 @@ pub enum BusError {
     Full(Duration),
     #[error("bus closed: no consumer is running")]
     Closed,
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The producing side of the bus.
@@ -92,11 +94,79 @@ pub trait BusProducer: Send + Sync {
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
 }
 
+/// Told when a consumed message has been delivered (or given up on), so the bus can commit
+/// its position. Called once per message, in any order.
+pub trait DeliveryTracker: Send + Sync {
+    fn delivered(&self, partition: i32, offset: i64);
+}
+
+/// Travels with a consumed message until job has written it to every comet it was for;
+/// dropping it reports the message delivered. A job that dies drops nothing, so what it had
+/// not delivered is consumed again (at least once).
+pub struct DeliveryGuard {
+    tracker: Option<std::sync::Arc<dyn DeliveryTracker>>,
+    partition: i32,
+    offset: i64,
+}
+
+impl DeliveryGuard {
+    /// A guard that reports to `tracker` when dropped.
+    pub fn new(tracker: std::sync::Arc<dyn DeliveryTracker>, partition: i32, offset: i64) -> Self {
+        DeliveryGuard {
+            tracker: Some(tracker),
+            partition,
+            offset,
+        }
+    }
+
+    /// A guard that reports nowhere (the embedded bus has nothing to commit).
+    pub fn untracked() -> Self {
+        DeliveryGuard {
+            tracker: None,
+            partition: 0,
+            offset: 0,
+        }
+    }
+
+    /// Partition and offset of the message (0, 0 when untracked).
+    pub fn position(&self) -> (i32, i64) {
+        (self.partition, self.offset)
+    }
+}
+
+impl Drop for DeliveryGuard {
+    fn drop(&mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.delivered(self.partition, self.offset);
+        }
+    }
+}
+
+impl std::fmt::Debug for DeliveryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeliveryGuard({}, {})", self.partition, self.offset)
+    }
+}
+
+/// What a consumer hands job.
+#[derive(Debug)]
+pub enum BusEvent {
+    /// A message, with the guard to drop once it is delivered.
+    Message(BusMessage, DeliveryGuard),
+    /// These partitions are being taken away (a rebalance): job sends out everything it holds
+    /// (room batches) and then answers on `done`; the consumer waits for the guards of those
+    /// partitions and commits before letting them go.
+    Revoking {
+        partitions: Vec<i32>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
 /// The consuming side of the bus.
 #[async_trait::async_trait]
 pub trait BusConsumer: Send {
-    /// The next message, or `None` once the bus is closed and drained.
-    async fn recv(&mut self) -> Option<BusMessage>;
+    /// The next event, or `None` once the bus is closed and drained.
+    async fn recv(&mut self) -> Option<BusEvent>;
 }
 
 /// Creates the embedded bus: a bounded in-process queue of `capacity` messages. A publish waits
@@ -133,8 +203,9 @@ impl BusProducer for EmbeddedProducer {
 
 #[async_trait::async_trait]
 impl BusConsumer for EmbeddedConsumer {
-    async fn recv(&mut self) -> Option<BusMessage> {
-        self.rx.recv().await
+    async fn recv(&mut self) -> Option<BusEvent> {
+        let msg = self.rx.recv().await?;
+        Some(BusEvent::Message(msg, DeliveryGuard::untracked()))
     }
 }
 
@@ -155,6 +226,9 @@ mod tests {
             tx.publish(msg.clone()).await,
             Err(BusError::Full(_))
         ));
-        assert_eq!(rx.recv().await, Some(msg));
+        match rx.recv().await {
+            Some(BusEvent::Message(got, _)) => assert_eq!(got, msg),
+            other => panic!("expected the message, got {other:?}"),
+        }
     }
 }

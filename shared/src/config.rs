@@ -127,20 +127,41 @@ pub struct JobConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
-    /// `embedded` (in-process queue).
+    /// `embedded` (in-process queue) or `kafka`.
     pub kind: String,
     /// Capacity of the embedded queue.
     pub capacity: usize,
     /// How long a publish waits for room before the push is refused.
     #[serde(deserialize_with = "duration")]
     pub publish_timeout: Duration,
+    /// Used when `kind = "kafka"`.
+    pub kafka: KafkaConfig,
+}
+
+/// The Kafka bus (any Kafka-protocol broker).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port`.
+    pub brokers: String,
+    pub topic: String,
+    /// Consumer group of the jobs.
+    pub group: String,
+    /// Partitions of the topic when imgate creates it.
+    pub partitions: i32,
+    /// How often job commits the offsets of delivered messages.
+    #[serde(deserialize_with = "duration")]
+    pub commit_interval: Duration,
+    /// Consumer group session timeout: a job silent this long is replaced.
+    #[serde(deserialize_with = "duration")]
+    pub session_timeout: Duration,
 }
 
 /// Where sessions, online counts and the comet registry live.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `embedded` (in-process).
+    /// `embedded` (in-process) or `redis`.
     pub kind: String,
     /// Session lifetime without a heartbeat refresh.
     #[serde(deserialize_with = "duration")]
@@ -148,6 +169,23 @@ pub struct StoreConfig {
     /// A comet shard that has not reported for this long is gone.
     #[serde(deserialize_with = "duration")]
     pub online_ttl: Duration,
+    /// Used when `kind = "redis"`.
+    pub redis: RedisConfig,
+}
+
+/// The Redis store (a single node or a Redis Cluster).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` URLs: one for a single node, the seed nodes for a cluster.
+    pub urls: Vec<String>,
+    /// Speak the Redis Cluster protocol.
+    pub cluster: bool,
+    /// Prefix of every key imgate writes.
+    pub prefix: String,
+    /// Deadline of each Redis command.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 impl Default for CometConfig {
@@ -223,6 +261,31 @@ impl Default for BusConfig {
             kind: "embedded".into(),
             capacity: 65536,
             publish_timeout: Duration::from_secs(1),
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "imgate-push".into(),
+            group: "imgate-job".into(),
+            partitions: 8,
+            commit_interval: Duration::from_millis(200),
+            session_timeout: Duration::from_secs(6),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            prefix: "imgate:".into(),
+            timeout: Duration::from_secs(1),
         }
     }
 }
@@ -233,6 +296,7 @@ impl Default for StoreConfig {
             kind: "embedded".into(),
             session_ttl: Duration::from_secs(30 * 60),
             online_ttl: Duration::from_secs(20),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -271,17 +335,26 @@ impl Config {
     /// Checks the values that would otherwise fail late or silently.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.bus.kind != "embedded" {
+        if !matches!(self.bus.kind.as_str(), "embedded" | "kafka") {
             return bad(format!(
-                "bus.kind {:?} is not supported (embedded)",
+                "bus.kind {:?} must be \"embedded\" or \"kafka\"",
                 self.bus.kind
             ));
         }
-        if self.store.kind != "embedded" {
+        if !matches!(self.store.kind.as_str(), "embedded" | "redis") {
             return bad(format!(
-                "store.kind {:?} is not supported (embedded)",
+                "store.kind {:?} must be \"embedded\" or \"redis\"",
                 self.store.kind
             ));
+        }
+        if self.bus.kind == "kafka" && self.store.kind != "redis" {
+            return bad("bus.kind = \"kafka\" needs store.kind = \"redis\": processes share sessions through it".into());
+        }
+        if self.store.kind == "redis" && self.store.redis.urls.is_empty() {
+            return bad("store.redis.urls is empty".into());
+        }
+        if self.bus.kafka.partitions < 1 {
+            return bad("bus.kafka.partitions must be >= 1".into());
         }
         if self.comet.send_queue == 0 || self.job.room_batch == 0 || self.job.comet_queue == 0 {
             return bad("comet.send_queue, job.room_batch and job.comet_queue must be > 0".into());
@@ -348,6 +421,11 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(Config::from_toml("[comet]\ntcp_bnid = []").is_err());
         assert!(Config::from_toml("[comet]\nhandshake_timeout = \"8\"").is_err());
-        assert!(Config::from_toml("[bus]\nkind = \"kafka\"").is_err());
+        assert!(Config::from_toml("[bus]\nkind = \"nats\"").is_err());
+        assert!(
+            Config::from_toml("[bus]\nkind = \"kafka\"").is_err(),
+            "kafka needs redis"
+        );
+        Config::from_toml("[bus]\nkind = \"kafka\"\n[store]\nkind = \"redis\"").unwrap();
     }
 }
