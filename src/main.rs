@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use imgate::client::{Client, ClientError, Transport};
-use imgate::standalone::Gateway;
+use imgate::standalone::{Gateway, Services};
 use imgate_shared::config::{parse_duration, Config};
 
 #[global_allocator]
@@ -137,20 +137,28 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let only = |comet, logic, job| Services { comet, logic, job };
     let gateway = match cli.command {
         None => Gateway::start(cli.service.load()?)?,
-        Some(Command::Comet(args)) => Gateway::start_comet(args.load()?)?,
+        Some(Command::Comet(args)) => Gateway::run(args.load()?, only(true, false, false))?,
         Some(Command::Logic(args)) => {
-            tracing::info!("bus is embedded: job runs inside this logic process");
-            Gateway::start_logic(args.load()?)?
+            let config = args.load()?;
+            // The embedded bus only connects logic and job inside one process.
+            let job = config.bus.kind == "embedded";
+            if job {
+                tracing::info!("bus is embedded: job runs inside this logic process");
+            }
+            Gateway::run(config, only(false, true, job))?
         }
         Some(Command::Job(args)) => {
             let config = args.load()?;
-            bail!(
-                "job needs a bus shared between processes; with bus.kind = {:?} job runs inside \
-                 the logic process (`imgate logic` or `imgate`)",
-                config.bus.kind
-            );
+            if config.bus.kind == "embedded" {
+                bail!(
+                    "job needs a bus shared between processes; with bus.kind = \"embedded\" job \
+                     runs inside the logic process (`imgate logic` or `imgate`)"
+                );
+            }
+            Gateway::run(config, only(false, false, true))?
         }
         Some(Command::Sub(args)) => return subscribe(&args),
     };

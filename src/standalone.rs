@@ -1,5 +1,6 @@
-//! Runs services in this process: all three on the embedded bus and store (`imgate` with no
-//! subcommand), or one of them for a cluster. Tests start the same [`Gateway`] on port 0.
+//! Runs services in this process: all three (`imgate` with no subcommand), or some of them for
+//! a cluster, on the bus and store the configuration names. Tests start the same [`Gateway`]
+//! on port 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,16 +22,72 @@ pub struct Gateway {
     comet: Option<CometHandle>,
 }
 
-fn embedded_store(config: &Config) -> Arc<dyn Store> {
-    Arc::new(EmbeddedStore::new(StoreTtl {
-        session: config.store.session_ttl,
-        online: config.store.online_ttl,
-    }))
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub comet: bool,
+    pub logic: bool,
+    pub job: bool,
 }
 
-fn embedded_bus(config: &Config) -> (Arc<dyn BusProducer>, Box<dyn BusConsumer>) {
-    let (producer, consumer) = bus::embedded(config.bus.capacity, config.bus.publish_timeout);
-    (Arc::new(producer), Box::new(consumer))
+impl Services {
+    /// Everything in one process (`imgate` with no subcommand).
+    pub const ALL: Services = Services {
+        comet: true,
+        logic: true,
+        job: true,
+    };
+}
+
+async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.store.kind.as_str() {
+        "redis" => Arc::new(
+            imgate_logic::RedisStore::connect(&config.store)
+                .await
+                .context("connecting to Redis")?,
+        ),
+        _ => Arc::new(EmbeddedStore::new(StoreTtl {
+            session: config.store.session_ttl,
+            online: config.store.online_ttl,
+        })),
+    })
+}
+
+/// The bus ends this process needs: the embedded bus only exists within one process, so its
+/// two ends are made together; Kafka ends are made independently.
+async fn connect_bus(
+    config: &Config,
+    producer: bool,
+    consumer: bool,
+) -> anyhow::Result<(Option<Arc<dyn BusProducer>>, Option<Box<dyn BusConsumer>>)> {
+    if config.bus.kind == "kafka" {
+        let p: Option<Arc<dyn BusProducer>> = if producer {
+            Some(Arc::new(
+                imgate_job::KafkaProducer::connect(&config.bus.kafka)
+                    .await
+                    .context("connecting the Kafka producer")?,
+            ))
+        } else {
+            None
+        };
+        let c: Option<Box<dyn BusConsumer>> = if consumer {
+            Some(Box::new(
+                imgate_job::KafkaConsumer::connect(&config.bus.kafka)
+                    .context("connecting the Kafka consumer")?,
+            ))
+        } else {
+            None
+        };
+        return Ok((p, c));
+    }
+    if producer != consumer {
+        bail!(
+            "with bus.kind = \"embedded\" logic and job must run in the same process \
+             (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\")"
+        );
+    }
+    let (p, c) = bus::embedded(config.bus.capacity, config.bus.publish_timeout);
+    Ok((Some(Arc::new(p)), Some(Box::new(c))))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -43,61 +100,54 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 impl Gateway {
-    /// Starts logic, job and comet on the embedded bus and store, and returns once job has a
-    /// link to the comet, so a push sent after this returns reaches connected clients.
-    pub fn start(mut config: Config) -> anyhow::Result<Gateway> {
-        let runtime = runtime()?;
-        let store = embedded_store(&config);
-        let (producer, consumer) = embedded_bus(&config);
-        let logic = runtime
-            .block_on(imgate_logic::start(&config, store.clone(), producer))
-            .context("starting logic")?;
-        let job = runtime
-            .block_on(imgate_job::start(&config, store, consumer))
-            .context("starting job")?;
-        // The comet of this process talks to this logic, wherever its link port landed.
-        config.comet.logic_addrs = vec![logic.link_addr().to_string()];
-        let comet = imgate_comet::start(&config.comet).context("starting comet")?;
-        let gateway = Gateway {
-            runtime,
-            logic: Some(logic),
-            job: Some(job),
-            comet: Some(comet),
-        };
+    /// Starts logic, job and comet in this process and returns once job has a link to the
+    /// comet, so a push sent after this returns reaches connected clients.
+    pub fn start(config: Config) -> anyhow::Result<Gateway> {
+        let gateway = Self::run(config, Services::ALL)?;
         gateway.wait_for_links(1, Duration::from_secs(10))?;
         Ok(gateway)
     }
 
-    /// Starts logic, with job beside it: the embedded bus only connects the two within one
-    /// process. Comets join over the cluster link (`imgate comet --join`).
-    pub fn start_logic(config: Config) -> anyhow::Result<Gateway> {
+    /// Starts the chosen services. A comet started beside logic talks to that logic,
+    /// wherever its link port landed.
+    pub fn run(mut config: Config, services: Services) -> anyhow::Result<Gateway> {
         let runtime = runtime()?;
-        let store = embedded_store(&config);
-        let (producer, consumer) = embedded_bus(&config);
-        let logic = runtime
-            .block_on(imgate_logic::start(&config, store.clone(), producer))
-            .context("starting logic")?;
-        let job = runtime
-            .block_on(imgate_job::start(&config, store, consumer))
-            .context("starting job")?;
-        Ok(Gateway {
-            runtime,
-            logic: Some(logic),
-            job: Some(job),
-            comet: None,
-        })
-    }
-
-    /// Starts a comet alone; it joins the logic at `comet.logic_addrs`.
-    pub fn start_comet(config: Config) -> anyhow::Result<Gateway> {
-        let runtime = runtime()?;
-        let comet = imgate_comet::start(&config.comet).context("starting comet")?;
-        Ok(Gateway {
+        let needs_store = services.logic || services.job;
+        let store = if needs_store {
+            Some(runtime.block_on(connect_store(&config))?)
+        } else {
+            None
+        };
+        let (producer, consumer) = if needs_store {
+            runtime.block_on(connect_bus(&config, services.logic, services.job))?
+        } else {
+            (None, None)
+        };
+        let mut gateway = Gateway {
             runtime,
             logic: None,
             job: None,
-            comet: Some(comet),
-        })
+            comet: None,
+        };
+        if let (Some(store), Some(producer)) = (&store, producer) {
+            let logic = gateway
+                .runtime
+                .block_on(imgate_logic::start(&config, store.clone(), producer))
+                .context("starting logic")?;
+            config.comet.logic_addrs = vec![logic.link_addr().to_string()];
+            gateway.logic = Some(logic);
+        }
+        if let (Some(store), Some(consumer)) = (store, consumer) {
+            let job = gateway
+                .runtime
+                .block_on(imgate_job::start(&config, store, consumer))
+                .context("starting job")?;
+            gateway.job = Some(job);
+        }
+        if services.comet {
+            gateway.comet = Some(imgate_comet::start(&config.comet).context("starting comet")?);
+        }
+        Ok(gateway)
     }
 
     /// Waits until job holds links to at least `comets` comets.

@@ -4,12 +4,19 @@
 //! Frames queued while the link is (re)connecting wait in the queue. A full queue is reported
 //! to the caller, who counts it; nothing is dropped silently. Dropping the [`CometLink`] lets the
 //! task write out what is queued and then close.
+//!
+//! Every frame carries the [`Guards`] of the bus messages in it. They are dropped (which tells
+//! the bus the messages are delivered, so it may commit them) only once the frame has been
+//! written and flushed to the comet's socket, or once the frame is given up (write failed,
+//! comet unreachable when its link closes; counted and logged). A frame queued to several
+//! comets shares one [`Guards`], so the messages count as delivered after the last comet.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use imgate_shared::bus::DeliveryGuard;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -23,6 +30,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes written between flushes at most, so one busy link still flushes regularly.
 const MAX_WRITE_BATCH: usize = 1 << 20;
 
+/// The delivery guards of the bus messages in one link frame, shared by every comet it goes to.
+pub(crate) type Guards = Arc<Vec<DeliveryGuard>>;
+
+/// One queued link frame and the guards it releases once written.
+pub(crate) type Item = (Bytes, Guards);
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QueueError {
@@ -33,7 +46,7 @@ pub(crate) enum QueueError {
 /// The sending side of one comet link.
 pub(crate) struct CometLink {
     pub addr: String,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Item>,
     task: JoinHandle<()>,
 }
 
@@ -50,9 +63,9 @@ impl CometLink {
         CometLink { addr, queue, task }
     }
 
-    /// Queues one link frame without waiting.
-    pub(crate) fn send(&self, frame: Bytes) -> Result<(), QueueError> {
-        self.queue.try_send(frame).map_err(|e| match e {
+    /// Queues one link frame without waiting. A refused frame's guards drop with it.
+    pub(crate) fn send(&self, frame: Bytes, guards: Guards) -> Result<(), QueueError> {
+        self.queue.try_send((frame, guards)).map_err(|e| match e {
             TrySendError::Full(_) => QueueError::Full,
             TrySendError::Closed(_) => QueueError::Closed,
         })
@@ -77,7 +90,7 @@ enum Ended {
     Broken,
 }
 
-async fn run(id: String, addr: String, mut frames: mpsc::Receiver<Bytes>, counters: Arc<Counters>) {
+async fn run(id: String, addr: String, mut frames: mpsc::Receiver<Item>, counters: Arc<Counters>) {
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
     loop {
@@ -128,7 +141,7 @@ async fn run(id: String, addr: String, mut frames: mpsc::Receiver<Bytes>, counte
 }
 
 /// Writes queued frames until the queue closes or the connection breaks.
-async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Bytes>, counters: &Counters) -> Ended {
+async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Item>, counters: &Counters) -> Ended {
     let (mut reader, writer) = stream.into_split();
     let mut writer = BufWriter::with_capacity(64 << 10, writer);
     // The comet sends nothing on this link; reading only notices that it closed.
@@ -137,18 +150,21 @@ async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Bytes>, counters: &
         tokio::select! {
             biased;
             frame = frames.recv() => {
-                let Some(frame) = frame else {
+                let Some(item) = frame else {
                     let _ = writer.flush().await;
                     let _ = writer.shutdown().await;
                     return Ended::Drained;
                 };
                 let mut written = 0usize;
                 let mut in_batch = 0u64;
-                let mut next = Some(frame);
+                // Released once the whole write is flushed to the socket.
+                let mut delivered: Vec<Guards> = Vec::new();
+                let mut next = Some(item);
                 let mut result = Ok(());
-                while let Some(frame) = next.take() {
+                while let Some((frame, guards)) = next.take() {
                     in_batch += 1;
                     written += frame.len();
+                    delivered.push(guards);
                     if let Err(e) = writer.write_all(&frame).await {
                         result = Err(e);
                         break;
@@ -162,9 +178,10 @@ async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Bytes>, counters: &
                 }
                 if let Err(e) = result {
                     add(&counters.link_write_failed, in_batch);
-                    tracing::warn!(error = %e, frames = in_batch, "comet link write failed; frames of this write lost");
+                    tracing::warn!(error = %e, frames = in_batch, "comet link write failed; frames of this write given up");
                     return Ended::Broken;
                 }
+                drop(delivered);
             }
             read = reader.read(&mut scratch) => match read {
                 Ok(0) | Err(_) => return Ended::Broken,

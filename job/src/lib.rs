@@ -6,8 +6,15 @@
 //! comet with the speed split between them. Every comet has its own link task and bounded
 //! queue ([`comet_link`]), so a slow comet fills its own queue (counted) instead of stalling the
 //! others.
+//!
+//! Delivery is tracked end to end for the Kafka bus ([`kafka`]): every bus message's
+//! [`DeliveryGuard`] travels with the link frames it became and is dropped only once every
+//! comet it was for wrote it to its socket (or it was given up on, counted), so the bus commits
+//! nothing before it was delivered (at least once). With the embedded bus the guards are
+//! untracked and change nothing.
 
 mod comet_link;
+pub mod kafka;
 mod registry;
 mod room;
 mod stats;
@@ -17,19 +24,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use imgate_shared::bus::{BusConsumer, BusEvent, BusMessage, Push};
+use imgate_shared::bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
 use imgate_shared::config::{Config, JobConfig};
 use imgate_shared::frame;
-use imgate_shared::link::{Body, Broadcast, Envelope, PushKeys, PushRoom};
+use imgate_shared::link::{Body, Broadcast, Envelope, PushKeys};
 use imgate_shared::store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use comet_link::Guards;
 use registry::Registry;
-use room::RoomBatcher;
+use room::{Batch, RoomBatcher};
 use stats::{add, Counters};
 
+pub use kafka::{KafkaConsumer, KafkaProducer};
 pub use stats::JobStats;
 
 /// Least time between registry reads triggered by pushes for unknown comets.
@@ -129,8 +138,8 @@ impl Router {
                 }
                 _ = registry_tick.tick() => self.registry.refresh().await,
                 event = consumer.recv() => match event {
-                    // The embedded bus has nothing to commit; the guard's drop reports delivery.
-                    Some(BusEvent::Message(message, _guard)) => self.route(message).await,
+                    // The guard travels with what the message becomes; its drop reports delivery.
+                    Some(BusEvent::Message(message, guard)) => self.route(message, guard).await,
                     Some(BusEvent::Revoking { done, .. }) => {
                         for batch in self.batcher.drain() {
                             self.send_room(batch);
@@ -150,7 +159,7 @@ impl Router {
         self.registry.close().await;
     }
 
-    async fn route(&mut self, message: BusMessage) {
+    async fn route(&mut self, message: BusMessage, guard: DeliveryGuard) {
         add(&self.counters.consumed, 1);
         match message.push {
             Some(Push::Keys(push)) => {
@@ -173,7 +182,10 @@ impl Router {
                 if !self.registry.contains(&push.comet) {
                     add(&self.counters.undeliverable, 1);
                     tracing::warn!(comet = %push.comet, "keys push for an unknown comet is undeliverable");
-                } else if self.registry.send_to(&push.comet, link_frame) {
+                } else if self
+                    .registry
+                    .send_to(&push.comet, link_frame, Arc::new(vec![guard]))
+                {
                     add(&self.counters.keys_pushes, 1);
                 }
             }
@@ -181,7 +193,7 @@ impl Router {
                 add(&self.counters.room_messages, 1);
                 if let Some(batch) =
                     self.batcher
-                        .push(&push.room, push.op, &push.body, Instant::now())
+                        .push(&push.room, push.op, &push.body, guard, Instant::now())
                 {
                     self.send_room(batch);
                 }
@@ -207,7 +219,8 @@ impl Router {
                     }),
                 )
                 .to_frame();
-                self.registry.send_to_all(&link_frame);
+                self.registry
+                    .send_to_all(&link_frame, &Arc::new(vec![guard]));
                 add(&self.counters.broadcasts, 1);
             }
             None => {
@@ -217,15 +230,18 @@ impl Router {
         }
     }
 
-    /// Encodes the batch once and queues the same bytes to every comet.
-    fn send_room(&self, batch: PushRoom) {
+    /// Encodes the batch once and queues the same bytes (and one shared set of the messages'
+    /// guards) to every comet.
+    fn send_room(&self, batch: Batch) {
+        let Batch { push, guards } = batch;
         if self.registry.len() == 0 {
-            add(&self.counters.undeliverable, u64::from(batch.count));
-            tracing::warn!(room = %batch.room, messages = batch.count, "room batch with no comet known is undeliverable");
+            add(&self.counters.undeliverable, u64::from(push.count));
+            tracing::warn!(room = %push.room, messages = push.count, "room batch with no comet known is undeliverable");
             return;
         }
-        let link_frame: Bytes = Envelope::new(0, Body::PushRoom(batch)).to_frame();
-        self.registry.send_to_all(&link_frame);
+        let link_frame: Bytes = Envelope::new(0, Body::PushRoom(push)).to_frame();
+        let guards: Guards = Arc::new(guards);
+        self.registry.send_to_all(&link_frame, &guards);
         add(&self.counters.room_batches, 1);
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use imgate_shared::store::Store;
 
-use crate::comet_link::{CometLink, QueueError};
+use crate::comet_link::{CometLink, Guards, QueueError};
 use crate::stats::{add, Counters};
 
 /// How long closing waits for a link to write out its queue.
@@ -100,24 +100,26 @@ impl Registry {
         self.links.contains_key(comet)
     }
 
-    /// Queues `frame` to one comet; false (counted and logged) if it is unknown or full.
-    pub(crate) fn send_to(&self, comet: &str, frame: Bytes) -> bool {
+    /// Queues `frame` to one comet; false (counted and logged) if it is unknown or full. The
+    /// guards go with the frame (or drop at once if it was refused).
+    pub(crate) fn send_to(&self, comet: &str, frame: Bytes, guards: Guards) -> bool {
         match self.links.get(comet) {
-            Some(link) => self.queue(comet, link, frame),
+            Some(link) => self.queue(comet, link, frame, guards),
             None => false,
         }
     }
 
-    /// Queues the same `frame` to every comet; returns how many took it.
-    pub(crate) fn send_to_all(&self, frame: &Bytes) -> usize {
+    /// Queues the same `frame` to every comet, each holding `guards`, so they drop after the
+    /// last comet wrote it; returns how many took it.
+    pub(crate) fn send_to_all(&self, frame: &Bytes, guards: &Guards) -> usize {
         self.links
             .iter()
-            .filter(|(id, link)| self.queue(id, link, frame.clone()))
+            .filter(|(id, link)| self.queue(id, link, frame.clone(), guards.clone()))
             .count()
     }
 
-    fn queue(&self, comet: &str, link: &CometLink, frame: Bytes) -> bool {
-        match link.send(frame) {
+    fn queue(&self, comet: &str, link: &CometLink, frame: Bytes, guards: Guards) -> bool {
+        match link.send(frame, guards) {
             Ok(()) => true,
             Err(QueueError::Full) => {
                 add(&self.counters.link_queue_full, 1);

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use imgate_shared::bus::DeliveryGuard;
 use imgate_shared::frame;
 use imgate_shared::link::PushRoom;
 use tokio::time::Instant;
@@ -15,8 +16,16 @@ use tokio::time::Instant;
 struct Pending {
     frames: BytesMut,
     count: u32,
+    /// The delivery guards of the messages in `frames`.
+    guards: Vec<DeliveryGuard>,
     /// Tells this buffer's deadline entry apart from one of an earlier, already flushed buffer.
     generation: u64,
+}
+
+/// A flushed room batch with the delivery guards of its messages.
+pub(crate) struct Batch {
+    pub push: PushRoom,
+    pub guards: Vec<DeliveryGuard>,
 }
 
 pub(crate) struct RoomBatcher {
@@ -39,14 +48,15 @@ impl RoomBatcher {
         }
     }
 
-    /// Adds one message; returns the room's batch if it is now full.
+    /// Adds one message (with its delivery guard); returns the room's batch if it is now full.
     pub(crate) fn push(
         &mut self,
         room: &str,
         op: i32,
         body: &[u8],
+        guard: DeliveryGuard,
         now: Instant,
-    ) -> Option<PushRoom> {
+    ) -> Option<Batch> {
         if !self.rooms.contains_key(room) {
             self.next_generation += 1;
             self.rooms.insert(
@@ -54,6 +64,7 @@ impl RoomBatcher {
                 Pending {
                     frames: BytesMut::new(),
                     count: 0,
+                    guards: Vec::new(),
                     generation: self.next_generation,
                 },
             );
@@ -63,6 +74,7 @@ impl RoomBatcher {
         let pending = self.rooms.get_mut(room)?;
         frame::encode_into(&mut pending.frames, frame::PUSH_VER, op, 0, body);
         pending.count += 1;
+        pending.guards.push(guard);
         if pending.count >= self.batch {
             return self.take(room);
         }
@@ -75,7 +87,7 @@ impl RoomBatcher {
     }
 
     /// Takes every buffer whose deadline has passed, oldest first.
-    pub(crate) fn expired(&mut self, now: Instant) -> Vec<PushRoom> {
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<Batch> {
         let mut out = Vec::new();
         while let Some((at, _, _)) = self.deadlines.front() {
             if *at > now {
@@ -95,7 +107,7 @@ impl RoomBatcher {
     }
 
     /// Takes every pending buffer, oldest first (shutdown).
-    pub(crate) fn drain(&mut self) -> Vec<PushRoom> {
+    pub(crate) fn drain(&mut self) -> Vec<Batch> {
         let mut out = Vec::new();
         while let Some((_, room, generation)) = self.deadlines.pop_front() {
             if self
@@ -109,12 +121,15 @@ impl RoomBatcher {
         out
     }
 
-    fn take(&mut self, room: &str) -> Option<PushRoom> {
+    fn take(&mut self, room: &str) -> Option<Batch> {
         let (room, pending) = self.rooms.remove_entry(room)?;
-        Some(PushRoom {
-            room,
-            frames: pending.frames.freeze(),
-            count: pending.count,
+        Some(Batch {
+            push: PushRoom {
+                room,
+                frames: pending.frames.freeze(),
+                count: pending.count,
+            },
+            guards: pending.guards,
         })
     }
 }
@@ -123,31 +138,36 @@ impl RoomBatcher {
 mod tests {
     use super::*;
 
+    fn g() -> DeliveryGuard {
+        DeliveryGuard::untracked()
+    }
+
     #[test]
     fn full_batches_flush_at_once_and_stragglers_at_the_deadline() {
         let mut b = RoomBatcher::new(3, Duration::from_millis(10));
         let t0 = Instant::now();
-        assert!(b.push("r", 1, b"a", t0).is_none());
-        assert!(b.push("s", 1, b"x", t0).is_none());
-        assert!(b.push("r", 1, b"b", t0).is_none());
+        assert!(b.push("r", 1, b"a", g(), t0).is_none());
+        assert!(b.push("s", 1, b"x", g(), t0).is_none());
+        assert!(b.push("r", 1, b"b", g(), t0).is_none());
         let full = b
-            .push("r", 1, b"c", t0)
+            .push("r", 1, b"c", g(), t0)
             .expect("third message fills the batch");
-        assert_eq!(full.count, 3);
-        let bodies: Vec<&[u8]> = frame::split_frames(&full.frames)
+        assert_eq!(full.push.count, 3);
+        assert_eq!(full.guards.len(), 3);
+        let bodies: Vec<&[u8]> = frame::split_frames(&full.push.frames)
             .map(|f| f.unwrap().1)
             .collect();
         assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"]);
         assert!(b
-            .push("r", 1, b"d", t0 + Duration::from_millis(5))
+            .push("r", 1, b"d", g(), t0 + Duration::from_millis(5))
             .is_none());
         assert!(b.expired(t0 + Duration::from_millis(9)).is_empty());
         let due = b.expired(t0 + Duration::from_millis(10));
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].room, "s");
+        assert_eq!(due[0].push.room, "s");
         let due = b.expired(t0 + Duration::from_millis(15));
         assert_eq!(due.len(), 1);
-        assert_eq!((due[0].room.as_str(), due[0].count), ("r", 1));
+        assert_eq!((due[0].push.room.as_str(), due[0].push.count), ("r", 1));
         assert!(b.next_deadline().is_none());
         assert!(b.rooms.is_empty());
     }
@@ -156,8 +176,8 @@ mod tests {
     fn drain_takes_everything() {
         let mut b = RoomBatcher::new(10, Duration::from_secs(1));
         let t0 = Instant::now();
-        b.push("a", 1, b"1", t0);
-        b.push("b", 1, b"2", t0);
+        b.push("a", 1, b"1", g(), t0);
+        b.push("b", 1, b"2", g(), t0);
         let all = b.drain();
         assert_eq!(all.len(), 2);
         assert!(b.rooms.is_empty());

@@ -10,6 +10,7 @@ mod link_server;
 mod nodes;
 mod online;
 mod query;
+mod redis_store;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{AuthError, Authenticator, GoimJsonAuth, Identity};
+pub use redis_store::RedisStore;
 
 /// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

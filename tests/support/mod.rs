@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -131,4 +133,79 @@ pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
 pub fn next_push(c: &mut Client) -> (i32, String) {
     let f = c.recv(Duration::from_secs(5)).expect("a push arrives");
     (f.op, String::from_utf8_lossy(&f.body).to_string())
+}
+
+/// A client on its own thread: it heartbeats every `heartbeat` and forwards every push
+/// (op, body) to a channel, until dropped.
+pub struct Subscriber {
+    pub pushes: std::sync::mpsc::Receiver<(i32, String)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    /// Connects and authenticates before returning, so the session exists when it returns.
+    pub fn start(
+        addr: SocketAddr,
+        transport: Transport,
+        mid: i64,
+        key: &str,
+        room: &str,
+        accepts: &[i32],
+    ) -> Subscriber {
+        let mut c = client(addr, transport, mid, key, room, accepts);
+        let (tx, pushes) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let heartbeat = Duration::from_millis(300);
+            let mut next = Instant::now();
+            let mut seq = 1;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    if c.send(1, imgate_shared::frame::op::HEARTBEAT, seq, &[])
+                        .is_err()
+                    {
+                        return;
+                    }
+                    seq += 1;
+                    next = Instant::now() + heartbeat;
+                }
+                match c.recv(Duration::from_millis(50)) {
+                    Ok(f) if f.op == imgate_shared::frame::op::HEARTBEAT_REPLY => {}
+                    Ok(f) => {
+                        if tx
+                            .send((f.op, String::from_utf8_lossy(&f.body).to_string()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(imgate::client::ClientError::Timeout) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Subscriber {
+            pushes,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The next push, within `timeout`.
+    pub fn next(&self, timeout: Duration) -> (i32, String) {
+        self.pushes
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no push within {timeout:?}: {e}"))
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -1,0 +1,622 @@
+//! The Redis store: sessions, online reports and the comet registry in a single Redis node or a
+//! Redis Cluster, shared by every logic (and job) process.
+//!
+//! Key schema (every key starts with `redis.prefix`, `imgate:` by default):
+//!
+//! | Key | Type | Content | TTL |
+//! | :--- | :--- | :--- | :--- |
+//! | `key:{<key>}` | string | `<mid>|<prost ConnRef>`: the connection holding the key | `session_ttl` |
+//! | `mid:{<mid>}` | hash | `<key>` → prost `ConnRef` (only for mid > 0) | `session_ttl`, renewed by any device |
+//! | `online` | hash | `<comet>/<shard>` → `<unix ms>|<prost RenewOnline>` | `online_ttl` after the last report |
+//!
+//! Every atomic step touches a single key (so a single cluster slot); operations spanning a
+//! session's key entry and its user's index are split into such steps, ordered so that a race
+//! can only leave a *stale index field*, never a wrong session:
+//!
+//! * the key entry is the authority: `mid:` fields only say where to look, and
+//!   [`RedisStore::sessions_by_mids`] returns a session only if the key entry still names that
+//!   user (stale fields it meets are removed, compare-and-delete);
+//! * removals and refreshes compare the connection ([`ConnRef`]) inside Lua scripts, so a
+//!   replaced connection's late disconnect or heartbeat never touches its successor's session
+//!   (goim's race, reference §10 #11);
+//! * an online report replaces its shard's whole previous report (goim's stale-room bug, §10 #21)
+//!   and carries the Redis server's clock, so readers on any host agree on staleness; readers
+//!   drop and delete reports older than `online_ttl` in the same script.
+//!
+//! Every command has the deadline `redis.timeout`; failures and timeouts are
+//! [`StoreError::Unavailable`]. A single node goes through a [`ConnectionManager`], which
+//! reconnects by itself; a cluster through the async cluster connection, which does the same.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use imgate_shared::config::StoreConfig;
+use imgate_shared::link::{ConnRef, RenewOnline};
+use imgate_shared::store::{CometStatus, OnlineReport, Session, Store, StoreError};
+use prost::Message;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
+
+/// Compare-and-delete of a key entry: deletes it only if it still names the connection.
+/// KEYS[1] = key entry; ARGV[1] = encoded ConnRef. Returns 1 if deleted.
+const REMOVE_KEY: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local sep = string.find(v, '|', 1, true)
+  if sep and string.sub(v, sep + 1) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+end
+return 0
+";
+
+/// Refresh of a key entry: (re)writes it when it is missing or names the same connection.
+/// KEYS[1] = key entry; ARGV[1] = new value; ARGV[2] = encoded ConnRef; ARGV[3] = TTL ms.
+/// Returns 0 if another connection holds the key, 1 if created, the previous value if renewed.
+const REFRESH_KEY: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local sep = string.find(v, '|', 1, true)
+  if not sep or string.sub(v, sep + 1) ~= ARGV[2] then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if v then return v end
+return 1
+";
+
+/// Writes a user's index field and renews the whole hash.
+/// KEYS[1] = mid hash; ARGV[1] = field (the key); ARGV[2] = encoded ConnRef; ARGV[3] = TTL ms.
+const SET_FIELD: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Compare-and-delete of a user's index field.
+/// KEYS[1] = mid hash; ARGV[1] = field; ARGV[2] = encoded ConnRef. Returns 1 if deleted.
+const REMOVE_FIELD: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+";
+
+/// Stores a shard's report stamped with the server clock; keeps the hash for `online_ttl`.
+/// KEYS[1] = online hash; ARGV[1] = field; ARGV[2] = encoded report; ARGV[3] = TTL ms.
+const REPORT_ONLINE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now) .. '|' .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Returns the live reports (`<unix ms>|<report>`) and deletes the stale ones.
+/// KEYS[1] = online hash; ARGV[1] = TTL ms.
+const READ_ONLINE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local sep = string.find(v, '|', 1, true)
+  local ts = sep and tonumber(string.sub(v, 1, sep - 1))
+  if ts == nil or now - ts >= ttl then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    live[#live + 1] = v
+  end
+end
+return live
+";
+
+/// A connection to a single node or to a cluster; both multiplex and reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Scripts {
+    remove_key: Script,
+    refresh_key: Script,
+    set_field: Script,
+    remove_field: Script,
+    report_online: Script,
+    read_online: Script,
+}
+
+/// Sessions, online reports and the comet registry in Redis (single node or cluster).
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+    timeout: Duration,
+    session_ttl_ms: u64,
+    online_ttl_ms: u64,
+    scripts: Scripts,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis {what}: {e}"))
+}
+
+fn ttl_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `<mid>|<prost ConnRef>`, the value of a key entry.
+fn encode_entry(mid: i64, conn: &[u8]) -> Vec<u8> {
+    let mut v = format!("{mid}|").into_bytes();
+    v.extend_from_slice(conn);
+    v
+}
+
+/// Splits a key entry into its user and connection; `None` if it is not one.
+fn decode_entry(v: &[u8]) -> Option<(i64, ConnRef)> {
+    let sep = v.iter().position(|b| *b == b'|')?;
+    let mid = std::str::from_utf8(&v[..sep]).ok()?.parse().ok()?;
+    let conn = ConnRef::decode(&v[sep + 1..]).ok()?;
+    Some((mid, conn))
+}
+
+/// Splits a stored report into its server time and report.
+fn decode_report(v: &[u8]) -> Option<(u64, OnlineReport)> {
+    let sep = v.iter().position(|b| *b == b'|')?;
+    let at = std::str::from_utf8(&v[..sep]).ok()?.parse().ok()?;
+    let r = RenewOnline::decode(&v[sep + 1..]).ok()?;
+    Some((
+        at,
+        OnlineReport {
+            comet: r.comet.unwrap_or_default(),
+            shard: r.shard,
+            conn_count: r.conn_count,
+            ip_count: r.ip_count,
+            rooms: r.rooms,
+        },
+    ))
+}
+
+impl RedisStore {
+    /// Connects (single node, or Redis Cluster when `config.redis.cluster`). Fails with a clear
+    /// error if Redis is unreachable at start.
+    pub async fn connect(config: &StoreConfig) -> Result<RedisStore, StoreError> {
+        let redis = &config.redis;
+        let timeout = redis.timeout;
+        if timeout.is_zero() {
+            return Err(StoreError::Unavailable(
+                "store.redis.timeout must be positive".into(),
+            ));
+        }
+        if redis.prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(format!(
+                "store.redis.prefix {:?} must not contain '{{' or '}}' (they are cluster hash tags)",
+                redis.prefix
+            )));
+        }
+        if redis.urls.is_empty() {
+            return Err(StoreError::Unavailable("store.redis.urls is empty".into()));
+        }
+        let where_ = redis.urls.join(", ");
+        let connect_err = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("cannot connect to Redis at {where_}: {e}"))
+        };
+        let conn = if redis.cluster {
+            let client = ClusterClientBuilder::new(redis.urls.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .min_retry_wait(20)
+                .max_retry_wait(200)
+                .build()
+                .map_err(|e| connect_err(&e))?;
+            let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
+                .await
+                .map_err(|_| connect_err(&format!("no answer within {:?}", timeout * 2)))?
+                .map_err(|e| connect_err(&e))?;
+            Conn::Cluster(conn)
+        } else {
+            if redis.urls.len() != 1 {
+                return Err(StoreError::Unavailable(format!(
+                    "store.redis.urls has {} URLs: a single node takes one (set cluster = true for a Redis Cluster)",
+                    redis.urls.len()
+                )));
+            }
+            let client =
+                redis::Client::open(redis.urls[0].as_str()).map_err(|e| connect_err(&e))?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(3)
+                .set_min_delay(Duration::from_millis(20))
+                .set_max_delay(Duration::from_millis(500));
+            let manager = tokio::time::timeout(
+                timeout * 2,
+                ConnectionManager::new_with_config(client, manager_config),
+            )
+            .await
+            .map_err(|_| connect_err(&format!("no answer within {:?}", timeout * 2)))?
+            .map_err(|e| connect_err(&e))?;
+            Conn::Single(manager)
+        };
+        let store = RedisStore {
+            conn,
+            prefix: redis.prefix.clone(),
+            timeout,
+            session_ttl_ms: ttl_ms(config.session_ttl),
+            online_ttl_ms: ttl_ms(config.online_ttl),
+            scripts: Scripts {
+                remove_key: Script::new(REMOVE_KEY),
+                refresh_key: Script::new(REFRESH_KEY),
+                set_field: Script::new(SET_FIELD),
+                remove_field: Script::new(REMOVE_FIELD),
+                report_online: Script::new(REPORT_ONLINE),
+                read_online: Script::new(READ_ONLINE),
+            },
+        };
+        let mut c = store.conn.clone();
+        store
+            .run("PING", redis::cmd("PING").query_async::<()>(&mut c))
+            .await
+            .map_err(|e| connect_err(&e))?;
+        Ok(store)
+    }
+
+    /// Runs one command (or one pipeline / batch) under the deadline.
+    async fn run<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(what, e)),
+            Err(_) => Err(unavailable(
+                what,
+                format!("no reply within {:?}", self.timeout),
+            )),
+        }
+    }
+
+    fn key_entry(&self, key: &str) -> String {
+        format!("{}key:{{{key}}}", self.prefix)
+    }
+
+    fn mid_index(&self, mid: i64) -> String {
+        format!("{}mid:{{{mid}}}", self.prefix)
+    }
+
+    fn online_key(&self) -> String {
+        format!("{}online", self.prefix)
+    }
+
+    async fn set_field(&self, mid: i64, key: &str, conn: &[u8]) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.set_field.prepare_invoke();
+        inv.key(self.mid_index(mid))
+            .arg(key)
+            .arg(conn)
+            .arg(self.session_ttl_ms);
+        self.run("HSET (session index)", inv.invoke_async::<()>(&mut c))
+            .await
+    }
+
+    /// Removes `key` from `mid`'s index if the field still names `conn`.
+    async fn remove_field(&self, mid: i64, key: &str, conn: &[u8]) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.remove_field.prepare_invoke();
+        inv.key(self.mid_index(mid)).arg(key).arg(conn);
+        self.run("HDEL (session index)", inv.invoke_async::<bool>(&mut c))
+            .await
+    }
+
+    /// Drops `key` from the index of the user a previous entry named, if that was another user.
+    async fn unlink_previous(&self, previous: Option<&[u8]>, key: &str, mid: i64) {
+        let Some((old_mid, old_conn)) = previous.and_then(decode_entry) else {
+            return;
+        };
+        if old_mid != mid && old_mid > 0 {
+            // A failure leaves a stale field, which readers ignore and prune.
+            if let Err(e) = self
+                .remove_field(old_mid, key, &old_conn.encode_to_vec())
+                .await
+            {
+                tracing::warn!(error = %e, key, old_mid, "cannot unlink a key from its previous user");
+            }
+        }
+    }
+
+    /// The raw key entries of `keys`, in order.
+    async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.key_entry(k)).collect();
+        match &self.conn {
+            Conn::Single(m) => {
+                let mut c = m.clone();
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(&names);
+                self.run("MGET (sessions)", cmd.query_async(&mut c)).await
+            }
+            Conn::Cluster(cc) => {
+                // Keys of different slots: one GET each, multiplexed on the cluster connection.
+                let gets = names.iter().map(|name| {
+                    let mut c = cc.clone();
+                    async move {
+                        redis::cmd("GET")
+                            .arg(name)
+                            .query_async::<Option<Vec<u8>>>(&mut c)
+                            .await
+                    }
+                });
+                let all = join_all(gets);
+                let results = self.run("GET (sessions)", async { Ok(all.await) }).await?;
+                results
+                    .into_iter()
+                    .collect::<RedisResult<Vec<_>>>()
+                    .map_err(|e| unavailable("GET (sessions)", e))
+            }
+        }
+    }
+
+    /// Every field of these users' indexes, in order.
+    async fn get_indexes(&self, mids: &[i64]) -> Result<Vec<Vec<(String, Vec<u8>)>>, StoreError> {
+        let names: Vec<String> = mids.iter().map(|m| self.mid_index(*m)).collect();
+        match &self.conn {
+            Conn::Single(m) => {
+                let mut c = m.clone();
+                let mut pipe = redis::pipe();
+                for name in &names {
+                    pipe.cmd("HGETALL").arg(name);
+                }
+                self.run("HGETALL (session index)", pipe.query_async(&mut c))
+                    .await
+            }
+            Conn::Cluster(cc) => {
+                let gets = names.iter().map(|name| {
+                    let mut c = cc.clone();
+                    async move {
+                        redis::cmd("HGETALL")
+                            .arg(name)
+                            .query_async::<Vec<(String, Vec<u8>)>>(&mut c)
+                            .await
+                    }
+                });
+                let all = join_all(gets);
+                let results = self
+                    .run("HGETALL (session index)", async { Ok(all.await) })
+                    .await?;
+                results
+                    .into_iter()
+                    .collect::<RedisResult<Vec<_>>>()
+                    .map_err(|e| unavailable("HGETALL (session index)", e))
+            }
+        }
+    }
+
+    /// The live reports with their server times.
+    async fn live_reports(&self) -> Result<Vec<(u64, OnlineReport)>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.read_online.prepare_invoke();
+        inv.key(self.online_key()).arg(self.online_ttl_ms);
+        let raw: Vec<Vec<u8>> = self
+            .run("HGETALL (online)", inv.invoke_async(&mut c))
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|v| {
+                let r = decode_report(v);
+                if r.is_none() {
+                    tracing::warn!("ignoring an undecodable online report in Redis");
+                }
+                r
+            })
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
+        let conn = session.conn.encode_to_vec();
+        let mut c = self.conn.clone();
+        let previous: Option<Vec<u8>> = self
+            .run(
+                "SET (session)",
+                redis::cmd("SET")
+                    .arg(self.key_entry(&session.key))
+                    .arg(encode_entry(session.mid, &conn))
+                    .arg("PX")
+                    .arg(self.session_ttl_ms)
+                    .arg("GET")
+                    .query_async(&mut c),
+            )
+            .await?;
+        self.unlink_previous(previous.as_deref(), &session.key, session.mid)
+            .await;
+        if session.mid > 0 {
+            self.set_field(session.mid, &session.key, &conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_session(
+        &self,
+        mid: i64,
+        key: &str,
+        conn: &ConnRef,
+    ) -> Result<bool, StoreError> {
+        let conn = conn.encode_to_vec();
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.remove_key.prepare_invoke();
+        inv.key(self.key_entry(key)).arg(&conn);
+        let removed: bool = self.run("DEL (session)", inv.invoke_async(&mut c)).await?;
+        // Even if the key moved on, a field still naming this connection is stale.
+        if mid > 0 {
+            self.remove_field(mid, key, &conn).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn refresh_session(&self, session: &Session) -> Result<(), StoreError> {
+        let conn = session.conn.encode_to_vec();
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.refresh_key.prepare_invoke();
+        inv.key(self.key_entry(&session.key))
+            .arg(encode_entry(session.mid, &conn))
+            .arg(&conn)
+            .arg(self.session_ttl_ms);
+        let reply: Value = self
+            .run("SET (session refresh)", inv.invoke_async(&mut c))
+            .await?;
+        match reply {
+            // Another connection holds the key: leave its session and index alone.
+            Value::Int(0) => return Ok(()),
+            Value::BulkString(previous) => {
+                self.unlink_previous(Some(&previous), &session.key, session.mid)
+                    .await;
+            }
+            _ => {}
+        }
+        // The key entry names this connection now, so the index field must name it too.
+        if session.mid > 0 {
+            self.set_field(session.mid, &session.key, &conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn sessions_by_keys(&self, keys: &[String]) -> Result<Vec<Session>, StoreError> {
+        let entries = self.get_entries(keys).await?;
+        Ok(keys
+            .iter()
+            .zip(entries)
+            .filter_map(|(key, v)| {
+                let (mid, conn) = decode_entry(v.as_deref()?)?;
+                Some(Session {
+                    mid,
+                    key: key.clone(),
+                    conn,
+                })
+            })
+            .collect())
+    }
+
+    async fn sessions_by_mids(&self, mids: &[i64]) -> Result<Vec<Session>, StoreError> {
+        let mids: Vec<i64> = mids.iter().copied().filter(|m| *m > 0).collect();
+        if mids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let indexes = self.get_indexes(&mids).await?;
+        let fields: Vec<(i64, String, Vec<u8>)> = mids
+            .iter()
+            .zip(indexes)
+            .flat_map(|(mid, fields)| fields.into_iter().map(|(k, c)| (*mid, k, c)))
+            .collect();
+        let keys: Vec<String> = fields.iter().map(|(_, k, _)| k.clone()).collect();
+        let entries = self.get_entries(&keys).await?;
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for ((mid, key, field), entry) in fields.into_iter().zip(entries) {
+            match entry.as_deref().and_then(decode_entry) {
+                Some((owner, conn)) if owner == mid => out.push(Session { mid, key, conn }),
+                // Expired, removed or taken by another user: the field is stale.
+                _ => stale.push((mid, key, field)),
+            }
+        }
+        for (mid, key, field) in stale {
+            if let Err(e) = self.remove_field(mid, &key, &field).await {
+                tracing::debug!(error = %e, mid, key, "cannot prune a stale session index field");
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn report_online(&self, report: OnlineReport) -> Result<(), StoreError> {
+        let field = format!("{}/{}", report.comet.id, report.shard);
+        let payload = RenewOnline {
+            comet: Some(report.comet),
+            shard: report.shard,
+            conn_count: report.conn_count,
+            rooms: report.rooms,
+            ip_count: report.ip_count,
+        }
+        .encode_to_vec();
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.report_online.prepare_invoke();
+        inv.key(self.online_key())
+            .arg(field)
+            .arg(payload)
+            .arg(self.online_ttl_ms);
+        self.run("HSET (online)", inv.invoke_async::<()>(&mut c))
+            .await
+    }
+
+    async fn room_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut counts = HashMap::new();
+        for (_, report) in self.live_reports().await? {
+            for (room, n) in report.rooms {
+                *counts.entry(room).or_insert(0) += u64::from(n);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn comets(&self) -> Result<Vec<CometStatus>, StoreError> {
+        let mut by_id: BTreeMap<String, CometStatus> = BTreeMap::new();
+        for (updated, report) in self.live_reports().await? {
+            let entry = by_id
+                .entry(report.comet.id.clone())
+                .or_insert_with(|| CometStatus {
+                    info: report.comet.clone(),
+                    conn_count: 0,
+                    ip_count: 0,
+                    updated_ms: 0,
+                });
+            entry.conn_count += u64::from(report.conn_count);
+            entry.ip_count += u64::from(report.ip_count);
+            if updated >= entry.updated_ms {
+                entry.updated_ms = updated;
+                entry.info = report.comet;
+            }
+        }
+        Ok(by_id.into_values().collect())
+    }
+}
