@@ -20,7 +20,7 @@ HEADER = struct.Struct(">ihhii")
 MID = 900001
 
 
-async def subscriber(host, port, latencies, ready):
+async def subscriber(host, port, latencies, ready, state):
     reader, writer = await asyncio.open_connection(host, port)
     body = json.dumps({"mid": MID, "accepts": [1000]}).encode()
     writer.write(HEADER.pack(16 + len(body), 16, 1, 7, 1) + body)
@@ -44,6 +44,9 @@ async def subscriber(host, port, latencies, ready):
             payload = await reader.readexactly(pack_len - 16)
             if op == 1000:
                 latencies.append(time.monotonic() - float(payload))
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        # comet closes a subscriber that falls send_queue pushes behind (a slow consumer).
+        state["closed_by_server"] = True
     finally:
         hb.cancel()
 
@@ -82,8 +85,8 @@ async def main():
     http_host, http_port = args.http.split(":")
     tcp_host, tcp_port = args.tcp.split(":")
 
-    latencies, ready = [], asyncio.Event()
-    sub = asyncio.create_task(subscriber(tcp_host, int(tcp_port), latencies, ready))
+    latencies, ready, state = [], asyncio.Event(), {"closed_by_server": False}
+    sub = asyncio.create_task(subscriber(tcp_host, int(tcp_port), latencies, ready, state))
     await asyncio.wait_for(ready.wait(), 10)
     counts = {"ok": 0, "failed": 0}
     interval = args.workers / args.rate if args.rate else 0
@@ -97,6 +100,7 @@ async def main():
     print(json.dumps({
         "pushes_per_sec": round(counts["ok"] / elapsed),
         "accepted": counts["ok"], "failed": counts["failed"], "delivered": len(lat),
+        "subscriber_closed_as_slow": state["closed_by_server"],
         "latency_ms": {"p50": round(pct(lat, 0.5), 2), "p90": round(pct(lat, 0.9), 2),
                        "p99": round(pct(lat, 0.99), 2), "max": round(lat[-1] * 1000, 2)} if lat else None,
     }))

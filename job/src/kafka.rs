@@ -662,6 +662,10 @@ impl KafkaConsumer {
             // Bounds a synchronous commit's wait on a dead broker.
             .set("socket.timeout.ms", "5000")
             .set("reconnect.backoff.max.ms", "1000")
+            // A push is latency-bound: ask the broker to answer a fetch within 10 ms rather
+            // than librdkafka's 500 ms (brokers that hold a fetch to its deadline added up to
+            // a quarter of a second per push).
+            .set("fetch.wait.max.ms", "10")
             .create_with_context(Context {
                 shared: shared.clone(),
                 events: tx.clone(),
