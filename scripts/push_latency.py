@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Rough push throughput and end-to-end latency through logic's HTTP API.
 
-One goim TCP subscriber (mid 900001) listens; W workers each keep one HTTP/1.1 connection and
-POST /goim/push/mids for that mid as fast as answers come back, for D seconds. Each body carries
+One goim TCP subscriber (mid 900001, key bench-900001) listens; W workers each keep one
+HTTP/1.1 connection and POST /goim/push/mids (stored, the default) or /goim/push/keys (--kind
+keys, not stored) for it as fast as answers come back, for D seconds. Each body carries
 its send time; the subscriber records HTTP-sent -> frame-received latency. Prints pushes/s
 (HTTP answers), delivered count and latency percentiles. Python is the client on the same
 cores, so these are lower bounds on throughput (bench-harness will do this properly).
@@ -18,11 +19,12 @@ import time
 
 HEADER = struct.Struct(">ihhii")
 MID = 900001
+KEY = "bench-900001"
 
 
 async def subscriber(host, port, latencies, ready, state):
     reader, writer = await asyncio.open_connection(host, port)
-    body = json.dumps({"mid": MID, "accepts": [1000]}).encode()
+    body = json.dumps({"mid": MID, "key": KEY, "accepts": [1000]}).encode()
     writer.write(HEADER.pack(16 + len(body), 16, 1, 7, 1) + body)
     await writer.drain()
     head = await reader.readexactly(16)
@@ -51,9 +53,10 @@ async def subscriber(host, port, latencies, ready, state):
         hb.cancel()
 
 
-async def worker(host, port, deadline, interval, counts):
+async def worker(host, port, deadline, interval, counts, kind):
     reader, writer = await asyncio.open_connection(host, port)
-    path = f"/goim/push/mids?operation=1000&mids={MID}"
+    # mids: stored in the user's inbox first (imgate); keys: fire-and-forget (goim's semantics).
+    path = f"/goim/push/mids?operation=1000&mids={MID}" if kind == "mids" else f"/goim/push/keys?operation=1000&keys={KEY}"
     next_at = time.monotonic()
     while time.monotonic() < deadline:
         if interval:
@@ -81,6 +84,7 @@ async def main():
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rate", type=float, default=0)
+    ap.add_argument("--kind", choices=["mids", "keys"], default="mids")
     args = ap.parse_args()
     http_host, http_port = args.http.split(":")
     tcp_host, tcp_port = args.tcp.split(":")
@@ -91,7 +95,7 @@ async def main():
     counts = {"ok": 0, "failed": 0}
     interval = args.workers / args.rate if args.rate else 0
     start = time.monotonic()
-    await asyncio.gather(*(worker(http_host, int(http_port), start + args.seconds, interval, counts)
+    await asyncio.gather(*(worker(http_host, int(http_port), start + args.seconds, interval, counts, args.kind)
                            for _ in range(args.workers)))
     elapsed = time.monotonic() - start
     await asyncio.sleep(2)  # let the last pushes arrive

@@ -46,10 +46,13 @@ async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .await
                 .context("connecting to Redis")?,
         ),
-        _ => Arc::new(EmbeddedStore::new(StoreTtl {
-            session: config.store.session_ttl,
-            online: config.store.online_ttl,
-        })),
+        _ => Arc::new(
+            EmbeddedStore::new(StoreTtl {
+                session: config.store.session_ttl,
+                online: config.store.online_ttl,
+            })
+            .with_retention(config.store.inbox(), config.store.room_history()),
+        ),
     })
 }
 

@@ -23,6 +23,8 @@ fn sub_prints_pushed_messages_and_stops_after_count() {
             "--ws",
             "--mid",
             "77",
+            "--key",
+            "sub-77",
             "--room",
             "live://sub",
             "--count",
@@ -32,14 +34,15 @@ fn sub_prints_pushed_messages_and_stops_after_count() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("imgate sub starts");
-    // The subscriber is ready once its session exists.
+    // The subscriber is ready once its session exists. Probe by key: pushes by mid are stored
+    // and would all arrive once it connects.
     eventually(
         Duration::from_secs(10),
         "imgate sub to authenticate",
         || {
             push(
                 g.http_addr(),
-                "/goim/push/mids?operation=1000&mids=77",
+                "/goim/push/keys?operation=1000&keys=sub-77",
                 "probe",
             )["data"]["connections"]
                 == 1

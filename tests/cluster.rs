@@ -321,3 +321,48 @@ fn a_broker_restart_fails_pushes_clearly_and_then_recovers() {
         (0..5).map(|n| format!("final-{n}")).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_comet_killed_mid_stream_loses_no_stored_message() {
+    use imgate_shared::frame::op;
+    let mut c = Cluster::start(2, 1, 1);
+    let auth = serde_json::json!({"mid": 77, "accepts": [1000], "acks": true}).to_string();
+    let mut first = imgate::client::Client::connect(c.comets[0].tcp, Transport::Tcp).unwrap();
+    first.auth(&auth).unwrap();
+    let mut received = std::collections::BTreeSet::new();
+    for n in 1..=40 {
+        if n == 21 {
+            c.comets[0].proc.kill();
+        }
+        let a = http(
+            c.http(0),
+            "POST",
+            "/goim/push/mids?operation=1000&mids=77",
+            n.to_string().as_bytes(),
+        );
+        assert_eq!(a.status, 200, "push {n}: {:?}", a.json);
+        if n <= 20 {
+            // (ack replies, op 21, stay queued and are skipped here)
+            let f = first.recv_op(1000, WAIT).expect("a push before the kill");
+            assert_eq!(f.seq, n, "stored pushes carry their sequence");
+            received.insert(f.seq);
+            // Acknowledge the first ten only: the rest must come again.
+            if n <= 10 {
+                first.send(1, op::ACK, n, n.to_string().as_bytes()).unwrap();
+            }
+        }
+    }
+    let mut second = imgate::client::Client::connect(c.comets[1].tcp, Transport::Tcp).unwrap();
+    second.auth(&auth).unwrap();
+    let mut again = Vec::new();
+    while again.last() != Some(&40) {
+        let f = second
+            .recv(WAIT)
+            .unwrap_or_else(|e| panic!("after {again:?}: {e}\n{}", c.logs()));
+        again.push(f.seq);
+    }
+    // Everything not acknowledged, in order, nothing acknowledged.
+    assert_eq!(again, (11..=40).collect::<Vec<_>>());
+    received.extend(again);
+    assert_eq!(received.len(), 40);
+}

@@ -12,12 +12,16 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::future::{self, poll_fn};
 use glommio::net::TcpStream;
+use glommio::spawn_local;
 use glommio::timer::sleep;
 use imgate_shared::frame::{op, Header};
-use imgate_shared::link::{Body, ConnRef, Connect, ConnectReply, Disconnect, Heartbeat, Upstream};
+use imgate_shared::link::{
+    Body, ConnRef, Connect, ConnectReply, Disconnect, Heartbeat, InboxAck, InboxRead, Upstream,
+};
 use imgate_shared::ws::{self, opcode, WsError};
 
-use crate::outbound::{reply, ws_control};
+use crate::delivery::Delivery;
+use crate::outbound::{reply, stored_batches, ws_control};
 use crate::reassembly::{Event, Flow, Reassembly};
 use crate::shard::{Shard, SCRATCH_SIZE};
 use crate::socket_io::{poll_write, read_with, write_all};
@@ -56,6 +60,14 @@ pub(crate) enum Pushed {
     Overflow,
 }
 
+/// One entry of a connection's outgoing queue.
+pub(crate) struct Queued {
+    bytes: Bytes,
+    /// For stored messages of a client that does not ack: the sequences these bytes carry,
+    /// reported to logic once they are written.
+    report: Option<(u64, u64)>,
+}
+
 /// The shard-visible state of an authenticated connection.
 pub(crate) struct Conn {
     pub id: u64,
@@ -66,7 +78,8 @@ pub(crate) struct Conn {
     pub room: RefCell<Option<Rc<str>>>,
     watch: RefCell<Vec<i32>>,
     heartbeat: Duration,
-    queue: RefCell<VecDeque<Bytes>>,
+    delivery: Delivery,
+    queue: RefCell<VecDeque<Queued>>,
     writer: RefCell<Option<Waker>>,
     close: Cell<Option<CloseReason>>,
     flush_then_close: Cell<bool>,
@@ -82,6 +95,54 @@ impl Conn {
 
     /// Queues `frame`, or closes the connection as too slow if `limit` entries are waiting.
     pub fn push(&self, frame: Bytes, limit: usize) -> Pushed {
+        self.push_items(
+            std::iter::once(Queued {
+                bytes: frame,
+                report: None,
+            }),
+            limit,
+        )
+    }
+
+    /// Queues a live stored push of this connection's user with inbox sequence `seq`, unless
+    /// the connection already has it (`None`).
+    pub fn push_stored(&self, frame: Bytes, seq: u64, limit: usize) -> Option<Pushed> {
+        if self.close.get().is_some() {
+            return Some(Pushed::Closed);
+        }
+        if !self.delivery.take_push(seq) {
+            return None;
+        }
+        let report = self.delivery.report_for(seq, seq);
+        Some(self.push_items(
+            std::iter::once(Queued {
+                bytes: frame,
+                report,
+            }),
+            limit,
+        ))
+    }
+
+    /// Queues batches of stored messages (from [`stored_batches`]). `inbox`: they are the
+    /// user's own (counted as delivered, reported when written by a client that does not
+    /// ack); otherwise room history, never reported. The limit is checked once, before the
+    /// first batch: one answer never overflows a queue that had room for it.
+    pub fn push_stored_batches(&self, batches: Vec<(Bytes, u64, u64)>, inbox: bool, limit: usize) {
+        if batches.is_empty() {
+            return;
+        }
+        let items = batches.into_iter().map(|(bytes, first, last)| {
+            let mut report = None;
+            if inbox {
+                self.delivery.queued(first, last);
+                report = self.delivery.report_for(first, last);
+            }
+            Queued { bytes, report }
+        });
+        self.push_items(items, limit);
+    }
+
+    fn push_items(&self, items: impl Iterator<Item = Queued>, limit: usize) -> Pushed {
         if self.close.get().is_some() {
             return Pushed::Closed;
         }
@@ -91,7 +152,7 @@ impl Conn {
             self.close(CloseReason::Slow);
             return Pushed::Overflow;
         }
-        queue.push_back(frame);
+        queue.extend(items);
         drop(queue);
         self.wake_writer();
         Pushed::Queued
@@ -143,6 +204,37 @@ pub(crate) fn parse_ops(body: &[u8]) -> Option<Vec<i32>> {
         .collect()
 }
 
+/// A decimal u64, surrounding ASCII whitespace allowed (no sign).
+fn parse_seq(text: &str) -> Option<u64> {
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Parses an OpAck body: the decimal seq the client has processed everything up to.
+pub(crate) fn parse_ack(body: &[u8]) -> Option<u64> {
+    parse_seq(std::str::from_utf8(body).ok()?)
+}
+
+/// Parses an OpSync body: `<after>` (the user's inbox, room `""`) or `<room> <after>`.
+pub(crate) fn parse_sync(body: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(body)
+        .ok()?
+        .trim_matches(|c: char| c.is_ascii_whitespace());
+    match text.rsplit_once(' ') {
+        None => Some(("", parse_seq(text)?)),
+        Some((room, after)) => {
+            let room = room.trim_matches(|c: char| c.is_ascii_whitespace());
+            if room.is_empty() {
+                return None;
+            }
+            Some((room, parse_seq(after)?))
+        }
+    }
+}
+
 struct Authed {
     ver: i16,
     seq: i32,
@@ -190,6 +282,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, websocket: bool) 
     let Some(conn) = admit(&shard, conn_id, websocket, peer, authed) else {
         return;
     };
+    if conn.mid > 0 {
+        spawn_local(catch_up(shard.clone(), conn.clone())).detach();
+    }
     shard.kick_elsewhere(&conn.key, conn.id).await;
 
     let raced = future::or(
@@ -248,6 +343,7 @@ fn admit(
         room: RefCell::new(None),
         watch: RefCell::new(Vec::new()),
         heartbeat,
+        delivery: Delivery::new(!r.acks && r.mid > 0, r.inbox_floor),
         queue: RefCell::new(VecDeque::new()),
         writer: RefCell::new(None),
         close: Cell::new(None),
@@ -261,6 +357,12 @@ fn admit(
         shard,
         &conn,
         reply(websocket, ver, op::AUTH_REPLY, seq, &[]),
+    );
+    // The user's unacknowledged stored messages follow the auth reply.
+    conn.push_stored_batches(
+        stored_batches(websocket, &r.backlog, SCRATCH_SIZE),
+        true,
+        shard.comet.config.send_queue,
     );
     Some(conn)
 }
@@ -410,8 +512,8 @@ async fn handshake(
 
 /// Reads client frames after auth and answers them through the queue.
 async fn read_loop(
-    shard: &Shard,
-    conn: &Conn,
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
     stream: &RefCell<TcpStream>,
     rx: &mut Reassembly,
 ) -> CloseReason {
@@ -443,10 +545,12 @@ async fn read_loop(
     }
 }
 
-fn on_event(shard: &Shard, conn: &Conn, event: Event<'_>) -> Flow {
+fn on_event(shard: &Rc<Shard>, conn: &Rc<Conn>, event: Event<'_>) -> Flow {
     match event {
         Event::Frame(header, body) => {
-            on_frame(shard, conn, header, body);
+            if let Some(answer) = on_frame(shard, conn, header, body) {
+                push_reply(shard, conn, answer);
+            }
             Flow::Continue
         }
         Event::Ping(payload) => {
@@ -461,7 +565,8 @@ fn on_event(shard: &Shard, conn: &Conn, event: Event<'_>) -> Flow {
     }
 }
 
-fn on_frame(shard: &Shard, conn: &Conn, h: Header, body: &[u8]) {
+/// Handles one client frame; returns the reply to queue now (a SYNC queues its own later).
+fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Option<Bytes> {
     let ws = conn.websocket;
     let answer = match h.op {
         op::HEARTBEAT => {
@@ -499,6 +604,39 @@ fn on_frame(shard: &Shard, conn: &Conn, h: Header, body: &[u8]) {
             }
             reply(ws, h.ver, op::UNSUB_REPLY, h.seq, body)
         }
+        op::ACK => {
+            // A body that is not a decimal seq is answered but acknowledges nothing.
+            if let Some(seq) = parse_ack(body).filter(|_| conn.mid > 0) {
+                shard.logic.notify(Body::InboxAck(InboxAck {
+                    conn: conn.conn_ref(shard),
+                    mid: conn.mid,
+                    seq,
+                }));
+            }
+            reply(ws, h.ver, op::ACK_REPLY, h.seq, body)
+        }
+        op::SYNC => match parse_sync(body) {
+            None => reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[]),
+            // No user, no inbox: nothing to resend.
+            Some(("", _)) if conn.mid <= 0 => reply(ws, h.ver, op::SYNC_REPLY, h.seq, body),
+            Some((room, after)) => {
+                let request = InboxRead {
+                    conn: conn.conn_ref(shard),
+                    mid: conn.mid,
+                    room: room.to_string(),
+                    after,
+                };
+                spawn_local(sync(
+                    shard.clone(),
+                    conn.clone(),
+                    h,
+                    Bytes::copy_from_slice(body),
+                    request,
+                ))
+                .detach();
+                return None;
+            }
+        },
         other => {
             shard.logic.notify(Body::Upstream(Upstream {
                 conn: conn.conn_ref(shard),
@@ -511,13 +649,116 @@ fn on_frame(shard: &Shard, conn: &Conn, h: Header, body: &[u8]) {
             reply(ws, h.ver, other, h.seq, &[])
         }
     };
-    push_reply(shard, conn, answer);
+    Some(answer)
+}
+
+/// Answers one SYNC: asks logic for the stored messages, queues them, then the op-23 reply
+/// echoing the request (empty when logic failed). Runs beside the reader, so later frames of
+/// the client are served meanwhile.
+async fn sync(shard: Rc<Shard>, conn: Rc<Conn>, h: Header, body: Bytes, request: InboxRead) {
+    let inbox = request.room.is_empty();
+    let config = &shard.comet.config;
+    let answer = shard
+        .logic
+        .request(Body::InboxRead(request), config.logic_timeout)
+        .await;
+    let echoed: &[u8] = match answer {
+        Ok(Body::InboxMessages(found)) => {
+            let batches = stored_batches(conn.websocket, &found.messages, SCRATCH_SIZE);
+            conn.push_stored_batches(batches, inbox, config.send_queue);
+            &body
+        }
+        Ok(_) => {
+            tracing::warn!("logic answered InboxRead with an unexpected message");
+            &[]
+        }
+        Err(e) => {
+            tracing::debug!(conn_id = conn.id, "sync failed: {e}");
+            &[]
+        }
+    };
+    push_reply(
+        &shard,
+        &conn,
+        reply(conn.websocket, h.ver, op::SYNC_REPLY, h.seq, echoed),
+    );
+}
+
+/// Closes the connect race. logic read this connection's backlog before the shard registered
+/// the connection; a push stored in between and routed here live before the registration
+/// found no connection. Now that the connection is registered, ask logic once more for what
+/// came after what the connection has, and queue only what is new (a message that also
+/// arrived live is not sent twice). One request per connect of a user.
+async fn catch_up(shard: Rc<Shard>, conn: Rc<Conn>) {
+    let request = InboxRead {
+        conn: conn.conn_ref(&shard),
+        mid: conn.mid,
+        room: String::new(),
+        after: conn.delivery.queued_floor(),
+    };
+    let config = &shard.comet.config;
+    match shard
+        .logic
+        .request(Body::InboxRead(request), config.logic_timeout)
+        .await
+    {
+        Ok(Body::InboxMessages(found)) => {
+            // One batch per message: what is left after dropping the known ones may have gaps,
+            // and a batch stands for a consecutive run.
+            for m in found
+                .messages
+                .iter()
+                .filter(|m| conn.delivery.is_new(m.seq))
+            {
+                let batches = stored_batches(conn.websocket, std::slice::from_ref(m), SCRATCH_SIZE);
+                conn.push_stored_batches(batches, true, config.send_queue);
+            }
+        }
+        Ok(_) => tracing::warn!("logic answered InboxRead with an unexpected message"),
+        Err(e) => tracing::debug!(conn_id = conn.id, "connect catch-up failed: {e}"),
+    }
+}
+
+/// Moves queued entries into `scratch` until the next one would pass `limit` (at least one
+/// entry is taken). Returns the stored sequences the taken entries report.
+fn fill_batch(
+    queue: &mut VecDeque<Queued>,
+    scratch: &mut Vec<u8>,
+    limit: usize,
+) -> Vec<(u64, u64)> {
+    let mut report = Vec::new();
+    while let Some(front) = queue.front() {
+        if !scratch.is_empty() && scratch.len() + front.bytes.len() > limit {
+            break;
+        }
+        scratch.extend_from_slice(&front.bytes);
+        report.extend(front.report);
+        queue.pop_front();
+    }
+    report
+}
+
+/// Bytes carrying these stored sequences reached the socket: tell logic how far the written
+/// messages now go without a gap (one notice per completed write at most).
+fn written(shard: &Shard, conn: &Conn, report: Vec<(u64, u64)>) {
+    if report.is_empty() {
+        return;
+    }
+    if let Some(seq) = conn.delivery.written(&report) {
+        shard.logic.notify(Body::InboxAck(InboxAck {
+            conn: conn.conn_ref(shard),
+            mid: conn.mid,
+            seq,
+        }));
+    }
 }
 
 /// Drains the queue, coalescing queued frames into one write through the shard's scratch
 /// buffer. Only bytes a full socket did not take are copied into a connection-owned buffer.
 async fn write_loop(shard: &Shard, conn: &Conn, stream: &RefCell<TcpStream>) -> CloseReason {
     let mut unsent: Option<Bytes> = None;
+    // What `unsent` reports once it is completely written.
+    let mut unsent_report: Vec<(u64, u64)> = Vec::new();
     poll_fn(|cx| loop {
         if let Some(reason) = conn.close.get() {
             return Poll::Ready(reason);
@@ -529,6 +770,7 @@ async fn write_loop(shard: &Shard, conn: &Conn, stream: &RefCell<TcpStream>) -> 
                     buf.advance(n);
                     if buf.is_empty() {
                         unsent = None;
+                        written(shard, conn, std::mem::take(&mut unsent_report));
                     }
                     continue;
                 }
@@ -548,26 +790,29 @@ async fn write_loop(shard: &Shard, conn: &Conn, stream: &RefCell<TcpStream>) -> 
                 register(&conn.writer, cx.waker());
                 return Poll::Pending;
             }
-            1 => unsent = queue.pop_front(),
+            1 => {
+                if let Some(item) = queue.pop_front() {
+                    unsent = Some(item.bytes);
+                    unsent_report = item.report.into_iter().collect();
+                }
+            }
             _ => {
                 let mut scratch = shard.write_scratch.borrow_mut();
                 scratch.clear();
-                while let Some(front) = queue.front() {
-                    if !scratch.is_empty() && scratch.len() + front.len() > SCRATCH_SIZE {
-                        break;
-                    }
-                    scratch.extend_from_slice(front);
-                    queue.pop_front();
-                }
+                let report = fill_batch(&mut queue, &mut scratch, SCRATCH_SIZE);
                 drop(queue);
                 match poll_write(stream, cx, &scratch) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(CloseReason::Io)
                     }
-                    Poll::Ready(Ok(n)) if n == scratch.len() => {}
-                    Poll::Ready(Ok(n)) => unsent = Some(Bytes::copy_from_slice(&scratch[n..])),
+                    Poll::Ready(Ok(n)) if n == scratch.len() => written(shard, conn, report),
+                    Poll::Ready(Ok(n)) => {
+                        unsent = Some(Bytes::copy_from_slice(&scratch[n..]));
+                        unsent_report = report;
+                    }
                     Poll::Pending => {
                         unsent = Some(Bytes::copy_from_slice(&scratch));
+                        unsent_report = report;
                         register(&conn.writer, cx.waker());
                         return Poll::Pending;
                     }
@@ -614,6 +859,67 @@ mod tests {
         assert_eq!(parse_ops(b""), None);
         assert_eq!(parse_ops(b"2147483648"), None);
         assert_eq!(parse_ops(&[0xff]), None);
+    }
+
+    #[test]
+    fn ack_and_sync_bodies() {
+        assert_eq!(parse_ack(b"42"), Some(42));
+        assert_eq!(parse_ack(b" 7\n"), Some(7));
+        assert_eq!(parse_ack(b"0"), Some(0));
+        assert_eq!(parse_ack(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"-1",
+            b"+1",
+            b"1 2",
+            b"x",
+            &[0xff],
+        ] {
+            assert_eq!(parse_ack(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_sync(b"5"), Some(("", 5)));
+        assert_eq!(parse_sync(b"live://1 12"), Some(("live://1", 12)));
+        assert_eq!(parse_sync(b" live://1  0 "), Some(("live://1", 0)));
+        assert_eq!(parse_sync(b"my room 3"), Some(("my room", 3)));
+        for bad in [
+            &b""[..],
+            b"room",
+            b"room x",
+            b" 5x",
+            b"room -1",
+            &[0xff, b' ', b'1'],
+        ] {
+            assert_eq!(parse_sync(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_reports_the_sequences_of_the_entries_it_took() {
+        let item = |len: usize, report: Option<(u64, u64)>| Queued {
+            bytes: Bytes::from(vec![0u8; len]),
+            report,
+        };
+        let mut queue: VecDeque<Queued> = [
+            item(10, None),
+            item(10, Some((4, 4))),
+            item(10, None),
+            item(10, Some((5, 7))),
+            item(10, None),
+        ]
+        .into();
+        let mut scratch = Vec::new();
+        // Only the entries that fit are taken, and only their sequences count.
+        assert_eq!(fill_batch(&mut queue, &mut scratch, 25), vec![(4, 4)]);
+        assert_eq!((scratch.len(), queue.len()), (20, 3));
+        scratch.clear();
+        assert_eq!(fill_batch(&mut queue, &mut scratch, 100), vec![(5, 7)]);
+        assert!(queue.is_empty());
+        // One oversized entry is still taken alone.
+        let mut queue: VecDeque<Queued> = [item(50, Some((2, 2))), item(1, Some((3, 3)))].into();
+        scratch.clear();
+        assert_eq!(fill_batch(&mut queue, &mut scratch, 25), vec![(2, 2)]);
+        assert_eq!(queue.len(), 1);
     }
 
     /// Per-connection state budget: the connection task's future (everything an idle

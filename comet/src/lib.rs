@@ -5,6 +5,7 @@
 //! connections, key index and rooms; shards talk only through bounded inboxes.
 
 mod connection;
+mod delivery;
 mod link;
 mod listener;
 mod logic_client;

@@ -89,6 +89,8 @@ async fn dispatch(shard: &Shard, envelope: Envelope) {
                                 op: push.op,
                                 tcp: push.frame.clone(),
                                 ws: ws.clone(),
+                                seq: push.seq,
+                                mid: push.mid,
                             })
                             .await;
                     }
@@ -135,5 +137,44 @@ async fn dispatch(shard: &Shard, envelope: Envelope) {
             }
         }
         other => tracing::debug!("ignoring unexpected link message {:?}", other.is_some()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+    use imgate_shared::link::{
+        decode_frame, Body, Envelope, InboxAck, InboxMessages, InboxRead, Stored,
+    };
+
+    /// The stored-message bodies comet sends and receives must survive the link envelope
+    /// (every `Body` tag must be listed on `Envelope`'s oneof, or prost skips it as unknown).
+    #[test]
+    fn inbox_messages_survive_the_link_envelope() {
+        let bodies = [
+            Body::InboxAck(InboxAck {
+                conn: None,
+                mid: 7,
+                seq: 3,
+            }),
+            Body::InboxRead(InboxRead {
+                conn: None,
+                mid: 7,
+                room: "live://1".into(),
+                after: 2,
+            }),
+            Body::InboxMessages(InboxMessages {
+                messages: vec![Stored {
+                    seq: 3,
+                    op: 1000,
+                    body: Bytes::from_static(b"m3"),
+                }],
+            }),
+        ];
+        for body in bodies {
+            let sent = Envelope::new(5, body);
+            let mut buf = BytesMut::from(&sent.to_frame()[..]);
+            assert_eq!(decode_frame(&mut buf).unwrap(), Some(sent));
+        }
     }
 }

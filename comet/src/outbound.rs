@@ -3,7 +3,48 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use imgate_shared::frame::{self, op, HEADER_LEN, PUSH_VER};
+use imgate_shared::link::Stored;
 use imgate_shared::ws::{self, opcode};
+
+/// Stored messages encoded for one connection: each a goim push frame whose header `seq`
+/// carries the message's sequence, packed into batches of about `limit` bytes (a WebSocket
+/// batch is one `OpRaw` message, as for pushes). Each batch comes with the highest seq it
+/// holds. Oldest first, as given.
+pub(crate) fn stored_batches(
+    websocket: bool,
+    messages: &[Stored],
+    limit: usize,
+) -> Vec<(Bytes, u64, u64)> {
+    // Each batch comes with the first and last sequence it holds (the messages of one answer
+    // are consecutive, oldest first).
+    let mut batches = Vec::new();
+    let mut inner = BytesMut::new();
+    let (mut first, mut last) = (0u64, 0u64);
+    for m in messages {
+        let len = HEADER_LEN + m.body.len();
+        if !inner.is_empty() && inner.len() + len > limit {
+            batches.push((finish_batch(websocket, &inner), first, last));
+            inner.clear();
+        }
+        if inner.is_empty() {
+            first = m.seq;
+        }
+        frame::encode_into(&mut inner, PUSH_VER, m.op, m.seq as i32, &m.body);
+        last = m.seq;
+    }
+    if !inner.is_empty() {
+        batches.push((finish_batch(websocket, &inner), first, last));
+    }
+    batches
+}
+
+fn finish_batch(websocket: bool, inner: &[u8]) -> Bytes {
+    if websocket {
+        ws_variant(inner)
+    } else {
+        Bytes::copy_from_slice(inner)
+    }
+}
 
 /// The WebSocket variant of a push: one binary message holding an `OpRaw` frame whose body is
 /// the inner frame(s), exactly as goim clients unpack it.
@@ -61,6 +102,48 @@ mod tests {
             &[0, 0, 0, 0x44, 0, 0x10, 0, 1, 0, 0, 0, 9, 0, 0, 0, 0]
         );
         assert_eq!(&payload[16..], &inner[..]);
+    }
+
+    #[test]
+    fn stored_messages_carry_their_seq_in_batches() {
+        let stored = |seq: u64, body: &'static [u8]| Stored {
+            seq,
+            op: 1000,
+            body: Bytes::from_static(body),
+        };
+        let messages = vec![stored(3, b"aaaa"), stored(5, b"bb"), stored(9, b"c")];
+        assert!(stored_batches(false, &[], 100).is_empty());
+        let one = stored_batches(false, &messages, 1 << 16);
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].1, one[0].2), (3, 9));
+        let frames: Vec<_> = frame::split_frames(&one[0].0)
+            .map(|f| f.unwrap())
+            .map(|(h, b)| (h.op, h.seq, h.ver, b.to_vec()))
+            .collect();
+        assert_eq!(
+            frames,
+            vec![
+                (1000, 3, 1, b"aaaa".to_vec()),
+                (1000, 5, 1, b"bb".to_vec()),
+                (1000, 9, 1, b"c".to_vec())
+            ]
+        );
+        // A small limit splits between messages, never inside one.
+        let split = stored_batches(false, &messages, 20);
+        assert_eq!(
+            split.iter().map(|b| (b.1, b.2)).collect::<Vec<_>>(),
+            vec![(3, 3), (5, 5), (9, 9)]
+        );
+        assert_eq!(split[0].0, frame::encode(1, 1000, 3, b"aaaa"));
+        // WebSocket: one OpRaw message per batch holding the same frames.
+        let ws_batches = stored_batches(true, &messages, 1 << 16);
+        let mut msg = ws_batches[0].0.to_vec();
+        let wsf = ws::parse_frame(&mut msg, 1 << 20, Role::Client)
+            .unwrap()
+            .unwrap();
+        let payload = wsf.payload(&msg);
+        assert_eq!(&payload[8..12], &op::RAW.to_be_bytes());
+        assert_eq!(&payload[16..], &one[0].0[..]);
     }
 
     #[test]

@@ -31,12 +31,16 @@ pub(crate) const SCRATCH_SIZE: usize = 64 << 10;
 
 /// Work sent to a shard by link readers, other shards and the handle.
 pub(crate) enum ShardCommand {
-    /// Deliver to these keys of the shard if their connection watches `op`.
+    /// Deliver to these keys of the shard if their connection watches `op`. A stored push
+    /// (`seq > 0`, the inbox sequence of user `mid`) goes to every connection of that user
+    /// that does not have it yet, watched or not.
     PushKeys {
         keys: Vec<String>,
         op: i32,
         tcp: Bytes,
         ws: Bytes,
+        seq: u64,
+        mid: i64,
     },
     /// Deliver to every member of `room` on the shard.
     PushRoom { room: String, tcp: Bytes, ws: Bytes },
@@ -373,9 +377,26 @@ impl Shard {
         }
     }
 
+    /// A stored push: dropped if the connection already has `seq`.
+    fn deliver_stored(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes, seq: u64) {
+        let frame = if conn.websocket { ws } else { tcp };
+        match conn.push_stored(frame.clone(), seq, self.comet.config.send_queue) {
+            Some(Pushed::Queued) => stats::inc(&self.stats.frames_queued),
+            Some(_) => {}
+            None => stats::inc(&self.stats.push_dropped_duplicate),
+        }
+    }
+
     fn handle(self: &Rc<Self>, command: ShardCommand) {
         match command {
-            ShardCommand::PushKeys { keys, op, tcp, ws } => {
+            ShardCommand::PushKeys {
+                keys,
+                op,
+                tcp,
+                ws,
+                seq,
+                mid,
+            } => {
                 for key in &keys {
                     let conn = self
                         .keys
@@ -383,6 +404,9 @@ impl Shard {
                         .get(key)
                         .and_then(|id| self.conns.borrow().get(id).cloned());
                     match conn {
+                        Some(conn) if seq > 0 && mid > 0 && conn.mid == mid => {
+                            self.deliver_stored(&conn, &tcp, &ws, seq)
+                        }
                         Some(conn) if conn.watches(op) => self.deliver(&conn, &tcp, &ws),
                         Some(_) => {}
                         None => stats::inc(&self.stats.push_dropped_no_key),

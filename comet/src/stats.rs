@@ -25,6 +25,9 @@ pub struct Stats {
     pub frames_queued: u64,
     /// Key pushes whose key has no connection on the target shard.
     pub push_dropped_no_key: u64,
+    /// Stored key pushes not queued because the connection already had them (its connect
+    /// backlog or a sync carried them).
+    pub push_dropped_duplicate: u64,
 }
 
 /// The counters of one shard. Only that shard writes them (relaxed), readers sum them.
@@ -40,6 +43,7 @@ pub(crate) struct ShardStats {
     pub kicked_duplicate: AtomicU64,
     pub frames_queued: AtomicU64,
     pub push_dropped_no_key: AtomicU64,
+    pub push_dropped_duplicate: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -66,5 +70,6 @@ impl ShardStats {
         total.kicked_duplicate += get(&self.kicked_duplicate);
         total.frames_queued += get(&self.frames_queued);
         total.push_dropped_no_key += get(&self.push_dropped_no_key);
+        total.push_dropped_duplicate += get(&self.push_dropped_duplicate);
     }
 }

@@ -11,21 +11,55 @@ use bytes::{Bytes, BytesMut};
 use imgate_shared::config::CometConfig;
 use imgate_shared::frame::{self, op};
 use imgate_shared::link::{
-    self, Body, ConnectReply, Envelope, Failure, PushKeys, PushRoom, ShardKeys,
+    self, Body, ConnectReply, Envelope, Failure, InboxAck, InboxMessages, InboxRead, PushKeys,
+    PushRoom, ShardKeys, Stored,
 };
 use imgate_shared::ws::{self, opcode};
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// What the logic stand-in was told.
+#[derive(Clone, Default)]
+struct Seen {
+    disconnects: Arc<Mutex<Vec<String>>>,
+    acks: Arc<Mutex<Vec<InboxAck>>>,
+    reads: Arc<Mutex<Vec<InboxRead>>>,
+    /// Connections whose connect catch-up read was answered.
+    caught_up: Arc<Mutex<std::collections::HashSet<(String, u64)>>>,
+}
+
+impl Seen {
+    fn acks_of(&self, mid: i64) -> Vec<u64> {
+        let acks = self.acks.lock().unwrap();
+        acks.iter()
+            .filter(|a| a.mid == mid)
+            .map(|a| a.seq)
+            .collect()
+    }
+}
+
+fn stored(seq: u64, op: i32, body: String) -> Stored {
+    Stored {
+        seq,
+        op,
+        body: Bytes::from(body),
+    }
+}
+
 /// A logic stand-in: token "bad" is refused, token "short" gets a 300 ms heartbeat, any other
 /// token becomes the key; everyone joins room `live://1` watching op 1000.
-fn fake_logic(disconnects: Arc<Mutex<Vec<String>>>) -> SocketAddr {
+///
+/// Stored messages: token `inbox-<mid>[-acks]` is user `mid` (announcing acks with the
+/// suffix) with backlog seqs 1..=3 (op 1000, body `m<seq>`); token `anon` has mid 0; others
+/// mid 1 and no backlog. An inbox read after N answers seqs N+1..=5; a read of room `fail`
+/// fails; any other room answers two op-2000 messages with seqs N+101, N+102.
+fn fake_logic(seen: Seen) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
-            let disconnects = disconnects.clone();
+            let seen = seen.clone();
             std::thread::spawn(move || {
                 let mut buf = BytesMut::new();
                 let mut chunk = [0u8; 4096];
@@ -44,12 +78,64 @@ fn fake_logic(disconnects: Arc<Mutex<Vec<String>>>) -> SocketAddr {
                                         message: "refused".into(),
                                     })
                                 } else {
-                                    Body::ConnectReply(ConnectReply {
+                                    let mut reply = ConnectReply {
                                         mid: 1,
                                         heartbeat_ms: if token == "short" { 300 } else { 60_000 },
-                                        key: token,
+                                        key: token.clone(),
                                         room: "live://1".into(),
                                         accepts: vec![1000],
+                                        acks: false,
+                                        backlog: Vec::new(),
+                                        inbox_floor: 0,
+                                    };
+                                    if token == "anon" {
+                                        reply.mid = 0;
+                                    }
+                                    if let Some(rest) = token.strip_prefix("inbox-") {
+                                        let mid = rest.split('-').next().unwrap();
+                                        reply.mid = mid.parse().unwrap();
+                                        reply.acks = rest.ends_with("-acks");
+                                        reply.backlog = (1..=3)
+                                            .map(|seq| stored(seq, 1000, format!("m{seq}")))
+                                            .collect();
+                                    }
+                                    Body::ConnectReply(reply)
+                                }
+                            }
+                            Some(Body::InboxAck(a)) => {
+                                seen.acks.lock().unwrap().push(a);
+                                Body::Ok(link::Empty {})
+                            }
+                            Some(Body::InboxRead(r))
+                                if r.room.is_empty()
+                                    && seen.caught_up.lock().unwrap().insert(
+                                        r.conn
+                                            .as_ref()
+                                            .map(|c| (c.comet.clone(), c.conn_id))
+                                            .unwrap_or_default(),
+                                    ) =>
+                            {
+                                // Each connection's first inbox read is comet's connect
+                                // catch-up: this stand-in stores nothing beyond the backlog.
+                                Body::InboxMessages(InboxMessages::default())
+                            }
+                            Some(Body::InboxRead(r)) => {
+                                seen.reads.lock().unwrap().push(r.clone());
+                                if r.room == "fail" {
+                                    Body::Error(Failure {
+                                        message: "no such room".into(),
+                                    })
+                                } else if r.room.is_empty() {
+                                    Body::InboxMessages(InboxMessages {
+                                        messages: (r.after + 1..=5)
+                                            .map(|seq| stored(seq, 1000, format!("m{seq}")))
+                                            .collect(),
+                                    })
+                                } else {
+                                    Body::InboxMessages(InboxMessages {
+                                        messages: (r.after + 101..=r.after + 102)
+                                            .map(|seq| stored(seq, 2000, format!("h{seq}")))
+                                            .collect(),
                                     })
                                 }
                             }
@@ -59,7 +145,7 @@ fn fake_logic(disconnects: Arc<Mutex<Vec<String>>>) -> SocketAddr {
                                 })
                             }
                             Some(Body::Disconnect(d)) => {
-                                disconnects.lock().unwrap().push(d.key);
+                                seen.disconnects.lock().unwrap().push(d.key);
                                 Body::Ok(link::Empty {})
                             }
                             _ => Body::Ok(link::Empty {}),
@@ -167,8 +253,9 @@ fn send_link(link: &mut TcpStream, body: Body) {
 
 #[test]
 fn comet_serves_tcp_and_websocket_clients() {
-    let disconnects = Arc::new(Mutex::new(Vec::new()));
-    let logic = fake_logic(disconnects.clone());
+    let seen = Seen::default();
+    let disconnects = seen.disconnects.clone();
+    let logic = fake_logic(seen);
     let config = CometConfig {
         tcp_bind: vec!["127.0.0.1:0".into()],
         ws_bind: vec!["127.0.0.1:0".into()],
@@ -218,6 +305,8 @@ fn comet_serves_tcp_and_websocket_clients() {
             targets: targets.clone(),
             op: 1001,
             frame: unwatched,
+            seq: 0,
+            mid: 0,
         }),
     );
     let hello = frame::encode(1, 1000, 0, b"hello");
@@ -227,6 +316,8 @@ fn comet_serves_tcp_and_websocket_clients() {
             targets,
             op: 1000,
             frame: hello.clone(),
+            seq: 0,
+            mid: 0,
         }),
     );
     assert_eq!(
@@ -347,7 +438,7 @@ fn small_config(logic: SocketAddr) -> CometConfig {
 
 #[test]
 fn several_comets_in_one_process_and_slow_consumers() {
-    let logic = fake_logic(Arc::new(Mutex::new(Vec::new())));
+    let logic = fake_logic(Seen::default());
     let starters: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || imgate_comet::start(&small_config(logic)).unwrap()))
         .collect();
@@ -395,6 +486,8 @@ fn several_comets_in_one_process_and_slow_consumers() {
             }],
             op: 1000,
             frame: big.clone(),
+            seq: 0,
+            mid: 0,
         };
         if link
             .write_all(&Envelope::new(0, Body::PushKeys(push)).to_frame())
@@ -417,4 +510,250 @@ fn several_comets_in_one_process_and_slow_consumers() {
         TcpListener::bind(tcp).unwrap();
         TcpListener::bind(link_addr).unwrap();
     }
+}
+
+/// A stored message as a client sees it: (op, header seq, body).
+fn m(seq: u64) -> (i32, i32, Vec<u8>) {
+    (1000, seq as i32, format!("m{seq}").into_bytes())
+}
+
+/// A stored push of user `mid`'s message `seq` to `key` (shard 0).
+fn stored_push(key: &str, seq: u64, mid: i64) -> Body {
+    Body::PushKeys(PushKeys {
+        targets: vec![ShardKeys {
+            shard: 0,
+            keys: vec![key.into()],
+        }],
+        op: 1000,
+        frame: frame::encode(1, 1000, seq as i32, format!("m{seq}").as_bytes()),
+        seq,
+        mid,
+    })
+}
+
+fn ws_send(s: &mut TcpStream, f: &[u8]) {
+    s.write_all(&ws::encode_client_frame(opcode::BINARY, f, [3, 1, 4, 1]))
+        .unwrap();
+}
+
+/// One WebSocket message's goim frames (an OpRaw batch unpacked).
+fn read_ws_frames(s: &mut TcpStream) -> Vec<(i32, i32, Vec<u8>)> {
+    let (code, payload) = read_ws_message(s).unwrap();
+    assert_eq!(code, opcode::BINARY);
+    let (h, body) = frame::decode_exact(&payload, 1 << 20).unwrap();
+    if h.op != op::RAW {
+        return vec![(h.op, h.seq, body.to_vec())];
+    }
+    frame::split_frames(body)
+        .map(|f| f.unwrap())
+        .map(|(h, b)| (h.op, h.seq, b.to_vec()))
+        .collect()
+}
+
+/// Lets in-flight notices reach the logic stand-in.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn stored_messages_backlog_dedup_acks_and_sync() {
+    let seen = Seen::default();
+    let comet = imgate_comet::start(&small_config(fake_logic(seen.clone()))).unwrap();
+    let (tcp, wsa) = (comet.tcp_addrs()[0], comet.ws_addrs()[0]);
+    let mut link = TcpStream::connect(comet.link_addr()).unwrap();
+
+    // A plain goim client: the backlog follows the auth reply, in order, seqs in the headers,
+    // and counts as delivered once written.
+    let mut plain = tcp_client(tcp, "inbox-7");
+    assert_eq!(read_frame(&mut plain).unwrap(), (op::AUTH_REPLY, 1, vec![]));
+    for seq in 1..=3 {
+        assert_eq!(read_frame(&mut plain).unwrap(), m(seq));
+    }
+    wait_for("the backlog's ack", || seen.acks_of(7) == vec![3]);
+    {
+        let acks = seen.acks.lock().unwrap();
+        let conn = acks[0].conn.as_ref().unwrap();
+        assert_eq!(conn.comet, comet.id());
+    }
+    // A stored push the backlog covered is dropped; a newer one arrives and is reported.
+    send_link(&mut link, stored_push("inbox-7", 3, 7));
+    send_link(&mut link, stored_push("inbox-7", 4, 7));
+    assert_eq!(read_frame(&mut plain).unwrap(), m(4));
+    wait_for("the push's ack", || seen.acks_of(7) == vec![3, 4]);
+    assert_eq!(comet.stats().push_dropped_duplicate, 1);
+    // Inbox sync: the messages, then the reply; what was written is reported.
+    plain
+        .write_all(&frame::encode(1, op::SYNC, 11, b"2"))
+        .unwrap();
+    for seq in 3..=5 {
+        assert_eq!(read_frame(&mut plain).unwrap(), m(seq));
+    }
+    assert_eq!(
+        read_frame(&mut plain).unwrap(),
+        (op::SYNC_REPLY, 11, b"2".to_vec())
+    );
+    wait_for("the sync's ack", || seen.acks_of(7) == vec![3, 4, 5]);
+    // The sync moved the connection past 5.
+    send_link(&mut link, stored_push("inbox-7", 5, 7));
+    send_link(&mut link, stored_push("inbox-7", 6, 7));
+    assert_eq!(read_frame(&mut plain).unwrap(), m(6));
+    wait_for("ack 6", || seen.acks_of(7) == vec![3, 4, 5, 6]);
+    assert_eq!(comet.stats().push_dropped_duplicate, 2);
+    // Room history is delivered but never reported.
+    plain
+        .write_all(&frame::encode(1, op::SYNC, 12, b"live://1 0"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut plain).unwrap(),
+        (2000, 101, b"h101".to_vec())
+    );
+    assert_eq!(
+        read_frame(&mut plain).unwrap(),
+        (2000, 102, b"h102".to_vec())
+    );
+    assert_eq!(
+        read_frame(&mut plain).unwrap(),
+        (op::SYNC_REPLY, 12, b"live://1 0".to_vec())
+    );
+    // A failed read and an invalid body get an empty reply; the invalid one asks nothing.
+    plain
+        .write_all(&frame::encode(1, op::SYNC, 13, b"fail 0"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut plain).unwrap(),
+        (op::SYNC_REPLY, 13, vec![])
+    );
+    plain
+        .write_all(&frame::encode(1, op::SYNC, 14, b"x"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut plain).unwrap(),
+        (op::SYNC_REPLY, 14, vec![])
+    );
+    settle();
+    assert_eq!(seen.acks_of(7), vec![3, 4, 5, 6]);
+    {
+        let reads = seen.reads.lock().unwrap();
+        let asked: Vec<_> = reads
+            .iter()
+            .map(|r| (r.mid, r.room.as_str(), r.after))
+            .collect();
+        assert_eq!(asked, vec![(7, "", 2), (7, "live://1", 0), (7, "fail", 0)]);
+        assert!(reads.iter().all(|r| r.conn.is_some()));
+    }
+
+    // A client that acks: nothing is reported on write, op 20 reports and gets op 21.
+    let mut acker = tcp_client(tcp, "inbox-8-acks");
+    assert_eq!(read_frame(&mut acker).unwrap().0, op::AUTH_REPLY);
+    for seq in 1..=3 {
+        assert_eq!(read_frame(&mut acker).unwrap(), m(seq));
+    }
+    acker
+        .write_all(&frame::encode(1, op::ACK, 9, b"2"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut acker).unwrap(),
+        (op::ACK_REPLY, 9, b"2".to_vec())
+    );
+    wait_for("the client's ack", || seen.acks_of(8) == vec![2]);
+    // An invalid ack is answered and reports nothing (the link to logic is ordered).
+    acker
+        .write_all(&frame::encode(1, op::ACK, 10, b"junk"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut acker).unwrap(),
+        (op::ACK_REPLY, 10, b"junk".to_vec())
+    );
+    send_link(&mut link, stored_push("inbox-8-acks", 4, 8));
+    assert_eq!(read_frame(&mut acker).unwrap(), m(4));
+    acker
+        .write_all(&frame::encode(1, op::SYNC, 11, b"3"))
+        .unwrap();
+    assert_eq!(read_frame(&mut acker).unwrap(), m(4));
+    assert_eq!(read_frame(&mut acker).unwrap(), m(5));
+    assert_eq!(
+        read_frame(&mut acker).unwrap(),
+        (op::SYNC_REPLY, 11, b"3".to_vec())
+    );
+    acker
+        .write_all(&frame::encode(1, op::ACK, 12, b"5"))
+        .unwrap();
+    assert_eq!(read_frame(&mut acker).unwrap().0, op::ACK_REPLY);
+    wait_for("the second ack", || seen.acks_of(8) == vec![2, 5]);
+
+    // WebSocket, no acks: the backlog in one OpRaw message after the auth reply.
+    let mut wplain = ws_client(wsa, "inbox-9");
+    assert_eq!(
+        read_ws_frames(&mut wplain),
+        vec![(op::AUTH_REPLY, 1, vec![])]
+    );
+    assert_eq!(read_ws_frames(&mut wplain), vec![m(1), m(2), m(3)]);
+    wait_for("the ws backlog's ack", || seen.acks_of(9) == vec![3]);
+    send_link(&mut link, stored_push("inbox-9", 2, 9));
+    send_link(&mut link, stored_push("inbox-9", 4, 9));
+    assert_eq!(read_ws_frames(&mut wplain), vec![m(4)]);
+    wait_for("the ws push's ack", || seen.acks_of(9) == vec![3, 4]);
+    ws_send(&mut wplain, &frame::encode(1, op::SYNC, 5, b"4"));
+    assert_eq!(read_ws_frames(&mut wplain), vec![m(5)]);
+    assert_eq!(
+        read_ws_frames(&mut wplain),
+        vec![(op::SYNC_REPLY, 5, b"4".to_vec())]
+    );
+    wait_for("the ws sync's ack", || seen.acks_of(9) == vec![3, 4, 5]);
+
+    // WebSocket with acks.
+    let mut wacker = ws_client(wsa, "inbox-10-acks");
+    assert_eq!(read_ws_frames(&mut wacker)[0].0, op::AUTH_REPLY);
+    assert_eq!(read_ws_frames(&mut wacker), vec![m(1), m(2), m(3)]);
+    ws_send(&mut wacker, &frame::encode(1, op::ACK, 6, b"3"));
+    assert_eq!(
+        read_ws_frames(&mut wacker),
+        vec![(op::ACK_REPLY, 6, b"3".to_vec())]
+    );
+    wait_for("the ws client's ack", || seen.acks_of(10) == vec![3]);
+
+    // No user, no inbox: ack and inbox sync are answered without asking logic; room
+    // history still works.
+    let mut anon = tcp_client(tcp, "anon");
+    assert_eq!(read_frame(&mut anon).unwrap().0, op::AUTH_REPLY);
+    anon.write_all(&frame::encode(1, op::ACK, 2, b"5")).unwrap();
+    assert_eq!(
+        read_frame(&mut anon).unwrap(),
+        (op::ACK_REPLY, 2, b"5".to_vec())
+    );
+    anon.write_all(&frame::encode(1, op::SYNC, 3, b"0"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut anon).unwrap(),
+        (op::SYNC_REPLY, 3, b"0".to_vec())
+    );
+    anon.write_all(&frame::encode(1, op::SYNC, 4, b"live://1 7"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut anon).unwrap(),
+        (2000, 108, b"h108".to_vec())
+    );
+    assert_eq!(
+        read_frame(&mut anon).unwrap(),
+        (2000, 109, b"h109".to_vec())
+    );
+    assert_eq!(read_frame(&mut anon).unwrap().0, op::SYNC_REPLY);
+    settle();
+    assert!(seen.acks_of(0).is_empty());
+    {
+        let reads = seen.reads.lock().unwrap();
+        let anon_reads: Vec<_> = reads.iter().filter(|r| r.mid == 0).collect();
+        assert_eq!(anon_reads.len(), 1);
+        assert_eq!(
+            (anon_reads[0].room.as_str(), anon_reads[0].after),
+            ("live://1", 7)
+        );
+    }
+    // Everything reported so far, and nothing more: no write was reported twice or early.
+    assert_eq!(seen.acks_of(7), vec![3, 4, 5, 6]);
+    assert_eq!(seen.acks_of(8), vec![2, 5]);
+    assert_eq!(seen.acks_of(9), vec![3, 4, 5]);
+    assert_eq!(seen.acks_of(10), vec![3]);
+
+    comet.shutdown();
 }

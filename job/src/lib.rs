@@ -163,13 +163,16 @@ impl Router {
         add(&self.counters.consumed, 1);
         match message.push {
             Some(Push::Keys(push)) => {
-                let frame = frame::encode(frame::PUSH_VER, push.op, 0, &push.body);
+                // A stored push carries the user's inbox sequence in the header's seq field.
+                let frame = frame::encode(frame::PUSH_VER, push.op, push.seq as i32, &push.body);
                 let link_frame = Envelope::new(
                     0,
                     Body::PushKeys(PushKeys {
                         targets: push.targets,
                         op: push.op,
                         frame,
+                        seq: push.seq,
+                        mid: push.mid,
                     }),
                 )
                 .to_frame();
@@ -191,10 +194,14 @@ impl Router {
             }
             Some(Push::Room(push)) => {
                 add(&self.counters.room_messages, 1);
-                if let Some(batch) =
-                    self.batcher
-                        .push(&push.room, push.op, &push.body, guard, Instant::now())
-                {
+                if let Some(batch) = self.batcher.push(
+                    &push.room,
+                    push.op,
+                    push.seq,
+                    &push.body,
+                    guard,
+                    Instant::now(),
+                ) {
                     self.send_room(batch);
                 }
             }

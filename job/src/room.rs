@@ -49,10 +49,14 @@ impl RoomBatcher {
     }
 
     /// Adds one message (with its delivery guard); returns the room's batch if it is now full.
+    /// `seq` is the message's room-history sequence (0 when it has none); it goes into the
+    /// frame header.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn push(
         &mut self,
         room: &str,
         op: i32,
+        seq: u64,
         body: &[u8],
         guard: DeliveryGuard,
         now: Instant,
@@ -72,7 +76,7 @@ impl RoomBatcher {
                 .push_back((now + self.max_delay, room.to_owned(), self.next_generation));
         }
         let pending = self.rooms.get_mut(room)?;
-        frame::encode_into(&mut pending.frames, frame::PUSH_VER, op, 0, body);
+        frame::encode_into(&mut pending.frames, frame::PUSH_VER, op, seq as i32, body);
         pending.count += 1;
         pending.guards.push(guard);
         if pending.count >= self.batch {
@@ -146,11 +150,11 @@ mod tests {
     fn full_batches_flush_at_once_and_stragglers_at_the_deadline() {
         let mut b = RoomBatcher::new(3, Duration::from_millis(10));
         let t0 = Instant::now();
-        assert!(b.push("r", 1, b"a", g(), t0).is_none());
-        assert!(b.push("s", 1, b"x", g(), t0).is_none());
-        assert!(b.push("r", 1, b"b", g(), t0).is_none());
+        assert!(b.push("r", 1, 0, b"a", g(), t0).is_none());
+        assert!(b.push("s", 1, 0, b"x", g(), t0).is_none());
+        assert!(b.push("r", 1, 0, b"b", g(), t0).is_none());
         let full = b
-            .push("r", 1, b"c", g(), t0)
+            .push("r", 1, 0, b"c", g(), t0)
             .expect("third message fills the batch");
         assert_eq!(full.push.count, 3);
         assert_eq!(full.guards.len(), 3);
@@ -159,7 +163,7 @@ mod tests {
             .collect();
         assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"]);
         assert!(b
-            .push("r", 1, b"d", g(), t0 + Duration::from_millis(5))
+            .push("r", 1, 0, b"d", g(), t0 + Duration::from_millis(5))
             .is_none());
         assert!(b.expired(t0 + Duration::from_millis(9)).is_empty());
         let due = b.expired(t0 + Duration::from_millis(10));
@@ -176,8 +180,8 @@ mod tests {
     fn drain_takes_everything() {
         let mut b = RoomBatcher::new(10, Duration::from_secs(1));
         let t0 = Instant::now();
-        b.push("a", 1, b"1", g(), t0);
-        b.push("b", 1, b"2", g(), t0);
+        b.push("a", 1, 0, b"1", g(), t0);
+        b.push("b", 1, 0, b"2", g(), t0);
         let all = b.drain();
         assert_eq!(all.len(), 2);
         assert!(b.rooms.is_empty());

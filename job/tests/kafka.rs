@@ -49,6 +49,7 @@ fn room(room: &str, body: String) -> BusMessage {
         room: room.into(),
         op: 1000,
         body: Bytes::from(body),
+        ..Default::default()
     }))
 }
 
@@ -326,6 +327,7 @@ async fn job_commits_only_what_reached_the_comet() {
                 targets: targets.clone(),
                 op: 1000,
                 body: Bytes::from(format!("keys{i}")),
+                ..Default::default()
             })))
             .await
             .unwrap();

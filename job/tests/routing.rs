@@ -131,6 +131,7 @@ async fn keys_push_arrives_as_push_keys_with_one_goim_frame() {
             targets: targets.clone(),
             op: 1000,
             body: Bytes::from_static(b"hello"),
+            ..Default::default()
         }),
     )
     .await;
@@ -154,6 +155,7 @@ async fn keys_push_arrives_as_push_keys_with_one_goim_frame() {
             targets: vec![],
             op: 1,
             body: Bytes::new(),
+            ..Default::default()
         }),
     )
     .await;
@@ -176,6 +178,7 @@ async fn room_messages_arrive_in_ordered_batches() {
                 room: "live://1".into(),
                 op: 1000,
                 body: Bytes::from(format!("m{i}")),
+                ..Default::default()
             }),
         )
         .await;
@@ -268,6 +271,7 @@ async fn link_reconnects_and_delivers_what_was_queued() {
             targets: vec![],
             op: 3,
             body: Bytes::from_static(b"after"),
+            ..Default::default()
         }),
     )
     .await;
@@ -291,6 +295,7 @@ async fn shutdown_flushes_pending_room_batches() {
                 room: "live://2".into(),
                 op: 5,
                 body: Bytes::from(vec![i]),
+                ..Default::default()
             }),
         )
         .await;

@@ -17,6 +17,9 @@ pub struct Identity {
     /// Business ops the connection wants to receive.
     pub accepts: Vec<i32>,
     pub platform: String,
+    /// The client acknowledges stored messages itself (auth JSON `"acks": true`); otherwise a
+    /// stored message written to its socket counts as delivered.
+    pub acks: bool,
 }
 
 /// Why an auth frame was refused.
@@ -48,6 +51,9 @@ struct GoimAuthBody {
     platform: Option<String>,
     #[serde(default)]
     accepts: Option<Vec<i32>>,
+    /// imgate: the client acknowledges stored messages with op 20.
+    #[serde(default)]
+    acks: Option<bool>,
 }
 
 impl Authenticator for GoimJsonAuth {
@@ -63,6 +69,7 @@ impl Authenticator for GoimJsonAuth {
             room: body.room_id.unwrap_or_default(),
             accepts: body.accepts.unwrap_or_default(),
             platform: body.platform.unwrap_or_default(),
+            acks: body.acks.unwrap_or(false),
         })
     }
 }
@@ -87,6 +94,7 @@ mod tests {
                 room: "live://1000".into(),
                 accepts: vec![1000, 1001, 1002],
                 platform: "web".into(),
+                acks: false,
             }
         );
     }

@@ -49,6 +49,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/goim/online/top", get(online_top))
         .route("/goim/online/room", get(online_room))
         .route("/goim/online/total", get(online_total))
+        .route("/goim/inbox/state", get(inbox_state))
         .route("/goim/nodes/weighted", get(nodes_weighted))
         .route("/goim/nodes/instances", get(nodes_instances))
         .fallback(not_found)
@@ -175,13 +176,16 @@ fn push_body(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
 }
 
 /// Groups sessions by comet and shard and publishes one keys push per comet; returns how many
-/// connections were targeted.
+/// connections were targeted. `stored` names the user and inbox sequence of a stored push
+/// (then every session must be that user's).
 async fn publish_to_sessions(
     api: &Api,
     sessions: Vec<Session>,
     op: i32,
     body: Bytes,
+    stored: Option<(i64, u64)>,
 ) -> Result<usize, ApiError> {
+    let (mid, seq) = stored.unwrap_or((0, 0));
     let mut by_comet: BTreeMap<String, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
     let mut connections = 0;
     for session in sessions {
@@ -206,6 +210,8 @@ async fn publish_to_sessions(
                 targets,
                 op,
                 body: body.clone(),
+                seq,
+                mid,
             })))
             .await?;
     }
@@ -229,7 +235,7 @@ async fn push_keys(
     let query = Query::parse(raw.as_deref())?.push_keys(api.config.max_push_targets)?;
     let body = push_body(&api, body)?;
     let sessions = api.store.sessions_by_keys(&query.keys).await?;
-    let n = publish_to_sessions(&api, sessions, query.op, body).await?;
+    let n = publish_to_sessions(&api, sessions, query.op, body, None).await?;
     Ok(connections_reply(n, "keys"))
 }
 
@@ -240,9 +246,57 @@ async fn push_mids(
 ) -> ApiResult {
     let query = Query::parse(raw.as_deref())?.push_mids(api.config.max_push_targets)?;
     let body = push_body(&api, body)?;
+    // Store first, then look up sessions: a client connecting meanwhile either finds the
+    // message in its backlog or is found here (comet drops a second copy by its sequence).
+    let mut seqs = BTreeMap::new();
+    for &mid in &query.mids {
+        if mid > 0 {
+            seqs.insert(
+                mid,
+                api.store.inbox_append(mid, query.op, body.clone()).await?,
+            );
+        }
+    }
     let sessions = api.store.sessions_by_mids(&query.mids).await?;
-    let n = publish_to_sessions(&api, sessions, query.op, body).await?;
-    Ok(connections_reply(n, "mids"))
+    let mut by_mid: BTreeMap<i64, Vec<Session>> = BTreeMap::new();
+    for session in sessions {
+        by_mid.entry(session.mid).or_default().push(session);
+    }
+    let mut connections = 0;
+    let mut offline = Vec::new();
+    for &mid in &query.mids {
+        let sessions = by_mid.remove(&mid).unwrap_or_default();
+        if sessions.is_empty() {
+            offline.push(mid);
+            continue;
+        }
+        let stored = seqs.get(&mid).map(|&seq| (mid, seq));
+        connections += publish_to_sessions(&api, sessions, query.op, body.clone(), stored).await?;
+    }
+    let message = if connections == 0 {
+        "stored; no online connection for these mids".to_string()
+    } else {
+        String::new()
+    };
+    let stored: serde_json::Map<String, Value> = seqs
+        .iter()
+        .map(|(mid, seq)| (mid.to_string(), json!(seq)))
+        .collect();
+    Ok(ok(
+        message,
+        Some(json!({ "connections": connections, "stored": stored, "offline": offline })),
+    ))
+}
+
+/// `GET /goim/inbox/state?mids=…`: where each user's inbox stands.
+async fn inbox_state(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> ApiResult {
+    let mids = Query::parse(raw.as_deref())?.inbox_mids(api.config.max_push_targets)?;
+    let mut out = serde_json::Map::new();
+    for mid in mids {
+        let state = api.store.inbox_state(mid).await?;
+        out.insert(mid.to_string(), json!(state));
+    }
+    Ok(ok("", Some(Value::Object(out))))
 }
 
 async fn push_room(
@@ -252,14 +306,27 @@ async fn push_room(
 ) -> ApiResult {
     let query = Query::parse(raw.as_deref())?.push_room()?;
     let body = push_body(&api, body)?;
+    let seq = if query.history {
+        api.store
+            .room_history_append(&query.room, query.op, body.clone())
+            .await?
+    } else {
+        0
+    };
     api.bus
         .publish(BusMessage::new(Push::Room(RoomPush {
             room: query.room.clone(),
             op: query.op,
             body,
+            seq,
         })))
         .await?;
-    Ok(ok("", Some(json!({ "room": query.room }))))
+    let data = if query.history {
+        json!({ "room": query.room, "seq": seq })
+    } else {
+        json!({ "room": query.room })
+    };
+    Ok(ok("", Some(data)))
 }
 
 async fn push_all(

@@ -118,6 +118,7 @@ pub async fn start_with_auth(
         rooms: rooms.clone(),
         heartbeat: logic.heartbeat * logic.heartbeat_max,
         upstream_frames: AtomicU64::new(0),
+        inbox_limit: config.store.inbox_max_messages.max(1),
     });
     tasks.push(tokio::spawn(link_server::serve(
         link_listener,

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use imgate_shared::link::{self, Body, ConnectReply, Empty, Envelope, Failure, RenewOnlineReply};
-use imgate_shared::store::{OnlineReport, Session, Store};
+use imgate_shared::link::{
+    self, Body, ConnectReply, Empty, Envelope, Failure, InboxMessages, RenewOnlineReply, Stored,
+};
+use imgate_shared::store::{OnlineReport, Session, Store, StoredMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +34,8 @@ pub(crate) struct LinkHandler {
     pub rooms: RoomCounts,
     pub heartbeat: Duration,
     pub upstream_frames: AtomicU64,
+    /// Most stored messages sent to a connecting client or a SYNC at once.
+    pub inbox_limit: usize,
 }
 
 impl LinkHandler {
@@ -64,6 +68,30 @@ impl LinkHandler {
                     .add_session(&session)
                     .await
                     .map_err(|e| e.to_string())?;
+                // Read the inbox only after the session exists: a push stored meanwhile is
+                // either in this backlog or routed to the new session (or both: comet drops
+                // the second copy by its sequence), never neither.
+                let (backlog, inbox_floor) = if session.mid > 0 {
+                    let state = self
+                        .store
+                        .inbox_state(session.mid)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let backlog: Vec<Stored> = self
+                        .store
+                        .inbox_read(session.mid, state.acked_seq, self.inbox_limit)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .map(stored)
+                        .collect();
+                    // Below the backlog (or, with none, up to the last sequence) nothing more
+                    // will come from the store.
+                    let floor = backlog.first().map_or(state.last_seq, |m| m.seq - 1);
+                    (backlog, floor)
+                } else {
+                    (Vec::new(), 0)
+                };
                 tracing::debug!(mid = session.mid, key = %session.key, remote = %req.remote_addr, "connect");
                 Ok(Body::ConnectReply(ConnectReply {
                     mid: session.mid,
@@ -71,6 +99,9 @@ impl LinkHandler {
                     room: identity.room,
                     accepts: identity.accepts,
                     heartbeat_ms: self.heartbeat.as_millis() as u64,
+                    acks: identity.acks,
+                    backlog,
+                    inbox_floor,
                 }))
             }
             Some(Body::Disconnect(req)) => {
@@ -127,6 +158,32 @@ impl LinkHandler {
                 tracing::debug!(mid = req.mid, key = %req.key, op = req.op, seq = req.seq, len = req.body.len(), "upstream frame");
                 Ok(Body::Ok(Empty {}))
             }
+            Some(Body::InboxAck(req)) => {
+                if req.mid > 0 {
+                    self.store
+                        .inbox_ack(req.mid, req.seq)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(Body::Ok(Empty {}))
+            }
+            Some(Body::InboxRead(req)) => {
+                let messages = if !req.room.is_empty() {
+                    self.store
+                        .room_history_read(&req.room, req.after, self.inbox_limit)
+                        .await
+                } else if req.mid > 0 {
+                    self.store
+                        .inbox_read(req.mid, req.after, self.inbox_limit)
+                        .await
+                } else {
+                    Ok(Vec::new())
+                }
+                .map_err(|e| e.to_string())?;
+                Ok(Body::InboxMessages(InboxMessages {
+                    messages: messages.into_iter().map(stored).collect(),
+                }))
+            }
             Some(other) => Err(format!(
                 "logic does not accept {} on its link",
                 body_name(&other)
@@ -150,6 +207,17 @@ fn body_name(body: &Body) -> &'static str {
         Body::PushKeys(_) => "PushKeys",
         Body::PushRoom(_) => "PushRoom",
         Body::Broadcast(_) => "Broadcast",
+        Body::InboxAck(_) => "InboxAck",
+        Body::InboxRead(_) => "InboxRead",
+        Body::InboxMessages(_) => "InboxMessages",
+    }
+}
+
+fn stored(m: StoredMessage) -> Stored {
+    Stored {
+        seq: m.seq,
+        op: m.op,
+        body: m.body,
     }
 }
 

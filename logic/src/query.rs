@@ -113,6 +113,8 @@ pub(crate) struct RoomQuery {
     pub op: i32,
     /// `type://room`.
     pub room: String,
+    /// Keep the message in the room's recent history (`history=1`).
+    pub history: bool,
 }
 
 /// `POST /goim/push/all`.
@@ -167,10 +169,46 @@ impl Query {
         let op = self.required_nonzero_op()?;
         let room_type = self.required_str("type")?;
         let room = self.required_str("room")?;
+        let history = match self.first("history") {
+            None | Some("") | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(v) => {
+                return Err(BadRequest(format!(
+                    "history must be 1, true, 0 or false, got {v:?}"
+                )))
+            }
+        };
         Ok(RoomQuery {
             op,
             room: room_key(room_type, room),
+            history,
         })
+    }
+
+    /// `GET /goim/inbox/state?mids=…`: positive user ids.
+    pub(crate) fn inbox_mids(&self, max: usize) -> Result<Vec<i64>, BadRequest> {
+        let mut mids = Vec::new();
+        for (k, v) in self.pairs.iter().filter(|(k, _)| k == "mids") {
+            match v.parse::<i64>() {
+                Ok(mid) if mid > 0 => mids.push(mid),
+                _ => {
+                    return Err(BadRequest(format!(
+                        "{k} must be positive 64-bit integers, got {v:?}"
+                    )))
+                }
+            }
+        }
+        if mids.is_empty() {
+            return Err(BadRequest("mids is required".into()));
+        }
+        if mids.len() > max {
+            return Err(BadRequest(format!(
+                "at most {max} mids per request, got {}",
+                mids.len()
+            )));
+        }
+        mids.dedup();
+        Ok(mids)
     }
 
     pub(crate) fn push_all(&self) -> Result<AllQuery, BadRequest> {
@@ -270,8 +308,16 @@ mod tests {
             RoomQuery {
                 op: 1000,
                 room: "live://1000".into(),
+                history: false,
             }
         );
+        assert!(
+            q("operation=1&type=live&room=1&history=1")
+                .push_room()
+                .unwrap()
+                .history
+        );
+        assert!(err(q("operation=1&type=live&room=1&history=yes").push_room()).contains("history"));
         assert_eq!(
             err(q("type=live&room=1").push_room()),
             "operation is required"

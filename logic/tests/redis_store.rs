@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use imgate_logic::RedisStore;
 use imgate_shared::config::{RedisConfig, StoreConfig};
 use imgate_shared::link::{CometInfo, ConnRef};
-use imgate_shared::store::{OnlineReport, Session, Store, StoreError};
+use imgate_shared::store::{
+    InboxState, OnlineReport, Retention, Session, Store, StoreError, StoredMessage,
+};
 use imgate_testkit::{Redis, RedisCluster};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -71,7 +73,23 @@ fn config(
             ),
             timeout: Duration::from_millis(500),
         },
+        ..StoreConfig::default()
     }
+}
+
+/// A store config (own prefix) with these inbox and room-history retentions.
+fn log_config(
+    urls: Vec<String>,
+    cluster: bool,
+    inbox: Retention,
+    history: Retention,
+) -> StoreConfig {
+    let mut cfg = config(urls, cluster, LONG, LONG);
+    cfg.inbox_max_messages = inbox.max_messages;
+    cfg.inbox_ttl = inbox.ttl;
+    cfg.room_history_max_messages = history.max_messages;
+    cfg.room_history_ttl = history.ttl;
+    cfg
 }
 
 async fn connect(config: &StoreConfig) -> RedisStore {
@@ -326,10 +344,311 @@ async fn conformance(urls: Vec<String>, cluster: bool) {
     assert!(ol.comets().await.unwrap().is_empty());
 }
 
+fn seqs(v: &[StoredMessage]) -> Vec<u64> {
+    v.iter().map(|m| m.seq).collect()
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Every key under `prefix` on every node (each node asked with a plain inline KEYS).
+fn keys_under(urls: &[String], prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for url in urls {
+        let reply =
+            imgate_testkit::redis_command(port_of(url), &format!("KEYS {prefix}*")).unwrap();
+        assert!(reply.starts_with('*'), "KEYS: {reply}");
+        out.extend(
+            reply
+                .split("\r\n")
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_owned),
+        );
+    }
+    out.sort();
+    out
+}
+
+/// The inbox and room-history contract (the same as the embedded store's), run against any
+/// Redis deployment.
+async fn log_conformance(urls: Vec<String>, cluster: bool) {
+    let keep3 = Retention {
+        max_messages: 3,
+        ttl: LONG,
+    };
+    let keep2 = Retention {
+        max_messages: 2,
+        ttl: LONG,
+    };
+    let s = connect(&log_config(urls.clone(), cluster, keep3, keep2)).await;
+
+    // Sequences 1..n; the inbox keeps the newest 3.
+    for i in 1..=5u64 {
+        let seq = s
+            .inbox_append(7, 1000 + i as i32, bytes::Bytes::from(format!("m{i}")))
+            .await
+            .unwrap();
+        assert_eq!(seq, i);
+    }
+    let all = s.inbox_read(7, 0, 10).await.unwrap();
+    assert_eq!(
+        all,
+        (3..=5u64)
+            .map(|i| StoredMessage {
+                seq: i,
+                op: 1000 + i as i32,
+                body: bytes::Bytes::from(format!("m{i}")),
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(seqs(&s.inbox_read(7, 3, 1).await.unwrap()), vec![4]);
+    assert_eq!(seqs(&s.inbox_read(7, 1, 2).await.unwrap()), vec![3, 4]);
+    assert_eq!(seqs(&s.inbox_read(7, 4, 10).await.unwrap()), vec![5]);
+    assert!(s.inbox_read(7, 5, 10).await.unwrap().is_empty());
+    assert!(s.inbox_read(7, 0, 0).await.unwrap().is_empty());
+    assert_eq!(
+        s.inbox_state(7).await.unwrap(),
+        InboxState {
+            last_seq: 5,
+            acked_seq: 0,
+            pending: 3
+        }
+    );
+    // Acks never move back and drop what they acknowledge.
+    s.inbox_ack(7, 4).await.unwrap();
+    s.inbox_ack(7, 2).await.unwrap();
+    assert_eq!(
+        s.inbox_state(7).await.unwrap(),
+        InboxState {
+            last_seq: 5,
+            acked_seq: 4,
+            pending: 1
+        }
+    );
+    assert_eq!(seqs(&s.inbox_read(7, 0, 10).await.unwrap()), vec![5]);
+    // An `after` past the end (the inbox started again) reads from the start.
+    assert_eq!(seqs(&s.inbox_read(7, 99, 10).await.unwrap()), vec![5]);
+    assert_eq!(seqs(&s.inbox_read(7, u64::MAX, 10).await.unwrap()), vec![5]);
+    // An ack beyond the last sequence acknowledges up to the last only.
+    s.inbox_ack(7, 100).await.unwrap();
+    assert_eq!(
+        s.inbox_state(7).await.unwrap(),
+        InboxState {
+            last_seq: 5,
+            acked_seq: 5,
+            pending: 0
+        }
+    );
+    assert!(s.inbox_read(7, 0, 10).await.unwrap().is_empty());
+    assert_eq!(s.inbox_append(7, 1, bytes::Bytes::new()).await.unwrap(), 6);
+    assert_eq!(
+        s.inbox_state(7).await.unwrap(),
+        InboxState {
+            last_seq: 6,
+            acked_seq: 5,
+            pending: 1
+        }
+    );
+    assert_eq!(seqs(&s.inbox_read(7, 5, 10).await.unwrap()), vec![6]);
+
+    // Binary bodies survive, with any op.
+    let every_byte: Vec<u8> = (0..=255u8).collect();
+    for (op, body) in [
+        (i32::MIN, bytes::Bytes::from(every_byte.clone())),
+        (-1, bytes::Bytes::new()),
+        (i32::MAX, bytes::Bytes::from_static(b"1:2:3:\r\n\0")),
+    ] {
+        let seq = s.inbox_append(70, op, body.clone()).await.unwrap();
+        let got = s.inbox_read(70, seq - 1, 1).await.unwrap();
+        assert_eq!(got, vec![StoredMessage { seq, op, body }]);
+    }
+
+    // Room histories: independent per room, their own retention, no acks.
+    let rooms = ["live://1", "live://2", "odd}{room"];
+    for (n, room) in rooms.iter().enumerate() {
+        for i in 1..=(n as u64 + 1) * 2 {
+            assert_eq!(
+                s.room_history_append(room, 9, bytes::Bytes::from(format!("{room}#{i}")))
+                    .await
+                    .unwrap(),
+                i,
+                "{room}"
+            );
+        }
+    }
+    assert_eq!(
+        s.room_history_read("live://1", 0, 10).await.unwrap(),
+        vec![
+            StoredMessage {
+                seq: 1,
+                op: 9,
+                body: bytes::Bytes::from("live://1#1")
+            },
+            StoredMessage {
+                seq: 2,
+                op: 9,
+                body: bytes::Bytes::from("live://1#2")
+            }
+        ]
+    );
+    assert_eq!(
+        seqs(&s.room_history_read("live://2", 0, 10).await.unwrap()),
+        vec![3, 4]
+    );
+    assert_eq!(
+        seqs(&s.room_history_read("odd}{room", 4, 10).await.unwrap()),
+        vec![5, 6]
+    );
+    assert_eq!(
+        seqs(&s.room_history_read("odd}{room", 5, 10).await.unwrap()),
+        vec![6]
+    );
+    assert_eq!(
+        seqs(&s.room_history_read("live://2", 99, 1).await.unwrap()),
+        vec![3]
+    );
+    assert!(s.room_history_read("", 0, 10).await.unwrap().is_empty());
+    // A room and a user with the same id do not share anything.
+    assert_eq!(
+        s.room_history_append("7", 1, bytes::Bytes::new())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.inbox_state(7).await.unwrap().last_seq, 6);
+
+    // Unknown users and rooms cost nothing: no key is created by reading, acking or asking.
+    let ucfg = log_config(urls.clone(), cluster, keep3, keep2);
+    let prefix = ucfg.redis.prefix.clone();
+    let u = connect(&ucfg).await;
+    assert_eq!(u.inbox_state(8).await.unwrap(), InboxState::default());
+    assert!(u.inbox_read(8, 0, 10).await.unwrap().is_empty());
+    assert!(u.inbox_read(8, 5, 10).await.unwrap().is_empty());
+    u.inbox_ack(8, 10).await.unwrap();
+    assert_eq!(u.inbox_state(8).await.unwrap(), InboxState::default());
+    assert!(u
+        .room_history_read("live://nobody", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(keys_under(&urls, &prefix), Vec::<String>::new());
+    assert_eq!(u.inbox_append(8, 1, bytes::Bytes::new()).await.unwrap(), 1);
+    assert_eq!(
+        keys_under(&urls, &prefix),
+        vec![
+            format!("{prefix}inbox:{{8}}"),
+            format!("{prefix}inbox:{{8}}:m")
+        ]
+    );
+
+    // Concurrent appends from several tasks get distinct consecutive sequences.
+    let big = Retention {
+        max_messages: 1000,
+        ttl: LONG,
+    };
+    let c = std::sync::Arc::new(connect(&log_config(urls.clone(), cluster, big, big)).await);
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..25u8 {
+                    got.push(
+                        c.inbox_append(11, t, bytes::Bytes::from(vec![i]))
+                            .await
+                            .unwrap(),
+                    );
+                    got.push(
+                        c.room_history_append("live://busy", t, bytes::Bytes::from(vec![i]))
+                            .await
+                            .unwrap(),
+                    );
+                }
+                got
+            })
+        })
+        .collect();
+    let mut inbox_seqs = Vec::new();
+    let mut room_seqs = Vec::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        for pair in got.chunks(2) {
+            inbox_seqs.push(pair[0]);
+            room_seqs.push(pair[1]);
+        }
+    }
+    inbox_seqs.sort_unstable();
+    room_seqs.sort_unstable();
+    assert_eq!(inbox_seqs, (1..=100).collect::<Vec<u64>>());
+    assert_eq!(room_seqs, (1..=100).collect::<Vec<u64>>());
+    let stored = c.inbox_read(11, 0, 1000).await.unwrap();
+    assert_eq!(seqs(&stored), (1..=100).collect::<Vec<u64>>());
+    assert_eq!(
+        seqs(&c.room_history_read("live://busy", 0, 1000).await.unwrap()),
+        (1..=100).collect::<Vec<u64>>()
+    );
+    assert_eq!(c.inbox_state(11).await.unwrap().pending, 100);
+
+    // Age: messages older than the TTL are dropped; the whole log (and its sequence) expires
+    // a TTL after its last append.
+    let short = Retention {
+        max_messages: 10,
+        ttl: Duration::from_millis(1000),
+    };
+    let ecfg = log_config(urls.clone(), cluster, short, short);
+    let eprefix = ecfg.redis.prefix.clone();
+    let e = connect(&ecfg).await;
+    let t0 = Instant::now();
+    assert_eq!(e.inbox_append(1, 1, "a".into()).await.unwrap(), 1);
+    assert_eq!(e.room_history_append("r", 1, "a".into()).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(500).saturating_sub(t0.elapsed())).await;
+    let t1 = Instant::now();
+    assert_eq!(e.inbox_append(1, 1, "b".into()).await.unwrap(), 2);
+    assert_eq!(e.room_history_append("r", 1, "b".into()).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(t0.elapsed())).await;
+    // "a" is over 1 s old, "b" about 0.6 s.
+    assert!(t1.elapsed() < Duration::from_millis(950), "test too slow");
+    assert_eq!(
+        e.inbox_read(1, 0, 10).await.unwrap(),
+        vec![StoredMessage {
+            seq: 2,
+            op: 1,
+            body: "b".into()
+        }]
+    );
+    assert_eq!(
+        e.inbox_state(1).await.unwrap(),
+        InboxState {
+            last_seq: 2,
+            acked_seq: 0,
+            pending: 1
+        }
+    );
+    assert_eq!(
+        seqs(&e.room_history_read("r", 0, 10).await.unwrap()),
+        vec![2]
+    );
+    assert!(t1.elapsed() < Duration::from_millis(950), "test too slow");
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(t1.elapsed())).await;
+    assert_eq!(e.inbox_state(1).await.unwrap(), InboxState::default());
+    assert!(e.inbox_read(1, 0, 10).await.unwrap().is_empty());
+    assert!(e.room_history_read("r", 0, 10).await.unwrap().is_empty());
+    assert_eq!(keys_under(&urls, &eprefix), Vec::<String>::new(), "expired");
+    assert_eq!(
+        e.inbox_append(1, 1, "c".into()).await.unwrap(),
+        1,
+        "restarts"
+    );
+    assert_eq!(e.room_history_append("r", 1, "c".into()).await.unwrap(), 1);
+    assert_eq!(seqs(&e.inbox_read(1, 2, 10).await.unwrap()), vec![1]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_single_node() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
     conformance(vec![redis.url()], false).await;
+    log_conformance(vec![redis.url()], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,6 +657,7 @@ async fn conformance_cluster() {
         .await
         .unwrap();
     conformance(cluster.urls(), true).await;
+    log_conformance(cluster.urls(), true).await;
 }
 
 /// The documented key schema, read back with a plain client.
@@ -462,6 +782,145 @@ async fn key_schema_and_ttls() {
     assert_eq!(hlen(10).await, 0, "remove_session clears the index field");
 }
 
+/// The documented inbox and room-history keys, read back with a plain client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_key_schema_and_ttls() {
+    let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
+    let cfg = log_config(
+        vec![redis.url()],
+        false,
+        Retention {
+            max_messages: 2,
+            ttl: Duration::from_secs(100),
+        },
+        Retention {
+            max_messages: 5,
+            ttl: Duration::from_secs(20),
+        },
+    );
+    let p = cfg.redis.prefix.clone();
+    let s = connect(&cfg).await;
+    for _ in 0..3 {
+        s.inbox_append(7, 5, bytes::Bytes::from_static(b"hi"))
+            .await
+            .unwrap();
+    }
+    s.inbox_ack(7, 2).await.unwrap();
+    s.room_history_append("live://1", 6, bytes::Bytes::from_static(b"yo"))
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    let inbox = format!("{p}inbox:{{7}}");
+    let inbox_m = format!("{p}inbox:{{7}}:m");
+    let history = format!("{p}history:{{live://1}}");
+    let history_m = format!("{p}history:{{live://1}}:m");
+    assert_eq!(
+        keys,
+        vec![
+            history.clone(),
+            history_m.clone(),
+            inbox.clone(),
+            inbox_m.clone()
+        ]
+    );
+    for (key, max) in [
+        (&inbox, 100_000),
+        (&inbox_m, 100_000),
+        (&history, 20_000),
+        (&history_m, 20_000),
+    ] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(ttl > max - 5_000 && ttl <= max, "{key}: PTTL {ttl}");
+    }
+    let state: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(&inbox)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        state,
+        BTreeMap::from([
+            ("last".to_string(), "3".to_string()),
+            ("acked".to_string(), "2".to_string())
+        ])
+    );
+    let messages: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(&inbox_m)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1, "trimmed to 2, then 2 acknowledged");
+    let m = &messages[0];
+    assert!(m.starts_with(b"3:"), "{m:?}");
+    assert!(m.ends_with(b":\0\0\0\x05hi"), "{m:?}");
+    let state: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(&history)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        state,
+        BTreeMap::from([("last".to_string(), "1".to_string())])
+    );
+
+    // Acks and reads do not extend a log's life.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&inbox)
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    s.inbox_ack(7, 3).await.unwrap();
+    s.inbox_read(7, 0, 10).await.unwrap();
+    s.inbox_state(7).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&inbox)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl <= 60_000, "PTTL {ttl}");
+
+    // A log whose state expired before its messages (a clock race) starts again cleanly.
+    let _: () = redis::cmd("DEL")
+        .arg(&history)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(s
+        .room_history_read("live://1", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.room_history_append("live://1", 1, bytes::Bytes::new())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        seqs(&s.room_history_read("live://1", 0, 10).await.unwrap()),
+        vec![1]
+    );
+    // The empty room cannot hold a history (its hash tag would be empty).
+    assert!(s
+        .room_history_append("", 1, bytes::Bytes::new())
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn connect_fails_clearly_when_redis_is_unreachable() {
     let port = imgate_testkit::free_port();
@@ -550,6 +1009,27 @@ async fn outage_fails_fast_and_recovers_without_a_new_store() {
         .await;
         expect_unavailable("room_counts", timeout, s.room_counts()).await;
         expect_unavailable("comets", timeout, s.comets()).await;
+        expect_unavailable(
+            "inbox_append",
+            timeout,
+            s.inbox_append(1, 1, bytes::Bytes::new()),
+        )
+        .await;
+        expect_unavailable("inbox_read", timeout, s.inbox_read(1, 0, 10)).await;
+        expect_unavailable("inbox_ack", timeout, s.inbox_ack(1, 1)).await;
+        expect_unavailable("inbox_state", timeout, s.inbox_state(1)).await;
+        expect_unavailable(
+            "room_history_append",
+            timeout,
+            s.room_history_append("r", 1, bytes::Bytes::new()),
+        )
+        .await;
+        expect_unavailable(
+            "room_history_read",
+            timeout,
+            s.room_history_read("r", 0, 10),
+        )
+        .await;
     }
     // Stay down longer than the reconnect backoff lasts, so recovery cannot rely on it.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -584,6 +1064,7 @@ async fn outage_fails_fast_and_recovers_without_a_new_store() {
         .await
         .unwrap();
     assert_eq!(s.room_counts().await.unwrap()["r"], 1);
+    assert_eq!(s.inbox_append(1, 1, bytes::Bytes::new()).await.unwrap(), 1);
     drop(redis);
 }
 

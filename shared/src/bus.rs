@@ -37,6 +37,11 @@ pub struct KeysPush {
     pub op: i32,
     #[prost(bytes = "bytes", tag = "4")]
     pub body: Bytes,
+    /// Inbox sequence of a stored push to user `mid` (0: not stored).
+    #[prost(uint64, tag = "5")]
+    pub seq: u64,
+    #[prost(int64, tag = "6")]
+    pub mid: i64,
 }
 
 /// A message for every member of a room (`type://id`).
@@ -48,6 +53,10 @@ pub struct RoomPush {
     pub op: i32,
     #[prost(bytes = "bytes", tag = "3")]
     pub body: Bytes,
+    /// The room-history sequence when the push opted into history (0: none); it travels in
+    /// the frame header's seq so a client can catch up with SYNC.
+    #[prost(uint64, tag = "4")]
+    pub seq: u64,
 }
 
 /// A message for every connection watching `op`, paced at `speed` connections per second.

@@ -169,8 +169,36 @@ pub struct StoreConfig {
     /// A comet shard that has not reported for this long is gone.
     #[serde(deserialize_with = "duration")]
     pub online_ttl: Duration,
+    /// Messages kept per user for delivery on (re)connect.
+    pub inbox_max_messages: usize,
+    /// How long a user's stored messages (and their sequence) are kept after the last push.
+    #[serde(deserialize_with = "duration")]
+    pub inbox_ttl: Duration,
+    /// Messages kept per room for pushes that opt into history (`history=1`).
+    pub room_history_max_messages: usize,
+    /// How long a room's history is kept.
+    #[serde(deserialize_with = "duration")]
+    pub room_history_ttl: Duration,
     /// Used when `kind = "redis"`.
     pub redis: RedisConfig,
+}
+
+impl StoreConfig {
+    /// Inbox retention as the store applies it.
+    pub fn inbox(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            max_messages: self.inbox_max_messages,
+            ttl: self.inbox_ttl,
+        }
+    }
+
+    /// Room-history retention as the store applies it.
+    pub fn room_history(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            max_messages: self.room_history_max_messages,
+            ttl: self.room_history_ttl,
+        }
+    }
 }
 
 /// The Redis store (a single node or a Redis Cluster).
@@ -296,6 +324,10 @@ impl Default for StoreConfig {
             kind: "embedded".into(),
             session_ttl: Duration::from_secs(30 * 60),
             online_ttl: Duration::from_secs(20),
+            inbox_max_messages: 100,
+            inbox_ttl: Duration::from_secs(72 * 3600),
+            room_history_max_messages: 100,
+            room_history_ttl: Duration::from_secs(300),
             redis: RedisConfig::default(),
         }
     }

@@ -39,6 +39,13 @@ pub mod op {
     pub const SUB_REPLY: i32 = 15;
     pub const UNSUB: i32 = 16;
     pub const UNSUB_REPLY: i32 = 17;
+    /// imgate: the client has processed every stored message up to the decimal seq in the body.
+    pub const ACK: i32 = 20;
+    pub const ACK_REPLY: i32 = 21;
+    /// imgate: resend stored messages after a seq: body `<after>` (the user's inbox) or
+    /// `<room> <after>` (a room's recent history). The messages come first, then the reply.
+    pub const SYNC: i32 = 22;
+    pub const SYNC_REPLY: i32 = 23;
 }
 
 /// Why a byte sequence is not a valid goim frame.

@@ -19,7 +19,10 @@ pub struct Envelope {
     /// Request id; a reply carries the id of its request. 0 for one-way messages.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
+    #[prost(
+        oneof = "Body",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+    )]
     pub body: Option<Body>,
 }
 
@@ -51,6 +54,57 @@ pub enum Body {
     PushRoom(PushRoom),
     #[prost(message, tag = "13")]
     Broadcast(Broadcast),
+    /// comet → logic: the user has processed (or, for a client that does not ack, was written)
+    /// every stored message up to `seq`.
+    #[prost(message, tag = "14")]
+    InboxAck(InboxAck),
+    /// comet → logic: stored messages after a seq (a client's SYNC).
+    #[prost(message, tag = "15")]
+    InboxRead(InboxRead),
+    /// logic → comet: the answer to `InboxRead`.
+    #[prost(message, tag = "16")]
+    InboxMessages(InboxMessages),
+}
+
+/// A message kept in a user's inbox or a room's history, with its sequence number.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Stored {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(int32, tag = "2")]
+    pub op: i32,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InboxAck {
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    #[prost(int64, tag = "2")]
+    pub mid: i64,
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InboxRead {
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    #[prost(int64, tag = "2")]
+    pub mid: i64,
+    /// Empty: the user's inbox; otherwise this room's recent history.
+    #[prost(string, tag = "3")]
+    pub room: String,
+    #[prost(uint64, tag = "4")]
+    pub after: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InboxMessages {
+    /// Oldest first.
+    #[prost(message, repeated, tag = "1")]
+    pub messages: Vec<Stored>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -102,6 +156,18 @@ pub struct ConnectReply {
     /// Server-side heartbeat expiry, in milliseconds.
     #[prost(uint64, tag = "5")]
     pub heartbeat_ms: u64,
+    /// The client announced (auth JSON `"acks": true`) that it acknowledges stored messages
+    /// with op 20; otherwise a stored message written to its socket counts as delivered.
+    #[prost(bool, tag = "6")]
+    pub acks: bool,
+    /// Stored messages the user has not acknowledged, oldest first: comet sends them right
+    /// after the auth reply.
+    #[prost(message, repeated, tag = "7")]
+    pub backlog: Vec<Stored>,
+    /// Nothing at or below this inbox sequence will come from the store any more (it was
+    /// acknowledged, trimmed or expired): where the connection's sequence window starts.
+    #[prost(uint64, tag = "8")]
+    pub inbox_floor: u64,
 }
 
 /// The connection closed; logic removes its session if it still belongs to this connection.
@@ -203,6 +269,13 @@ pub struct PushKeys {
     /// One complete goim frame (header and body).
     #[prost(bytes = "bytes", tag = "3")]
     pub frame: Bytes,
+    /// The user's inbox sequence of a stored push (also in the frame header's seq); 0 when
+    /// the push is not stored. comet drops a stored push a connection already has.
+    #[prost(uint64, tag = "4")]
+    pub seq: u64,
+    /// The user the stored push belongs to (0 when not stored).
+    #[prost(int64, tag = "5")]
+    pub mid: i64,
 }
 
 /// Deliver a batch of room messages to every member of the room on this comet.
@@ -290,6 +363,8 @@ mod tests {
                 }],
                 op: 1000,
                 frame: Bytes::from_static(b"abc"),
+                seq: 3,
+                mid: 9,
             }),
         );
         let mut buf = BytesMut::new();
@@ -301,6 +376,48 @@ mod tests {
         assert_eq!(decode_frame(&mut buf).unwrap(), Some(msg.clone()));
         assert_eq!(decode_frame(&mut buf).unwrap(), Some(msg));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_body_variant_survives_the_envelope() {
+        // A variant whose tag is missing from the oneof list decodes as `None`, silently.
+        let bodies = vec![
+            Body::Connect(Connect::default()),
+            Body::ConnectReply(ConnectReply {
+                backlog: vec![Stored {
+                    seq: 1,
+                    op: 2,
+                    body: Bytes::from_static(b"x"),
+                }],
+                ..Default::default()
+            }),
+            Body::Disconnect(Disconnect::default()),
+            Body::Heartbeat(Heartbeat::default()),
+            Body::RenewOnline(RenewOnline::default()),
+            Body::RenewOnlineReply(RenewOnlineReply::default()),
+            Body::Upstream(Upstream::default()),
+            Body::Ok(Empty {}),
+            Body::Error(Failure {
+                message: "no".into(),
+            }),
+            Body::PushKeys(PushKeys::default()),
+            Body::PushRoom(PushRoom::default()),
+            Body::Broadcast(Broadcast::default()),
+            Body::InboxAck(InboxAck {
+                seq: 4,
+                ..Default::default()
+            }),
+            Body::InboxRead(InboxRead {
+                after: 2,
+                ..Default::default()
+            }),
+            Body::InboxMessages(InboxMessages::default()),
+        ];
+        for body in bodies {
+            let msg = Envelope::new(1, body);
+            let mut buf = BytesMut::from(&msg.to_frame()[..]);
+            assert_eq!(decode_frame(&mut buf).unwrap(), Some(msg));
+        }
     }
 
     #[test]

@@ -38,6 +38,33 @@ pub struct CometStatus {
     pub updated_ms: u64,
 }
 
+/// A message kept in a user's inbox or a room's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// 1, 2, 3, … per user (or per room).
+    pub seq: u64,
+    pub op: i32,
+    pub body: bytes::Bytes,
+}
+
+/// Where a user's inbox stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct InboxState {
+    /// Sequence of the newest message ever stored (0: none).
+    pub last_seq: u64,
+    /// Everything up to here was acknowledged (or written to a client that does not ack).
+    pub acked_seq: u64,
+    /// Stored messages after `acked_seq` that are still kept (not trimmed or expired).
+    pub pending: u64,
+}
+
+/// How many messages an inbox or a room history keeps, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_messages: usize,
+    pub ttl: Duration,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,6 +93,38 @@ pub trait Store: Send + Sync {
     async fn room_counts(&self) -> Result<HashMap<String, u64>, StoreError>;
     /// Comets that reported recently.
     async fn comets(&self) -> Result<Vec<CometStatus>, StoreError>;
+
+    /// Stores a message for user `mid` and returns its sequence (one more than the user's
+    /// last); the inbox is then trimmed to its retention (count and age). The sequence never
+    /// goes back while the inbox's state lives (it lives `inbox ttl` after the last write).
+    async fn inbox_append(&self, mid: i64, op: i32, body: bytes::Bytes) -> Result<u64, StoreError>;
+    /// Kept messages with `seq > after`, oldest first, at most `limit`. An `after` beyond the
+    /// last sequence (the inbox expired and started again) reads from the start.
+    async fn inbox_read(
+        &self,
+        mid: i64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Everything up to `seq` was delivered; the acknowledged point never moves back, and
+    /// acknowledged messages are dropped.
+    async fn inbox_ack(&self, mid: i64, seq: u64) -> Result<(), StoreError>;
+    /// The user's inbox state.
+    async fn inbox_state(&self, mid: i64) -> Result<InboxState, StoreError>;
+    /// Adds a message to a room's recent history and returns its sequence in that room.
+    async fn room_history_append(
+        &self,
+        room: &str,
+        op: i32,
+        body: bytes::Bytes,
+    ) -> Result<u64, StoreError>;
+    /// Kept room messages with `seq > after`, oldest first, at most `limit`.
+    async fn room_history_read(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
 }
 
 /// Lifetimes the embedded store applies.
@@ -76,9 +135,24 @@ pub struct StoreTtl {
     pub online: Duration,
 }
 
+impl Retention {
+    /// The defaults of `store.inbox_*` in the configuration.
+    pub const INBOX: Retention = Retention {
+        max_messages: 100,
+        ttl: Duration::from_secs(72 * 3600),
+    };
+    /// The defaults of `store.room_history_*` in the configuration.
+    pub const ROOM_HISTORY: Retention = Retention {
+        max_messages: 100,
+        ttl: Duration::from_secs(300),
+    };
+}
+
 /// The in-process store used by the single-binary mode.
 pub struct EmbeddedStore {
     ttl: StoreTtl,
+    inbox: Retention,
+    room_history: Retention,
     inner: Mutex<Inner>,
 }
 
@@ -87,14 +161,104 @@ struct Inner {
     keys: HashMap<String, (Session, Instant)>,
     mids: HashMap<i64, HashSet<String>>,
     online: HashMap<(String, u32), (OnlineReport, Instant, u64)>,
+    inboxes: HashMap<i64, Log>,
+    rooms: HashMap<String, Log>,
+}
+
+/// A sequenced, trimmed message log: a user's inbox or a room's history.
+#[derive(Default)]
+struct Log {
+    last_seq: u64,
+    acked_seq: u64,
+    /// Kept messages, oldest first, with the time they were stored.
+    messages: std::collections::VecDeque<(StoredMessage, Instant)>,
+    /// The log (and its sequence) is forgotten after this.
+    expires: Option<Instant>,
+}
+
+impl Log {
+    fn trim(&mut self, keep: Retention, now: Instant) {
+        while self.messages.len() > keep.max_messages {
+            self.messages.pop_front();
+        }
+        while self
+            .messages
+            .front()
+            .is_some_and(|(m, at)| m.seq <= self.acked_seq || now.duration_since(*at) >= keep.ttl)
+        {
+            self.messages.pop_front();
+        }
+    }
+
+    fn append(&mut self, op: i32, body: bytes::Bytes, keep: Retention, now: Instant) -> u64 {
+        self.last_seq += 1;
+        let message = StoredMessage {
+            seq: self.last_seq,
+            op,
+            body,
+        };
+        self.messages.push_back((message, now));
+        self.expires = Some(now + keep.ttl);
+        self.trim(keep, now);
+        self.last_seq
+    }
+
+    fn read(
+        &mut self,
+        after: u64,
+        limit: usize,
+        keep: Retention,
+        now: Instant,
+    ) -> Vec<StoredMessage> {
+        self.trim(keep, now);
+        let after = if after > self.last_seq { 0 } else { after };
+        self.messages
+            .iter()
+            .filter(|(m, _)| m.seq > after)
+            .take(limit)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+}
+
+/// The live log under `id`, if there is one (a log whose lifetime ran out is removed).
+fn existing_log<'a, K: std::hash::Hash + Eq>(
+    logs: &'a mut HashMap<K, Log>,
+    id: &K,
+    now: Instant,
+) -> Option<&'a mut Log> {
+    if logs.get(id)?.expires.is_some_and(|e| e <= now) {
+        logs.remove(id);
+        return None;
+    }
+    logs.get_mut(id)
+}
+
+/// The live log under `id`, created if missing; only appends create logs, so reads of unknown
+/// users or rooms cost no memory.
+fn live_log<K: std::hash::Hash + Eq>(logs: &mut HashMap<K, Log>, id: K, now: Instant) -> &mut Log {
+    let log = logs.entry(id).or_default();
+    if log.expires.is_some_and(|e| e <= now) {
+        *log = Log::default();
+    }
+    log
 }
 
 impl EmbeddedStore {
     pub fn new(ttl: StoreTtl) -> Self {
         EmbeddedStore {
             ttl,
+            inbox: Retention::INBOX,
+            room_history: Retention::ROOM_HISTORY,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Sets how much inboxes and room histories keep.
+    pub fn with_retention(mut self, inbox: Retention, room_history: Retention) -> Self {
+        self.inbox = inbox;
+        self.room_history = room_history;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -262,6 +426,78 @@ impl Store for EmbeddedStore {
         }
         Ok(by_id.into_values().collect())
     }
+
+    async fn inbox_append(&self, mid: i64, op: i32, body: bytes::Bytes) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(live_log(&mut inner.inboxes, mid, now).append(op, body, self.inbox, now))
+    }
+
+    async fn inbox_read(
+        &self,
+        mid: i64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(existing_log(&mut inner.inboxes, &mid, now)
+            .map(|log| log.read(after, limit, self.inbox, now))
+            .unwrap_or_default())
+    }
+
+    async fn inbox_ack(&self, mid: i64, seq: u64) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some(log) = existing_log(&mut inner.inboxes, &mid, now) {
+            log.acked_seq = log.acked_seq.max(seq.min(log.last_seq));
+            log.trim(self.inbox, now);
+        }
+        Ok(())
+    }
+
+    async fn inbox_state(&self, mid: i64) -> Result<InboxState, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(log) = existing_log(&mut inner.inboxes, &mid, now) else {
+            return Ok(InboxState::default());
+        };
+        log.trim(self.inbox, now);
+        Ok(InboxState {
+            last_seq: log.last_seq,
+            acked_seq: log.acked_seq,
+            pending: log.messages.len() as u64,
+        })
+    }
+
+    async fn room_history_append(
+        &self,
+        room: &str,
+        op: i32,
+        body: bytes::Bytes,
+    ) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(live_log(&mut inner.rooms, room.to_string(), now).append(
+            op,
+            body,
+            self.room_history,
+            now,
+        ))
+    }
+
+    async fn room_history_read(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(existing_log(&mut inner.rooms, &room.to_string(), now)
+            .map(|log| log.read(after, limit, self.room_history, now))
+            .unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +577,73 @@ mod tests {
         assert!(s.sessions_by_mids(&[3]).await.unwrap().is_empty());
         s.refresh_session(&sess).await.unwrap();
         assert_eq!(s.sessions_by_mids(&[3]).await.unwrap(), vec![sess]);
+    }
+
+    #[tokio::test]
+    async fn inbox_sequences_reads_acks_and_trims() {
+        let keep = Retention {
+            max_messages: 3,
+            ttl: Duration::from_secs(60),
+        };
+        let s = store().with_retention(keep, keep);
+        for i in 1..=5u64 {
+            assert_eq!(
+                s.inbox_append(7, 1000, bytes::Bytes::from(i.to_string()))
+                    .await
+                    .unwrap(),
+                i
+            );
+        }
+        // Trimmed to the newest 3.
+        let seqs = |v: Vec<StoredMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.inbox_read(7, 0, 10).await.unwrap()), vec![3, 4, 5]);
+        assert_eq!(seqs(s.inbox_read(7, 3, 1).await.unwrap()), vec![4]);
+        s.inbox_ack(7, 4).await.unwrap();
+        s.inbox_ack(7, 2).await.unwrap();
+        assert_eq!(
+            s.inbox_state(7).await.unwrap(),
+            InboxState {
+                last_seq: 5,
+                acked_seq: 4,
+                pending: 1
+            }
+        );
+        // An `after` past the end (the inbox started again) reads from the start.
+        assert_eq!(seqs(s.inbox_read(7, 99, 10).await.unwrap()), vec![5]);
+        // Unknown users cost nothing and read as empty.
+        assert_eq!(s.inbox_state(8).await.unwrap(), InboxState::default());
+        s.inbox_ack(8, 10).await.unwrap();
+        assert_eq!(s.inbox_append(8, 1, bytes::Bytes::new()).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn inbox_and_room_history_expire() {
+        let keep = Retention {
+            max_messages: 10,
+            ttl: Duration::from_millis(30),
+        };
+        let s = store().with_retention(keep, keep);
+        s.inbox_append(1, 1, bytes::Bytes::new()).await.unwrap();
+        s.room_history_append("live://1", 1, bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            s.room_history_read("live://1", 0, 10).await.unwrap().len(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.inbox_state(1).await.unwrap(), InboxState::default());
+        assert!(s
+            .room_history_read("live://1", 0, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.room_history_append("live://1", 1, bytes::Bytes::new())
+                .await
+                .unwrap(),
+            1
+        );
     }
 
     #[tokio::test]
