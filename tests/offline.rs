@@ -1,4 +1,5 @@
-//! Offline messages and reliable delivery, end to end on the embedded store: pushes by mid are
+//! Offline messages and reliable delivery, end to end on the embedded store and (for the
+//! storage-sensitive cases) on a real Redis: pushes by mid are
 //! stored with a per-user sequence (carried in the frame header's seq) and delivered on
 //! connect; clients acknowledge with op 20 or, if they never announced acks, a message written
 //! to their socket counts as delivered; op 22 resends by sequence.
@@ -12,6 +13,17 @@ use imgate_shared::frame::op;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(5);
+
+/// A gateway on the embedded store, and one on a real Redis (kept alive beside it): the tests
+/// that matter for storage run on both.
+fn gateways() -> Vec<(imgate::standalone::Gateway, Option<imgate_testkit::Redis>)> {
+    let redis = imgate_testkit::Redis::start();
+    let mut config = test_config();
+    config.store.kind = "redis".into();
+    config.store.redis.urls = vec![redis.url()];
+    let on_redis = imgate::standalone::Gateway::start(config).expect("gateway on Redis starts");
+    vec![(gateway(), None), (on_redis, Some(redis))]
+}
 
 fn auth_json(mid: i64, acks: bool, room: &str) -> String {
     serde_json::json!({"mid": mid, "room_id": room, "accepts": [1000], "acks": acks}).to_string()
@@ -51,7 +63,12 @@ fn inbox_state(g: &imgate::standalone::Gateway, mid: i64) -> serde_json::Value {
 
 #[test]
 fn an_offline_user_gets_every_message_in_order_on_connect() {
-    let g = gateway();
+    for (g, _redis) in gateways() {
+        offline_user_in_order(g);
+    }
+}
+
+fn offline_user_in_order(g: imgate::standalone::Gateway) {
     for i in 1..=5 {
         let answer = push_mid(&g, 50, &format!("m{i}"));
         assert_eq!(answer["data"]["connections"], 0);
@@ -65,12 +82,11 @@ fn an_offline_user_gets_every_message_in_order_on_connect() {
         inbox_state(&g, 50),
         serde_json::json!({"last_seq": 5, "acked_seq": 0, "pending": 5})
     );
-    for transport in [Transport::WebSocket] {
-        let mut c = connect(g.ws_addr(), transport, 50, true);
-        for i in 1..=5 {
-            assert_eq!(next(&mut c), (i, format!("m{i}")));
-        }
+    let mut c = connect(g.ws_addr(), Transport::WebSocket, 50, true);
+    for i in 1..=5 {
+        assert_eq!(next(&mut c), (i, format!("m{i}")));
     }
+    drop(c);
     g.shutdown();
 }
 
@@ -102,7 +118,12 @@ fn a_plain_goim_client_is_not_sent_the_same_stored_message_twice() {
 
 #[test]
 fn acknowledged_messages_are_not_redelivered_and_the_rest_are() {
-    let g = gateway();
+    for (g, _redis) in gateways() {
+        acked_not_redelivered(g);
+    }
+}
+
+fn acked_not_redelivered(g: imgate::standalone::Gateway) {
     for body in ["a", "b", "c"] {
         push_mid(&g, 52, body);
     }
@@ -173,7 +194,12 @@ fn sync_resends_exactly_the_missed_messages_of_the_inbox_and_of_a_room() {
 
 #[test]
 fn a_push_during_connect_is_delivered_exactly_once() {
-    let g = gateway();
+    for (g, _redis) in gateways() {
+        push_during_connect(g);
+    }
+}
+
+fn push_during_connect(g: imgate::standalone::Gateway) {
     let http_addr = g.http_addr();
     for round in 0..20 {
         let mid = 1000 + round;
@@ -255,9 +281,14 @@ fn a_user_with_two_devices_gets_every_message_on_each() {
 
 #[test]
 fn concurrent_pushes_to_one_user_arrive_once_each_even_when_they_overtake() {
-    // Pushes racing through logic reach the connection out of sequence order; none may be
-    // taken for a duplicate, and a plain client's written floor must not skip a late one.
-    let g = gateway();
+    for (g, _redis) in gateways() {
+        concurrent_pushes(g);
+    }
+}
+
+/// Pushes racing through logic reach the connection out of sequence order; none may be taken
+/// for a duplicate, and a plain client's written floor must not skip a late one.
+fn concurrent_pushes(g: imgate::standalone::Gateway) {
     let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
     c.auth(&auth_body(80, "", "", &[1000])).unwrap();
     let http_addr = g.http_addr();
