@@ -98,13 +98,7 @@ impl RoomBatcher {
                 break;
             }
             if let Some((_, room, generation)) = self.deadlines.pop_front() {
-                if self
-                    .rooms
-                    .get(&room)
-                    .is_some_and(|p| p.generation == generation)
-                {
-                    out.extend(self.take(&room));
-                }
+                out.extend(self.take_current(&room, generation));
             }
         }
         out
@@ -114,15 +108,23 @@ impl RoomBatcher {
     pub(crate) fn drain(&mut self) -> Vec<Batch> {
         let mut out = Vec::new();
         while let Some((_, room, generation)) = self.deadlines.pop_front() {
-            if self
-                .rooms
-                .get(&room)
-                .is_some_and(|p| p.generation == generation)
-            {
-                out.extend(self.take(&room));
-            }
+            out.extend(self.take_current(&room, generation));
         }
         out
+    }
+
+    /// The room's batch, if the deadline entry (`generation`) still belongs to it: a batch
+    /// flushed early by size leaves its deadline behind, and a new batch gets a new one.
+    fn take_current(&mut self, room: &str, generation: u64) -> Option<Batch> {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|p| p.generation == generation)
+        {
+            self.take(room)
+        } else {
+            None
+        }
     }
 
     fn take(&mut self, room: &str) -> Option<Batch> {

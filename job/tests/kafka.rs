@@ -2,6 +2,9 @@
 //!
 //! A missing nisshi fails these tests with a message saying how to install it; nothing skips.
 
+mod common;
+
+use common::register;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,8 +18,8 @@ use imgate_shared::bus::{
 };
 use imgate_shared::config::{Config, KafkaConfig};
 use imgate_shared::frame;
-use imgate_shared::link::{self, Body, CometInfo, Envelope, ShardKeys};
-use imgate_shared::store::{EmbeddedStore, OnlineReport, Store, StoreTtl};
+use imgate_shared::link::{self, Body, Envelope, ShardKeys};
+use imgate_shared::store::{EmbeddedStore, StoreTtl};
 use imgate_testkit::Kafka;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -256,25 +259,6 @@ fn store() -> Arc<EmbeddedStore> {
         session: Duration::from_secs(60),
         online: Duration::from_secs(60),
     }))
-}
-
-async fn register(store: &EmbeddedStore, id: &str, link_addr: String) {
-    store
-        .report_online(OnlineReport {
-            comet: CometInfo {
-                id: id.into(),
-                link_addr,
-                weight: 10,
-                shards: 1,
-                ..Default::default()
-            },
-            shard: 0,
-            conn_count: 0,
-            ip_count: 0,
-            rooms: Default::default(),
-        })
-        .await
-        .unwrap();
 }
 
 async fn next_body(stream: &mut TcpStream, buf: &mut BytesMut) -> Body {

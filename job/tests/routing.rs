@@ -1,6 +1,9 @@
 //! job over real sockets: a fake comet registers in the store, listens on a real TCP port, and
 //! reads the link frames job writes to it.
 
+mod common;
+
+use common::register;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +14,8 @@ use imgate_shared::bus::{
 };
 use imgate_shared::config::Config;
 use imgate_shared::frame;
-use imgate_shared::link::{self, Body, CometInfo, Envelope, ShardKeys};
-use imgate_shared::store::{EmbeddedStore, OnlineReport, Store, StoreTtl};
+use imgate_shared::link::{self, Body, Envelope, ShardKeys};
+use imgate_shared::store::{EmbeddedStore, StoreTtl};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -33,25 +36,6 @@ fn config(room_delay: Duration) -> Config {
     config.job.room_max_delay = room_delay;
     config.job.registry_interval = Duration::from_millis(50);
     config
-}
-
-async fn register(store: &EmbeddedStore, id: &str, link_addr: String) {
-    store
-        .report_online(OnlineReport {
-            comet: CometInfo {
-                id: id.into(),
-                link_addr,
-                weight: 10,
-                shards: 1,
-                ..Default::default()
-            },
-            shard: 0,
-            conn_count: 0,
-            ip_count: 0,
-            rooms: Default::default(),
-        })
-        .await
-        .unwrap();
 }
 
 /// The comet's end of one link connection.
