@@ -36,6 +36,23 @@ enum Command {
     Job(ServiceArgs),
     /// Connect as a goim client and print every pushed message as a line.
     Sub(SubArgs),
+    /// Mint a signed client token (HS256) from the configured secret, for trying things.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// User id the token is for (its `sub`).
+    #[arg(long)]
+    mid: i64,
+    /// Rooms the token allows joining, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',')]
+    rooms: Option<Vec<String>>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    ttl: Duration,
 }
 
 #[derive(Args, Clone, Default)]
@@ -95,6 +112,9 @@ struct SubArgs {
     /// Heartbeat interval.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Signed token (from `imgate token`), for deployments that require one.
+    #[arg(long)]
+    token: Option<String>,
 }
 
 impl ServiceArgs {
@@ -124,8 +144,37 @@ impl ServiceArgs {
         if let Some(shards) = self.shards {
             config.comet.shards = shards;
         }
+        for (var, target) in [
+            ("IMGATE_JWT_SECRET", &mut config.auth.jwt_secret),
+            ("IMGATE_API_KEY", &mut config.auth.api_key),
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                *target = value;
+            }
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Secure by default: a configured deployment (a config file, or a secret or API key in
+    /// the environment) runs logic only with signed tokens and an API key, unless its config
+    /// says `auth.insecure = true`. Returns whether this is goim's insecure development mode.
+    fn check_auth(&self, config: &Config) -> anyhow::Result<bool> {
+        let auth = &config.auth;
+        let configured =
+            self.config.is_some() || auth.tokens_required() || !auth.api_key.is_empty();
+        if !configured || auth.insecure {
+            return Ok(true);
+        }
+        if !auth.tokens_required() || auth.api_key.is_empty() {
+            bail!(
+                "a configured deployment needs signed client tokens and an API key: set \
+                 auth.jwt_secret (or IMGATE_JWT_SECRET, or auth.jwt_public_key_file) and \
+                 auth.api_key (or IMGATE_API_KEY), or say auth.insecure = true to run goim's \
+                 trust model"
+            );
+        }
+        Ok(false)
     }
 }
 
@@ -138,11 +187,17 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let only = |comet, logic, job| Services { comet, logic, job };
+    let mut insecure = false;
     let gateway = match cli.command {
-        None => Gateway::start(cli.service.load()?)?,
+        None => {
+            let config = cli.service.load()?;
+            insecure = cli.service.check_auth(&config)?;
+            Gateway::start(config)?
+        }
         Some(Command::Comet(args)) => Gateway::run(args.load()?, only(true, false, false))?,
         Some(Command::Logic(args)) => {
             let config = args.load()?;
+            insecure = args.check_auth(&config)?;
             // The embedded bus only connects logic and job inside one process.
             let job = config.bus.kind == "embedded";
             if job {
@@ -161,13 +216,18 @@ fn main() -> anyhow::Result<()> {
             Gateway::run(config, only(false, false, true))?
         }
         Some(Command::Sub(args)) => return subscribe(&args),
+        Some(Command::Token(args)) => return mint_token(&args),
     };
     for line in gateway.describe() {
         tracing::info!("{line}");
     }
-    tracing::warn!(
-        "development mode: clients are trusted (goim's unsigned JSON auth) and the HTTP API is open"
-    );
+    if insecure {
+        tracing::warn!(
+            "INSECURE development mode: clients are trusted (goim's unsigned JSON auth: any \
+             client may claim any mid) and the HTTP API is open; set IMGATE_JWT_SECRET and \
+             IMGATE_API_KEY (or auth.* in a config file) to require signed tokens and an API key"
+        );
+    }
     wait_for_signal()?;
     tracing::info!("shutting down");
     gateway.shutdown();
@@ -188,6 +248,21 @@ fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn mint_token(args: &TokenArgs) -> anyhow::Result<()> {
+    let config = args.service.load()?;
+    if config.auth.jwt_secret.is_empty() {
+        bail!("no secret to sign with: set IMGATE_JWT_SECRET or auth.jwt_secret");
+    }
+    let token = imgate_logic::mint_hs256(
+        config.auth.jwt_secret.as_bytes(),
+        args.mid,
+        args.rooms.clone(),
+        args.ttl,
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
 fn subscribe(args: &SubArgs) -> anyhow::Result<()> {
     let (transport, default_port) = if args.ws {
         (Transport::WebSocket, 3102)
@@ -199,13 +274,16 @@ fn subscribe(args: &SubArgs) -> anyhow::Result<()> {
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], default_port)));
     let mut client =
         Client::connect(addr, transport).with_context(|| format!("connecting to {addr}"))?;
-    let auth = serde_json::json!({
+    let mut auth = serde_json::json!({
         "mid": args.mid,
         "key": args.key,
         "room_id": args.room,
         "platform": "cli",
         "accepts": args.accepts,
     });
+    if let Some(token) = &args.token {
+        auth["token"] = serde_json::json!(token);
+    }
     client.auth(&auth.to_string()).context("authenticating")?;
     eprintln!("authenticated to {addr} as mid {}", args.mid);
     let mut next_heartbeat = Instant::now();

@@ -74,6 +74,137 @@ impl Authenticator for GoimJsonAuth {
     }
 }
 
+/// Verifies signed tokens (JWT, HS256 with a shared secret or RS256/ES256 with a public key):
+/// the user is the token's `sub`, never the JSON's `mid`; an `exp` claim is required; a
+/// `rooms` claim, when present, lists the rooms the connection may join.
+pub struct JwtAuth {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: serde_json::Value,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct SignedAuthBody {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    room_id: Option<String>,
+    #[serde(default)]
+    platform: Option<String>,
+    #[serde(default)]
+    accepts: Option<Vec<i32>>,
+    #[serde(default)]
+    acks: Option<bool>,
+}
+
+impl JwtAuth {
+    /// Tokens signed with HS256 and this secret.
+    pub fn hs256(secret: &[u8]) -> JwtAuth {
+        JwtAuth {
+            key: jsonwebtoken::DecodingKey::from_secret(secret),
+            validation: jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+        }
+    }
+
+    /// Tokens signed with the private half of this PEM public key: RSA (RS256) or EC (ES256).
+    pub fn public_key_pem(pem: &[u8]) -> Result<JwtAuth, AuthError> {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(JwtAuth {
+                key,
+                validation: Validation::new(Algorithm::RS256),
+            });
+        }
+        match DecodingKey::from_ec_pem(pem) {
+            Ok(key) => Ok(JwtAuth {
+                key,
+                validation: Validation::new(Algorithm::ES256),
+            }),
+            Err(e) => Err(AuthError::Invalid(format!(
+                "jwt_public_key_file is neither an RSA nor an EC public key in PEM: {e}"
+            ))),
+        }
+    }
+}
+
+impl Authenticator for JwtAuth {
+    fn authenticate(&self, token: &[u8], _cookie: &str) -> Result<Identity, AuthError> {
+        let body: SignedAuthBody = serde_json::from_slice(token).map_err(|e| {
+            AuthError::Invalid(format!(
+                "expected a JSON object with a signed \"token\": {e}"
+            ))
+        })?;
+        let jwt = body
+            .token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| AuthError::Invalid("auth needs a signed \"token\"".into()))?;
+        let claims = jsonwebtoken::decode::<Claims>(&jwt, &self.key, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                AuthError::Invalid(match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired".to_string(),
+                    ErrorKind::InvalidSignature => "token signature is invalid".to_string(),
+                    _ => format!("invalid token: {e}"),
+                })
+            })?
+            .claims;
+        let mid = match &claims.sub {
+            serde_json::Value::String(s) => s.parse::<i64>().ok(),
+            serde_json::Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+        .filter(|m| *m > 0)
+        .ok_or_else(|| AuthError::Invalid("token sub must be a positive user id".into()))?;
+        let room = body.room_id.unwrap_or_default();
+        if let Some(allowed) = &claims.rooms {
+            if !room.is_empty() && !allowed.contains(&room) {
+                return Err(AuthError::Invalid(format!(
+                    "room {room:?} is not allowed by the token"
+                )));
+            }
+        }
+        Ok(Identity {
+            mid,
+            key: body.key.filter(|k| !k.is_empty()),
+            room,
+            accepts: body.accepts.unwrap_or_default(),
+            platform: body.platform.unwrap_or_default(),
+            acks: body.acks.unwrap_or(false),
+        })
+    }
+}
+
+/// Mints an HS256 token for `mid` (what `imgate token` prints), valid for `ttl`.
+pub fn mint_hs256(
+    secret: &[u8],
+    mid: i64,
+    rooms: Option<Vec<String>>,
+    ttl: std::time::Duration,
+) -> Result<String, AuthError> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| AuthError::Invalid(e.to_string()))?
+        + ttl;
+    let mut claims = serde_json::json!({"sub": mid.to_string(), "exp": exp.as_secs()});
+    if let Some(rooms) = rooms {
+        claims["rooms"] = serde_json::json!(rooms);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| AuthError::Invalid(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +260,56 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    fn signed(secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    fn body(token: &str, room: &str) -> Vec<u8> {
+        serde_json::json!({"mid": 999, "token": token, "room_id": room})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_user_comes_from_the_token_not_the_json() {
+        let token = mint_hs256(b"s3cret", 42, None, std::time::Duration::from_secs(60)).unwrap();
+        let id = JwtAuth::hs256(b"s3cret")
+            .authenticate(&body(&token, "live://1"), "")
+            .unwrap();
+        assert_eq!((id.mid, id.room.as_str()), (42, "live://1"));
+    }
+
+    #[test]
+    fn forged_expired_missing_and_foreign_room_tokens_are_refused() {
+        let auth = JwtAuth::hs256(b"s3cret");
+        let err = |b: Vec<u8>| match auth.authenticate(&b, "") {
+            Err(AuthError::Invalid(m)) => m,
+            Ok(id) => panic!("accepted {id:?}"),
+        };
+        let forged = mint_hs256(b"other", 42, None, std::time::Duration::from_secs(60)).unwrap();
+        assert!(err(body(&forged, "")).contains("signature"));
+        let expired = signed(b"s3cret", serde_json::json!({"sub": "42", "exp": 1000}));
+        assert!(err(body(&expired, "")).contains("expired"));
+        let no_exp = signed(b"s3cret", serde_json::json!({"sub": "42"}));
+        assert!(err(body(&no_exp, "")).contains("invalid token"));
+        assert!(err(br#"{"mid": 42}"#.to_vec()).contains("token"));
+        let rooms = mint_hs256(
+            b"s3cret",
+            42,
+            Some(vec!["live://1".into()]),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(err(body(&rooms, "live://2")).contains("not allowed"));
+        assert!(auth.authenticate(&body(&rooms, "live://1"), "").is_ok());
+        let anonymous = mint_hs256(b"s3cret", 0, None, std::time::Duration::from_secs(60)).unwrap();
+        assert!(err(body(&anonymous, "")).contains("positive"));
     }
 }

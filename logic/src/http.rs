@@ -36,12 +36,14 @@ pub(crate) struct Api {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn BusProducer>,
     pub rooms: RoomCounts,
+    /// When set, every route but the node lists needs `Authorization: Bearer <api_key>`.
+    pub api_key: Option<String>,
 }
 
 /// The router with every goim route.
 pub(crate) fn router(api: Arc<Api>) -> Router {
     let body_limit = api.config.max_push_body;
-    Router::new()
+    let business = Router::new()
         .route("/goim/push/keys", post(push_keys))
         .route("/goim/push/mids", post(push_mids))
         .route("/goim/push/room", post(push_room))
@@ -50,6 +52,10 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/goim/online/room", get(online_room))
         .route("/goim/online/total", get(online_total))
         .route("/goim/inbox/state", get(inbox_state))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key));
+    // Node lists stay public: clients ask them before they connect.
+    Router::new()
+        .merge(business)
         .route("/goim/nodes/weighted", get(nodes_weighted))
         .route("/goim/nodes/instances", get(nodes_instances))
         .fallback(not_found)
@@ -144,6 +150,35 @@ async fn timeout(request: Request, next: Next) -> Response {
             None,
         ),
     }
+}
+
+/// Refuses business requests without the configured API key (401 with a reason).
+async fn require_api_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let Some(expected) = api.api_key.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => envelope(StatusCode::UNAUTHORIZED, -400, "wrong API key", None),
+        None => envelope(
+            StatusCode::UNAUTHORIZED,
+            -400,
+            "this API needs \"Authorization: Bearer <api key>\"",
+            None,
+        ),
+    }
+}
+
+/// Compares without returning early on the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found() -> Response {

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use auth::{AuthError, Authenticator, GoimJsonAuth, Identity};
+pub use auth::{mint_hs256, AuthError, Authenticator, GoimJsonAuth, Identity, JwtAuth};
 pub use redis_store::RedisStore;
 
 /// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
@@ -39,6 +39,8 @@ pub enum LogicError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("auth configuration: {0}")]
+    Auth(String),
 }
 
 /// A running logic: its bound addresses and the way to stop it.
@@ -81,7 +83,17 @@ pub async fn start(
     store: Arc<dyn Store>,
     bus: Arc<dyn BusProducer>,
 ) -> Result<LogicHandle, LogicError> {
-    start_with_auth(config, store, bus, Arc::new(GoimJsonAuth)).await
+    let auth: Arc<dyn Authenticator> = if !config.auth.jwt_secret.is_empty() {
+        Arc::new(JwtAuth::hs256(config.auth.jwt_secret.as_bytes()))
+    } else if !config.auth.jwt_public_key_file.is_empty() {
+        let path = &config.auth.jwt_public_key_file;
+        let pem = std::fs::read(path)
+            .map_err(|e| LogicError::Auth(format!("cannot read {path}: {e}")))?;
+        Arc::new(JwtAuth::public_key_pem(&pem).map_err(|e| LogicError::Auth(e.to_string()))?)
+    } else {
+        Arc::new(GoimJsonAuth)
+    };
+    start_with_auth(config, store, bus, auth).await
 }
 
 /// [`start`] with another [`Authenticator`].
@@ -119,6 +131,7 @@ pub async fn start_with_auth(
         heartbeat: logic.heartbeat * logic.heartbeat_max,
         upstream_frames: AtomicU64::new(0),
         inbox_limit: config.store.inbox_max_messages.max(1),
+        protect_keys: config.auth.tokens_required(),
     });
     tasks.push(tokio::spawn(link_server::serve(
         link_listener,
@@ -131,6 +144,7 @@ pub async fn start_with_auth(
         store,
         bus,
         rooms,
+        api_key: Some(config.auth.api_key.clone()).filter(|k| !k.is_empty()),
     });
     let app = http::router(api);
     let mut http_shutdown = shutdown_rx;

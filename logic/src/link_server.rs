@@ -36,6 +36,9 @@ pub(crate) struct LinkHandler {
     pub upstream_frames: AtomicU64,
     /// Most stored messages sent to a connecting client or a SYNC at once.
     pub inbox_limit: usize,
+    /// Refuse a key another user's connection holds (signed-token deployments; goim lets any
+    /// client take over any key).
+    pub protect_keys: bool,
 }
 
 impl LinkHandler {
@@ -59,6 +62,16 @@ impl LinkHandler {
                     .key
                     .filter(|k| !k.is_empty())
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                if self.protect_keys {
+                    let holders = self
+                        .store
+                        .sessions_by_keys(std::slice::from_ref(&key))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if holders.iter().any(|s| s.mid != identity.mid) {
+                        return Err(format!("connection key {key:?} belongs to another user"));
+                    }
+                }
                 let session = Session {
                     mid: identity.mid,
                     key,

@@ -18,6 +18,29 @@ pub struct Config {
     pub job: JobConfig,
     pub bus: BusConfig,
     pub store: StoreConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may connect and who may push.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret: clients must present a JWT signed with it (`IMGATE_JWT_SECRET` overrides).
+    pub jwt_secret: String,
+    /// PEM public key file for RS256 / ES256 tokens, instead of a secret.
+    pub jwt_public_key_file: String,
+    /// The business API requires `Authorization: Bearer <api_key>` (`IMGATE_API_KEY` overrides).
+    pub api_key: String,
+    /// Run a configured deployment without tokens and API key (goim's trust model). Without it,
+    /// `imgate --config FILE` refuses to start unless a JWT key and an API key are set.
+    pub insecure: bool,
+}
+
+impl AuthConfig {
+    /// Whether clients must present signed tokens.
+    pub fn tokens_required(&self) -> bool {
+        !self.jwt_secret.is_empty() || !self.jwt_public_key_file.is_empty()
+    }
 }
 
 /// The connection server.

@@ -333,6 +333,9 @@ kind = "redis"
 session_ttl = "{session_ttl}"
 online_ttl = "1s"
 
+[auth]
+insecure = true
+
 [store.redis]
 urls = ["{redis}"]
 prefix = "t{unique}:"

@@ -1,0 +1,186 @@
+//! Signed-token auth and the API key, end to end: a gateway with `auth.jwt_secret` and
+//! `auth.api_key`, real clients, real HTTP, and the binary's secure-by-default start.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use imgate::client::{Client, Transport};
+use support::*;
+
+const SECRET: &str = "test-secret";
+const API_KEY: &str = "test-api-key";
+const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
+
+fn secure_gateway() -> imgate::standalone::Gateway {
+    let mut config = test_config();
+    config.auth.jwt_secret = SECRET.into();
+    config.auth.api_key = API_KEY.into();
+    imgate::standalone::Gateway::start(config).expect("secure gateway starts")
+}
+
+fn token(mid: i64, rooms: Option<Vec<String>>) -> String {
+    imgate_logic::mint_hs256(SECRET.as_bytes(), mid, rooms, Duration::from_secs(60)).unwrap()
+}
+
+fn auth_with(token: &str, mid_claimed: i64, key: &str, room: &str) -> String {
+    serde_json::json!({"mid": mid_claimed, "token": token, "key": key, "room_id": room, "accepts": [1000]})
+        .to_string()
+}
+
+/// An authorised POST: logic's envelope, HTTP 200 expected.
+fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let body = raw.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn the_user_is_the_tokens_not_the_one_the_json_claims() {
+    let g = secure_gateway();
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    // Claims mid 1 in the JSON; the token says 42.
+    c.auth(&auth_with(&token(42, None), 1, "", "")).unwrap();
+    let a = post(
+        g.http_addr(),
+        "/goim/push/mids?operation=1000&mids=1",
+        "for 1",
+    );
+    assert_eq!(a["data"]["connections"], 0, "the JSON's mid is ignored");
+    let a = post(
+        g.http_addr(),
+        "/goim/push/mids?operation=1000&mids=42",
+        "for 42",
+    );
+    assert_eq!(a["data"]["connections"], 1);
+    assert_eq!(next_push(&mut c).1, "for 42");
+    g.shutdown();
+}
+
+#[test]
+fn forged_expired_and_missing_tokens_are_refused_and_counted() {
+    let g = secure_gateway();
+    let forged =
+        imgate_logic::mint_hs256(b"not-the-secret", 42, None, Duration::from_secs(60)).unwrap();
+    // Expired long ago (tokens get 60 s of leeway for clock skew).
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "42", "exp": 1000}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let bodies = [
+        auth_with(&forged, 42, "", ""),
+        auth_with(&expired, 42, "", ""),
+        serde_json::json!({"mid": 42}).to_string(),
+        auth_with(
+            &token(42, Some(vec!["live://1".into()])),
+            42,
+            "",
+            "live://2",
+        ),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let mut c = Client::connect(g.ws_addr(), Transport::WebSocket).unwrap();
+        assert!(c.auth(body).is_err(), "body {i} was accepted");
+        assert!(
+            c.wait_closed(Duration::from_secs(5)),
+            "body {i}: connection stays open"
+        );
+    }
+    eventually(Duration::from_secs(5), "refusals to be counted", || {
+        g.comet().stats().auth_failed >= bodies.len() as u64
+    });
+    g.shutdown();
+}
+
+#[test]
+fn a_connection_key_cannot_be_taken_over_by_another_user() {
+    let g = secure_gateway();
+    let mut owner = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    owner
+        .auth(&auth_with(&token(7, None), 7, "shared-key", ""))
+        .unwrap();
+    let mut thief = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    assert!(thief
+        .auth(&auth_with(&token(8, None), 8, "shared-key", ""))
+        .is_err());
+    let a = post(
+        g.http_addr(),
+        "/goim/push/keys?operation=1000&keys=shared-key",
+        "still mine",
+    );
+    assert_eq!(a["data"]["connections"], 1);
+    assert_eq!(next_push(&mut owner).1, "still mine");
+    g.shutdown();
+}
+
+#[test]
+fn the_business_api_needs_the_api_key_and_node_lists_do_not() {
+    let g = secure_gateway();
+    let without = http(g.http_addr(), "POST", "/goim/push/all?operation=1000", b"x");
+    assert_eq!(without.status, 401, "{:?}", without.json);
+    assert!(without.json["message"].as_str().unwrap().contains("Bearer"));
+    for path in ["/goim/online/total", "/goim/inbox/state?mids=1"] {
+        assert_eq!(http(g.http_addr(), "GET", path, b"").status, 401, "{path}");
+    }
+    assert_eq!(
+        http(g.http_addr(), "GET", "/goim/nodes/weighted", b"").status,
+        200
+    );
+    assert_eq!(
+        post(g.http_addr(), "/goim/push/all?operation=1000", "x")["code"],
+        0
+    );
+    g.shutdown();
+}
+
+#[test]
+fn a_configured_deployment_refuses_to_start_insecure_and_imgate_token_mints_a_working_token() {
+    let dir = std::env::temp_dir().join(format!("imgate-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("imgate.toml");
+    std::fs::write(&file, "[comet]\nshards = 1\n").unwrap();
+    let out = Command::new(IMGATE)
+        .args(["--config", file.to_str().unwrap()])
+        .env_remove("IMGATE_JWT_SECRET")
+        .env_remove("IMGATE_API_KEY")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs signed client tokens"));
+
+    let out = Command::new(IMGATE)
+        .args(["token", "--mid", "5", "--ttl", "60s"])
+        .env("IMGATE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let g = secure_gateway();
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    c.auth(&auth_with(&minted, 0, "", "")).unwrap();
+    assert_eq!(
+        post(g.http_addr(), "/goim/push/mids?operation=1000&mids=5", "hi")["data"]["connections"],
+        1
+    );
+    g.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
