@@ -184,3 +184,43 @@ fn a_configured_deployment_refuses_to_start_insecure_and_imgate_token_mints_a_wo
     g.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn room_changes_are_limited_to_the_tokens_rooms() {
+    use imgate_shared::frame::op;
+    let g = secure_gateway();
+    let rooms = vec!["live://1".to_string(), "live://2".to_string()];
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    c.auth(&auth_with(&token(9, Some(rooms)), 9, "", "live://1"))
+        .unwrap();
+    c.send(1, op::CHANGE_ROOM, 2, b"live://2").unwrap();
+    assert_eq!(
+        c.recv_op(op::CHANGE_ROOM_REPLY, Duration::from_secs(5))
+            .unwrap()
+            .body,
+        b"live://2"
+    );
+    c.send(1, op::CHANGE_ROOM, 3, b"live://3").unwrap();
+    let refused = c
+        .recv_op(op::CHANGE_ROOM_REPLY, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        (refused.seq, refused.body.len()),
+        (3, 0),
+        "a refusal answers with an empty body"
+    );
+    assert_eq!(g.comet().stats().room_refused, 1);
+    // Still in live://2: its push arrives, live://3's does not come first.
+    post(
+        g.http_addr(),
+        "/goim/push/room?operation=1000&type=live&room=3",
+        "not for me",
+    );
+    post(
+        g.http_addr(),
+        "/goim/push/room?operation=1000&type=live&room=2",
+        "for live://2",
+    );
+    assert_eq!(next_push(&mut c).1, "for live://2");
+    g.shutdown();
+}

@@ -76,6 +76,8 @@ pub(crate) struct Conn {
     pub key: String,
     pub peer_ip: Option<IpAddr>,
     pub room: RefCell<Option<Rc<str>>>,
+    /// The rooms this connection may change to (its token's `rooms` claim); `None`: any.
+    pub allowed_rooms: Option<Box<[String]>>,
     watch: RefCell<Vec<i32>>,
     heartbeat: Duration,
     delivery: Delivery,
@@ -315,7 +317,11 @@ fn admit(
     peer: Option<SocketAddr>,
     authed: Authed,
 ) -> Option<Rc<Conn>> {
-    let Authed { ver, seq, reply: r } = authed;
+    let Authed {
+        ver,
+        seq,
+        reply: mut r,
+    } = authed;
     if shard.is_stopping() {
         // Logic opened a session for it; close that too.
         shard.logic.notify(Body::Disconnect(Disconnect {
@@ -341,6 +347,9 @@ fn admit(
         key: r.key,
         peer_ip: peer.map(|p| p.ip()),
         room: RefCell::new(None),
+        allowed_rooms: r
+            .rooms_limited
+            .then(|| std::mem::take(&mut r.allowed_rooms).into_boxed_slice()),
         watch: RefCell::new(Vec::new()),
         heartbeat,
         delivery: Delivery::new(!r.acks && r.mid > 0, r.inbox_floor),
@@ -589,7 +598,18 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             reply(ws, h.ver, op::HEARTBEAT_REPLY, h.seq, &online.to_be_bytes())
         }
         op::CHANGE_ROOM => {
-            shard.change_room(conn, &String::from_utf8_lossy(body));
+            let room = String::from_utf8_lossy(body);
+            let allowed = room.is_empty()
+                || conn
+                    .allowed_rooms
+                    .as_ref()
+                    .is_none_or(|rooms| rooms.iter().any(|r| *r == room));
+            if !allowed {
+                // Refused: the connection stays where it is; the empty reply says so.
+                stats::inc(&shard.stats.room_refused);
+                return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
+            }
+            shard.change_room(conn, &room);
             reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, body)
         }
         op::SUB => {

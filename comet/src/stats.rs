@@ -28,6 +28,8 @@ pub struct Stats {
     /// Stored key pushes not queued because the connection already had them (its connect
     /// backlog or a sync carried them).
     pub push_dropped_duplicate: u64,
+    /// Room changes refused because the connection's token does not allow that room.
+    pub room_refused: u64,
 }
 
 /// The counters of one shard. Only that shard writes them (relaxed), readers sum them.
@@ -44,6 +46,7 @@ pub(crate) struct ShardStats {
     pub frames_queued: AtomicU64,
     pub push_dropped_no_key: AtomicU64,
     pub push_dropped_duplicate: AtomicU64,
+    pub room_refused: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -71,5 +74,6 @@ impl ShardStats {
         total.frames_queued += get(&self.frames_queued);
         total.push_dropped_no_key += get(&self.push_dropped_no_key);
         total.push_dropped_duplicate += get(&self.push_dropped_duplicate);
+        total.room_refused += get(&self.room_refused);
     }
 }

@@ -87,6 +87,8 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                         acks: false,
                                         backlog: Vec::new(),
                                         inbox_floor: 0,
+                                        allowed_rooms: Vec::new(),
+                                        rooms_limited: false,
                                     };
                                     if token == "anon" {
                                         reply.mid = 0;

@@ -20,6 +20,8 @@ pub struct Identity {
     /// The client acknowledges stored messages itself (auth JSON `"acks": true`); otherwise a
     /// stored message written to its socket counts as delivered.
     pub acks: bool,
+    /// The rooms the connection may join (a token's `rooms` claim); `None`: any room.
+    pub allowed_rooms: Option<Vec<String>>,
 }
 
 /// Why an auth frame was refused.
@@ -70,6 +72,7 @@ impl Authenticator for GoimJsonAuth {
             accepts: body.accepts.unwrap_or_default(),
             platform: body.platform.unwrap_or_default(),
             acks: body.acks.unwrap_or(false),
+            allowed_rooms: None,
         })
     }
 }
@@ -178,6 +181,7 @@ impl Authenticator for JwtAuth {
             accepts: body.accepts.unwrap_or_default(),
             platform: body.platform.unwrap_or_default(),
             acks: body.acks.unwrap_or(false),
+            allowed_rooms: claims.rooms,
         })
     }
 }
@@ -226,6 +230,7 @@ mod tests {
                 accepts: vec![1000, 1001, 1002],
                 platform: "web".into(),
                 acks: false,
+                allowed_rooms: None,
             }
         );
     }

@@ -115,6 +115,8 @@ impl LinkHandler {
                     acks: identity.acks,
                     backlog,
                     inbox_floor,
+                    rooms_limited: identity.allowed_rooms.is_some(),
+                    allowed_rooms: identity.allowed_rooms.unwrap_or_default(),
                 }))
             }
             Some(Body::Disconnect(req)) => {

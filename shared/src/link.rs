@@ -168,6 +168,12 @@ pub struct ConnectReply {
     /// acknowledged, trimmed or expired): where the connection's sequence window starts.
     #[prost(uint64, tag = "8")]
     pub inbox_floor: u64,
+    /// When `rooms_limited`, the only rooms the connection may change to (its token's
+    /// `rooms` claim); leaving every room is always allowed.
+    #[prost(string, repeated, tag = "9")]
+    pub allowed_rooms: Vec<String>,
+    #[prost(bool, tag = "10")]
+    pub rooms_limited: bool,
 }
 
 /// The connection closed; logic removes its session if it still belongs to this connection.
