@@ -1105,7 +1105,9 @@ async fn stalled_server_times_out_then_answers_correctly() {
     s.add_session(&a).await.unwrap();
     s.add_session(&b).await.unwrap();
 
-    let reply = imgate_testkit::redis_command(redis.port(), "CLIENT PAUSE 1500 ALL").unwrap();
+    // Long enough for the three calls below to time out one after the other even on a busy
+    // machine (each waits up to `timeout`); 1.5 s was not.
+    let reply = imgate_testkit::redis_command(redis.port(), "CLIENT PAUSE 5000 ALL").unwrap();
     assert!(reply.starts_with("+OK"), "{reply}");
     let paused = Instant::now();
     expect_unavailable(
@@ -1116,7 +1118,11 @@ async fn stalled_server_times_out_then_answers_correctly() {
     .await;
     expect_unavailable("sessions_by_mids", timeout, s.sessions_by_mids(&[2])).await;
     expect_unavailable("room_counts", timeout, s.room_counts()).await;
-    let left = Duration::from_millis(1700).saturating_sub(paused.elapsed());
+    assert!(
+        paused.elapsed() < Duration::from_millis(5000),
+        "the pause ended before the checks"
+    );
+    let left = Duration::from_millis(5200).saturating_sub(paused.elapsed());
     tokio::time::sleep(left).await;
     // Late replies to the abandoned commands must not be taken for the answers to these.
     for _ in 0..3 {
