@@ -41,10 +41,13 @@ pub trait Authenticator: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GoimJsonAuth;
 
+/// The auth frame's JSON: goim's fields, plus imgate's `acks` and (signed deployments) `token`.
 #[derive(Deserialize)]
-struct GoimAuthBody {
+struct AuthBody {
     #[serde(default)]
     mid: i64,
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     key: Option<String>,
     #[serde(default)]
@@ -58,22 +61,30 @@ struct GoimAuthBody {
     acks: Option<bool>,
 }
 
+impl AuthBody {
+    /// The connection this body asks for, as user `mid`.
+    fn into_identity(self, mid: i64, allowed_rooms: Option<Vec<String>>) -> Identity {
+        Identity {
+            mid,
+            key: self.key.filter(|k| !k.is_empty()),
+            room: self.room_id.unwrap_or_default(),
+            accepts: self.accepts.unwrap_or_default(),
+            platform: self.platform.unwrap_or_default(),
+            acks: self.acks.unwrap_or(false),
+            allowed_rooms,
+        }
+    }
+}
+
 impl Authenticator for GoimJsonAuth {
     fn authenticate(&self, token: &[u8], _cookie: &str) -> Result<Identity, AuthError> {
-        let body: GoimAuthBody = serde_json::from_slice(token).map_err(|e| {
+        let body: AuthBody = serde_json::from_slice(token).map_err(|e| {
             AuthError::Invalid(format!(
                 "expected a JSON object with mid, key, room_id, platform, accepts: {e}"
             ))
         })?;
-        Ok(Identity {
-            mid: body.mid,
-            key: body.key.filter(|k| !k.is_empty()),
-            room: body.room_id.unwrap_or_default(),
-            accepts: body.accepts.unwrap_or_default(),
-            platform: body.platform.unwrap_or_default(),
-            acks: body.acks.unwrap_or(false),
-            allowed_rooms: None,
-        })
+        let mid = body.mid;
+        Ok(body.into_identity(mid, None))
     }
 }
 
@@ -90,22 +101,6 @@ struct Claims {
     sub: serde_json::Value,
     #[serde(default)]
     rooms: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-struct SignedAuthBody {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    room_id: Option<String>,
-    #[serde(default)]
-    platform: Option<String>,
-    #[serde(default)]
-    accepts: Option<Vec<i32>>,
-    #[serde(default)]
-    acks: Option<bool>,
 }
 
 impl JwtAuth {
@@ -140,13 +135,14 @@ impl JwtAuth {
 
 impl Authenticator for JwtAuth {
     fn authenticate(&self, token: &[u8], _cookie: &str) -> Result<Identity, AuthError> {
-        let body: SignedAuthBody = serde_json::from_slice(token).map_err(|e| {
+        let mut body: AuthBody = serde_json::from_slice(token).map_err(|e| {
             AuthError::Invalid(format!(
                 "expected a JSON object with a signed \"token\": {e}"
             ))
         })?;
         let jwt = body
             .token
+            .take()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| AuthError::Invalid("auth needs a signed \"token\"".into()))?;
         let claims = jsonwebtoken::decode::<Claims>(&jwt, &self.key, &self.validation)
@@ -166,23 +162,16 @@ impl Authenticator for JwtAuth {
         }
         .filter(|m| *m > 0)
         .ok_or_else(|| AuthError::Invalid("token sub must be a positive user id".into()))?;
-        let room = body.room_id.unwrap_or_default();
-        if let Some(allowed) = &claims.rooms {
-            if !room.is_empty() && !allowed.contains(&room) {
+        let identity = body.into_identity(mid, claims.rooms);
+        if let Some(allowed) = &identity.allowed_rooms {
+            if !identity.room.is_empty() && !allowed.contains(&identity.room) {
                 return Err(AuthError::Invalid(format!(
-                    "room {room:?} is not allowed by the token"
+                    "room {:?} is not allowed by the token",
+                    identity.room
                 )));
             }
         }
-        Ok(Identity {
-            mid,
-            key: body.key.filter(|k| !k.is_empty()),
-            room,
-            accepts: body.accepts.unwrap_or_default(),
-            platform: body.platform.unwrap_or_default(),
-            acks: body.acks.unwrap_or(false),
-            allowed_rooms: claims.rooms,
-        })
+        Ok(identity)
     }
 }
 
