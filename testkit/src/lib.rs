@@ -59,6 +59,17 @@ pub fn wait_for_port(port: u16, timeout: Duration, what: &str) {
     }
 }
 
+/// Whether the process has already exited (reaping it).
+fn exited(child: &mut Option<Child>) -> bool {
+    let gone = child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+    if gone {
+        *child = None;
+    }
+    gone
+}
+
 fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
@@ -97,11 +108,19 @@ impl Redis {
             args: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        r.spawn();
-        r
+        // A port from `free_port` can be taken by another socket before the server binds it;
+        // the server then exits at once: try another port.
+        for _ in 0..5 {
+            if r.spawn() {
+                return r;
+            }
+            r.port = free_port();
+        }
+        panic!("redis-server did not start on any of five free ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server; false if it exited at once (its port was taken).
+    fn spawn(&mut self) -> bool {
         let bin = find_binary(
             "redis-server",
             "IMGATE_REDIS_SERVER",
@@ -128,6 +147,9 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !redis_command(self.port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+            if exited(&mut self.child) {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server on port {} did not answer PING",
@@ -135,6 +157,7 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     pub fn port(&self) -> u16 {
@@ -154,7 +177,7 @@ impl Redis {
     /// Starts the server again on the same port (empty, unless it is a cluster node).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(self.spawn(), "could not start again on port {}", self.port);
     }
 }
 
@@ -243,11 +266,21 @@ impl Kafka {
             dir: temp_dir("kafka"),
             child: None,
         };
-        k.spawn();
-        k
+        // As for Redis: a taken port makes the broker exit at once; try another.
+        for _ in 0..5 {
+            if k.spawn() {
+                return k;
+            }
+            k.port = free_port();
+        }
+        panic!(
+            "nisshi did not start on any of five free ports; log: {:?}",
+            k.log_path()
+        );
     }
 
-    fn spawn(&mut self) {
+    /// Starts the broker; false if it exited before listening (its port was taken).
+    fn spawn(&mut self) -> bool {
         let default = nisshi_default_path();
         let bin = find_binary(
             "nisshi",
@@ -276,7 +309,19 @@ impl Kafka {
             .spawn()
             .expect("nisshi starts");
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(20), "nisshi");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if exited(&mut self.child) {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nisshi did not listen on port {} within 20 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     pub fn port(&self) -> u16 {
@@ -301,7 +346,7 @@ impl Kafka {
     /// Starts the broker again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(self.spawn(), "could not start again on port {}", self.port);
     }
 }
 
@@ -332,6 +377,17 @@ mod tests {
             redis_command(r.port(), "GET a").unwrap().starts_with("$-1"),
             "restart loses data"
         );
+    }
+
+    #[test]
+    fn a_taken_port_moves_redis_to_another() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let r = Redis::start_with(port, &[]);
+        assert_ne!(r.port(), port);
+        assert!(redis_command(r.port(), "PING")
+            .unwrap()
+            .starts_with("+PONG"));
     }
 
     #[test]
