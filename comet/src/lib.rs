@@ -6,6 +6,9 @@
 
 mod connection;
 mod delivery;
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 mod listener;
 mod logic_client;

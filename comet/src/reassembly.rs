@@ -53,6 +53,12 @@ impl Reassembly {
         }
     }
 
+    /// Bytes held between reads: of an incomplete frame, and of a fragmented WebSocket
+    /// message's payload so far.
+    pub fn buffered(&self) -> (usize, usize) {
+        (self.partial.len(), self.message.len())
+    }
+
     /// Keeps bytes that arrived before framing started (after a WebSocket upgrade head).
     pub fn preload(&mut self, bytes: &[u8]) {
         self.partial.extend_from_slice(bytes);

@@ -5,6 +5,9 @@
 //! online counts live in the store.
 
 mod auth;
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod link_server;
 mod nodes;

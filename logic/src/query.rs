@@ -162,7 +162,11 @@ impl Query {
                     .map_err(|_| BadRequest(format!("mids must be 64-bit integers, got {m:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(MidsQuery { op, mids })
+        // Distinct strings can name one user (`1`, `01`, `+1`); each mid is stored and pushed once.
+        Ok(MidsQuery {
+            op,
+            mids: distinct(mids),
+        })
     }
 
     pub(crate) fn push_room(&self) -> Result<RoomQuery, BadRequest> {
@@ -198,6 +202,7 @@ impl Query {
                 }
             }
         }
+        let mids = distinct(mids);
         if mids.is_empty() {
             return Err(BadRequest("mids is required".into()));
         }
@@ -207,7 +212,6 @@ impl Query {
                 mids.len()
             )));
         }
-        mids.dedup();
         Ok(mids)
     }
 
@@ -242,6 +246,12 @@ impl Query {
     pub(crate) fn platform(&self) -> &str {
         self.first("platform").unwrap_or("")
     }
+}
+
+/// `values` without repeats, first occurrences in order.
+fn distinct(values: Vec<i64>) -> Vec<i64> {
+    let mut seen = std::collections::HashSet::with_capacity(values.len());
+    values.into_iter().filter(|v| seen.insert(*v)).collect()
 }
 
 /// goim's room key: `type://id`.
@@ -299,6 +309,32 @@ mod tests {
         assert!(err(q("mids=1&mids=x").push_mids(10)).contains("mids must be 64-bit integers"));
         assert!(err(q("mids=1&mids=2").push_mids(1)).contains("too many mids"));
         assert!(err(q("operation=5").push_mids(10)).contains("mids is required"));
+    }
+
+    /// Found by the `http_query` fuzz target: `mids=1&mids=01` named user 1 twice, so a push
+    /// was stored in (and later resent from) its inbox twice.
+    #[test]
+    fn a_user_named_twice_is_pushed_once() {
+        assert_eq!(
+            q("operation=5&mids=1&mids=01&mids=%2B1&mids=2")
+                .push_mids(10)
+                .unwrap()
+                .mids,
+            vec![1, 2]
+        );
+    }
+
+    /// Found by the `http_query` fuzz target: only adjacent repeats were dropped, so
+    /// `mids=1&mids=2&mids=1` listed user 1 twice.
+    #[test]
+    fn inbox_state_lists_each_user_once() {
+        assert_eq!(
+            q("mids=1&mids=2&mids=1&mids=01").inbox_mids(10).unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(q("mids=7&mids=7&mids=7").inbox_mids(1).unwrap(), vec![7]);
+        assert!(err(q("mids=1&mids=2").inbox_mids(1)).contains("at most 1 mids"));
+        assert!(err(q("mids=0").inbox_mids(10)).contains("positive"));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 pub mod bus;
 pub mod config;
 pub mod frame;
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod store;
 pub mod ws;

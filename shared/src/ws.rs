@@ -169,6 +169,9 @@ impl Frame {
     }
 }
 
+/// Longest frame header: 2 bytes, a 64-bit length and a 4-byte mask.
+const MAX_FRAME_HEADER: usize = 14;
+
 /// Which side's frames are being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -220,6 +223,8 @@ pub fn parse_frame(
         },
         n => (n as u64, 2),
     };
+    // No frame can outgrow the address space, whatever limit the caller asked for.
+    let max_payload = max_payload.min(usize::MAX - MAX_FRAME_HEADER);
     if len > max_payload as u64 {
         return Err(WsError::TooLarge {
             len,
@@ -384,6 +389,21 @@ mod tests {
             parse_frame(&mut rsv, 100, Role::Server),
             Err(WsError::ReservedBits)
         );
+    }
+
+    /// Found by the `ws_frame` fuzz target: a 64-bit length near `u64::MAX` with no
+    /// effective limit overflowed the frame length instead of being refused.
+    #[test]
+    fn huge_length_with_no_limit_is_refused_not_overflowed() {
+        let mut frame = vec![0x82, 0xff];
+        frame.extend_from_slice(&[0xff; 8]);
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        for role in [Role::Server, Role::Client] {
+            assert!(matches!(
+                parse_frame(&mut frame.clone(), usize::MAX, role),
+                Err(WsError::TooLarge { len: u64::MAX, .. })
+            ));
+        }
     }
 
     proptest! {

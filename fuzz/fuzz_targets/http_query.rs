@@ -1,0 +1,4 @@
+#![no_main]
+//! The harness body lives in the library so the corpus replay test runs the same checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| imgate_logic::fuzzing::fuzz_http_query(data));
