@@ -1,10 +1,16 @@
-//! A small blocking goim client over TCP or WebSocket: what `imgate sub` runs and what the
-//! end-to-end tests use to speak the real protocol over real sockets.
+//! A small blocking goim client over TCP or WebSocket, either optionally over TLS: what
+//! `imgate sub` runs and what the end-to-end tests use to speak the real protocol over real
+//! sockets.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use imgate_shared::tls::rustls::pki_types::ServerName;
+use imgate_shared::tls::rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use bytes::BytesMut;
 use imgate_shared::frame::{self, op};
@@ -26,9 +32,82 @@ pub enum Transport {
     WebSocket,
 }
 
+/// TLS settings of a client: whom to trust and the name to verify.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub config: Arc<ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl TlsClient {
+    /// Trusts the certificates of a PEM file (a private CA or a self-signed server
+    /// certificate) and verifies the server as `server_name`.
+    pub fn from_ca_file(ca_file: &Path, server_name: &str) -> Result<TlsClient, ClientError> {
+        let mut roots = RootCertStore::empty();
+        let certs = imgate_shared::tls::read_certificates(ca_file)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
+        let config = ClientConfig::builder_with_provider(imgate_shared::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| ClientError::Tls(format!("server name {server_name:?}: {e}")))?;
+        Ok(TlsClient {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+}
+
+/// The client's socket, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A connected goim client.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     transport: Transport,
     buf: BytesMut,
     pending: VecDeque<Frame>,
@@ -49,13 +128,41 @@ pub enum ClientError {
     Protocol(String),
     #[error("auth refused: expected op 8, got op {0}")]
     AuthRefused(i32),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Client {
     /// Connects and, for WebSocket, performs the upgrade to `/sub`.
     pub fn connect(addr: SocketAddr, transport: Transport) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_nodelay(true)?;
+        Self::connect_with(addr, transport, None)
+    }
+
+    /// [`Client::connect`], over TLS when `tls` is given (the handshake completes before this
+    /// returns).
+    pub fn connect_with(
+        addr: SocketAddr,
+        transport: Transport,
+        tls: Option<&TlsClient>,
+    ) -> Result<Client, ClientError> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let conn = ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let mut stream = StreamOwned::new(conn, tcp);
+                stream.sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+                while stream.conn.is_handshaking() {
+                    stream
+                        .conn
+                        .complete_io(&mut stream.sock)
+                        .map_err(|e| ClientError::Tls(e.to_string()))?;
+                }
+                Stream::Tls(Box::new(stream))
+            }
+        };
         let mut client = Client {
             stream,
             transport,
@@ -73,7 +180,7 @@ impl Client {
         let request = format!(
             "GET /sub HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aW1nYXRlLXRlc3Qta2V5MQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        self.stream.write_all(request.as_bytes())?;
+        self.write_out(request.as_bytes())?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -92,6 +199,12 @@ impl Client {
         }
     }
 
+    /// Writes all of `bytes` and flushes them (through TLS, when on).
+    fn write_out(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
     /// Sends one goim frame.
     pub fn send(&mut self, ver: i16, op: i32, seq: i32, body: &[u8]) -> Result<(), ClientError> {
         let frame = frame::encode(ver, op, seq, body);
@@ -101,11 +214,11 @@ impl Client {
     /// Sends bytes as one goim "frame": raw on TCP, one binary message on WebSocket.
     pub fn send_raw_frame(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         match self.transport {
-            Transport::Tcp => self.stream.write_all(bytes)?,
+            Transport::Tcp => self.write_out(bytes)?,
             Transport::WebSocket => {
                 let msg =
                     ws::encode_client_frame(ws::opcode::BINARY, bytes, [0x12, 0x34, 0x56, 0x78]);
-                self.stream.write_all(&msg)?;
+                self.write_out(&msg)?;
             }
         }
         Ok(())
@@ -113,7 +226,7 @@ impl Client {
 
     /// Writes bytes to the socket as they are (for tests of malformed input).
     pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.write_all(bytes)?;
+        self.write_out(bytes)?;
         Ok(())
     }
 
@@ -191,7 +304,7 @@ impl Client {
         if left.is_zero() {
             return Err(ClientError::Timeout);
         }
-        self.stream.set_read_timeout(Some(left))?;
+        self.stream.tcp().set_read_timeout(Some(left))?;
         let mut chunk = [0u8; 16384];
         match self.stream.read(&mut chunk) {
             Ok(0) => Err(ClientError::Closed),

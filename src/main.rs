@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use imgate::client::{Client, ClientError, Transport};
+use imgate::client::{Client, ClientError, TlsClient, Transport};
 use imgate::standalone::{Gateway, Services};
 use imgate_shared::config::{parse_duration, Config};
 
@@ -94,6 +94,12 @@ struct SubArgs {
     /// Speak WebSocket (ws://ADDR/sub) instead of raw TCP.
     #[arg(long)]
     ws: bool,
+    /// Connect over TLS (wss:// with --ws), trusting the certificates of this PEM file.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Server name the TLS certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
     /// User id.
     #[arg(long, default_value_t = 0)]
     mid: i64,
@@ -264,16 +270,22 @@ fn mint_token(args: &TokenArgs) -> anyhow::Result<()> {
 }
 
 fn subscribe(args: &SubArgs) -> anyhow::Result<()> {
-    let (transport, default_port) = if args.ws {
-        (Transport::WebSocket, 3102)
-    } else {
-        (Transport::Tcp, 3101)
+    let tls = args
+        .tls_ca
+        .as_ref()
+        .map(|ca| TlsClient::from_ca_file(ca, &args.tls_name))
+        .transpose()?;
+    // goim's ports: 3101 TCP, 3102 ws, 3103 wss; TLS TCP has no goim port, so --addr it.
+    let (transport, default_port) = match (args.ws, tls.is_some()) {
+        (true, false) => (Transport::WebSocket, 3102),
+        (true, true) => (Transport::WebSocket, 3103),
+        (false, _) => (Transport::Tcp, 3101),
     };
     let addr = args
         .addr
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], default_port)));
-    let mut client =
-        Client::connect(addr, transport).with_context(|| format!("connecting to {addr}"))?;
+    let mut client = Client::connect_with(addr, transport, tls.as_ref())
+        .with_context(|| format!("connecting to {addr}"))?;
     let mut auth = serde_json::json!({
         "mid": args.mid,
         "key": args.key,

@@ -211,13 +211,20 @@ impl Gateway {
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(c) = &self.comet {
-            lines.push(format!(
-                "comet {} tcp {:?} ws {:?} link {}",
+            let mut line = format!(
+                "comet {} tcp {:?} ws {:?}",
                 c.id(),
                 c.tcp_addrs(),
-                c.ws_addrs(),
-                c.link_addr()
-            ));
+                c.ws_addrs()
+            );
+            if !c.wss_addrs().is_empty() {
+                line += &format!(" wss {:?}", c.wss_addrs());
+            }
+            if !c.tcp_tls_addrs().is_empty() {
+                line += &format!(" tcp+tls {:?}", c.tcp_tls_addrs());
+            }
+            line += &format!(" link {}", c.link_addr());
+            lines.push(line);
         }
         if let Some(l) = &self.logic {
             lines.push(format!(

@@ -21,11 +21,13 @@ use imgate_shared::link::{
 use imgate_shared::ws::{self, opcode, WsError};
 
 use crate::delivery::Delivery;
+use crate::limits::{now_ms, RateLimit, Refused};
 use crate::outbound::{reply, stored_batches, ws_control};
 use crate::reassembly::{Event, Flow, Reassembly};
-use crate::shard::{Shard, SCRATCH_SIZE};
-use crate::socket_io::{poll_write, read_with, write_all};
+use crate::shard::{Listen, Shard, SCRATCH_SIZE};
+use crate::socket_io::{poll_flush, poll_write, read_with, write_all};
 use crate::stats;
+use crate::stream::ClientStream;
 
 /// Heartbeat expiry used when logic returns none (goim's 4 min × 2).
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(480);
@@ -47,6 +49,10 @@ pub(crate) enum CloseReason {
     Slow,
     /// A newer connection authenticated with the same key.
     Kicked,
+    /// The client sent frames faster than `upstream_rate` / `upstream_burst`.
+    RateLimited,
+    /// The TLS handshake failed.
+    TlsFailed,
     Shutdown,
 }
 
@@ -87,6 +93,7 @@ pub(crate) struct Conn {
     flush_then_close: Cell<bool>,
     last_heartbeat: Cell<Instant>,
     last_logic_heartbeat: Cell<Instant>,
+    upstream: Cell<RateLimit>,
 }
 
 impl Conn {
@@ -195,6 +202,15 @@ impl Conn {
     fn unsubscribe(&self, ops: &[i32]) {
         self.watch.borrow_mut().retain(|op| !ops.contains(op));
     }
+
+    /// Counts one frame from the client against its rate; false when it is over.
+    fn allow_upstream(&self, shard: &Shard) -> bool {
+        let config = &shard.comet.config;
+        let mut bucket = self.upstream.get();
+        let allowed = bucket.allow(config.upstream_rate, config.upstream_burst, now_ms());
+        self.upstream.set(bucket);
+        allowed
+    }
 }
 
 /// Parses an OpSub/OpUnsub body: comma-separated decimal int32 ops. Any invalid item voids
@@ -241,20 +257,51 @@ struct Authed {
     ver: i16,
     seq: i32,
     reply: ConnectReply,
+    /// What is left of the upstream rate after the handshake's frames.
+    upstream: RateLimit,
 }
 
 /// Serves one accepted client connection until it closes.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, websocket: bool) {
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, listen: Listen) {
     stats::inc(&shard.stats.accepted);
+    let accepted_at = Instant::now();
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
+    // Held until the connection ends: its place under the connection limits.
+    let _slot = match shard.comet.limits.admit(peer.map(|p| p.ip())) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            let counter = match refused {
+                Refused::Comet => &shard.stats.refused_conn_limit,
+                Refused::Ip => &shard.stats.refused_ip_limit,
+            };
+            stats::inc(counter);
+            return;
+        }
+    };
+    let websocket = listen.websocket;
+    let stream = if listen.tls {
+        // Boxed: rustls' handshake state is large and must not size every connection's task.
+        match Box::pin(tls_accept(&shard, stream)).await {
+            Ok(stream) => stream,
+            Err(reason) => {
+                count_close(&shard, reason);
+                return;
+            }
+        }
+    } else {
+        ClientStream::Plain(stream)
+    };
     let stream = RefCell::new(stream);
     let conn_id = shard.next_conn_id();
     let config = &shard.comet.config;
     let mut rx = Reassembly::new(websocket, config.max_body);
 
     let stop = shard.stop.clone();
-    let handshake_deadline = config.handshake_timeout;
+    // The TLS handshake, if any, spent part of the time allowed.
+    let handshake_deadline = config
+        .handshake_timeout
+        .saturating_sub(accepted_at.elapsed());
     // Boxed: the handshake's state is large and short-lived, so it should not size the task
     // that an idle connection keeps for its whole life.
     let outcome = future::or(
@@ -308,6 +355,37 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, websocket: bool) 
     }));
 }
 
+/// The server side of a TLS handshake, bounded by the handshake timeout and by shutdown.
+async fn tls_accept(shard: &Shard, stream: TcpStream) -> Result<ClientStream, CloseReason> {
+    let Some(acceptor) = shard.comet.tls.clone() else {
+        return Err(CloseReason::TlsFailed);
+    };
+    let stop = shard.stop.clone();
+    let timeout = shard.comet.config.handshake_timeout;
+    future::or(
+        future::or(
+            async {
+                match acceptor.accept(stream).await {
+                    Ok(tls) => Ok(ClientStream::Tls(Box::new(tls))),
+                    Err(e) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        Err(CloseReason::TlsFailed)
+                    }
+                }
+            },
+            async {
+                sleep(timeout).await;
+                Err(CloseReason::HandshakeTimeout)
+            },
+        ),
+        async {
+            let _ = stop.recv().await;
+            Err(CloseReason::Shutdown)
+        },
+    )
+    .await
+}
+
 /// Turns an authenticated handshake into a registered connection with its auth reply queued.
 /// Synchronous, so none of the reply's fields stay in the connection task's state.
 fn admit(
@@ -321,6 +399,7 @@ fn admit(
         ver,
         seq,
         reply: mut r,
+        upstream,
     } = authed;
     if shard.is_stopping() {
         // Logic opened a session for it; close that too.
@@ -359,6 +438,7 @@ fn admit(
         flush_then_close: Cell::new(false),
         last_heartbeat: Cell::new(now),
         last_logic_heartbeat: Cell::new(now),
+        upstream: Cell::new(upstream),
     });
     conn.subscribe(&r.accepts);
     shard.register(&conn, &r.room);
@@ -385,6 +465,8 @@ fn count_close(shard: &Shard, reason: CloseReason) {
         CloseReason::HeartbeatExpired => stats::inc(&s.heartbeat_expired),
         CloseReason::Slow => stats::inc(&s.closed_slow),
         CloseReason::Kicked => stats::inc(&s.kicked_duplicate),
+        CloseReason::RateLimited => stats::inc(&s.closed_rate_limited),
+        CloseReason::TlsFailed => stats::inc(&s.tls_failed),
         CloseReason::Quiet | CloseReason::Io | CloseReason::Shutdown => {}
     }
 }
@@ -394,15 +476,35 @@ fn push_reply(shard: &Shard, conn: &Conn, frame: Bytes) {
 }
 
 /// What the handshake saw in one batch of frames.
-#[derive(Default)]
 struct HandshakeFrames {
     auth: Option<(i16, i32, Bytes)>,
     control: Vec<Bytes>,
     closing: bool,
+    /// Frames before auth count against the upstream rate too.
+    upstream: RateLimit,
+    rate: (u32, u32),
+    over_rate: bool,
 }
 
 impl HandshakeFrames {
+    fn new(shard: &Shard) -> Self {
+        let config = &shard.comet.config;
+        HandshakeFrames {
+            auth: None,
+            control: Vec::new(),
+            closing: false,
+            upstream: RateLimit::new(config.upstream_burst, now_ms()),
+            rate: (config.upstream_rate, config.upstream_burst),
+            over_rate: false,
+        }
+    }
+
     fn on_event(&mut self, event: Event<'_>) -> Flow {
+        let (rate, burst) = self.rate;
+        if !self.upstream.allow(rate, burst, now_ms()) {
+            self.over_rate = true;
+            return Flow::Stop;
+        }
         match event {
             Event::Frame(h, body) if h.op == op::AUTH => {
                 self.auth = Some((h.ver, h.seq, Bytes::copy_from_slice(body)));
@@ -426,7 +528,7 @@ impl HandshakeFrames {
 
 async fn handshake(
     shard: &Shard,
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<ClientStream>,
     rx: &mut Reassembly,
     websocket: bool,
     conn_id: u64,
@@ -465,11 +567,14 @@ async fn handshake(
         cookie = upgrade.cookie.unwrap_or_default();
     }
 
-    let mut seen = HandshakeFrames::default();
+    let mut seen = HandshakeFrames::new(shard);
     let mut fed = rx.feed(&mut [], &mut |e| seen.on_event(e));
     loop {
         if fed.is_err() {
             return Err(CloseReason::Malformed);
+        }
+        if seen.over_rate {
+            return Err(CloseReason::RateLimited);
         }
         for frame in seen.control.drain(..) {
             write_all(stream, &frame)
@@ -506,8 +611,14 @@ async fn handshake(
         cookie,
         remote_addr: peer.map(|p| p.to_string()).unwrap_or_default(),
     });
+    let upstream = seen.upstream;
     match shard.logic.request(request, config.logic_timeout).await {
-        Ok(Body::ConnectReply(reply)) => Ok(Authed { ver, seq, reply }),
+        Ok(Body::ConnectReply(reply)) => Ok(Authed {
+            ver,
+            seq,
+            reply,
+            upstream,
+        }),
         Ok(_) => {
             tracing::warn!("logic answered Connect with an unexpected message");
             Err(CloseReason::AuthFailed)
@@ -523,7 +634,7 @@ async fn handshake(
 async fn read_loop(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<ClientStream>,
     rx: &mut Reassembly,
 ) -> CloseReason {
     // Frames that arrived together with the auth frame.
@@ -533,6 +644,10 @@ async fn read_loop(
             Err(e) => {
                 tracing::debug!(conn_id = conn.id, "malformed client data: {}", e.0);
                 return CloseReason::Malformed;
+            }
+            Ok(Flow::Stop) if conn.close.get().is_some() => {
+                // Closed while reading (over its rate).
+                return conn.close.get().unwrap_or(CloseReason::Malformed);
             }
             Ok(Flow::Stop) => {
                 // A WebSocket close: the writer sends the answer, then the connection ends.
@@ -555,6 +670,10 @@ async fn read_loop(
 }
 
 fn on_event(shard: &Rc<Shard>, conn: &Rc<Conn>, event: Event<'_>) -> Flow {
+    if !conn.allow_upstream(shard) {
+        conn.close(CloseReason::RateLimited);
+        return Flow::Stop;
+    }
     match event {
         Event::Frame(header, body) => {
             if let Some(answer) = on_frame(shard, conn, header, body) {
@@ -775,7 +894,7 @@ fn written(shard: &Shard, conn: &Conn, report: Vec<(u64, u64)>) {
 
 /// Drains the queue, coalescing queued frames into one write through the shard's scratch
 /// buffer. Only bytes a full socket did not take are copied into a connection-owned buffer.
-async fn write_loop(shard: &Shard, conn: &Conn, stream: &RefCell<TcpStream>) -> CloseReason {
+async fn write_loop(shard: &Shard, conn: &Conn, stream: &RefCell<ClientStream>) -> CloseReason {
     let mut unsent: Option<Bytes> = None;
     // What `unsent` reports once it is completely written.
     let mut unsent_report: Vec<(u64, u64)> = Vec::new();
@@ -804,6 +923,14 @@ async fn write_loop(shard: &Shard, conn: &Conn, stream: &RefCell<TcpStream>) -> 
         match queue.len() {
             0 => {
                 drop(queue);
+                match poll_flush(stream, cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Io),
+                    Poll::Pending => {
+                        register(&conn.writer, cx.waker());
+                        return Poll::Pending;
+                    }
+                }
                 if conn.flush_then_close.get() {
                     return Poll::Ready(CloseReason::Quiet);
                 }
@@ -955,7 +1082,7 @@ mod tests {
                 let addr = listener.local_addr().unwrap();
                 let stream = TcpStream::connect(addr).await.unwrap();
                 let shard = Shard::detached(Default::default());
-                let task = serve(shard, stream, true);
+                let task = serve(shard, stream, Listen::WS);
                 let future = std::mem::size_of_val(&task);
                 let conn = std::mem::size_of::<Conn>();
                 println!(

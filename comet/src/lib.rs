@@ -9,6 +9,7 @@ mod delivery;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
+mod limits;
 mod link;
 mod listener;
 mod logic_client;
@@ -18,6 +19,7 @@ mod room;
 mod shard;
 mod socket_io;
 mod stats;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +29,8 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use imgate_shared::config::CometConfig;
 use imgate_shared::link::CometInfo;
 
-use crate::shard::{CometShared, ShardCommand, ShardSetup, INBOX_CAPACITY};
+use crate::limits::ConnLimits;
+use crate::shard::{CometShared, Listen, ShardCommand, ShardSetup, INBOX_CAPACITY};
 use crate::stats::ShardStats;
 
 pub use crate::stats::Stats;
@@ -44,6 +47,9 @@ pub enum CometError {
         addr: String,
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be used.
+    #[error("{0}")]
+    Tls(#[from] imgate_shared::tls::TlsError),
     /// A shard's executor could not be created or did not come up.
     #[error("shard {shard} failed to start: {reason}")]
     Shard { shard: usize, reason: String },
@@ -54,6 +60,8 @@ pub struct CometHandle {
     id: String,
     tcp_addrs: Vec<SocketAddr>,
     ws_addrs: Vec<SocketAddr>,
+    wss_addrs: Vec<SocketAddr>,
+    tcp_tls_addrs: Vec<SocketAddr>,
     link_addr: SocketAddr,
     stats: Vec<Arc<ShardStats>>,
     inboxes: Vec<async_channel::Sender<ShardCommand>>,
@@ -74,6 +82,16 @@ impl CometHandle {
     /// The bound WebSocket listener addresses, in configuration order.
     pub fn ws_addrs(&self) -> &[SocketAddr] {
         &self.ws_addrs
+    }
+
+    /// The bound `wss://` listener addresses (none without a TLS certificate).
+    pub fn wss_addrs(&self) -> &[SocketAddr] {
+        &self.wss_addrs
+    }
+
+    /// The bound TLS TCP listener addresses.
+    pub fn tcp_tls_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_tls_addrs
     }
 
     /// The bound cluster-link address where job delivers pushes.
@@ -125,16 +143,31 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     } else {
         config.shards
     };
-    let tcp = config
-        .tcp_bind
-        .iter()
-        .map(|a| listener::bind_group(a, shards, config.backlog))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ws = config
-        .ws_bind
-        .iter()
-        .map(|a| listener::bind_group(a, shards, config.backlog))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tls = if config.tls_cert_file.is_empty() {
+        None
+    } else {
+        let server = imgate_shared::tls::server_config(
+            config.tls_cert_file.as_ref(),
+            config.tls_key_file.as_ref(),
+            &[],
+        )?;
+        Some(futures_rustls::TlsAcceptor::from(server))
+    };
+    let no_tls: &[String] = &[];
+    let (wss_bind, tcp_tls_bind) = match tls {
+        Some(_) => (&config.wss_bind[..], &config.tcp_tls_bind[..]),
+        None => (no_tls, no_tls),
+    };
+    let bind_all = |specs: &[String]| {
+        specs
+            .iter()
+            .map(|a| listener::bind_group(a, shards, config.backlog))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let tcp = bind_all(&config.tcp_bind)?;
+    let ws = bind_all(&config.ws_bind)?;
+    let wss = bind_all(wss_bind)?;
+    let tcp_tls = bind_all(tcp_tls_bind)?;
     let link = listener::bind_group(&config.link_bind, shards, config.backlog)?;
 
     let id = if config.id.is_empty() {
@@ -149,6 +182,8 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     };
     let tcp_addrs: Vec<SocketAddr> = tcp.iter().map(|g| g.addr).collect();
     let ws_addrs: Vec<SocketAddr> = ws.iter().map(|g| g.addr).collect();
+    let wss_addrs: Vec<SocketAddr> = wss.iter().map(|g| g.addr).collect();
+    let tcp_tls_addrs: Vec<SocketAddr> = tcp_tls.iter().map(|g| g.addr).collect();
     let advertised = |bound: &[SocketAddr]| {
         if config.addrs.is_empty() {
             bound.iter().map(|a| a.to_string()).collect()
@@ -173,18 +208,34 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         config: config.clone(),
         info,
         inboxes: senders.clone(),
+        tls,
+        limits: ConnLimits::new(config.max_conns, config.max_conns_per_ip),
     });
     let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
 
     // Hand socket i of every group to shard i.
-    let mut tcp_sockets: Vec<_> = tcp.into_iter().map(|g| g.sockets.into_iter()).collect();
-    let mut ws_sockets: Vec<_> = ws.into_iter().map(|g| g.sockets.into_iter()).collect();
+    let kinds = [
+        (tcp, Listen::TCP),
+        (ws, Listen::WS),
+        (wss, Listen::WSS),
+        (tcp_tls, Listen::TCP_TLS),
+    ];
+    let mut client_sockets: Vec<_> = kinds
+        .into_iter()
+        .flat_map(|(groups, listen)| {
+            groups
+                .into_iter()
+                .map(move |g| g.sockets.into_iter().map(move |s| (s, listen)))
+        })
+        .collect();
     let mut link_sockets = link.sockets.into_iter();
 
     let mut handle = CometHandle {
         id,
         tcp_addrs,
         ws_addrs,
+        wss_addrs,
+        tcp_tls_addrs,
         link_addr: link.addr,
         stats: stats.clone(),
         inboxes: senders,
@@ -197,8 +248,10 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
             comet: comet.clone(),
             stats: stats[index].clone(),
             inbox,
-            tcp: tcp_sockets.iter_mut().filter_map(Iterator::next).collect(),
-            ws: ws_sockets.iter_mut().filter_map(Iterator::next).collect(),
+            clients: client_sockets
+                .iter_mut()
+                .filter_map(Iterator::next)
+                .collect(),
             link: link_sockets.next().ok_or_else(|| CometError::Shard {
                 shard: index,
                 reason: "no link socket".into(),

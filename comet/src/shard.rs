@@ -19,6 +19,7 @@ use imgate_shared::link::{Body, CometInfo, RenewOnline};
 use socket2::Socket;
 
 use crate::connection::{self, CloseReason, Conn, Pushed};
+use crate::limits::ConnLimits;
 use crate::link;
 use crate::logic_client::LogicClient;
 use crate::room::Rooms;
@@ -57,12 +58,41 @@ pub(crate) enum ShardCommand {
     Shutdown,
 }
 
-/// What every shard of one comet shares (immutable after start).
+/// What every shard of one comet shares (immutable after start, but for the limit counts).
 pub(crate) struct CometShared {
     pub id: String,
     pub config: CometConfig,
     pub info: CometInfo,
     pub inboxes: Vec<async_channel::Sender<ShardCommand>>,
+    /// Accepts TLS on the `wss://` and TLS TCP listeners.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    pub limits: ConnLimits,
+}
+
+/// What a client listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Listen {
+    pub websocket: bool,
+    pub tls: bool,
+}
+
+impl Listen {
+    pub const TCP: Listen = Listen {
+        websocket: false,
+        tls: false,
+    };
+    pub const WS: Listen = Listen {
+        websocket: true,
+        tls: false,
+    };
+    pub const WSS: Listen = Listen {
+        websocket: true,
+        tls: true,
+    };
+    pub const TCP_TLS: Listen = Listen {
+        websocket: false,
+        tls: true,
+    };
 }
 
 /// Everything a shard thread starts from.
@@ -71,8 +101,8 @@ pub(crate) struct ShardSetup {
     pub comet: Arc<CometShared>,
     pub stats: Arc<ShardStats>,
     pub inbox: async_channel::Receiver<ShardCommand>,
-    pub tcp: Vec<Socket>,
-    pub ws: Vec<Socket>,
+    /// This shard's socket of every client listener.
+    pub clients: Vec<(Socket, Listen)>,
     pub link: Socket,
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
@@ -105,8 +135,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         comet,
         stats,
         inbox,
-        tcp,
-        ws,
+        clients,
         link: link_socket,
         ready,
     } = setup;
@@ -118,18 +147,10 @@ pub(crate) async fn run(setup: ShardSetup) {
     // so merely closing the fd would leave the port busy for a moment after `shutdown`.
     let mut listening: Vec<Socket> = Vec::new();
     let mut listeners: Vec<Task<()>> = Vec::new();
-    for (socket, websocket) in tcp
-        .into_iter()
-        .map(|s| (s, false))
-        .chain(ws.into_iter().map(|s| (s, true)))
-    {
+    for (socket, listen) in clients {
         listening.extend(socket.try_clone().ok());
         let listener = into_listener(socket);
-        listeners.push(spawn_local(accept_clients(
-            shard.clone(),
-            listener,
-            websocket,
-        )));
+        listeners.push(spawn_local(accept_clients(shard.clone(), listener, listen)));
     }
     listening.extend(link_socket.try_clone().ok());
     listeners.push(spawn_local(link::accept_links(
@@ -180,11 +201,11 @@ fn into_listener(socket: Socket) -> TcpListener {
     unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }
 }
 
-async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, websocket: bool) {
+async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, listen: Listen) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                spawn_local(connection::serve(shard.clone(), stream, websocket)).detach();
+                spawn_local(connection::serve(shard.clone(), stream, listen)).detach();
             }
             Err(_) if shard.is_stopping() => return,
             Err(e) => {
@@ -258,6 +279,8 @@ impl Shard {
             config,
             info: CometInfo::default(),
             inboxes: Vec::new(),
+            tls: None,
+            limits: ConnLimits::new(0, 0),
         });
         let (_, stop) = async_channel::bounded(1);
         Rc::new(Shard::new(0, comet, Arc::default(), stop))

@@ -1,5 +1,6 @@
-//! Small helpers over glommio's non-buffered `TcpStream` shared through a `RefCell`: every
-//! borrow lives inside one poll, never across an await.
+//! Small helpers over a stream shared through a `RefCell` (glommio's non-buffered `TcpStream`,
+//! or a client's [`crate::stream::ClientStream`]): every borrow lives inside one poll, never
+//! across an await.
 
 use std::cell::RefCell;
 use std::io;
@@ -8,15 +9,14 @@ use std::task::{Context, Poll};
 
 use futures_lite::future::poll_fn;
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 
 /// Reads once into the shard's `scratch` buffer and hands the bytes to `on_bytes` inside the
-/// same poll. The non-buffered stream copies synchronously into the caller's buffer, so the
-/// scratch is borrowed only while this poll runs and no connection owns a read buffer.
+/// same poll. The stream copies synchronously into the caller's buffer, so the scratch is
+/// borrowed only while this poll runs and no connection owns a read buffer.
 ///
 /// Returns `Ok(None)` at end of stream.
-pub(crate) async fn read_with<R>(
-    stream: &RefCell<TcpStream>,
+pub(crate) async fn read_with<S: AsyncRead + Unpin, R>(
+    stream: &RefCell<S>,
     scratch: &RefCell<Vec<u8>>,
     mut on_bytes: impl FnMut(&mut [u8]) -> R,
 ) -> io::Result<Option<R>> {
@@ -34,16 +34,28 @@ pub(crate) async fn read_with<R>(
 }
 
 /// One write attempt.
-pub(crate) fn poll_write(
-    stream: &RefCell<TcpStream>,
+pub(crate) fn poll_write<S: AsyncWrite + Unpin>(
+    stream: &RefCell<S>,
     cx: &mut Context<'_>,
     data: &[u8],
 ) -> Poll<io::Result<usize>> {
     Pin::new(&mut *stream.borrow_mut()).poll_write(cx, data)
 }
 
-/// Writes all of `data`.
-pub(crate) async fn write_all(stream: &RefCell<TcpStream>, mut data: &[u8]) -> io::Result<()> {
+/// Pushes out what the stream still buffers (a TLS stream's encrypted records; nothing for
+/// plain TCP).
+pub(crate) fn poll_flush<S: AsyncWrite + Unpin>(
+    stream: &RefCell<S>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    Pin::new(&mut *stream.borrow_mut()).poll_flush(cx)
+}
+
+/// Writes all of `data` and flushes it.
+pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
+    stream: &RefCell<S>,
+    mut data: &[u8],
+) -> io::Result<()> {
     while !data.is_empty() {
         let n = poll_fn(|cx| poll_write(stream, cx, data)).await?;
         if n == 0 {
@@ -51,5 +63,5 @@ pub(crate) async fn write_all(stream: &RefCell<TcpStream>, mut data: &[u8]) -> i
         }
         data = &data[n..];
     }
-    Ok(())
+    poll_fn(|cx| poll_flush(stream, cx)).await
 }

@@ -30,6 +30,14 @@ pub struct Stats {
     pub push_dropped_duplicate: u64,
     /// Room changes refused because the connection's token does not allow that room.
     pub room_refused: u64,
+    /// Connections closed at accept because the comet holds `max_conns`.
+    pub refused_conn_limit: u64,
+    /// Connections closed at accept because their address holds `max_conns_per_ip`.
+    pub refused_ip_limit: u64,
+    /// Connections closed for sending faster than `upstream_rate` / `upstream_burst`.
+    pub closed_rate_limited: u64,
+    /// TLS connections closed because their TLS handshake failed.
+    pub tls_failed: u64,
 }
 
 /// The counters of one shard. Only that shard writes them (relaxed), readers sum them.
@@ -47,6 +55,10 @@ pub(crate) struct ShardStats {
     pub push_dropped_no_key: AtomicU64,
     pub push_dropped_duplicate: AtomicU64,
     pub room_refused: AtomicU64,
+    pub refused_conn_limit: AtomicU64,
+    pub refused_ip_limit: AtomicU64,
+    pub closed_rate_limited: AtomicU64,
+    pub tls_failed: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -75,5 +87,9 @@ impl ShardStats {
         total.push_dropped_no_key += get(&self.push_dropped_no_key);
         total.push_dropped_duplicate += get(&self.push_dropped_duplicate);
         total.room_refused += get(&self.room_refused);
+        total.refused_conn_limit += get(&self.refused_conn_limit);
+        total.refused_ip_limit += get(&self.refused_ip_limit);
+        total.closed_rate_limited += get(&self.closed_rate_limited);
+        total.tls_failed += get(&self.tls_failed);
     }
 }

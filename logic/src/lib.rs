@@ -14,6 +14,7 @@ mod nodes;
 mod online;
 mod query;
 mod redis_store;
+mod tls_listener;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -44,6 +45,8 @@ pub enum LogicError {
     },
     #[error("auth configuration: {0}")]
     Auth(String),
+    #[error("HTTPS: {0}")]
+    Tls(#[from] imgate_shared::tls::TlsError),
 }
 
 /// A running logic: its bound addresses and the way to stop it.
@@ -107,6 +110,16 @@ pub async fn start_with_auth(
     auth: Arc<dyn Authenticator>,
 ) -> Result<LogicHandle, LogicError> {
     let logic = &config.logic;
+    // Read the certificate before anything starts, so a bad one fails cleanly.
+    let tls = if logic.tls_cert_file.is_empty() {
+        None
+    } else {
+        Some(imgate_shared::tls::server_config(
+            logic.tls_cert_file.as_ref(),
+            logic.tls_key_file.as_ref(),
+            &[b"http/1.1"],
+        )?)
+    };
     let bind = |what: &'static str, addr: String| async move {
         TcpListener::bind(&addr)
             .await
@@ -151,14 +164,34 @@ pub async fn start_with_auth(
     });
     let app = http::router(api);
     let mut http_shutdown = shutdown_rx;
+    let stopped = async move {
+        let _ = http_shutdown.changed().await;
+    };
+    let served = if let Some(tls) = tls {
+        let listener = tls_listener::TlsListener::new(http_listener, tls).map_err(|source| {
+            LogicError::Bind {
+                what: "HTTPS",
+                addr: logic.http_bind.clone(),
+                source,
+            }
+        })?;
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        })
+    } else {
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        })
+    };
     tasks.push(tokio::spawn(async move {
-        let served = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "logic HTTP server failed");
+        match served.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "logic HTTP server failed"),
+            Err(e) => tracing::error!(error = %e, "logic HTTP server task failed"),
         }
     }));
 

@@ -53,6 +53,15 @@ pub struct CometConfig {
     pub tcp_bind: Vec<String>,
     /// WebSocket (`ws://host:port/sub`) client listeners.
     pub ws_bind: Vec<String>,
+    /// WebSocket over TLS (`wss://host:port/sub`) listeners; bound only when `tls_cert_file`
+    /// is set.
+    pub wss_bind: Vec<String>,
+    /// goim TCP protocol over TLS listeners; need `tls_cert_file`.
+    pub tcp_tls_bind: Vec<String>,
+    /// PEM certificate chain (leaf first) of the TLS listeners.
+    pub tls_cert_file: String,
+    /// PEM private key of the TLS listeners.
+    pub tls_key_file: String,
     /// Cluster-link listener where job delivers pushes.
     pub link_bind: String,
     /// Address job should dial for this comet; empty = `link_bind` with its bound port.
@@ -77,6 +86,14 @@ pub struct CometConfig {
     pub max_body: usize,
     /// Largest WebSocket upgrade request head.
     pub ws_max_header: usize,
+    /// Most client connections (authenticated or not) the comet holds; 0 = no limit.
+    pub max_conns: usize,
+    /// Most client connections from one source IP address; 0 = no limit.
+    pub max_conns_per_ip: usize,
+    /// Frames per second a client may send, on average; 0 = no limit.
+    pub upstream_rate: u32,
+    /// Frames a client may send in a burst above `upstream_rate`.
+    pub upstream_burst: u32,
     /// Pushes queued per connection before it is closed as too slow.
     pub send_queue: usize,
     /// How often each shard reports its connections and rooms to logic.
@@ -105,6 +122,10 @@ pub struct LogicConfig {
     /// Refresh interval of the online-count cache behind `/goim/online/*`.
     #[serde(deserialize_with = "duration")]
     pub online_refresh: Duration,
+    /// PEM certificate chain of the HTTP API; set, the API serves HTTPS only.
+    pub tls_cert_file: String,
+    /// PEM private key of the HTTP API.
+    pub tls_key_file: String,
     /// Largest HTTP push body.
     pub max_push_body: usize,
     /// Most keys or mids in one push request.
@@ -245,6 +266,10 @@ impl Default for CometConfig {
             id: String::new(),
             tcp_bind: vec!["0.0.0.0:3101".into()],
             ws_bind: vec!["0.0.0.0:3102".into()],
+            wss_bind: vec!["0.0.0.0:3103".into()],
+            tcp_tls_bind: Vec::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             link_bind: "127.0.0.1:3109".into(),
             link_advertise: String::new(),
             logic_addrs: vec!["127.0.0.1:3119".into()],
@@ -256,6 +281,10 @@ impl Default for CometConfig {
             handshake_timeout: Duration::from_secs(8),
             max_body: crate::frame::DEFAULT_MAX_BODY,
             ws_max_header: 8192,
+            max_conns: 0,
+            max_conns_per_ip: 0,
+            upstream_rate: 50,
+            upstream_burst: 100,
             send_queue: 128,
             online_interval: Duration::from_secs(5),
             logic_timeout: Duration::from_secs(3),
@@ -272,6 +301,8 @@ impl Default for LogicConfig {
             heartbeat: Duration::from_secs(240),
             heartbeat_max: 2,
             online_refresh: Duration::from_secs(1),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             max_push_body: 64 << 10,
             max_push_targets: 10_000,
             default_domain: "conn.goim.io".into(),
@@ -420,6 +451,22 @@ impl Config {
         if self.comet.max_body == 0 || self.comet.max_body > 1 << 24 {
             return bad("comet.max_body must be between 1 and 16 MiB".into());
         }
+        for (section, cert, key) in [
+            ("comet", &self.comet.tls_cert_file, &self.comet.tls_key_file),
+            ("logic", &self.logic.tls_cert_file, &self.logic.tls_key_file),
+        ] {
+            if cert.is_empty() != key.is_empty() {
+                return bad(format!(
+                    "{section}.tls_cert_file and {section}.tls_key_file go together"
+                ));
+            }
+        }
+        if !self.comet.tcp_tls_bind.is_empty() && self.comet.tls_cert_file.is_empty() {
+            return bad("comet.tcp_tls_bind needs comet.tls_cert_file and tls_key_file".into());
+        }
+        if self.comet.upstream_rate > 0 && !(1..=1_000_000).contains(&self.comet.upstream_burst) {
+            return bad("comet.upstream_burst must be between 1 and 1000000".into());
+        }
         Ok(())
     }
 }
@@ -482,5 +529,8 @@ mod tests {
             "kafka needs redis"
         );
         Config::from_toml("[bus]\nkind = \"kafka\"\n[store]\nkind = \"redis\"").unwrap();
+        assert!(Config::from_toml("[comet]\ntls_cert_file = \"c.pem\"").is_err());
+        assert!(Config::from_toml("[logic]\ntls_key_file = \"k.pem\"").is_err());
+        assert!(Config::from_toml("[comet]\ntcp_tls_bind = [\"0.0.0.0:3104\"]").is_err());
     }
 }

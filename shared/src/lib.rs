@@ -10,4 +10,5 @@ pub mod frame;
 pub mod fuzzing;
 pub mod link;
 pub mod store;
+pub mod tls;
 pub mod ws;
