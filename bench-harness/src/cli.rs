@@ -1,0 +1,287 @@
+//! The command line and what each preset means.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::pusher::PushKind;
+use crate::wire::Transport;
+
+/// Scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// Connect N clients and hold them with heartbeats: connect rate, connect times, server
+    /// memory per connection.
+    Idle,
+    /// goim's published benchmark scaled to N: every client in one room, 40 room pushes per
+    /// second, messages received counted once per second for 30 samples.
+    Goim,
+    /// Room pushes at --rate (like goim, any rate).
+    Room,
+    /// One user: pushes through the HTTP API as fast as answers come, then at a fixed rate of
+    /// --latency-fraction of that peak for latency percentiles (or only --rate if given).
+    SinglePush,
+    /// Pushes by key, one client per push, round robin, at --rate.
+    Keys,
+    /// Pushes by user id, one client per push, round robin, at --rate.
+    Mids,
+    /// Broadcasts to every client at --rate.
+    All,
+    /// Only the socket floor (see --floor).
+    Floor,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Idle => "idle",
+            Preset::Goim => "goim",
+            Preset::Room => "room",
+            Preset::SinglePush => "single-push",
+            Preset::Keys => "keys",
+            Preset::Mids => "mids",
+            Preset::All => "all",
+            Preset::Floor => "floor",
+        }
+    }
+}
+
+/// imgate's (goim-compatible) load generator.
+///
+/// Simulates up to a million goim clients from one host over TCP or WebSocket, spread over
+/// worker processes (each under the open-file limit, each from its own 127.0.0.x address),
+/// drives pushes through logic's HTTP API, counts every message on the client side, and
+/// writes one JSON report per run.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bench-harness", version)]
+pub struct Args {
+    /// Scenario.
+    #[arg(long, value_enum, default_value = "goim")]
+    pub preset: Preset,
+    /// Simulated clients [default: 1000; single-push: 1].
+    #[arg(long)]
+    pub clients: Option<u64>,
+    /// Seconds to push (per phase) or, for idle, to hold the connections.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Server process(es) whose CPU time and memory to sample (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Transport the clients speak.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// comet TCP address(es); client g uses the (g mod n)-th [default: 127.0.0.1:3101].
+    #[arg(long, value_delimiter = ',')]
+    pub tcp_addr: Vec<SocketAddr>,
+    /// comet WebSocket address(es) [default: 127.0.0.1:3102].
+    #[arg(long, value_delimiter = ',')]
+    pub ws_addr: Vec<SocketAddr>,
+    /// logic's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:3111")]
+    pub http: SocketAddr,
+    /// Connects per second, all workers together (0: as fast as --max-in-flight allows).
+    #[arg(long, default_value_t = 10000.0)]
+    pub connect_rate: f64,
+    /// Seconds a client may take from connect to the auth reply.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Connects in progress at once, per executor.
+    #[arg(long, default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// Seconds between a client's heartbeats (0: none; goim's benchmark client: 240).
+    #[arg(long, default_value_t = 30.0)]
+    pub heartbeat: f64,
+    /// Reconnect a client whose connection ends (otherwise it is counted and stays down).
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Worker processes [default: clients / --per-worker, rounded up].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Most clients per worker process (each needs a descriptor; the hard limit here is 20,000).
+    #[arg(long, default_value_t = 19_000)]
+    pub per_worker: u64,
+    /// glommio executors per worker [default: cores / workers, at least 1].
+    #[arg(long)]
+    pub executors: Option<usize>,
+    /// Do not pin executors to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Source addresses, one per worker in turn [default: 127.0.0.2, 127.0.0.3, …].
+    #[arg(long, value_delimiter = ',')]
+    pub source_ips: Vec<IpAddr>,
+    /// Pushes per second [goim: 40; keys, mids: 1000; single-push: as fast as answered].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Push API to drive (overrides the preset's).
+    #[arg(long, value_enum)]
+    pub push: Option<PushKind>,
+    /// HTTP connections pushing in parallel [1 for room and broadcast, so order can be checked;
+    /// single-push: 16; keys, mids: 4].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Business op of the pushes (clients accept it).
+    #[arg(long, default_value_t = 1000)]
+    pub op: i32,
+    /// Room type and id of room pushes (clients join `type://id`).
+    #[arg(long, default_value = "live")]
+    pub room_type: String,
+    #[arg(long, default_value = "1000")]
+    pub room_id: String,
+    /// Size of each push body in bytes (0: the natural ~60-byte stamped `{"test":1,...}`).
+    #[arg(long, default_value_t = 0)]
+    pub body_bytes: usize,
+    /// Client g authenticates as mid `mid_base + g`.
+    #[arg(long, default_value_t = 1)]
+    pub mid_base: i64,
+    /// Client g's connection key is `key_prefix` followed by g.
+    #[arg(long, default_value = "bh-")]
+    pub key_prefix: String,
+    /// single-push: the latency phase runs at this fraction of the measured peak.
+    #[arg(long, default_value_t = 0.5)]
+    pub latency_fraction: f64,
+    /// Most seconds to wait after a phase for messages still on their way.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Seconds between the last connect and the first push (or the memory sample).
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// Also measure the socket floor in this run, after the scenario, with the size of the
+    /// scenario's average client read.
+    #[arg(long)]
+    pub floor: bool,
+    /// Floor: loopback connections written in turn.
+    #[arg(long, default_value_t = 1000)]
+    pub floor_connections: usize,
+    /// Floor: bytes per write [default: the scenario's average read, or 76 (one 60-byte
+    /// message)].
+    #[arg(long)]
+    pub floor_bytes: Option<usize>,
+    /// Floor: seconds to write.
+    #[arg(long, default_value_t = 5.0)]
+    pub floor_seconds: f64,
+    /// Internal: run as a worker process (reads its configuration on stdin).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+impl Args {
+    pub fn clients(&self) -> u64 {
+        self.clients.unwrap_or(match self.preset {
+            Preset::SinglePush => 1,
+            Preset::Floor => 0,
+            _ => 1000,
+        })
+    }
+
+    /// The push API of the run, if it pushes.
+    pub fn push_kind(&self) -> Option<PushKind> {
+        self.push.or(match self.preset {
+            Preset::Idle | Preset::Floor => None,
+            Preset::Goim | Preset::Room => Some(PushKind::Room),
+            Preset::SinglePush | Preset::Mids => Some(PushKind::Mids),
+            Preset::Keys => Some(PushKind::Keys),
+            Preset::All => Some(PushKind::All),
+        })
+    }
+
+    /// Fixed push rate, or `None` for "as fast as answered".
+    pub fn fixed_rate(&self) -> Option<f64> {
+        match self.rate {
+            Some(r) if r > 0.0 => Some(r),
+            Some(_) => None,
+            None => match self.preset {
+                Preset::SinglePush => None,
+                Preset::Keys | Preset::Mids => Some(1000.0),
+                _ => Some(40.0),
+            },
+        }
+    }
+
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or_else(|| match self.push_kind() {
+            Some(PushKind::Room | PushKind::All) if self.fixed_rate().is_some() => 1,
+            Some(PushKind::Keys | PushKind::Mids) if self.preset != Preset::SinglePush => 4,
+            _ => 16,
+        })
+    }
+
+    /// Whether every client gets every push, in order, so each client's sequence is checked.
+    pub fn ordered(&self) -> bool {
+        self.concurrency() == 1
+            && match self.push_kind() {
+                Some(PushKind::Room | PushKind::All) => true,
+                Some(PushKind::Keys | PushKind::Mids) => self.clients() == 1,
+                None => false,
+            }
+    }
+
+    pub fn targets(&self) -> Vec<SocketAddr> {
+        let (given, default) = match self.transport {
+            Transport::Tcp => (&self.tcp_addr, "127.0.0.1:3101"),
+            Transport::Ws => (&self.ws_addr, "127.0.0.1:3102"),
+        };
+        if given.is_empty() {
+            vec![default.parse().expect("valid default address")]
+        } else {
+            given.clone()
+        }
+    }
+
+    /// Source address of worker `i`: the given list in turn, else 127.0.0.(2 + i) onwards
+    /// through 127.0.0.0/8.
+    pub fn source_ip(&self, i: usize) -> IpAddr {
+        if !self.source_ips.is_empty() {
+            return self.source_ips[i % self.source_ips.len()];
+        }
+        let n = (2 + i as u32) % (1 << 24);
+        IpAddr::from([127, (n >> 16) as u8, (n >> 8) as u8, n as u8])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Args {
+        Args::parse_from(std::iter::once("bench-harness").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn goim_preset_is_one_room_at_40_per_second_in_order() {
+        let a = parse("--preset goim --clients 5000 --duration 30 --server-pid 7,8");
+        assert_eq!(a.push_kind(), Some(PushKind::Room));
+        assert_eq!(a.fixed_rate(), Some(40.0));
+        assert_eq!(a.concurrency(), 1);
+        assert!(a.ordered());
+        assert_eq!(a.server_pid, [7, 8]);
+        assert_eq!(a.targets(), ["127.0.0.1:3101".parse().unwrap()]);
+    }
+
+    #[test]
+    fn single_push_defaults_to_one_user_at_full_speed() {
+        let a = parse("--preset single-push");
+        assert_eq!(a.clients(), 1);
+        assert_eq!(a.push_kind(), Some(PushKind::Mids));
+        assert_eq!(a.fixed_rate(), None);
+        assert_eq!(a.concurrency(), 16);
+        assert!(!a.ordered());
+        let fixed = parse("--preset single-push --rate 100 --concurrency 1");
+        assert_eq!(fixed.fixed_rate(), Some(100.0));
+        assert!(fixed.ordered());
+    }
+
+    #[test]
+    fn idle_pushes_nothing_and_sources_walk_the_loopback_range() {
+        let a = parse("--preset idle --transport ws");
+        assert_eq!(a.push_kind(), None);
+        assert_eq!(a.targets(), ["127.0.0.1:3102".parse().unwrap()]);
+        assert_eq!(a.source_ip(0), "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(a.source_ip(300), "127.0.1.46".parse::<IpAddr>().unwrap());
+        let given = parse("--source-ips 127.0.0.9,127.0.0.10");
+        assert_eq!(given.source_ip(3), "127.0.0.10".parse::<IpAddr>().unwrap());
+    }
+}

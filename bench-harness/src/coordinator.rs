@@ -1,0 +1,734 @@
+//! The coordinator: starts the worker processes, waits for their clients to connect, runs the
+//! push phases while sampling counts once per second, checks every push's delivery count, and
+//! builds the report.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde_json::Value;
+
+use crate::cli::{Args, Preset};
+use crate::floor::{self, FloorConfig, FloorResult};
+use crate::payload;
+use crate::procstat::{self, ProcSample};
+use crate::pusher::{self, PushKind, PushOutcome, PushPlan};
+use crate::report;
+use crate::tally::{self, DeliveryCheck, Percentiles, PushCounts};
+use crate::worker::{Counters, Report, WorkerConfig, MAX_PHASES};
+
+/// Runs the scenario `args` names and returns its report.
+pub fn run(args: &Args) -> anyhow::Result<Value> {
+    if args.preset == Preset::Floor {
+        let floor = run_floor(args, args.floor_bytes.unwrap_or(76))?;
+        let mut out = report::header(args);
+        out["floor"] = serde_json::to_value(&floor)?;
+        return Ok(out);
+    }
+    let clients = args.clients();
+    if clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers_n = args
+        .workers
+        .unwrap_or_else(|| clients.div_ceil(args.per_worker.max(1)) as usize)
+        .clamp(1, clients as usize);
+    let per_worker = clients.div_ceil(workers_n as u64);
+    if per_worker > args.per_worker {
+        bail!(
+            "{workers_n} workers would run {per_worker} clients each, above --per-worker {}",
+            args.per_worker
+        );
+    }
+    let executors = args
+        .executors
+        .unwrap_or((cpus / workers_n).max(1))
+        .clamp(1, per_worker.max(1) as usize);
+    let run_id = (payload::now_ns() ^ (u64::from(std::process::id()) << 20)) as u32 | 1;
+    let configs: Vec<WorkerConfig> = (0..workers_n)
+        .map(|i| {
+            let first = clients * i as u64 / workers_n as u64;
+            let last = clients * (i as u64 + 1) / workers_n as u64;
+            WorkerConfig {
+                worker: i,
+                run_id,
+                first_client: first,
+                clients: last - first,
+                cpus: if args.no_pin {
+                    Vec::new()
+                } else {
+                    (0..executors).map(|e| (i * executors + e) % cpus).collect()
+                },
+                executors,
+                source_ip: args.source_ip(i),
+                targets: args.targets(),
+                transport: args.transport,
+                connect_rate: args.connect_rate * (last - first) as f64 / clients as f64,
+                connect_timeout_ms: (args.connect_timeout * 1000.0) as u64,
+                max_in_flight: args.max_in_flight,
+                heartbeat_ms: (args.heartbeat * 1000.0) as u64,
+                reconnect: args.reconnect,
+                mid_base: args.mid_base,
+                key_prefix: args.key_prefix.clone(),
+                room: format!("{}://{}", args.room_type, args.room_id),
+                accepts: vec![args.op],
+                push_op: args.op,
+                ordered: args.ordered(),
+            }
+        })
+        .collect();
+    eprintln!(
+        "bench-harness {}: {clients} {:?} clients in {workers_n} worker(s) x {executors} executor(s), run {run_id}",
+        args.preset.name(),
+        args.transport
+    );
+
+    let pids = &args.server_pid;
+    let server_before = procstat::sample_all(pids);
+    let connect_started = Instant::now();
+    let mut workers = Workers::spawn(&configs)?;
+    let connect = wait_for_connects(&workers, args, clients, connect_started);
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(args.settle));
+    let after_connect = workers.sample();
+    let server_after_connect = procstat::sample_all(pids);
+    let harness_rss_after_connect = workers.rss();
+    eprintln!(
+        "connected {} of {clients} in {connect_seconds:.2} s ({} failed)",
+        after_connect.connected,
+        connect.connect_failed + connect.auth_failed
+    );
+
+    let mut phases = Vec::new();
+    let mut hold = None;
+    match args.push_kind() {
+        None => hold = Some(hold_idle(&mut workers, args, pids)),
+        Some(kind) => {
+            let connected = after_connect.connected;
+            let mut next_seq = 0u32;
+            let mut plan = base_plan(args, kind, run_id);
+            let plans: Vec<(&str, Option<f64>)> = match args.fixed_rate() {
+                Some(rate) => vec![("push", Some(rate))],
+                None if args.preset == Preset::SinglePush => {
+                    vec![("peak", None), ("latency", None)]
+                }
+                None => vec![("push", None)],
+            };
+            for (phase, (name, rate)) in plans.into_iter().enumerate().take(MAX_PHASES) {
+                plan.phase = phase as u32;
+                plan.first_seq = next_seq;
+                plan.rate = match (name, rate) {
+                    (_, Some(r)) => r,
+                    ("latency", None) => {
+                        let peak: &PhaseData = phases.last().expect("peak phase ran first");
+                        let r = peak.outcome.accepted() as f64 / peak.outcome.elapsed.as_secs_f64()
+                            * args.latency_fraction;
+                        r.max(1.0)
+                    }
+                    _ => 0.0,
+                };
+                eprintln!(
+                    "phase {name}: {kind:?} pushes at {} for {} s over {} connection(s)",
+                    if plan.rate > 0.0 {
+                        format!("{:.0}/s", plan.rate)
+                    } else {
+                        "full speed".into()
+                    },
+                    args.duration,
+                    plan.connections
+                );
+                let data = run_phase(&mut workers, args, name, &plan, connected)?;
+                next_seq = plan.first_seq
+                    + data
+                        .outcome
+                        .results
+                        .last()
+                        .map_or(0, |r| r.seq + 1 - plan.first_seq);
+                phases.push(data);
+            }
+        }
+    }
+
+    let finals = workers.finish(Duration::from_secs(60))?;
+    let merged = Merged::of(&finals);
+    let floor = if args.floor {
+        let bytes = args.floor_bytes.unwrap_or_else(|| {
+            phases
+                .first()
+                .and_then(|p| {
+                    let d = p.delta_push();
+                    d.bytes.checked_div(d.reads)
+                })
+                .map_or(76, |b| b as usize)
+        });
+        Some(run_floor(args, bytes)?)
+    } else {
+        None
+    };
+
+    Ok(report::build(report::Inputs {
+        args,
+        clients,
+        workers: workers_n,
+        executors,
+        run_id,
+        connect_seconds,
+        connect_totals: connect,
+        after_connect,
+        server_before,
+        server_after_connect,
+        harness_rss_after_connect,
+        phases: &phases,
+        hold,
+        merged: &merged,
+        floor,
+    }))
+}
+
+/// Everything the pushes and phases need, except rate, phase and first sequence.
+fn base_plan(args: &Args, kind: PushKind, run_id: u32) -> PushPlan {
+    PushPlan {
+        kind,
+        http: args.http,
+        op: args.op,
+        room_type: args.room_type.clone(),
+        room_id: args.room_id.clone(),
+        rate: 0.0,
+        connections: args.concurrency(),
+        duration: Duration::from_secs_f64(args.duration),
+        clients: args.clients(),
+        mid_base: args.mid_base,
+        key_prefix: args.key_prefix.clone(),
+        run: run_id,
+        phase: 0,
+        first_seq: 0,
+        body_bytes: args.body_bytes,
+        speed: 0,
+    }
+}
+
+fn run_floor(args: &Args, bytes: usize) -> anyhow::Result<FloorResult> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config = FloorConfig {
+        connections: args.floor_connections.max(1),
+        frame_bytes: bytes.max(1),
+        duration: Duration::from_secs_f64(args.floor_seconds),
+        writer_cpu: (!args.no_pin).then_some(0),
+        reader_cpu: (!args.no_pin && cpus > 1).then_some(1),
+    };
+    eprintln!(
+        "floor: {} loopback connections, {} bytes per write, {} s",
+        config.connections, config.frame_bytes, args.floor_seconds
+    );
+    floor::run(&config).context("measuring the socket floor")
+}
+
+/// Waits until every client connected or gave up (or the connect phase's deadline passed);
+/// returns the counters then.
+fn wait_for_connects(workers: &Workers, args: &Args, clients: u64, started: Instant) -> Counters {
+    let budget = if args.connect_rate > 0.0 {
+        clients as f64 / args.connect_rate
+    } else {
+        clients as f64 / 5000.0
+    };
+    let deadline = started + Duration::from_secs_f64(budget + args.connect_timeout + 30.0);
+    let mut last_print = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let c = workers.totals();
+        let tried = c.connects + c.connect_failed + c.auth_failed;
+        if (tried >= clients && c.connecting == 0) || workers.all_exited() {
+            return c;
+        }
+        if Instant::now() > deadline {
+            eprintln!("connect phase deadline passed with {tried} of {clients} tried");
+            return c;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "  connected {} of {clients} ({} in progress, {} failed)",
+                c.connected,
+                c.connecting,
+                c.connect_failed + c.auth_failed
+            );
+        }
+    }
+}
+
+/// Idle: hold the connections for the duration, sampling once per second.
+fn hold_idle(workers: &mut Workers, args: &Args, pids: &[u32]) -> HoldData {
+    let start = workers.sample();
+    let cpu0 = procstat::sample_all(pids);
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(args.duration);
+    let mut min_connected = start.connected;
+    while Instant::now() < end {
+        std::thread::sleep((end - Instant::now()).min(Duration::from_secs(1)));
+        let c = workers.sample();
+        min_connected = min_connected.min(c.connected);
+        eprintln!(
+            "  {:>4.0} s: {} connected, {} heartbeats sent, {} answered",
+            t0.elapsed().as_secs_f64(),
+            c.connected,
+            c.heartbeats - start.heartbeats,
+            c.heartbeat_replies - start.heartbeat_replies
+        );
+    }
+    let endc = workers.sample();
+    HoldData {
+        seconds: t0.elapsed().as_secs_f64(),
+        start,
+        end: endc,
+        min_connected,
+        cpu: diff(cpu0, procstat::sample_all(pids)),
+        rss_end: procstat::sample_all(pids).map(|s| s.rss_bytes),
+    }
+}
+
+/// What the idle hold saw.
+pub struct HoldData {
+    pub seconds: f64,
+    pub start: Counters,
+    pub end: Counters,
+    pub min_connected: u64,
+    pub cpu: Option<u64>,
+    pub rss_end: Option<u64>,
+}
+
+/// What one push phase saw.
+pub struct PhaseData {
+    pub name: String,
+    pub plan: PushPlan,
+    pub outcome: PushOutcome,
+    /// Clients connected when the phase started (each room push is expected that many times).
+    pub connected: u64,
+    pub before: Counters,
+    /// When the last push was answered.
+    pub at_push_end: Counters,
+    /// After the drain.
+    pub after: Counters,
+    pub samples: Vec<u64>,
+    pub drain_seconds: f64,
+    /// Server CPU over the push window and the drain.
+    pub server_cpu_ns: Option<u64>,
+    pub server_seconds: f64,
+}
+
+impl PhaseData {
+    /// Counters gained while pushing (not counting the drain).
+    pub fn delta_push(&self) -> Counters {
+        self.at_push_end.since(&self.before)
+    }
+
+    /// Counters gained over the whole phase, drain included.
+    pub fn delta_all(&self) -> Counters {
+        self.after.since(&self.before)
+    }
+
+    /// How many times push `seq` should arrive, if it is one of this phase's.
+    pub fn expected(&self, seq: u32, exact_targets: bool) -> Option<u32> {
+        let i = seq.checked_sub(self.plan.first_seq)? as usize;
+        let result = self.outcome.results.get(i).filter(|r| r.seq == seq)?;
+        if !result.accepted {
+            return Some(0);
+        }
+        Some(match self.plan.kind {
+            PushKind::Room | PushKind::All => self.connected as u32,
+            PushKind::Keys | PushKind::Mids if exact_targets => 1,
+            PushKind::Keys | PushKind::Mids => result.routed.unwrap_or(1),
+        })
+    }
+
+    /// Sequences this phase may have sent.
+    pub fn seqs(&self) -> std::ops::Range<u32> {
+        let n = self.outcome.results.last().map_or(0, |r| r.seq + 1);
+        self.plan.first_seq..n.max(self.plan.first_seq)
+    }
+}
+
+fn diff(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<u64> {
+    Some(b?.cpu_ns.saturating_sub(a?.cpu_ns))
+}
+
+fn run_phase(
+    workers: &mut Workers,
+    args: &Args,
+    name: &str,
+    plan: &PushPlan,
+    connected: u64,
+) -> anyhow::Result<PhaseData> {
+    let pids = &args.server_pid;
+    let before = workers.sample();
+    let cpu0 = procstat::sample_all(pids);
+    let t0 = Instant::now();
+    let stop = AtomicBool::new(false);
+    let mut samples = Vec::new();
+    let outcome = std::thread::scope(|scope| {
+        let pushing = scope.spawn(|| pusher::run(plan, &stop));
+        let mut last = before;
+        let mut tick = t0 + Duration::from_secs(1);
+        while !pushing.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+            if Instant::now() >= tick {
+                tick += Duration::from_secs(1);
+                let c = workers.sample();
+                let got = c.messages - last.messages;
+                samples.push(got);
+                eprintln!(
+                    "  {:>4.0} s: {got} messages/s, {} frames/s, {} connected",
+                    t0.elapsed().as_secs_f64(),
+                    c.frames - last.frames,
+                    c.connected
+                );
+                last = c;
+            }
+        }
+        pushing.join().expect("pusher thread")
+    });
+    let at_push_end = workers.sample();
+    for e in &outcome.errors {
+        eprintln!("  push error: {e}");
+    }
+
+    // Wait for what is still on its way: until every expected delivery arrived, nothing arrived
+    // for 2 s, or the drain limit.
+    let probe = PhaseData {
+        name: name.into(),
+        plan: plan.clone(),
+        outcome,
+        connected,
+        before,
+        at_push_end,
+        after: at_push_end,
+        samples: Vec::new(),
+        drain_seconds: 0.0,
+        server_cpu_ns: None,
+        server_seconds: 0.0,
+    };
+    let expected: u64 = probe
+        .seqs()
+        .map(|s| u64::from(probe.expected(s, true).unwrap_or(0)))
+        .sum();
+    let drain_start = Instant::now();
+    let drain_end = drain_start + Duration::from_secs_f64(args.drain);
+    let mut after = at_push_end;
+    let mut last_change = Instant::now();
+    while after.stamped - before.stamped < expected && Instant::now() < drain_end {
+        std::thread::sleep(Duration::from_millis(50));
+        let c = workers.sample();
+        if c.stamped != after.stamped {
+            last_change = Instant::now();
+        }
+        after = c;
+        if last_change.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let cpu1 = procstat::sample_all(pids);
+    Ok(PhaseData {
+        samples,
+        after,
+        drain_seconds: drain_start.elapsed().as_secs_f64(),
+        server_cpu_ns: diff(cpu0, cpu1),
+        server_seconds: t0.elapsed().as_secs_f64(),
+        ..probe
+    })
+}
+
+/// A worker's `final` line.
+#[derive(Debug, Clone)]
+pub struct Final {
+    pub counters: Counters,
+    pub rss_bytes: u64,
+    pub rss_start_bytes: u64,
+    pub latency_us: Vec<Vec<[u64; 2]>>,
+    pub connect_us: Vec<[u64; 2]>,
+    pub push_counts: Vec<[u64; 3]>,
+    pub errors: Vec<String>,
+}
+
+/// Every worker's final figures merged.
+pub struct Merged {
+    pub counters: Counters,
+    /// The workers' resident memory before their first client, summed.
+    pub rss_start: u64,
+    pub latency: Vec<Histogram<u64>>,
+    pub connect: Histogram<u64>,
+    pub pushes: PushCounts,
+    pub errors: Vec<String>,
+}
+
+impl Merged {
+    pub fn of(finals: &[Final]) -> Merged {
+        let mut m = Merged {
+            counters: Counters::default(),
+            rss_start: 0,
+            latency: Vec::new(),
+            connect: tally::new_histogram(),
+            pushes: PushCounts::default(),
+            errors: Vec::new(),
+        };
+        for f in finals {
+            m.counters.add(&f.counters);
+            m.rss_start += f.rss_start_bytes;
+            for (phase, pairs) in f.latency_us.iter().enumerate() {
+                while m.latency.len() <= phase {
+                    m.latency.push(tally::new_histogram());
+                }
+                tally::add_pairs(&mut m.latency[phase], pairs);
+            }
+            tally::add_pairs(&mut m.connect, &f.connect_us);
+            m.pushes.merge(&PushCounts::from_runs(&f.push_counts));
+            m.errors.extend(f.errors.iter().cloned());
+        }
+        m
+    }
+
+    /// Latency percentiles of one phase.
+    pub fn latency(&self, phase: usize) -> Percentiles {
+        self.latency
+            .get(phase)
+            .map(Percentiles::of)
+            .unwrap_or_default()
+    }
+
+    /// The delivery check of the whole run: every phase's pushes against their expectation,
+    /// and any delivery of a sequence no phase sent.
+    pub fn check(&self, phases: &[PhaseData], exact_targets: bool) -> DeliveryCheck {
+        let end = phases.last().map_or(0, |p| p.seqs().end);
+        tally::check(&self.pushes, 0..end, |seq| {
+            phases
+                .iter()
+                .find_map(|p| p.expected(seq, exact_targets))
+                .unwrap_or(0)
+        })
+    }
+}
+
+/// What the workers last said.
+#[derive(Default)]
+struct Board {
+    progress: Vec<Option<(Counters, u64)>>,
+    samples: HashMap<u64, Vec<Option<Counters>>>,
+    finals: Vec<Option<Final>>,
+    exited: Vec<bool>,
+}
+
+/// The worker processes.
+struct Workers {
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    board: Arc<(Mutex<Board>, Condvar)>,
+    next_sample: u64,
+}
+
+impl Workers {
+    fn spawn(configs: &[WorkerConfig]) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let n = configs.len();
+        let board = Arc::new((
+            Mutex::new(Board {
+                progress: vec![None; n],
+                samples: HashMap::new(),
+                finals: vec![None; n],
+                exited: vec![false; n],
+            }),
+            Condvar::new(),
+        ));
+        let mut workers = Workers {
+            children: Vec::new(),
+            stdins: Vec::new(),
+            board: board.clone(),
+            next_sample: 0,
+        };
+        for config in configs {
+            let mut child = Command::new(&exe)
+                .arg("--worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting a worker process")?;
+            let mut stdin = child.stdin.take().context("worker stdin")?;
+            let stdout = child.stdout.take().context("worker stdout")?;
+            writeln!(stdin, "{}", serde_json::to_string(config)?)?;
+            stdin.flush()?;
+            let (board, index) = (board.clone(), config.worker);
+            std::thread::spawn(move || read_worker(index, stdout, &board));
+            workers.children.push(child);
+            workers.stdins.push(stdin);
+        }
+        Ok(workers)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The latest progress of every worker, summed.
+    fn totals(&self) -> Counters {
+        let board = self.lock();
+        let mut total = Counters::default();
+        for (c, _) in board.progress.iter().flatten() {
+            total.add(c);
+        }
+        total
+    }
+
+    /// The workers' resident memory, summed.
+    fn rss(&self) -> u64 {
+        self.lock().progress.iter().flatten().map(|p| p.1).sum()
+    }
+
+    fn all_exited(&self) -> bool {
+        self.lock().exited.iter().all(|e| *e)
+    }
+
+    /// Asks every worker for its counters now and sums the answers (a worker that does not
+    /// answer within 2 s contributes its latest progress).
+    fn sample(&mut self) -> Counters {
+        let id = self.next_sample;
+        self.next_sample += 1;
+        for stdin in &mut self.stdins {
+            let _ = writeln!(stdin, "sample {id}");
+            let _ = stdin.flush();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let (lock, cv) = &*self.board;
+        let mut board = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let answered = board
+                .samples
+                .get(&id)
+                .map_or(0, |v| v.iter().flatten().count());
+            let alive = board.exited.iter().filter(|e| !**e).count();
+            if answered >= alive || Instant::now() >= deadline {
+                break;
+            }
+            board = cv
+                .wait_timeout(board, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let answers = board.samples.remove(&id).unwrap_or_default();
+        let mut total = Counters::default();
+        for (i, progress) in board.progress.iter().enumerate() {
+            match answers.get(i).and_then(|a| a.as_ref()) {
+                Some(c) => total.add(c),
+                None => {
+                    if let Some((c, _)) = progress {
+                        total.add(c);
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    /// Tells every worker to finish and collects their final lines.
+    fn finish(&mut self, timeout: Duration) -> anyhow::Result<Vec<Final>> {
+        for stdin in &mut self.stdins {
+            let _ = writeln!(stdin, "finish");
+            let _ = stdin.flush();
+        }
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.board;
+        let mut board = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while board.finals.iter().any(|f| f.is_none()) {
+            if Instant::now() >= deadline {
+                bail!("workers did not report their final figures within {timeout:?}");
+            }
+            if board
+                .finals
+                .iter()
+                .zip(&board.exited)
+                .any(|(f, exited)| f.is_none() && *exited)
+            {
+                bail!("a worker exited without its final figures (see its errors above)");
+            }
+            board = cv
+                .wait_timeout(board, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(board.finals.iter().flatten().cloned().collect())
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stdins.clear();
+        for child in &mut self.children {
+            // A worker exits by itself after its final line; give it a moment, then end it.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_worker(index: usize, stdout: std::process::ChildStdout, board: &(Mutex<Board>, Condvar)) {
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let report: Report = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("worker {index}: unreadable line ({e}): {line}");
+                continue;
+            }
+        };
+        let mut b = board.0.lock().unwrap_or_else(|e| e.into_inner());
+        match report {
+            Report::Progress {
+                sample,
+                counters,
+                rss_bytes,
+                ..
+            } => {
+                b.progress[index] = Some((counters, rss_bytes));
+                if let Some(id) = sample {
+                    let n = b.progress.len();
+                    b.samples.entry(id).or_insert_with(|| vec![None; n])[index] = Some(counters);
+                }
+            }
+            Report::Final {
+                counters,
+                rss_bytes,
+                rss_start_bytes,
+                latency_us,
+                connect_us,
+                push_counts,
+                errors,
+                ..
+            } => {
+                b.progress[index] = Some((counters, rss_bytes));
+                b.finals[index] = Some(Final {
+                    counters,
+                    rss_bytes,
+                    rss_start_bytes,
+                    latency_us,
+                    connect_us,
+                    push_counts,
+                    errors,
+                });
+            }
+        }
+        board.1.notify_all();
+    }
+    let mut b = board.0.lock().unwrap_or_else(|e| e.into_inner());
+    b.exited[index] = true;
+    board.1.notify_all();
+}

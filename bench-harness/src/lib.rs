@@ -1,0 +1,18 @@
+//! bench-harness: imgate's load generator and benchmark harness.
+//!
+//! A coordinator ([`coordinator`]) starts worker processes ([`worker`]), each a few pinned
+//! glommio executors running up to ~19,000 simulated goim clients from its own 127.0.0.x
+//! address; it drives pushes through logic's HTTP API ([`pusher`]), samples the server's CPU
+//! and memory ([`procstat`]), checks each push's delivery count ([`tally`]) and writes the
+//! report ([`report`]). [`floor`] measures what plain loopback socket writes cost.
+
+pub mod cli;
+pub mod coordinator;
+pub mod floor;
+pub mod payload;
+pub mod procstat;
+pub mod pusher;
+pub mod report;
+pub mod tally;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,464 @@
+//! Drives pushes through logic's HTTP API at a fixed rate (or as fast as answers come), over a
+//! few HTTP/1.1 keep-alive connections on plain blocking sockets, one thread each.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::payload::{self, Stamp};
+use crate::tally;
+
+/// Which push API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PushKind {
+    /// `/goim/push/room`: every client in the room.
+    Room,
+    /// `/goim/push/keys`: one client's connection key per push, round robin.
+    Keys,
+    /// `/goim/push/mids`: one client's user id per push, round robin (stored, then delivered).
+    Mids,
+    /// `/goim/push/all`: every client.
+    All,
+}
+
+/// One phase of pushing.
+#[derive(Debug, Clone)]
+pub struct PushPlan {
+    pub kind: PushKind,
+    pub http: SocketAddr,
+    pub op: i32,
+    pub room_type: String,
+    pub room_id: String,
+    /// Pushes per second; 0: each connection sends its next push when the last is answered.
+    pub rate: f64,
+    pub connections: usize,
+    pub duration: Duration,
+    /// Keys and mids pushes target client `seq % clients`.
+    pub clients: u64,
+    pub mid_base: i64,
+    pub key_prefix: String,
+    pub run: u32,
+    pub phase: u32,
+    /// Sequence number of this phase's first push (sequences continue across phases).
+    pub first_seq: u32,
+    /// Body size (0: natural, about 60 bytes).
+    pub body_bytes: usize,
+    /// `speed` of broadcasts (0: left out).
+    pub speed: u32,
+}
+
+impl PushPlan {
+    /// Path and query of push `seq`.
+    pub fn path(&self, seq: u32) -> String {
+        let target = u64::from(seq) % self.clients.max(1);
+        match self.kind {
+            PushKind::Room => format!(
+                "/goim/push/room?operation={}&type={}&room={}",
+                self.op, self.room_type, self.room_id
+            ),
+            PushKind::Keys => format!(
+                "/goim/push/keys?operation={}&keys={}{}",
+                self.op, self.key_prefix, target
+            ),
+            PushKind::Mids => format!(
+                "/goim/push/mids?operation={}&mids={}",
+                self.op,
+                self.mid_base + target as i64
+            ),
+            PushKind::All if self.speed > 0 => {
+                format!("/goim/push/all?operation={}&speed={}", self.op, self.speed)
+            }
+            PushKind::All => format!("/goim/push/all?operation={}", self.op),
+        }
+    }
+}
+
+/// What happened to one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushResult {
+    pub seq: u32,
+    /// HTTP 200 with `code` 0.
+    pub accepted: bool,
+    /// `data.connections` of a keys or mids answer: how many connections logic routed it to.
+    pub routed: Option<u32>,
+}
+
+/// A phase's pushes.
+#[derive(Debug)]
+pub struct PushOutcome {
+    pub results: Vec<PushResult>,
+    /// HTTP request written → answer read, µs.
+    pub http_us: Histogram<u64>,
+    pub started: Instant,
+    pub elapsed: Duration,
+    /// The first few failures, for the report.
+    pub errors: Vec<String>,
+}
+
+impl PushOutcome {
+    pub fn sent(&self) -> u64 {
+        self.results.len() as u64
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.results.iter().filter(|r| r.accepted).count() as u64
+    }
+}
+
+/// Runs one phase. Sequences `first_seq..` are handed out in order; at a fixed rate push `i` of
+/// the phase is due at `start + i / rate`, and a late push goes out at once (no catch-up burst
+/// beyond what is due). `stop` ends the phase early.
+pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    let end = started + plan.duration;
+    let shared = Mutex::new((Vec::new(), tally::new_histogram(), Vec::<String>::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..plan.connections.max(1) {
+            scope.spawn(|| {
+                let mut client = HttpClient::new(plan.http);
+                let mut results = Vec::new();
+                let mut http_us = tally::new_histogram();
+                let mut errors = Vec::new();
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let due = if plan.rate > 0.0 {
+                        started + Duration::from_secs_f64(i as f64 / plan.rate)
+                    } else {
+                        Instant::now()
+                    };
+                    if due >= end {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let seq = plan.first_seq + i as u32;
+                    let body = payload::encode(
+                        Stamp {
+                            run: plan.run,
+                            phase: plan.phase,
+                            seq,
+                            sent_ns: payload::now_ns(),
+                        },
+                        plan.body_bytes,
+                    );
+                    let t0 = Instant::now();
+                    let answer = client.post(&plan.path(seq), &body);
+                    tally::record(&mut http_us, t0.elapsed().as_micros() as u64);
+                    let result = match answer {
+                        Ok((200, body)) if code_is_zero(&body) => PushResult {
+                            seq,
+                            accepted: true,
+                            routed: connections(&body),
+                        },
+                        Ok((status, body)) => {
+                            if errors.len() < 5 {
+                                errors.push(format!(
+                                    "push {seq}: HTTP {status} {}",
+                                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                                ));
+                            }
+                            PushResult {
+                                seq,
+                                accepted: false,
+                                routed: None,
+                            }
+                        }
+                        Err(e) => {
+                            if errors.len() < 5 {
+                                errors.push(format!("push {seq}: {e}"));
+                            }
+                            PushResult {
+                                seq,
+                                accepted: false,
+                                routed: None,
+                            }
+                        }
+                    };
+                    results.push(result);
+                }
+                let mut all = shared.lock().unwrap_or_else(|e| e.into_inner());
+                all.0.extend(results);
+                let _ = all.1.add(&http_us);
+                all.2.extend(errors);
+            });
+        }
+    });
+    let (mut results, http_us, mut errors) = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|r| r.seq);
+    errors.truncate(10);
+    PushOutcome {
+        results,
+        http_us,
+        started,
+        elapsed: started.elapsed(),
+        errors,
+    }
+}
+
+fn code_is_zero(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("code").and_then(|c| c.as_i64()))
+        == Some(0)
+}
+
+fn connections(body: &[u8]) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("data")?
+        .get("connections")?
+        .as_u64()
+        .map(|n| n as u32)
+}
+
+/// A minimal HTTP/1.1 client: POST with a body over one keep-alive connection, reconnecting
+/// when the server closed it. Answers must carry `Content-Length` (axum's do).
+pub struct HttpClient {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl HttpClient {
+    pub fn new(addr: SocketAddr) -> HttpClient {
+        HttpClient {
+            addr,
+            stream: None,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// POSTs `body` to `path`; returns the status and the answer's body.
+    pub fn post(&mut self, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        // A kept-alive connection the server closed fails on first use: try once more fresh.
+        let reused = self.stream.is_some();
+        match self.exchange(&request) {
+            Err(_) if reused => {
+                self.stream = None;
+                self.exchange(&request)
+            }
+            other => other,
+        }
+    }
+
+    fn exchange(&mut self, request: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_write_timeout(Some(Duration::from_secs(10)))?;
+            self.stream = Some(s);
+            self.buf.clear();
+        }
+        let result = self.exchange_on_stream(request);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange_on_stream(&mut self, request: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        let stream = self.stream.as_mut().expect("connected above");
+        stream.write_all(request)?;
+        let (status, head_len, body_len, close) = loop {
+            if let Some(parsed) = parse_head(&self.buf)? {
+                break parsed;
+            }
+            read_more(stream, &mut self.buf)?;
+        };
+        while self.buf.len() < head_len + body_len {
+            read_more(stream, &mut self.buf)?;
+        }
+        let body = self.buf[head_len..head_len + body_len].to_vec();
+        self.buf.drain(..head_len + body_len);
+        if close {
+            self.stream = None;
+        }
+        Ok((status, body))
+    }
+}
+
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    let n = stream.read(&mut chunk)?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "server closed the connection",
+        ));
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// Parses a response head: `(status, head length, Content-Length, Connection: close)`, or
+/// `None` while the head is incomplete.
+fn parse_head(buf: &[u8]) -> io::Result<Option<(u16, usize, usize, bool)>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > 64 * 1024 {
+            return Err(bad("response head over 64 KiB"));
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    let (mut length, mut close) = (None, false);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(bad("chunked answers are not supported"));
+        }
+    }
+    let length = length.ok_or_else(|| bad("answer without Content-Length"))?;
+    Ok(Some((status, end + 4, length, close)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn plan(kind: PushKind) -> PushPlan {
+        PushPlan {
+            kind,
+            http: "127.0.0.1:1".parse().unwrap(),
+            op: 1000,
+            room_type: "live".into(),
+            room_id: "1000".into(),
+            rate: 0.0,
+            connections: 1,
+            duration: Duration::from_secs(1),
+            clients: 3,
+            mid_base: 100,
+            key_prefix: "bh-".into(),
+            run: 1,
+            phase: 0,
+            first_seq: 0,
+            body_bytes: 0,
+            speed: 0,
+        }
+    }
+
+    #[test]
+    fn paths_name_goim_routes_and_spread_targets() {
+        assert_eq!(
+            plan(PushKind::Room).path(5),
+            "/goim/push/room?operation=1000&type=live&room=1000"
+        );
+        assert_eq!(
+            plan(PushKind::Keys).path(4),
+            "/goim/push/keys?operation=1000&keys=bh-1"
+        );
+        assert_eq!(
+            plan(PushKind::Mids).path(5),
+            "/goim/push/mids?operation=1000&mids=102"
+        );
+        assert_eq!(plan(PushKind::All).path(0), "/goim/push/all?operation=1000");
+    }
+
+    #[test]
+    fn heads_parse_and_partial_heads_wait() {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"code\":0}x";
+        assert_eq!(parse_head(answer).unwrap(), Some((200, 71, 11, false)));
+        assert_eq!(parse_head(&answer[..30]).unwrap(), None);
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+        assert!(code_is_zero(b"{\"code\":0,\"message\":\"\"}"));
+        assert!(!code_is_zero(b"{\"code\":-500}"));
+        assert_eq!(
+            connections(b"{\"code\":0,\"data\":{\"connections\":3}}"),
+            Some(3)
+        );
+    }
+
+    /// A keep-alive server that answers two requests on one connection, then closes it: the
+    /// client must send the third on a new connection.
+    #[test]
+    fn keeps_alive_and_reconnects_after_a_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for conn in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = Vec::new();
+                let requests = if conn == 0 { 2 } else { 1 };
+                for _ in 0..requests {
+                    loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            if buf.len() >= end + 4 + len {
+                                seen.push(head.lines().next().unwrap().to_string());
+                                buf.drain(..end + 4 + len);
+                                break;
+                            }
+                        }
+                        let mut chunk = [0u8; 1024];
+                        let n = s.read(&mut chunk).unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = b"{\"code\":0,\"data\":{\"connections\":1}}";
+                    write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .unwrap();
+                    s.write_all(body).unwrap();
+                }
+            }
+            seen
+        });
+        let mut client = HttpClient::new(addr);
+        for i in 0..3 {
+            let (status, body) = client.post(&format!("/p{i}"), b"{}").unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(connections(&body), Some(1));
+        }
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                "POST /p0 HTTP/1.1",
+                "POST /p1 HTTP/1.1",
+                "POST /p2 HTTP/1.1"
+            ]
+        );
+    }
+}
