@@ -92,6 +92,9 @@ ws_handshake = {
     "lf_only": REQUEST.replace(b"\r\n", b"\n"),
     "head_cut_before_last_lf": REQUEST[:-1],
     "long_header": REQUEST.replace(b"Cookie: a=b", b"Cookie: " + b"c" * 600),
+    # A head of exactly 512 bytes (one of the harness's limits), then its blank line: once
+    # refused when a read ended inside the blank line.
+    "head_exactly_512": REQUEST.replace(b"a=b", b"a=" + b"b" * (513 + 4 - len(REQUEST))),
 }
 
 ws_frame = {

@@ -59,15 +59,15 @@ pub struct Upgrade {
 /// The path must be `/sub` (a query string is allowed, unlike goim). `max_header` bounds the
 /// request head, so a client cannot make the server buffer without limit.
 pub fn parse_upgrade(buf: &[u8], max_header: usize) -> Result<Option<Upgrade>, WsError> {
-    let Some(end) = find_head_end(buf) else {
-        if buf.len() > max_header {
+    // The head may be up to `max_header` bytes, then its blank line: only that much is searched,
+    // and a buffer that holds that much without the blank line can never become a request.
+    let longest = max_header.saturating_add(4);
+    let Some(end) = find_head_end(&buf[..buf.len().min(longest)]) else {
+        if buf.len() >= longest {
             return Err(WsError::HeadersTooLarge(max_header));
         }
         return Ok(None);
     };
-    if end > max_header {
-        return Err(WsError::HeadersTooLarge(max_header));
-    }
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| WsError::BadRequest("not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
@@ -388,6 +388,31 @@ mod tests {
         assert_eq!(
             parse_frame(&mut rsv, 100, Role::Server),
             Err(WsError::ReservedBits)
+        );
+    }
+
+    /// Found by the `ws_handshake` fuzz target: a head of exactly `max_header` bytes was
+    /// accepted when it arrived at once but refused when a read ended inside its blank line.
+    #[test]
+    fn head_at_the_limit_is_accepted_however_it_arrives() {
+        let max = REQUEST.len() - 4;
+        assert!(parse_upgrade(REQUEST.as_bytes(), max).unwrap().is_some());
+        for cut in 0..REQUEST.len() {
+            assert_eq!(
+                parse_upgrade(&REQUEST.as_bytes()[..cut], max),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(
+            parse_upgrade(REQUEST.as_bytes(), max - 1),
+            Err(WsError::HeadersTooLarge(max - 1))
+        );
+        let mut unfinished = REQUEST.as_bytes()[..REQUEST.len() - 4].to_vec();
+        unfinished.extend_from_slice(b"\r\nX-More: 1");
+        assert_eq!(
+            parse_upgrade(&unfinished, max),
+            Err(WsError::HeadersTooLarge(max))
         );
     }
 
