@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use comet_link::Guards;
 use registry::Registry;
-use room::{Batch, RoomBatcher};
+use room::{Batch, Pacing, RoomBatcher};
 use stats::{add, Counters};
 
 pub use kafka::{KafkaConsumer, KafkaProducer};
@@ -95,7 +95,12 @@ pub async fn start(
     registry.refresh().await;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = Router {
-        batcher: RoomBatcher::new(job.room_batch, job.room_max_delay),
+        batcher: RoomBatcher::new(Pacing {
+            batch: job.room_batch,
+            max_delay: job.room_max_delay,
+            writes_per_shard: job.room_writes_per_shard,
+            max_interval: job.room_max_interval,
+        }),
         registry,
         counters: counters.clone(),
     };
@@ -136,7 +141,12 @@ impl Router {
                         self.send_room(batch);
                     }
                 }
-                _ = registry_tick.tick() => self.registry.refresh().await,
+                _ = registry_tick.tick() => {
+                    self.registry.refresh().await;
+                    if let Some((sizes, shards)) = self.registry.room_sizes().await {
+                        self.batcher.set_sizes(&sizes, shards);
+                    }
+                }
                 event = consumer.recv() => match event {
                     // The guard travels with what the message becomes; its drop reports delivery.
                     Some(BusEvent::Message(message, guard)) => self.route(message, guard).await,

@@ -20,6 +20,8 @@ pub(crate) struct Registry {
     counters: Arc<Counters>,
     queue_capacity: usize,
     links: HashMap<String, CometLink>,
+    /// Shards of every registered comet, as of the last successful read.
+    shards: u64,
     last_read: Option<Instant>,
 }
 
@@ -34,6 +36,7 @@ impl Registry {
             counters,
             queue_capacity,
             links: HashMap::new(),
+            shards: 0,
             last_read: None,
         }
     }
@@ -51,6 +54,7 @@ impl Registry {
             }
         };
         let mut seen = std::collections::HashSet::new();
+        self.shards = comets.iter().map(|c| u64::from(c.info.shards.max(1))).sum();
         for comet in comets {
             let info = comet.info;
             if info.link_addr.is_empty() {
@@ -90,6 +94,19 @@ impl Registry {
         if self.last_read.is_none_or(|at| at.elapsed() >= min_age) {
             self.refresh().await;
         }
+    }
+
+    /// Members per room across the cluster and the comets' total shard count, from the
+    /// online reports (None when the store cannot be read).
+    pub(crate) async fn room_sizes(&self) -> Option<(HashMap<String, u64>, u64)> {
+        let sizes = match self.store.room_counts().await {
+            Ok(sizes) => sizes,
+            Err(e) => {
+                tracing::debug!(error = %e, "room counts unavailable; pacing unchanged");
+                return None;
+            }
+        };
+        Some((sizes, self.shards))
     }
 
     pub(crate) fn len(&self) -> usize {

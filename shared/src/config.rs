@@ -160,6 +160,12 @@ pub struct JobConfig {
     /// …or when its first message has waited this long.
     #[serde(deserialize_with = "duration")]
     pub room_max_delay: Duration,
+    /// Big rooms are paced: a room of `n` members flushes at most once every
+    /// `n / (comet shards × room_writes_per_shard)`, its batch growing meanwhile. 0 = off.
+    pub room_writes_per_shard: u64,
+    /// Longest interval between two flushes of a paced room.
+    #[serde(deserialize_with = "duration")]
+    pub room_max_interval: Duration,
     /// Messages queued per comet link before the link reports itself full.
     pub comet_queue: usize,
     /// How often the comet registry is read for joins and departures.
@@ -331,6 +337,8 @@ impl Default for JobConfig {
         JobConfig {
             room_batch: 20,
             room_max_delay: Duration::from_millis(10),
+            room_writes_per_shard: 50_000,
+            room_max_interval: Duration::from_secs(1),
             comet_queue: 8192,
             registry_interval: Duration::from_secs(1),
         }

@@ -1,0 +1,75 @@
+//! Adaptive room batching end to end: a room big for its cluster is paced (its pushes leave in
+//! few, growing batches), a lone push still arrives in milliseconds, and every message arrives
+//! once and in order either way.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use imgate::client::Transport;
+use imgate::standalone::Gateway;
+use support::{eventually, test_config, Subscriber};
+
+const PATH: &str = "/goim/push/room?operation=1000&type=live&room=paced";
+
+#[test]
+fn a_big_room_gets_few_growing_batches_and_a_lone_push_stays_fast() {
+    let mut config = test_config();
+    // 2 shards x 10 writes/s: a 20-member room flushes at most once a second.
+    config.job.room_writes_per_shard = 10;
+    config.job.room_max_interval = Duration::from_secs(1);
+    let g = Gateway::start(config).expect("gateway starts");
+    let members: Vec<Subscriber> = (0..20)
+        .map(|i| {
+            Subscriber::start(
+                g.tcp_addr(),
+                Transport::Tcp,
+                0,
+                &format!("p{i}"),
+                "live://paced",
+                &[],
+            )
+        })
+        .collect();
+    // job learns room sizes from the comets' online reports (every 200 ms here).
+    eventually(Duration::from_secs(5), "room size reported", || {
+        let online = support::http(
+            g.http_addr(),
+            "GET",
+            "/goim/online/room?type=live&rooms=paced",
+            b"",
+        );
+        online.json["data"]["paced"] == 20
+    });
+    std::thread::sleep(Duration::from_millis(300)); // one more registry read (100 ms)
+
+    // Light load: the room has not flushed for a while, so a lone push goes out at once.
+    let sent = Instant::now();
+    support::push(g.http_addr(), PATH, "lone");
+    for m in &members {
+        assert_eq!(m.next(Duration::from_secs(5)).1, "lone");
+    }
+    let lone = sent.elapsed();
+
+    // A stream right after: 30 pushes in about 300 ms leave in at most two batches (one when
+    // the second since the lone push's flush is up, one for any stragglers).
+    let batches_before = g.job().unwrap().stats().room_batches;
+    for i in 0..30 {
+        support::push(g.http_addr(), PATH, &format!("m{i:02}"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (n, m) in members.iter().enumerate() {
+        for i in 0..30 {
+            let (_, body) = m.next(Duration::from_secs(5));
+            assert_eq!(body, format!("m{i:02}"), "member {n}");
+        }
+    }
+    let batches = g.job().unwrap().stats().room_batches - batches_before;
+    eprintln!("lone push took {lone:?}; 30 pushes left in {batches} batches");
+    assert!(lone < Duration::from_millis(500), "lone push took {lone:?}");
+    assert!(
+        batches <= 2,
+        "30 pushes to a paced room left in {batches} batches"
+    );
+    g.shutdown();
+}
