@@ -61,7 +61,10 @@ fn connections_past_the_comet_and_address_limits_are_refused_and_counted() {
     let mut a1 = connect_from("127.0.0.2", addr);
     let mut a2 = connect_from("127.0.0.2", addr);
     let mut a3 = connect_from("127.0.0.2", addr);
-    assert!(closed_by_server(&mut a3), "third connection from one address");
+    assert!(
+        closed_by_server(&mut a3),
+        "third connection from one address"
+    );
     eventually(Duration::from_secs(5), "refused_ip_limit", || {
         g.comet().stats().refused_ip_limit == 1
     });
@@ -115,8 +118,14 @@ fn a_client_over_its_frame_rate_is_closed_and_others_are_not() {
         assert!(calm.heartbeat(seq).is_ok(), "calm client cut off at {seq}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    support::push(g.http_addr(), "/goim/push/mids?operation=1000&mids=2", "still here");
-    let f = calm.recv(Duration::from_secs(5)).expect("push to the calm client");
+    support::push(
+        g.http_addr(),
+        "/goim/push/mids?operation=1000&mids=2",
+        "still here",
+    );
+    let f = calm
+        .recv(Duration::from_secs(5))
+        .expect("push to the calm client");
     assert_eq!(f.body, b"still here");
     assert_eq!(g.comet().stats().closed_rate_limited, 1);
     g.shutdown();
