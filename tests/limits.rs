@@ -151,3 +151,33 @@ fn frames_before_auth_count_against_the_rate_too() {
     });
     g.shutdown();
 }
+
+#[test]
+fn a_slow_http_request_head_is_cut_off_and_others_are_served() {
+    let mut config = test_config();
+    config.logic.http_header_timeout = Duration::from_secs(1);
+    let g = Gateway::start(config).expect("gateway starts");
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(g.http_addr()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /goim/online/total HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // Meanwhile a normal request is answered.
+    let a = support::http(g.http_addr(), "GET", "/goim/online/total", b"");
+    assert_eq!(a.status, 200);
+    // The unfinished head is dropped at the deadline (hyper may answer 408 first).
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "slow head answered: {text}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    g.shutdown();
+}

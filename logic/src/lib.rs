@@ -9,6 +9,7 @@ mod auth;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod http_server;
 mod link_server;
 mod nodes;
 mod online;
@@ -163,10 +164,7 @@ pub async fn start_with_auth(
         api_key: Some(config.auth.api_key.clone()).filter(|k| !k.is_empty()),
     });
     let app = http::router(api);
-    let mut http_shutdown = shutdown_rx;
-    let stopped = async move {
-        let _ = http_shutdown.changed().await;
-    };
+    let header_timeout = logic.http_header_timeout;
     let served = if let Some(tls) = tls {
         let listener = tls_listener::TlsListener::new(http_listener, tls).map_err(|source| {
             LogicError::Bind {
@@ -175,25 +173,21 @@ pub async fn start_with_auth(
                 source,
             }
         })?;
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        })
+        tokio::spawn(http_server::serve(
+            listener,
+            app,
+            header_timeout,
+            shutdown_rx,
+        ))
     } else {
-        tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        })
+        tokio::spawn(http_server::serve(
+            http_listener,
+            app,
+            header_timeout,
+            shutdown_rx,
+        ))
     };
-    tasks.push(tokio::spawn(async move {
-        match served.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "logic HTTP server failed"),
-            Err(e) => tracing::error!(error = %e, "logic HTTP server task failed"),
-        }
-    }));
+    tasks.push(served);
 
     tracing::info!(%http_addr, %link_addr, "logic started");
     Ok(LogicHandle {

@@ -126,6 +126,10 @@ pub struct LogicConfig {
     pub tls_cert_file: String,
     /// PEM private key of the HTTP API.
     pub tls_key_file: String,
+    /// A client must send a request's head within this time (slowloris); idle keep-alive
+    /// connections are closed after it too.
+    #[serde(deserialize_with = "duration")]
+    pub http_header_timeout: Duration,
     /// Largest HTTP push body.
     pub max_push_body: usize,
     /// Most keys or mids in one push request.
@@ -309,6 +313,7 @@ impl Default for LogicConfig {
             online_refresh: Duration::from_secs(1),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            http_header_timeout: Duration::from_secs(30),
             max_push_body: 64 << 10,
             max_push_targets: 10_000,
             default_domain: "conn.goim.io".into(),
