@@ -214,7 +214,8 @@ pub fn run() -> anyhow::Result<()> {
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("bench-w{}-e{e}", config.worker))
-            .io_memory(1 << 20)
+            // The harness does no file I/O: glommio's registered buffers can stay small.
+            .io_memory(256 << 10)
             .spawn(move || executor_main(setup))
             .map_err(|e| anyhow::anyhow!("starting a glommio executor: {e}"))?;
         handles.push(handle);
@@ -326,13 +327,15 @@ struct ExecSetup {
 struct Exec {
     config: Arc<WorkerConfig>,
     shared: Arc<Shared>,
+    /// Global index of this executor's first client.
+    first: u64,
     scratch: RefCell<Vec<u8>>,
     latency: RefCell<Vec<Histogram<u64>>>,
     connect: RefCell<Histogram<u64>>,
     pushes: RefCell<PushCounts>,
-    clients: RefCell<Vec<Rc<Client>>>,
-    /// Clients this executor runs when all are started.
-    planned: usize,
+    /// Per client (by slot): the socket of its authenticated connection, or -1. All the
+    /// heartbeat ticker needs: 4 bytes a client.
+    authed_fds: RefCell<Vec<RawFd>>,
     in_flight: Cell<usize>,
     finishing: Cell<bool>,
     heartbeat: Vec<u8>,
@@ -355,27 +358,32 @@ impl Exec {
             errors.push(what);
         }
     }
+
+    fn set_authed_fd(&self, slot: u32, fd: RawFd) {
+        if let Some(entry) = self.authed_fds.borrow_mut().get_mut(slot as usize) {
+            *entry = fd;
+        }
+    }
 }
 
-/// One simulated client.
-struct Client {
-    /// Global index: mid, key and target derive from it.
-    index: u64,
-    stream: RefCell<Option<TcpStream>>,
-    /// The raw descriptor of `stream` for direct sends (-1 when there is none).
-    fd: Cell<RawFd>,
+/// One simulated client's connection, owned by its task (no `Rc`, nothing else points at it).
+struct Conn {
+    stream: Option<TcpStream>,
     /// Unfinished frame bytes (usually empty, with no allocation).
-    pending: RefCell<Vec<u8>>,
-    track: Cell<SeqTrack>,
-    authed: Cell<bool>,
+    pending: Vec<u8>,
+    track: SeqTrack,
+    authed: bool,
 }
 
-impl Client {
-    fn close(&self) {
-        self.authed.set(false);
-        self.fd.set(-1);
-        self.stream.borrow_mut().take();
-        *self.pending.borrow_mut() = Vec::new();
+impl Conn {
+    fn fd(&self) -> RawFd {
+        self.stream.as_ref().map_or(-1, |s| s.as_raw_fd())
+    }
+
+    fn close(&mut self) {
+        self.authed = false;
+        self.stream = None;
+        self.pending = Vec::new();
     }
 }
 
@@ -385,24 +393,18 @@ async fn executor_main(setup: ExecSetup) -> ExecResult {
         heartbeat: wire::client_frame(config.transport, op::HEARTBEAT, 0, &[]),
         config: config.clone(),
         shared: setup.shared,
+        first: setup.first,
         scratch: RefCell::new(vec![0; SCRATCH_SIZE]),
         latency: RefCell::new(Vec::new()),
         connect: RefCell::new(tally::new_histogram()),
         pushes: RefCell::new(PushCounts::default()),
-        clients: RefCell::new(Vec::with_capacity(setup.count as usize)),
-        planned: setup.count as usize,
+        authed_fds: RefCell::new(vec![-1; setup.count as usize]),
         in_flight: Cell::new(0),
         finishing: Cell::new(false),
         errors: RefCell::new(Vec::new()),
     });
     spawn_local(heartbeats(exec.clone())).detach();
-    spawn_local(connector(
-        exec.clone(),
-        setup.first,
-        setup.count,
-        setup.rate,
-    ))
-    .detach();
+    spawn_local(connector(exec.clone(), setup.count, setup.rate)).detach();
     let _ = setup.finish.recv().await;
     exec.finishing.set(true);
     let latency = exec.latency.borrow().iter().map(tally::to_pairs).collect();
@@ -418,7 +420,7 @@ async fn executor_main(setup: ExecSetup) -> ExecResult {
 }
 
 /// Starts this executor's clients at its share of the connect rate.
-async fn connector(exec: Rc<Exec>, first: u64, count: u64, rate: f64) {
+async fn connector(exec: Rc<Exec>, count: u64, rate: f64) {
     let start = Instant::now();
     let max_in_flight = exec.config.max_in_flight.max(1);
     let mut next = 0;
@@ -429,16 +431,7 @@ async fn connector(exec: Rc<Exec>, first: u64, count: u64, rate: f64) {
             count
         };
         while next < due && exec.in_flight.get() < max_in_flight {
-            let client = Rc::new(Client {
-                index: first + next,
-                stream: RefCell::new(None),
-                fd: Cell::new(-1),
-                pending: RefCell::new(Vec::new()),
-                track: Cell::new(SeqTrack::default()),
-                authed: Cell::new(false),
-            });
-            exec.clients.borrow_mut().push(client.clone());
-            spawn_local(client_task(exec.clone(), client)).detach();
+            spawn_local(client_task(exec.clone(), next as u32)).detach();
             next += 1;
         }
         sleep(Duration::from_millis(2)).await;
@@ -455,7 +448,7 @@ async fn heartbeats(exec: Rc<Exec>) {
     let slots = (interval / tick).max(1) as usize;
     // Client p of this executor's `count` is in slot p * slots / count: each tick serves one
     // contiguous slice, and the slices spread the clients evenly over the interval.
-    let count = exec.planned;
+    let count = exec.authed_fds.borrow().len();
     let mut k = 0usize;
     loop {
         sleep(Duration::from_millis(tick)).await;
@@ -466,22 +459,20 @@ async fn heartbeats(exec: Rc<Exec>) {
         let lo = (slot * count).div_ceil(slots);
         let hi = ((slot + 1) * count).div_ceil(slots);
         let (mut sent, mut failed) = (0, 0);
-        let clients = exec.clients.borrow();
-        for client in clients.iter().take(hi).skip(lo) {
-            if !client.authed.get() {
-                continue;
-            }
-            if send_now(client.fd.get(), &exec.heartbeat) {
+        for &fd in exec.authed_fds.borrow()[lo..hi]
+            .iter()
+            .filter(|fd| **fd >= 0)
+        {
+            if send_now(fd, &exec.heartbeat) {
                 sent += 1;
             } else {
                 // A heartbeat that did not fit whole would corrupt the stream: end it, the
                 // read loop sees the shutdown and counts the disconnect.
                 failed += 1;
-                // SAFETY: the descriptor belongs to the client's open stream.
-                unsafe { libc::shutdown(client.fd.get(), libc::SHUT_RDWR) };
+                // SAFETY: the descriptor belongs to an open, authenticated connection.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
         }
-        drop(clients);
         bump(&exec.shared.heartbeats, sent);
         bump(&exec.shared.heartbeat_failed, failed);
         k += 1;
@@ -520,15 +511,23 @@ enum Ended {
     Protocol(wire::WireError),
 }
 
-async fn client_task(exec: Rc<Exec>, client: Rc<Client>) {
-    let config = exec.config.clone();
+/// One client from connect to the end of the run. Its task is the client's whole state:
+/// the connection, an `Rc` of the executor and the slot.
+async fn client_task(exec: Rc<Exec>, slot: u32) {
+    let mut conn = Conn {
+        stream: None,
+        pending: Vec::new(),
+        track: SeqTrack::default(),
+        authed: false,
+    };
+    let index = exec.first + u64::from(slot);
     loop {
         exec.in_flight.set(exec.in_flight.get() + 1);
         bump(&exec.shared.connecting, 1);
         let started = Instant::now();
         // Boxed: the connect state lives on the heap only while connecting, so the task of an
         // idle client stays small.
-        let result = Box::pin(connect(&exec, &client)).await;
+        let result = Box::pin(connect(&exec, index, &mut conn)).await;
         exec.in_flight.set(exec.in_flight.get() - 1);
         bump(&exec.shared.connecting, u64::MAX);
         if exec.finishing.get() {
@@ -540,8 +539,14 @@ async fn client_task(exec: Rc<Exec>, client: Rc<Client>) {
                 tally::record(&mut exec.connect.borrow_mut(), us);
                 bump(&exec.shared.connects, 1);
                 bump(&exec.shared.connected, 1);
-                let ended = read_loop(&exec, &client).await;
-                client.close();
+                exec.set_authed_fd(slot, conn.fd());
+                let ended = Reading {
+                    exec: &exec,
+                    conn: &mut conn,
+                }
+                .await;
+                exec.set_authed_fd(slot, -1);
+                conn.close();
                 bump(&exec.shared.connected, u64::MAX);
                 if exec.finishing.get() {
                     return;
@@ -555,10 +560,10 @@ async fn client_task(exec: Rc<Exec>, client: Rc<Client>) {
                         e.to_string()
                     }
                 };
-                exec.note_error(format!("client {}: {why}", client.index));
+                exec.note_error(format!("client {index}: {why}"));
             }
             Err(failure) => {
-                client.close();
+                conn.close();
                 let why = match failure {
                     ConnectFailure::Connect(why) => {
                         bump(&exec.shared.connect_failed, 1);
@@ -569,10 +574,10 @@ async fn client_task(exec: Rc<Exec>, client: Rc<Client>) {
                         why
                     }
                 };
-                exec.note_error(format!("client {}: {why}", client.index));
+                exec.note_error(format!("client {index}: {why}"));
             }
         }
-        if !config.reconnect {
+        if !exec.config.reconnect {
             return;
         }
         sleep(Duration::from_secs(1)).await;
@@ -623,35 +628,31 @@ fn open(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Connects, upgrades (WebSocket) and authenticates within the connect timeout.
-async fn connect(exec: &Exec, client: &Client) -> Result<(), ConnectFailure> {
+async fn connect(exec: &Exec, index: u64, conn: &mut Conn) -> Result<(), ConnectFailure> {
     let timeout = Duration::from_millis(exec.config.connect_timeout_ms.max(1));
     let attempt = async {
         let config = &exec.config;
-        let target = config.targets[(client.index % config.targets.len() as u64) as usize];
-        let stream = open(config.source_ip, target)
-            .map_err(|e| ConnectFailure::Connect(format!("connect {target}: {e}")))?;
-        client.fd.set(stream.as_raw_fd());
-        *client.stream.borrow_mut() = Some(stream);
+        let target = config.targets[(index % config.targets.len() as u64) as usize];
         let connect_err = |e: io::Error| ConnectFailure::Connect(format!("connect {target}: {e}"));
+        conn.stream = Some(open(config.source_ip, target).map_err(connect_err)?);
 
         if config.transport == Transport::Ws {
             let request = wire::upgrade_request(&target.to_string());
-            write_all(client, request.as_bytes())
+            write_all(conn, request.as_bytes())
                 .await
                 .map_err(connect_err)?;
             loop {
-                let got = read_once(exec, client, |bytes| {
-                    client.pending.borrow_mut().extend_from_slice(bytes)
+                let got = read_once(exec, conn, |conn, bytes| {
+                    conn.pending.extend_from_slice(bytes)
                 })
                 .await
                 .map_err(connect_err)?;
                 if got.is_none() {
                     return Err(ConnectFailure::Auth("closed during the upgrade".into()));
                 }
-                let mut pending = client.pending.borrow_mut();
-                match wire::upgrade_response(&pending) {
+                match wire::upgrade_response(&conn.pending) {
                     Ok(Some(n)) => {
-                        pending.drain(..n);
+                        conn.pending.drain(..n);
                         break;
                     }
                     Ok(None) => {}
@@ -660,7 +661,7 @@ async fn connect(exec: &Exec, client: &Client) -> Result<(), ConnectFailure> {
             }
         }
 
-        let g = client.index as i64;
+        let g = index as i64;
         let auth = serde_json::json!({
             "mid": config.mid_base + g,
             "key": format!("{}{}", config.key_prefix, g),
@@ -670,9 +671,9 @@ async fn connect(exec: &Exec, client: &Client) -> Result<(), ConnectFailure> {
         })
         .to_string();
         let frame = wire::client_frame(config.transport, op::AUTH, 1, auth.as_bytes());
-        write_all(client, &frame).await.map_err(connect_err)?;
-        while !client.authed.get() {
-            let got = read_once(exec, client, |bytes| deliver(exec, client, bytes))
+        write_all(conn, &frame).await.map_err(connect_err)?;
+        while !conn.authed {
+            let got = read_once(exec, conn, |conn, bytes| deliver(exec, conn, bytes))
                 .await
                 .map_err(|e| ConnectFailure::Auth(format!("waiting for op 8: {e}")))?;
             match got {
@@ -692,48 +693,71 @@ async fn connect(exec: &Exec, client: &Client) -> Result<(), ConnectFailure> {
     .await
 }
 
-/// Reads and delivers until the connection ends.
-async fn read_loop(exec: &Exec, client: &Client) -> Ended {
-    loop {
-        match read_once(exec, client, |bytes| deliver(exec, client, bytes)).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => return Ended::Protocol(e),
-            Ok(None) => return Ended::Eof,
-            Err(e) => return Ended::Io(e),
+/// Reads and delivers until the connection ends. Hand-written rather than an `async fn` so
+/// the idle client's task holds just these two references.
+struct Reading<'a> {
+    exec: &'a Exec,
+    conn: &'a mut Conn,
+}
+
+impl std::future::Future for Reading<'_> {
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Ended> {
+        let this = self.get_mut();
+        // A few reads per wake-up, then let the other clients run.
+        for _ in 0..4 {
+            match poll_read_into(this.exec, this.conn, cx, |conn, bytes| {
+                deliver(this.exec, conn, bytes)
+            }) {
+                Poll::Ready(Ok(Some(Ok(())))) => {}
+                Poll::Ready(Ok(Some(Err(e)))) => return Poll::Ready(Ended::Protocol(e)),
+                Poll::Ready(Ok(None)) => return Poll::Ready(Ended::Eof),
+                Poll::Ready(Err(e)) => return Poll::Ready(Ended::Io(e)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
 /// One `recv` into the executor's scratch buffer; `on_bytes` sees the bytes inside the same
 /// poll, so no connection owns a read buffer. `Ok(None)` at end of stream.
-async fn read_once<R>(
+fn poll_read_into<R>(
     exec: &Exec,
-    client: &Client,
-    mut on_bytes: impl FnMut(&mut [u8]) -> R,
-) -> io::Result<Option<R>> {
-    poll_fn(|cx| {
-        let mut scratch = exec.scratch.borrow_mut();
-        let polled = match client.stream.borrow_mut().as_mut() {
-            Some(stream) => Pin::new(stream).poll_read(cx, &mut scratch[..]),
-            None => Poll::Ready(Ok(0)),
-        };
-        match polled {
-            Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
-            Poll::Ready(Ok(n)) => {
-                bump(&exec.shared.reads, 1);
-                bump(&exec.shared.bytes, n as u64);
-                Poll::Ready(Ok(Some(on_bytes(&mut scratch[..n]))))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+    conn: &mut Conn,
+    cx: &mut std::task::Context<'_>,
+    on_bytes: impl FnOnce(&mut Conn, &mut [u8]) -> R,
+) -> Poll<io::Result<Option<R>>> {
+    let mut scratch = exec.scratch.borrow_mut();
+    let polled = match conn.stream.as_mut() {
+        Some(stream) => Pin::new(stream).poll_read(cx, &mut scratch[..]),
+        None => Poll::Ready(Ok(0)),
+    };
+    match polled {
+        Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
+        Poll::Ready(Ok(n)) => {
+            bump(&exec.shared.reads, 1);
+            bump(&exec.shared.bytes, n as u64);
+            Poll::Ready(Ok(Some(on_bytes(conn, &mut scratch[..n]))))
         }
-    })
-    .await
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
-async fn write_all(client: &Client, mut data: &[u8]) -> io::Result<()> {
+async fn read_once<R>(
+    exec: &Exec,
+    conn: &mut Conn,
+    mut on_bytes: impl FnMut(&mut Conn, &mut [u8]) -> R,
+) -> io::Result<Option<R>> {
+    poll_fn(|cx| poll_read_into(exec, conn, cx, &mut on_bytes)).await
+}
+
+async fn write_all(conn: &mut Conn, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        let n = poll_fn(|cx| match client.stream.borrow_mut().as_mut() {
+        let n = poll_fn(|cx| match conn.stream.as_mut() {
             Some(stream) => Pin::new(stream).poll_write(cx, data),
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         })
@@ -747,17 +771,18 @@ async fn write_all(client: &Client, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Decodes one read's bytes and counts what they hold.
-fn deliver(exec: &Exec, client: &Client, bytes: &mut [u8]) -> Result<(), wire::WireError> {
+fn deliver(exec: &Exec, conn: &mut Conn, bytes: &mut [u8]) -> Result<(), wire::WireError> {
+    let mut pending = std::mem::take(&mut conn.pending);
     let mut counting = Counting {
         exec,
-        client,
+        conn,
         now_ns: payload::now_ns(),
         counts: Counters::default(),
         messages_at_last_outer: 0,
     };
-    let mut pending = client.pending.borrow_mut();
     let result = wire::feed(exec.config.transport, &mut pending, bytes, &mut counting);
     let c = counting.counts;
+    conn.pending = pending;
     let s = &exec.shared;
     for (field, n) in [
         (&s.messages, c.messages),
@@ -778,7 +803,7 @@ fn deliver(exec: &Exec, client: &Client, bytes: &mut [u8]) -> Result<(), wire::W
 /// The [`Sink`] of one read: counts into plain fields, added to the executor's counters once.
 struct Counting<'a> {
     exec: &'a Exec,
-    client: &'a Client,
+    conn: &'a mut Conn,
     now_ns: u64,
     counts: Counters,
     messages_at_last_outer: u64,
@@ -787,7 +812,7 @@ struct Counting<'a> {
 impl Sink for Counting<'_> {
     fn frame(&mut self, frame_op: i32, _seq: i32, body: &[u8]) {
         match frame_op {
-            op::AUTH_REPLY => self.client.authed.set(true),
+            op::AUTH_REPLY => self.conn.authed = true,
             op::HEARTBEAT_REPLY => self.counts.heartbeat_replies += 1,
             _ => {
                 self.counts.messages += 1;
@@ -813,13 +838,11 @@ impl Sink for Counting<'_> {
                 tally::record(&mut latency[stamp.phase as usize], us);
                 self.exec.pushes.borrow_mut().record(stamp.seq);
                 if config.ordered {
-                    let mut track = self.client.track.get();
-                    match track.observe(stamp.seq) {
+                    match self.conn.track.observe(stamp.seq) {
                         Order::InOrder => {}
                         Order::Gap(n) => self.counts.seq_gaps += u64::from(n),
                         Order::Behind => self.counts.seq_behind += 1,
                     }
-                    self.client.track.set(track);
                 }
             }
         }
@@ -834,7 +857,7 @@ impl Sink for Counting<'_> {
     }
 
     fn ping(&mut self, payload: &[u8]) {
-        send_now(self.client.fd.get(), &wire::pong(payload));
+        send_now(self.conn.fd(), &wire::pong(payload));
     }
 }
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs a benchmark scenario with imgate under `perf record` and writes SVG flamegraphs: the
+# whole imgate process, and its comet shard threads alone.
+#
+# usage: scripts/flamegraph.sh SCENARIO [bench-harness options...]
+#   e.g. scripts/flamegraph.sh goim --clients 10000 --duration 20
+#
+# Needs perf (apt-get install linux-perf) and inferno (installed with `cargo install inferno`
+# when missing). Environment: OUT_DIR (default target/flamegraph), FREQ (samples per second,
+# default 499), PORT_BASE as in bench.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenario=${1:?usage: scripts/flamegraph.sh SCENARIO [bench-harness options...]}
+shift
+out_dir=${OUT_DIR:-target/flamegraph}
+freq=${FREQ:-499}
+base=${PORT_BASE:-3100}
+stamp=$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out_dir"
+
+command -v perf >/dev/null || { echo "flamegraph.sh: perf is missing (apt-get install linux-perf)" >&2; exit 1; }
+if ! command -v inferno-flamegraph >/dev/null || ! command -v inferno-collapse-perf >/dev/null; then
+  cargo install inferno
+fi
+cargo build --release -p imgate -p bench-harness
+
+log=$out_dir/imgate-$stamp.log
+data=$out_dir/perf-$stamp.data
+target/release/imgate \
+  --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
+  --http-bind "127.0.0.1:$((base + 11))" \
+  --comet-link-bind "127.0.0.1:$((base + 9))" --logic-link-bind "127.0.0.1:$((base + 19))" \
+  >"$log" 2>&1 &
+imgate=$!
+perf_pid=
+cleanup() {
+  [ -n "$perf_pid" ] && kill -INT "$perf_pid" 2>/dev/null && wait "$perf_pid" 2>/dev/null || true
+  kill "$imgate" 2>/dev/null || true
+  wait "$imgate" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  curl -s "http://127.0.0.1:$((base + 11))/goim/nodes/instances" | grep -q hostname && break
+  sleep 0.1
+done
+sleep 1
+
+# DWARF unwinding: the release profile keeps line tables but no frame pointers.
+perf record -F "$freq" --call-graph dwarf,16384 -p "$imgate" -o "$data" 2>"$out_dir/perf-$stamp.log" &
+perf_pid=$!
+sleep 0.5
+target/release/bench-harness --preset "$scenario" --server-pid "$imgate" \
+  --tcp-addr "127.0.0.1:$((base + 1))" --ws-addr "127.0.0.1:$((base + 2))" \
+  --http "127.0.0.1:$((base + 11))" --json "$out_dir/$scenario-$stamp.json" "$@"
+kill -INT "$perf_pid"
+wait "$perf_pid" 2>/dev/null || true
+perf_pid=
+
+all=$out_dir/$scenario-$stamp-imgate.svg
+comet=$out_dir/$scenario-$stamp-comet.svg
+perf script -i "$data" 2>/dev/null | inferno-collapse-perf >"$out_dir/$scenario-$stamp.folded"
+inferno-flamegraph --title "imgate, $scenario $*" <"$out_dir/$scenario-$stamp.folded" >"$all"
+# Shard threads are named comet-shard-N; collapse-perf starts each stack with the thread name.
+grep '^comet-shard' "$out_dir/$scenario-$stamp.folded" |
+  inferno-flamegraph --title "comet shards, $scenario $*" >"$comet"
+rm -f "$data"
+echo "flamegraph.sh: $all and $comet (folded stacks in $out_dir/$scenario-$stamp.folded)" >&2
