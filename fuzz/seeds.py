@@ -131,6 +131,7 @@ def reassembly_seed(websocket, max_body_index, stop_mask, read_seed, stream):
 
 MAX_4096 = 4  # index of 4096 in comet::fuzzing's MAX_BODIES
 MAX_16 = 2
+MAX_LARGEST = 7  # usize::MAX: the WebSocket message limit once overflowed
 FRAGMENTED = (
     ws(1, AUTH_FRAME[:5], fin=False)
     + ws(9, b"hi")
@@ -164,6 +165,8 @@ reassembly = {
         True, MAX_16, 0, 8, ws(2, b"z" * 20, fin=False) + ws(0, b"z" * 20)
     ),
     "ws_frame_not_exact": reassembly_seed(True, MAX_4096, 0, 10, ws(2, HEARTBEAT + b"\x00")),
+    "ws_largest_limit": reassembly_seed(True, MAX_LARGEST, 0, 3, ws(2, HEARTBEAT) + ws(2, AUTH_FRAME)),
+    "tcp_largest_limit": reassembly_seed(False, MAX_LARGEST, 0, 3, HEARTBEAT + AUTH_FRAME[:40]),
     "ws_big_message_16bit": reassembly_seed(True, MAX_4096, 0, 12, ws(2, frame(4, 1, b"q" * 1000))),
 }
 

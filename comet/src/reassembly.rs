@@ -132,7 +132,8 @@ impl Reassembly {
         buf: &mut [u8],
         on: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<Option<(usize, Flow)>, Malformed> {
-        let limit = self.max_body + HEADER_LEN;
+        // A WebSocket message holds one goim frame: its header plus at most `max_body`.
+        let limit = self.max_body.saturating_add(HEADER_LEN);
         let wsf = match ws::parse_frame(buf, limit, Role::Server) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(None),
@@ -275,6 +276,19 @@ mod tests {
                 (op::HEARTBEAT, vec![]),
                 (-2, vec![])
             ]
+        );
+    }
+
+    /// Found by the `reassembly` fuzz target: the WebSocket message limit was computed as
+    /// `max_body + 16`, which overflowed for the largest body limit.
+    #[test]
+    fn websocket_with_the_largest_body_limit_does_not_overflow() {
+        let f = frame::encode(1, op::HEARTBEAT, 7, b"");
+        let wire = ws::encode_client_frame(opcode::BINARY, &f, [1, 2, 3, 4]);
+        let mut r = Reassembly::new(true, usize::MAX);
+        assert_eq!(
+            collect(&mut r, &wire).unwrap(),
+            vec![(op::HEARTBEAT, vec![])]
         );
     }
 
