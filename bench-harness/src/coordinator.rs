@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::cli::{Args, Preset};
 use crate::floor::{self, FloorConfig, FloorResult};
@@ -26,8 +26,12 @@ use crate::worker::{Counters, Report, WorkerConfig, MAX_PHASES};
 pub fn run(args: &Args) -> anyhow::Result<Value> {
     if args.preset == Preset::Floor {
         let floor = run_floor(args, args.floor_bytes.unwrap_or(76))?;
+        eprintln!(
+            "floor: {:.0} writes/s, {:.0} ns CPU per write (reader {:.0})",
+            floor.writes_per_sec, floor.cpu_ns_per_write, floor.reader_cpu_ns_per_write
+        );
         let mut out = report::header(args);
-        out["floor"] = serde_json::to_value(&floor)?;
+        out["floor"] = json!({ "given": floor });
         return Ok(out);
     }
     let clients = args.clients();
@@ -157,20 +161,23 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
 
     let finals = workers.finish(Duration::from_secs(60))?;
     let merged = Merged::of(&finals);
-    let floor = if args.floor {
-        let bytes = args.floor_bytes.unwrap_or_else(|| {
-            phases
-                .first()
-                .and_then(|p| {
-                    let d = p.delta_push();
-                    d.bytes.checked_div(d.reads)
-                })
-                .map_or(76, |b| b as usize)
-        });
-        Some(run_floor(args, bytes)?)
-    } else {
-        None
-    };
+    // The floor, in this run: writes the size of one message (what comet would cost if it
+    // wrote each message alone) and the size of an average client read (about what comet's
+    // coalesced writes were).
+    let mut floor = Vec::new();
+    if args.floor {
+        let d = phases.first().map(|p| p.delta_push()).unwrap_or_default();
+        let sizes = match args.floor_bytes {
+            Some(b) => vec![("given", b as u64)],
+            None => vec![
+                ("message", d.bytes.checked_div(d.messages).unwrap_or(76)),
+                ("read", d.bytes.checked_div(d.reads).unwrap_or(76)),
+            ],
+        };
+        for (label, bytes) in sizes {
+            floor.push((label.to_string(), run_floor(args, bytes as usize)?));
+        }
+    }
 
     Ok(report::build(report::Inputs {
         args,
@@ -266,6 +273,8 @@ fn wait_for_connects(workers: &Workers, args: &Args, clients: u64, started: Inst
 fn hold_idle(workers: &mut Workers, args: &Args, pids: &[u32]) -> HoldData {
     let start = workers.sample();
     let cpu0 = procstat::sample_all(pids);
+    let worker_pids = workers.pids();
+    let workers0 = procstat::sample_all(&worker_pids);
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(args.duration);
     let mut min_connected = start.connected;
@@ -288,6 +297,7 @@ fn hold_idle(workers: &mut Workers, args: &Args, pids: &[u32]) -> HoldData {
         end: endc,
         min_connected,
         cpu: diff(cpu0, procstat::sample_all(pids)),
+        workers_cpu: diff(workers0, procstat::sample_all(&worker_pids)),
         rss_end: procstat::sample_all(pids).map(|s| s.rss_bytes),
     }
 }
@@ -299,6 +309,7 @@ pub struct HoldData {
     pub end: Counters,
     pub min_connected: u64,
     pub cpu: Option<u64>,
+    pub workers_cpu: Option<u64>,
     pub rss_end: Option<u64>,
 }
 
@@ -319,6 +330,9 @@ pub struct PhaseData {
     /// Server CPU over the push window and the drain.
     pub server_cpu_ns: Option<u64>,
     pub server_seconds: f64,
+    /// CPU of the worker processes, and of this process (the pusher), over the same window.
+    pub workers_cpu_ns: Option<u64>,
+    pub pusher_cpu_ns: Option<u64>,
 }
 
 impl PhaseData {
@@ -367,6 +381,12 @@ fn run_phase(
     let pids = &args.server_pid;
     let before = workers.sample();
     let cpu0 = procstat::sample_all(pids);
+    let worker_pids = workers.pids();
+    let me = [std::process::id()];
+    let (workers0, pusher0) = (
+        procstat::sample_all(&worker_pids),
+        procstat::sample_all(&me),
+    );
     let t0 = Instant::now();
     let stop = AtomicBool::new(false);
     let mut samples = Vec::new();
@@ -411,6 +431,8 @@ fn run_phase(
         drain_seconds: 0.0,
         server_cpu_ns: None,
         server_seconds: 0.0,
+        workers_cpu_ns: None,
+        pusher_cpu_ns: None,
     };
     let expected: u64 = probe
         .seqs()
@@ -432,7 +454,13 @@ fn run_phase(
         }
     }
     let cpu1 = procstat::sample_all(pids);
+    let (workers1, pusher1) = (
+        procstat::sample_all(&worker_pids),
+        procstat::sample_all(&me),
+    );
     Ok(PhaseData {
+        workers_cpu_ns: diff(workers0, workers1),
+        pusher_cpu_ns: diff(pusher0, pusher1),
         samples,
         after,
         drain_seconds: drain_start.elapsed().as_secs_f64(),
@@ -503,7 +531,7 @@ impl Merged {
     /// and any delivery of a sequence no phase sent.
     pub fn check(&self, phases: &[PhaseData], exact_targets: bool) -> DeliveryCheck {
         let end = phases.last().map_or(0, |p| p.seqs().end);
-        tally::check(&self.pushes, 0..end, |seq| {
+        tally::check(&self.pushes, 0..end, true, |seq| {
             phases
                 .iter()
                 .find_map(|p| p.expected(seq, exact_targets))
@@ -566,6 +594,11 @@ impl Workers {
             workers.stdins.push(stdin);
         }
         Ok(workers)
+    }
+
+    /// Process ids of the workers.
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
