@@ -1,8 +1,10 @@
-//! Real servers for tests: a Redis server, a Redis Cluster, a Kafka-protocol broker (nisshi).
+//! Real servers for tests: a Redis server, a Redis Cluster, a Kafka-protocol broker (nisshi),
+//! and a PostgreSQL server to give that broker durable storage.
 //!
 //! Each starts on a free loopback port in its own temporary directory, waits until it answers,
 //! and is killed when dropped. A missing binary is a test failure with a message saying how to
-//! install it (`scripts/test.sh` installs both), never a skip.
+//! install it (`scripts/install-deps.sh`, which `scripts/test.sh` runs, installs them all),
+//! never a skip.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -95,10 +97,30 @@ pub struct Redis {
     child: Option<Child>,
 }
 
+/// Redis arguments for no persistence: a restart comes back empty.
+const REDIS_EPHEMERAL: &[&str] = &["--save", "", "--appendonly", "no"];
+
+/// Redis arguments for an append-only file synced before every reply: what Redis
+/// acknowledged survives SIGKILL and a restart.
+const REDIS_DURABLE: &[&str] = &[
+    "--save",
+    "",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+];
+
 impl Redis {
     /// Starts a standalone server with no persistence.
     pub fn start() -> Redis {
-        Self::start_with(free_port(), &[])
+        Self::start_with(free_port(), REDIS_EPHEMERAL)
+    }
+
+    /// Starts a standalone server that writes every change to an append-only file, fsynced
+    /// before it answers, so a restart (even after SIGKILL) comes back with its data.
+    pub fn start_durable() -> Redis {
+        Self::start_with(free_port(), REDIS_DURABLE)
     }
 
     fn start_with(port: u16, extra: &[&str]) -> Redis {
@@ -129,16 +151,7 @@ impl Redis {
         );
         let child = Command::new(bin)
             .current_dir(&self.dir)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -174,7 +187,9 @@ impl Redis {
         kill(&mut self.child);
     }
 
-    /// Starts the server again on the same port (empty, unless it is a cluster node).
+    /// Starts the server again on the same port and in the same directory: empty, unless it
+    /// was started with [`Redis::start_durable`] (or is a cluster node, which keeps its
+    /// `nodes.conf`).
     pub fn restart(&mut self) {
         self.stop();
         assert!(self.spawn(), "could not start again on port {}", self.port);
@@ -197,15 +212,17 @@ impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
         let nodes: Vec<Redis> = (0..n)
             .map(|_| {
-                Redis::start_with(
-                    free_port(),
+                let args = [
+                    REDIS_EPHEMERAL,
                     &[
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
                         "nodes.conf",
                     ],
-                )
+                ]
+                .concat();
+                Redis::start_with(free_port(), &args)
             })
             .collect();
         let cli = find_binary(
@@ -246,10 +263,13 @@ impl RedisCluster {
     }
 }
 
-/// The Kafka-protocol broker nisshi on a loopback port, with in-memory storage.
+/// The Kafka-protocol broker nisshi on a loopback port, with in-memory storage
+/// ([`Kafka::start`]) or durable storage in PostgreSQL ([`Kafka::start_durable`]).
 pub struct Kafka {
     port: u16,
     dir: PathBuf,
+    /// `--storage-engine`: `memory://nisshi/` or a `postgres://` URL.
+    storage: String,
     child: Option<Child>,
 }
 
@@ -260,10 +280,24 @@ pub fn nisshi_default_path() -> PathBuf {
 }
 
 impl Kafka {
+    /// Starts a broker that keeps its log in memory: a restart loses every topic, message
+    /// and committed offset.
     pub fn start() -> Kafka {
+        Self::start_with_storage("memory://nisshi/".into())
+    }
+
+    /// Starts a broker that keeps its log, groups and committed offsets in `postgres`: a
+    /// restart (even after SIGKILL) comes back with everything it acknowledged. The broker
+    /// creates its schema in the database itself.
+    pub fn start_durable(postgres: &Postgres) -> Kafka {
+        Self::start_with_storage(postgres.url())
+    }
+
+    fn start_with_storage(storage: String) -> Kafka {
         let mut k = Kafka {
             port: free_port(),
             dir: temp_dir("kafka"),
+            storage,
             child: None,
         };
         // As for Redis: a taken port makes the broker exit at once; try another.
@@ -274,20 +308,26 @@ impl Kafka {
             k.port = free_port();
         }
         panic!(
-            "nisshi did not start on any of five free ports; log: {:?}",
-            k.log_path()
+            "nisshi did not start on any of five free ports with storage {}; its log:\n{}",
+            k.storage,
+            k.log()
         );
     }
 
-    /// Starts the broker; false if it exited before listening (its port was taken).
-    fn spawn(&mut self) -> bool {
+    /// The nisshi binary: `IMGATE_NISSHI`, else on `PATH`, else where install-deps puts it.
+    fn binary() -> PathBuf {
         let default = nisshi_default_path();
-        let bin = find_binary(
+        find_binary(
             "nisshi",
             "IMGATE_NISSHI",
             &[default.to_str().unwrap_or_default()],
             "run scripts/install-deps.sh (builds it once per machine)",
-        );
+        )
+    }
+
+    /// Starts the broker; false if it exited before listening (its port was taken).
+    fn spawn(&mut self) -> bool {
+        let bin = Self::binary();
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(bin)
             .current_dir(&self.dir)
@@ -298,7 +338,7 @@ impl Kafka {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://nisshi/",
+                &self.storage,
                 "--group-initial-rebalance-delay",
                 "0s",
             ])
@@ -338,19 +378,281 @@ impl Kafka {
         self.dir.join("nisshi.log")
     }
 
-    /// Kills the broker (in-memory storage: its topics are gone).
+    /// The text of the broker's log since it was last (re)started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the broker (SIGKILL). With in-memory storage its topics are gone.
     pub fn stop(&mut self) {
         kill(&mut self.child);
     }
 
-    /// Starts the broker again on the same port.
+    /// Starts the broker again on the same port and storage.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(self.spawn(), "could not start again on port {}", self.port);
+        assert!(
+            self.spawn(),
+            "nisshi could not start again on port {}; its log:\n{}",
+            self.port,
+            self.log()
+        );
     }
 }
 
 impl Drop for Kafka {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL server on a loopback port (no Unix socket), in a data directory of its own
+/// that survives [`Postgres::restart`]; trust authentication for the `postgres` user.
+///
+/// PostgreSQL refuses to run as root: when the tests run as root, the server runs as the
+/// `postgres` system user (which Debian's package creates) and owns its data directory.
+pub struct Postgres {
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    /// uid and gid the server runs as, when the tests run as root.
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+/// The directory holding `initdb`, `postgres`, `pg_isready` and `psql`: `IMGATE_POSTGRES_BIN`,
+/// else the one `initdb` on `PATH` lives in, else
+/// the newest `/usr/lib/postgresql/<version>/bin` (where Debian puts them, off `PATH`).
+fn postgres_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("IMGATE_POSTGRES_BIN") {
+        return PathBuf::from(dir);
+    }
+    // An `initdb` on PATH may be a link into the real directory, which also holds the
+    // client tools (`pg_isready`, `psql`): follow it.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(dir) = std::env::split_paths(&path)
+        .filter_map(|d| std::fs::canonicalize(d.join("initdb")).ok())
+        .filter_map(|initdb| initdb.parent().map(Path::to_path_buf))
+        .find(|d| d.join("postgres").is_file() && d.join("pg_isready").is_file())
+    {
+        return dir;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "PostgreSQL is not installed (set IMGATE_POSTGRES_BIN to the directory holding \
+             initdb and postgres, or put them on PATH): run scripts/install-deps.sh or \
+             `apt-get install postgresql`"
+        ),
+    }
+}
+
+/// The effective uid of this process (from /proc, to need no libc binding).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The uid and gid of the `postgres` system user.
+fn postgres_user() -> (u32, u32) {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    match (id("-u"), id("-g")) {
+        (Some(uid), Some(gid)) => (uid, gid),
+        _ => panic!(
+            "the tests run as root and PostgreSQL refuses to: a `postgres` system user is \
+             needed to run it (run scripts/install-deps.sh or `apt-get install postgresql`)"
+        ),
+    }
+}
+
+impl Postgres {
+    /// Creates a database cluster in a temporary directory and starts the server on it.
+    pub fn start() -> Postgres {
+        use std::os::unix::process::CommandExt;
+        let bin = postgres_bin_dir();
+        let user = (effective_uid() == Some(0)).then(postgres_user);
+        let dir = temp_dir("postgres");
+        let data = dir.join("data");
+        std::fs::create_dir(&data).expect("create the data directory");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid))
+                .expect("give the data directory to the postgres user");
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .current_dir(&dir)
+            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
+            .args(["--locale=C", "--no-sync", "--pgdata"])
+            .arg(&data);
+        if let Some((uid, gid)) = user {
+            initdb.uid(uid).gid(gid);
+        }
+        let out = initdb.output().expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+            bin,
+            user,
+            child: None,
+        };
+        // As for Redis: a taken port makes the server exit at once; try another.
+        for _ in 0..5 {
+            if pg.spawn() {
+                return pg;
+            }
+            pg.port = free_port();
+        }
+        panic!(
+            "postgres did not start on any of five free ports; its log:\n{}",
+            pg.log()
+        );
+    }
+
+    /// Starts the server; false if it exited before accepting connections (port taken).
+    fn spawn(&mut self) -> bool {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        if let Some((uid, gid)) = self.user {
+            let _ = std::os::unix::fs::chown(self.log_path(), Some(uid), Some(gid));
+        }
+        let mut server = Command::new(self.bin.join("postgres"));
+        server
+            .current_dir(&self.dir)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "unix_socket_directories="])
+            // Durable against a killed process (the OS keeps the written pages), which is
+            // what the tests need; fsync would only guard against the machine crashing.
+            .args(["-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        if let Some((uid, gid)) = self.user {
+            server.uid(uid).gid(gid);
+        }
+        self.child = Some(server.spawn().expect("postgres starts"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ready() {
+            if exited(&mut self.child) {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres on port {} did not accept connections within 30 s; its log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// Whether the server accepts connections (not merely listens: it may still be starting).
+    fn ready(&self) -> bool {
+        Command::new(self.bin.join("pg_isready"))
+            .args(["--quiet", "--host=127.0.0.1", "--timeout=2"])
+            .arg(format!("--port={}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    /// The server's log since it was last (re)started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs one SQL statement with `psql` and returns its unaligned output.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "--no-psqlrc",
+                "--tuples-only",
+                "--no-align",
+                "--command",
+                sql,
+            ])
+            .arg(self.url())
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Stops the server: a fast shutdown (SIGINT: clients are disconnected, everything
+    /// committed is kept), SIGKILL if that takes longer than 10 s.
+    pub fn stop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(&mut self.child);
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(),
+            "postgres could not start again on port {}; its log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+}
+
+impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -383,7 +685,7 @@ mod tests {
     fn a_taken_port_moves_redis_to_another() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let r = Redis::start_with(port, &[]);
+        let r = Redis::start_with(port, REDIS_EPHEMERAL);
         assert_ne!(r.port(), port);
         assert!(redis_command(r.port(), "PING")
             .unwrap()
@@ -396,6 +698,57 @@ mod tests {
         assert_eq!(c.urls().len(), 3);
         let info = redis_command(c.nodes[0].port(), "CLUSTER INFO").unwrap();
         assert!(info.contains("cluster_known_nodes:3"), "{info}");
+    }
+
+    #[test]
+    fn durable_redis_keeps_its_data_across_a_kill() {
+        let mut r = Redis::start_durable();
+        assert!(redis_command(r.port(), "SET a 1")
+            .unwrap()
+            .starts_with("+OK"));
+        r.restart();
+        assert!(
+            redis_command(r.port(), "GET a").unwrap().contains("\r\n1"),
+            "the durable server came back without its data"
+        );
+    }
+
+    #[test]
+    fn postgres_starts_and_keeps_its_data_across_a_restart() {
+        let mut pg = Postgres::start();
+        pg.query("CREATE TABLE t (n int); INSERT INTO t VALUES (7)");
+        pg.restart();
+        assert_eq!(pg.query("SELECT n FROM t"), "7");
+    }
+
+    /// Runs `nisshi topic <args>` against the broker and returns its output.
+    fn topic_command(k: &Kafka, args: &[&str]) -> String {
+        let out = Command::new(Kafka::binary())
+            .current_dir(&k.dir)
+            .arg("topic")
+            .args(args)
+            .args(["--broker", &format!("tcp://{}", k.bootstrap())])
+            .output()
+            .expect("nisshi topic runs");
+        assert!(
+            out.status.success(),
+            "nisshi topic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    #[test]
+    fn a_durable_broker_keeps_its_topics_across_a_kill() {
+        let pg = Postgres::start();
+        let mut k = Kafka::start_durable(&pg);
+        topic_command(&k, &["create", "kept", "--partitions", "2"]);
+        k.restart();
+        let topics = topic_command(&k, &["list"]);
+        assert!(
+            topics.contains("kept"),
+            "topics after the restart: {topics}"
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! A cluster of real `imgate comet|logic|job` processes on a real Redis and a real
 //! Kafka-protocol broker, all on free loopback ports, for the cluster and fault tests.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use imgate_testkit::{free_port, Kafka, Redis};
+use imgate_testkit::{free_port, Kafka, Postgres, Redis};
 
-use super::{eventually, http};
+use super::{eventually, http, Answer};
 
 const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
 
@@ -42,6 +43,8 @@ impl Proc {
         let child = Command::new(IMGATE)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            // Plain text: the tests search the logs, and people read the kept ones.
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -87,6 +90,8 @@ pub struct LogicProc {
 pub struct Cluster {
     pub redis: Redis,
     pub kafka: Kafka,
+    /// The broker's storage when it is durable (declared after `kafka`: dropped after it).
+    pub postgres: Option<Postgres>,
     pub dir: PathBuf,
     pub logics: Vec<LogicProc>,
     pub comets: Vec<CometProc>,
@@ -107,8 +112,31 @@ impl Cluster {
 
     /// As [`Cluster::start`], with the given heartbeat and session timers.
     pub fn start_with(comets: usize, logics: usize, jobs: usize, timers: Timers) -> Cluster {
-        let redis = Redis::start();
-        let kafka = Kafka::start();
+        Self::start_setup(
+            comets,
+            logics,
+            jobs,
+            Setup {
+                timers,
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// As [`Cluster::start`], with the given timers and durability.
+    pub fn start_setup(comets: usize, logics: usize, jobs: usize, setup: Setup) -> Cluster {
+        let redis = if setup.durable_redis {
+            Redis::start_durable()
+        } else {
+            Redis::start()
+        };
+        let (kafka, postgres) = if setup.durable_broker {
+            let postgres = Postgres::start();
+            (Kafka::start_durable(&postgres), Some(postgres))
+        } else {
+            (Kafka::start(), None)
+        };
+        let timers = setup.timers;
         let dir = std::env::temp_dir().join(format!(
             "imgate-cluster-{}-{}",
             std::process::id(),
@@ -120,6 +148,7 @@ impl Cluster {
         let mut cluster = Cluster {
             redis,
             kafka,
+            postgres,
             dir,
             logics: Vec::new(),
             comets: Vec::new(),
@@ -234,6 +263,13 @@ impl Cluster {
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
+        let broker = self.kafka.log();
+        let tail: Vec<&str> = broker.lines().rev().take(10).collect();
+        out.push_str("--- broker (last lines)\n");
+        for line in tail.iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
         let procs = self
             .logics
             .iter()
@@ -270,6 +306,65 @@ impl Drop for Cluster {
             eprintln!("cluster logs kept in {}", self.dir.display());
         }
     }
+}
+
+/// What a test cluster runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    pub timers: Timers,
+    /// Redis with an append-only file fsynced on every write: a restart keeps sessions and
+    /// inboxes, as a production Redis does. Otherwise a restart comes back empty.
+    pub durable_redis: bool,
+    /// The broker stores its log, groups and offsets in PostgreSQL: a restart keeps what it
+    /// acknowledged. Otherwise it keeps them in memory and a restart loses them.
+    pub durable_broker: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            timers: Timers::RELAXED,
+            durable_redis: false,
+            durable_broker: false,
+        }
+    }
+}
+
+/// As [`super::http`], but a logic that does not answer (refused connection, no answer within
+/// 10 s, a cut answer) is an `Err` saying so rather than a panic.
+pub fn try_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Answer, String> {
+    let timeout = Duration::from_secs(10);
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP head in {text:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        super::dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let json = serde_json::from_str(&body).map_err(|e| format!("JSON body ({e}): {body:?}"))?;
+    Ok(Answer { status, json })
 }
 
 /// Heartbeat and session lifetimes of a test cluster.
@@ -332,6 +427,8 @@ session_timeout = "3s"
 kind = "redis"
 session_ttl = "{session_ttl}"
 online_ttl = "1s"
+# The fault tests push a few hundred messages to a user who may be offline throughout.
+inbox_max_messages = 1000
 
 [auth]
 insecure = true
