@@ -18,6 +18,8 @@
 #   IMGATE_CONFIG=F  config file for imgate (must keep development mode or set auth.insecure)
 #   NO_BUILD=1       skip the release build; NO_TUNING=1 skip tuning/apply.sh
 #   BIN_DIR=DIR      take imgate and bench-harness from DIR (default target/release)
+#   NICE=-10         run imgate and the harness at this nice level (on a shared machine,
+#                    ahead of builds; negative values need root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +45,8 @@ fi
 
 imgate=${BIN_DIR:-target/release}/imgate
 harness=${BIN_DIR:-target/release}/bench-harness
+nice=()
+[ -n "${NICE:-}" ] && nice=(nice -n "$NICE")
 config=()
 [ -n "${IMGATE_CONFIG:-}" ] && config=(--config "$IMGATE_CONFIG")
 pids=()
@@ -53,14 +57,14 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$scenario" != floor ]; then
-  "$imgate" "${config[@]}" \
+  "${nice[@]}" "$imgate" "${config[@]}" \
     --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
     --http-bind "127.0.0.1:$((base + 11))" \
     --comet-link-bind "127.0.0.1:$((base + 9))" --logic-link-bind "127.0.0.1:$((base + 19))" \
     --comet-id comet-1 >"$log" 2>&1 &
   pids+=($!)
   for i in $(seq 2 "$comets"); do
-    "$imgate" comet "${config[@]}" --join "127.0.0.1:$((base + 19))" --comet-id "comet-$i" \
+    "${nice[@]}" "$imgate" comet "${config[@]}" --join "127.0.0.1:$((base + 19))" --comet-id "comet-$i" \
       --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
       --comet-link-bind "127.0.0.1:$((base + 9 + 100 * i))" >>"$log" 2>&1 &
     pids+=($!)
@@ -81,5 +85,5 @@ args=(--preset "$scenario" --json "$out"
   --http "127.0.0.1:$((base + 11))")
 [ -n "$server_pids" ] && args+=(--server-pid "$server_pids")
 echo "bench.sh: $harness ${args[*]} $*" >&2
-"$harness" "${args[@]}" "$@"
+"${nice[@]}" "$harness" "${args[@]}" "$@"
 echo "bench.sh: report in $out, imgate log in $log" >&2

@@ -118,6 +118,7 @@ pub fn run(config: &FloorConfig) -> io::Result<FloorResult> {
         out
     });
     let writes_f = writes.max(1) as f64;
+    let round = |x: f64| (x * 10.0).round() / 10.0;
     Ok(FloorResult {
         connections: config.connections.max(1),
         frame_bytes: frame.len(),
@@ -126,9 +127,9 @@ pub fn run(config: &FloorConfig) -> io::Result<FloorResult> {
         would_block,
         bytes_written: written,
         bytes_read: bytes_read.load(Ordering::Relaxed),
-        writes_per_sec: writes as f64 / elapsed.as_secs_f64(),
-        cpu_ns_per_write: writer_cpu as f64 / writes_f,
-        reader_cpu_ns_per_write: reader_cpu.load(Ordering::Relaxed) as f64 / writes_f,
+        writes_per_sec: round(writes as f64 / elapsed.as_secs_f64()),
+        cpu_ns_per_write: round(writer_cpu as f64 / writes_f),
+        reader_cpu_ns_per_write: round(reader_cpu.load(Ordering::Relaxed) as f64 / writes_f),
     })
 }
 

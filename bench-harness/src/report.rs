@@ -55,6 +55,10 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
 /// Builds the report (and prints the table).
 pub fn build(i: Inputs<'_>) -> Value {
     let args = i.args;
@@ -75,7 +79,7 @@ pub fn build(i: Inputs<'_>) -> Value {
         "connected": connected,
         "failed": i.connect_totals.connect_failed,
         "auth_failed": i.connect_totals.auth_failed,
-        "seconds": round1(i.connect_seconds * 10.0) / 10.0,
+        "seconds": round2(i.connect_seconds),
         "per_sec": per(i.connect_totals.connects as f64, i.connect_seconds),
         "time_us": connect_time,
     });
@@ -223,7 +227,7 @@ pub fn build(i: Inputs<'_>) -> Value {
         }
         let ratio = |server: Option<f64>, label: &str| {
             let f = i.floor.iter().find(|(l, _)| l == label)?;
-            Some(round1(server? / f.1.cpu_ns_per_write.max(1e-9) * 10.0) / 10.0)
+            Some(round2(server? / f.1.cpu_ns_per_write.max(1e-9)))
         };
         out["server_cpu_per_msg_vs_floor"] =
             json!(ratio(out["server_cpu_ns_per_msg"].as_f64(), "message"));
@@ -249,7 +253,7 @@ fn phase_json(n: usize, p: &PhaseData, m: &Merged, exact_targets: bool) -> Value
         "kind": p.plan.kind,
         "rate_target": (p.plan.rate > 0.0).then_some(round1(p.plan.rate)),
         "http_connections": p.plan.connections,
-        "seconds": round1(secs * 10.0) / 10.0,
+        "seconds": round2(secs),
         "pushes_sent": p.outcome.sent(),
         "pushes_accepted": p.outcome.accepted(),
         "pushes_per_sec": per(p.outcome.accepted() as f64, secs),
@@ -266,7 +270,7 @@ fn phase_json(n: usize, p: &PhaseData, m: &Merged, exact_targets: bool) -> Value
         "latency_us": m.latency(n),
         "samples_msgs_per_sec": p.samples,
         "samples_median": sorted.get(sorted.len() / 2),
-        "drain_seconds": round1(p.drain_seconds * 10.0) / 10.0,
+        "drain_seconds": round2(p.drain_seconds),
         "server_cpu_percent": p.server_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
         "harness_cpu_percent": p.workers_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
         "pusher_cpu_percent": p.pusher_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
