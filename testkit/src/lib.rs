@@ -620,15 +620,24 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// Stops the server: a fast shutdown (SIGINT: clients are disconnected, everything
-    /// committed is kept), SIGKILL if that takes longer than 10 s.
+    /// Stops the server: a fast shutdown with `pg_ctl` (clients are disconnected, everything
+    /// committed is kept), SIGKILL if that has not ended it within 10 s.
     pub fn stop(&mut self) {
+        use std::os::unix::process::CommandExt;
         let Some(child) = self.child.as_mut() else {
             return;
         };
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
+        let mut pg_ctl = Command::new(self.bin.join("pg_ctl"));
+        pg_ctl
+            .current_dir(&self.dir)
+            .args(["stop", "--mode=fast", "--wait", "--timeout=10", "--pgdata"])
+            .arg(self.dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = self.user {
+            pg_ctl.uid(uid).gid(gid);
+        }
+        let _ = pg_ctl.status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if matches!(child.try_wait(), Ok(Some(_))) {
