@@ -14,12 +14,18 @@ use crate::stats::{add, Counters};
 
 /// How long closing waits for a link to write out its queue.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long a known comet may be missing from the registry before its link is dropped. After a
+/// store outage the first reads find every comet's report stale until the comets renew them
+/// (they retry every 100 ms); dropping their links then would lose the pushes routed meanwhile.
+const DEPARTURE_GRACE: Duration = Duration::from_secs(3);
 
 pub(crate) struct Registry {
     store: Arc<dyn Store>,
     counters: Arc<Counters>,
     queue_capacity: usize,
     links: HashMap<String, CometLink>,
+    /// Known comets missing from the registry, since when.
+    missing: HashMap<String, Instant>,
     /// Shards of every registered comet, as of the last successful read.
     shards: u64,
     last_read: Option<Instant>,
@@ -36,15 +42,17 @@ impl Registry {
             counters,
             queue_capacity,
             links: HashMap::new(),
+            missing: HashMap::new(),
             shards: 0,
             last_read: None,
         }
     }
 
-    /// Re-reads the registry: links new comets, relinks moved ones, drops departed ones. A
-    /// failed read keeps the current set.
+    /// Re-reads the registry: links new comets, relinks moved ones, drops the ones missing for
+    /// longer than [`DEPARTURE_GRACE`]. A failed read keeps the current set.
     pub(crate) async fn refresh(&mut self) {
-        self.last_read = Some(Instant::now());
+        let now = Instant::now();
+        self.last_read = Some(now);
         let comets = match self.store.comets().await {
             Ok(comets) => comets,
             Err(e) => {
@@ -79,10 +87,17 @@ impl Registry {
             // A replaced link writes out what it already holds to the old address, then closes.
             self.links.insert(info.id, link);
         }
+        let missing = &mut self.missing;
+        missing.retain(|id, _| !seen.contains(id));
         self.links.retain(|id, _| {
-            let keep = seen.contains(id);
+            if seen.contains(id) {
+                return true;
+            }
+            let since = *missing.entry(id.clone()).or_insert(now);
+            let keep = now.duration_since(since) < DEPARTURE_GRACE;
             if !keep {
                 tracing::info!(comet = %id, "comet left");
+                missing.remove(id);
             }
             keep
         });
