@@ -71,14 +71,22 @@ impl SeqWindow {
     }
 }
 
-/// What one connection has of its user's stored messages.
+/// What one connection has of its user's stored messages. Most connections never get one
+/// (no user, or nothing stored for them while connected), so the windows are allocated on the
+/// first stored message: until then both are the floor from logic and nothing above it.
 pub(crate) struct Delivery {
     /// Stored messages count as delivered once written (the client does not ack them).
     report_writes: bool,
+    /// Nothing at or below it will come from the store (logic's `inbox_floor`).
+    floor: u64,
+    windows: RefCell<Option<Box<Windows>>>,
+}
+
+struct Windows {
     /// Sequences queued to the connection: a live push already here is a duplicate.
-    queued: RefCell<SeqWindow>,
+    queued: SeqWindow,
     /// Sequences written to the socket (only tracked when `report_writes`).
-    written: RefCell<SeqWindow>,
+    written: SeqWindow,
 }
 
 impl Delivery {
@@ -86,35 +94,55 @@ impl Delivery {
     pub fn new(report_writes: bool, floor: u64) -> Self {
         Delivery {
             report_writes,
-            queued: RefCell::new(SeqWindow::new(floor)),
-            written: RefCell::new(SeqWindow::new(floor)),
+            floor,
+            windows: RefCell::new(None),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Windows) -> R) -> R {
+        let mut windows = self.windows.borrow_mut();
+        let windows = windows.get_or_insert_with(|| {
+            Box::new(Windows {
+                queued: SeqWindow::new(self.floor),
+                written: SeqWindow::new(self.floor),
+            })
+        });
+        f(windows)
+    }
+
+    fn queued_contains(&self, seq: u64) -> bool {
+        match &*self.windows.borrow() {
+            Some(w) => w.queued.contains(seq),
+            None => seq <= self.floor,
         }
     }
 
     /// The dedup decision for a live stored push: `false` if the connection already has
     /// `seq`; otherwise records it as queued.
     pub fn take_push(&self, seq: u64) -> bool {
-        let mut queued = self.queued.borrow_mut();
-        if queued.contains(seq) {
+        if self.queued_contains(seq) {
             return false;
         }
-        queued.insert(seq, seq);
+        self.with(|w| w.queued.insert(seq, seq));
         true
     }
 
     /// Everything up to here is queued (or will never come from the store).
     pub fn queued_floor(&self) -> u64 {
-        self.queued.borrow().floor()
+        self.windows
+            .borrow()
+            .as_ref()
+            .map_or(self.floor, |w| w.queued.floor())
     }
 
     /// Whether `seq` is not queued to this connection yet.
     pub fn is_new(&self, seq: u64) -> bool {
-        !self.queued.borrow().contains(seq)
+        !self.queued_contains(seq)
     }
 
     /// Stored messages `first..=last` were queued (backlog, inbox sync).
     pub fn queued(&self, first: u64, last: u64) {
-        self.queued.borrow_mut().insert(first, last);
+        self.with(|w| w.queued.insert(first, last));
     }
 
     /// What a queue entry holding stored messages `first..=last` reports once written.
@@ -125,12 +153,13 @@ impl Delivery {
     /// A write holding these ranges completed: the new contiguous written floor to report to
     /// logic, if it moved.
     pub fn written(&self, ranges: &[(u64, u64)]) -> Option<u64> {
-        let mut written = self.written.borrow_mut();
-        let mut moved = false;
-        for &(first, last) in ranges {
-            moved |= written.insert(first, last);
-        }
-        moved.then(|| written.floor())
+        self.with(|w| {
+            let mut moved = false;
+            for &(first, last) in ranges {
+                moved |= w.written.insert(first, last);
+            }
+            moved.then(|| w.written.floor())
+        })
     }
 }
 
@@ -167,6 +196,18 @@ mod tests {
         assert_eq!(d.written(&[(7, 7)]), Some(8));
         assert_eq!(Delivery::new(false, 0).report_for(1, 2), None);
         assert_eq!(Delivery::new(true, 0).report_for(1, 2), Some((1, 2)));
+    }
+
+    #[test]
+    fn nothing_is_allocated_before_the_first_stored_message() {
+        let d = Delivery::new(false, 7);
+        assert_eq!(d.queued_floor(), 7);
+        assert!(!d.is_new(7) && d.is_new(8));
+        assert!(d.windows.borrow().is_none());
+        assert!(!d.take_push(3), "below the floor");
+        assert!(d.windows.borrow().is_none());
+        assert!(d.take_push(8));
+        assert_eq!(d.queued_floor(), 8);
     }
 
     #[test]

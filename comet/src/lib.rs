@@ -9,10 +9,13 @@ mod delivery;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
+mod heartbeat;
 mod limits;
 mod link;
 mod listener;
 mod logic_client;
+#[cfg(test)]
+mod memory_probe;
 mod outbound;
 mod reassembly;
 mod room;

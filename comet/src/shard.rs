@@ -19,6 +19,7 @@ use imgate_shared::link::{Body, CometInfo, RenewOnline};
 use socket2::Socket;
 
 use crate::connection::{self, CloseReason, Conn, Pushed};
+use crate::heartbeat::{self, clock_ms, Wheel};
 use crate::limits::ConnLimits;
 use crate::link;
 use crate::logic_client::LogicClient;
@@ -120,7 +121,10 @@ pub(crate) struct Shard {
     /// Closed when the shard stops; tasks not in `conns` race against it.
     pub stop: async_channel::Receiver<()>,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
-    keys: RefCell<HashMap<String, u64>>,
+    /// Connection key → id; the key is the connection's own (shared, not copied).
+    keys: RefCell<HashMap<Rc<str>, u64>>,
+    /// Heartbeat deadlines of the connections in `conns`.
+    heartbeats: RefCell<Wheel>,
     rooms: RefCell<Rooms>,
     cluster_rooms: RefCell<HashMap<String, u32>>,
     ips: RefCell<HashMap<IpAddr, u32>>,
@@ -162,6 +166,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         shard.read_scratch.clone(),
     ));
     let renew_task = spawn_local(renew_online(shard.clone()));
+    let heartbeat_task = spawn_local(expire_heartbeats(shard.clone()));
     let _ = ready.send(Ok(()));
 
     while let Ok(command) = inbox.recv().await {
@@ -193,6 +198,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         sleep(Duration::from_millis(5)).await;
     }
     renew_task.cancel().await;
+    heartbeat_task.cancel().await;
     logic_task.cancel().await;
 }
 
@@ -205,7 +211,7 @@ async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, listen: Listen)
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                spawn_local(connection::serve(shard.clone(), stream, listen)).detach();
+                spawn_local(connection::serve(shard.clone(), Box::new(stream), listen)).detach();
             }
             Err(_) if shard.is_stopping() => return,
             Err(e) => {
@@ -246,6 +252,29 @@ async fn renew_online(shard: Rc<Shard>) {
     }
 }
 
+/// Closes the connections whose heartbeat expired, looking at the wheel once a tick.
+async fn expire_heartbeats(shard: Rc<Shard>) {
+    loop {
+        sleep(Duration::from_millis(heartbeat::TICK_MS)).await;
+        let now = clock_ms();
+        let due = shard.heartbeats.borrow_mut().due(now);
+        if due.is_empty() {
+            continue;
+        }
+        let conns = shard.conns.borrow();
+        let mut wheel = shard.heartbeats.borrow_mut();
+        for id in due {
+            // Connections that left since are skipped (ids are never reused).
+            if let Some(conn) = conns.get(&id) {
+                match conn.heartbeat_deadline(now) {
+                    Some(later) => wheel.insert(id, later),
+                    None => conn.close(CloseReason::HeartbeatExpired),
+                }
+            }
+        }
+    }
+}
+
 impl Shard {
     fn new(
         index: u32,
@@ -263,6 +292,7 @@ impl Shard {
             stop,
             conns: RefCell::new(HashMap::new()),
             keys: RefCell::new(HashMap::new()),
+            heartbeats: RefCell::new(Wheel::new(clock_ms())),
             rooms: RefCell::new(Rooms::default()),
             cluster_rooms: RefCell::new(HashMap::new()),
             ips: RefCell::new(HashMap::new()),
@@ -299,7 +329,7 @@ impl Shard {
     }
 
     /// Registers an authenticated connection: key (closing an older holder on this shard),
-    /// room and peer address.
+    /// room, peer address and heartbeat deadline.
     pub fn register(&self, conn: &Rc<Conn>, room: &str) {
         if !conn.key.is_empty() {
             let old = self.keys.borrow_mut().insert(conn.key.clone(), conn.id);
@@ -308,6 +338,9 @@ impl Shard {
             }
         }
         self.conns.borrow_mut().insert(conn.id, conn.clone());
+        let now = clock_ms();
+        let deadline = conn.heartbeat_deadline(now).unwrap_or(now);
+        self.heartbeats.borrow_mut().insert(conn.id, deadline);
         if !room.is_empty() {
             let key = self.rooms.borrow_mut().join(room, conn.id);
             *conn.room.borrow_mut() = Some(key);
@@ -326,8 +359,8 @@ impl Shard {
         }
         {
             let mut keys = self.keys.borrow_mut();
-            if keys.get(&conn.key) == Some(&conn.id) {
-                keys.remove(&conn.key);
+            if keys.get(&*conn.key) == Some(&conn.id) {
+                keys.remove(&*conn.key);
             }
         }
         if let Some(room) = conn.room.borrow_mut().take() {
@@ -424,7 +457,7 @@ impl Shard {
                     let conn = self
                         .keys
                         .borrow()
-                        .get(key)
+                        .get(key.as_str())
                         .and_then(|id| self.conns.borrow().get(id).cloned());
                     match conn {
                         Some(conn) if seq > 0 && mid > 0 && conn.mid == mid => {
@@ -451,7 +484,7 @@ impl Shard {
             }
             ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
             ShardCommand::Kick { key, keep_conn_id } => {
-                let id = self.keys.borrow().get(&key).copied();
+                let id = self.keys.borrow().get(key.as_str()).copied();
                 if let Some(id) = id.filter(|id| *id != keep_conn_id) {
                     let conn = self.conns.borrow().get(&id).cloned();
                     if let Some(conn) = conn {
