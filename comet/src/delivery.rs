@@ -7,7 +7,7 @@
 //! and only the contiguous written floor is reported to logic: a message that overtook an
 //! older one never makes the older one count as delivered.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::BTreeSet;
 
 /// Sequences held above the floor before the connection stops waiting for a missing one (a
@@ -79,7 +79,8 @@ pub(crate) struct Delivery {
     report_writes: bool,
     /// Nothing at or below it will come from the store (logic's `inbox_floor`).
     floor: u64,
-    windows: RefCell<Option<Box<Windows>>>,
+    /// In a `Cell` (taken out while used) to keep an idle connection's `Delivery` small.
+    windows: Cell<Option<Box<Windows>>>,
 }
 
 struct Windows {
@@ -95,26 +96,35 @@ impl Delivery {
         Delivery {
             report_writes,
             floor,
-            windows: RefCell::new(None),
+            windows: Cell::new(None),
         }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Windows) -> R) -> R {
-        let mut windows = self.windows.borrow_mut();
-        let windows = windows.get_or_insert_with(|| {
+        let mut windows = self.windows.take().unwrap_or_else(|| {
             Box::new(Windows {
                 queued: SeqWindow::new(self.floor),
                 written: SeqWindow::new(self.floor),
             })
         });
-        f(windows)
+        let result = f(&mut windows);
+        self.windows.set(Some(windows));
+        result
+    }
+
+    /// Reads the windows if they exist.
+    fn peek<R>(&self, f: impl FnOnce(Option<&Windows>) -> R) -> R {
+        let windows = self.windows.take();
+        let result = f(windows.as_deref());
+        self.windows.set(windows);
+        result
     }
 
     fn queued_contains(&self, seq: u64) -> bool {
-        match &*self.windows.borrow() {
+        self.peek(|w| match w {
             Some(w) => w.queued.contains(seq),
             None => seq <= self.floor,
-        }
+        })
     }
 
     /// The dedup decision for a live stored push: `false` if the connection already has
@@ -129,10 +139,7 @@ impl Delivery {
 
     /// Everything up to here is queued (or will never come from the store).
     pub fn queued_floor(&self) -> u64 {
-        self.windows
-            .borrow()
-            .as_ref()
-            .map_or(self.floor, |w| w.queued.floor())
+        self.peek(|w| w.map_or(self.floor, |w| w.queued.floor()))
     }
 
     /// Whether `seq` is not queued to this connection yet.
@@ -203,9 +210,9 @@ mod tests {
         let d = Delivery::new(false, 7);
         assert_eq!(d.queued_floor(), 7);
         assert!(!d.is_new(7) && d.is_new(8));
-        assert!(d.windows.borrow().is_none());
+        assert!(d.peek(|w| w.is_none()));
         assert!(!d.take_push(3), "below the floor");
-        assert!(d.windows.borrow().is_none());
+        assert!(d.peek(|w| w.is_none()));
         assert!(d.take_push(8));
         assert_eq!(d.queued_floor(), 8);
     }

@@ -1,8 +1,10 @@
 //! A shard: one thread running one glommio executor that owns its listeners, connections, key
 //! index, rooms and timers outright. Other shards reach it only through its inbox.
 
+use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::os::fd::IntoRawFd;
 use std::os::unix::io::FromRawFd;
@@ -120,9 +122,10 @@ pub(crate) struct Shard {
     pub write_scratch: RefCell<Vec<u8>>,
     /// Closed when the shard stops; tasks not in `conns` race against it.
     pub stop: async_channel::Receiver<()>,
-    conns: RefCell<HashMap<u64, Rc<Conn>>>,
-    /// Connection key → id; the key is the connection's own (shared, not copied).
-    keys: RefCell<HashMap<Rc<str>, u64>>,
+    /// The shard's connections by id, and by key (the current holder of each key). Both hold
+    /// the connection itself, looked up through its own id and key: 8 bytes an entry.
+    conns: RefCell<HashSet<ById>>,
+    keys: RefCell<HashSet<ByKey>>,
     /// Heartbeat deadlines of the connections in `conns`.
     heartbeats: RefCell<Wheel>,
     rooms: RefCell<Rooms>,
@@ -131,6 +134,53 @@ pub(crate) struct Shard {
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
 }
+
+/// A connection in the id index.
+struct ById(Rc<Conn>);
+
+impl Borrow<u64> for ById {
+    fn borrow(&self) -> &u64 {
+        &self.0.id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+/// A connection in the key index.
+struct ByKey(Rc<Conn>);
+
+impl Borrow<str> for ByKey {
+    fn borrow(&self) -> &str {
+        &self.0.key
+    }
+}
+
+impl Hash for ByKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so lookups by `&str` find it.
+        str::hash(&self.0.key, state);
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
 
 /// The body of a shard thread: runs until a `Shutdown` command arrives.
 pub(crate) async fn run(setup: ShardSetup) {
@@ -185,7 +235,7 @@ pub(crate) async fn run(setup: ShardSetup) {
     for task in listeners {
         task.cancel().await;
     }
-    let open: Vec<Rc<Conn>> = shard.conns.borrow().values().cloned().collect();
+    let open: Vec<Rc<Conn>> = shard.conns.borrow().iter().map(|c| c.0.clone()).collect();
     for conn in open {
         conn.close(CloseReason::Shutdown);
     }
@@ -265,7 +315,7 @@ async fn expire_heartbeats(shard: Rc<Shard>) {
         let mut wheel = shard.heartbeats.borrow_mut();
         for id in due {
             // Connections that left since are skipped (ids are never reused).
-            if let Some(conn) = conns.get(&id) {
+            if let Some(ById(conn)) = conns.get(&id) {
                 match conn.heartbeat_deadline(now) {
                     Some(later) => wheel.insert(id, later),
                     None => conn.close(CloseReason::HeartbeatExpired),
@@ -290,8 +340,8 @@ impl Shard {
             read_scratch: Rc::new(RefCell::new(vec![0; SCRATCH_SIZE])),
             write_scratch: RefCell::new(Vec::with_capacity(SCRATCH_SIZE)),
             stop,
-            conns: RefCell::new(HashMap::new()),
-            keys: RefCell::new(HashMap::new()),
+            conns: RefCell::new(HashSet::new()),
+            keys: RefCell::new(HashSet::new()),
             heartbeats: RefCell::new(Wheel::new(clock_ms())),
             rooms: RefCell::new(Rooms::default()),
             cluster_rooms: RefCell::new(HashMap::new()),
@@ -332,18 +382,18 @@ impl Shard {
     /// room, peer address and heartbeat deadline.
     pub fn register(&self, conn: &Rc<Conn>, room: &str) {
         if !conn.key.is_empty() {
-            let old = self.keys.borrow_mut().insert(conn.key.clone(), conn.id);
-            if let Some(old) = old.and_then(|id| self.conns.borrow().get(&id).cloned()) {
+            let old = self.keys.borrow_mut().replace(ByKey(conn.clone()));
+            if let Some(ByKey(old)) = old {
                 old.close(CloseReason::Kicked);
             }
         }
-        self.conns.borrow_mut().insert(conn.id, conn.clone());
+        self.conns.borrow_mut().insert(ById(conn.clone()));
         let now = clock_ms();
         let deadline = conn.heartbeat_deadline(now).unwrap_or(now);
         self.heartbeats.borrow_mut().insert(conn.id, deadline);
         if !room.is_empty() {
             let key = self.rooms.borrow_mut().join(room, conn.id);
-            *conn.room.borrow_mut() = Some(key);
+            conn.set_room(Some(key));
         }
         if let Some(ip) = conn.peer_ip {
             *self.ips.borrow_mut().entry(ip).or_default() += 1;
@@ -354,16 +404,16 @@ impl Shard {
     /// Forgets a closed connection. The key entry is removed only if it still names this
     /// connection (a newer one with the same key keeps it).
     pub fn unregister(&self, conn: &Conn) {
-        if self.conns.borrow_mut().remove(&conn.id).is_none() {
+        if !self.conns.borrow_mut().remove(&conn.id) {
             return;
         }
         {
             let mut keys = self.keys.borrow_mut();
-            if keys.get(&*conn.key) == Some(&conn.id) {
+            if keys.get(&*conn.key).is_some_and(|c| c.0.id == conn.id) {
                 keys.remove(&*conn.key);
             }
         }
-        if let Some(room) = conn.room.borrow_mut().take() {
+        if let Some(room) = conn.set_room(None) {
             self.rooms.borrow_mut().leave(&room, conn.id);
         }
         if let Some(ip) = conn.peer_ip {
@@ -380,17 +430,16 @@ impl Shard {
 
     /// Moves a connection to `room` (empty = leave its room).
     pub fn change_room(&self, conn: &Conn, room: &str) {
-        let mut current = conn.room.borrow_mut();
+        let current = conn.room();
         if current.as_deref() == Some(room) {
             return;
         }
         let mut rooms = self.rooms.borrow_mut();
-        if let Some(old) = current.take() {
+        if let Some(old) = current {
             rooms.leave(&old, conn.id);
         }
-        if !room.is_empty() {
-            *current = Some(rooms.join(room, conn.id));
-        }
+        let joined = (!room.is_empty()).then(|| rooms.join(room, conn.id));
+        conn.set_room(joined);
     }
 
     /// The online count a heartbeat reply reports for `room`.
@@ -454,11 +503,7 @@ impl Shard {
                 mid,
             } => {
                 for key in &keys {
-                    let conn = self
-                        .keys
-                        .borrow()
-                        .get(key.as_str())
-                        .and_then(|id| self.conns.borrow().get(id).cloned());
+                    let conn = self.keys.borrow().get(key.as_str()).map(|c| c.0.clone());
                     match conn {
                         Some(conn) if seq > 0 && mid > 0 && conn.mid == mid => {
                             self.deliver_stored(&conn, &tcp, &ws, seq)
@@ -475,7 +520,7 @@ impl Shard {
                     self.rooms
                         .borrow()
                         .members(&room)
-                        .filter_map(|id| conns.get(&id).cloned())
+                        .filter_map(|id| conns.get(&id).map(|c| c.0.clone()))
                         .collect()
                 };
                 for conn in members {
@@ -484,12 +529,9 @@ impl Shard {
             }
             ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
             ShardCommand::Kick { key, keep_conn_id } => {
-                let id = self.keys.borrow().get(key.as_str()).copied();
-                if let Some(id) = id.filter(|id| *id != keep_conn_id) {
-                    let conn = self.conns.borrow().get(&id).cloned();
-                    if let Some(conn) = conn {
-                        conn.close(CloseReason::Kicked);
-                    }
+                let conn = self.keys.borrow().get(key.as_str()).map(|c| c.0.clone());
+                if let Some(conn) = conn.filter(|c| c.id != keep_conn_id) {
+                    conn.close(CloseReason::Kicked);
                 }
             }
             ShardCommand::Shutdown => {}
@@ -500,9 +542,9 @@ impl Shard {
         let targets: Vec<Rc<Conn>> = self
             .conns
             .borrow()
-            .values()
-            .filter(|c| c.watches(op))
-            .cloned()
+            .iter()
+            .filter(|c| c.0.watches(op))
+            .map(|c| c.0.clone())
             .collect();
         if speed == 0 {
             for conn in &targets {
