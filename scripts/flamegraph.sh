@@ -7,14 +7,14 @@
 #
 # Needs perf (apt-get install linux-perf) and inferno (installed with `cargo install inferno`
 # when missing). Environment: OUT_DIR (default target/flamegraph), FREQ (samples per second,
-# default 499), PORT_BASE as in bench.sh.
+# default 199); PORT_BASE, BIN_DIR, NO_BUILD, NICE and IMGATE_CONFIG as in bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenario=${1:?usage: scripts/flamegraph.sh SCENARIO [bench-harness options...]}
 shift
 out_dir=${OUT_DIR:-target/flamegraph}
-freq=${FREQ:-499}
+freq=${FREQ:-199}
 base=${PORT_BASE:-3100}
 stamp=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out_dir"
@@ -23,11 +23,16 @@ command -v perf >/dev/null || { echo "flamegraph.sh: perf is missing (apt-get in
 if ! command -v inferno-flamegraph >/dev/null || ! command -v inferno-collapse-perf >/dev/null; then
   cargo install inferno
 fi
-cargo build --release -p imgate -p bench-harness
+[ -z "${NO_BUILD:-}" ] && cargo build --release -p imgate -p bench-harness
+bin=${BIN_DIR:-target/release}
+nice=()
+[ -n "${NICE:-}" ] && nice=(nice -n "$NICE")
+config=()
+[ -n "${IMGATE_CONFIG:-}" ] && config=(--config "$IMGATE_CONFIG")
 
 log=$out_dir/imgate-$stamp.log
 data=$out_dir/perf-$stamp.data
-target/release/imgate \
+"${nice[@]}" "$bin/imgate" "${config[@]}" \
   --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
   --http-bind "127.0.0.1:$((base + 11))" \
   --comet-link-bind "127.0.0.1:$((base + 9))" --logic-link-bind "127.0.0.1:$((base + 19))" \
@@ -47,10 +52,10 @@ done
 sleep 1
 
 # DWARF unwinding: the release profile keeps line tables but no frame pointers.
-perf record -F "$freq" --call-graph dwarf,16384 -p "$imgate" -o "$data" 2>"$out_dir/perf-$stamp.log" &
+perf record -F "$freq" --call-graph dwarf,8192 -p "$imgate" -o "$data" 2>"$out_dir/perf-$stamp.log" &
 perf_pid=$!
 sleep 0.5
-target/release/bench-harness --preset "$scenario" --server-pid "$imgate" \
+"${nice[@]}" "$bin/bench-harness" --preset "$scenario" --server-pid "$imgate" \
   --tcp-addr "127.0.0.1:$((base + 1))" --ws-addr "127.0.0.1:$((base + 2))" \
   --http "127.0.0.1:$((base + 11))" --json "$out_dir/$scenario-$stamp.json" "$@"
 kill -INT "$perf_pid"
