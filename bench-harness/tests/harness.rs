@@ -80,7 +80,10 @@ fn room_pushes_to_a_real_gateway_are_all_counted_once_with_latency_and_server_fi
     assert_eq!(r["delivered"], r["expected"]);
     assert_eq!(r["errors"]["total"], 0, "{:#}", r["errors"]);
     assert_eq!(r["counters"]["seq_gaps"], 0);
-    assert!(r["msgs_per_sec"].as_f64().unwrap() > 5_000.0, "300 clients x 40/s");
+    assert!(
+        r["msgs_per_sec"].as_f64().unwrap() > 5_000.0,
+        "300 clients x 40/s"
+    );
     assert!(r["frames_per_sec"].as_f64().unwrap() > 0.0);
     for key in ["p50", "p90", "p99", "p999", "max"] {
         assert!(r["latency_us"][key].as_u64().unwrap() > 0, "latency {key}");
