@@ -137,6 +137,9 @@ impl Drop for CometHandle {
     }
 }
 
+/// io_uring submission queue depth of each shard.
+const RING_DEPTH: usize = 4096;
+
 /// Binds the configured listeners and starts the shards. Returns once every listener is bound
 /// and every shard runs, so clients can connect immediately.
 pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
@@ -269,6 +272,10 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("comet-shard-{index}"))
             .io_memory(config.io_memory)
+            // The kernel hashes pending polls into ring_depth / 16 buckets and glommio cancels
+            // a poll on every wake-up; with the default 128 a shard of many connections spent
+            // a fifth of its CPU in those lookups (BENCHMARKS.md, bench-harness runs).
+            .ring_depth(RING_DEPTH)
             .spawn(move || shard::run(setup));
         match spawned {
             Ok(thread) => handle.threads.push(thread),

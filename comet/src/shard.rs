@@ -28,6 +28,8 @@ use crate::logic_client::LogicClient;
 use crate::room::Rooms;
 use crate::stats::{self, ShardStats};
 
+/// Inbox commands a shard handles before it lets its other tasks run.
+const COMMANDS_PER_TURN: u32 = 32;
 /// Capacity of each shard's inbox.
 pub(crate) const INBOX_CAPACITY: usize = 4096;
 /// Size of the per-shard read scratch and of one coalesced write.
@@ -219,11 +221,19 @@ pub(crate) async fn run(setup: ShardSetup) {
     let heartbeat_task = spawn_local(expire_heartbeats(shard.clone()));
     let _ = ready.send(Ok(()));
 
+    let mut handled = 0u32;
     while let Ok(command) = inbox.recv().await {
         if let ShardCommand::Shutdown = command {
             break;
         }
         shard.handle(command);
+        // Let the connections' writers run between bursts: a full inbox handled in one go
+        // would queue more than `send_queue` pushes to a busy connection before its writer
+        // got a turn, and close it as slow although it reads everything.
+        handled += 1;
+        if handled % COMMANDS_PER_TURN == 0 {
+            futures_lite::future::yield_now().await;
+        }
     }
 
     // Shutdown: stop accepting, close every connection, give logic a moment to hear about it.
