@@ -231,7 +231,8 @@ pub(crate) async fn run(setup: ShardSetup) {
         // would queue more than `send_queue` pushes to a busy connection before its writer
         // got a turn, and close it as slow although it reads everything.
         handled += 1;
-        if handled % COMMANDS_PER_TURN == 0 {
+        if handled == COMMANDS_PER_TURN {
+            handled = 0;
             futures_lite::future::yield_now().await;
         }
     }
