@@ -192,7 +192,7 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     let tcp_tls_addrs: Vec<SocketAddr> = tcp_tls.iter().map(|g| g.addr).collect();
     let advertised = |bound: &[SocketAddr]| {
         if config.addrs.is_empty() {
-            bound.iter().map(|a| a.to_string()).collect()
+            bound.iter().map(|a| advertisable(*a).to_string()).collect()
         } else {
             config.addrs.clone()
         }
@@ -308,6 +308,33 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     Ok(handle)
 }
 
+/// The address clients are told for a bound one: an unspecified address (`0.0.0.0`, `::`)
+/// becomes the host's primary address (the one its default route leaves from), since clients
+/// cannot dial `0.0.0.0`. `comet.addrs` overrides all of this.
+fn advertisable(bound: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    // Connecting a UDP socket sends nothing; it only picks the route and so the source address.
+    let probe: SocketAddr = if bound.is_ipv4() {
+        "192.0.2.1:9".parse().expect("literal")
+    } else {
+        "[2001:db8::1]:9".parse().expect("literal")
+    };
+    let local = std::net::UdpSocket::bind(SocketAddr::new(bound.ip(), 0))
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()));
+    match local {
+        Ok(local) if !local.ip().is_unspecified() => SocketAddr::new(local.ip(), bound.port()),
+        _ => {
+            tracing::warn!(
+                %bound,
+                "no route to tell clients this comet's address; set comet.addrs"
+            );
+            bound
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -318,6 +345,24 @@ fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unspecified_addresses_are_advertised_as_the_host_address() {
+        let specific: std::net::SocketAddr = "127.0.0.1:3101".parse().unwrap();
+        assert_eq!(super::advertisable(specific), specific);
+        let any: std::net::SocketAddr = "0.0.0.0:3101".parse().unwrap();
+        let told = super::advertisable(any);
+        assert_eq!(told.port(), 3101);
+        // A host without any route keeps 0.0.0.0 (and says so in the log); one with a route
+        // advertises the address that route leaves from.
+        let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("192.0.2.1:9").and_then(|()| s.local_addr()))
+            .ok();
+        match routed {
+            Some(local) => assert_eq!(told.ip(), local.ip()),
+            None => assert_eq!(told, any),
+        }
+    }
+
     #[test]
     fn handle_can_be_shared_across_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
