@@ -4,10 +4,10 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imgate_testkit::free_port;
 use support::*;
 
 const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
@@ -62,14 +62,6 @@ fn sub_prints_pushed_messages_and_stops_after_count() {
     // Probes sent before it authenticated reached nobody, so the room push comes next.
     assert_eq!(lines[1], "op=1001 seq=0 body={\"room\":true}");
     g.shutdown();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_with_timeout(

@@ -5,22 +5,15 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use imgate::client::Transport;
+use imgate_testkit::free_port;
 use support::{eventually, http, push, Subscriber};
 
 const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
