@@ -86,6 +86,10 @@ pub struct Args {
     /// Connects per second, all workers together (0: as fast as --max-in-flight allows).
     #[arg(long, default_value_t = 10000.0)]
     pub connect_rate: f64,
+    /// Workers connect one after another, each at the whole --connect-rate, instead of all
+    /// together: on a host with far fewer cores than workers, fewer processes wake per connect.
+    #[arg(long)]
+    pub staggered: bool,
     /// Seconds a client may take from connect to the auth reply.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,

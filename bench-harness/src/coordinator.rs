@@ -73,7 +73,16 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
                 source_ip: args.source_ip(i),
                 targets: args.targets(),
                 transport: args.transport,
-                connect_rate: args.connect_rate * (last - first) as f64 / clients as f64,
+                connect_rate: if args.staggered {
+                    args.connect_rate
+                } else {
+                    args.connect_rate * (last - first) as f64 / clients as f64
+                },
+                connect_delay_ms: if args.staggered && args.connect_rate > 0.0 {
+                    (first as f64 / args.connect_rate * 1000.0) as u64
+                } else {
+                    0
+                },
                 connect_timeout_ms: (args.connect_timeout * 1000.0) as u64,
                 max_in_flight: args.max_in_flight,
                 heartbeat_ms: (args.heartbeat * 1000.0) as u64,

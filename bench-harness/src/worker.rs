@@ -62,6 +62,10 @@ pub struct WorkerConfig {
     pub transport: Transport,
     /// This worker's connects per second; 0: as fast as the in-flight limit allows.
     pub connect_rate: f64,
+    /// Milliseconds to wait before the first connect (`--staggered`: the workers before this
+    /// one connect first).
+    #[serde(default)]
+    pub connect_delay_ms: u64,
     pub connect_timeout_ms: u64,
     /// Connects in progress at once, per executor.
     pub max_in_flight: usize,
@@ -426,10 +430,20 @@ async fn executor_main(setup: ExecSetup) -> ExecResult {
     }
 }
 
-/// Starts this executor's clients at its share of the connect rate.
+/// Starts this executor's clients at its share of the connect rate, after the worker's delay.
 async fn connector(exec: Rc<Exec>, count: u64, rate: f64) {
+    if exec.config.connect_delay_ms > 0 {
+        sleep(Duration::from_millis(exec.config.connect_delay_ms)).await;
+    }
     let start = Instant::now();
     let max_in_flight = exec.config.max_in_flight.max(1);
+    // Wake no more often than a client is due: with many workers on few cores, every
+    // executor's wake-up costs CPU the server needs.
+    let pause = if rate > 0.0 {
+        Duration::from_secs_f64((1.0 / rate).clamp(0.002, 0.1))
+    } else {
+        Duration::from_millis(2)
+    };
     let mut next = 0;
     while next < count && !exec.finishing.get() {
         let due = if rate > 0.0 {
@@ -441,7 +455,7 @@ async fn connector(exec: Rc<Exec>, count: u64, rate: f64) {
             spawn_local(client_task(exec.clone(), next as u32)).detach();
             next += 1;
         }
-        sleep(Duration::from_millis(2)).await;
+        sleep(pause).await;
     }
 }
 
