@@ -17,7 +17,6 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::future;
 use futures_lite::AsyncRead;
-use glommio::net::TcpStream;
 use glommio::spawn_local;
 use glommio::timer::sleep;
 use imgate_shared::frame::{op, Header};
@@ -30,6 +29,7 @@ use crate::delivery::Delivery;
 use crate::heartbeat::{self, clock_ms, stamp, MAX_HEARTBEAT_MS};
 use crate::limits::{now_ms, RateLimit, Refused};
 use crate::outbound::{reply, stored_batches, ws_control};
+use crate::readiness::Socket;
 use crate::reassembly::{Event, Flow, Reassembly};
 use crate::shard::{Listen, Shard, SCRATCH_SIZE};
 use crate::socket_io::{poll_flush, poll_write, read_with, write_all};
@@ -327,15 +327,18 @@ struct Authed {
     upstream: RateLimit,
 }
 
-/// Serves one accepted client connection until it closes. The stream comes boxed so that the
-/// task, which lives as long as the connection, does not keep room for it.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: Box<TcpStream>, listen: Listen) {
+/// Serves one accepted client connection (its socket and peer) until it closes. They come
+/// boxed so that the task, which lives as long as the connection, does not keep room for them.
+pub(crate) async fn serve(
+    shard: Rc<Shard>,
+    accepted: Box<(Socket, Option<SocketAddr>)>,
+    listen: Listen,
+) {
     stats::inc(&shard.stats.accepted);
     let accepted_at = Instant::now();
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok();
+    let _ = accepted.0.set_nodelay();
     // Held until the connection ends: its place under the connection limits.
-    let _slot = match shard.comet.limits.admit(peer.map(|p| p.ip())) {
+    let _slot = match shard.comet.limits.admit(accepted.1.map(|p| p.ip())) {
         Ok(slot) => slot,
         Err(refused) => {
             let counter = match refused {
@@ -348,7 +351,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: Box<TcpStream>, listen: List
     };
     // Boxed: the handshake's state is large and short-lived, so it must not size the task
     // that an idle connection keeps for its whole life.
-    let Some(conn) = Box::pin(open(&shard, stream, listen, peer, accepted_at)).await else {
+    let Some(conn) = Box::pin(open(&shard, accepted, listen, accepted_at)).await else {
         return;
     };
     let raced = Connected {
@@ -372,13 +375,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: Box<TcpStream>, listen: List
 /// (already counted).
 async fn open(
     shard: &Rc<Shard>,
-    stream: Box<TcpStream>,
+    accepted: Box<(Socket, Option<SocketAddr>)>,
     listen: Listen,
-    peer: Option<SocketAddr>,
     accepted_at: Instant,
 ) -> Option<Rc<Conn>> {
+    let (stream, peer) = *accepted;
     let websocket = listen.websocket;
-    let stream = *stream;
     let stream = if listen.tls {
         // Boxed: rustls' handshake state is large; plain connections should not carry it.
         match Box::pin(tls_accept(shard, stream)).await {
@@ -432,7 +434,7 @@ async fn open(
 }
 
 /// The server side of a TLS handshake, bounded by the handshake timeout and by shutdown.
-async fn tls_accept(shard: &Shard, stream: TcpStream) -> Result<ClientStream, CloseReason> {
+async fn tls_accept(shard: &Shard, stream: Socket) -> Result<ClientStream, CloseReason> {
     let Some(acceptor) = shard.comet.tls.clone() else {
         return Err(CloseReason::TlsFailed);
     };
@@ -1125,6 +1127,7 @@ fn register(slot: &Cell<Option<Waker>>, waker: &Waker) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::OwnedFd;
 
     #[test]
     fn op_lists() {
@@ -1210,14 +1213,15 @@ mod tests {
             .run(async {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let addr = listener.local_addr().unwrap();
-                let stream = TcpStream::connect(addr).await.unwrap();
+                let stream = std::net::TcpStream::connect(addr).unwrap();
                 let shard = Shard::detached(Default::default());
-                let task = serve(shard, Box::new(stream), Listen::WS);
+                let socket = Socket::new(OwnedFd::from(stream), &shard.readiness).unwrap();
+                let task = serve(shard, Box::new((socket, Some(addr))), Listen::WS);
                 let future = std::mem::size_of_val(&task);
                 let conn = std::mem::size_of::<Conn>();
                 println!(
-                    "connection future {future} bytes, Conn {conn} bytes, TcpStream {}, Reassembly {}",
-                    std::mem::size_of::<TcpStream>(),
+                    "connection future {future} bytes, Conn {conn} bytes, Socket {}, Reassembly {}",
+                    std::mem::size_of::<Socket>(),
                     std::mem::size_of::<Reassembly>()
                 );
                 assert!(future <= 96, "future {future}");

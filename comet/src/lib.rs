@@ -17,6 +17,7 @@ mod logic_client;
 #[cfg(test)]
 mod memory_probe;
 mod outbound;
+mod readiness;
 mod reassembly;
 mod room;
 mod shard;

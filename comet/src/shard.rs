@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::io::FromRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::heartbeat::{self, clock_ms, Wheel};
 use crate::limits::ConnLimits;
 use crate::link;
 use crate::logic_client::LogicClient;
+use crate::readiness::{Readiness, Socket as ClientSocket};
 use crate::room::Rooms;
 use crate::stats::{self, ShardStats};
 
@@ -124,6 +125,8 @@ pub(crate) struct Shard {
     pub write_scratch: RefCell<Vec<u8>>,
     /// Closed when the shard stops; tasks not in `conns` race against it.
     pub stop: async_channel::Receiver<()>,
+    /// The epoll instance every client socket of the shard waits on.
+    pub readiness: Rc<Readiness>,
     /// The shard's connections by id, and by key (the current holder of each key). Both hold
     /// the connection itself, looked up through its own id and key: 8 bytes an entry.
     conns: RefCell<HashSet<ById>>,
@@ -196,7 +199,15 @@ pub(crate) async fn run(setup: ShardSetup) {
         ready,
     } = setup;
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let shard = Rc::new(Shard::new(index, comet, stats, stop_rx));
+    let (readiness, ready_batches) = match Readiness::new(format!("comet-epoll-{index}")) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(format!("epoll: {e}")));
+            return;
+        }
+    };
+    let dispatcher = spawn_local(readiness.clone().dispatch(ready_batches));
+    let shard = Rc::new(Shard::new(index, comet, stats, stop_rx, readiness));
 
     // Duplicates of the listening sockets, kept to take them out of LISTEN state at shutdown:
     // an in-flight io_uring accept holds the file until the ring is torn down asynchronously,
@@ -205,7 +216,13 @@ pub(crate) async fn run(setup: ShardSetup) {
     let mut listeners: Vec<Task<()>> = Vec::new();
     for (socket, listen) in clients {
         listening.extend(socket.try_clone().ok());
-        let listener = into_listener(socket);
+        let listener = match ClientSocket::new(OwnedFd::from(socket), &shard.readiness) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = ready.send(Err(format!("listening socket: {e}")));
+                return;
+            }
+        };
         listeners.push(spawn_local(accept_clients(shard.clone(), listener, listen)));
     }
     listening.extend(link_socket.try_clone().ok());
@@ -261,6 +278,8 @@ pub(crate) async fn run(setup: ShardSetup) {
     renew_task.cancel().await;
     heartbeat_task.cancel().await;
     logic_task.cancel().await;
+    shard.readiness.stop();
+    dispatcher.cancel().await;
 }
 
 fn into_listener(socket: Socket) -> TcpListener {
@@ -268,12 +287,16 @@ fn into_listener(socket: Socket) -> TcpListener {
     unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }
 }
 
-async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, listen: Listen) {
+async fn accept_clients(shard: Rc<Shard>, listener: ClientSocket, listen: Listen) {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                spawn_local(connection::serve(shard.clone(), Box::new(stream), listen)).detach();
-            }
+            Ok((fd, peer)) => match ClientSocket::new(fd, &shard.readiness) {
+                Ok(socket) => {
+                    let accepted = Box::new((socket, peer));
+                    spawn_local(connection::serve(shard.clone(), accepted, listen)).detach();
+                }
+                Err(e) => tracing::warn!(shard = shard.index, "cannot watch a client socket: {e}"),
+            },
             Err(_) if shard.is_stopping() => return,
             Err(e) => {
                 tracing::warn!(shard = shard.index, "accept failed: {e}");
@@ -342,6 +365,7 @@ impl Shard {
         comet: Arc<CometShared>,
         stats: Arc<ShardStats>,
         stop: async_channel::Receiver<()>,
+        readiness: Rc<Readiness>,
     ) -> Self {
         Shard {
             index,
@@ -351,6 +375,7 @@ impl Shard {
             read_scratch: Rc::new(RefCell::new(vec![0; SCRATCH_SIZE])),
             write_scratch: RefCell::new(Vec::with_capacity(SCRATCH_SIZE)),
             stop,
+            readiness,
             conns: RefCell::new(HashSet::new()),
             keys: RefCell::new(HashSet::new()),
             heartbeats: RefCell::new(Wheel::new(clock_ms())),
@@ -374,7 +399,8 @@ impl Shard {
             limits: ConnLimits::new(0, 0),
         });
         let (_, stop) = async_channel::bounded(1);
-        Rc::new(Shard::new(0, comet, Arc::default(), stop))
+        let (readiness, _) = Readiness::new("comet-epoll-test".into()).expect("epoll");
+        Rc::new(Shard::new(0, comet, Arc::default(), stop, readiness))
     }
 
     /// A comet-wide unique connection id: the shard index in the high bits.

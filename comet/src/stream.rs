@@ -8,12 +8,13 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
-use glommio::net::TcpStream;
+
+use crate::readiness::Socket;
 
 pub(crate) enum ClientStream {
-    Plain(TcpStream),
+    Plain(Socket),
     /// Boxed: rustls' state is large, and plain connections should not pay for it.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Socket>>),
 }
 
 impl AsyncRead for ClientStream {
@@ -43,7 +44,7 @@ impl AsyncWrite for ClientStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            // glommio's non-buffered stream has nothing to flush.
+            // A plain socket buffers nothing.
             ClientStream::Plain(_) => Poll::Ready(Ok(())),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
