@@ -138,6 +138,29 @@ pub(crate) struct Shard {
     ips: RefCell<HashMap<IpAddr, u32>>,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
+    /// How late the shard's ticks ran since the last online report.
+    lag: Lag,
+}
+
+/// Sum and count of tick delays, taken (and reset) by each online report.
+#[derive(Default)]
+struct Lag {
+    sum_us: Cell<u64>,
+    ticks: Cell<u32>,
+}
+
+impl Lag {
+    fn record(&self, late: Duration) {
+        let us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.set(self.sum_us.get().saturating_add(us));
+        self.ticks.set(self.ticks.get().saturating_add(1));
+    }
+
+    /// The mean delay since the last call, in microseconds (0 without ticks).
+    fn take_mean_us(&self) -> u32 {
+        let (sum, ticks) = (self.sum_us.take(), self.ticks.take());
+        u32::try_from(sum / u64::from(ticks.max(1))).unwrap_or(u32::MAX)
+    }
 }
 
 /// A connection in the id index.
@@ -336,10 +359,14 @@ async fn renew_online(shard: Rc<Shard>) {
     }
 }
 
-/// Closes the connections whose heartbeat expired, looking at the wheel once a tick.
+/// Closes the connections whose heartbeat expired, looking at the wheel once a tick, and
+/// records how late each tick ran (the shard's lag, reported to logic).
 async fn expire_heartbeats(shard: Rc<Shard>) {
+    let tick = Duration::from_millis(heartbeat::TICK_MS);
     loop {
-        sleep(Duration::from_millis(heartbeat::TICK_MS)).await;
+        let asleep = Instant::now();
+        sleep(tick).await;
+        shard.lag.record(asleep.elapsed().saturating_sub(tick));
         let now = clock_ms();
         let due = shard.heartbeats.borrow_mut().due(now);
         if due.is_empty() {
@@ -384,6 +411,7 @@ impl Shard {
             ips: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             stopping: Cell::new(false),
+            lag: Lag::default(),
         }
     }
 
@@ -509,6 +537,7 @@ impl Shard {
             conn_count: self.conns.borrow().len() as u32,
             rooms: self.rooms.borrow().counts(),
             ip_count: self.ips.borrow().len() as u32,
+            lag_us: self.lag.take_mean_us(),
         }
     }
 
@@ -607,5 +636,22 @@ impl Shard {
             }
         })
         .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_mean_since_the_last_report() {
+        let lag = Lag::default();
+        assert_eq!(lag.take_mean_us(), 0, "no ticks yet");
+        lag.record(Duration::from_micros(100));
+        lag.record(Duration::from_micros(300));
+        assert_eq!(lag.take_mean_us(), 200);
+        assert_eq!(lag.take_mean_us(), 0, "taking resets it");
+        lag.record(Duration::from_secs(10_000));
+        assert_eq!(lag.take_mean_us(), u32::MAX, "saturates");
     }
 }

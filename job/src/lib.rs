@@ -90,7 +90,10 @@ pub async fn start(
             "job.room_batch and job.comet_queue must be > 0".into(),
         ));
     }
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters {
+        room_budget_permille: 1000.into(),
+        ..Default::default()
+    });
     let mut registry = Registry::new(store, counters.clone(), job.comet_queue);
     registry.refresh().await;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -100,6 +103,7 @@ pub async fn start(
             max_delay: job.room_max_delay,
             writes_per_shard: job.room_writes_per_shard,
             max_interval: job.room_max_interval,
+            lag_target: job.room_lag_target,
         }),
         registry,
         counters: counters.clone(),
@@ -143,6 +147,13 @@ impl Router {
                 }
                 _ = registry_tick.tick() => {
                     self.registry.refresh().await;
+                    if let Some(lag_us) = self.registry.fresh_lag() {
+                        let share = self.batcher.adapt(lag_us);
+                        self.counters
+                            .room_budget_permille
+                            .store((share * 1000.0).round() as u64, Ordering::Relaxed);
+                        tracing::debug!(lag_us, share, "room pacing budget");
+                    }
                     if let Some((sizes, shards)) = self.registry.room_sizes().await {
                         self.batcher.set_sizes(&sizes, shards);
                     }

@@ -12,6 +12,12 @@
 //! `shards × writes_per_shard / n` writes a second. Room sizes and the cluster's shard count
 //! come from the comets' online reports ([`RoomBatcher::set_sizes`]).
 //!
+//! `writes_per_shard` assumes a shard has its core. Where it does not (comets sharing cores
+//! with each other or with other work) the comets fall behind, and their reports say so: each
+//! shard reports how late its 100 ms tick runs. job uses only the share of the budget that
+//! keeps the busiest comet's lag near `lag_target` ([`RoomBatcher::adapt`]), so batches grow
+//! with the load the host actually has.
+//!
 //! One task owns the batcher, so a room's batches leave in order.
 
 use std::cmp::Reverse;
@@ -53,7 +59,12 @@ pub(crate) struct Pacing {
     pub writes_per_shard: u64,
     /// Longest interval between two flushes of a paced room.
     pub max_interval: Duration,
+    /// The comets' tick lag to aim at ([`RoomBatcher::adapt`]); zero: no adapting.
+    pub lag_target: Duration,
 }
+
+/// The smallest share of `writes_per_shard` adapting goes down to.
+const MIN_SHARE: f64 = 0.01;
 
 pub(crate) struct RoomBatcher {
     pacing: Pacing,
@@ -65,6 +76,8 @@ pub(crate) struct RoomBatcher {
     intervals: HashMap<String, Duration>,
     /// When each paced room last flushed.
     last_flush: HashMap<String, Instant>,
+    /// The share of `writes_per_shard` in use, learned from the comets' lag.
+    share: f64,
 }
 
 impl RoomBatcher {
@@ -79,7 +92,25 @@ impl RoomBatcher {
             next_generation: 0,
             intervals: HashMap::new(),
             last_flush: HashMap::new(),
+            share: 1.0,
         }
+    }
+
+    /// Learns how much of the write budget the comets can take from the lag of the busiest
+    /// one (microseconds; call once per fresh report): above twice the target the share
+    /// falls by 30 %, below half of it it grows by 25 %, between the two it stays. The next
+    /// [`RoomBatcher::set_sizes`] applies it. Returns the share in use.
+    pub(crate) fn adapt(&mut self, lag_us: u32) -> f64 {
+        let target = self.pacing.lag_target.as_micros() as f64;
+        if target > 0.0 {
+            let lag = f64::from(lag_us);
+            if lag > 2.0 * target {
+                self.share = (self.share * 0.7).max(MIN_SHARE);
+            } else if lag < target / 2.0 {
+                self.share = (self.share * 1.25).min(1.0);
+            }
+        }
+        self.share
     }
 
     /// Takes the cluster's room sizes (members per room) and its number of comet shards, and
@@ -88,7 +119,7 @@ impl RoomBatcher {
         let p = self.pacing;
         self.intervals.clear();
         if p.writes_per_shard > 0 {
-            let rate = (shards.max(1) * p.writes_per_shard) as f64;
+            let rate = (shards.max(1) * p.writes_per_shard) as f64 * self.share;
             for (room, members) in sizes {
                 let interval = Duration::from_secs_f64(*members as f64 / rate).min(p.max_interval);
                 if interval > p.max_delay {
@@ -231,7 +262,52 @@ mod tests {
             max_delay: Duration::from_millis(max_delay_ms),
             writes_per_shard: 50_000,
             max_interval: Duration::from_secs(1),
+            lag_target: Duration::from_millis(5),
         }
+    }
+
+    #[test]
+    fn lagging_comets_shrink_the_budget_and_calm_ones_restore_it() {
+        let ms = Duration::from_millis;
+        let mut b = RoomBatcher::new(pacing(20, 10));
+        let sizes: HashMap<String, u64> = [("room".to_string(), 10_000)].into();
+        b.set_sizes(&sizes, 2);
+        assert_eq!(b.interval("room"), Some(ms(100)), "the whole budget");
+
+        // Within [target / 2, 2 × target] nothing changes.
+        assert_eq!(b.adapt(2_500), 1.0);
+        assert_eq!(b.adapt(10_000), 1.0);
+        // Lagging: 30 % less each report, and the interval grows with it.
+        assert!((b.adapt(40_000) - 0.7).abs() < 1e-9);
+        assert!((b.adapt(40_000) - 0.49).abs() < 1e-9);
+        b.set_sizes(&sizes, 2);
+        let interval = b.interval("room").unwrap();
+        assert!(
+            (interval.as_secs_f64() - 0.1 / 0.49).abs() < 1e-6,
+            "{interval:?}"
+        );
+        // It never goes below 1 %, and the interval stays capped at max_interval.
+        for _ in 0..50 {
+            b.adapt(u32::MAX);
+        }
+        assert!((b.adapt(u32::MAX) - MIN_SHARE).abs() < 1e-9);
+        b.set_sizes(&sizes, 2);
+        assert_eq!(b.interval("room"), Some(Duration::from_secs(1)));
+        // Calm comets earn it back, 25 % a report, up to all of it.
+        let mut share = MIN_SHARE;
+        for _ in 0..30 {
+            share = b.adapt(100);
+        }
+        assert_eq!(share, 1.0);
+        b.set_sizes(&sizes, 2);
+        assert_eq!(b.interval("room"), Some(ms(100)));
+
+        // A zero target turns adapting off.
+        let mut fixed = RoomBatcher::new(Pacing {
+            lag_target: Duration::ZERO,
+            ..pacing(20, 10)
+        });
+        assert_eq!(fixed.adapt(u32::MAX), 1.0);
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl LinkHandler {
                         conn_count: req.conn_count,
                         ip_count: req.ip_count,
                         rooms: req.rooms,
+                        lag_us: req.lag_us,
                     })
                     .await
                     .map_err(|e| e.to_string())?;

@@ -87,8 +87,7 @@ mod tests {
                 ..Default::default()
             },
             conn_count: conns,
-            ip_count: 0,
-            updated_ms: 0,
+            ..Default::default()
         }
     }
 

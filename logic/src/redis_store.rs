@@ -351,6 +351,7 @@ fn decode_report(v: &[u8]) -> Option<(u64, OnlineReport)> {
             conn_count: r.conn_count,
             ip_count: r.ip_count,
             rooms: r.rooms,
+            lag_us: r.lag_us,
         },
     ))
 }
@@ -793,6 +794,7 @@ impl Store for RedisStore {
             conn_count: report.conn_count,
             rooms: report.rooms,
             ip_count: report.ip_count,
+            lag_us: report.lag_us,
         }
         .encode_to_vec();
         let mut c = self.conn.clone();
@@ -822,12 +824,11 @@ impl Store for RedisStore {
                 .entry(report.comet.id.clone())
                 .or_insert_with(|| CometStatus {
                     info: report.comet.clone(),
-                    conn_count: 0,
-                    ip_count: 0,
-                    updated_ms: 0,
+                    ..Default::default()
                 });
             entry.conn_count += u64::from(report.conn_count);
             entry.ip_count += u64::from(report.ip_count);
+            entry.lag_us = entry.lag_us.max(report.lag_us);
             if updated >= entry.updated_ms {
                 entry.updated_ms = updated;
                 entry.info = report.comet;

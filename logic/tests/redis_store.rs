@@ -48,6 +48,7 @@ fn report(comet: CometInfo, shard: u32, conns: u32, rooms: &[(&str, u32)]) -> On
         conn_count: conns,
         ip_count: 1,
         rooms: rooms.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        lag_us: conns * 10,
     }
 }
 
@@ -294,6 +295,11 @@ async fn conformance(urls: Vec<String>, cluster: bool) {
     assert_eq!((comets[0].conn_count, comets[0].ip_count), (5, 2));
     assert_eq!(comets[1].info, info("b", 1));
     assert_eq!((comets[1].conn_count, comets[1].ip_count), (4, 1));
+    assert_eq!(
+        (comets[0].lag_us, comets[1].lag_us),
+        (30, 40),
+        "a comet's lag is its busiest shard's"
+    );
     assert!(comets[0].updated_ms >= comets[1].updated_ms);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1082,6 +1088,7 @@ async fn many_rooms_round_trip() {
         conn_count: 9,
         ip_count: 9,
         rooms: rooms.clone(),
+        lag_us: 0,
     })
     .await
     .unwrap();

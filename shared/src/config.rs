@@ -170,6 +170,11 @@ pub struct JobConfig {
     /// Longest interval between two flushes of a paced room.
     #[serde(deserialize_with = "duration")]
     pub room_max_interval: Duration,
+    /// The comets' tick lag job aims at: when the busiest comet's shards run their ticks later
+    /// than twice this on average, job spends less of `room_writes_per_shard` (down to 1 %),
+    /// and more again, up to all of it, below half of it. 0 = always the whole budget.
+    #[serde(deserialize_with = "duration")]
+    pub room_lag_target: Duration,
     /// Messages queued per comet link before the link reports itself full.
     pub comet_queue: usize,
     /// How often the comet registry is read for joins and departures.
@@ -344,6 +349,7 @@ impl Default for JobConfig {
             room_max_delay: Duration::from_millis(10),
             room_writes_per_shard: 50_000,
             room_max_interval: Duration::from_secs(1),
+            room_lag_target: Duration::from_millis(5),
             comet_queue: 8192,
             registry_interval: Duration::from_secs(1),
         }

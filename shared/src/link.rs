@@ -230,6 +230,10 @@ pub struct RenewOnline {
     pub rooms: std::collections::BTreeMap<String, u32>,
     #[prost(uint32, tag = "5")]
     pub ip_count: u32,
+    /// How late, on average since the last report, the shard's 100 ms tick ran, in
+    /// microseconds: how busy the shard (or the host under it) is. job paces big rooms by it.
+    #[prost(uint32, tag = "6")]
+    pub lag_us: u32,
 }
 
 /// Cluster-wide counts, only for the rooms the report named (goim answers with every room).

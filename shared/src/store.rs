@@ -19,23 +19,27 @@ pub struct Session {
 }
 
 /// One shard's online report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct OnlineReport {
     pub comet: CometInfo,
     pub shard: u32,
     pub conn_count: u32,
     pub ip_count: u32,
     pub rooms: BTreeMap<String, u32>,
+    /// The shard's mean tick lag, in microseconds (`RenewOnline::lag_us`).
+    pub lag_us: u32,
 }
 
 /// A live comet as the registry sees it: its last info and its shards' sums.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CometStatus {
     pub info: CometInfo,
     pub conn_count: u64,
     pub ip_count: u64,
     /// Unix time of the newest report, in milliseconds.
     pub updated_ms: u64,
+    /// The largest tick lag among its shards' live reports, in microseconds.
+    pub lag_us: u32,
 }
 
 /// A message kept in a user's inbox or a room's history.
@@ -413,12 +417,11 @@ impl Store for EmbeddedStore {
                 .entry(&report.comet.id)
                 .or_insert_with(|| CometStatus {
                     info: report.comet.clone(),
-                    conn_count: 0,
-                    ip_count: 0,
-                    updated_ms: 0,
+                    ..Default::default()
                 });
             entry.conn_count += u64::from(report.conn_count);
             entry.ip_count += u64::from(report.ip_count);
+            entry.lag_us = entry.lag_us.max(report.lag_us);
             if *updated >= entry.updated_ms {
                 entry.updated_ms = *updated;
                 entry.info = report.comet.clone();
@@ -660,6 +663,7 @@ mod tests {
                 conn_count: n,
                 ip_count: 1,
                 rooms: BTreeMap::from([("live://1".to_string(), n)]),
+                lag_us: n * 100,
             })
             .await
             .unwrap();
@@ -668,5 +672,10 @@ mod tests {
         let comets = s.comets().await.unwrap();
         assert_eq!(comets.len(), 2);
         assert_eq!(comets[0].conn_count, 5);
+        assert_eq!(
+            (comets[0].lag_us, comets[1].lag_us),
+            (300, 400),
+            "a comet's lag is its busiest shard's"
+        );
     }
 }

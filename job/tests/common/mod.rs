@@ -18,6 +18,7 @@ pub async fn register(store: &EmbeddedStore, id: &str, link_addr: String) {
             conn_count: 0,
             ip_count: 0,
             rooms: Default::default(),
+            lag_us: 0,
         })
         .await
         .unwrap();
