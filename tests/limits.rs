@@ -58,8 +58,16 @@ fn connections_past_the_comet_and_address_limits_are_refused_and_counted() {
     let g = Gateway::start(config).expect("gateway starts");
     let addr = g.tcp_addr();
 
+    // Each shard accepts on its own, so the next connection waits until the comet has taken
+    // the earlier ones: otherwise a later connect may be accepted first and take the place.
+    let accepted = |n: u64| {
+        eventually(Duration::from_secs(5), "accepted", || {
+            g.comet().stats().accepted == n
+        })
+    };
     let mut a1 = connect_from("127.0.0.2", addr);
     let mut a2 = connect_from("127.0.0.2", addr);
+    accepted(2);
     let mut a3 = connect_from("127.0.0.2", addr);
     assert!(
         closed_by_server(&mut a3),
@@ -75,6 +83,7 @@ fn connections_past_the_comet_and_address_limits_are_refused_and_counted() {
     let _b1 = connect_from("127.0.0.3", addr);
     let mut b2 = connect_from("127.0.0.3", g.ws_addr());
     assert!(still_open(&mut b2, Duration::from_millis(200)));
+    accepted(5);
     let mut c1 = connect_from("127.0.0.4", addr);
     assert!(closed_by_server(&mut c1), "fifth connection to the comet");
     eventually(Duration::from_secs(5), "refused_conn_limit", || {
