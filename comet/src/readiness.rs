@@ -54,6 +54,11 @@ struct Slot {
     generation: u32,
     read: Option<Waker>,
     write: Option<Waker>,
+    /// Whether a read (write) may succeed: false from a syscall's EAGAIN until the next
+    /// event for that direction, so a task woken for one direction does not spend a syscall
+    /// on the other.
+    readable: bool,
+    writable: bool,
 }
 
 /// What the waiting thread hands over: (token, epoll events).
@@ -122,12 +127,16 @@ impl Readiness {
         let mut slots = self.slots.borrow_mut();
         let (index, generation) = split(token);
         match slots.entries.get_mut(index as usize) {
-            Some(slot) if slot.generation == generation => (
-                (events & READABLE != 0).then(|| slot.read.take()).flatten(),
-                (events & WRITABLE != 0)
-                    .then(|| slot.write.take())
-                    .flatten(),
-            ),
+            Some(slot) if slot.generation == generation => {
+                slot.readable |= events & READABLE != 0;
+                slot.writable |= events & WRITABLE != 0;
+                (
+                    (events & READABLE != 0).then(|| slot.read.take()).flatten(),
+                    (events & WRITABLE != 0)
+                        .then(|| slot.write.take())
+                        .flatten(),
+                )
+            }
             _ => (None, None),
         }
     }
@@ -145,6 +154,8 @@ impl Readiness {
             };
             let slot = &mut slots.entries[index as usize];
             slot.generation = slot.generation.wrapping_add(1);
+            slot.readable = true;
+            slot.writable = true;
             join(index, slot.generation)
         };
         let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
@@ -174,19 +185,41 @@ impl Readiness {
         }
     }
 
+    /// Whether a syscall in that direction may succeed; if not, leaves `waker` to be woken
+    /// by the next event.
+    fn ready_or_wait(&self, token: u64, waker: &Waker, write: bool) -> bool {
+        let mut slots = self.slots.borrow_mut();
+        let (index, generation) = split(token);
+        let Some(slot) = slots.entries.get_mut(index as usize) else {
+            return true;
+        };
+        let ready = if write { slot.writable } else { slot.readable };
+        if slot.generation != generation || ready {
+            return true;
+        }
+        store(
+            if write {
+                &mut slot.write
+            } else {
+                &mut slot.read
+            },
+            waker,
+        );
+        false
+    }
+
+    /// After EAGAIN: not ready in that direction until the next event, which wakes `waker`.
     fn wait_for(&self, token: u64, waker: &Waker, write: bool) {
         let mut slots = self.slots.borrow_mut();
         let (index, generation) = split(token);
         if let Some(slot) = slots.entries.get_mut(index as usize) {
             if slot.generation == generation {
-                let place = if write {
-                    &mut slot.write
+                if write {
+                    slot.writable = false;
+                    store(&mut slot.write, waker);
                 } else {
-                    &mut slot.read
-                };
-                match place {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *place = Some(waker.clone()),
+                    slot.readable = false;
+                    store(&mut slot.read, waker);
                 }
             }
         }
@@ -225,6 +258,13 @@ fn wait_loop(epoll: RawFd, tx: async_channel::Sender<Batch>) {
         if tx.send_blocking(batch).is_err() {
             return;
         }
+    }
+}
+
+fn store(place: &mut Option<Waker>, waker: &Waker) {
+    match place {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *place = Some(waker.clone()),
     }
 }
 
@@ -278,6 +318,9 @@ impl Socket {
     /// with its peer's address.
     pub(crate) async fn accept(&self) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
         poll_fn(|cx| {
+            if !self.readiness.ready_or_wait(self.token, cx.waker(), false) {
+                return Poll::Pending;
+            }
             let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             loop {
@@ -349,6 +392,9 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if !self.readiness.ready_or_wait(self.token, cx.waker(), false) {
+            return Poll::Pending;
+        }
         loop {
             // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
             let n = unsafe {
@@ -377,6 +423,9 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if !self.readiness.ready_or_wait(self.token, cx.waker(), true) {
+            return Poll::Pending;
+        }
         loop {
             // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
             let n = unsafe {
@@ -549,6 +598,40 @@ mod tests {
             readiness.wait_for(second.token, &waker, false);
             assert!(matches!(readiness.take_wakers(old, READABLE), (None, None)));
             assert!(readiness.take_wakers(second.token, READABLE).0.is_some());
+            readiness.stop();
+        });
+    }
+
+    /// A socket that read EAGAIN makes no read syscall until an input event arrives, and a
+    /// blocked read does not stop writes.
+    #[test]
+    fn a_drained_direction_waits_for_its_event() {
+        executor().run(async {
+            let (readiness, _batches) = Readiness::new("test-epoll".into()).unwrap();
+            let (mut socket, mut client) = pair(&readiness);
+            let waker = futures_lite::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+            let mut cx = Context::from_waker(&waker);
+            let mut buf = [0u8; 8];
+            assert!(Pin::new(&mut socket)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending());
+            assert!(!readiness.ready_or_wait(socket.token, &waker, false));
+            assert!(
+                readiness.ready_or_wait(socket.token, &waker, true),
+                "writes unaffected"
+            );
+            // Data alone does not make it try again; the event does.
+            client.write_all(b"x").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(Pin::new(&mut socket)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending());
+            let (read, write) = readiness.take_wakers(socket.token, libc::EPOLLIN as u32);
+            assert!(read.is_some() && write.is_none());
+            match Pin::new(&mut socket).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(1)) => assert_eq!(buf[0], b'x'),
+                other => panic!("{other:?}"),
+            }
             readiness.stop();
         });
     }
