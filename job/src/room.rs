@@ -98,14 +98,16 @@ impl RoomBatcher {
 
     /// Learns how much of the write budget the comets can take from the lag of the busiest
     /// one (microseconds; call once per fresh report): above twice the target the share
-    /// falls by 30 %, below half of it it grows by 25 %, between the two it stays. The next
-    /// [`RoomBatcher::set_sizes`] applies it. Returns the share in use.
+    /// falls by 30 % (more the further behind, by half from four times the target on), below
+    /// half of it it grows by 25 %, between the two it stays. The next [`RoomBatcher::set_sizes`]
+    /// applies it. Returns the share in use.
     pub(crate) fn adapt(&mut self, lag_us: u32) -> f64 {
         let target = self.pacing.lag_target.as_micros() as f64;
         if target > 0.0 {
             let lag = f64::from(lag_us);
             if lag > 2.0 * target {
-                self.share = (self.share * 0.7).max(MIN_SHARE);
+                let cut = (2.0 * target / lag).clamp(0.5, 0.7);
+                self.share = (self.share * cut).max(MIN_SHARE);
             } else if lag < target / 2.0 {
                 self.share = (self.share * 1.25).min(1.0);
             }
@@ -278,14 +280,16 @@ mod tests {
         assert_eq!(b.adapt(2_500), 1.0);
         assert_eq!(b.adapt(10_000), 1.0);
         // Lagging: 30 % less each report, and the interval grows with it.
-        assert!((b.adapt(40_000) - 0.7).abs() < 1e-9);
-        assert!((b.adapt(40_000) - 0.49).abs() < 1e-9);
+        assert!((b.adapt(12_000) - 0.7).abs() < 1e-9);
+        assert!((b.adapt(12_000) - 0.49).abs() < 1e-9);
         b.set_sizes(&sizes, 2);
         let interval = b.interval("room").unwrap();
         assert!(
             (interval.as_secs_f64() - 0.1 / 0.49).abs() < 1e-6,
             "{interval:?}"
         );
+        // Far behind (8 × the target here), it halves.
+        assert!((b.adapt(40_000) - 0.245).abs() < 1e-9);
         // It never goes below 1 %, and the interval stays capped at max_interval.
         for _ in 0..50 {
             b.adapt(u32::MAX);

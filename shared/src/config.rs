@@ -171,8 +171,9 @@ pub struct JobConfig {
     #[serde(deserialize_with = "duration")]
     pub room_max_interval: Duration,
     /// The comets' tick lag job aims at: when the busiest comet's shards run their ticks later
-    /// than twice this on average, job spends less of `room_writes_per_shard` (down to 1 %),
-    /// and more again, up to all of it, below half of it. 0 = always the whole budget.
+    /// than twice this on average, job spends less of `room_writes_per_shard` (30 % less per
+    /// report, up to half when far behind; down to 1 %), and 25 % more again, up to all of
+    /// it, below half of it. 0 = always the whole budget.
     #[serde(deserialize_with = "duration")]
     pub room_lag_target: Duration,
     /// Messages queued per comet link before the link reports itself full.
