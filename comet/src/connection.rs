@@ -1214,6 +1214,7 @@ mod tests {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let addr = listener.local_addr().unwrap();
                 let stream = std::net::TcpStream::connect(addr).unwrap();
+                stream.set_nonblocking(true).unwrap();
                 let shard = Shard::detached(Default::default());
                 let socket = Socket::new(OwnedFd::from(stream), &shard.readiness).unwrap();
                 let task = serve(shard, Box::new((socket, Some(addr))), Listen::WS);

@@ -303,9 +303,9 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// Takes `fd` (made non-blocking here) into the shard's epoll set.
+    /// Takes `fd` into the shard's epoll set. It must already be non-blocking: accepted
+    /// sockets are (`accept4` with `SOCK_NONBLOCK`), and so are comet's listening sockets.
     pub(crate) fn new(fd: OwnedFd, readiness: &Rc<Readiness>) -> io::Result<Socket> {
-        set_nonblocking(fd.as_raw_fd())?;
         let token = readiness.register(fd.as_raw_fd())?;
         Ok(Socket {
             fd,
@@ -463,17 +463,6 @@ impl AsyncWrite for Socket {
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl calls on a descriptor the caller owns.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 fn address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(storage.ss_family) {
         libc::AF_INET => {
@@ -524,6 +513,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
         (
             Socket::new(OwnedFd::from(server), readiness).unwrap(),
             client,
@@ -642,6 +632,7 @@ mod tests {
             let (readiness, batches) = Readiness::new("test-epoll".into()).unwrap();
             glommio::spawn_local(readiness.clone().dispatch(batches)).detach();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
             let addr = listener.local_addr().unwrap();
             let listener = Socket::new(OwnedFd::from(listener), &readiness).unwrap();
             let client = std::thread::spawn(move || {

@@ -233,8 +233,10 @@ pub(crate) async fn run(setup: ShardSetup) {
     let shard = Rc::new(Shard::new(index, comet, stats, stop_rx, readiness));
 
     // Duplicates of the listening sockets, kept to take them out of LISTEN state at shutdown:
-    // an in-flight io_uring accept holds the file until the ring is torn down asynchronously,
-    // so merely closing the fd would leave the port busy for a moment after `shutdown`.
+    // the link listener's in-flight io_uring accept holds its file until the ring is torn down
+    // asynchronously, so merely closing the fd would leave the port busy for a moment after
+    // `shutdown`; the client listeners (on the epoll set) are shut the same way, which also
+    // wakes their accept loops.
     let mut listening: Vec<Socket> = Vec::new();
     let mut listeners: Vec<Task<()>> = Vec::new();
     for (socket, listen) in clients {
