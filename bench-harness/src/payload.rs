@@ -23,13 +23,7 @@ pub struct Stamp {
 
 /// CLOCK_MONOTONIC in nanoseconds (the same clock in every process on this host).
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::procstat::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Encodes a push body. `pad_to` > the natural length adds a `"pad"` string so the body has
