@@ -230,6 +230,16 @@ impl Client {
         Ok(())
     }
 
+    /// Closes the sending half, as a client hanging up does (the server reads end of stream);
+    /// what the server sends can still be read.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Stream::Tls(s) = &mut self.stream {
+            s.conn.send_close_notify();
+            s.flush()?;
+        }
+        self.stream.tcp().shutdown(std::net::Shutdown::Write)
+    }
+
     /// Sends the auth frame and waits for op 8.
     pub fn auth(&mut self, body: &str) -> Result<(), ClientError> {
         self.send(1, op::AUTH, 1, body.as_bytes())?;

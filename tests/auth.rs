@@ -224,3 +224,41 @@ fn room_changes_are_limited_to_the_tokens_rooms() {
     assert_eq!(next_push(&mut c).1, "for live://2");
     g.shutdown();
 }
+
+/// A room's history is read under the same rule as entering the room: a token limited to
+/// `live://1` cannot read `live://secret`'s history with op 22, though it can read its own.
+#[test]
+fn room_history_is_read_only_in_the_tokens_rooms() {
+    use imgate_shared::frame::op;
+    let g = secure_gateway();
+    for (room, body) in [("secret", "classified"), ("1", "public")] {
+        post(
+            g.http_addr(),
+            &format!("/goim/push/room?operation=1000&type=live&room={room}&history=1"),
+            body,
+        );
+    }
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    let rooms = Some(vec!["live://1".to_string()]);
+    c.auth(&auth_with(&token(9, rooms), 9, "", "live://1"))
+        .unwrap();
+
+    c.send(1, op::SYNC, 5, b"live://secret 0").unwrap();
+    let refused = c.recv(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (refused.op, refused.seq, refused.body.len()),
+        (op::SYNC_REPLY, 5, 0),
+        "the refusal comes first and alone, with an empty body"
+    );
+    assert_eq!(g.comet().stats().room_refused, 1);
+
+    c.send(1, op::SYNC, 6, b"live://1 0").unwrap();
+    let history = c.recv(Duration::from_secs(5)).unwrap();
+    assert_eq!((history.op, history.body), (1000, b"public".to_vec()));
+    let answered = c.recv(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (answered.op, answered.seq, answered.body),
+        (op::SYNC_REPLY, 6, b"live://1 0".to_vec())
+    );
+    g.shutdown();
+}

@@ -190,3 +190,119 @@ fn a_slow_http_request_head_is_cut_off_and_others_are_served() {
     );
     g.shutdown();
 }
+
+/// Every WebSocket frame a client sends counts against its rate, control frames and empty
+/// fragments included: a pong flood is closed like a heartbeat flood.
+#[test]
+fn websocket_pongs_and_empty_fragments_count_against_the_rate() {
+    use imgate_shared::ws::{self, opcode};
+    let mut config = test_config();
+    config.comet.upstream_rate = 10;
+    config.comet.upstream_burst = 20;
+    let g = Gateway::start(config).expect("gateway starts");
+
+    let mut pongs = Vec::new();
+    for _ in 0..200 {
+        pongs.extend_from_slice(&ws::encode_client_frame(opcode::PONG, b"", [1, 2, 3, 4]));
+    }
+    let mut fragments = ws::encode_client_frame(opcode::BINARY, b"", [1, 2, 3, 4]);
+    fragments[0] &= 0x7f;
+    for _ in 0..200 {
+        let mut empty = ws::encode_client_frame(opcode::CONTINUATION, b"", [5, 6, 7, 8]);
+        empty[0] &= 0x7f;
+        fragments.extend_from_slice(&empty);
+    }
+    for (n, flood) in [pongs, fragments].into_iter().enumerate() {
+        let mut c = support::client(g.ws_addr(), Transport::WebSocket, 1, "", "", &[1000]);
+        c.send_bytes(&flood).unwrap();
+        assert!(
+            c.wait_closed(Duration::from_secs(5)),
+            "flood {n} of frames that complete no message was not closed"
+        );
+        eventually(Duration::from_secs(5), "closed_rate_limited", || {
+            g.comet().stats().closed_rate_limited == n as u64 + 1
+        });
+    }
+    g.shutdown();
+}
+
+/// A connection's queue is bounded in bytes as well as in entries: a client that stops reading
+/// large pushes is closed long before its queue holds `send_queue` of them.
+#[test]
+fn a_queue_is_bounded_in_bytes_as_well_as_in_entries() {
+    let mut config = test_config();
+    config.comet.send_queue = 10_000;
+    config.comet.send_queue_bytes = 256 << 10;
+    let g = Gateway::start(config).expect("gateway starts");
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&g.tcp_addr().into()).unwrap();
+    let mut stalled: TcpStream = socket.into();
+    let auth = support::auth_body(0, "stalled", "live://big", &[1000]);
+    std::io::Write::write_all(
+        &mut stalled,
+        &frame::encode(1, op::AUTH, 1, auth.as_bytes()),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(5), "the client registered", || {
+        g.comet().stats().connections == 1
+    });
+    // 200 pushes of 32 KiB: 6.4 MiB, far past the kernel's buffers and 256 KiB of queue, but
+    // only 200 of 10,000 entries.
+    let body = "x".repeat(32 << 10);
+    for _ in 0..200 {
+        support::push(
+            g.http_addr(),
+            "/goim/push/room?operation=1000&type=live&room=big",
+            &body,
+        );
+        if g.comet().stats().closed_slow == 1 {
+            break;
+        }
+    }
+    eventually(Duration::from_secs(10), "closed_slow", || {
+        g.comet().stats().closed_slow == 1
+    });
+    g.shutdown();
+}
+
+/// A paced broadcast keeps no connection alive: clients that hang up while it runs are closed
+/// by the server at once (their sockets leave CLOSE-WAIT), not when the broadcast ends.
+#[test]
+fn a_paced_broadcast_does_not_keep_closed_connections() {
+    let g = Gateway::start(test_config()).expect("gateway starts");
+    let mut clients: Vec<_> = (0..20)
+        .map(|i| {
+            support::client(
+                g.tcp_addr(),
+                Transport::Tcp,
+                0,
+                &format!("k{i}"),
+                "",
+                &[1000],
+            )
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "every client registered", || {
+        g.comet().stats().connections == 20
+    });
+    // One connection a second: this broadcast takes about 20 s.
+    support::push(
+        g.http_addr(),
+        "/goim/push/all?operation=1000&speed=1",
+        "slow",
+    );
+    for c in &mut clients {
+        c.shutdown_write().unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert!(
+            c.wait_closed(Duration::from_secs(5)),
+            "client {i} hung up but the server kept its connection open"
+        );
+    }
+    eventually(Duration::from_secs(5), "no connection left", || {
+        g.comet().stats().connections == 0
+    });
+    g.shutdown();
+}

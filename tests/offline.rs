@@ -319,3 +319,71 @@ fn concurrent_pushes(g: imgate::standalone::Gateway) {
     });
     g.shutdown();
 }
+
+/// Stored messages go out a page at a time: an offline user with more than a page waiting gets
+/// every message in order on connect, and again with op 22, on both stores.
+#[test]
+fn a_backlog_larger_than_a_page_arrives_whole_and_in_order() {
+    for (g, _redis) in gateways() {
+        let body = "b".repeat(3000);
+        for _ in 0..100 {
+            push_mid(&g, 61, &body);
+        }
+        // 300 KB waiting: about five 64 KiB pages. The client acks (it never does here), so
+        // what it was sent stays stored for the sync below.
+        let mut c = connect(g.tcp_addr(), Transport::Tcp, 61, true);
+        for seq in 1..=100 {
+            let (got, text) = next(&mut c);
+            assert_eq!((got, text.len()), (seq, body.len()));
+        }
+        c.send(1, op::SYNC, 9, b"0").unwrap();
+        for seq in 1..=100 {
+            assert_eq!(next(&mut c).0, seq);
+        }
+        let reply = c.recv(WAIT).unwrap();
+        assert_eq!((reply.op, reply.seq), (op::SYNC_REPLY, 9));
+        g.shutdown();
+    }
+}
+
+/// A connection's op-22 requests are served one after another, in order; beyond the one being
+/// served and eight waiting, a request is answered at once with an empty reply and counted.
+#[test]
+fn syncs_wait_their_turn_and_too_many_are_refused() {
+    let g = gateway();
+    for i in 1..=3 {
+        push(
+            g.http_addr(),
+            "/goim/push/room?operation=1000&type=live&room=q&history=1",
+            &format!("q{i}"),
+        );
+    }
+    let mut c = connect(g.tcp_addr(), Transport::Tcp, 0, false);
+    let mut burst = Vec::new();
+    for seq in 1..=20 {
+        burst.extend_from_slice(&imgate_shared::frame::encode(
+            1,
+            op::SYNC,
+            seq,
+            b"live://q 0",
+        ));
+    }
+    c.send_bytes(&burst).unwrap();
+    // The refusals are answered as they are read, before any history goes out.
+    for seq in 10..=20 {
+        let f = c.recv(WAIT).unwrap();
+        assert_eq!((f.op, f.seq, f.body.len()), (op::SYNC_REPLY, seq, 0));
+    }
+    for seq in 1..=9 {
+        for i in 1..=3 {
+            assert_eq!(next(&mut c), (i, format!("q{i}")));
+        }
+        let f = c.recv(WAIT).unwrap();
+        assert_eq!(
+            (f.op, f.seq, f.body),
+            (op::SYNC_REPLY, seq, b"live://q 0".to_vec())
+        );
+    }
+    assert_eq!(g.comet().stats().sync_refused, 11);
+    g.shutdown();
+}

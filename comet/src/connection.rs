@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_lite::future;
+use futures_lite::future::{self, poll_fn};
 use futures_lite::AsyncRead;
 use glommio::spawn_local;
 use glommio::timer::sleep;
@@ -73,6 +73,18 @@ pub(crate) enum Pushed {
     Overflow,
 }
 
+/// How much a connection's outgoing queue may hold (`comet.send_queue`,
+/// `comet.send_queue_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+/// Op-22 requests one connection may have waiting behind the one being served; more are
+/// answered at once with an empty reply and counted.
+const MAX_WAITING_SYNCS: usize = 8;
+
 /// One entry of a connection's outgoing queue.
 pub(crate) struct Queued {
     bytes: Bytes,
@@ -116,6 +128,10 @@ pub(crate) struct Conn {
     watch: RefCell<Box<[i32]>>,
     delivery: Delivery,
     queue: RefCell<VecDeque<Queued>>,
+    /// Bytes of the entries in `queue`.
+    queued_bytes: Cell<u32>,
+    /// A stored-message reader waits (in the shard's `drain_waiters`) for the queue to empty.
+    awaits_drain: Cell<bool>,
     unsent: Cell<Option<Box<Unsent>>>,
     writer: Cell<Option<Waker>>,
     stream: RefCell<ClientStream>,
@@ -138,20 +154,20 @@ impl Conn {
         self.watch.borrow().contains(&op)
     }
 
-    /// Queues `frame`, or closes the connection as too slow if `limit` entries are waiting.
-    pub fn push(&self, frame: Bytes, limit: usize) -> Pushed {
+    /// Queues `frame`, or closes the connection as too slow if its queue is over `limits`.
+    pub fn push(&self, frame: Bytes, limits: QueueLimits) -> Pushed {
         self.push_items(
             std::iter::once(Queued {
                 bytes: frame,
                 report: None,
             }),
-            limit,
+            limits,
         )
     }
 
     /// Queues a live stored push of this connection's user with inbox sequence `seq`, unless
     /// the connection already has it (`None`).
-    pub fn push_stored(&self, frame: Bytes, seq: u64, limit: usize) -> Option<Pushed> {
+    pub fn push_stored(&self, frame: Bytes, seq: u64, limits: QueueLimits) -> Option<Pushed> {
         if self.close.get().is_some() {
             return Some(Pushed::Closed);
         }
@@ -164,15 +180,20 @@ impl Conn {
                 bytes: frame,
                 report,
             }),
-            limit,
+            limits,
         ))
     }
 
     /// Queues batches of stored messages (from [`stored_batches`]). `inbox`: they are the
     /// user's own (counted as delivered, reported when written by a client that does not
-    /// ack); otherwise room history, never reported. The limit is checked once, before the
-    /// first batch: one answer never overflows a queue that had room for it.
-    pub fn push_stored_batches(&self, batches: Vec<(Bytes, u64, u64)>, inbox: bool, limit: usize) {
+    /// ack); otherwise room history, never reported. The entry limit is checked once, before
+    /// the first batch: one page of stored messages never overflows a queue that had room.
+    pub fn push_stored_batches(
+        &self,
+        batches: Vec<(Bytes, u64, u64)>,
+        inbox: bool,
+        limits: QueueLimits,
+    ) {
         if batches.is_empty() {
             return;
         }
@@ -184,21 +205,34 @@ impl Conn {
             }
             Queued { bytes, report }
         });
-        self.push_items(items, limit);
+        self.push_items(items, limits);
     }
 
-    fn push_items(&self, items: impl Iterator<Item = Queued>, limit: usize) -> Pushed {
+    /// Queues `items` unless the queue already holds `limits.entries`; a queue that was not
+    /// empty and now holds more than `limits.bytes` closes the connection as too slow.
+    fn push_items(&self, items: impl Iterator<Item = Queued>, limits: QueueLimits) -> Pushed {
         if self.close.get().is_some() {
             return Pushed::Closed;
         }
         let mut queue = self.queue.borrow_mut();
-        if queue.len() >= limit {
+        let was_empty = queue.is_empty();
+        if queue.len() >= limits.entries {
             drop(queue);
             self.close(CloseReason::Slow);
             return Pushed::Overflow;
         }
-        queue.extend(items);
+        let mut bytes = self.queued_bytes.get() as usize;
+        for item in items {
+            bytes += item.bytes.len();
+            queue.push_back(item);
+        }
+        self.queued_bytes
+            .set(u32::try_from(bytes).unwrap_or(u32::MAX));
         drop(queue);
+        if !was_empty && bytes > limits.bytes {
+            self.close(CloseReason::Slow);
+            return Pushed::Overflow;
+        }
         self.wake_writer();
         Pushed::Queued
     }
@@ -208,8 +242,25 @@ impl Conn {
         if self.close.get().is_none() {
             self.close.set(Some(reason));
             self.queue.borrow_mut().clear();
+            self.queued_bytes.set(0);
             self.wake_writer();
         }
+    }
+
+    /// Whether everything queued has gone to the socket.
+    fn drained(&self) -> bool {
+        self.queue.borrow().is_empty() && {
+            let unsent = self.unsent.take();
+            let none = unsent.is_none();
+            self.unsent.set(unsent);
+            none
+        }
+    }
+
+    /// Entries left the queue with `bytes` bytes.
+    fn dequeued(&self, bytes: usize) {
+        let left = (self.queued_bytes.get() as usize).saturating_sub(bytes);
+        self.queued_bytes.set(left as u32);
     }
 
     /// The room this connection is in.
@@ -267,6 +318,13 @@ impl Conn {
                 .copied()
                 .collect();
         }
+    }
+
+    /// Whether this connection's token lets it into `room` (join it, or read its history).
+    pub fn may_enter(&self, room: &str) -> bool {
+        self.allowed_rooms
+            .as_ref()
+            .is_none_or(|rooms| rooms.iter().any(|r| r == room))
     }
 
     /// Counts one frame from the client against its rate; false when it is over.
@@ -361,6 +419,9 @@ pub(crate) async fn serve(
     .await;
     let reason = conn.close.get().unwrap_or(raced);
     conn.close(reason);
+    // Close the socket now: a task still holding the connection (a sync waiting for logic)
+    // must not keep its descriptor open.
+    drop(conn.stream.replace(ClientStream::Closed));
     shard.unregister(&conn);
     count_close(&shard, reason);
     shard.logic.notify(Body::Disconnect(Disconnect {
@@ -511,6 +572,8 @@ fn admit(
         watch: RefCell::new(Box::default()),
         delivery: Delivery::new(!r.acks && r.mid > 0, r.inbox_floor),
         queue: RefCell::new(VecDeque::new()),
+        queued_bytes: Cell::new(0),
+        awaits_drain: Cell::new(false),
         unsent: Cell::new(None),
         writer: Cell::new(None),
         stream,
@@ -535,7 +598,7 @@ fn admit(
     conn.push_stored_batches(
         stored_batches(websocket, &r.backlog, SCRATCH_SIZE),
         true,
-        shard.comet.config.send_queue,
+        shard.queue_limits(),
     );
     Some(conn)
 }
@@ -556,7 +619,7 @@ fn count_close(shard: &Shard, reason: CloseReason) {
 }
 
 fn push_reply(shard: &Shard, conn: &Conn, frame: Bytes) {
-    conn.push(frame, shard.comet.config.send_queue);
+    conn.push(frame, shard.queue_limits());
 }
 
 /// What the handshake saw in one batch of frames.
@@ -606,6 +669,7 @@ impl HandshakeFrames {
                 self.closing = true;
                 Flow::Stop
             }
+            Event::Partial => Flow::Continue,
         }
     }
 }
@@ -803,6 +867,7 @@ fn on_event(shard: &Rc<Shard>, conn: &Rc<Conn>, event: Event<'_>) -> Flow {
             push_reply(shard, conn, ws_control(opcode::CLOSE, code));
             Flow::Stop
         }
+        Event::Partial => Flow::Continue,
     }
 }
 
@@ -830,12 +895,7 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
         }
         op::CHANGE_ROOM => {
             let room = String::from_utf8_lossy(body);
-            let allowed = room.is_empty()
-                || conn
-                    .allowed_rooms
-                    .as_ref()
-                    .is_none_or(|rooms| rooms.iter().any(|r| *r == room));
-            if !allowed {
+            if !room.is_empty() && !conn.may_enter(&room) {
                 // Refused: the connection stays where it is; the empty reply says so.
                 stats::inc(&shard.stats.room_refused);
                 return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
@@ -870,21 +930,30 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             None => reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[]),
             // No user, no inbox: nothing to resend.
             Some(("", _)) if conn.mid <= 0 => reply(ws, h.ver, op::SYNC_REPLY, h.seq, body),
+            // A room's history is read under the same rule as entering the room.
+            Some((room, _)) if !room.is_empty() && !conn.may_enter(room) => {
+                stats::inc(&shard.stats.room_refused);
+                reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[])
+            }
             Some((room, after)) => {
-                let request = InboxRead {
-                    conn: conn.conn_ref(shard),
-                    mid: conn.mid,
+                let request = SyncRequest {
+                    ver: h.ver,
+                    seq: h.seq,
+                    body: Bytes::copy_from_slice(body),
                     room: room.to_string(),
                     after,
                 };
-                spawn_local(sync(
-                    shard.clone(),
-                    conn.clone(),
-                    h,
-                    Bytes::copy_from_slice(body),
-                    request,
-                ))
-                .detach();
+                match shard.enqueue_sync(conn.id, request, MAX_WAITING_SYNCS) {
+                    Ok(Some(first)) => {
+                        spawn_local(serve_syncs(shard.clone(), conn.clone(), first)).detach();
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        // Too many waiting: the client asks faster than it takes answers in.
+                        stats::inc(&shard.stats.sync_refused);
+                        return Some(reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[]));
+                    }
+                }
                 return None;
             }
         },
@@ -903,71 +972,138 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
     Some(answer)
 }
 
-/// Answers one SYNC: asks logic for the stored messages, queues them, then the op-23 reply
-/// echoing the request (empty when logic failed). Runs beside the reader, so later frames of
-/// the client are served meanwhile.
-async fn sync(shard: Rc<Shard>, conn: Rc<Conn>, h: Header, body: Bytes, request: InboxRead) {
-    let inbox = request.room.is_empty();
-    let config = &shard.comet.config;
-    let answer = shard
-        .logic
-        .request(Body::InboxRead(request), config.logic_timeout)
-        .await;
-    let echoed: &[u8] = match answer {
-        Ok(Body::InboxMessages(found)) => {
-            let batches = stored_batches(conn.websocket, &found.messages, SCRATCH_SIZE);
-            conn.push_stored_batches(batches, inbox, config.send_queue);
-            &body
+/// One op-22 request of a client: what it asked for, and the header to answer with.
+pub(crate) struct SyncRequest {
+    ver: i16,
+    seq: i32,
+    body: Bytes,
+    /// Empty: the user's inbox.
+    room: String,
+    after: u64,
+}
+
+/// Serves a connection's op-22 requests one after another, starting with `first`, until none
+/// waits. Each runs beside the reader, so later frames of the client are served meanwhile.
+async fn serve_syncs(shard: Rc<Shard>, conn: Rc<Conn>, first: SyncRequest) {
+    let mut next = Some(first);
+    while let Some(request) = next {
+        if conn.close.get().is_some() {
+            break;
         }
-        Ok(_) => {
-            tracing::warn!("logic answered InboxRead with an unexpected message");
-            &[]
-        }
-        Err(e) => {
-            tracing::debug!(conn_id = conn.id, "sync failed: {e}");
-            &[]
-        }
-    };
+        serve_sync(&shard, &conn, request).await;
+        next = shard.next_sync(conn.id);
+    }
+    // Whatever still waits is dropped with the connection.
+    while shard.next_sync(conn.id).is_some() {}
+}
+
+/// Answers one SYNC: the stored messages after `after`, a page at a time, each page read from
+/// logic only once the client has taken the previous one in; then the op-23 reply echoing the
+/// request (empty when logic failed). A client that never reads holds one page.
+async fn serve_sync(shard: &Rc<Shard>, conn: &Rc<Conn>, request: SyncRequest) {
+    let SyncRequest {
+        ver,
+        seq,
+        body,
+        room,
+        after,
+    } = request;
+    let inbox = room.is_empty();
+    let served = read_stored(shard, conn, room, after, |page| {
+        let batches = stored_batches(conn.websocket, page, SCRATCH_SIZE);
+        conn.push_stored_batches(batches, inbox, shard.queue_limits());
+    })
+    .await;
+    let echoed: &[u8] = if served { &body } else { &[] };
     push_reply(
-        &shard,
-        &conn,
-        reply(conn.websocket, h.ver, op::SYNC_REPLY, h.seq, echoed),
+        shard,
+        conn,
+        reply(conn.websocket, ver, op::SYNC_REPLY, seq, echoed),
     );
 }
 
-/// Closes the connect race. logic read this connection's backlog before the shard registered
-/// the connection; a push stored in between and routed here live before the registration
-/// found no connection. Now that the connection is registered, ask logic once more for what
-/// came after what the connection has, and queue only what is new (a message that also
-/// arrived live is not sent twice). One request per connect of a user.
-async fn catch_up(shard: Rc<Shard>, conn: Rc<Conn>) {
-    let request = InboxRead {
-        conn: conn.conn_ref(&shard),
-        mid: conn.mid,
-        room: String::new(),
-        after: conn.delivery.queued_floor(),
-    };
+/// Reads stored messages after `after` (the user's inbox when `room` is empty) from logic, a
+/// page at a time, handing each page to `queue` and waiting for the connection's queue to
+/// drain before asking for the next. False when logic failed or the connection closed.
+async fn read_stored(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    room: String,
+    mut after: u64,
+    mut queue: impl FnMut(&[imgate_shared::link::Stored]),
+) -> bool {
     let config = &shard.comet.config;
-    match shard
-        .logic
-        .request(Body::InboxRead(request), config.logic_timeout)
-        .await
-    {
-        Ok(Body::InboxMessages(found)) => {
-            // One batch per message: what is left after dropping the known ones may have gaps,
-            // and a batch stands for a consecutive run.
-            for m in found
-                .messages
-                .iter()
-                .filter(|m| conn.delivery.is_new(m.seq))
-            {
-                let batches = stored_batches(conn.websocket, std::slice::from_ref(m), SCRATCH_SIZE);
-                conn.push_stored_batches(batches, true, config.send_queue);
+    loop {
+        let request = InboxRead {
+            conn: conn.conn_ref(shard),
+            mid: conn.mid,
+            room: room.clone(),
+            after,
+            max_bytes: imgate_shared::link::STORED_PAGE_BYTES,
+        };
+        let found = match shard
+            .logic
+            .request(Body::InboxRead(request), config.logic_timeout)
+            .await
+        {
+            Ok(Body::InboxMessages(found)) => found,
+            Ok(_) => {
+                tracing::warn!("logic answered InboxRead with an unexpected message");
+                return false;
             }
+            Err(e) => {
+                tracing::debug!(conn_id = conn.id, "reading stored messages failed: {e}");
+                return false;
+            }
+        };
+        let Some(last) = found.messages.last().map(|m| m.seq) else {
+            return true;
+        };
+        queue(&found.messages);
+        // A log that started again (it expired) answers from its start, below `after`; the
+        // next page then follows on from this one.
+        if !found.more || last == after {
+            return true;
         }
-        Ok(_) => tracing::warn!("logic answered InboxRead with an unexpected message"),
-        Err(e) => tracing::debug!(conn_id = conn.id, "connect catch-up failed: {e}"),
+        after = last;
+        if !queue_drained(shard, conn).await {
+            return false;
+        }
     }
+}
+
+/// Waits until everything queued to `conn` went to its socket; false if it closed first.
+async fn queue_drained(shard: &Shard, conn: &Conn) -> bool {
+    poll_fn(|cx| {
+        if conn.close.get().is_some() {
+            return Poll::Ready(false);
+        }
+        if conn.drained() {
+            return Poll::Ready(true);
+        }
+        conn.awaits_drain.set(true);
+        shard.wait_for_drain(conn.id, cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
+/// Closes the connect race. logic read this connection's backlog (one page) before the shard
+/// registered the connection; a push stored in between and routed here live before the
+/// registration found no connection. Now that the connection is registered, read on from what
+/// the connection has, a page at a time, and queue only what is new (a message that also
+/// arrived live is not sent twice).
+async fn catch_up(shard: Rc<Shard>, conn: Rc<Conn>) {
+    let after = conn.delivery.queued_floor();
+    read_stored(&shard, &conn, String::new(), after, |page| {
+        // One batch per message: what is left after dropping the known ones may have gaps,
+        // and a batch stands for a consecutive run.
+        for m in page.iter().filter(|m| conn.delivery.is_new(m.seq)) {
+            let batches = stored_batches(conn.websocket, std::slice::from_ref(m), SCRATCH_SIZE);
+            conn.push_stored_batches(batches, true, shard.queue_limits());
+        }
+    })
+    .await;
 }
 
 /// Moves queued entries into `scratch` until the next one would pass `limit` (at least one
@@ -1039,6 +1175,9 @@ fn poll_write_side(shard: &Shard, conn: &Conn, cx: &mut Context<'_>) -> Poll<Clo
                     *queue = VecDeque::new();
                 }
                 drop(queue);
+                if conn.awaits_drain.take() {
+                    shard.drained(conn.id);
+                }
                 match poll_flush(stream, cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Io),
@@ -1058,6 +1197,7 @@ fn poll_write_side(shard: &Shard, conn: &Conn, cx: &mut Context<'_>) -> Poll<Clo
                     continue;
                 };
                 drop(queue);
+                conn.dequeued(item.bytes.len());
                 let Queued { mut bytes, report } = item;
                 match poll_write(stream, cx, &bytes) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -1088,6 +1228,7 @@ fn poll_write_side(shard: &Shard, conn: &Conn, cx: &mut Context<'_>) -> Poll<Clo
                 scratch.clear();
                 let report = fill_batch(&mut queue, &mut scratch, SCRATCH_SIZE);
                 drop(queue);
+                conn.dequeued(scratch.len());
                 match poll_write(stream, cx, &scratch) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(CloseReason::Io)

@@ -57,6 +57,7 @@ enum Owned {
     Frame(i16, i32, i32, Vec<u8>),
     Ping(Vec<u8>),
     Close(Vec<u8>),
+    Partial,
 }
 
 fn run(
@@ -85,6 +86,10 @@ fn run(
                 assert!(websocket && payload.len() <= 125);
                 closed.set(true);
                 Owned::Close(payload.to_vec())
+            }
+            Event::Partial => {
+                assert!(websocket, "only WebSocket frames can be partial");
+                Owned::Partial
             }
         };
         events.push(owned);

@@ -33,7 +33,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use imgate_shared::config::CometConfig;
 use imgate_shared::link::CometInfo;
 
-use crate::limits::ConnLimits;
+use crate::limits::{ConnLimits, OnlineAddresses};
 use crate::shard::{CometShared, Listen, ShardCommand, ShardSetup, INBOX_CAPACITY};
 use crate::stats::ShardStats;
 
@@ -217,6 +217,7 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         inboxes: senders.clone(),
         tls,
         limits: ConnLimits::new(config.max_conns, config.max_conns_per_ip),
+        addresses: OnlineAddresses::default(),
     });
     let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
 

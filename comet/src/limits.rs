@@ -89,6 +89,40 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// The distinct source addresses of a comet's authenticated connections, over all its shards
+/// (goim's `ip_count`). Touched once when a connection registers and once when it leaves.
+#[derive(Default)]
+pub(crate) struct OnlineAddresses {
+    counts: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl OnlineAddresses {
+    /// One more connection from `ip`.
+    pub fn enter(&self, ip: IpAddr) {
+        *self.lock().entry(ip).or_default() += 1;
+    }
+
+    /// One connection from `ip` fewer.
+    pub fn leave(&self, ip: IpAddr) {
+        let mut counts = self.lock();
+        if let Some(n) = counts.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+
+    /// How many distinct addresses have a connection.
+    pub fn distinct(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Milliseconds on a process-wide monotonic clock, wrapping every 49 days; what
 /// [`RateLimit`] counts in, so a connection's bucket takes 8 bytes.
 pub(crate) fn now_ms() -> u32 {
@@ -169,6 +203,22 @@ mod tests {
         assert!(limits.per_ip.lock().unwrap().is_empty());
         drop(slots);
         assert_eq!(limits.current(), 0);
+    }
+
+    #[test]
+    fn online_addresses_count_each_address_once() {
+        let online = OnlineAddresses::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "::1".parse().unwrap();
+        online.enter(a);
+        online.enter(a);
+        online.enter(b);
+        assert_eq!(online.distinct(), 2);
+        online.leave(a);
+        assert_eq!(online.distinct(), 2);
+        online.leave(a);
+        online.leave(a);
+        assert_eq!(online.distinct(), 1);
     }
 
     #[test]

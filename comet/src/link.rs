@@ -162,6 +162,7 @@ mod tests {
                 mid: 7,
                 room: "live://1".into(),
                 after: 2,
+                max_bytes: 1 << 16,
             }),
             Body::InboxMessages(InboxMessages {
                 messages: vec![Stored {
@@ -169,6 +170,7 @@ mod tests {
                     op: 1000,
                     body: Bytes::from_static(b"m3"),
                 }],
+                more: true,
             }),
         ];
         for body in bodies {

@@ -6,6 +6,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -16,9 +18,13 @@ use glommio::timer::sleep;
 use imgate_shared::link::{self, Body, Envelope};
 
 use crate::socket_io::{read_with, write_all};
+use crate::stats::ShardStats;
 
-/// Queued one-way notices kept while logic is unreachable; older ones are dropped beyond it.
+/// Queued messages kept while logic is unreachable or slow; the oldest are dropped beyond
+/// either bound (and counted), so upstream frames clients send meanwhile cannot grow it
+/// without limit.
 const MAX_OUTGOING: usize = 100_000;
+const MAX_OUTGOING_BYTES: usize = 16 << 20;
 /// Largest batch written to logic in one write.
 const WRITE_BATCH: usize = 64 << 10;
 
@@ -70,15 +76,20 @@ impl Drop for ForgetOnDrop<'_> {
 pub(crate) struct LogicClient {
     next_id: Cell<u64>,
     outgoing: RefCell<VecDeque<Outgoing>>,
+    /// Bytes of the frames in `outgoing`.
+    outgoing_bytes: Cell<usize>,
+    stats: Arc<ShardStats>,
     pending: RefCell<HashMap<u64, Rc<Slot>>>,
     writer: RefCell<Option<Waker>>,
 }
 
 impl LogicClient {
-    pub fn new() -> Self {
+    pub fn new(stats: Arc<ShardStats>) -> Self {
         LogicClient {
             next_id: Cell::new(1),
             outgoing: RefCell::new(VecDeque::new()),
+            outgoing_bytes: Cell::new(0),
+            stats,
             pending: RefCell::new(HashMap::new()),
             writer: RefCell::new(None),
         }
@@ -87,12 +98,28 @@ impl LogicClient {
     fn enqueue(&self, id: u64, awaited: bool, body: Body) {
         let frame = Envelope::new(id, body).to_frame();
         let mut queue = self.outgoing.borrow_mut();
-        if queue.len() >= MAX_OUTGOING {
-            queue.pop_front();
-            tracing::warn!("logic unreachable: dropping the oldest queued notice");
-        }
+        let mut bytes = self.outgoing_bytes.get() + frame.len();
         queue.push_back(Outgoing { id, awaited, frame });
+        let mut dropped = 0u64;
+        while queue.len() > MAX_OUTGOING || bytes > MAX_OUTGOING_BYTES {
+            let Some(oldest) = queue.pop_front() else {
+                break;
+            };
+            bytes -= oldest.frame.len();
+            dropped += 1;
+        }
+        self.outgoing_bytes.set(bytes);
         drop(queue);
+        // Warn on the first drop of the shard's life; the counter tells the rest.
+        if dropped > 0
+            && self
+                .stats
+                .logic_dropped
+                .fetch_add(dropped, Ordering::Relaxed)
+                == 0
+        {
+            tracing::warn!("logic unreachable or slow: dropping the oldest queued messages");
+        }
         if let Some(w) = self.writer.borrow_mut().take() {
             w.wake();
         }
@@ -207,6 +234,8 @@ impl LogicClient {
                     if !item.awaited || pending.contains_key(&item.id) {
                         batch.extend_from_slice(&item.frame);
                     }
+                    self.outgoing_bytes
+                        .set(self.outgoing_bytes.get() - item.frame.len());
                     queue.pop_front();
                 }
                 if batch.is_empty() {

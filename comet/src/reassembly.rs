@@ -15,6 +15,9 @@ pub(crate) enum Event<'a> {
     Ping(&'a [u8]),
     /// A WebSocket close with its payload; nothing after it is read.
     Close(&'a [u8]),
+    /// A WebSocket frame that completes nothing by itself: a pong, or a fragment of a message
+    /// still incomplete. Reported so that every frame a client sends counts against its rate.
+    Partial,
 }
 
 /// Whether to keep reading frames out of the current bytes.
@@ -151,7 +154,7 @@ impl Reassembly {
                 } else {
                     self.message.extend_from_slice(payload);
                     self.in_message = true;
-                    Flow::Continue
+                    on(Event::Partial)
                 }
             }
             opcode::CONTINUATION => {
@@ -167,11 +170,11 @@ impl Reassembly {
                     self.in_message = false;
                     self.deliver(&message, on)?
                 } else {
-                    Flow::Continue
+                    on(Event::Partial)
                 }
             }
             opcode::PING => on(Event::Ping(payload)),
-            opcode::PONG => Flow::Continue,
+            opcode::PONG => on(Event::Partial),
             opcode::CLOSE => {
                 on(Event::Close(payload));
                 Flow::Stop
@@ -206,6 +209,7 @@ mod tests {
                 Event::Frame(h, b) => out.push((h.op, b.to_vec())),
                 Event::Ping(p) => out.push((-1, p.to_vec())),
                 Event::Close(p) => out.push((-2, p.to_vec())),
+                Event::Partial => out.push((-3, Vec::new())),
             }
             Flow::Continue
         })?;
@@ -272,11 +276,29 @@ mod tests {
             got,
             vec![
                 (op::HEARTBEAT, vec![]),
+                (-3, vec![]),
                 (-1, b"hi".to_vec()),
                 (op::HEARTBEAT, vec![]),
                 (-2, vec![])
             ]
         );
+    }
+
+    /// Every WebSocket frame is reported, so every one counts against the client's rate:
+    /// pongs and fragments (empty ones included) complete nothing but are still frames.
+    #[test]
+    fn pongs_and_fragments_are_reported() {
+        let mut wire = ws::encode_client_frame(opcode::PONG, b"", [1, 2, 3, 4]);
+        let mut first = ws::encode_client_frame(opcode::BINARY, b"", [1, 2, 3, 4]);
+        first[0] &= 0x7f;
+        wire.extend_from_slice(&first);
+        for _ in 0..3 {
+            let mut empty = ws::encode_client_frame(opcode::CONTINUATION, b"", [0; 4]);
+            empty[0] &= 0x7f;
+            wire.extend_from_slice(&empty);
+        }
+        let got = collect(&mut Reassembly::new(true, 4096), &wire).unwrap();
+        assert_eq!(got, vec![(-3, vec![]); 5]);
     }
 
     /// Found by the `reassembly` fuzz target: the WebSocket message limit was computed as

@@ -3,13 +3,13 @@
 
 use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::io::FromRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,9 +20,9 @@ use imgate_shared::config::CometConfig;
 use imgate_shared::link::{Body, CometInfo, RenewOnline};
 use socket2::Socket;
 
-use crate::connection::{self, CloseReason, Conn, Pushed};
+use crate::connection::{self, CloseReason, Conn, Pushed, QueueLimits, SyncRequest};
 use crate::heartbeat::{self, clock_ms, Wheel};
-use crate::limits::ConnLimits;
+use crate::limits::{ConnLimits, OnlineAddresses};
 use crate::link;
 use crate::logic_client::LogicClient;
 use crate::readiness::{Readiness, Socket as ClientSocket};
@@ -73,6 +73,8 @@ pub(crate) struct CometShared {
     /// Accepts TLS on the `wss://` and TLS TCP listeners.
     pub tls: Option<futures_rustls::TlsAcceptor>,
     pub limits: ConnLimits,
+    /// The addresses of the comet's connections, counted once whichever shard holds them.
+    pub addresses: OnlineAddresses,
 }
 
 /// What a client listener speaks.
@@ -135,7 +137,11 @@ pub(crate) struct Shard {
     heartbeats: RefCell<Wheel>,
     rooms: RefCell<Rooms>,
     cluster_rooms: RefCell<HashMap<String, u32>>,
-    ips: RefCell<HashMap<IpAddr, u32>>,
+    /// Tasks waiting for a connection's queue to empty (stored messages are sent a page at a
+    /// time), by connection id; few at once, so kept here rather than in every connection.
+    drain_waiters: RefCell<HashMap<u64, Waker>>,
+    /// Op-22 requests waiting behind the one a connection's sync task serves.
+    syncs: RefCell<HashMap<u64, VecDeque<SyncRequest>>>,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
     /// How late the shard's ticks ran since the last online report.
@@ -399,8 +405,8 @@ impl Shard {
         Shard {
             index,
             comet,
+            logic: Rc::new(LogicClient::new(stats.clone())),
             stats,
-            logic: Rc::new(LogicClient::new()),
             read_scratch: Rc::new(RefCell::new(vec![0; SCRATCH_SIZE])),
             write_scratch: RefCell::new(Vec::with_capacity(SCRATCH_SIZE)),
             stop,
@@ -410,7 +416,8 @@ impl Shard {
             heartbeats: RefCell::new(Wheel::new(clock_ms())),
             rooms: RefCell::new(Rooms::default()),
             cluster_rooms: RefCell::new(HashMap::new()),
-            ips: RefCell::new(HashMap::new()),
+            drain_waiters: RefCell::new(HashMap::new()),
+            syncs: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             stopping: Cell::new(false),
             lag: Lag::default(),
@@ -427,10 +434,68 @@ impl Shard {
             inboxes: Vec::new(),
             tls: None,
             limits: ConnLimits::new(0, 0),
+            addresses: OnlineAddresses::default(),
         });
         let (_, stop) = async_channel::bounded(1);
         let (readiness, _) = Readiness::new("comet-epoll-test".into()).expect("epoll");
         Rc::new(Shard::new(0, comet, Arc::default(), stop, readiness))
+    }
+
+    /// How much each connection's outgoing queue may hold.
+    pub fn queue_limits(&self) -> QueueLimits {
+        let config = &self.comet.config;
+        QueueLimits {
+            entries: config.send_queue,
+            bytes: config.send_queue_bytes,
+        }
+    }
+
+    /// Leaves `waker` to be woken when connection `conn_id`'s queue has emptied (or it left).
+    pub fn wait_for_drain(&self, conn_id: u64, waker: &Waker) {
+        self.drain_waiters
+            .borrow_mut()
+            .insert(conn_id, waker.clone());
+    }
+
+    /// Wakes whoever waits for connection `conn_id`'s queue to empty.
+    pub fn drained(&self, conn_id: u64) {
+        let waker = self.drain_waiters.borrow_mut().remove(&conn_id);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Adds an op-22 request to connection `conn_id`'s. `Some(request)`: none is being
+    /// served, so the caller starts serving this one; `None`: it waits its turn. `Err`: too
+    /// many wait already.
+    pub fn enqueue_sync(
+        &self,
+        conn_id: u64,
+        request: SyncRequest,
+        most_waiting: usize,
+    ) -> Result<Option<SyncRequest>, SyncRequest> {
+        let mut syncs = self.syncs.borrow_mut();
+        match syncs.get_mut(&conn_id) {
+            None => {
+                syncs.insert(conn_id, VecDeque::new());
+                Ok(Some(request))
+            }
+            Some(waiting) if waiting.len() < most_waiting => {
+                waiting.push_back(request);
+                Ok(None)
+            }
+            Some(_) => Err(request),
+        }
+    }
+
+    /// The next op-22 request of connection `conn_id`, or `None` (and its turn ends).
+    pub fn next_sync(&self, conn_id: u64) -> Option<SyncRequest> {
+        let mut syncs = self.syncs.borrow_mut();
+        let next = syncs.get_mut(&conn_id).and_then(VecDeque::pop_front);
+        if next.is_none() {
+            syncs.remove(&conn_id);
+        }
+        next
     }
 
     /// A comet-wide unique connection id: the shard index in the high bits.
@@ -463,7 +528,7 @@ impl Shard {
             conn.set_room(Some(key));
         }
         if let Some(ip) = conn.peer_ip {
-            *self.ips.borrow_mut().entry(ip).or_default() += 1;
+            self.comet.addresses.enter(ip);
         }
         stats::inc(&self.stats.connections);
     }
@@ -484,14 +549,10 @@ impl Shard {
             self.rooms.borrow_mut().leave(&room, conn.id);
         }
         if let Some(ip) = conn.peer_ip {
-            let mut ips = self.ips.borrow_mut();
-            if let Some(n) = ips.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    ips.remove(&ip);
-                }
-            }
+            self.comet.addresses.leave(ip);
         }
+        // A sync waiting for this connection's queue to drain learns that it left.
+        self.drained(conn.id);
         stats::dec(&self.stats.connections);
     }
 
@@ -538,14 +599,16 @@ impl Shard {
             shard: self.index,
             conn_count: self.conns.borrow().len() as u32,
             rooms: self.rooms.borrow().counts(),
-            ip_count: self.ips.borrow().len() as u32,
+            // Comet-wide: every shard reports the same figure, and the registry keeps one per
+            // comet rather than summing shards.
+            ip_count: self.comet.addresses.distinct() as u32,
             lag_us: self.lag.take_mean_us(),
         }
     }
 
     fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
         let frame = if conn.websocket { ws } else { tcp };
-        if conn.push(frame.clone(), self.comet.config.send_queue) == Pushed::Queued {
+        if conn.push(frame.clone(), self.queue_limits()) == Pushed::Queued {
             stats::inc(&self.stats.frames_queued);
         }
     }
@@ -553,7 +616,7 @@ impl Shard {
     /// A stored push: dropped if the connection already has `seq`.
     fn deliver_stored(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes, seq: u64) {
         let frame = if conn.websocket { ws } else { tcp };
-        match conn.push_stored(frame.clone(), seq, self.comet.config.send_queue) {
+        match conn.push_stored(frame.clone(), seq, self.queue_limits()) {
             Some(Pushed::Queued) => stats::inc(&self.stats.frames_queued),
             Some(_) => {}
             None => stats::inc(&self.stats.push_dropped_duplicate),
@@ -607,20 +670,29 @@ impl Shard {
     }
 
     fn broadcast(self: &Rc<Self>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
-        let targets: Vec<Rc<Conn>> = self
-            .conns
-            .borrow()
-            .iter()
-            .filter(|c| c.0.watches(op))
-            .map(|c| c.0.clone())
-            .collect();
         if speed == 0 {
+            let targets: Vec<Rc<Conn>> = self
+                .conns
+                .borrow()
+                .iter()
+                .filter(|c| c.0.watches(op))
+                .map(|c| c.0.clone())
+                .collect();
             for conn in &targets {
                 self.deliver(conn, &tcp, &ws);
             }
             return;
         }
-        // Paced: about `speed` connections per second, in chunks of a twentieth of that.
+        // Paced: about `speed` connections per second, in chunks of a twentieth of that. The
+        // task keeps ids, not connections: a connection that closes meanwhile is forgotten at
+        // once instead of being kept alive until the broadcast ends.
+        let targets: Vec<u64> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|c| c.0.watches(op))
+            .map(|c| c.0.id)
+            .collect();
         let shard = self.clone();
         let chunk = (speed as usize / 20).max(1);
         let pause = Duration::from_secs_f64(chunk as f64 / speed as f64);
@@ -632,8 +704,11 @@ impl Shard {
                 if shard.is_stopping() {
                     return;
                 }
-                for conn in part {
-                    shard.deliver(conn, &tcp, &ws);
+                for id in part {
+                    let conn = shard.conns.borrow().get(id).map(|c| c.0.clone());
+                    if let Some(conn) = conn {
+                        shard.deliver(&conn, &tcp, &ws);
+                    }
                 }
             }
         })

@@ -28,7 +28,8 @@ pub struct Stats {
     /// Stored key pushes not queued because the connection already had them (its connect
     /// backlog or a sync carried them).
     pub push_dropped_duplicate: u64,
-    /// Room changes refused because the connection's token does not allow that room.
+    /// Room changes and room-history syncs refused because the connection's token does not
+    /// allow that room.
     pub room_refused: u64,
     /// Connections closed at accept because the comet holds `max_conns`.
     pub refused_conn_limit: u64,
@@ -38,6 +39,11 @@ pub struct Stats {
     pub closed_rate_limited: u64,
     /// TLS connections closed because their TLS handshake failed.
     pub tls_failed: u64,
+    /// Op-22 requests answered empty because the connection had too many waiting.
+    pub sync_refused: u64,
+    /// Messages to logic dropped, oldest first, because logic was unreachable or slow while
+    /// more than 100,000 (or 16 MiB of them) waited.
+    pub logic_dropped: u64,
 }
 
 /// The counters of one shard. Only that shard writes them (relaxed), readers sum them.
@@ -59,6 +65,8 @@ pub(crate) struct ShardStats {
     pub refused_ip_limit: AtomicU64,
     pub closed_rate_limited: AtomicU64,
     pub tls_failed: AtomicU64,
+    pub sync_refused: AtomicU64,
+    pub logic_dropped: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -91,5 +99,7 @@ impl ShardStats {
         total.refused_ip_limit += get(&self.refused_ip_limit);
         total.closed_rate_limited += get(&self.closed_rate_limited);
         total.tls_failed += get(&self.tls_failed);
+        total.sync_refused += get(&self.sync_refused);
+        total.logic_dropped += get(&self.logic_dropped);
     }
 }

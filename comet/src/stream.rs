@@ -15,6 +15,13 @@ pub(crate) enum ClientStream {
     Plain(Socket),
     /// Boxed: rustls' state is large, and plain connections should not pay for it.
     Tls(Box<TlsStream<Socket>>),
+    /// The connection ended and its socket is closed, though something may still hold the
+    /// connection's state for a moment.
+    Closed,
+}
+
+fn closed<T>() -> Poll<io::Result<T>> {
+    Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
 }
 
 impl AsyncRead for ClientStream {
@@ -26,6 +33,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            ClientStream::Closed => closed(),
         }
     }
 }
@@ -39,13 +47,14 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            ClientStream::Closed => closed(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             // A plain socket buffers nothing.
-            ClientStream::Plain(_) => Poll::Ready(Ok(())),
+            ClientStream::Plain(_) | ClientStream::Closed => Poll::Ready(Ok(())),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
@@ -54,6 +63,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_close(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+            ClientStream::Closed => Poll::Ready(Ok(())),
         }
     }
 }

@@ -132,12 +132,14 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                         messages: (r.after + 1..=5)
                                             .map(|seq| stored(seq, 1000, format!("m{seq}")))
                                             .collect(),
+                                        more: false,
                                     })
                                 } else {
                                     Body::InboxMessages(InboxMessages {
                                         messages: (r.after + 101..=r.after + 102)
                                             .map(|seq| stored(seq, 2000, format!("h{seq}")))
                                             .collect(),
+                                        more: false,
                                     })
                                 }
                             }

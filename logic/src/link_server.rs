@@ -90,14 +90,20 @@ impl LinkHandler {
                         .inbox_state(session.mid)
                         .await
                         .map_err(|e| e.to_string())?;
-                    let backlog: Vec<Stored> = self
+                    let mut backlog: Vec<Stored> = self
                         .store
-                        .inbox_read(session.mid, state.acked_seq, self.inbox_limit)
+                        .inbox_read(
+                            session.mid,
+                            state.acked_seq,
+                            self.inbox_limit.min(link::STORED_PAGE_MESSAGES),
+                        )
                         .await
                         .map_err(|e| e.to_string())?
                         .into_iter()
                         .map(stored)
                         .collect();
+                    // One page at most: comet reads the rest as the client takes it in.
+                    link::cut_to_page(&mut backlog, link::STORED_PAGE_BYTES);
                     // Below the backlog (or, with none, up to the last sequence) nothing more
                     // will come from the store.
                     let floor = backlog.first().map_or(state.last_seq, |m| m.seq - 1);
@@ -184,20 +190,28 @@ impl LinkHandler {
                 Ok(Body::Ok(Empty {}))
             }
             Some(Body::InboxRead(req)) => {
+                // A paged read takes a page's worth of messages from the store; `more` tells
+                // comet to ask again after the last one.
+                let limit = match req.max_bytes {
+                    0 => self.inbox_limit,
+                    _ => self.inbox_limit.min(link::STORED_PAGE_MESSAGES),
+                };
                 let messages = if !req.room.is_empty() {
                     self.store
-                        .room_history_read(&req.room, req.after, self.inbox_limit)
+                        .room_history_read(&req.room, req.after, limit)
                         .await
                 } else if req.mid > 0 {
-                    self.store
-                        .inbox_read(req.mid, req.after, self.inbox_limit)
-                        .await
+                    self.store.inbox_read(req.mid, req.after, limit).await
                 } else {
                     Ok(Vec::new())
                 }
                 .map_err(|e| e.to_string())?;
+                let full = messages.len() >= limit && limit < self.inbox_limit;
+                let mut messages: Vec<Stored> = messages.into_iter().map(stored).collect();
+                let cut = req.max_bytes > 0 && link::cut_to_page(&mut messages, req.max_bytes);
                 Ok(Body::InboxMessages(InboxMessages {
-                    messages: messages.into_iter().map(stored).collect(),
+                    messages,
+                    more: cut || full,
                 }))
             }
             Some(other) => Err(format!(

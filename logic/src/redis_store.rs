@@ -827,7 +827,8 @@ impl Store for RedisStore {
                     ..Default::default()
                 });
             entry.conn_count += u64::from(report.conn_count);
-            entry.ip_count += u64::from(report.ip_count);
+            // Each shard reports its comet's distinct addresses: one figure per comet.
+            entry.ip_count = entry.ip_count.max(u64::from(report.ip_count));
             entry.lag_us = entry.lag_us.max(report.lag_us);
             if updated >= entry.updated_ms {
                 entry.updated_ms = updated;

@@ -96,6 +96,9 @@ pub struct CometConfig {
     pub upstream_burst: u32,
     /// Pushes queued per connection before it is closed as too slow.
     pub send_queue: usize,
+    /// Bytes queued per connection (beyond what its socket took) before it is closed as too
+    /// slow; one entry of any size is always taken by an empty queue.
+    pub send_queue_bytes: usize,
     /// How often each shard reports its connections and rooms to logic.
     #[serde(deserialize_with = "duration")]
     pub online_interval: Duration,
@@ -302,6 +305,7 @@ impl Default for CometConfig {
             upstream_rate: 50,
             upstream_burst: 100,
             send_queue: 128,
+            send_queue_bytes: 1 << 20,
             online_interval: Duration::from_secs(5),
             logic_timeout: Duration::from_secs(3),
             io_memory: 1 << 20,
@@ -462,8 +466,16 @@ impl Config {
         if self.bus.kafka.partitions < 1 {
             return bad("bus.kafka.partitions must be >= 1".into());
         }
-        if self.comet.send_queue == 0 || self.job.room_batch == 0 || self.job.comet_queue == 0 {
-            return bad("comet.send_queue, job.room_batch and job.comet_queue must be > 0".into());
+        if self.comet.send_queue == 0
+            || self.comet.send_queue_bytes == 0
+            || self.job.room_batch == 0
+            || self.job.comet_queue == 0
+        {
+            return bad(
+                "comet.send_queue, comet.send_queue_bytes, job.room_batch and job.comet_queue \
+                 must be > 0"
+                    .into(),
+            );
         }
         if self.logic.heartbeat.is_zero() || self.logic.heartbeat_max == 0 {
             return bad("logic.heartbeat and logic.heartbeat_max must be > 0".into());

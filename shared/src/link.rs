@@ -98,13 +98,43 @@ pub struct InboxRead {
     pub room: String,
     #[prost(uint64, tag = "4")]
     pub after: u64,
+    /// Answer with about this many bytes of message bodies at most (at least one message);
+    /// `more` then says whether to ask again. 0: no byte limit.
+    #[prost(uint32, tag = "5")]
+    pub max_bytes: u32,
 }
+
+/// Bytes of stored messages comet asks for at once (and the most of a connect backlog), so a
+/// client catching up, or asking for a long history it never reads, holds at most about this
+/// much of the gateway's memory at a time.
+pub const STORED_PAGE_BYTES: u32 = 64 << 10;
+/// Messages read from the store at once for a paged read.
+pub const STORED_PAGE_MESSAGES: usize = 64;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct InboxMessages {
     /// Oldest first.
     #[prost(message, repeated, tag = "1")]
     pub messages: Vec<Stored>,
+    /// A paged read (`max_bytes` set) stopped before the end: ask again after the last one.
+    #[prost(bool, tag = "2")]
+    pub more: bool,
+}
+
+/// Keeps the leading `messages` whose bodies fit in `max_bytes` (at least one); returns
+/// whether any were cut off.
+pub fn cut_to_page(messages: &mut Vec<Stored>, max_bytes: u32) -> bool {
+    let mut total = 0usize;
+    let keep = messages
+        .iter()
+        .position(|m| {
+            total += m.body.len();
+            total > max_bytes as usize
+        })
+        .map_or(messages.len(), |over| over.max(1));
+    let cut = keep < messages.len();
+    messages.truncate(keep);
+    cut
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -228,6 +258,7 @@ pub struct RenewOnline {
     /// Room key → connections of this shard in the room (empty rooms omitted).
     #[prost(btree_map = "string, uint32", tag = "4")]
     pub rooms: std::collections::BTreeMap<String, u32>,
+    /// Distinct client addresses of the shard's whole comet (goim's `ip_count`).
     #[prost(uint32, tag = "5")]
     pub ip_count: u32,
     /// How late, on average since the last report, the shard's 100 ms tick ran, in
@@ -361,6 +392,26 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Envelope>, LinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_keeps_what_fits_and_at_least_one() {
+        let stored = |seq: u64, len: usize| Stored {
+            seq,
+            op: 1000,
+            body: Bytes::from(vec![0u8; len]),
+        };
+        let seqs = |m: &[Stored]| m.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let mut all = vec![stored(1, 40), stored(2, 40), stored(3, 40)];
+        assert!(!cut_to_page(&mut all, 120));
+        assert_eq!(seqs(&all), [1, 2, 3]);
+        assert!(cut_to_page(&mut all, 100));
+        assert_eq!(seqs(&all), [1, 2]);
+        let mut huge = vec![stored(5, 1000), stored(6, 1)];
+        assert!(cut_to_page(&mut huge, 10));
+        assert_eq!(seqs(&huge), [5], "one message even when it alone is over");
+        let mut none = Vec::new();
+        assert!(!cut_to_page(&mut none, 10));
+    }
 
     #[test]
     fn round_trip_through_frames() {

@@ -24,6 +24,7 @@ pub struct OnlineReport {
     pub comet: CometInfo,
     pub shard: u32,
     pub conn_count: u32,
+    /// Distinct client addresses of the whole comet (the same in each of its shards' reports).
     pub ip_count: u32,
     pub rooms: BTreeMap<String, u32>,
     /// The shard's mean tick lag, in microseconds (`RenewOnline::lag_us`).
@@ -420,7 +421,8 @@ impl Store for EmbeddedStore {
                     ..Default::default()
                 });
             entry.conn_count += u64::from(report.conn_count);
-            entry.ip_count += u64::from(report.ip_count);
+            // Each shard reports its comet's distinct addresses: one figure per comet.
+            entry.ip_count = entry.ip_count.max(u64::from(report.ip_count));
             entry.lag_us = entry.lag_us.max(report.lag_us);
             if *updated >= entry.updated_ms {
                 entry.updated_ms = *updated;
@@ -672,6 +674,10 @@ mod tests {
         let comets = s.comets().await.unwrap();
         assert_eq!(comets.len(), 2);
         assert_eq!(comets[0].conn_count, 5);
+        assert_eq!(
+            comets[0].ip_count, 1,
+            "addresses are the comet's, not summed"
+        );
         assert_eq!(
             (comets[0].lag_us, comets[1].lag_us),
             (300, 400),
