@@ -48,4 +48,4 @@ for key in "${!WANT[@]}"; do
 done
 sort "$CONF.tmp" >"$CONF" && rm -f "$CONF.tmp"
 echo "written to $CONF"
-echo "per-process limits (set in the service manager or limits.conf): LimitNOFILE >= connections + 1024, LimitMEMLOCK >= shards x comet.io_memory + 1 MiB"
+echo "per-process limits (set in the service manager or limits.conf): LimitNOFILE >= connections + 1024"

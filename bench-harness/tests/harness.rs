@@ -22,7 +22,6 @@ fn gateway() -> Gateway {
     c.comet.link_bind = "127.0.0.1:0".into();
     c.comet.shards = 2;
     c.comet.pin = false;
-    c.comet.io_memory = 256 << 10;
     c.logic.http_bind = "127.0.0.1:0".into();
     c.logic.link_bind = "127.0.0.1:0".into();
     c.job.registry_interval = Duration::from_millis(100);

@@ -3,7 +3,7 @@
 //! small future that reads and writes through the connection's [`Conn`]. The heartbeat
 //! deadline lives on the shard's wheel (`heartbeat.rs`). Idle connections hold no read or
 //! write buffer, and all of an idle connection's state is its `Conn`, its map entries, a task
-//! of about a hundred bytes and glommio's socket state.
+//! of about a hundred bytes and its socket (a descriptor and a token).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -17,8 +17,9 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::future::{self, poll_fn};
 use futures_lite::AsyncRead;
-use glommio::spawn_local;
-use glommio::timer::sleep;
+use imgate_runtime::net::Socket;
+use imgate_runtime::spawn_local;
+use imgate_runtime::time::sleep;
 use imgate_shared::frame::{op, Header};
 use imgate_shared::link::{
     Body, ConnRef, Connect, ConnectReply, Disconnect, Heartbeat, InboxAck, InboxRead, Upstream,
@@ -29,7 +30,6 @@ use crate::delivery::Delivery;
 use crate::heartbeat::{self, clock_ms, stamp, MAX_HEARTBEAT_MS};
 use crate::limits::{now_ms, RateLimit, Refused};
 use crate::outbound::{reply, stored_batches, ws_control};
-use crate::readiness::Socket;
 use crate::reassembly::{Event, Flow, Reassembly};
 use crate::shard::{Listen, Shard, SCRATCH_SIZE};
 use crate::socket_io::{poll_flush, poll_write, read_with, write_all};
@@ -1343,32 +1343,27 @@ mod tests {
 
     /// Per-connection state budget: the connection task's future (everything an idle
     /// connection's task owns besides its `Conn`) and the `Conn` (all the rest of its state
-    /// but its map entries and glommio's socket source). Issue 6 took them from about 1.2 KB
-    /// and 360 bytes to under 100 and 432 bytes.
+    /// but its map entries and its socket's epoll slot).
     #[test]
     fn connection_state_is_small() {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(128 << 10)
-            .make()
-            .unwrap()
-            .run(async {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let addr = listener.local_addr().unwrap();
-                let stream = std::net::TcpStream::connect(addr).unwrap();
-                stream.set_nonblocking(true).unwrap();
-                let shard = Shard::detached(Default::default());
-                let socket = Socket::new(OwnedFd::from(stream), &shard.readiness).unwrap();
-                let task = serve(shard, Box::new((socket, Some(addr))), Listen::WS);
-                let future = std::mem::size_of_val(&task);
-                let conn = std::mem::size_of::<Conn>();
-                println!(
-                    "connection future {future} bytes, Conn {conn} bytes, Socket {}, Reassembly {}",
-                    std::mem::size_of::<Socket>(),
-                    std::mem::size_of::<Reassembly>()
-                );
-                assert!(future <= 96, "future {future}");
-                // With its two reference counts, a `Conn` fills mimalloc's 448-byte class.
-                assert!(conn + 16 <= 448, "conn {conn}");
-            });
+        imgate_runtime::Runtime::new().unwrap().block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let shard = Shard::detached(Default::default());
+            let socket = Socket::new(OwnedFd::from(stream)).unwrap();
+            let task = serve(shard, Box::new((socket, Some(addr))), Listen::WS);
+            let future = std::mem::size_of_val(&task);
+            let conn = std::mem::size_of::<Conn>();
+            println!(
+                "connection future {future} bytes, Conn {conn} bytes, Socket {}, Reassembly {}",
+                std::mem::size_of::<Socket>(),
+                std::mem::size_of::<Reassembly>()
+            );
+            assert!(future <= 96, "future {future}");
+            // With its two reference counts, a `Conn` fills mimalloc's 448-byte class.
+            assert!(conn + 16 <= 448, "conn {conn}");
+        });
     }
 }

@@ -1,4 +1,4 @@
-//! imgate comet: the goim-compatible connection server, thread-per-core on glommio.
+//! imgate comet: the goim-compatible connection server, thread-per-core on `imgate-runtime`.
 //!
 //! [`start`] binds every listener on the caller's thread (one SO_REUSEPORT socket per shard),
 //! starts one executor thread per shard and returns a [`CometHandle`]. Each shard owns its
@@ -17,7 +17,6 @@ mod logic_client;
 #[cfg(test)]
 mod memory_probe;
 mod outbound;
-mod readiness;
 mod reassembly;
 mod room;
 mod shard;
@@ -29,7 +28,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use imgate_shared::config::CometConfig;
 use imgate_shared::link::CometInfo;
 
@@ -69,7 +67,7 @@ pub struct CometHandle {
     link_addr: SocketAddr,
     stats: Vec<Arc<ShardStats>>,
     inboxes: Vec<async_channel::Sender<ShardCommand>>,
-    threads: Vec<ExecutorJoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl CometHandle {
@@ -123,8 +121,10 @@ impl CometHandle {
             let _ = inbox.send_blocking(ShardCommand::Shutdown);
         }
         for thread in self.threads.drain(..) {
-            if let Err(e) = thread.join() {
-                tracing::warn!("comet shard ended with an error: {e}");
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("comet shard ended with an error: {e}"),
+                Err(_) => tracing::warn!("comet shard panicked"),
             }
         }
     }
@@ -138,15 +138,19 @@ impl Drop for CometHandle {
     }
 }
 
-/// io_uring submission queue depth of each shard.
-const RING_DEPTH: usize = 4096;
-
 /// Binds the configured listeners and starts the shards. Returns once every listener is bound
 /// and every shard runs, so clients can connect immediately.
 pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this process may use (taskset, a cpuset, systemd's CPUAffinity): one shard on
+    // each by default, and shards are pinned within them.
+    let cpus = imgate_runtime::allowed_cpus()
+        .ok()
+        .filter(|cpus| !cpus.is_empty())
+        .unwrap_or_else(|| {
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+        });
     let shards = if config.shards == 0 {
-        cpus
+        cpus.len()
     } else {
         config.shards
     };
@@ -266,19 +270,10 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
             })?,
             ready: ready_tx.clone(),
         };
-        let placement = if config.pin {
-            Placement::Fixed(index % cpus)
-        } else {
-            Placement::Unbound
-        };
-        let spawned = LocalExecutorBuilder::new(placement)
-            .name(&format!("comet-shard-{index}"))
-            .io_memory(config.io_memory)
-            // The kernel hashes pending polls into ring_depth / 16 buckets and glommio cancels
-            // a poll on every wake-up; with the default 128 a shard of many connections spent
-            // a fifth of its CPU in those lookups (BENCHMARKS.md, bench-harness runs).
-            .ring_depth(RING_DEPTH)
-            .spawn(move || shard::run(setup));
+        let cpu = config.pin.then(|| cpus[index % cpus.len()]);
+        let spawned = imgate_runtime::Builder::new(format!("comet-shard-{index}"))
+            .pin_to(cpu)
+            .spawn(move |loop_stats| shard::run(setup, loop_stats));
         match spawned {
             Ok(thread) => handle.threads.push(thread),
             Err(e) => {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::future;
-use glommio::net::{TcpListener, TcpStream};
-use glommio::spawn_local;
-use glommio::timer::sleep;
+use imgate_runtime::net::Socket;
+use imgate_runtime::spawn_local;
+use imgate_runtime::time::sleep;
 use imgate_shared::link::{self, Body, Envelope};
 
 use crate::outbound::ws_variant;
@@ -18,11 +18,15 @@ use crate::socket_io::read_with;
 use crate::stats;
 
 /// Accepts link connections on one shard's socket until the task is dropped.
-pub(crate) async fn accept_links(shard: Rc<Shard>, listener: TcpListener) {
+pub(crate) async fn accept_links(shard: Rc<Shard>, listener: Socket) {
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                spawn_local(serve_link(shard.clone(), stream)).detach();
+        match listener
+            .accept()
+            .await
+            .and_then(|(fd, peer)| Ok((Socket::new(fd)?, peer)))
+        {
+            Ok((stream, peer)) => {
+                spawn_local(serve_link(shard.clone(), stream, peer)).detach();
             }
             Err(_) if shard.is_stopping() => return,
             Err(e) => {
@@ -33,9 +37,8 @@ pub(crate) async fn accept_links(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn serve_link(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream.peer_addr().ok();
-    let _ = stream.set_nodelay(true);
+async fn serve_link(shard: Rc<Shard>, stream: Socket, peer: Option<std::net::SocketAddr>) {
+    let _ = stream.set_nodelay();
     let stop = shard.stop.clone();
     let outcome = future::or(read_pushes(&shard, stream), async {
         let _ = stop.recv().await;
@@ -47,7 +50,7 @@ async fn serve_link(shard: Rc<Shard>, stream: TcpStream) {
     }
 }
 
-async fn read_pushes(shard: &Shard, stream: TcpStream) -> Result<(), String> {
+async fn read_pushes(shard: &Shard, stream: Socket) -> Result<(), String> {
     let stream = RefCell::new(stream);
     let mut buf = BytesMut::new();
     loop {

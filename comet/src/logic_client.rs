@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, poll_fn};
-use glommio::net::TcpStream;
-use glommio::timer::sleep;
+use imgate_runtime::net::Socket;
+use imgate_runtime::time::sleep;
 use imgate_shared::link::{self, Body, Envelope};
 
 use crate::socket_io::{read_with, write_all};
@@ -171,7 +171,7 @@ impl LogicClient {
         loop {
             if let Some(stream) = connect_first(&addrs).await {
                 backoff = Duration::from_millis(50);
-                let _ = stream.set_nodelay(true);
+                let _ = stream.set_nodelay();
                 let stream = RefCell::new(stream);
                 let reason =
                     future::or(self.read_loop(&stream, &scratch), self.write_loop(&stream)).await;
@@ -196,7 +196,7 @@ impl LogicClient {
         }
     }
 
-    async fn read_loop(&self, stream: &RefCell<TcpStream>, scratch: &RefCell<Vec<u8>>) -> String {
+    async fn read_loop(&self, stream: &RefCell<Socket>, scratch: &RefCell<Vec<u8>>) -> String {
         let mut buf = BytesMut::new();
         loop {
             match read_with(stream, scratch, |data| buf.extend_from_slice(data)).await {
@@ -221,7 +221,7 @@ impl LogicClient {
         }
     }
 
-    async fn write_loop(&self, stream: &RefCell<TcpStream>) -> String {
+    async fn write_loop(&self, stream: &RefCell<Socket>) -> String {
         let mut batch: Vec<u8> = Vec::new();
         loop {
             poll_fn(|cx| {
@@ -257,7 +257,7 @@ impl LogicClient {
     }
 }
 
-async fn connect_first(addrs: &[String]) -> Option<TcpStream> {
+async fn connect_first(addrs: &[String]) -> Option<Socket> {
     for spec in addrs {
         let resolved: Vec<SocketAddr> = match spec.to_socket_addrs() {
             Ok(a) => a.collect(),
@@ -267,7 +267,7 @@ async fn connect_first(addrs: &[String]) -> Option<TcpStream> {
             }
         };
         for addr in resolved {
-            match TcpStream::connect_timeout(addr, Duration::from_secs(1)).await {
+            match Socket::connect(addr, Duration::from_secs(1)).await {
                 Ok(stream) => return Some(stream),
                 Err(e) => tracing::debug!("logic at {addr} unreachable: {e}"),
             }

@@ -1,21 +1,20 @@
-//! A shard: one thread running one glommio executor that owns its listeners, connections, key
+//! A shard: one thread running one runtime (`imgate-runtime`) that owns its listeners, connections, key
 //! index, rooms and timers outright. Other shards reach it only through its inbox.
 
 use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::os::fd::{IntoRawFd, OwnedFd};
-use std::os::unix::io::FromRawFd;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glommio::net::TcpListener;
-use glommio::timer::sleep;
-use glommio::{spawn_local, Task};
+use imgate_runtime::net::Socket as ClientSocket;
+use imgate_runtime::time::sleep;
+use imgate_runtime::{spawn_local, LoopStats, Task};
 use imgate_shared::config::CometConfig;
 use imgate_shared::link::{Body, CometInfo, RenewOnline};
 use socket2::Socket;
@@ -25,7 +24,6 @@ use crate::heartbeat::{self, clock_ms, Wheel};
 use crate::limits::{ConnLimits, OnlineAddresses};
 use crate::link;
 use crate::logic_client::LogicClient;
-use crate::readiness::{Readiness, Socket as ClientSocket};
 use crate::room::Rooms;
 use crate::stats::{self, ShardStats};
 
@@ -127,8 +125,8 @@ pub(crate) struct Shard {
     pub write_scratch: RefCell<Vec<u8>>,
     /// Closed when the shard stops; tasks not in `conns` race against it.
     pub stop: async_channel::Receiver<()>,
-    /// The epoll instance every client socket of the shard waits on.
-    pub readiness: Rc<Readiness>,
+    /// The shard's event loop: how much of its time it spends parked.
+    pub loop_stats: Arc<LoopStats>,
     /// The shard's connections by id, and by key (the current holder of each key). Both hold
     /// the connection itself, looked up through its own id and key: 8 bytes an entry.
     conns: RefCell<HashSet<ById>>,
@@ -146,6 +144,36 @@ pub(crate) struct Shard {
     stopping: Cell<bool>,
     /// How late the shard's ticks ran since the last online report.
     lag: Lag,
+    /// How busy its loop was since the last online report.
+    busy: Busy,
+}
+
+/// How busy the shard's event loop was between two online reports.
+struct Busy {
+    since: Cell<Instant>,
+    parked_ns: Cell<u64>,
+}
+
+impl Busy {
+    fn new(stats: &LoopStats) -> Self {
+        Busy {
+            since: Cell::new(Instant::now()),
+            parked_ns: Cell::new(stats.parked_ns()),
+        }
+    }
+
+    /// Thousandths of the time since the last call that the loop did not spend parked.
+    /// Called on the shard's own thread, so the parked time is up to date.
+    fn take_permille(&self, stats: &LoopStats) -> u32 {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.since.replace(now)).as_nanos() as u64;
+        let parked_now = stats.parked_ns();
+        let parked = parked_now.saturating_sub(self.parked_ns.replace(parked_now));
+        if elapsed == 0 {
+            return 0;
+        }
+        (elapsed.saturating_sub(parked) * 1000 / elapsed) as u32
+    }
 }
 
 /// Sum and count of tick delays, taken (and reset) by each online report.
@@ -217,7 +245,7 @@ impl PartialEq for ByKey {
 impl Eq for ByKey {}
 
 /// The body of a shard thread: runs until a `Shutdown` command arrives.
-pub(crate) async fn run(setup: ShardSetup) {
+pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
     let ShardSetup {
         index,
         comet,
@@ -228,26 +256,11 @@ pub(crate) async fn run(setup: ShardSetup) {
         ready,
     } = setup;
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let (readiness, ready_batches) = match Readiness::new(format!("comet-epoll-{index}")) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = ready.send(Err(format!("epoll: {e}")));
-            return;
-        }
-    };
-    let dispatcher = spawn_local(readiness.clone().dispatch(ready_batches));
-    let shard = Rc::new(Shard::new(index, comet, stats, stop_rx, readiness));
+    let shard = Rc::new(Shard::new(index, comet, stats, stop_rx, loop_stats));
 
-    // Duplicates of the listening sockets, kept to take them out of LISTEN state at shutdown:
-    // the link listener's in-flight io_uring accept holds its file until the ring is torn down
-    // asynchronously, so merely closing the fd would leave the port busy for a moment after
-    // `shutdown`; the client listeners (on the epoll set) are shut the same way, which also
-    // wakes their accept loops.
-    let mut listening: Vec<Socket> = Vec::new();
     let mut listeners: Vec<Task<()>> = Vec::new();
     for (socket, listen) in clients {
-        listening.extend(socket.try_clone().ok());
-        let listener = match ClientSocket::new(OwnedFd::from(socket), &shard.readiness) {
+        let listener = match ClientSocket::new(OwnedFd::from(socket)) {
             Ok(listener) => listener,
             Err(e) => {
                 let _ = ready.send(Err(format!("listening socket: {e}")));
@@ -256,10 +269,16 @@ pub(crate) async fn run(setup: ShardSetup) {
         };
         listeners.push(spawn_local(accept_clients(shard.clone(), listener, listen)));
     }
-    listening.extend(link_socket.try_clone().ok());
+    let link_listener = match ClientSocket::new(OwnedFd::from(link_socket)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(format!("link listening socket: {e}")));
+            return;
+        }
+    };
     listeners.push(spawn_local(link::accept_links(
         shard.clone(),
-        into_listener(link_socket),
+        link_listener,
     )));
     let logic_task = spawn_local(shard.logic.clone().run(
         shard.comet.config.logic_addrs.clone(),
@@ -285,12 +304,10 @@ pub(crate) async fn run(setup: ShardSetup) {
         }
     }
 
-    // Shutdown: stop accepting, close every connection, give logic a moment to hear about it.
+    // Shutdown: stop accepting (cancelling an accept loop drops, and so closes, its listening
+    // socket at once), close every connection, give logic a moment to hear about it.
     shard.stopping.set(true);
     drop(stop_tx);
-    for socket in listening {
-        let _ = socket.shutdown(std::net::Shutdown::Both);
-    }
     for task in listeners {
         task.cancel().await;
     }
@@ -309,19 +326,12 @@ pub(crate) async fn run(setup: ShardSetup) {
     renew_task.cancel().await;
     heartbeat_task.cancel().await;
     logic_task.cancel().await;
-    shard.readiness.stop();
-    dispatcher.cancel().await;
-}
-
-fn into_listener(socket: Socket) -> TcpListener {
-    // SAFETY: the fd comes from a listening socket this shard now owns exclusively.
-    unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }
 }
 
 async fn accept_clients(shard: Rc<Shard>, listener: ClientSocket, listen: Listen) {
     loop {
         match listener.accept().await {
-            Ok((fd, peer)) => match ClientSocket::new(fd, &shard.readiness) {
+            Ok((fd, peer)) => match ClientSocket::new(fd) {
                 Ok(socket) => {
                     let accepted = Box::new((socket, peer));
                     spawn_local(connection::serve(shard.clone(), accepted, listen)).detach();
@@ -400,7 +410,7 @@ impl Shard {
         comet: Arc<CometShared>,
         stats: Arc<ShardStats>,
         stop: async_channel::Receiver<()>,
-        readiness: Rc<Readiness>,
+        loop_stats: Arc<LoopStats>,
     ) -> Self {
         Shard {
             index,
@@ -410,7 +420,6 @@ impl Shard {
             read_scratch: Rc::new(RefCell::new(vec![0; SCRATCH_SIZE])),
             write_scratch: RefCell::new(Vec::with_capacity(SCRATCH_SIZE)),
             stop,
-            readiness,
             conns: RefCell::new(HashSet::new()),
             keys: RefCell::new(HashSet::new()),
             heartbeats: RefCell::new(Wheel::new(clock_ms())),
@@ -421,6 +430,8 @@ impl Shard {
             next_conn: Cell::new(0),
             stopping: Cell::new(false),
             lag: Lag::default(),
+            busy: Busy::new(&loop_stats),
+            loop_stats,
         }
     }
 
@@ -437,8 +448,7 @@ impl Shard {
             addresses: OnlineAddresses::default(),
         });
         let (_, stop) = async_channel::bounded(1);
-        let (readiness, _) = Readiness::new("comet-epoll-test".into()).expect("epoll");
-        Rc::new(Shard::new(0, comet, Arc::default(), stop, readiness))
+        Rc::new(Shard::new(0, comet, Arc::default(), stop, Arc::default()))
     }
 
     /// How much each connection's outgoing queue may hold.
@@ -603,6 +613,7 @@ impl Shard {
             // comet rather than summing shards.
             ip_count: self.comet.addresses.distinct() as u32,
             lag_us: self.lag.take_mean_us(),
+            busy_permille: self.busy.take_permille(&self.loop_stats),
         }
     }
 

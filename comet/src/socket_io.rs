@@ -1,5 +1,5 @@
-//! Small helpers over a stream shared through a `RefCell` (glommio's non-buffered `TcpStream`,
-//! or a client's [`crate::stream::ClientStream`]): every borrow lives inside one poll, never
+//! Small helpers over a stream shared through a `RefCell` (a runtime socket, or a client's
+//! [`crate::stream::ClientStream`]): every borrow lives inside one poll, never
 //! across an await.
 
 use std::cell::RefCell;

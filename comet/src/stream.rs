@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
 
-use crate::readiness::Socket;
+use imgate_runtime::net::Socket;
 
 pub(crate) enum ClientStream {
     Plain(Socket),

@@ -270,7 +270,6 @@ fn comet_serves_tcp_and_websocket_clients() {
         handshake_timeout: Duration::from_millis(500),
         online_interval: Duration::from_millis(100),
         logic_timeout: Duration::from_secs(2),
-        io_memory: 256 << 10,
         ..CometConfig::default()
     };
     let comet = imgate_comet::start(&config).unwrap();
@@ -435,7 +434,6 @@ fn small_config(logic: SocketAddr) -> CometConfig {
         shards: 1,
         pin: false,
         send_queue: 4,
-        io_memory: 256 << 10,
         ..CometConfig::default()
     }
 }

@@ -795,6 +795,7 @@ impl Store for RedisStore {
             rooms: report.rooms,
             ip_count: report.ip_count,
             lag_us: report.lag_us,
+            ..Default::default()
         }
         .encode_to_vec();
         let mut c = self.conn.clone();

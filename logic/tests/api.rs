@@ -394,7 +394,7 @@ async fn online_reports_feed_the_counts_and_the_node_list() {
             ]
             .into(),
             ip_count: 3,
-            lag_us: 0,
+            ..Default::default()
         }))
         .await;
     let Body::RenewOnlineReply(reply) = reply else {

@@ -72,11 +72,11 @@ pub struct CometConfig {
     pub addrs: Vec<String>,
     /// Weight in logic's node balancing.
     pub weight: u32,
-    /// Executors (shards), each pinned to one core; 0 = one per available core.
+    /// Shards (a thread and event loop each); 0 = one per CPU the process may use.
     pub shards: usize,
-    /// Pin each shard to a core.
+    /// Pin each shard to one of the CPUs the process may use.
     pub pin: bool,
-    /// Listen backlog for client listeners (glommio's own is fixed at 1024).
+    /// Listen backlog for client listeners.
     #[serde(rename = "backlog")]
     pub backlog: u32,
     /// Accept → auth deadline.
@@ -105,8 +105,6 @@ pub struct CometConfig {
     /// Deadline for a request to logic (connect, heartbeat, online).
     #[serde(deserialize_with = "duration")]
     pub logic_timeout: Duration,
-    /// Locked memory glommio reserves per shard for io_uring buffers, in bytes.
-    pub io_memory: usize,
 }
 
 /// The business HTTP API and session logic.
@@ -308,7 +306,6 @@ impl Default for CometConfig {
             send_queue_bytes: 1 << 20,
             online_interval: Duration::from_secs(5),
             logic_timeout: Duration::from_secs(3),
-            io_memory: 1 << 20,
         }
     }
 }

@@ -265,6 +265,10 @@ pub struct RenewOnline {
     /// microseconds: how busy the shard (or the host under it) is. job paces big rooms by it.
     #[prost(uint32, tag = "6")]
     pub lag_us: u32,
+    /// The share of the shard's time its event loop was busy (not parked) since its last
+    /// report, in thousandths.
+    #[prost(uint32, tag = "7")]
+    pub busy_permille: u32,
 }
 
 /// Cluster-wide counts, only for the rooms the report named (goim answers with every room).

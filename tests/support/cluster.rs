@@ -398,7 +398,6 @@ fn cluster_toml(redis: &Redis, kafka: &Kafka, timers: Timers) -> String {
 [comet]
 shards = 1
 pin = false
-io_memory = 262144
 online_interval = "200ms"
 handshake_timeout = "2s"
 logic_timeout = "2s"

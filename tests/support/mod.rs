@@ -22,7 +22,6 @@ pub fn test_config() -> Config {
     c.comet.link_bind = "127.0.0.1:0".into();
     c.comet.shards = 2;
     c.comet.pin = false;
-    c.comet.io_memory = 256 << 10;
     c.comet.handshake_timeout = Duration::from_secs(1);
     c.comet.online_interval = Duration::from_millis(200);
     c.logic.http_bind = "127.0.0.1:0".into();

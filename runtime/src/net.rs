@@ -1,0 +1,458 @@
+//! Sockets on the runtime's epoll set (see the reactor): a socket is its descriptor and a
+//! token, 16 bytes; reads, writes, accepts and connects are non-blocking syscalls made on the
+//! runtime's thread, and only one that would block leaves the task's waker behind.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::future::poll_fn;
+use futures_lite::{AsyncRead, AsyncWrite};
+use socket2::{Domain, Protocol, SockAddr, Type};
+
+use crate::executor::{try_with_core, with_core};
+
+/// A non-blocking socket registered with its runtime's epoll instance. It belongs to the
+/// runtime thread that made it.
+pub struct Socket {
+    fd: OwnedFd,
+    token: u64,
+}
+
+impl Socket {
+    /// Takes `fd` into this runtime's epoll set. It must already be non-blocking: accepted
+    /// sockets are (`accept4` with `SOCK_NONBLOCK`), and so must listening sockets be.
+    pub fn new(fd: OwnedFd) -> io::Result<Socket> {
+        let token = with_core(|core| core.reactor.register(fd.as_raw_fd()))?;
+        Ok(Socket { fd, token })
+    }
+
+    /// Connects to `addr`, giving up after `timeout`.
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Socket> {
+        let socket = socket2::Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        match socket.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let socket = Socket::new(OwnedFd::from(socket))?;
+        let writable = poll_fn(|cx| {
+            if with_core(|core| core.reactor.ready_or_wait(socket.token, cx.waker(), true)) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        // A fresh slot starts writable: wait for the connect's own event first.
+        with_core(|core| core.reactor.wait_for(socket.token, None, true));
+        crate::time::timeout(timeout, writable).await.map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}"))
+        })?;
+        match socket2::SockRef::from(&socket.fd).take_error()? {
+            Some(e) => Err(e),
+            None => Ok(socket),
+        }
+    }
+
+    /// Accepts one connection (for a listening socket), non-blocking and close-on-exec,
+    /// with its peer's address.
+    pub async fn accept(&self) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+        poll_fn(|cx| {
+            if !self.ready_or_wait(cx.waker(), false) {
+                return Poll::Pending;
+            }
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            loop {
+                // SAFETY: `storage` and `len` describe a buffer large enough for any address.
+                let fd = unsafe {
+                    libc::accept4(
+                        self.fd.as_raw_fd(),
+                        (&mut storage as *mut libc::sockaddr_storage).cast(),
+                        &mut len,
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    )
+                };
+                if fd >= 0 {
+                    // SAFETY: accept4 returned a fresh descriptor.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    return Poll::Ready(Ok((fd, address(&storage))));
+                }
+                match self.failed(Some(cx.waker()), false) {
+                    Failed::Retry => continue,
+                    Failed::Wait => return Poll::Pending,
+                    Failed::Error(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        })
+        .await
+    }
+
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        socket2::SockRef::from(&self.fd).set_nodelay(true)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<Option<SocketAddr>> {
+        Ok(socket2::SockRef::from(&self.fd).peer_addr()?.as_socket())
+    }
+
+    /// Writes what the socket takes of `buf` now, without waiting: `Ok(None)` when it would
+    /// block (the socket then waits for its next output event, and whoever writes next must
+    /// leave a waker with [`AsyncWrite::poll_write`]). Skips the syscall when the last write
+    /// already met a full socket and no event came since.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<Option<usize>> {
+        if !with_core(|core| core.reactor.is_writable(self.token)) {
+            return Ok(None);
+        }
+        loop {
+            match send(&self.fd, buf) {
+                Ok(n) => return Ok(Some(n)),
+                Err(_) => match self.failed(None, true) {
+                    Failed::Retry => continue,
+                    Failed::Wait => return Ok(None),
+                    Failed::Error(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    fn ready_or_wait(&self, waker: &Waker, write: bool) -> bool {
+        with_core(|core| core.reactor.ready_or_wait(self.token, waker, write))
+    }
+
+    /// After a syscall failed (errno still set): wait (leaving `waker`), retry, or give up.
+    fn failed(&self, waker: Option<&Waker>, write: bool) -> Failed {
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::WouldBlock => {
+                with_core(|core| core.reactor.wait_for(self.token, waker, write));
+                Failed::Wait
+            }
+            io::ErrorKind::Interrupted => Failed::Retry,
+            _ => Failed::Error(error),
+        }
+    }
+}
+
+enum Failed {
+    Wait,
+    Retry,
+    Error(io::Error),
+}
+
+/// One non-blocking `send`; the error leaves errno set for [`Socket::failed`].
+fn send(fd: &OwnedFd, buf: &[u8]) -> Result<usize, ()> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        Ok(n as usize)
+    } else {
+        Err(())
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // The fd closes after this (field drop), which takes it out of the epoll set; events
+        // already reported carry this generation and find the slot reused or free.
+        let token = self.token;
+        try_with_core(|core| core.reactor.release(token));
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.ready_or_wait(cx.waker(), false) {
+            return Poll::Pending;
+        }
+        loop {
+            // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            match self.failed(Some(cx.waker()), false) {
+                Failed::Retry => continue,
+                Failed::Wait => return Poll::Pending,
+                Failed::Error(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.ready_or_wait(cx.waker(), true) {
+            return Poll::Pending;
+        }
+        loop {
+            match send(&self.fd, buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(()) => match self.failed(Some(cx.waker()), true) {
+                    Failed::Retry => continue,
+                    Failed::Wait => return Poll::Pending,
+                    Failed::Error(e) => return Poll::Ready(Err(e)),
+                },
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: plain syscall on an owned fd.
+        if unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) } < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::NotConnected {
+                return Poll::Ready(Err(error));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::time::timeout;
+    use crate::Runtime;
+
+    /// A connected pair: the server end as a registered [`Socket`], the client as std.
+    fn pair() -> (Socket, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (Socket::new(OwnedFd::from(server)).unwrap(), client)
+    }
+
+    #[test]
+    fn a_waiting_read_and_a_blocked_write_are_woken() {
+        Runtime::new().unwrap().block_on(async {
+            let (mut socket, mut client) = pair();
+
+            // A read that has to wait for the peer.
+            let writer = std::thread::spawn({
+                let mut client = client.try_clone().unwrap();
+                move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    client.write_all(b"ping").unwrap();
+                }
+            });
+            let mut buf = [0u8; 16];
+            let n = timeout(Duration::from_secs(5), socket.read(&mut buf))
+                .await
+                .expect("the read was never woken")
+                .unwrap();
+            assert_eq!(&buf[..n], b"ping");
+            writer.join().unwrap();
+
+            // Writes until the socket is full, then one that must wait for the peer to read.
+            client.set_nonblocking(false).unwrap();
+            let chunk = vec![7u8; 64 << 10];
+            let total = 64 << 20;
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 64 << 10];
+                while got < total {
+                    let n = client.read(&mut buf).unwrap();
+                    assert!(n > 0, "closed after {got} bytes");
+                    got += n;
+                }
+                got
+            });
+            timeout(Duration::from_secs(20), async {
+                let mut sent = 0;
+                while sent < total {
+                    socket.write_all(&chunk).await.unwrap();
+                    sent += chunk.len();
+                }
+            })
+            .await
+            .expect("a blocked write was never woken");
+            assert_eq!(reader.join().unwrap(), total);
+        });
+    }
+
+    #[test]
+    fn a_reused_slot_ignores_the_old_sockets_events() {
+        Runtime::new().unwrap().block_on(async {
+            let (first, _c1) = pair();
+            let old = first.token;
+            drop(first);
+            let (second, _c2) = pair();
+            let (old_index, _) = crate::reactor::split(old);
+            assert_eq!(crate::reactor::split(second.token).0, old_index, "reused");
+            assert_ne!(second.token, old);
+            let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+            with_core(|core| {
+                core.reactor.wait_for(second.token, Some(&waker), false);
+                assert!(!core.reactor.ready_or_wait(second.token, &waker, false));
+            });
+            // An event for the old token changes nothing of the new socket.
+            with_core(|core| {
+                assert!(!core.reactor.ready_or_wait(second.token, &waker, false));
+            });
+        });
+    }
+
+    /// A socket that read EAGAIN makes no read syscall until an input event arrives, and a
+    /// blocked read does not stop writes.
+    #[test]
+    fn a_drained_direction_waits_for_its_event() {
+        Runtime::new().unwrap().block_on(async {
+            let (mut socket, mut client) = pair();
+            let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+            let mut cx = Context::from_waker(&waker);
+            let mut buf = [0u8; 8];
+            assert!(Pin::new(&mut socket)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending());
+            assert!(!socket.ready_or_wait(&waker, false));
+            assert!(socket.ready_or_wait(&waker, true), "writes unaffected");
+            // Data alone does not make it try again; the event does.
+            client.write_all(b"x").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(Pin::new(&mut socket)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending());
+            with_core(|core| core.reactor.poll_sockets(false));
+            match Pin::new(&mut socket).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(1)) => assert_eq!(buf[0], b'x'),
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn accept_reports_the_peer_and_connect_reaches_it() {
+        Runtime::new().unwrap().block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let listener = Socket::new(OwnedFd::from(listener)).unwrap();
+            let accepting = crate::spawn_local(async move { listener.accept().await });
+            let mut client = Socket::connect(addr, Duration::from_secs(5)).await.unwrap();
+            let (fd, peer) = timeout(Duration::from_secs(5), accepting)
+                .await
+                .expect("accept was never woken")
+                .unwrap();
+            let local = socket2::SockRef::from(&client.fd)
+                .local_addr()
+                .unwrap()
+                .as_socket();
+            assert_eq!(peer, local);
+            let mut server = Socket::new(fd).unwrap();
+            client.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 5];
+            server.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"hello");
+            // Nobody listens here (a port just freed): refused, not hung.
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let gone = closed.local_addr().unwrap();
+            drop(closed);
+            assert!(Socket::connect(gone, Duration::from_secs(5)).await.is_err());
+        });
+    }
+
+    #[test]
+    fn try_write_takes_what_fits_and_then_says_it_would_block() {
+        Runtime::new().unwrap().block_on(async {
+            let (socket, _client) = pair();
+            let chunk = vec![1u8; 1 << 20];
+            let mut total = 0usize;
+            let blocked = loop {
+                match socket.try_write(&chunk).unwrap() {
+                    Some(n) => total += n,
+                    None => break true,
+                }
+                if total > 256 << 20 {
+                    break false;
+                }
+            };
+            assert!(blocked && total > 0, "wrote {total} bytes without blocking");
+            // Without an event since, it does not even try.
+            assert!(!with_core(|core| core.reactor.is_writable(socket.token)));
+            assert_eq!(socket.try_write(b"x").unwrap(), None);
+        });
+    }
+}
