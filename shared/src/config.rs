@@ -134,6 +134,9 @@ pub struct LogicConfig {
     pub max_push_body: usize,
     /// Most keys or mids in one push request.
     pub max_push_targets: usize,
+    /// Largest body of a keys or mids push that carries its targets in the body (form or
+    /// JSON) beside the message; the message in it is still bounded by `max_push_body`.
+    pub max_push_request: usize,
     /// Domain returned by `/goim/nodes/weighted` when no comet qualifies.
     pub default_domain: String,
     /// Suffix of web node names (`<comet id><host_domain>`).
@@ -322,6 +325,8 @@ impl Default for LogicConfig {
             http_header_timeout: Duration::from_secs(30),
             max_push_body: 64 << 10,
             max_push_targets: 10_000,
+            // 10,000 UUID keys in JSON take about 400 KB.
+            max_push_request: 1 << 20,
             default_domain: "conn.goim.io".into(),
             host_domain: ".goim.io".into(),
             tcp_port: 3101,
