@@ -251,6 +251,15 @@ impl Router {
                     .send_to_all(&link_frame, &Arc::new(vec![guard]));
                 add(&self.counters.broadcasts, 1);
             }
+            Some(Push::Close(close)) => {
+                // A comet that left has closed its connections already.
+                let Some(comet) = close.conn.as_ref().map(|c| c.comet.clone()) else {
+                    return;
+                };
+                let link_frame = Envelope::new(0, Body::CloseConn(close)).to_frame();
+                self.registry
+                    .send_to(&comet, link_frame, Arc::new(vec![guard]));
+            }
             None => {
                 add(&self.counters.undeliverable, 1);
                 tracing::warn!("bus message without a push; skipped");

@@ -180,6 +180,7 @@ pub async fn start_with_auth(
         upstream_frames: AtomicU64::new(0),
         inbox_limit: config.store.inbox_max_messages.max(1),
         protect_keys: config.auth.tokens_required(),
+        bus: bus.clone(),
     });
     tasks.push(tokio::spawn(link_server::serve(
         link_listener,

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use imgate_shared::bus::{BusMessage, BusProducer, Push};
 use imgate_shared::link::{
-    self, Body, ConnectReply, Empty, Envelope, Failure, InboxMessages, RenewOnlineReply, Stored,
+    self, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure, InboxMessages,
+    RenewOnlineReply, Stored,
 };
-use imgate_shared::store::{OnlineReport, Session, Store, StoredMessage};
+use imgate_shared::store::{Claim, KeyPolicy, OnlineReport, Session, Store, StoredMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,12 +38,24 @@ pub(crate) struct LinkHandler {
     pub upstream_frames: AtomicU64,
     /// Most stored messages sent to a connecting client or a SYNC at once.
     pub inbox_limit: usize,
-    /// Refuse a key another user's connection holds (signed-token deployments; goim lets any
-    /// client take over any key).
+    /// Refuse a key another user's live session holds (signed-token deployments); otherwise
+    /// a newer connection takes the key over from anyone, as in goim.
     pub protect_keys: bool,
+    /// Carries the closing of replaced connections that live on another comet.
+    pub bus: Arc<dyn BusProducer>,
 }
 
 impl LinkHandler {
+    /// Asks (through job) the comet holding `conn` to close it. A failure is only logged: the
+    /// connection no longer owns its key, so nothing pushed by key or user reaches it, and its
+    /// next heartbeat cannot re-create its session.
+    async fn close_elsewhere(&self, conn: ConnRef) {
+        let message = BusMessage::new(Push::Close(CloseConn { conn: Some(conn) }));
+        if let Err(e) = self.bus.publish(message).await {
+            tracing::warn!(error = %e, "cannot ask another comet to close a replaced connection");
+        }
+    }
+
     /// Answers one request.
     pub(crate) async fn handle(&self, body: Option<Body>) -> Body {
         match self.dispatch(body).await {
@@ -62,25 +76,38 @@ impl LinkHandler {
                     .key
                     .filter(|k| !k.is_empty())
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                if self.protect_keys {
-                    let holders = self
-                        .store
-                        .sessions_by_keys(std::slice::from_ref(&key))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if holders.iter().any(|s| s.mid != identity.mid) {
-                        return Err(format!("connection key {key:?} belongs to another user"));
-                    }
-                }
                 let session = Session {
                     mid: identity.mid,
                     key,
                     conn,
                 };
-                self.store
-                    .add_session(&session)
+                let policy = if self.protect_keys {
+                    KeyPolicy::SameUser
+                } else {
+                    KeyPolicy::AnyUser
+                };
+                let replaced = match self
+                    .store
+                    .claim_session(&session, policy)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                {
+                    Claim::Claimed { replaced } => replaced,
+                    Claim::Refused { .. } => {
+                        return Err(format!(
+                            "connection key {:?} is held by another user's connection",
+                            session.key
+                        ));
+                    }
+                };
+                if let Some(old) = replaced
+                    .as_ref()
+                    .filter(|r| r.conn.comet != session.conn.comet)
+                {
+                    // The connecting comet closes a replaced connection of its own; one on
+                    // another comet is closed through the bus.
+                    self.close_elsewhere(old.conn.clone()).await;
+                }
                 // Read the inbox only after the session exists: a push stored meanwhile is
                 // either in this backlog or routed to the new session (or both: comet drops
                 // the second copy by its sequence), never neither.
@@ -117,6 +144,7 @@ impl LinkHandler {
                     inbox_floor,
                     rooms_limited: identity.allowed_rooms.is_some(),
                     allowed_rooms: identity.allowed_rooms.unwrap_or_default(),
+                    replaced: replaced.map(|s| s.conn),
                 }))
             }
             Some(Body::Disconnect(req)) => {
@@ -226,6 +254,7 @@ fn body_name(body: &Body) -> &'static str {
         Body::InboxAck(_) => "InboxAck",
         Body::InboxRead(_) => "InboxRead",
         Body::InboxMessages(_) => "InboxMessages",
+        Body::CloseConn(_) => "CloseConn",
     }
 }
 
