@@ -191,18 +191,20 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     let ws_addrs: Vec<SocketAddr> = ws.iter().map(|g| g.addr).collect();
     let wss_addrs: Vec<SocketAddr> = wss.iter().map(|g| g.addr).collect();
     let tcp_tls_addrs: Vec<SocketAddr> = tcp_tls.iter().map(|g| g.addr).collect();
-    let advertised = |bound: &[SocketAddr]| {
-        if config.addrs.is_empty() {
+    // What clients are told: the configured public addresses of each kind, or the bound ones.
+    let advertised = |configured: &[String], bound: &[SocketAddr]| {
+        if configured.is_empty() {
             bound.iter().map(|a| advertisable(*a).to_string()).collect()
         } else {
-            config.addrs.clone()
+            configured.to_vec()
         }
     };
     let info = CometInfo {
         id: id.clone(),
         link_addr: link_advertise,
-        tcp_addrs: advertised(&tcp_addrs),
-        ws_addrs: advertised(&ws_addrs),
+        tcp_addrs: advertised(&config.addrs, &tcp_addrs),
+        ws_addrs: advertised(&config.ws_addrs, &ws_addrs),
+        wss_addrs: advertised(&config.wss_addrs, &wss_addrs),
         weight: config.weight,
         shards: shards as u32,
     };

@@ -465,17 +465,17 @@ async fn nodes_weighted(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) ->
     let query = Query::parse(raw.as_deref())?;
     let comets = api.store.comets().await?;
     let config = &api.config;
-    let names = nodes::node_names(&comets, query.platform(), config);
+    let nodes = nodes::nodes(&comets, query.platform(), config);
     Ok(ok(
         "",
         Some(json!({
             "domain": config.default_domain,
-            "tcp_port": config.tcp_port,
-            "ws_port": config.ws_port,
-            "wss_port": config.wss_port,
+            "tcp_port": nodes.tcp_port,
+            "ws_port": nodes.ws_port,
+            "wss_port": nodes.wss_port,
             "heartbeat": config.heartbeat.as_secs(),
             "heartbeat_max": config.heartbeat_max,
-            "nodes": names,
+            "nodes": nodes.names,
             "backoff": {
                 "max_delay": config.backoff.max_delay,
                 "base_delay": config.backoff.base_delay,

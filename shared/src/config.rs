@@ -68,8 +68,14 @@ pub struct CometConfig {
     pub link_advertise: String,
     /// Addresses of logic's cluster link (comet sends connect/disconnect/heartbeat/online here).
     pub logic_addrs: Vec<String>,
-    /// Public addresses advertised to clients by `/goim/nodes/*`; empty = the bound addresses.
+    /// Public TCP addresses advertised to clients by `/goim/nodes/*`; empty = the bound
+    /// addresses (an unspecified host replaced by the host's own address).
     pub addrs: Vec<String>,
+    /// Public WebSocket addresses (`host:port`) advertised by `/goim/nodes/weighted`'s
+    /// `ws_port`; empty = the bound ones.
+    pub ws_addrs: Vec<String>,
+    /// Public `wss://` addresses, likewise; empty = the bound ones.
+    pub wss_addrs: Vec<String>,
     /// Weight in logic's node balancing.
     pub weight: u32,
     /// Executors (shards), each pinned to one core; 0 = one per available core.
@@ -141,6 +147,9 @@ pub struct LogicConfig {
     pub default_domain: String,
     /// Suffix of web node names (`<comet id><host_domain>`).
     pub host_domain: String,
+    /// Ports `/goim/nodes/weighted` tells clients; 0 = the ones the comets advertise (their
+    /// bound ports, or `comet.addrs` / `ws_addrs` / `wss_addrs`). Set them when clients reach
+    /// the comets through something listening elsewhere (a load balancer).
     pub tcp_port: u16,
     pub ws_port: u16,
     pub wss_port: u16,
@@ -293,6 +302,8 @@ impl Default for CometConfig {
             link_advertise: String::new(),
             logic_addrs: vec!["127.0.0.1:3119".into()],
             addrs: Vec::new(),
+            ws_addrs: Vec::new(),
+            wss_addrs: Vec::new(),
             weight: 10,
             shards: 0,
             pin: true,
@@ -329,9 +340,9 @@ impl Default for LogicConfig {
             max_push_request: 1 << 20,
             default_domain: "conn.goim.io".into(),
             host_domain: ".goim.io".into(),
-            tcp_port: 3101,
-            ws_port: 3102,
-            wss_port: 3103,
+            tcp_port: 0,
+            ws_port: 0,
+            wss_port: 0,
             backoff: Backoff::default(),
         }
     }

@@ -229,6 +229,9 @@ pub struct CometInfo {
     pub weight: u32,
     #[prost(uint32, tag = "6")]
     pub shards: u32,
+    /// `wss://` addresses (none without TLS).
+    #[prost(string, repeated, tag = "7")]
+    pub wss_addrs: Vec<String>,
 }
 
 /// A shard's periodic report: it is alive, how many connections it holds, who is in which room.
