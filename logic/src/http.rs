@@ -54,12 +54,14 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/goim/online/room", get(online_room))
         .route("/goim/online/total", get(online_total))
         .route("/goim/inbox/state", get(inbox_state))
+        // Every comet's cluster-link address and load: for operators, not for clients (the
+        // link is unauthenticated, so its address is not for everyone).
+        .route("/goim/nodes/instances", get(nodes_instances))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key));
-    // Node lists stay public: clients ask them before they connect.
+    // The weighted node list stays public: clients ask it before they connect.
     Router::new()
         .merge(business)
         .route("/goim/nodes/weighted", get(nodes_weighted))
-        .route("/goim/nodes/instances", get(nodes_instances))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
