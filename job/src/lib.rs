@@ -94,7 +94,11 @@ pub async fn start(
         room_budget_permille: 1000.into(),
         ..Default::default()
     });
-    let mut registry = Registry::new(store, counters.clone(), job.comet_queue);
+    let limits = comet_link::QueueLimits {
+        frames: job.comet_queue,
+        bytes: job.comet_queue_bytes.max(1),
+    };
+    let mut registry = Registry::new(store, counters.clone(), limits);
     registry.refresh().await;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = Router {

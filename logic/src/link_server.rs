@@ -19,7 +19,7 @@ use imgate_shared::store::{Claim, KeyPolicy, OnlineReport, Session, Store, Store
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Authenticator;
 use crate::online::RoomCounts;
@@ -28,6 +28,13 @@ use crate::online::RoomCounts;
 const MAX_IN_FLIGHT: usize = 1024;
 /// Replies coalesced into one write, at most.
 const MAX_WRITE_BATCH: usize = 256 << 10;
+/// Bytes of replies one comet connection may have waiting to be written: a comet that stops
+/// reading holds at most this much of logic's memory, whatever its requests asked for.
+const MAX_QUEUED_REPLY_BYTES: usize = 64 << 20;
+/// Body bytes of stored messages in one answer (a connect's backlog, a SYNC): well inside a
+/// link frame however the inbox and history limits are set. The client asks again from where
+/// the answer ended (SYNC), as it does past `inbox_limit` messages.
+const MAX_STORED_BYTES: usize = 4 << 20;
 
 /// What the link requests act on.
 pub(crate) struct LinkHandler {
@@ -117,14 +124,16 @@ impl LinkHandler {
                         .inbox_state(session.mid)
                         .await
                         .map_err(|e| e.to_string())?;
-                    let backlog: Vec<Stored> = self
-                        .store
-                        .inbox_read(session.mid, state.acked_seq, self.inbox_limit)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .into_iter()
-                        .map(stored)
-                        .collect();
+                    let backlog: Vec<Stored> = within_bytes(
+                        self.store
+                            .inbox_read(session.mid, state.acked_seq, self.inbox_limit)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                        MAX_STORED_BYTES,
+                    )
+                    .into_iter()
+                    .map(stored)
+                    .collect();
                     // Below the backlog (or, with none, up to the last sequence) nothing more
                     // will come from the store.
                     let floor = backlog.first().map_or(state.last_seq, |m| m.seq - 1);
@@ -225,7 +234,10 @@ impl LinkHandler {
                 }
                 .map_err(|e| e.to_string())?;
                 Ok(Body::InboxMessages(InboxMessages {
-                    messages: messages.into_iter().map(stored).collect(),
+                    messages: within_bytes(messages, MAX_STORED_BYTES)
+                        .into_iter()
+                        .map(stored)
+                        .collect(),
                 }))
             }
             Some(other) => Err(format!(
@@ -256,6 +268,20 @@ fn body_name(body: &Body) -> &'static str {
         Body::InboxMessages(_) => "InboxMessages",
         Body::CloseConn(_) => "CloseConn",
     }
+}
+
+/// The first of `messages` whose bodies add up to at most `max` bytes (the first always).
+fn within_bytes(mut messages: Vec<StoredMessage>, max: usize) -> Vec<StoredMessage> {
+    let mut total = 0usize;
+    let keep = messages
+        .iter()
+        .position(|m| {
+            total += m.body.len();
+            total > max
+        })
+        .map_or(messages.len(), |over| over.max(1));
+    messages.truncate(keep);
+    messages
 }
 
 fn stored(m: StoredMessage) -> Stored {
@@ -300,9 +326,10 @@ async fn connection(
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
-    let (replies, queued) = mpsc::channel::<Bytes>(MAX_IN_FLIGHT);
+    let (replies, queued) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(writer, queued));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let reply_bytes = Arc::new(Semaphore::new(MAX_QUEUED_REPLY_BYTES));
     let mut buf = BytesMut::with_capacity(8 << 10);
     'read: loop {
         loop {
@@ -313,10 +340,17 @@ async fn connection(
                     };
                     let handler = handler.clone();
                     let replies = replies.clone();
+                    let reply_bytes = reply_bytes.clone();
                     tokio::spawn(async move {
                         let id = envelope.id;
                         let body = handler.handle(envelope.body).await;
-                        let _ = replies.send(Envelope::new(id, body).to_frame()).await;
+                        let frame = Envelope::new(id, body).to_frame();
+                        // Waits while the comet has too much unwritten; one reply larger than
+                        // the whole budget takes all of it.
+                        let cost = frame.len().clamp(1, MAX_QUEUED_REPLY_BYTES) as u32;
+                        if let Ok(budget) = reply_bytes.acquire_many_owned(cost).await {
+                            let _ = replies.send((frame, budget)).await;
+                        }
                         drop(permit);
                     });
                 }
@@ -345,13 +379,21 @@ async fn connection(
     tracing::debug!(%peer, "comet link closed");
 }
 
-async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<Bytes>) {
+/// A reply frame and its share of the connection's reply-byte budget, given back once written.
+type Reply = (Bytes, OwnedSemaphorePermit);
+
+async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<Reply>) {
     let mut batch = BytesMut::new();
-    while let Some(first) = queued.recv().await {
+    let mut budget = Vec::new();
+    while let Some((first, cost)) = queued.recv().await {
         batch.extend_from_slice(&first);
+        budget.push(cost);
         while batch.len() < MAX_WRITE_BATCH {
             match queued.try_recv() {
-                Ok(next) => batch.extend_from_slice(&next),
+                Ok((next, cost)) => {
+                    batch.extend_from_slice(&next);
+                    budget.push(cost);
+                }
                 Err(_) => break,
             }
         }
@@ -360,6 +402,37 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<By
             return;
         }
         batch.clear();
+        budget.clear();
+        if batch.capacity() > 4 * MAX_WRITE_BATCH {
+            batch = BytesMut::new();
+        }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, len: usize) -> StoredMessage {
+        StoredMessage {
+            seq,
+            op: 1000,
+            body: Bytes::from(vec![b'x'; len]),
+        }
+    }
+
+    #[test]
+    fn stored_answers_are_bounded_in_bytes_and_never_empty() {
+        let seqs = |v: Vec<StoredMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let three = || vec![message(1, 40), message(2, 40), message(3, 40)];
+        assert_eq!(seqs(within_bytes(three(), 120)), vec![1, 2, 3]);
+        assert_eq!(seqs(within_bytes(three(), 100)), vec![1, 2]);
+        assert_eq!(
+            seqs(within_bytes(three(), 10)),
+            vec![1],
+            "the first always goes"
+        );
+        assert!(within_bytes(Vec::new(), 10).is_empty());
+    }
 }

@@ -190,6 +190,9 @@ pub struct JobConfig {
     pub room_lag_target: Duration,
     /// Messages queued per comet link before the link reports itself full.
     pub comet_queue: usize,
+    /// Bytes queued per comet link before the link reports itself full (a frame shared by
+    /// several comets counts for each).
+    pub comet_queue_bytes: usize,
     /// How often the comet registry is read for joins and departures.
     #[serde(deserialize_with = "duration")]
     pub registry_interval: Duration,
@@ -368,6 +371,7 @@ impl Default for JobConfig {
             room_max_interval: Duration::from_secs(1),
             room_lag_target: Duration::from_millis(5),
             comet_queue: 8192,
+            comet_queue_bytes: 64 << 20,
             registry_interval: Duration::from_secs(1),
         }
     }
