@@ -250,8 +250,12 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         inboxes: senders,
         threads: Vec::with_capacity(shards),
     };
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // One channel per shard: a shard whose executor dies before it runs drops its sender
+    // unused, and then its thread's error says why.
+    let mut ready = Vec::with_capacity(shards);
     for (index, inbox) in receivers.into_iter().enumerate() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        ready.push(ready_rx);
         let setup = ShardSetup {
             index: index as u32,
             comet: comet.clone(),
@@ -265,7 +269,7 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
                 shard: index,
                 reason: "no link socket".into(),
             })?,
-            ready: ready_tx.clone(),
+            ready: ready_tx,
         };
         let placement = if config.pin {
             Placement::Fixed(index % cpus)
@@ -290,25 +294,57 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
             }
         }
     }
-    drop(ready_tx);
-    for index in 0..shards {
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err(CometError::Shard {
-                    shard: index,
-                    reason,
-                })
+    for (index, ready_rx) in ready.into_iter().enumerate() {
+        let reason = match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(Ok(())) => continue,
+            Ok(Err(reason)) => reason,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                format!("not ready within {SHARD_START_TIMEOUT:?}")
             }
-            Err(e) => {
-                return Err(CometError::Shard {
-                    shard: index,
-                    reason: format!("did not report ready: {e}"),
-                })
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // The executor ended before running the shard: its thread has the reason.
+                match handle.threads.remove(index).join() {
+                    Err(e) => executor_failure(&thread_error(e), config.io_memory),
+                    Ok(()) => "its executor ended before it started".into(),
+                }
             }
-        }
+        };
+        return Err(CometError::Shard {
+            shard: index,
+            reason,
+        });
     }
     Ok(handle)
+}
+
+/// How long a shard may take to report ready.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A shard thread's error; a panic's own message rather than glommio's "thread panicked".
+fn thread_error(error: glommio::GlommioError<()>) -> String {
+    match error {
+        glommio::GlommioError::BuilderError(glommio::BuilderErrorKind::ThreadPanic(payload)) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "no message".into());
+            format!("its executor panicked: {text}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Why a shard's executor could not start, with what to do when it is locked memory.
+fn executor_failure(error: &str, io_memory: usize) -> String {
+    if error.contains("Cannot allocate memory") {
+        format!(
+            "{error}: each shard locks comet.io_memory ({io_memory} bytes) for io_uring; raise \
+             the locked-memory limit (ulimit -l, LimitMEMLOCK) or lower comet.io_memory"
+        )
+    } else {
+        error.to_string()
+    }
 }
 
 /// The address clients are told for a bound one: an unspecified address (`0.0.0.0`, `::`)

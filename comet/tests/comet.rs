@@ -775,3 +775,21 @@ fn stored_messages_backlog_dedup_acks_and_sync() {
 
     comet.shutdown();
 }
+
+/// A shard whose executor cannot start (here: more io_uring memory than the host can lock or
+/// map) is reported with the executor's own reason, not as a closed channel (issue 11,
+/// item 10: start-up errors name what failed and why).
+#[test]
+fn a_shard_that_cannot_start_says_why() {
+    let logic = fake_logic(Seen::default());
+    let config = CometConfig {
+        io_memory: 1 << 50,
+        ..small_config(logic)
+    };
+    let err = match imgate_comet::start(&config) {
+        Ok(_) => panic!("a comet with 1 PiB of io_uring memory started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.starts_with("shard 0 failed to start: "), "{err}");
+    assert!(!err.contains("channel"), "{err}");
+}
