@@ -128,6 +128,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("auth refused: expected op 8, got op {0}")]
     AuthRefused(i32),
+    /// The server refused the auth and said why (op 6, then it closes the connection).
+    #[error("auth refused by the server: {0}")]
+    Refused(String),
     #[error("TLS: {0}")]
     Tls(String),
 }
@@ -244,10 +247,13 @@ impl Client {
     pub fn auth(&mut self, body: &str) -> Result<(), ClientError> {
         self.send(1, op::AUTH, 1, body.as_bytes())?;
         let reply = self.recv(Duration::from_secs(5))?;
-        if reply.op != op::AUTH_REPLY {
-            return Err(ClientError::AuthRefused(reply.op));
+        match reply.op {
+            op::AUTH_REPLY => Ok(()),
+            op::DISCONNECT_REPLY => Err(ClientError::Refused(
+                String::from_utf8_lossy(&reply.body).into_owned(),
+            )),
+            other => Err(ClientError::AuthRefused(other)),
         }
-        Ok(())
     }
 
     /// Sends a heartbeat and returns the room online count from the reply, skipping pushes

@@ -203,7 +203,19 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; any error is printed on one line that names what failed and why, and the
+/// process exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", imgate::describe_error(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(

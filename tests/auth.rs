@@ -128,12 +128,17 @@ fn a_connection_key_cannot_be_taken_over_by_another_user() {
 }
 
 #[test]
-fn the_business_api_needs_the_api_key_and_node_lists_do_not() {
+fn the_business_api_needs_the_api_key_and_the_weighted_node_list_does_not() {
     let g = secure_gateway();
     let without = http(g.http_addr(), "POST", "/goim/push/all?operation=1000", b"x");
     assert_eq!(without.status, 401, "{:?}", without.json);
     assert!(without.json["message"].as_str().unwrap().contains("Bearer"));
-    for path in ["/goim/online/total", "/goim/inbox/state?mids=1"] {
+    for path in [
+        "/goim/online/total",
+        "/goim/inbox/state?mids=1",
+        // Lists the comets' unauthenticated cluster-link addresses.
+        "/goim/nodes/instances",
+    ] {
         assert_eq!(http(g.http_addr(), "GET", path, b"").status, 401, "{path}");
     }
     assert_eq!(

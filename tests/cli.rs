@@ -148,3 +148,84 @@ fn the_binary_serves_goim_clients_and_stops_on_sigterm() {
         "clients are disconnected at shutdown"
     );
 }
+
+/// Starts `imgate` with `args` and returns (exit status, stderr), within 20 s.
+fn run_to_exit(args: &[String]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(IMGATE)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("imgate starts");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    (status, stderr)
+}
+
+/// Issue 11, item 10: a second `imgate` on the ports of a first said only `Error: starting
+/// logic` and `Caused by:` with nothing after it.
+#[test]
+fn a_start_up_failure_names_what_failed_and_why_and_exits_non_zero() {
+    let ports: Vec<String> = (0..5).map(|_| free_port().to_string()).collect();
+    let listen = |flag: &str, port: &str| [flag.to_string(), format!("127.0.0.1:{port}")];
+    let args: Vec<String> = [
+        listen("--tcp-bind", &ports[0]),
+        listen("--ws-bind", &ports[1]),
+        listen("--http-bind", &ports[2]),
+        listen("--comet-link-bind", &ports[3]),
+        listen("--logic-link-bind", &ports[4]),
+    ]
+    .concat();
+    let mut first = Command::new(IMGATE)
+        .args(&args)
+        .args(["--shards", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the first imgate starts");
+    imgate_testkit::wait_for_port(
+        ports[2].parse().unwrap(),
+        Duration::from_secs(20),
+        "the first imgate's HTTP API",
+    );
+
+    let (status, stderr) = run_to_exit(&args);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let http = format!("127.0.0.1:{}", ports[2]);
+    assert!(
+        stderr.contains("starting logic")
+            && stderr.contains(&http)
+            && stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Caused by") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+
+    // comet on its own, its client port held by a socket that does not share it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = held.local_addr().unwrap().to_string();
+    let comet_args: Vec<String> = [
+        vec![
+            "comet".to_string(),
+            "--join".into(),
+            format!("127.0.0.1:{}", ports[4]),
+        ],
+        listen("--tcp-bind", held.rsplit(':').next().unwrap()).to_vec(),
+        listen("--ws-bind", "0").to_vec(),
+        listen("--comet-link-bind", "0").to_vec(),
+    ]
+    .concat();
+    let (status, stderr) = run_to_exit(&comet_args);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("starting comet")
+            && stderr.contains(&held)
+            && stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}

@@ -450,3 +450,45 @@ fn online_and_node_endpoints_describe_the_cluster() {
     assert_eq!(instances.json["data"][0]["hostname"], g.comet().id());
     g.shutdown();
 }
+
+/// Issue 11, item 9: `/goim/nodes/weighted` said 3101/3102 whatever the comet listened on.
+#[test]
+fn the_node_list_advertises_the_ports_the_comet_listens_on() {
+    let g = gateway();
+    let (tcp, ws) = (g.tcp_addr().port(), g.ws_addr().port());
+    assert!(tcp != 3101 && ws != 3102, "the test needs other ports");
+    let mut nodes = serde_json::Value::Null;
+    eventually(5 * SECOND, "the comet in the node list", || {
+        nodes = http(
+            g.http_addr(),
+            "GET",
+            "/goim/nodes/weighted?platform=ios",
+            b"",
+        )
+        .json;
+        nodes["data"]["nodes"] == serde_json::json!(["127.0.0.1"])
+    });
+    let data = &nodes["data"];
+    assert_eq!(
+        (&data["tcp_port"], &data["ws_port"], &data["wss_port"]),
+        (
+            &serde_json::json!(tcp),
+            &serde_json::json!(ws),
+            &serde_json::json!(0)
+        ),
+        "{data}"
+    );
+    let web = http(
+        g.http_addr(),
+        "GET",
+        "/goim/nodes/weighted?platform=web",
+        b"",
+    )
+    .json;
+    assert_eq!(web["data"]["ws_port"], ws);
+    assert_eq!(
+        web["data"]["nodes"],
+        serde_json::json!([format!("{}.goim.io", g.comet().id())])
+    );
+    g.shutdown();
+}

@@ -7,7 +7,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imgate::client::{Client, ClientError, TlsClient, Transport};
 use imgate::standalone::Gateway;
@@ -208,6 +208,40 @@ fn plain_text_and_silent_clients_on_tls_ports_are_closed_and_counted() {
         "{:?}",
         untrusted.err()
     );
+    g.shutdown();
+}
+
+/// Issue 11, item 5: with 1,100 idle TCP connections on the HTTPS port every HTTPS request
+/// took 8 s, as accepting waited for handshake permits that silent connections held.
+#[test]
+fn silent_connections_on_the_https_port_do_not_stall_other_requests() {
+    const SILENT: usize = 1_100;
+    let cert = Certificate::generate();
+    let g = Gateway::start(tls_config(&cert)).expect("gateway with TLS starts");
+    let tls = cert.client();
+    let started = Instant::now();
+    let silent: Vec<TcpStream> = (0..SILENT)
+        .map(|i| {
+            TcpStream::connect(g.http_addr())
+                .unwrap_or_else(|e| panic!("silent connection {i}: {e}"))
+        })
+        .collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "opening the silent connections took {:?}",
+        started.elapsed()
+    );
+    for attempt in 0..3 {
+        let asked = Instant::now();
+        let (status, body) = https(g.http_addr(), &tls, "GET", "/goim/nodes/instances", "");
+        let took = asked.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            took < Duration::from_secs(1),
+            "request {attempt} behind {SILENT} silent connections took {took:?}"
+        );
+    }
+    drop(silent);
     g.shutdown();
 }
 

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Applies the kernel settings of tuning/README.md, idempotently; never lowers a higher value.
-# usage: sudo tuning/apply.sh
+# Applies the kernel settings of tuning/README.md, idempotently; never lowers a higher value
+# and never drops a reserved port. Reserves imgate's default listening ports, and those of the
+# imgate configurations given, so no outgoing connection takes them as its ephemeral port.
+# usage: sudo tuning/apply.sh [imgate.toml ...]
 set -euo pipefail
-[ "$(id -u)" -eq 0 ] || { echo "apply.sh: run as root" >&2; exit 1; }
+. "$(dirname "$0")/ports.sh"
+if [ "$SYSCTL_ROOT" = /proc/sys ] && [ "$(id -u)" -ne 0 ]; then
+  echo "apply.sh: run as root" >&2; exit 1
+fi
 
-CONF=/etc/sysctl.d/90-imgate.conf
+CONF=${IMGATE_SYSCTL_CONF:-/etc/sysctl.d/90-imgate.conf}
 declare -A WANT=(
   [fs.file-max]="4194304"
   [fs.nr_open]="2097152"
@@ -32,7 +37,7 @@ satisfied() {
 
 : >"$CONF.tmp"
 for key in "${!WANT[@]}"; do
-  if ! have=$(sysctl -n "$key" 2>/dev/null | tr '\t' ' '); then
+  if ! have=$(sysctl_get "$key" 2>/dev/null); then
     echo "skip  $key (not on this kernel or module not loaded)"
     continue
   fi
@@ -41,11 +46,26 @@ for key in "${!WANT[@]}"; do
     echo "ok    $key = $have"
     echo "$key = $have" >>"$CONF.tmp"
   else
-    sysctl -q -w "$key=$want"
+    sysctl_set "$key" "$want"
     echo "set   $key = $want (was $have)"
     echo "$key = $want" >>"$CONF.tmp"
   fi
 done
+# imgate's ports inside the widened ephemeral range, added to whatever is reserved already.
+key=net.ipv4.ip_local_reserved_ports
+if have=$(sysctl_get "$key" 2>/dev/null); then
+  have=$(tr -d ' \n' <<<"$have")
+  want=$({ expand_ports "$have"; imgate_ports "$@"; } | compact_ports)
+  if [ "$(expand_ports "$have" | compact_ports)" = "$want" ]; then
+    echo "ok    $key = $have"
+  else
+    sysctl_set "$key" "$want"
+    echo "set   $key = $want (was ${have:-empty})"
+  fi
+  echo "$key = $want" >>"$CONF.tmp"
+else
+  echo "skip  $key (not on this kernel)"
+fi
 sort "$CONF.tmp" >"$CONF" && rm -f "$CONF.tmp"
 echo "written to $CONF"
 echo "per-process limits (set in the service manager or limits.conf): LimitNOFILE >= connections + 1024"

@@ -29,7 +29,8 @@ use imgate_shared::ws::{self, opcode, WsError};
 use crate::delivery::Delivery;
 use crate::heartbeat::{self, clock_ms, stamp, MAX_HEARTBEAT_MS};
 use crate::limits::{now_ms, RateLimit, Refused};
-use crate::outbound::{reply, stored_batches, ws_control};
+use crate::logic_client::LogicError;
+use crate::outbound::{refusal, reply, stored_batches, ws_control};
 use crate::reassembly::{Event, Flow, Reassembly};
 use crate::shard::{Listen, Shard, SCRATCH_SIZE};
 use crate::socket_io::{poll_flush, poll_write, read_with, write_all};
@@ -38,6 +39,10 @@ use crate::stream::ClientStream;
 
 /// Heartbeat expiry used when logic returns none (goim's 4 min × 2), in milliseconds.
 const DEFAULT_HEARTBEAT_MS: u32 = 480_000;
+/// What a connection replaced before it started is told.
+const REPLACED: &str = "replaced by a newer connection with the same key";
+/// How long telling a client why it is refused may take.
+const REFUSAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most ops one connection may watch; further subscriptions are ignored.
 const MAX_WATCHED_OPS: usize = 1024;
 
@@ -54,7 +59,8 @@ pub(crate) enum CloseReason {
     HeartbeatExpired,
     /// The outgoing queue was full.
     Slow,
-    /// A newer connection authenticated with the same key.
+    /// A newer connection authenticated with the same key (logic named this one as the
+    /// connection it replaced).
     Kicked,
     /// The client sent frames faster than `upstream_rate` / `upstream_burst`.
     RateLimited,
@@ -235,6 +241,11 @@ impl Conn {
         }
         self.wake_writer();
         Pushed::Queued
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closing(&self) -> bool {
+        self.close.get().is_some()
     }
 
     /// Asks the connection task to close (the first reason wins).
@@ -456,6 +467,9 @@ async fn open(
     };
     let stream = RefCell::new(stream);
     let conn_id = shard.next_conn_id();
+    // From here until the handshake ends, a newer connection's claim of the same key can
+    // mark this one replaced (its auth reply may be handled before this one's).
+    shard.auth_started(conn_id);
     let config = &shard.comet.config;
     let mut rx = Reassembly::new(websocket, config.max_body);
 
@@ -479,19 +493,50 @@ async fn open(
     )
     .await;
     drop(stop);
-    let authed = match outcome {
+    let replaced_meanwhile = shard.auth_ended(conn_id);
+    let mut authed = match outcome {
         Ok(authed) => authed,
         Err(reason) => {
             count_close(shard, reason);
             return None;
         }
     };
+    if replaced_meanwhile {
+        // A newer connection claimed the key after this one did and was registered first:
+        // this one lost its session already, so it never starts.
+        count_close(shard, CloseReason::Kicked);
+        let told = refusal(websocket, authed.ver, authed.seq, REPLACED);
+        let _ = future::or(write_all(&stream, &told), async {
+            sleep(REFUSAL_WRITE_TIMEOUT).await;
+            Ok(())
+        })
+        .await;
+        disconnect_unregistered(shard, conn_id, authed.reply.mid, authed.reply.key);
+        return None;
+    }
+    let replaced = authed.reply.replaced.take();
     let conn = admit(shard, conn_id, websocket, peer, authed, stream, rx)?;
     if conn.mid > 0 {
         spawn_local(catch_up(shard.clone(), conn.clone())).detach();
     }
-    shard.kick_elsewhere(&conn.key, conn.id).await;
+    if let Some(replaced) = replaced {
+        shard.close_replaced(&replaced).await;
+    }
     Some(conn)
+}
+
+/// Tells logic that a connection it opened a session for never started (its session, if it
+/// still names it, goes).
+fn disconnect_unregistered(shard: &Shard, conn_id: u64, mid: i64, key: String) {
+    shard.logic.notify(Body::Disconnect(Disconnect {
+        conn: Some(ConnRef {
+            comet: shard.comet.id.clone(),
+            shard: shard.index,
+            conn_id,
+        }),
+        mid,
+        key,
+    }));
 }
 
 /// The server side of a TLS handshake, bounded by the handshake timeout and by shutdown.
@@ -544,15 +589,7 @@ fn admit(
     } = authed;
     if shard.is_stopping() {
         // Logic opened a session for it; close that too.
-        shard.logic.notify(Body::Disconnect(Disconnect {
-            conn: Some(ConnRef {
-                comet: shard.comet.id.clone(),
-                shard: shard.index,
-                conn_id,
-            }),
-            mid: r.mid,
-            key: r.key,
-        }));
+        disconnect_unregistered(shard, conn_id, r.mid, r.key);
         return None;
     }
     let heartbeat_ms = match r.heartbeat_ms {
@@ -760,22 +797,31 @@ async fn handshake(
         remote_addr: peer.map(|p| p.to_string()).unwrap_or_default(),
     });
     let upstream = seen.upstream;
-    match shard.logic.request(request, config.logic_timeout).await {
-        Ok(Body::ConnectReply(reply)) => Ok(Authed {
-            ver,
-            seq,
-            reply,
-            upstream,
-        }),
+    let reason = match shard.logic.request(request, config.logic_timeout).await {
+        Ok(Body::ConnectReply(reply)) => {
+            return Ok(Authed {
+                ver,
+                seq,
+                reply,
+                upstream,
+            })
+        }
         Ok(_) => {
             tracing::warn!("logic answered Connect with an unexpected message");
-            Err(CloseReason::AuthFailed)
+            "auth could not be checked".to_string()
+        }
+        Err(LogicError::Refused(reason)) => {
+            tracing::debug!(conn_id, "auth refused: {reason}");
+            reason
         }
         Err(e) => {
             tracing::debug!(conn_id, "auth failed: {e}");
-            Err(CloseReason::AuthFailed)
+            "auth could not be checked: logic is unavailable".to_string()
         }
-    }
+    };
+    // Tell the client why before closing (bounded by the handshake deadline like the rest).
+    let _ = write_all(stream, &refusal(websocket, ver, seq, &reason)).await;
+    Err(CloseReason::AuthFailed)
 }
 
 /// An authenticated connection at work: reads client frames and answers them through the

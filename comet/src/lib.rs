@@ -195,18 +195,20 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     let ws_addrs: Vec<SocketAddr> = ws.iter().map(|g| g.addr).collect();
     let wss_addrs: Vec<SocketAddr> = wss.iter().map(|g| g.addr).collect();
     let tcp_tls_addrs: Vec<SocketAddr> = tcp_tls.iter().map(|g| g.addr).collect();
-    let advertised = |bound: &[SocketAddr]| {
-        if config.addrs.is_empty() {
+    // What clients are told: the configured public addresses of each kind, or the bound ones.
+    let advertised = |configured: &[String], bound: &[SocketAddr]| {
+        if configured.is_empty() {
             bound.iter().map(|a| advertisable(*a).to_string()).collect()
         } else {
-            config.addrs.clone()
+            configured.to_vec()
         }
     };
     let info = CometInfo {
         id: id.clone(),
         link_addr: link_advertise,
-        tcp_addrs: advertised(&tcp_addrs),
-        ws_addrs: advertised(&ws_addrs),
+        tcp_addrs: advertised(&config.addrs, &tcp_addrs),
+        ws_addrs: advertised(&config.ws_addrs, &ws_addrs),
+        wss_addrs: advertised(&config.wss_addrs, &wss_addrs),
         weight: config.weight,
         shards: shards as u32,
     };
@@ -253,8 +255,12 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         inboxes: senders,
         threads: Vec::with_capacity(shards),
     };
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // One channel per shard: a shard whose executor dies before it runs drops its sender
+    // unused, and then its thread's error says why.
+    let mut ready = Vec::with_capacity(shards);
     for (index, inbox) in receivers.into_iter().enumerate() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        ready.push(ready_rx);
         let setup = ShardSetup {
             index: index as u32,
             comet: comet.clone(),
@@ -268,7 +274,7 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
                 shard: index,
                 reason: "no link socket".into(),
             })?,
-            ready: ready_tx.clone(),
+            ready: ready_tx,
         };
         let cpu = config.pin.then(|| cpus[index % cpus.len()]);
         let spawned = imgate_runtime::Builder::new(format!("comet-shard-{index}"))
@@ -284,25 +290,40 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
             }
         }
     }
-    drop(ready_tx);
-    for index in 0..shards {
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err(CometError::Shard {
-                    shard: index,
-                    reason,
-                })
+    for (index, ready_rx) in ready.into_iter().enumerate() {
+        let reason = match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(Ok(())) => continue,
+            Ok(Err(reason)) => reason,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                format!("not ready within {SHARD_START_TIMEOUT:?}")
             }
-            Err(e) => {
-                return Err(CometError::Shard {
-                    shard: index,
-                    reason: format!("did not report ready: {e}"),
-                })
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // The runtime ended before running the shard: its thread has the reason.
+                match handle.threads.remove(index).join() {
+                    Ok(Err(e)) => format!("its runtime could not start: {e}"),
+                    Err(panic) => format!("its thread panicked: {}", panic_message(&*panic)),
+                    Ok(Ok(())) => "its runtime ended before it started".into(),
+                }
             }
-        }
+        };
+        return Err(CometError::Shard {
+            shard: index,
+            reason,
+        });
     }
     Ok(handle)
+}
+
+/// How long a shard may take to report ready.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A panic's own message.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// The address clients are told for a bound one: an unspecified address (`0.0.0.0`, `::`)

@@ -139,6 +139,18 @@ async fn dispatch(shard: &Shard, envelope: Envelope) {
                     .await;
             }
         }
+        Some(Body::CloseConn(close)) => {
+            let Some(conn) = close.conn.filter(|c| c.comet == shard.comet.id) else {
+                return;
+            };
+            if let Some(inbox) = inboxes.get(conn.shard as usize) {
+                let _ = inbox
+                    .send(ShardCommand::CloseReplaced {
+                        conn_id: conn.conn_id,
+                    })
+                    .await;
+            }
+        }
         other => tracing::debug!("ignoring unexpected link message {:?}", other.is_some()),
     }
 }

@@ -74,6 +74,31 @@ pub(crate) fn reply(websocket: bool, ver: i16, op: i32, seq: i32, body: &[u8]) -
     out.freeze()
 }
 
+/// Longest reason a refusal carries: what fits a WebSocket close frame beside its status code.
+const MAX_REASON: usize = 123;
+
+/// WebSocket close status "policy violation" (RFC 6455 §7.4.1).
+const WS_POLICY_VIOLATION: u16 = 1008;
+
+/// The answer to a refused auth, sent just before the connection is closed: an op-6 frame
+/// (goim's `OpDisconnectReply`, defined by goim but never sent) echoing the auth frame's ver
+/// and seq, whose body says why in UTF-8; on WebSocket it is followed by a close frame with
+/// status 1008 and the same reason.
+pub(crate) fn refusal(websocket: bool, ver: i16, seq: i32, reason: &str) -> Bytes {
+    let mut cut = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = &reason.as_bytes()[..cut];
+    let mut out = BytesMut::from(&reply(websocket, ver, op::DISCONNECT_REPLY, seq, reason)[..]);
+    if websocket {
+        let mut close = WS_POLICY_VIOLATION.to_be_bytes().to_vec();
+        close.extend_from_slice(reason);
+        out.extend_from_slice(&ws::encode_server_frame(opcode::CLOSE, &close));
+    }
+    out.freeze()
+}
+
 /// A server WebSocket control frame (pong, close).
 pub(crate) fn ws_control(code: u8, payload: &[u8]) -> Bytes {
     Bytes::from(ws::encode_server_frame(code, payload))
@@ -158,5 +183,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(f.payload(&wsr), tcp.as_ref());
+    }
+
+    #[test]
+    fn a_refusal_says_why_and_fits_a_close_frame() {
+        let tcp = refusal(false, 1, 7, "key taken");
+        assert_eq!(tcp, frame::encode(1, op::DISCONNECT_REPLY, 7, b"key taken"));
+        // WebSocket: the same frame in a binary message, then a 1008 close with the reason.
+        let long = "é".repeat(100);
+        let mut ws_bytes = refusal(true, 1, 7, &long).to_vec();
+        let first = ws::parse_frame(&mut ws_bytes, 1 << 20, Role::Client)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.opcode, opcode::BINARY);
+        let mut rest = ws_bytes.split_off(first.frame_len);
+        let (h, body) = frame::decode_exact(first.payload(&ws_bytes), 1 << 20).unwrap();
+        assert_eq!(h.op, op::DISCONNECT_REPLY);
+        let reason = std::str::from_utf8(body).expect("cut at a character boundary");
+        assert!(reason.len() <= MAX_REASON && long.starts_with(reason));
+        let close = ws::parse_frame(&mut rest, 1 << 20, Role::Client)
+            .unwrap()
+            .unwrap();
+        assert_eq!(close.opcode, opcode::CLOSE);
+        let payload = close.payload(&rest);
+        assert!(payload.len() <= 125);
+        assert_eq!(&payload[..2], &1008u16.to_be_bytes());
+        assert_eq!(&payload[2..], reason.as_bytes());
     }
 }

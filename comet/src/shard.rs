@@ -16,7 +16,7 @@ use imgate_runtime::net::Socket as ClientSocket;
 use imgate_runtime::time::sleep;
 use imgate_runtime::{spawn_local, LoopStats, Task};
 use imgate_shared::config::CometConfig;
-use imgate_shared::link::{Body, CometInfo, RenewOnline};
+use imgate_shared::link::{Body, CometInfo, ConnRef, RenewOnline};
 use socket2::Socket;
 
 use crate::connection::{self, CloseReason, Conn, Pushed, QueueLimits, SyncRequest};
@@ -56,8 +56,9 @@ pub(crate) enum ShardCommand {
         ws: Bytes,
         speed: u32,
     },
-    /// Close the connection holding `key` unless it is `keep_conn_id`.
-    Kick { key: String, keep_conn_id: u64 },
+    /// Close connection `conn_id` of this shard: a newer connection took its key over. If it
+    /// is still authenticating, it is closed as soon as its handshake ends.
+    CloseReplaced { conn_id: u64 },
     /// Close everything and let the executor return.
     Shutdown,
 }
@@ -131,6 +132,14 @@ pub(crate) struct Shard {
     /// the connection itself, looked up through its own id and key: 8 bytes an entry.
     conns: RefCell<HashSet<ById>>,
     keys: RefCell<HashSet<ByKey>>,
+    /// Open connections whose key another connection registered on this shard later although
+    /// logic has not named them replaced (yet): auth replies can be handled in another order
+    /// than logic gave them. Normally empty; when the key index loses its holder, the newest
+    /// of these with that key takes its place.
+    shadowed: RefCell<Vec<Rc<Conn>>>,
+    /// Connections waiting for logic's answer to their auth, and whether a newer connection's
+    /// claim has already replaced them.
+    authenticating: RefCell<HashMap<u64, bool>>,
     /// Heartbeat deadlines of the connections in `conns`.
     heartbeats: RefCell<Wheel>,
     rooms: RefCell<Rooms>,
@@ -422,6 +431,8 @@ impl Shard {
             stop,
             conns: RefCell::new(HashSet::new()),
             keys: RefCell::new(HashSet::new()),
+            shadowed: RefCell::new(Vec::new()),
+            authenticating: RefCell::new(HashMap::new()),
             heartbeats: RefCell::new(Wheel::new(clock_ms())),
             rooms: RefCell::new(Rooms::default()),
             cluster_rooms: RefCell::new(HashMap::new()),
@@ -520,13 +531,15 @@ impl Shard {
         self.stopping.get()
     }
 
-    /// Registers an authenticated connection: key (closing an older holder on this shard),
-    /// room, peer address and heartbeat deadline.
+    /// Registers an authenticated connection: key, room, peer address and heartbeat deadline.
+    /// An earlier holder of the key on this shard is not closed here: logic names the
+    /// connection each claim replaced, and exactly that one is closed
+    /// ([`Shard::close_replaced`]).
     pub fn register(&self, conn: &Rc<Conn>, room: &str) {
         if !conn.key.is_empty() {
             let old = self.keys.borrow_mut().replace(ByKey(conn.clone()));
-            if let Some(ByKey(old)) = old {
-                old.close(CloseReason::Kicked);
+            if let Some(ByKey(old)) = old.filter(|old| !old.0.is_closing()) {
+                self.shadowed.borrow_mut().push(old);
             }
         }
         self.conns.borrow_mut().insert(ById(conn.clone()));
@@ -551,8 +564,17 @@ impl Shard {
         }
         {
             let mut keys = self.keys.borrow_mut();
+            let mut shadowed = self.shadowed.borrow_mut();
             if keys.get(&*conn.key).is_some_and(|c| c.0.id == conn.id) {
                 keys.remove(&*conn.key);
+                if let Some(i) = shadowed
+                    .iter()
+                    .rposition(|c| c.key == conn.key && !c.is_closing())
+                {
+                    keys.insert(ByKey(shadowed.remove(i)));
+                }
+            } else if let Some(i) = shadowed.iter().position(|c| c.id == conn.id) {
+                shadowed.remove(i);
             }
         }
         if let Some(room) = conn.set_room(None) {
@@ -586,19 +608,48 @@ impl Shard {
         cluster.max(self.rooms.borrow().count(room))
     }
 
-    /// Tells the other shards to close their connection holding `key`.
-    pub async fn kick_elsewhere(&self, key: &str, keep_conn_id: u64) {
-        if key.is_empty() {
+    /// A connection starts waiting for logic's answer to its auth.
+    pub fn auth_started(&self, conn_id: u64) {
+        self.authenticating.borrow_mut().insert(conn_id, false);
+    }
+
+    /// The wait ends (answered or not); says whether a newer connection replaced this one
+    /// meanwhile, in which case it must not start.
+    pub fn auth_ended(&self, conn_id: u64) -> bool {
+        self.authenticating
+            .borrow_mut()
+            .remove(&conn_id)
+            .unwrap_or(false)
+    }
+
+    /// Closes the connection a newer one's claim replaced, if it is on this comet: on this
+    /// shard directly, on another through its inbox. One on another comet is closed by logic
+    /// through the bus.
+    pub async fn close_replaced(&self, replaced: &ConnRef) {
+        if replaced.comet != self.comet.id {
             return;
         }
-        for (index, inbox) in self.comet.inboxes.iter().enumerate() {
-            if index as u32 != self.index {
-                let _ = inbox
-                    .send(ShardCommand::Kick {
-                        key: key.to_string(),
-                        keep_conn_id,
-                    })
-                    .await;
+        if replaced.shard == self.index {
+            self.close_replaced_here(replaced.conn_id);
+        } else if let Some(inbox) = self.comet.inboxes.get(replaced.shard as usize) {
+            let _ = inbox
+                .send(ShardCommand::CloseReplaced {
+                    conn_id: replaced.conn_id,
+                })
+                .await;
+        }
+    }
+
+    /// Closes connection `conn_id` of this shard as replaced, or marks it so if it is still
+    /// authenticating; a connection that is gone already is left alone.
+    pub fn close_replaced_here(&self, conn_id: u64) {
+        let conn = self.conns.borrow().get(&conn_id).map(|c| c.0.clone());
+        match conn {
+            Some(conn) => conn.close(CloseReason::Kicked),
+            None => {
+                if let Some(replaced) = self.authenticating.borrow_mut().get_mut(&conn_id) {
+                    *replaced = true;
+                }
             }
         }
     }
@@ -670,12 +721,7 @@ impl Shard {
                 }
             }
             ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
-            ShardCommand::Kick { key, keep_conn_id } => {
-                let conn = self.keys.borrow().get(key.as_str()).map(|c| c.0.clone());
-                if let Some(conn) = conn.filter(|c| c.id != keep_conn_id) {
-                    conn.close(CloseReason::Kicked);
-                }
-            }
+            ShardCommand::CloseReplaced { conn_id } => self.close_replaced_here(conn_id),
             ShardCommand::Shutdown => {}
         }
     }

@@ -26,6 +26,9 @@ struct Seen {
     reads: Arc<Mutex<Vec<InboxRead>>>,
     /// Connections whose connect catch-up read was answered.
     caught_up: Arc<Mutex<std::collections::HashSet<(String, u64)>>>,
+    /// The connection holding each key, as logic's store would: a connect names the one it
+    /// replaced.
+    holders: Arc<Mutex<std::collections::HashMap<String, link::ConnRef>>>,
 }
 
 impl Seen {
@@ -89,7 +92,15 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                         inbox_floor: 0,
                                         allowed_rooms: Vec::new(),
                                         rooms_limited: false,
+                                        replaced: None,
                                     };
+                                    if let Some(conn) = c.conn.clone() {
+                                        reply.replaced = seen
+                                            .holders
+                                            .lock()
+                                            .unwrap()
+                                            .insert(token.clone(), conn);
+                                    }
                                     if token == "anon" {
                                         reply.mid = 0;
                                     }
@@ -383,8 +394,13 @@ fn comet_serves_tcp_and_websocket_clients() {
         disconnects.lock().unwrap().contains(&"carol".to_string())
     });
 
-    // Refused auth, handshake timeout, heartbeat expiry, bad upgrade.
+    // Refused auth (told why with op 6), handshake timeout, heartbeat expiry, bad upgrade.
     let mut dave = tcp_client(tcp, "bad");
+    let (refused_op, _, refusal) = read_frame(&mut dave).unwrap();
+    assert_eq!(
+        (refused_op, refusal.as_slice()),
+        (op::DISCONNECT_REPLY, &b"refused"[..])
+    );
     expect_closed(&mut dave);
     let mut idle = TcpStream::connect(tcp).unwrap();
     idle.set_read_timeout(Some(WAIT)).unwrap();

@@ -1,8 +1,9 @@
 //! One comet's cluster link as job sees it: a bounded FIFO of ready-to-write link frames and a
 //! task that keeps a TCP connection to the comet and writes them, several per syscall.
 //!
-//! Frames queued while the link is (re)connecting wait in the queue. A full queue is reported
-//! to the caller, who counts it; nothing is dropped silently. Dropping the [`CometLink`] lets the
+//! Frames queued while the link is (re)connecting wait in the queue, which is bounded in frames
+//! and in bytes. A full queue is reported to the caller, who counts it; nothing is dropped
+//! silently. Dropping the [`CometLink`] lets the
 //! task write out what is queued and then close.
 //!
 //! Every frame carries the [`Guards`] of the bus messages in it. They are dropped (which tells
@@ -11,7 +12,7 @@
 //! comet unreachable when its link closes; counted and logged). A frame queued to several
 //! comets shares one [`Guards`], so the messages count as delivered after the last comet.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,14 @@ pub(crate) type Guards = Arc<Vec<DeliveryGuard>>;
 /// One queued link frame and the guards it releases once written.
 pub(crate) type Item = (Bytes, Guards);
 
+/// How much one comet link may hold unwritten.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub frames: usize,
+    /// A single frame larger than this is still taken when nothing else waits.
+    pub bytes: usize,
+}
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QueueError {
@@ -47,6 +56,9 @@ pub(crate) enum QueueError {
 pub(crate) struct CometLink {
     pub addr: String,
     queue: mpsc::Sender<Item>,
+    /// Bytes queued and not yet written, shared with the link task.
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     task: JoinHandle<()>,
 }
 
@@ -55,19 +67,41 @@ impl CometLink {
     pub(crate) fn spawn(
         id: String,
         addr: String,
-        capacity: usize,
+        limits: QueueLimits,
         counters: Arc<Counters>,
     ) -> Self {
-        let (queue, frames) = mpsc::channel(capacity.max(1));
-        let task = tokio::spawn(run(id, addr.clone(), frames, counters));
-        CometLink { addr, queue, task }
+        let (queue, frames) = mpsc::channel(limits.frames.max(1));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(
+            id,
+            addr.clone(),
+            frames,
+            queued_bytes.clone(),
+            counters,
+        ));
+        CometLink {
+            addr,
+            queue,
+            queued_bytes,
+            max_bytes: limits.bytes,
+            task,
+        }
     }
 
     /// Queues one link frame without waiting. A refused frame's guards drop with it.
     pub(crate) fn send(&self, frame: Bytes, guards: Guards) -> Result<(), QueueError> {
-        self.queue.try_send((frame, guards)).map_err(|e| match e {
-            TrySendError::Full(_) => QueueError::Full,
-            TrySendError::Closed(_) => QueueError::Closed,
+        let len = frame.len();
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued.saturating_add(len) > self.max_bytes {
+            return Err(QueueError::Full);
+        }
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.queue.try_send((frame, guards)).map_err(|e| {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => QueueError::Full,
+                TrySendError::Closed(_) => QueueError::Closed,
+            }
         })
     }
 
@@ -90,7 +124,13 @@ enum Ended {
     Broken,
 }
 
-async fn run(id: String, addr: String, mut frames: mpsc::Receiver<Item>, counters: Arc<Counters>) {
+async fn run(
+    id: String,
+    addr: String,
+    mut frames: mpsc::Receiver<Item>,
+    queued_bytes: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
     loop {
@@ -126,7 +166,7 @@ async fn run(id: String, addr: String, mut frames: mpsc::Receiver<Item>, counter
         let _ = stream.set_nodelay(true);
         tracing::info!(comet = %id, %addr, "comet link connected");
         counters.connected.fetch_add(1, Ordering::Relaxed);
-        let ended = pump(stream, &mut frames, &counters).await;
+        let ended = pump(stream, &mut frames, &queued_bytes, &counters).await;
         counters.connected.fetch_sub(1, Ordering::Relaxed);
         match ended {
             Ended::Drained => {
@@ -141,7 +181,12 @@ async fn run(id: String, addr: String, mut frames: mpsc::Receiver<Item>, counter
 }
 
 /// Writes queued frames until the queue closes or the connection breaks.
-async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Item>, counters: &Counters) -> Ended {
+async fn pump(
+    stream: TcpStream,
+    frames: &mut mpsc::Receiver<Item>,
+    queued_bytes: &AtomicUsize,
+    counters: &Counters,
+) -> Ended {
     let (mut reader, writer) = stream.into_split();
     let mut writer = BufWriter::with_capacity(64 << 10, writer);
     // The comet sends nothing on this link; reading only notices that it closed.
@@ -176,6 +221,8 @@ async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Item>, counters: &C
                 if result.is_ok() {
                     result = writer.flush().await;
                 }
+                // Taken off the queue either way: written, or given up with the connection.
+                queued_bytes.fetch_sub(written, Ordering::Relaxed);
                 if let Err(e) = result {
                     add(&counters.link_write_failed, in_batch);
                     tracing::warn!(error = %e, frames = in_batch, "comet link write failed; frames of this write given up");
@@ -188,5 +235,39 @@ async fn pump(stream: TcpStream, frames: &mut mpsc::Receiver<Item>, counters: &C
                 Ok(_) => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A comet that cannot be reached keeps frames queued: the queue must stop at its byte
+    /// limit as well as at its frame limit.
+    #[tokio::test]
+    async fn a_link_queue_is_bounded_in_bytes() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let limits = QueueLimits {
+            frames: 100,
+            bytes: 1000,
+        };
+        let link = CometLink::spawn("c".into(), addr, limits, Arc::default());
+        let frame = |len: usize| Bytes::from(vec![0u8; len]);
+        let guards = || Guards::default();
+        assert_eq!(link.send(frame(400), guards()), Ok(()));
+        assert_eq!(link.send(frame(600), guards()), Ok(()));
+        assert_eq!(link.send(frame(1), guards()), Err(QueueError::Full));
+        link.close(Duration::from_millis(10)).await;
+
+        // One frame above the limit still goes when nothing else waits.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let link = CometLink::spawn("c".into(), addr, limits, Arc::default());
+        assert_eq!(link.send(frame(5000), guards()), Ok(()));
+        assert_eq!(link.send(frame(1), guards()), Err(QueueError::Full));
+        link.close(Duration::from_millis(10)).await;
     }
 }

@@ -94,7 +94,11 @@ pub async fn start(
         room_budget_permille: 1000.into(),
         ..Default::default()
     });
-    let mut registry = Registry::new(store, counters.clone(), job.comet_queue);
+    let limits = comet_link::QueueLimits {
+        frames: job.comet_queue,
+        bytes: job.comet_queue_bytes.max(1),
+    };
+    let mut registry = Registry::new(store, counters.clone(), limits);
     registry.refresh().await;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = Router {
@@ -250,6 +254,15 @@ impl Router {
                 self.registry
                     .send_to_all(&link_frame, &Arc::new(vec![guard]));
                 add(&self.counters.broadcasts, 1);
+            }
+            Some(Push::Close(close)) => {
+                // A comet that left has closed its connections already.
+                let Some(comet) = close.conn.as_ref().map(|c| c.comet.clone()) else {
+                    return;
+                };
+                let link_frame = Envelope::new(0, Body::CloseConn(close)).to_frame();
+                self.registry
+                    .send_to(&comet, link_frame, Arc::new(vec![guard]));
             }
             None => {
                 add(&self.counters.undeliverable, 1);

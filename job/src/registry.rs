@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use imgate_shared::store::Store;
 
-use crate::comet_link::{CometLink, Guards, QueueError};
+use crate::comet_link::{CometLink, Guards, QueueError, QueueLimits};
 use crate::stats::{add, Counters};
 
 /// How long closing waits for a link to write out its queue.
@@ -22,7 +22,7 @@ const DEPARTURE_GRACE: Duration = Duration::from_secs(3);
 pub(crate) struct Registry {
     store: Arc<dyn Store>,
     counters: Arc<Counters>,
-    queue_capacity: usize,
+    queue_limits: QueueLimits,
     links: HashMap<String, CometLink>,
     /// Known comets missing from the registry, since when.
     missing: HashMap<String, Instant>,
@@ -40,12 +40,12 @@ impl Registry {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         counters: Arc<Counters>,
-        queue_capacity: usize,
+        queue_limits: QueueLimits,
     ) -> Self {
         Registry {
             store,
             counters,
-            queue_capacity,
+            queue_limits,
             links: HashMap::new(),
             missing: HashMap::new(),
             shards: 0,
@@ -91,7 +91,7 @@ impl Registry {
             let link = CometLink::spawn(
                 info.id.clone(),
                 info.link_addr,
-                self.queue_capacity,
+                self.queue_limits,
                 self.counters.clone(),
             );
             // A replaced link writes out what it already holds to the old address, then closes.

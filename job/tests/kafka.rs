@@ -61,7 +61,7 @@ fn body_of(msg: &BusMessage) -> String {
         Some(Push::Room(r)) => String::from_utf8(r.body.to_vec()).unwrap(),
         Some(Push::Keys(k)) => String::from_utf8(k.body.to_vec()).unwrap(),
         Some(Push::All(b)) => String::from_utf8(b.body.to_vec()).unwrap(),
-        None => panic!("a message without a push"),
+        Some(Push::Close(_)) | None => panic!("a message without a push"),
     }
 }
 

@@ -89,11 +89,25 @@ impl Authenticator for GoimJsonAuth {
 }
 
 /// Verifies signed tokens (JWT, HS256 with a shared secret or RS256/ES256 with a public key):
-/// the user is the token's `sub`, never the JSON's `mid`; an `exp` claim is required; a
-/// `rooms` claim, when present, lists the rooms the connection may join.
+/// the user is the token's `sub`, never the JSON's `mid`; an `exp` claim is required and an
+/// `nbf` claim, when present, is honoured (both with [`CLOCK_LEEWAY_SECS`]); a `rooms` claim,
+/// when present, lists the rooms the connection may join.
 pub struct JwtAuth {
     key: jsonwebtoken::DecodingKey,
     validation: jsonwebtoken::Validation,
+}
+
+/// Clock skew tolerated between the token issuer and logic, for `exp` and `nbf` alike.
+pub const CLOCK_LEEWAY_SECS: u64 = 60;
+
+/// What every token must satisfy: the algorithm of the key, `exp` required and in the future,
+/// `nbf` (if any) in the past, each give or take [`CLOCK_LEEWAY_SECS`].
+fn validation(algorithm: jsonwebtoken::Algorithm) -> jsonwebtoken::Validation {
+    let mut v = jsonwebtoken::Validation::new(algorithm);
+    v.leeway = CLOCK_LEEWAY_SECS;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v
 }
 
 #[derive(Deserialize)]
@@ -108,23 +122,23 @@ impl JwtAuth {
     pub fn hs256(secret: &[u8]) -> JwtAuth {
         JwtAuth {
             key: jsonwebtoken::DecodingKey::from_secret(secret),
-            validation: jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+            validation: validation(jsonwebtoken::Algorithm::HS256),
         }
     }
 
     /// Tokens signed with the private half of this PEM public key: RSA (RS256) or EC (ES256).
     pub fn public_key_pem(pem: &[u8]) -> Result<JwtAuth, AuthError> {
-        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        use jsonwebtoken::{Algorithm, DecodingKey};
         if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
             return Ok(JwtAuth {
                 key,
-                validation: Validation::new(Algorithm::RS256),
+                validation: validation(Algorithm::RS256),
             });
         }
         match DecodingKey::from_ec_pem(pem) {
             Ok(key) => Ok(JwtAuth {
                 key,
-                validation: Validation::new(Algorithm::ES256),
+                validation: validation(Algorithm::ES256),
             }),
             Err(e) => Err(AuthError::Invalid(format!(
                 "jwt_public_key_file is neither an RSA nor an EC public key in PEM: {e}"
@@ -150,6 +164,7 @@ impl Authenticator for JwtAuth {
                 use jsonwebtoken::errors::ErrorKind;
                 AuthError::Invalid(match e.kind() {
                     ErrorKind::ExpiredSignature => "token expired".to_string(),
+                    ErrorKind::ImmatureSignature => "token not valid yet (nbf)".to_string(),
                     ErrorKind::InvalidSignature => "token signature is invalid".to_string(),
                     _ => format!("invalid token: {e}"),
                 })
@@ -305,5 +320,47 @@ mod tests {
         assert!(auth.authenticate(&body(&rooms, "live://1"), "").is_ok());
         let anonymous = mint_hs256(b"s3cret", 0, None, std::time::Duration::from_secs(60)).unwrap();
         assert!(err(body(&anonymous, "")).contains("positive"));
+    }
+
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// Issue 11, item 7: `nbf` was not checked, so a token minted for later worked at once.
+    #[test]
+    fn a_token_not_valid_yet_is_refused_within_the_same_leeway_as_exp() {
+        let auth = JwtAuth::hs256(b"s3cret");
+        let now = unix_now();
+        let with_nbf = |nbf: u64| {
+            let t = signed(
+                b"s3cret",
+                serde_json::json!({"sub": "42", "exp": now + 3600, "nbf": nbf}),
+            );
+            auth.authenticate(&body(&t, ""), "")
+        };
+        let later = with_nbf(now + 600).expect_err("nbf ten minutes ahead is refused");
+        assert!(later.to_string().contains("not valid yet"), "{later}");
+        // Beyond the leeway by a margin, so a slow test cannot cross it.
+        assert!(with_nbf(now + CLOCK_LEEWAY_SECS + 30).is_err());
+        // Within the leeway (clock skew), now, and past: accepted.
+        assert_eq!(with_nbf(now + CLOCK_LEEWAY_SECS - 30).unwrap().mid, 42);
+        assert_eq!(with_nbf(now).unwrap().mid, 42);
+        assert_eq!(with_nbf(now - 3600).unwrap().mid, 42);
+        // exp gets the same leeway: just expired is still within it, long expired is not.
+        let exp = |exp: u64| {
+            let t = signed(b"s3cret", serde_json::json!({"sub": "42", "exp": exp}));
+            auth.authenticate(&body(&t, ""), "")
+        };
+        assert!(exp(now - (CLOCK_LEEWAY_SECS - 30)).is_ok());
+        assert!(exp(now - (CLOCK_LEEWAY_SECS + 30)).is_err());
+        // An nbf that is not a number is refused, not ignored.
+        let t = signed(
+            b"s3cret",
+            serde_json::json!({"sub": "42", "exp": now + 3600, "nbf": "soon"}),
+        );
+        assert!(auth.authenticate(&body(&t, ""), "").is_err());
     }
 }

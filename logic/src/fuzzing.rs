@@ -7,14 +7,15 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
-use crate::query::{room_key, Query};
+use crate::query::{body_targets, room_key, Query};
 
 /// List limits the accessors are run with: the smallest, small ones, and the default
 /// `logic.max_push_targets`.
 const MAX_TARGETS: [usize; 4] = [1, 2, 3, 10_000];
 
 /// `http_query`: `data` is the raw query string of a request (the part after `?`); it is
-/// parsed and every endpoint's accessor is run on it.
+/// parsed and every endpoint's accessor is run on it. The same bytes are also read as a push
+/// body that carries its targets (form and JSON).
 ///
 /// A query string that reaches logic is valid UTF-8 (axum hands over the URI's text), so other
 /// bytes are replaced first. Checks the promises the handlers rely on: lists within their
@@ -56,6 +57,23 @@ pub fn fuzz_http_query(data: &[u8]) {
         assert!(!top.room_type.is_empty());
     }
     let _ = room_key(&raw, &raw);
+    // The same bytes as a push body carrying its targets, in either format.
+    for content_type in ["application/x-www-form-urlencoded", "application/json"] {
+        for list in ["keys", "mids"] {
+            let Ok(carried) = body_targets(Some(content_type), data, list) else {
+                continue;
+            };
+            for max in MAX_TARGETS {
+                if let Ok(keys) = carried.targets.keys(max) {
+                    check_list(&keys, max);
+                    assert!(keys.iter().all(|k| !k.is_empty()));
+                }
+                if let Ok(mids) = carried.targets.mids(max) {
+                    check_list(&mids, max);
+                }
+            }
+        }
+    }
 }
 
 /// A target list the handlers act on once per entry: one to `max` entries, each once.

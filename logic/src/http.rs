@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::nodes;
 use crate::online::RoomCounts;
-use crate::query::{BadRequest, Query};
+use crate::query::{body_targets, BadRequest, MidsQuery, Query};
 
 /// Longest a request may take, body upload included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +42,9 @@ pub(crate) struct Api {
 
 /// The router with every goim route.
 pub(crate) fn router(api: Arc<Api>) -> Router {
-    let body_limit = api.config.max_push_body;
+    // Each handler checks its own limit (a body that is the message, or one that also carries
+    // the targets); this bounds what is read at all.
+    let body_limit = api.config.max_push_body.max(api.config.max_push_request);
     let business = Router::new()
         .route("/goim/push/keys", post(push_keys))
         .route("/goim/push/mids", post(push_mids))
@@ -52,12 +54,14 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/goim/online/room", get(online_room))
         .route("/goim/online/total", get(online_total))
         .route("/goim/inbox/state", get(inbox_state))
+        // Every comet's cluster-link address and load: for operators, not for clients (the
+        // link is unauthenticated, so its address is not for everyone).
+        .route("/goim/nodes/instances", get(nodes_instances))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key));
-    // Node lists stay public: clients ask them before they connect.
+    // The weighted node list stays public: clients ask it before they connect.
     Router::new()
         .merge(business)
         .route("/goim/nodes/weighted", get(nodes_weighted))
-        .route("/goim/nodes/instances", get(nodes_instances))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -195,19 +199,44 @@ async fn method_not_allowed() -> Response {
 }
 
 fn push_body(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    read_body(body, api.config.max_push_body)
+}
+
+/// The body, refused with 413 beyond `limit` bytes.
+fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     match body {
-        Ok(body) if body.len() > api.config.max_push_body => {
-            Err(ApiError::TooLarge(api.config.max_push_body))
-        }
+        Ok(body) if body.len() > limit => Err(ApiError::TooLarge(limit)),
         Ok(body) => Ok(body),
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::TooLarge(api.config.max_push_body))
-        }
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge(limit)),
         Err(e) => Err(ApiError::BadRequest(format!(
             "cannot read the body: {}",
             e.body_text()
         ))),
     }
+}
+
+/// Where a keys or mids push names its targets (`list`) and what it pushes: goim's form,
+/// targets in the query and the whole body as the message; or, when the query names none,
+/// a form or JSON body carrying both (for target lists too long for a URL).
+fn push_targets(
+    api: &Api,
+    query: Query,
+    list: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Query, Bytes), ApiError> {
+    if query.has(list) {
+        return Ok((query, push_body(api, body)?));
+    }
+    let body = read_body(body, api.config.max_push_request)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let carried = body_targets(content_type, &body, list)?;
+    if carried.message.len() > api.config.max_push_body {
+        return Err(ApiError::TooLarge(api.config.max_push_body));
+    }
+    Ok((carried.targets, carried.message))
 }
 
 /// Groups sessions by comet and shard and publishes one keys push per comet; returns how many
@@ -265,22 +294,31 @@ fn connections_reply(connections: usize, what: &str) -> Response {
 async fn push_keys(
     State(api): State<Arc<Api>>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let query = Query::parse(raw.as_deref())?.push_keys(api.config.max_push_targets)?;
-    let body = push_body(&api, body)?;
-    let sessions = api.store.sessions_by_keys(&query.keys).await?;
-    let n = publish_to_sessions(&api, sessions, query.op, body, None).await?;
+    let query = Query::parse(raw.as_deref())?;
+    let op = query.push_op()?;
+    let (targets, body) = push_targets(&api, query, "keys", &headers, body)?;
+    let keys = targets.keys(api.config.max_push_targets)?;
+    let sessions = api.store.sessions_by_keys(&keys).await?;
+    let n = publish_to_sessions(&api, sessions, op, body, None).await?;
     Ok(connections_reply(n, "keys"))
 }
 
 async fn push_mids(
     State(api): State<Arc<Api>>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let query = Query::parse(raw.as_deref())?.push_mids(api.config.max_push_targets)?;
-    let body = push_body(&api, body)?;
+    let query = Query::parse(raw.as_deref())?;
+    let op = query.push_op()?;
+    let (targets, body) = push_targets(&api, query, "mids", &headers, body)?;
+    let query = MidsQuery {
+        op,
+        mids: targets.mids(api.config.max_push_targets)?,
+    };
     // Store first, then look up sessions: a client connecting meanwhile either finds the
     // message in its backlog or is found here (comet drops a second copy by its sequence).
     let mut seqs = BTreeMap::new();
@@ -429,17 +467,17 @@ async fn nodes_weighted(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) ->
     let query = Query::parse(raw.as_deref())?;
     let comets = api.store.comets().await?;
     let config = &api.config;
-    let names = nodes::node_names(&comets, query.platform(), config);
+    let nodes = nodes::nodes(&comets, query.platform(), config);
     Ok(ok(
         "",
         Some(json!({
             "domain": config.default_domain,
-            "tcp_port": config.tcp_port,
-            "ws_port": config.ws_port,
-            "wss_port": config.wss_port,
+            "tcp_port": nodes.tcp_port,
+            "ws_port": nodes.ws_port,
+            "wss_port": nodes.wss_port,
             "heartbeat": config.heartbeat.as_secs(),
             "heartbeat_max": config.heartbeat_max,
-            "nodes": names,
+            "nodes": nodes.names,
             "backoff": {
                 "max_delay": config.backoff.max_delay,
                 "base_delay": config.backoff.base_delay,

@@ -83,6 +83,37 @@ impl LogicHandle {
     }
 }
 
+/// Connections the kernel queues for a listener before logic accepts them (capped by
+/// `net.core.somaxconn`). tokio's default of 128 overflowed in a burst of connections (each
+/// dropped SYN costs its client a second), so a request behind a flood waited.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on the first address `addr` resolves to that can be bound.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
 /// Starts logic with goim's JSON auth: binds `logic.http_bind` and `logic.link_bind` and spawns
 /// its tasks on the current tokio runtime.
 pub async fn start(
@@ -122,7 +153,7 @@ pub async fn start_with_auth(
         )?)
     };
     let bind = |what: &'static str, addr: String| async move {
-        TcpListener::bind(&addr)
+        listen(&addr)
             .await
             .and_then(|l| l.local_addr().map(|a| (l, a)))
             .map_err(|source| LogicError::Bind { what, addr, source })
@@ -149,6 +180,7 @@ pub async fn start_with_auth(
         upstream_frames: AtomicU64::new(0),
         inbox_limit: config.store.inbox_max_messages.max(1),
         protect_keys: config.auth.tokens_required(),
+        bus: bus.clone(),
     });
     tasks.push(tokio::spawn(link_server::serve(
         link_listener,

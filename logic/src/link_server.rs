@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use imgate_shared::bus::{BusMessage, BusProducer, Push};
 use imgate_shared::link::{
-    self, Body, ConnectReply, Empty, Envelope, Failure, InboxMessages, RenewOnlineReply, Stored,
+    self, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure, InboxMessages,
+    RenewOnlineReply, Stored,
 };
-use imgate_shared::store::{OnlineReport, Session, Store, StoredMessage};
+use imgate_shared::store::{Claim, KeyPolicy, OnlineReport, Session, Store, StoredMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Authenticator;
 use crate::online::RoomCounts;
@@ -26,6 +28,12 @@ use crate::online::RoomCounts;
 const MAX_IN_FLIGHT: usize = 1024;
 /// Replies coalesced into one write, at most.
 const MAX_WRITE_BATCH: usize = 256 << 10;
+/// Bytes of replies one comet connection may have waiting to be written: a comet that stops
+/// reading holds at most this much of logic's memory, whatever its requests asked for.
+const MAX_QUEUED_REPLY_BYTES: usize = 64 << 20;
+/// Body bytes of stored messages in one answer, whatever a comet asks for: well inside a link
+/// frame however the inbox and history limits are set (`more` says where to go on from).
+const MAX_STORED_BYTES: u32 = 4 << 20;
 
 /// What the link requests act on.
 pub(crate) struct LinkHandler {
@@ -36,12 +44,24 @@ pub(crate) struct LinkHandler {
     pub upstream_frames: AtomicU64,
     /// Most stored messages sent to a connecting client or a SYNC at once.
     pub inbox_limit: usize,
-    /// Refuse a key another user's connection holds (signed-token deployments; goim lets any
-    /// client take over any key).
+    /// Refuse a key another user's live session holds (signed-token deployments); otherwise
+    /// a newer connection takes the key over from anyone, as in goim.
     pub protect_keys: bool,
+    /// Carries the closing of replaced connections that live on another comet.
+    pub bus: Arc<dyn BusProducer>,
 }
 
 impl LinkHandler {
+    /// Asks (through job) the comet holding `conn` to close it. A failure is only logged: the
+    /// connection no longer owns its key, so nothing pushed by key or user reaches it, and its
+    /// next heartbeat cannot re-create its session.
+    async fn close_elsewhere(&self, conn: ConnRef) {
+        let message = BusMessage::new(Push::Close(CloseConn { conn: Some(conn) }));
+        if let Err(e) = self.bus.publish(message).await {
+            tracing::warn!(error = %e, "cannot ask another comet to close a replaced connection");
+        }
+    }
+
     /// Answers one request.
     pub(crate) async fn handle(&self, body: Option<Body>) -> Body {
         match self.dispatch(body).await {
@@ -62,25 +82,38 @@ impl LinkHandler {
                     .key
                     .filter(|k| !k.is_empty())
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                if self.protect_keys {
-                    let holders = self
-                        .store
-                        .sessions_by_keys(std::slice::from_ref(&key))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if holders.iter().any(|s| s.mid != identity.mid) {
-                        return Err(format!("connection key {key:?} belongs to another user"));
-                    }
-                }
                 let session = Session {
                     mid: identity.mid,
                     key,
                     conn,
                 };
-                self.store
-                    .add_session(&session)
+                let policy = if self.protect_keys {
+                    KeyPolicy::SameUser
+                } else {
+                    KeyPolicy::AnyUser
+                };
+                let replaced = match self
+                    .store
+                    .claim_session(&session, policy)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                {
+                    Claim::Claimed { replaced } => replaced,
+                    Claim::Refused { .. } => {
+                        return Err(format!(
+                            "connection key {:?} is held by another user's connection",
+                            session.key
+                        ));
+                    }
+                };
+                if let Some(old) = replaced
+                    .as_ref()
+                    .filter(|r| r.conn.comet != session.conn.comet)
+                {
+                    // The connecting comet closes a replaced connection of its own; one on
+                    // another comet is closed through the bus.
+                    self.close_elsewhere(old.conn.clone()).await;
+                }
                 // Read the inbox only after the session exists: a push stored meanwhile is
                 // either in this backlog or routed to the new session (or both: comet drops
                 // the second copy by its sequence), never neither.
@@ -123,6 +156,7 @@ impl LinkHandler {
                     inbox_floor,
                     rooms_limited: identity.allowed_rooms.is_some(),
                     allowed_rooms: identity.allowed_rooms.unwrap_or_default(),
+                    replaced: replaced.map(|s| s.conn),
                 }))
             }
             Some(Body::Disconnect(req)) => {
@@ -208,7 +242,11 @@ impl LinkHandler {
                 .map_err(|e| e.to_string())?;
                 let full = messages.len() >= limit && limit < self.inbox_limit;
                 let mut messages: Vec<Stored> = messages.into_iter().map(stored).collect();
-                let cut = req.max_bytes > 0 && link::cut_to_page(&mut messages, req.max_bytes);
+                let max_bytes = match req.max_bytes {
+                    0 => MAX_STORED_BYTES,
+                    asked => asked.min(MAX_STORED_BYTES),
+                };
+                let cut = link::cut_to_page(&mut messages, max_bytes);
                 Ok(Body::InboxMessages(InboxMessages {
                     messages,
                     more: cut || full,
@@ -240,6 +278,7 @@ fn body_name(body: &Body) -> &'static str {
         Body::InboxAck(_) => "InboxAck",
         Body::InboxRead(_) => "InboxRead",
         Body::InboxMessages(_) => "InboxMessages",
+        Body::CloseConn(_) => "CloseConn",
     }
 }
 
@@ -285,9 +324,10 @@ async fn connection(
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
-    let (replies, queued) = mpsc::channel::<Bytes>(MAX_IN_FLIGHT);
+    let (replies, queued) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(writer, queued));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let reply_bytes = Arc::new(Semaphore::new(MAX_QUEUED_REPLY_BYTES));
     let mut buf = BytesMut::with_capacity(8 << 10);
     'read: loop {
         loop {
@@ -298,10 +338,17 @@ async fn connection(
                     };
                     let handler = handler.clone();
                     let replies = replies.clone();
+                    let reply_bytes = reply_bytes.clone();
                     tokio::spawn(async move {
                         let id = envelope.id;
                         let body = handler.handle(envelope.body).await;
-                        let _ = replies.send(Envelope::new(id, body).to_frame()).await;
+                        let frame = Envelope::new(id, body).to_frame();
+                        // Waits while the comet has too much unwritten; one reply larger than
+                        // the whole budget takes all of it.
+                        let cost = frame.len().clamp(1, MAX_QUEUED_REPLY_BYTES) as u32;
+                        if let Ok(budget) = reply_bytes.acquire_many_owned(cost).await {
+                            let _ = replies.send((frame, budget)).await;
+                        }
                         drop(permit);
                     });
                 }
@@ -330,13 +377,21 @@ async fn connection(
     tracing::debug!(%peer, "comet link closed");
 }
 
-async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<Bytes>) {
+/// A reply frame and its share of the connection's reply-byte budget, given back once written.
+type Reply = (Bytes, OwnedSemaphorePermit);
+
+async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<Reply>) {
     let mut batch = BytesMut::new();
-    while let Some(first) = queued.recv().await {
+    let mut budget = Vec::new();
+    while let Some((first, cost)) = queued.recv().await {
         batch.extend_from_slice(&first);
+        budget.push(cost);
         while batch.len() < MAX_WRITE_BATCH {
             match queued.try_recv() {
-                Ok(next) => batch.extend_from_slice(&next),
+                Ok((next, cost)) => {
+                    batch.extend_from_slice(&next);
+                    budget.push(cost);
+                }
                 Err(_) => break,
             }
         }
@@ -345,6 +400,10 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<By
             return;
         }
         batch.clear();
+        budget.clear();
+        if batch.capacity() > 4 * MAX_WRITE_BATCH {
+            batch = BytesMut::new();
+        }
     }
     let _ = writer.shutdown().await;
 }

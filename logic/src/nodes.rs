@@ -8,6 +8,7 @@
 use std::cmp::Ordering;
 
 use imgate_shared::config::LogicConfig;
+use imgate_shared::link::CometInfo;
 use imgate_shared::store::CometStatus;
 
 /// Most entries in `nodes`.
@@ -27,16 +28,48 @@ fn by_weighted_load(a: &CometStatus, b: &CometStatus) -> Ordering {
     score_b.cmp(&score_a)
 }
 
-/// The `nodes` list: `<id><host_domain>` for web clients, the hosts of each comet's TCP
-/// addresses otherwise; at most [`MAX_NODES`], `[default_domain]` when no comet qualifies.
-pub(crate) fn node_names(
-    comets: &[CometStatus],
-    platform: &str,
-    config: &LogicConfig,
-) -> Vec<String> {
+/// What `/goim/nodes/weighted` tells a client: where to connect and on which ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Nodes {
+    /// `<id><host_domain>` for web clients, the hosts of each comet's TCP addresses
+    /// otherwise; at most [`MAX_NODES`], `[default_domain]` when no comet qualifies.
+    pub names: Vec<String>,
+    pub tcp_port: u16,
+    pub ws_port: u16,
+    pub wss_port: u16,
+}
+
+/// The nodes for `platform`. Ports are the configured ones where set (not 0), otherwise those
+/// the first comet in weighted order advertises (0 when it has no such listener, or no comet
+/// is known). goim's answer has one port per protocol for every node, so when the ports come
+/// from the comets, only comets listening on the advertised port of the client's protocol
+/// (TCP; WebSocket for web) are listed.
+pub(crate) fn nodes(comets: &[CometStatus], platform: &str, config: &LogicConfig) -> Nodes {
+    let order = weighted_order(comets);
+    let first = order.first().map(|c| &c.info);
+    let port = |configured: u16, addrs: Addrs| {
+        if configured != 0 {
+            configured
+        } else {
+            first.map_or(0, |info| port_of(addrs(info)))
+        }
+    };
+    let tcp_port = port(config.tcp_port, |i| &i.tcp_addrs);
+    let ws_port = port(config.ws_port, |i| &i.ws_addrs);
+    let wss_port = port(config.wss_port, |i| &i.wss_addrs);
+    let web = platform == "web";
+    // The protocol this platform speaks, and whether its port came from the comets.
+    let (wanted, addrs, from_comets): (u16, Addrs, bool) = if web {
+        (ws_port, |i| &i.ws_addrs, config.ws_port == 0)
+    } else {
+        (tcp_port, |i| &i.tcp_addrs, config.tcp_port == 0)
+    };
     let mut names: Vec<String> = Vec::new();
-    for comet in weighted_order(comets) {
-        let candidates: Vec<String> = if platform == "web" {
+    for comet in order {
+        if from_comets && port_of(addrs(&comet.info)) != wanted {
+            continue;
+        }
+        let candidates: Vec<String> = if web {
             vec![format!("{}{}", comet.info.id, config.host_domain)]
         } else {
             comet
@@ -59,7 +92,24 @@ pub(crate) fn node_names(
     if names.is_empty() {
         names.push(config.default_domain.clone());
     }
-    names
+    Nodes {
+        names,
+        tcp_port,
+        ws_port,
+        wss_port,
+    }
+}
+
+/// Which of a comet's advertised address lists.
+type Addrs = fn(&CometInfo) -> &[String];
+
+/// The port of the first of `addrs` (`host:port`), 0 if there is none.
+fn port_of(addrs: &[String]) -> u16 {
+    addrs
+        .first()
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `1.2.3.4:3101` → `1.2.3.4`, `[::1]:3101` → `::1`, `host` → `host`.
@@ -76,7 +126,10 @@ pub(crate) fn host_of(addr: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imgate_shared::link::CometInfo;
+
+    fn node_names(comets: &[CometStatus], platform: &str, config: &LogicConfig) -> Vec<String> {
+        nodes(comets, platform, config).names
+    }
 
     fn comet(id: &str, weight: u32, conns: u64, addrs: &[&str]) -> CometStatus {
         CometStatus {
@@ -84,6 +137,7 @@ mod tests {
                 id: id.into(),
                 weight,
                 tcp_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+                ws_addrs: addrs.iter().map(|a| a.replace(":3101", ":3102")).collect(),
                 ..Default::default()
             },
             conn_count: conns,
@@ -132,6 +186,35 @@ mod tests {
             vec!["fd00::1", "10.0.0.1", "10.0.0.2"]
         );
         assert_eq!(node_names(&[], "web", &config), vec!["conn.goim.io"]);
+    }
+
+    /// Issue 11, item 9: the ports were logic's configured 3101/3102 whatever the comets
+    /// listened on.
+    #[test]
+    fn ports_are_the_comets_unless_configured() {
+        let mut config = LogicConfig::default();
+        let mut other = comet("other", 10, 0, &["10.0.0.1:4101"]);
+        other.info.ws_addrs = vec!["10.0.0.1:4102".into()];
+        other.info.wss_addrs = vec!["10.0.0.1:4103".into()];
+        let busy = comet("busy", 10, 50, &["10.0.0.2:3101"]);
+        let comets = [busy, other];
+        let told = nodes(&comets, "android", &config);
+        assert_eq!(
+            (told.tcp_port, told.ws_port, told.wss_port),
+            (4101, 4102, 4103)
+        );
+        // Only comets on the advertised port are offered: a client would dial it everywhere.
+        assert_eq!(told.names, vec!["10.0.0.1"]);
+        assert_eq!(nodes(&comets, "web", &config).names, vec!["other.goim.io"]);
+        // Configured ports (a load balancer in front) win, and then every comet is offered.
+        config.tcp_port = 443;
+        let told = nodes(&comets, "android", &config);
+        assert_eq!((told.tcp_port, told.ws_port), (443, 4102));
+        assert_eq!(told.names, vec!["10.0.0.1", "10.0.0.2"]);
+        // No comet: nothing is listening that logic knows of.
+        let told = nodes(&[], "ios", &LogicConfig::default());
+        assert_eq!((told.tcp_port, told.ws_port, told.wss_port), (0, 0, 0));
+        assert_eq!(told.names, vec!["conn.goim.io"]);
     }
 
     #[test]

@@ -24,6 +24,11 @@ impl Query {
         Ok(Query { pairs })
     }
 
+    /// Whether `name` is given at all.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| k == name)
+    }
+
     /// The first value of `name`, if present.
     fn first(&self, name: &str) -> Option<&str> {
         self.pairs
@@ -140,20 +145,37 @@ pub(crate) struct RoomsQuery {
 
 impl Query {
     pub(crate) fn push_keys(&self, max_targets: usize) -> Result<KeysQuery, BadRequest> {
-        let op = self
-            .optional_number("operation", "a 32-bit integer")?
-            .unwrap_or(0);
-        let keys = self.list("keys", max_targets)?;
         Ok(KeysQuery {
-            op,
-            keys: keys.into_iter().map(str::to_owned).collect(),
+            op: self.push_op()?,
+            keys: self.keys(max_targets)?,
         })
     }
 
     pub(crate) fn push_mids(&self, max_targets: usize) -> Result<MidsQuery, BadRequest> {
-        let op = self
+        Ok(MidsQuery {
+            op: self.push_op()?,
+            mids: self.mids(max_targets)?,
+        })
+    }
+
+    /// `operation` of a keys or mids push: optional, 0 by default (goim).
+    pub(crate) fn push_op(&self) -> Result<i32, BadRequest> {
+        Ok(self
             .optional_number("operation", "a 32-bit integer")?
-            .unwrap_or(0);
+            .unwrap_or(0))
+    }
+
+    /// The `keys` list of a keys push.
+    pub(crate) fn keys(&self, max_targets: usize) -> Result<Vec<String>, BadRequest> {
+        Ok(self
+            .list("keys", max_targets)?
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The `mids` list of a mids push, each user once.
+    pub(crate) fn mids(&self, max_targets: usize) -> Result<Vec<i64>, BadRequest> {
         let mids = self
             .list("mids", max_targets)?
             .into_iter()
@@ -163,10 +185,7 @@ impl Query {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Distinct strings can name one user (`1`, `01`, `+1`); each mid is stored and pushed once.
-        Ok(MidsQuery {
-            op,
-            mids: distinct(mids),
-        })
+        Ok(distinct(mids))
     }
 
     pub(crate) fn push_room(&self) -> Result<RoomQuery, BadRequest> {
@@ -246,6 +265,128 @@ impl Query {
     pub(crate) fn platform(&self) -> &str {
         self.first("platform").unwrap_or("")
     }
+}
+
+/// A push body that carries its own targets: what it holds besides the message.
+#[derive(Debug)]
+pub(crate) struct BodyTargets {
+    /// The target list (`keys` or `mids`), as the query would have carried it.
+    pub targets: Query,
+    /// The message to push (what the whole body is in goim's form).
+    pub message: bytes::Bytes,
+}
+
+/// The field of a body that carries targets which holds the message.
+pub(crate) const MESSAGE_FIELD: &str = "message";
+
+/// What a keys or mids push without targets is told.
+fn targets_required(list: &str) -> BadRequest {
+    BadRequest(format!(
+        "{list} is required: in the query ({list}=a&{list}=b, the body being the message) or, \
+         with the message as \"{MESSAGE_FIELD}\", in an application/x-www-form-urlencoded or \
+         application/json body"
+    ))
+}
+
+/// Reads a push body that carries its targets (`list`: `keys` or `mids`) and its message:
+/// `application/x-www-form-urlencoded` (`mids=1&mids=2&message=hi`, lists repeated as in the
+/// query) or `application/json` (`{"mids": [1, 2], "message": "hi"}`; a message that is not a
+/// string is pushed as its JSON text; mids may be numbers or decimal strings). A body that
+/// names no `list` at all is not one of these (it is goim's message, its targets forgotten).
+pub(crate) fn body_targets(
+    content_type: Option<&str>,
+    body: &[u8],
+    list: &str,
+) -> Result<BodyTargets, BadRequest> {
+    let media = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let (pairs, message) = match media.as_str() {
+        "application/x-www-form-urlencoded" => form_targets(body, list)?,
+        "application/json" => json_targets(body, list)?,
+        _ => return Err(targets_required(list)),
+    };
+    let message = message.ok_or_else(|| {
+        BadRequest(format!(
+            "a body that carries {list} must carry the message too, as \"{MESSAGE_FIELD}\""
+        ))
+    })?;
+    Ok(BodyTargets {
+        targets: Query { pairs },
+        message,
+    })
+}
+
+type Pairs = Vec<(String, String)>;
+
+fn form_targets(body: &[u8], list: &str) -> Result<(Pairs, Option<bytes::Bytes>), BadRequest> {
+    let fields = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .map_err(|_| targets_required(list))?;
+    if !fields.iter().any(|(name, _)| name == list) {
+        return Err(targets_required(list));
+    }
+    let mut pairs = Vec::new();
+    let mut message = None;
+    for (name, value) in fields {
+        if name == MESSAGE_FIELD {
+            if message.is_some() {
+                return Err(BadRequest(format!("{MESSAGE_FIELD} is given twice")));
+            }
+            message = Some(bytes::Bytes::from(value));
+        } else if name == list {
+            pairs.push((name, value));
+        } else {
+            return Err(BadRequest(format!(
+                "unexpected form field {name:?}: the body carries {list} and {MESSAGE_FIELD}"
+            )));
+        }
+    }
+    Ok((pairs, message))
+}
+
+fn json_targets(body: &[u8], list: &str) -> Result<(Pairs, Option<bytes::Bytes>), BadRequest> {
+    use serde_json::Value;
+    let fields = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) if fields.contains_key(list) => fields,
+        _ => return Err(targets_required(list)),
+    };
+    let mut pairs = Vec::new();
+    let mut message = None;
+    for (name, value) in fields {
+        if name == MESSAGE_FIELD {
+            message = Some(match value {
+                Value::String(text) => bytes::Bytes::from(text),
+                other => bytes::Bytes::from(other.to_string()),
+            });
+        } else if name == list {
+            let Value::Array(items) = value else {
+                return Err(BadRequest(format!("{list} must be a JSON array")));
+            };
+            for item in items {
+                let text = match item {
+                    Value::String(text) => text,
+                    Value::Number(n) if list == "mids" => n.to_string(),
+                    other => {
+                        return Err(BadRequest(format!(
+                            "{list} must hold {}, got {other}",
+                            if list == "mids" {
+                                "integers (or decimal strings)"
+                            } else {
+                                "strings"
+                            }
+                        )))
+                    }
+                };
+                pairs.push((list.to_string(), text));
+            }
+        } else {
+            return Err(BadRequest(format!(
+                "unexpected JSON field {name:?}: the body carries {list} and {MESSAGE_FIELD}"
+            )));
+        }
+    }
+    Ok((pairs, message))
 }
 
 /// `values` without repeats, first occurrences in order.
@@ -335,6 +476,96 @@ mod tests {
         assert_eq!(q("mids=7&mids=7&mids=7").inbox_mids(1).unwrap(), vec![7]);
         assert!(err(q("mids=1&mids=2").inbox_mids(1)).contains("at most 1 mids"));
         assert!(err(q("mids=0").inbox_mids(10)).contains("positive"));
+    }
+
+    fn body(content_type: &str, body: &str, list: &str) -> Result<BodyTargets, BadRequest> {
+        body_targets(Some(content_type), body.as_bytes(), list)
+    }
+
+    fn bad(r: Result<BodyTargets, BadRequest>) -> String {
+        r.expect_err("should be refused").0
+    }
+
+    #[test]
+    fn targets_and_message_in_a_form_or_json_body() {
+        let form = body(
+            "application/x-www-form-urlencoded",
+            "mids=1&mids=2&message=hi%20there",
+            "mids",
+        )
+        .unwrap();
+        assert_eq!(form.targets.mids(10).unwrap(), vec![1, 2]);
+        assert_eq!(&form.message[..], b"hi there");
+        let json = body(
+            "application/json; charset=utf-8",
+            r#"{"mids": [1, "2", 1], "message": "hi"}"#,
+            "mids",
+        )
+        .unwrap();
+        assert_eq!(json.targets.mids(10).unwrap(), vec![1, 2]);
+        assert_eq!(&json.message[..], b"hi");
+        // A message that is not a string is pushed as its JSON text.
+        let json = body(
+            "application/json",
+            r#"{"keys": ["a", "b"], "message": {"n": 1}}"#,
+            "keys",
+        )
+        .unwrap();
+        assert_eq!(json.targets.keys(10).unwrap(), vec!["a", "b"]);
+        assert_eq!(&json.message[..], br#"{"n":1}"#);
+        // The limits of the query apply as they are.
+        assert!(body(
+            "application/json",
+            r#"{"keys":["a","b","c"],"message":""}"#,
+            "keys"
+        )
+        .unwrap()
+        .targets
+        .keys(2)
+        .unwrap_err()
+        .0
+        .contains("too many keys: 3"));
+    }
+
+    #[test]
+    fn bad_target_bodies_say_what_is_wrong() {
+        const JSON: &str = "application/json";
+        const FORM: &str = "application/x-www-form-urlencoded";
+        // No targets anywhere: goim's message with its targets forgotten.
+        for (ty, text) in [
+            ("text/plain", "hi"),
+            (FORM, "mid message"),
+            (JSON, r#"{"hello": 1}"#),
+            (JSON, "[1]"),
+            (JSON, "{"),
+        ] {
+            let refused = bad(body(ty, text, "mids"));
+            assert!(
+                refused.starts_with("mids is required"),
+                "{ty} {text}: {refused}"
+            );
+        }
+        assert!(bad(body_targets(None, b"mids=1", "mids")).contains("is required"));
+        assert!(bad(body(JSON, r#"{"mids":[1]}"#, "mids")).contains("message too"));
+        assert!(bad(body(JSON, r#"{"mids":1,"message":""}"#, "mids")).contains("array"));
+        let fraction = body(JSON, r#"{"mids":[1.5],"message":""}"#, "mids").unwrap();
+        assert!(fraction
+            .targets
+            .mids(10)
+            .unwrap_err()
+            .0
+            .contains("64-bit integers"));
+        assert!(bad(body(JSON, r#"{"keys":[1],"message":""}"#, "keys")).contains("strings"));
+        assert!(bad(body(
+            JSON,
+            r#"{"mids":[1],"message":"","operation":5}"#,
+            "mids"
+        ))
+        .contains("unexpected JSON field"));
+        assert!(
+            bad(body(FORM, "mids=1&keys=a&message=x", "mids")).contains("unexpected form field")
+        );
+        assert!(bad(body(FORM, "mids=1&message=a&message=b", "mids")).contains("twice"));
     }
 
     #[test]

@@ -28,6 +28,9 @@
 //! * the key entry is the authority: `mid:` fields only say where to look, and
 //!   [`RedisStore::sessions_by_mids`] returns a session only if the key entry still names that
 //!   user (stale fields it meets are removed, compare-and-delete);
+//! * a claim of a key is one script on its key entry: it refuses another user's live key
+//!   (signed-token deployments) or replaces the holder and returns it, so two connections
+//!   claiming one key at once cannot both win;
 //! * removals and refreshes compare the connection ([`ConnRef`]) inside Lua scripts, so a
 //!   replaced connection's late disconnect or heartbeat never touches its successor's session
 //!   (goim's race, reference §10 #11);
@@ -47,7 +50,8 @@ use futures_util::future::join_all;
 use imgate_shared::config::StoreConfig;
 use imgate_shared::link::{ConnRef, RenewOnline};
 use imgate_shared::store::{
-    CometStatus, InboxState, OnlineReport, Retention, Session, Store, StoreError, StoredMessage,
+    Claim, CometStatus, InboxState, KeyPolicy, OnlineReport, Retention, Session, Store, StoreError,
+    StoredMessage,
 };
 use prost::Message;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -67,6 +71,23 @@ if v then
   end
 end
 return 0
+";
+
+/// Claim of a key entry, in one step: refuses when the entry names another user and the
+/// claim is exclusive, otherwise (re)writes it.
+/// KEYS[1] = key entry; ARGV[1] = new value; ARGV[2] = the claiming mid, as the entry spells
+/// it; ARGV[3] = TTL ms; ARGV[4] = '1' to refuse another user's key.
+/// Returns {0, previous} if refused, {1, previous or nil} if claimed.
+const CLAIM_KEY: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and ARGV[4] == '1' then
+  local sep = string.find(v, '|', 1, true)
+  if sep and string.sub(v, 1, sep - 1) ~= ARGV[2] then
+    return {0, v}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return {1, v or false}
 ";
 
 /// Refresh of a key entry: (re)writes it when it is missing or names the same connection.
@@ -259,6 +280,7 @@ impl ConnectionLike for Conn {
 }
 
 struct Scripts {
+    claim_key: Script,
     remove_key: Script,
     refresh_key: Script,
     set_field: Script,
@@ -427,6 +449,7 @@ impl RedisStore {
             inbox: config.inbox(),
             room_history: config.room_history(),
             scripts: Scripts {
+                claim_key: Script::new(CLAIM_KEY),
                 remove_key: Script::new(REMOVE_KEY),
                 refresh_key: Script::new(REFRESH_KEY),
                 set_field: Script::new(SET_FIELD),
@@ -671,27 +694,45 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
-    async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
+    async fn claim_session(
+        &self,
+        session: &Session,
+        policy: KeyPolicy,
+    ) -> Result<Claim, StoreError> {
         let conn = session.conn.encode_to_vec();
         let mut c = self.conn.clone();
-        let previous: Option<Vec<u8>> = self
-            .run(
-                "SET (session)",
-                redis::cmd("SET")
-                    .arg(self.key_entry(&session.key))
-                    .arg(encode_entry(session.mid, &conn))
-                    .arg("PX")
-                    .arg(self.session_ttl_ms)
-                    .arg("GET")
-                    .query_async(&mut c),
-            )
+        let mut inv = self.scripts.claim_key.prepare_invoke();
+        inv.key(self.key_entry(&session.key))
+            .arg(encode_entry(session.mid, &conn))
+            .arg(session.mid.to_string())
+            .arg(self.session_ttl_ms)
+            .arg(if policy == KeyPolicy::SameUser {
+                "1"
+            } else {
+                "0"
+            });
+        let (claimed, previous): (i64, Option<Vec<u8>>) = self
+            .run("SET (session claim)", inv.invoke_async(&mut c))
             .await?;
+        let holder = previous.as_deref().and_then(decode_entry);
+        if claimed == 0 {
+            return Ok(Claim::Refused {
+                holder: holder.map_or(0, |(mid, _)| mid),
+            });
+        }
         self.unlink_previous(previous.as_deref(), &session.key, session.mid)
             .await;
         if session.mid > 0 {
             self.set_field(session.mid, &session.key, &conn).await?;
         }
-        Ok(())
+        let replaced = holder
+            .filter(|(_, old)| *old != session.conn)
+            .map(|(mid, conn)| Session {
+                mid,
+                key: session.key.clone(),
+                conn,
+            });
+        Ok(Claim::Claimed { replaced })
     }
 
     async fn remove_session(
@@ -705,9 +746,23 @@ impl Store for RedisStore {
         let mut inv = self.scripts.remove_key.prepare_invoke();
         inv.key(self.key_entry(key)).arg(&conn);
         let removed: bool = self.run("DEL (session)", inv.invoke_async(&mut c)).await?;
-        // Even if the key moved on, a field still naming this connection is stale.
         if mid > 0 {
-            self.remove_field(mid, key, &conn).await?;
+            // A field still naming this connection is stale, unless the key moved on to
+            // another connection of the same user: then the field is that connection's (its
+            // claim may have written the field before this one's late write did), and
+            // removing it would hide the survivor from pushes by mid.
+            let same_user_holds = !removed
+                && self
+                    .get_entries(&[key.to_string()])
+                    .await?
+                    .pop()
+                    .flatten()
+                    .as_deref()
+                    .and_then(decode_entry)
+                    .is_some_and(|(owner, _)| owner == mid);
+            if !same_user_holds {
+                self.remove_field(mid, key, &conn).await?;
+            }
         }
         Ok(removed)
     }

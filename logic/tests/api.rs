@@ -379,6 +379,7 @@ async fn online_reports_feed_the_counts_and_the_node_list() {
         link_addr: "127.0.0.1:1".into(),
         tcp_addrs: vec!["10.1.1.1:3101".into()],
         ws_addrs: vec![],
+        wss_addrs: vec![],
         weight: 10,
         shards: 1,
     };

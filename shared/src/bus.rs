@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::link::ShardKeys;
+use crate::link::{CloseConn, ShardKeys};
 
 /// One push, as logic publishes it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BusMessage {
-    #[prost(oneof = "Push", tags = "1, 2, 3")]
+    #[prost(oneof = "Push", tags = "1, 2, 3, 4")]
     pub push: Option<Push>,
 }
 
@@ -24,6 +24,10 @@ pub enum Push {
     Room(RoomPush),
     #[prost(message, tag = "3")]
     All(BroadcastPush),
+    /// Not a push: close one connection of a comet (its session was replaced by a newer
+    /// connection's claim on another comet).
+    #[prost(message, tag = "4")]
+    Close(CloseConn),
 }
 
 /// Connections on one comet, grouped by shard.
@@ -80,6 +84,7 @@ impl BusMessage {
         match &self.push {
             Some(Push::Keys(k)) => format!("comet:{}", k.comet),
             Some(Push::Room(r)) => format!("room:{}", r.room),
+            Some(Push::Close(c)) => format!("comet:{}", c.conn.as_ref().map_or("", |c| &c.comet)),
             Some(Push::All(_)) | None => "all".to_string(),
         }
     }

@@ -68,8 +68,14 @@ pub struct CometConfig {
     pub link_advertise: String,
     /// Addresses of logic's cluster link (comet sends connect/disconnect/heartbeat/online here).
     pub logic_addrs: Vec<String>,
-    /// Public addresses advertised to clients by `/goim/nodes/*`; empty = the bound addresses.
+    /// Public TCP addresses advertised to clients by `/goim/nodes/*`; empty = the bound
+    /// addresses (an unspecified host replaced by the host's own address).
     pub addrs: Vec<String>,
+    /// Public WebSocket addresses (`host:port`) advertised by `/goim/nodes/weighted`'s
+    /// `ws_port`; empty = the bound ones.
+    pub ws_addrs: Vec<String>,
+    /// Public `wss://` addresses, likewise; empty = the bound ones.
+    pub wss_addrs: Vec<String>,
     /// Weight in logic's node balancing.
     pub weight: u32,
     /// Shards (a thread and event loop each); 0 = one per CPU the process may use.
@@ -135,10 +141,16 @@ pub struct LogicConfig {
     pub max_push_body: usize,
     /// Most keys or mids in one push request.
     pub max_push_targets: usize,
+    /// Largest body of a keys or mids push that carries its targets in the body (form or
+    /// JSON) beside the message; the message in it is still bounded by `max_push_body`.
+    pub max_push_request: usize,
     /// Domain returned by `/goim/nodes/weighted` when no comet qualifies.
     pub default_domain: String,
     /// Suffix of web node names (`<comet id><host_domain>`).
     pub host_domain: String,
+    /// Ports `/goim/nodes/weighted` tells clients; 0 = the ones the comets advertise (their
+    /// bound ports, or `comet.addrs` / `ws_addrs` / `wss_addrs`). Set them when clients reach
+    /// the comets through something listening elsewhere (a load balancer).
     pub tcp_port: u16,
     pub ws_port: u16,
     pub wss_port: u16,
@@ -179,6 +191,9 @@ pub struct JobConfig {
     pub room_lag_target: Duration,
     /// Messages queued per comet link before the link reports itself full.
     pub comet_queue: usize,
+    /// Bytes queued per comet link before the link reports itself full (a frame shared by
+    /// several comets counts for each).
+    pub comet_queue_bytes: usize,
     /// How often the comet registry is read for joins and departures.
     #[serde(deserialize_with = "duration")]
     pub registry_interval: Duration,
@@ -291,6 +306,8 @@ impl Default for CometConfig {
             link_advertise: String::new(),
             logic_addrs: vec!["127.0.0.1:3119".into()],
             addrs: Vec::new(),
+            ws_addrs: Vec::new(),
+            wss_addrs: Vec::new(),
             weight: 10,
             shards: 0,
             pin: true,
@@ -323,11 +340,13 @@ impl Default for LogicConfig {
             http_header_timeout: Duration::from_secs(30),
             max_push_body: 64 << 10,
             max_push_targets: 10_000,
+            // 10,000 UUID keys in JSON take about 400 KB.
+            max_push_request: 1 << 20,
             default_domain: "conn.goim.io".into(),
             host_domain: ".goim.io".into(),
-            tcp_port: 3101,
-            ws_port: 3102,
-            wss_port: 3103,
+            tcp_port: 0,
+            ws_port: 0,
+            wss_port: 0,
             backoff: Backoff::default(),
         }
     }
@@ -353,6 +372,7 @@ impl Default for JobConfig {
             room_max_interval: Duration::from_secs(1),
             room_lag_target: Duration::from_millis(5),
             comet_queue: 8192,
+            comet_queue_bytes: 64 << 20,
             registry_interval: Duration::from_secs(1),
         }
     }

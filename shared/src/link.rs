@@ -1,8 +1,8 @@
 //! The cluster link: prost messages in length-prefixed frames over TCP.
 //!
 //! comet → logic: `Connect`, `Disconnect`, `Heartbeat`, `RenewOnline`, `Upstream` (requests carry
-//! an id and get a reply with the same id). job → comet: `PushKeys`, `PushRoom`, `Broadcast`
-//! (pipelined, id 0, no reply). The messages are declared here with prost's derive macros, so
+//! an id and get a reply with the same id). job → comet: `PushKeys`, `PushRoom`, `Broadcast`,
+//! `CloseConn` (pipelined, id 0, no reply). The messages are declared here with prost's derive macros, so
 //! the build needs no `protoc`; the field tags are the schema and must never be reused.
 //!
 //! Wire framing: a 4-byte big-endian length, then that many bytes of an encoded [`Envelope`].
@@ -21,7 +21,7 @@ pub struct Envelope {
     pub id: u64,
     #[prost(
         oneof = "Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
     )]
     pub body: Option<Body>,
 }
@@ -64,6 +64,16 @@ pub enum Body {
     /// logic → comet: the answer to `InboxRead`.
     #[prost(message, tag = "16")]
     InboxMessages(InboxMessages),
+    /// job → comet: close this connection, a newer one (on another comet) took its key.
+    #[prost(message, tag = "17")]
+    CloseConn(CloseConn),
+}
+
+/// A connection to close because a newer connection's claim replaced its session.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CloseConn {
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
 }
 
 /// A message kept in a user's inbox or a room's history, with its sequence number.
@@ -204,6 +214,11 @@ pub struct ConnectReply {
     pub allowed_rooms: Vec<String>,
     #[prost(bool, tag = "10")]
     pub rooms_limited: bool,
+    /// The connection whose session this one replaced (same key), if any: comet closes exactly
+    /// that connection when it is one of its own, never any other holder of the key. A
+    /// replaced connection on another comet is closed through the bus ([`CloseConn`]).
+    #[prost(message, optional, tag = "11")]
+    pub replaced: Option<ConnRef>,
 }
 
 /// The connection closed; logic removes its session if it still belongs to this connection.
@@ -244,6 +259,9 @@ pub struct CometInfo {
     pub weight: u32,
     #[prost(uint32, tag = "6")]
     pub shards: u32,
+    /// `wss://` addresses (none without TLS).
+    #[prost(string, repeated, tag = "7")]
+    pub wss_addrs: Vec<String>,
 }
 
 /// A shard's periodic report: it is alive, how many connections it holds, who is in which room.
@@ -477,6 +495,13 @@ mod tests {
                 ..Default::default()
             }),
             Body::InboxMessages(InboxMessages::default()),
+            Body::CloseConn(CloseConn {
+                conn: Some(ConnRef {
+                    comet: "c".into(),
+                    shard: 1,
+                    conn_id: 2,
+                }),
+            }),
         ];
         for body in bodies {
             let msg = Envelope::new(1, body);

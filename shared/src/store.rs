@@ -77,11 +77,44 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Who may take a connection key that a live session holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    /// Anyone: the newer connection replaces the holder, whoever its user (goim's model, the
+    /// development mode).
+    AnyUser,
+    /// Only the holder's own user (signed-token deployments); another user is refused.
+    SameUser,
+}
+
+/// What [`Store::claim_session`] did, decided in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The session now holds the key. `replaced` is the session that held it until now (the
+    /// same connection re-claiming its key is not a replacement): that connection must be
+    /// closed, as nothing will reach it under this key any more.
+    Claimed { replaced: Option<Session> },
+    /// A live session of another user (`holder`) holds the key; nothing was changed.
+    Refused { holder: i64 },
+}
+
 /// Sessions, online counts and the comet registry.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
-    /// Records `session`; a previous session under the same key is replaced.
-    async fn add_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// Claims `session.key` for `session` in one atomic step: when a live session of another
+    /// user holds the key and `policy` is [`KeyPolicy::SameUser`], refuses and changes
+    /// nothing; otherwise records `session` and returns the session it replaced.
+    async fn claim_session(
+        &self,
+        session: &Session,
+        policy: KeyPolicy,
+    ) -> Result<Claim, StoreError>;
+    /// Records `session`, replacing whoever held the key ([`KeyPolicy::AnyUser`]).
+    async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.claim_session(session, KeyPolicy::AnyUser)
+            .await
+            .map(|_| ())
+    }
     /// Removes the session for `key` if it still belongs to `conn`; says whether it did.
     async fn remove_session(&self, mid: i64, key: &str, conn: &ConnRef)
         -> Result<bool, StoreError>;
@@ -330,10 +363,30 @@ fn unix_ms() -> u64 {
 
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
-    async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
+    async fn claim_session(
+        &self,
+        session: &Session,
+        policy: KeyPolicy,
+    ) -> Result<Claim, StoreError> {
         let now = Instant::now();
-        self.lock().insert(session, now + self.ttl.session);
-        Ok(())
+        let mut inner = self.lock();
+        if policy == KeyPolicy::SameUser {
+            if let Some(holder) = inner
+                .live_session(&session.key, now)
+                .filter(|s| s.mid != session.mid)
+            {
+                return Ok(Claim::Refused { holder: holder.mid });
+            }
+        }
+        // An expired entry not yet purged still names a connection that may be open: it is
+        // replaced as well, so it gets closed.
+        let replaced = inner
+            .keys
+            .get(&session.key)
+            .map(|(s, _)| s.clone())
+            .filter(|s| s.conn != session.conn);
+        inner.insert(session, now + self.ttl.session);
+        Ok(Claim::Claimed { replaced })
     }
 
     async fn remove_session(
@@ -564,6 +617,91 @@ mod tests {
         .unwrap();
         assert!(s.sessions_by_mids(&[1]).await.unwrap().is_empty());
         assert_eq!(s.sessions_by_mids(&[2]).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_replaces_the_same_user_and_refuses_another_only_when_asked() {
+        let s = store();
+        let session = |mid, id| Session {
+            mid,
+            key: "k".into(),
+            conn: conn(id),
+        };
+        assert_eq!(
+            s.claim_session(&session(1, 1), KeyPolicy::SameUser)
+                .await
+                .unwrap(),
+            Claim::Claimed { replaced: None }
+        );
+        assert_eq!(
+            s.claim_session(&session(1, 2), KeyPolicy::SameUser)
+                .await
+                .unwrap(),
+            Claim::Claimed {
+                replaced: Some(session(1, 1))
+            }
+        );
+        assert_eq!(
+            s.claim_session(&session(2, 3), KeyPolicy::SameUser)
+                .await
+                .unwrap(),
+            Claim::Refused { holder: 1 }
+        );
+        assert_eq!(
+            s.sessions_by_keys(&["k".into()]).await.unwrap(),
+            vec![session(1, 2)],
+            "a refused claim changes nothing"
+        );
+        // goim's model: another user takes the key over, and is told whom it replaced.
+        assert_eq!(
+            s.claim_session(&session(2, 3), KeyPolicy::AnyUser)
+                .await
+                .unwrap(),
+            Claim::Claimed {
+                replaced: Some(session(1, 2))
+            }
+        );
+        assert!(s.sessions_by_mids(&[1]).await.unwrap().is_empty());
+        // Re-claiming with the same connection replaces nobody.
+        assert_eq!(
+            s.claim_session(&session(2, 3), KeyPolicy::SameUser)
+                .await
+                .unwrap(),
+            Claim::Claimed { replaced: None }
+        );
+    }
+
+    /// Issue 11, item 6: two users claiming one fresh key at the same instant must not both
+    /// get it. Many claims race on a multi-threaded runtime; per key exactly one user wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claims_of_one_key_by_two_users_admit_exactly_one() {
+        let s = std::sync::Arc::new(store());
+        for round in 0..200u64 {
+            let key = format!("fresh-{round}");
+            let claims: Vec<_> = (0..2u64)
+                .map(|user| {
+                    let s = s.clone();
+                    let session = Session {
+                        mid: user as i64 + 1,
+                        key: key.clone(),
+                        conn: conn(round * 2 + user),
+                    };
+                    tokio::spawn(async move {
+                        s.claim_session(&session, KeyPolicy::SameUser)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut won = 0;
+            for claim in claims {
+                if let Claim::Claimed { replaced } = claim.await.unwrap() {
+                    assert_eq!(replaced, None);
+                    won += 1;
+                }
+            }
+            assert_eq!(won, 1, "round {round}");
+        }
     }
 
     #[tokio::test]
