@@ -397,6 +397,7 @@ export class ImgateClient {
     this.startHeartbeat();
     for (const room of this.rooms) {
       this.joinNow(room).catch((error: ImgateError) => {
+        if (error.code === "disconnected") return; // joined again on the next connection
         if (error.code === "refused") this.rooms.delete(room);
         this.emitError(error);
       });
