@@ -243,7 +243,7 @@ async function refreshOnline() {
 
 function showTargetFields() {
   const target = $("push-target").value;
-  for (const label of document.querySelectorAll("#push label[data-for]")) {
+  for (const label of document.querySelectorAll("#push [data-for]")) {
     label.hidden = label.dataset.for !== target;
   }
   $("push-op").value = OPS_BY_TARGET[target];
