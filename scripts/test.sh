@@ -17,3 +17,6 @@ scripts/install-deps.sh
 
 # Debug builds keep the edit-test loop short; dependencies are optimised (see Cargo.toml).
 cargo test --workspace --all-targets "$@"
+
+# The JavaScript SDK and the demo app (Node.js, npm and Chromium installed when missing).
+scripts/test-js.sh

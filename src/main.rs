@@ -160,8 +160,19 @@ impl ServiceArgs {
                 *target = value;
             }
         }
+        if !self.configured(&config) {
+            // Development mode: the demo is what a newcomer opens first.
+            config.logic.demo = true;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// A config file, or a secret or API key in the environment, makes a configured
+    /// deployment; without any, imgate runs in goim's development mode.
+    fn configured(&self, config: &Config) -> bool {
+        let auth = &config.auth;
+        self.config.is_some() || auth.tokens_required() || !auth.api_key.is_empty()
     }
 
     /// Secure by default: a configured deployment (a config file, or a secret or API key in
@@ -169,9 +180,7 @@ impl ServiceArgs {
     /// says `auth.insecure = true`. Returns whether this is goim's insecure development mode.
     fn check_auth(&self, config: &Config) -> anyhow::Result<bool> {
         let auth = &config.auth;
-        let configured =
-            self.config.is_some() || auth.tokens_required() || !auth.api_key.is_empty();
-        if !configured || auth.insecure {
+        if !self.configured(config) || auth.insecure {
             return Ok(true);
         }
         if !auth.tokens_required() || auth.api_key.is_empty() {

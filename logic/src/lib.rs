@@ -5,6 +5,7 @@
 //! online counts live in the store.
 
 mod auth;
+mod demo;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
@@ -188,6 +189,7 @@ pub async fn start_with_auth(
         shutdown_rx.clone(),
     )));
 
+    let demo_store = store.clone();
     let api = Arc::new(http::Api {
         config: logic.clone(),
         store,
@@ -195,7 +197,11 @@ pub async fn start_with_auth(
         rooms,
         api_key: Some(config.auth.api_key.clone()).filter(|k| !k.is_empty()),
     });
-    let app = http::router(api);
+    let mut app = http::router(api);
+    if logic.demo {
+        app = app.merge(demo::router(demo_store));
+        tracing::info!("demo app at {}", demo::url(http_addr, tls.is_some()));
+    }
     let header_timeout = logic.http_header_timeout;
     let served = if let Some(tls) = tls {
         let listener = tls_listener::TlsListener::new(http_listener, tls).map_err(|source| {

@@ -156,6 +156,9 @@ pub struct LogicConfig {
     pub wss_port: u16,
     /// Reconnect backoff advertised to clients.
     pub backoff: Backoff,
+    /// Serve the demo app (built on the JavaScript SDK) at `/demo/` on the HTTP listener. The
+    /// binary turns it on in development mode (no config file, no secrets).
+    pub demo: bool,
 }
 
 /// Client reconnect backoff hints (seconds), passed through as goim does.
@@ -348,6 +351,7 @@ impl Default for LogicConfig {
             ws_port: 0,
             wss_port: 0,
             backoff: Backoff::default(),
+            demo: false,
         }
     }
 }

@@ -1,0 +1,29 @@
+/** Why something failed. */
+export type ImgateErrorCode = 
+/** The server sent bytes that are not a valid frame; the client reconnects. */
+"protocol"
+/** The WebSocket could not be created or failed. */
+ | "socket"
+/** A request got no reply in time. */
+ | "timeout"
+/** The connection went away before the reply came. */
+ | "disconnected"
+/** The request needs a connection and there is none. */
+ | "not_connected"
+/** `close()` was called. */
+ | "closed"
+/** The server refused (a room the token does not allow, a join the server denied). */
+ | "refused"
+/** The server does not know this op (it echoed the request instead of replying). */
+ | "unsupported"
+/** `send()`: the business gave no answer (error or timeout behind the gateway). */
+ | "send_failed"
+/** An event listener of the application threw; the client carried on. */
+ | "listener";
+/** Every error the client reports, by event or by a rejected promise. */
+export declare class ImgateError extends Error {
+    readonly code: ImgateErrorCode;
+    constructor(code: ImgateErrorCode, message: string, options?: {
+        cause?: unknown;
+    });
+}

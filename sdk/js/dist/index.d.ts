@@ -1,0 +1,9 @@
+/**
+ * imgate-client: a client for imgate, the goim-compatible instant-messaging and push gateway.
+ * See README.md for a quick start.
+ */
+export { ImgateClient, type ImgateClientOptions, type ImgateEvents, type ReconnectOptions, type WebSocketConstructor, type WebSocketLike, } from "./client.js";
+export { ImgateError, type ImgateErrorCode } from "./errors.js";
+export { decodeFrames, decodeMessage, encodeFrame, FrameError, HEADER_LEN, Op, type Frame } from "./frame.js";
+export { ImgateMessage, Reply, type MessageKind } from "./message.js";
+export { SequenceLog } from "./sequence.js";

@@ -1,0 +1,9 @@
+/**
+ * imgate-client: a client for imgate, the goim-compatible instant-messaging and push gateway.
+ * See README.md for a quick start.
+ */
+export { ImgateClient, } from "./client.js";
+export { ImgateError } from "./errors.js";
+export { decodeFrames, decodeMessage, encodeFrame, FrameError, HEADER_LEN, Op } from "./frame.js";
+export { ImgateMessage, Reply } from "./message.js";
+export { SequenceLog } from "./sequence.js";

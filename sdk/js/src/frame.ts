@@ -1,0 +1,135 @@
+/**
+ * The goim v2 frame, as imgate speaks it: a 16-byte big-endian header (packLen, headerLen,
+ * ver, op, seq) followed by the body. Each WebSocket message holds exactly one frame; a
+ * server push may be an op-9 frame whose body is a run of complete frames.
+ *
+ * Decoding never trusts a length: every frame is checked against the bytes that are really
+ * there before anything is read from its body.
+ */
+
+/** Bytes in a frame header; `headerLen` must say exactly this. */
+export const HEADER_LEN = 16;
+
+/** The protocol's operation codes (business pushes use any other op, 1000 and up by habit). */
+export const Op = {
+  Heartbeat: 2,
+  HeartbeatReply: 3,
+  SendMsg: 4,
+  SendMsgReply: 5,
+  Auth: 7,
+  AuthReply: 8,
+  Raw: 9,
+  ChangeRoom: 12,
+  ChangeRoomReply: 13,
+  Sub: 14,
+  SubReply: 15,
+  Unsub: 16,
+  UnsubReply: 17,
+  Ack: 20,
+  AckReply: 21,
+  Sync: 22,
+  SyncReply: 23,
+  Join: 24,
+  JoinReply: 25,
+  Leave: 26,
+  LeaveReply: 27,
+} as const;
+
+/** One decoded frame. `seq` is unsigned: stored sequences may pass 2^31. */
+export interface Frame {
+  ver: number;
+  op: number;
+  seq: number;
+  body: Uint8Array;
+}
+
+/** Bytes from the server that are not a valid frame (or op-9 batch). */
+export class FrameError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "FrameError";
+  }
+}
+
+const encoder = new TextEncoder();
+const EMPTY = new Uint8Array(0);
+
+/** Encodes one frame; a string body is sent as UTF-8. */
+export function encodeFrame(
+  op: number,
+  seq: number,
+  body: Uint8Array | string = EMPTY,
+  ver = 1,
+): Uint8Array {
+  const bytes = typeof body === "string" ? encoder.encode(body) : body;
+  const out = new Uint8Array(HEADER_LEN + bytes.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, out.length);
+  view.setUint16(4, HEADER_LEN);
+  view.setInt16(6, ver);
+  view.setInt32(8, op);
+  view.setUint32(12, seq >>> 0);
+  out.set(bytes, HEADER_LEN);
+  return out;
+}
+
+/** Reads the frame that starts at `offset`; it must fit in `bytes` before `end`. */
+function frameAt(bytes: Uint8Array, offset: number, end: number): Frame & { next: number } {
+  const left = end - offset;
+  if (left < HEADER_LEN) {
+    throw new FrameError(`expected a ${HEADER_LEN}-byte header, ${left} bytes left`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset + offset, HEADER_LEN);
+  const packLen = view.getUint32(0);
+  const headerLen = view.getUint16(4);
+  if (headerLen !== HEADER_LEN) {
+    throw new FrameError(`expected headerLen ${HEADER_LEN}, got ${headerLen}`);
+  }
+  if (packLen < HEADER_LEN || packLen > left) {
+    throw new FrameError(`packLen ${packLen} does not fit the ${left} bytes left`);
+  }
+  return {
+    ver: view.getInt16(6),
+    op: view.getInt32(8),
+    seq: view.getUint32(12),
+    body: bytes.subarray(offset + HEADER_LEN, offset + packLen),
+    next: offset + packLen,
+  };
+}
+
+/**
+ * Splits a run of complete frames (an op-9 body). The run must end exactly at the end of the
+ * last frame.
+ */
+export function decodeFrames(bytes: Uint8Array): Frame[] {
+  const frames: Frame[] = [];
+  let offset = 0;
+  while (offset < bytes.length) {
+    const { next, ...frame } = frameAt(bytes, offset, bytes.length);
+    frames.push(frame);
+    offset = next;
+  }
+  return frames;
+}
+
+/**
+ * Decodes one WebSocket message from the server: a single frame whose packLen is the
+ * message's length. An op-9 batch is unwrapped into its inner frames (a batch inside a batch
+ * is refused); any other frame is returned alone.
+ */
+export function decodeMessage(bytes: Uint8Array): Frame[] {
+  const { next, ...frame } = frameAt(bytes, 0, bytes.length);
+  if (next !== bytes.length) {
+    throw new FrameError(`packLen ${next} but the message holds ${bytes.length} bytes`);
+  }
+  if (frame.op !== Op.Raw) {
+    return [frame];
+  }
+  const inner = decodeFrames(frame.body);
+  for (const f of inner) {
+    if (f.op === Op.Raw) {
+      throw new FrameError("an op-9 batch inside an op-9 batch");
+    }
+  }
+  return inner;
+}
