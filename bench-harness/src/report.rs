@@ -10,10 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::cli::Args;
-use crate::coordinator::{HoldData, Merged, PhaseData};
 use crate::floor::FloorResult;
 use crate::procstat::ProcSample;
 use crate::pusher::PushKind;
+use crate::results::{HoldData, Merged, PhaseData};
 use crate::tally::Percentiles;
 use crate::worker::Counters;
 
