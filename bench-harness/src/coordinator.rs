@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::cli::{Args, Preset};
+use crate::cpus;
 use crate::floor::{self, FloorConfig, FloorResult};
 use crate::payload;
 use crate::procstat::{self, ProcSample};
@@ -37,7 +38,9 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
     if clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this process may use (`taskset`): workers are pinned within them.
+    let allowed = cpus::allowed();
+    let cpus = allowed.cpus().len().max(1);
     let workers_n = args
         .workers
         .unwrap_or_else(|| clients.div_ceil(args.per_worker.max(1)) as usize)
@@ -66,7 +69,9 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
                 cpus: if args.no_pin {
                     Vec::new()
                 } else {
-                    (0..executors).map(|e| (i * executors + e) % cpus).collect()
+                    (0..executors)
+                        .filter_map(|e| allowed.nth_wrapping(i * executors + e))
+                        .collect()
                 },
                 executors,
                 source_ip: args.source_ip(i),

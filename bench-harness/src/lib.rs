@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod coordinator;
+pub mod cpus;
 pub mod floor;
 pub mod payload;
 pub mod procstat;
