@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::cpus::{self, CpuSet};
 use crate::pusher::PushKind;
 use crate::wire::Transport;
 
@@ -111,7 +112,9 @@ pub struct Args {
     /// glommio executors per worker [default: cores / workers, at least 1].
     #[arg(long)]
     pub executors: Option<usize>,
-    /// Do not pin executors to cores.
+    /// Do not pin executors to cores (nor the floor, unless --floor-*-cpus say where). Pinned
+    /// executors take the CPUs this process may run on in turn, so under `taskset -c LIST` they
+    /// stay in LIST.
     #[arg(long)]
     pub no_pin: bool,
     /// Source addresses, one per worker in turn [default: 127.0.0.2, 127.0.0.3, …].
@@ -167,9 +170,24 @@ pub struct Args {
     /// Floor: seconds to write.
     #[arg(long, default_value_t = 5.0)]
     pub floor_seconds: f64,
+    /// Floor: CPUs of the writer process(es), `taskset -c` list: the server's CPUs, where comet
+    /// writes [default: the first CPU this process may use].
+    #[arg(long, value_name = "LIST")]
+    pub floor_writer_cpus: Option<CpuSet>,
+    /// Floor: CPUs of the reader process(es): the harness's [default: the second CPU this
+    /// process may use].
+    #[arg(long, value_name = "LIST")]
+    pub floor_reader_cpus: Option<CpuSet>,
+    /// Floor: most sockets one writer or reader process holds; more connections split over
+    /// more processes (lowered to fit the open-file limit).
+    #[arg(long, default_value_t = 19_000)]
+    pub floor_per_process: usize,
     /// Internal: run as a worker process (reads its configuration on stdin).
     #[arg(long, hide = true)]
     pub worker: bool,
+    /// Internal: run as a floor writer or reader (reads its configuration on stdin).
+    #[arg(long, hide = true)]
+    pub floor_part: bool,
 }
 
 impl Args {
@@ -235,6 +253,23 @@ impl Args {
         }
     }
 
+    /// Where the floor's writers and readers run: the given sets, else (unless --no-pin) the
+    /// first and second CPU this process may use.
+    pub fn floor_cpus(&self) -> (CpuSet, CpuSet) {
+        let allowed = cpus::allowed();
+        let default = |i: usize| {
+            if self.no_pin {
+                CpuSet::default()
+            } else {
+                CpuSet::new(allowed.nth_wrapping(i).into_iter().collect())
+            }
+        };
+        (
+            self.floor_writer_cpus.clone().unwrap_or_else(|| default(0)),
+            self.floor_reader_cpus.clone().unwrap_or_else(|| default(1)),
+        )
+    }
+
     /// Source address of worker `i`: the given list in turn, else 127.0.0.(2 + i) onwards
     /// through 127.0.0.0/8.
     pub fn source_ip(&self, i: usize) -> IpAddr {
@@ -287,5 +322,20 @@ mod tests {
         assert_eq!(a.source_ip(300), "127.0.1.46".parse::<IpAddr>().unwrap());
         let given = parse("--source-ips 127.0.0.9,127.0.0.10");
         assert_eq!(given.source_ip(3), "127.0.0.10".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn floor_cpus_are_the_given_sets_or_this_process_s_first_two() {
+        let a = parse("--floor --floor-writer-cpus 1 --floor-reader-cpus 0,2-3");
+        let (w, r) = a.floor_cpus();
+        assert_eq!((w.cpus(), r.cpus()), (&[1][..], &[0, 2, 3][..]));
+        let allowed = cpus::allowed();
+        let (w, r) = parse("--floor").floor_cpus();
+        assert_eq!(w.cpus(), [allowed.cpus()[0]]);
+        assert_eq!(r.cpus(), [allowed.nth_wrapping(1).unwrap()]);
+        let (w, r) = parse("--floor --no-pin").floor_cpus();
+        assert!(w.is_empty() && r.is_empty());
+        let (w, _) = parse("--no-pin --floor-writer-cpus 1").floor_cpus();
+        assert_eq!(w.cpus(), [1]);
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::cli::{Args, Preset};
-use crate::cpus;
+use crate::cpus::{self, CpuSet};
 use crate::floor::{self, FloorConfig, FloorResult};
 use crate::payload;
 use crate::procstat::{self, ProcSample};
@@ -234,17 +234,30 @@ fn base_plan(args: &Args, kind: PushKind, run_id: u32) -> PushPlan {
 }
 
 fn run_floor(args: &Args, bytes: usize) -> anyhow::Result<FloorResult> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (writer_cpus, reader_cpus) = args.floor_cpus();
     let config = FloorConfig {
         connections: args.floor_connections.max(1),
         frame_bytes: bytes.max(1),
         duration: Duration::from_secs_f64(args.floor_seconds),
-        writer_cpu: (!args.no_pin).then_some(0),
-        reader_cpu: (!args.no_pin && cpus > 1).then_some(1),
+        writer_cpus,
+        reader_cpus,
+        per_process: floor::sockets_per_process(args.floor_per_process),
+    };
+    let where_ = |set: &CpuSet| {
+        if set.is_empty() {
+            "any CPU".to_string()
+        } else {
+            format!("CPUs {set}")
+        }
     };
     eprintln!(
-        "floor: {} loopback connections, {} bytes per write, {} s",
-        config.connections, config.frame_bytes, args.floor_seconds
+        "floor: {} loopback connections over {} writer and reader process pair(s), {} bytes per write, {} s; writers on {}, readers on {}",
+        config.connections,
+        floor::split(config.connections, config.per_process).len(),
+        config.frame_bytes,
+        args.floor_seconds,
+        where_(&config.writer_cpus),
+        where_(&config.reader_cpus)
     );
     floor::run(&config).context("measuring the socket floor")
 }

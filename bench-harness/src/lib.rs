@@ -5,7 +5,7 @@
 //! address; it drives pushes through logic's HTTP API ([`pusher`]), samples the server's CPU
 //! and memory ([`procstat`]), checks each push's delivery count ([`tally`]), gathers what each
 //! phase measured ([`results`]) and writes the report ([`report`]) from it. [`floor`] measures
-//! what plain loopback socket writes cost.
+//! what plain loopback socket writes cost, in processes pinned with [`cpus`].
 
 pub mod cli;
 pub mod coordinator;

@@ -373,10 +373,11 @@ fn print_table(r: &Value) {
     );
     for (label, f) in r["floor"].as_object().into_iter().flatten() {
         println!(
-            "{:<12} {} conns x {} B: {} writes/s, {} ns CPU/write (reader {})",
+            "{:<12} {} conns x {} B over {} process pair(s): {} writes/s, {} ns CPU/write (reader {})",
             format!("floor {label}"),
             f["connections"],
             f["frame_bytes"],
+            f["processes"],
             num(&f["writes_per_sec"]),
             num(&f["cpu_ns_per_write"]),
             num(&f["reader_cpu_ns_per_write"])

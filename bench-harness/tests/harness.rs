@@ -293,3 +293,57 @@ fn a_lost_and_a_duplicated_push_are_reported() {
     assert_eq!(e["seq_behind"], 1);
     assert!(e["total"].as_u64().unwrap() >= 4);
 }
+
+/// Runs the harness under `ulimit -n files` (soft and hard) and returns its report.
+fn harness_with_open_files(name: &str, files: u32, args: &[&str]) -> Value {
+    let json = std::env::temp_dir().join(format!(
+        "bench-harness-test-{name}-{}.json",
+        std::process::id()
+    ));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+        .arg(HARNESS)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("bench-harness runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench-harness failed\n{stderr}");
+    let text = std::fs::read_to_string(&json).expect("report written");
+    let _ = std::fs::remove_file(&json);
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+#[test]
+fn a_floor_larger_than_one_process_s_open_files_splits_over_processes() {
+    // 200 descriptors per process: 250 connections, both ends in one process, would take 500.
+    let floor = [
+        "--preset",
+        "floor",
+        "--floor-connections",
+        "250",
+        "--floor-seconds",
+        "0.3",
+        "--floor-bytes",
+        "100",
+        "--no-pin",
+    ];
+    let mut capped = floor.to_vec();
+    capped.extend(["--floor-per-process", "100"]);
+    let r = harness_with_open_files("floor-split", 200, &capped);
+    let f = &r["floor"]["given"];
+    assert_eq!(f["processes"], 3, "{f:#}");
+    assert_eq!(f["connections"], 250);
+    assert_eq!(f["frame_bytes"], 100);
+    assert!(f["writes"].as_u64().unwrap() > 1000, "{f:#}");
+    assert_eq!(f["bytes_read"], f["bytes_written"]);
+    assert!(f["cpu_ns_per_write"].as_f64().unwrap() > 0.0);
+
+    // Without a cap given, the open-file limit sets it: 250 still splits, in two.
+    let r = harness_with_open_files("floor-limit", 200, &floor);
+    let f = &r["floor"]["given"];
+    assert_eq!(f["processes"], 2, "{f:#}");
+    assert_eq!(f["bytes_read"], f["bytes_written"]);
+}
