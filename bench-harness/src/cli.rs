@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::cpus::{self, CpuSet};
+use crate::metrics::Endpoint;
 use crate::pusher::PushKind;
 use crate::wire::Transport;
 
@@ -156,15 +157,31 @@ pub struct Args {
     /// Seconds between the last connect and the first push (or the memory sample).
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
-    /// Also measure the socket floor in this run, after the scenario, with the size of the
-    /// scenario's average client read.
+    /// imgate metrics endpoint(s) to read comet's own write counters from
+    /// (`imgate_writes_total`, `imgate_bytes_sent_total`), at the start and end of each push
+    /// phase, summed over endpoints: `http://HOST:PORT/metrics` or `HOST:PORT` (repeated or
+    /// comma-separated; one per comet process) [default: /metrics on --http]. When one does not
+    /// answer, writes are counted as client reads; the report's `writes_source` says which.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub metrics: Vec<Endpoint>,
+    /// Do not read metrics endpoints: count writes as client reads.
+    #[arg(long, conflicts_with = "metrics")]
+    pub no_metrics: bool,
+    /// Server threads whose names start with this are comet's (imgate's `comet-shard-N` and
+    /// `comet-epoll-N`): CPU per write is theirs. Empty, or no such thread: the whole
+    /// --server-pid processes'. The report's `server_cpu_source` says which.
+    #[arg(long, default_value = "comet-", value_name = "PREFIX")]
+    pub server_threads: String,
+    /// Also measure the socket floor in this run, after the scenario: writes of one message's
+    /// size and of comet's mean write size (`floor_ratio_per_write` is comet's CPU per write
+    /// over the floor's at that size).
     #[arg(long)]
     pub floor: bool,
     /// Floor: loopback connections written in turn.
     #[arg(long, default_value_t = 1000)]
     pub floor_connections: usize,
-    /// Floor: bytes per write [default: the scenario's average read, or 76 (one 60-byte
-    /// message)].
+    /// Floor: bytes per write [default: one message and comet's mean write (from its metrics,
+    /// else the clients' mean read); --preset floor: 76, one 60-byte message].
     #[arg(long)]
     pub floor_bytes: Option<usize>,
     /// Floor: seconds to write.
@@ -270,6 +287,17 @@ impl Args {
         )
     }
 
+    /// The metrics endpoints to read comet's write counters from.
+    pub fn metrics_endpoints(&self) -> Vec<Endpoint> {
+        if self.no_metrics {
+            Vec::new()
+        } else if self.metrics.is_empty() {
+            vec![Endpoint::at(self.http)]
+        } else {
+            self.metrics.clone()
+        }
+    }
+
     /// Source address of worker `i`: the given list in turn, else 127.0.0.(2 + i) onwards
     /// through 127.0.0.0/8.
     pub fn source_ip(&self, i: usize) -> IpAddr {
@@ -322,6 +350,33 @@ mod tests {
         assert_eq!(a.source_ip(300), "127.0.1.46".parse::<IpAddr>().unwrap());
         let given = parse("--source-ips 127.0.0.9,127.0.0.10");
         assert_eq!(given.source_ip(3), "127.0.0.10".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn metrics_default_to_logic_and_take_one_endpoint_per_comet() {
+        let a = parse("--http 127.0.0.1:4111");
+        assert_eq!(
+            a.metrics_endpoints(),
+            [Endpoint::at("127.0.0.1:4111".parse().unwrap())]
+        );
+        let a = parse(
+            "--metrics http://127.0.0.1:3111/metrics --metrics 127.0.0.1:3308,127.0.0.1:3408",
+        );
+        let urls: Vec<String> = a
+            .metrics_endpoints()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "http://127.0.0.1:3111/metrics",
+                "http://127.0.0.1:3308/metrics",
+                "http://127.0.0.1:3408/metrics"
+            ]
+        );
+        assert!(parse("--no-metrics").metrics_endpoints().is_empty());
+        assert!(Args::try_parse_from(["bench-harness", "--metrics", "ftp://x:1/"]).is_err());
     }
 
     #[test]

@@ -15,11 +15,12 @@ use serde_json::{json, Value};
 use crate::cli::{Args, Preset};
 use crate::cpus::{self, CpuSet};
 use crate::floor::{self, FloorConfig, FloorResult};
+use crate::metrics;
 use crate::payload;
 use crate::procstat::{self, ProcSample};
 use crate::pusher::{self, PushKind, PushPlan};
 use crate::report;
-use crate::results::{Final, HoldData, Merged, PhaseData};
+use crate::results::{Final, HoldData, Merged, PhaseData, PhaseWrites, WriteCost};
 use crate::worker::{Counters, Report, WorkerConfig, MAX_PHASES};
 
 /// Runs the scenario `args` names and returns its report.
@@ -175,16 +176,18 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
     let finals = workers.finish(Duration::from_secs(60))?;
     let merged = Merged::of(&finals);
     // The floor, in this run: writes the size of one message (what comet would cost if it
-    // wrote each message alone) and the size of an average client read (about what comet's
-    // coalesced writes were).
+    // wrote each message alone) and of comet's mean write (what its coalesced writes were:
+    // from its own counters, else the clients' mean read).
     let mut floor = Vec::new();
     if args.floor {
         let d = phases.first().map(|p| p.delta_push()).unwrap_or_default();
+        let writes: Vec<PhaseWrites> = phases.iter().map(PhaseData::writes).collect();
+        let write_bytes = WriteCost::of(&writes).and_then(|c| c.mean_bytes());
         let sizes = match args.floor_bytes {
             Some(b) => vec![("given", b as u64)],
             None => vec![
                 ("message", d.bytes.checked_div(d.messages).unwrap_or(76)),
-                ("read", d.bytes.checked_div(d.reads).unwrap_or(76)),
+                ("write", write_bytes.unwrap_or(76)),
             ],
         };
         for (label, bytes) in sizes {
@@ -207,6 +210,7 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
         phases: &phases,
         hold,
         merged: &merged,
+        metrics: args.metrics_endpoints(),
         floor,
     }))
 }
@@ -332,6 +336,14 @@ fn diff(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<u64> {
     Some(b?.cpu_ns.saturating_sub(a?.cpu_ns))
 }
 
+/// CPU of the server threads `--server-threads` names (comet's), if it names any.
+fn comet_cpu(args: &Args) -> Option<u64> {
+    if args.server_threads.is_empty() {
+        return None;
+    }
+    procstat::threads_cpu_ns(&args.server_pid, &args.server_threads)
+}
+
 fn run_phase(
     workers: &mut Workers,
     args: &Args,
@@ -340,8 +352,11 @@ fn run_phase(
     connected: u64,
 ) -> anyhow::Result<PhaseData> {
     let pids = &args.server_pid;
+    let endpoints = args.metrics_endpoints();
     let before = workers.sample();
+    let written0 = metrics::scrape(&endpoints);
     let cpu0 = procstat::sample_all(pids);
+    let comet0 = comet_cpu(args);
     let worker_pids = workers.pids();
     let me = [std::process::id()];
     let (workers0, pusher0) = (
@@ -391,6 +406,8 @@ fn run_phase(
         samples: Vec::new(),
         drain_seconds: 0.0,
         server_cpu_ns: None,
+        comet_cpu_ns: None,
+        comet_writes: metrics::Window::default(),
         server_seconds: 0.0,
         workers_cpu_ns: None,
         pusher_cpu_ns: None,
@@ -415,6 +432,8 @@ fn run_phase(
         }
     }
     let cpu1 = procstat::sample_all(pids);
+    let comet1 = comet_cpu(args);
+    let written1 = metrics::scrape(&endpoints);
     let (workers1, pusher1) = (
         procstat::sample_all(&worker_pids),
         procstat::sample_all(&me),
@@ -426,6 +445,8 @@ fn run_phase(
         after,
         drain_seconds: drain_start.elapsed().as_secs_f64(),
         server_cpu_ns: diff(cpu0, cpu1),
+        comet_cpu_ns: comet0.zip(comet1).map(|(a, b)| b.saturating_sub(a)),
+        comet_writes: metrics::Window::between(&endpoints, &written0, &written1),
         server_seconds: t0.elapsed().as_secs_f64(),
         ..probe
     })

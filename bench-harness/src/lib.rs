@@ -4,13 +4,15 @@
 //! glommio executors running up to ~19,000 simulated goim clients from its own 127.0.0.x
 //! address; it drives pushes through logic's HTTP API ([`pusher`]), samples the server's CPU
 //! and memory ([`procstat`]), checks each push's delivery count ([`tally`]), gathers what each
-//! phase measured ([`results`]) and writes the report ([`report`]) from it. [`floor`] measures
+//! phase measured ([`results`]) and writes the report ([`report`]) from it. comet's own count
+//! of its socket writes comes from imgate's metrics endpoints ([`metrics`]); [`floor`] measures
 //! what plain loopback socket writes cost, in processes pinned with [`cpus`].
 
 pub mod cli;
 pub mod coordinator;
 pub mod cpus;
 pub mod floor;
+pub mod metrics;
 pub mod payload;
 pub mod procstat;
 pub mod pusher;
