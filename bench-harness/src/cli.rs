@@ -53,8 +53,14 @@ impl Preset {
 ///
 /// Simulates up to a million goim clients from one host over TCP or WebSocket, spread over
 /// worker processes (each under the open-file limit, each from its own 127.0.0.x address),
-/// drives pushes through logic's HTTP API, counts every message on the client side, and
-/// writes one JSON report per run.
+/// drives pushes through logic's HTTP API, counts every message on the client side, reads
+/// comet's own count of its socket writes from imgate's metrics, and writes one JSON report
+/// per run.
+///
+/// scripts/bench.sh runs it end to end; with SERVER_CPUS and HARNESS_CPUS set it runs imgate
+/// under `taskset -c SERVER_CPUS`, this harness under `taskset -c HARNESS_CPUS` (its executors
+/// stay in that set) and passes `--floor-writer-cpus SERVER_CPUS --floor-reader-cpus
+/// HARNESS_CPUS`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "bench-harness", version)]
 pub struct Args {
