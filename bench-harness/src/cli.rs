@@ -183,9 +183,10 @@ pub struct Args {
     /// over the floor's at that size).
     #[arg(long)]
     pub floor: bool,
-    /// Floor: loopback connections written in turn.
-    #[arg(long, default_value_t = 1000)]
-    pub floor_connections: usize,
+    /// Floor: loopback connections written in turn [default: as many as the scenario's
+    /// connected clients, the sockets comet wrote to; --preset floor: 1000].
+    #[arg(long)]
+    pub floor_connections: Option<usize>,
     /// Floor: bytes per write [default: one message and comet's mean write (from its metrics,
     /// else the clients' mean read); --preset floor: 76, one 60-byte message].
     #[arg(long)]

@@ -26,7 +26,8 @@ use crate::worker::{Counters, Report, WorkerConfig, MAX_PHASES};
 /// Runs the scenario `args` names and returns its report.
 pub fn run(args: &Args) -> anyhow::Result<Value> {
     if args.preset == Preset::Floor {
-        let floor = run_floor(args, args.floor_bytes.unwrap_or(76))?;
+        let connections = args.floor_connections.unwrap_or(1000);
+        let floor = run_floor(args, connections, args.floor_bytes.unwrap_or(76))?;
         eprintln!(
             "floor: {:.0} writes/s, {:.0} ns CPU per write (reader {:.0})",
             floor.writes_per_sec, floor.cpu_ns_per_write, floor.reader_cpu_ns_per_write
@@ -175,11 +176,15 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
 
     let finals = workers.finish(Duration::from_secs(60))?;
     let merged = Merged::of(&finals);
-    // The floor, in this run: writes the size of one message (what comet would cost if it
-    // wrote each message alone) and of comet's mean write (what its coalesced writes were:
-    // from its own counters, else the clients' mean read).
+    // The floor, in this run, to as many sockets as comet had: writes the size of one
+    // message (what comet would cost if it wrote each message alone) and of comet's mean
+    // write (what its coalesced writes were: from its own counters, else the clients' mean
+    // read).
     let mut floor = Vec::new();
     if args.floor {
+        let connections = args
+            .floor_connections
+            .unwrap_or(after_connect.connected as usize);
         let d = phases.first().map(|p| p.delta_push()).unwrap_or_default();
         let writes: Vec<PhaseWrites> = phases.iter().map(PhaseData::writes).collect();
         let write_bytes = WriteCost::of(&writes).and_then(|c| c.mean_bytes());
@@ -191,7 +196,10 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
             ],
         };
         for (label, bytes) in sizes {
-            floor.push((label.to_string(), run_floor(args, bytes as usize)?));
+            floor.push((
+                label.to_string(),
+                run_floor(args, connections, bytes as usize)?,
+            ));
         }
     }
 
@@ -237,10 +245,10 @@ fn base_plan(args: &Args, kind: PushKind, run_id: u32) -> PushPlan {
     }
 }
 
-fn run_floor(args: &Args, bytes: usize) -> anyhow::Result<FloorResult> {
+fn run_floor(args: &Args, connections: usize, bytes: usize) -> anyhow::Result<FloorResult> {
     let (writer_cpus, reader_cpus) = args.floor_cpus();
     let config = FloorConfig {
-        connections: args.floor_connections.max(1),
+        connections: connections.max(1),
         frame_bytes: bytes.max(1),
         duration: Duration::from_secs_f64(args.floor_seconds),
         writer_cpus,

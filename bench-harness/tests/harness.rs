@@ -73,8 +73,6 @@ fn room_pushes_to_a_real_gateway_are_all_counted_once_with_latency_and_server_fi
         "--workers".into(),
         "2".into(),
         "--floor".into(),
-        "--floor-connections".into(),
-        "40".into(),
         "--floor-seconds".into(),
         "0.2".into(),
     ]);
@@ -112,6 +110,10 @@ fn room_pushes_to_a_real_gateway_are_all_counted_once_with_latency_and_server_fi
     assert_eq!(
         r["floor"]["write"]["frame_bytes"],
         r["writes"]["mean_bytes"]
+    );
+    assert_eq!(
+        r["floor"]["write"]["connections"], 300,
+        "as many sockets as comet had"
     );
     assert_eq!(
         r["floor"]["write"]["bytes_read"],
