@@ -8,6 +8,14 @@
 #          scripts/bench.sh idle --clients 19000 --transport ws
 #          scripts/bench.sh single-push
 #          scripts/bench.sh goim --clients 10000 --floor      # socket floor in the same run
+#          SERVER_CPUS=1 HARNESS_CPUS=0 scripts/bench.sh goim --clients 10000 --floor
+#
+# What is measured: the harness reads comet's own count of its socket writes and bytes
+# (imgate_writes_total, imgate_bytes_sent_total) from logic's /metrics and from each extra
+# comet's, at the start and end of each push window; where an endpoint does not answer it
+# counts client reads instead (the report's writes_source says which). With --floor, the
+# report's floor_ratio_per_write is comet's CPU per write over the floor writer's, at comet's
+# mean write size, both from this run.
 #
 # Environment:
 #   OUT=FILE         report path (default target/bench/SCENARIO-YYYYmmdd-HHMMSS.json)
@@ -20,6 +28,14 @@
 #   BIN_DIR=DIR      take imgate and bench-harness from DIR (default target/release)
 #   NICE=-10         run imgate and the harness at this nice level (on a shared machine,
 #                    ahead of builds; negative values need root)
+#   SERVER_CPUS=1    run every imgate process on these CPUs (taskset -c list, e.g. 1 or 2-3);
+#                    imgate threads pinned outside them are moved back in. The floor's writers
+#                    run there too (--floor-writer-cpus).
+#   HARNESS_CPUS=0   run the harness (its workers, pusher and the floor's readers) on these
+#                    CPUs (--floor-reader-cpus). Unset: no taskset, as before.
+#   Extra comets (COMETS=n) serve their metrics on 127.0.0.1:BASE+8+100*i when
+#   `imgate comet --help` lists --metrics-bind; without it their writes cannot be read, and
+#   with COMETS > 1 the harness counts client reads (--no-metrics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +65,42 @@ nice=()
 [ -n "${NICE:-}" ] && nice=(nice -n "$NICE")
 config=()
 [ -n "${IMGATE_CONFIG:-}" ] && config=(--config "$IMGATE_CONFIG")
+server_pin=()
+harness_pin=()
+if [ -n "${SERVER_CPUS:-}${HARNESS_CPUS:-}" ]; then
+  command -v taskset >/dev/null || { echo "bench.sh: SERVER_CPUS/HARNESS_CPUS need taskset (util-linux)" >&2; exit 1; }
+fi
+[ -n "${SERVER_CPUS:-}" ] && server_pin=(taskset -c "$SERVER_CPUS")
+[ -n "${HARNESS_CPUS:-}" ] && harness_pin=(taskset -c "$HARNESS_CPUS")
+
+# The CPUs of a taskset list (0,2-3), one per line.
+cpu_list() {
+  local part
+  for part in ${1//,/ }; do
+    seq "${part%-*}" "${part#*-}"
+  done
+}
+
+# imgate pins each comet shard to a CPU by number (shard index modulo the CPUs it may use),
+# which can be outside the set taskset gave it: move every thread of process $1 that may run
+# outside SERVER_CPUS back into it.
+keep_in_server_cpus() {
+  local pid=$1 task allowed cpu moved=0
+  local -A inside=()
+  for cpu in $(cpu_list "$SERVER_CPUS"); do inside[$cpu]=1; done
+  for task in /proc/"$pid"/task/*; do
+    allowed=$(awk '/^Cpus_allowed_list/ {print $2}' "$task/status" 2>/dev/null) || continue
+    for cpu in $(cpu_list "$allowed"); do
+      if [ -z "${inside[$cpu]:-}" ]; then
+        taskset -p -c "$SERVER_CPUS" "${task##*/}" >/dev/null && moved=$((moved + 1))
+        break
+      fi
+    done
+  done
+  if [ "$moved" -gt 0 ]; then
+    echo "bench.sh: moved $moved thread(s) of imgate $pid back into SERVER_CPUS=$SERVER_CPUS" >&2
+  fi
+}
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -56,17 +108,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
+metrics=("http://127.0.0.1:$((base + 11))/metrics")
+comet_metrics=
+"$imgate" comet --help 2>/dev/null | grep -q -- '--metrics-bind' && comet_metrics=1
 if [ "$scenario" != floor ]; then
-  "${nice[@]}" "$imgate" "${config[@]}" \
+  "${nice[@]}" "${server_pin[@]}" "$imgate" "${config[@]}" \
     --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
     --http-bind "127.0.0.1:$((base + 11))" \
     --comet-link-bind "127.0.0.1:$((base + 9))" --logic-link-bind "127.0.0.1:$((base + 19))" \
     --comet-id comet-1 >"$log" 2>&1 &
   pids+=($!)
   for i in $(seq 2 "$comets"); do
-    "${nice[@]}" "$imgate" comet "${config[@]}" --join "127.0.0.1:$((base + 19))" --comet-id "comet-$i" \
-      --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
-      --comet-link-bind "127.0.0.1:$((base + 9 + 100 * i))" >>"$log" 2>&1 &
+    metrics_bind=()
+    if [ -n "$comet_metrics" ]; then
+      metrics_bind=(--metrics-bind "127.0.0.1:$((base + 8 + 100 * i))")
+      metrics+=("http://127.0.0.1:$((base + 8 + 100 * i))/metrics")
+    fi
+    "${nice[@]}" "${server_pin[@]}" "$imgate" comet "${config[@]}" --join "127.0.0.1:$((base + 19))" \
+      --comet-id "comet-$i" --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
+      --comet-link-bind "127.0.0.1:$((base + 9 + 100 * i))" "${metrics_bind[@]}" >>"$log" 2>&1 &
     pids+=($!)
   done
   # Ready when the HTTP API answers and every comet is registered.
@@ -77,6 +137,9 @@ if [ "$scenario" != floor ]; then
     sleep 0.1
   done
   sleep 1
+  if [ -n "${SERVER_CPUS:-}" ]; then
+    for p in "${pids[@]}"; do keep_in_server_cpus "$p"; done
+  fi
 fi
 
 server_pids=$(IFS=,; echo "${pids[*]:-}")
@@ -84,6 +147,21 @@ args=(--preset "$scenario" --json "$out"
   --tcp-addr "127.0.0.1:$((base + 1))" --ws-addr "127.0.0.1:$((base + 2))"
   --http "127.0.0.1:$((base + 11))")
 [ -n "$server_pids" ] && args+=(--server-pid "$server_pids")
-echo "bench.sh: $harness ${args[*]} $*" >&2
-"${nice[@]}" "$harness" "${args[@]}" "$@"
+given=" $* "
+if [[ "$scenario" != floor && "$given" != *" --metrics"* && "$given" != *" --no-metrics "* ]]; then
+  if [ "$comets" -gt 1 ] && [ -z "$comet_metrics" ]; then
+    echo "bench.sh: imgate comet has no --metrics-bind: extra comets' writes cannot be read, counting client reads" >&2
+    args+=(--no-metrics)
+  else
+    args+=(--metrics "$(IFS=,; echo "${metrics[*]}")")
+  fi
+fi
+if [ -n "${SERVER_CPUS:-}" ] && [[ "$given" != *" --floor-writer-cpus"* ]]; then
+  args+=(--floor-writer-cpus "$SERVER_CPUS")
+fi
+if [ -n "${HARNESS_CPUS:-}" ] && [[ "$given" != *" --floor-reader-cpus"* ]]; then
+  args+=(--floor-reader-cpus "$HARNESS_CPUS")
+fi
+echo "bench.sh: ${harness_pin[*]} $harness ${args[*]} $*" >&2
+"${nice[@]}" "${harness_pin[@]}" "$harness" "${args[@]}" "$@"
 echo "bench.sh: report in $out, imgate log in $log" >&2

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::cpus::{self, CpuSet};
+use crate::metrics::Endpoint;
 use crate::pusher::PushKind;
 use crate::wire::Transport;
 
@@ -51,8 +53,14 @@ impl Preset {
 ///
 /// Simulates up to a million goim clients from one host over TCP or WebSocket, spread over
 /// worker processes (each under the open-file limit, each from its own 127.0.0.x address),
-/// drives pushes through logic's HTTP API, counts every message on the client side, and
-/// writes one JSON report per run.
+/// drives pushes through logic's HTTP API, counts every message on the client side, reads
+/// comet's own count of its socket writes from imgate's metrics, and writes one JSON report
+/// per run.
+///
+/// scripts/bench.sh runs it end to end; with SERVER_CPUS and HARNESS_CPUS set it runs imgate
+/// under `taskset -c SERVER_CPUS`, this harness under `taskset -c HARNESS_CPUS` (its executors
+/// stay in that set) and passes `--floor-writer-cpus SERVER_CPUS --floor-reader-cpus
+/// HARNESS_CPUS`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "bench-harness", version)]
 pub struct Args {
@@ -111,7 +119,9 @@ pub struct Args {
     /// glommio executors per worker [default: cores / workers, at least 1].
     #[arg(long)]
     pub executors: Option<usize>,
-    /// Do not pin executors to cores.
+    /// Do not pin executors to cores (nor the floor, unless --floor-*-cpus say where). Pinned
+    /// executors take the CPUs this process may run on in turn, so under `taskset -c LIST` they
+    /// stay in LIST.
     #[arg(long)]
     pub no_pin: bool,
     /// Source addresses, one per worker in turn [default: 127.0.0.2, 127.0.0.3, …].
@@ -153,23 +163,55 @@ pub struct Args {
     /// Seconds between the last connect and the first push (or the memory sample).
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
-    /// Also measure the socket floor in this run, after the scenario, with the size of the
-    /// scenario's average client read.
+    /// imgate metrics endpoint(s) to read comet's own write counters from
+    /// (`imgate_writes_total`, `imgate_bytes_sent_total`), at the start and end of each push
+    /// phase, summed over endpoints: `http://HOST:PORT/metrics` or `HOST:PORT` (repeated or
+    /// comma-separated; one per comet process) [default: /metrics on --http]. When one does not
+    /// answer, writes are counted as client reads; the report's `writes_source` says which.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub metrics: Vec<Endpoint>,
+    /// Do not read metrics endpoints: count writes as client reads.
+    #[arg(long, conflicts_with = "metrics")]
+    pub no_metrics: bool,
+    /// Server threads whose names start with this are comet's (imgate's `comet-shard-N` and
+    /// `comet-epoll-N`): CPU per write is theirs. Empty, or no such thread: the whole
+    /// --server-pid processes'. The report's `server_cpu_source` says which.
+    #[arg(long, default_value = "comet-", value_name = "PREFIX")]
+    pub server_threads: String,
+    /// Also measure the socket floor in this run, after the scenario: writes of one message's
+    /// size and of comet's mean write size (`floor_ratio_per_write` is comet's CPU per write
+    /// over the floor's at that size).
     #[arg(long)]
     pub floor: bool,
-    /// Floor: loopback connections written in turn.
-    #[arg(long, default_value_t = 1000)]
-    pub floor_connections: usize,
-    /// Floor: bytes per write [default: the scenario's average read, or 76 (one 60-byte
-    /// message)].
+    /// Floor: loopback connections written in turn [default: as many as the scenario's
+    /// connected clients, the sockets comet wrote to; --preset floor: 1000].
+    #[arg(long)]
+    pub floor_connections: Option<usize>,
+    /// Floor: bytes per write [default: one message and comet's mean write (from its metrics,
+    /// else the clients' mean read); --preset floor: 76, one 60-byte message].
     #[arg(long)]
     pub floor_bytes: Option<usize>,
     /// Floor: seconds to write.
     #[arg(long, default_value_t = 5.0)]
     pub floor_seconds: f64,
+    /// Floor: CPUs of the writer process(es), `taskset -c` list: the server's CPUs, where comet
+    /// writes [default: the first CPU this process may use].
+    #[arg(long, value_name = "LIST")]
+    pub floor_writer_cpus: Option<CpuSet>,
+    /// Floor: CPUs of the reader process(es): the harness's [default: the second CPU this
+    /// process may use].
+    #[arg(long, value_name = "LIST")]
+    pub floor_reader_cpus: Option<CpuSet>,
+    /// Floor: most sockets one writer or reader process holds; more connections split over
+    /// more processes (lowered to fit the open-file limit).
+    #[arg(long, default_value_t = 19_000)]
+    pub floor_per_process: usize,
     /// Internal: run as a worker process (reads its configuration on stdin).
     #[arg(long, hide = true)]
     pub worker: bool,
+    /// Internal: run as a floor writer or reader (reads its configuration on stdin).
+    #[arg(long, hide = true)]
+    pub floor_part: bool,
 }
 
 impl Args {
@@ -235,6 +277,34 @@ impl Args {
         }
     }
 
+    /// Where the floor's writers and readers run: the given sets, else (unless --no-pin) the
+    /// first and second CPU this process may use.
+    pub fn floor_cpus(&self) -> (CpuSet, CpuSet) {
+        let allowed = cpus::allowed();
+        let default = |i: usize| {
+            if self.no_pin {
+                CpuSet::default()
+            } else {
+                CpuSet::new(allowed.nth_wrapping(i).into_iter().collect())
+            }
+        };
+        (
+            self.floor_writer_cpus.clone().unwrap_or_else(|| default(0)),
+            self.floor_reader_cpus.clone().unwrap_or_else(|| default(1)),
+        )
+    }
+
+    /// The metrics endpoints to read comet's write counters from.
+    pub fn metrics_endpoints(&self) -> Vec<Endpoint> {
+        if self.no_metrics {
+            Vec::new()
+        } else if self.metrics.is_empty() {
+            vec![Endpoint::at(self.http)]
+        } else {
+            self.metrics.clone()
+        }
+    }
+
     /// Source address of worker `i`: the given list in turn, else 127.0.0.(2 + i) onwards
     /// through 127.0.0.0/8.
     pub fn source_ip(&self, i: usize) -> IpAddr {
@@ -287,5 +357,47 @@ mod tests {
         assert_eq!(a.source_ip(300), "127.0.1.46".parse::<IpAddr>().unwrap());
         let given = parse("--source-ips 127.0.0.9,127.0.0.10");
         assert_eq!(given.source_ip(3), "127.0.0.10".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn metrics_default_to_logic_and_take_one_endpoint_per_comet() {
+        let a = parse("--http 127.0.0.1:4111");
+        assert_eq!(
+            a.metrics_endpoints(),
+            [Endpoint::at("127.0.0.1:4111".parse().unwrap())]
+        );
+        let a = parse(
+            "--metrics http://127.0.0.1:3111/metrics --metrics 127.0.0.1:3308,127.0.0.1:3408",
+        );
+        let urls: Vec<String> = a
+            .metrics_endpoints()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "http://127.0.0.1:3111/metrics",
+                "http://127.0.0.1:3308/metrics",
+                "http://127.0.0.1:3408/metrics"
+            ]
+        );
+        assert!(parse("--no-metrics").metrics_endpoints().is_empty());
+        assert!(Args::try_parse_from(["bench-harness", "--metrics", "ftp://x:1/"]).is_err());
+    }
+
+    #[test]
+    fn floor_cpus_are_the_given_sets_or_this_process_s_first_two() {
+        let a = parse("--floor --floor-writer-cpus 1 --floor-reader-cpus 0,2-3");
+        let (w, r) = a.floor_cpus();
+        assert_eq!((w.cpus(), r.cpus()), (&[1][..], &[0, 2, 3][..]));
+        let allowed = cpus::allowed();
+        let (w, r) = parse("--floor").floor_cpus();
+        assert_eq!(w.cpus(), [allowed.cpus()[0]]);
+        assert_eq!(r.cpus(), [allowed.nth_wrapping(1).unwrap()]);
+        let (w, r) = parse("--floor --no-pin").floor_cpus();
+        assert!(w.is_empty() && r.is_empty());
+        let (w, _) = parse("--no-pin --floor-writer-cpus 1").floor_cpus();
+        assert_eq!(w.cpus(), [1]);
     }
 }

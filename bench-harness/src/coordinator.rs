@@ -10,22 +10,24 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::cli::{Args, Preset};
+use crate::cpus::{self, CpuSet};
 use crate::floor::{self, FloorConfig, FloorResult};
+use crate::metrics;
 use crate::payload;
 use crate::procstat::{self, ProcSample};
-use crate::pusher::{self, PushKind, PushOutcome, PushPlan};
+use crate::pusher::{self, PushKind, PushPlan};
 use crate::report;
-use crate::tally::{self, DeliveryCheck, Percentiles, PushCounts};
+use crate::results::{Final, HoldData, Merged, PhaseData, PhaseWrites, WriteCost};
 use crate::worker::{Counters, Report, WorkerConfig, MAX_PHASES};
 
 /// Runs the scenario `args` names and returns its report.
 pub fn run(args: &Args) -> anyhow::Result<Value> {
     if args.preset == Preset::Floor {
-        let floor = run_floor(args, args.floor_bytes.unwrap_or(76))?;
+        let connections = args.floor_connections.unwrap_or(1000);
+        let floor = run_floor(args, connections, args.floor_bytes.unwrap_or(76))?;
         eprintln!(
             "floor: {:.0} writes/s, {:.0} ns CPU per write (reader {:.0})",
             floor.writes_per_sec, floor.cpu_ns_per_write, floor.reader_cpu_ns_per_write
@@ -38,7 +40,9 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
     if clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this process may use (`taskset`): workers are pinned within them.
+    let allowed = cpus::allowed();
+    let cpus = allowed.cpus().len().max(1);
     let workers_n = args
         .workers
         .unwrap_or_else(|| clients.div_ceil(args.per_worker.max(1)) as usize)
@@ -67,7 +71,9 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
                 cpus: if args.no_pin {
                     Vec::new()
                 } else {
-                    (0..executors).map(|e| (i * executors + e) % cpus).collect()
+                    (0..executors)
+                        .filter_map(|e| allowed.nth_wrapping(i * executors + e))
+                        .collect()
                 },
                 executors,
                 source_ip: args.source_ip(i),
@@ -170,21 +176,30 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
 
     let finals = workers.finish(Duration::from_secs(60))?;
     let merged = Merged::of(&finals);
-    // The floor, in this run: writes the size of one message (what comet would cost if it
-    // wrote each message alone) and the size of an average client read (about what comet's
-    // coalesced writes were).
+    // The floor, in this run, to as many sockets as comet had: writes the size of one
+    // message (what comet would cost if it wrote each message alone) and of comet's mean
+    // write (what its coalesced writes were: from its own counters, else the clients' mean
+    // read).
     let mut floor = Vec::new();
     if args.floor {
+        let connections = args
+            .floor_connections
+            .unwrap_or(after_connect.connected as usize);
         let d = phases.first().map(|p| p.delta_push()).unwrap_or_default();
+        let writes: Vec<PhaseWrites> = phases.iter().map(PhaseData::writes).collect();
+        let write_bytes = WriteCost::of(&writes).and_then(|c| c.mean_bytes());
         let sizes = match args.floor_bytes {
             Some(b) => vec![("given", b as u64)],
             None => vec![
                 ("message", d.bytes.checked_div(d.messages).unwrap_or(76)),
-                ("read", d.bytes.checked_div(d.reads).unwrap_or(76)),
+                ("write", write_bytes.unwrap_or(76)),
             ],
         };
         for (label, bytes) in sizes {
-            floor.push((label.to_string(), run_floor(args, bytes as usize)?));
+            floor.push((
+                label.to_string(),
+                run_floor(args, connections, bytes as usize)?,
+            ));
         }
     }
 
@@ -203,6 +218,7 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
         phases: &phases,
         hold,
         merged: &merged,
+        metrics: args.metrics_endpoints(),
         floor,
     }))
 }
@@ -229,18 +245,31 @@ fn base_plan(args: &Args, kind: PushKind, run_id: u32) -> PushPlan {
     }
 }
 
-fn run_floor(args: &Args, bytes: usize) -> anyhow::Result<FloorResult> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+fn run_floor(args: &Args, connections: usize, bytes: usize) -> anyhow::Result<FloorResult> {
+    let (writer_cpus, reader_cpus) = args.floor_cpus();
     let config = FloorConfig {
-        connections: args.floor_connections.max(1),
+        connections: connections.max(1),
         frame_bytes: bytes.max(1),
         duration: Duration::from_secs_f64(args.floor_seconds),
-        writer_cpu: (!args.no_pin).then_some(0),
-        reader_cpu: (!args.no_pin && cpus > 1).then_some(1),
+        writer_cpus,
+        reader_cpus,
+        per_process: floor::sockets_per_process(args.floor_per_process),
+    };
+    let where_ = |set: &CpuSet| {
+        if set.is_empty() {
+            "any CPU".to_string()
+        } else {
+            format!("CPUs {set}")
+        }
     };
     eprintln!(
-        "floor: {} loopback connections, {} bytes per write, {} s",
-        config.connections, config.frame_bytes, args.floor_seconds
+        "floor: {} loopback connections over {} writer and reader process pair(s), {} bytes per write, {} s; writers on {}, readers on {}",
+        config.connections,
+        floor::split(config.connections, config.per_process).len(),
+        config.frame_bytes,
+        args.floor_seconds,
+        where_(&config.writer_cpus),
+        where_(&config.reader_cpus)
     );
     floor::run(&config).context("measuring the socket floor")
 }
@@ -311,73 +340,16 @@ fn hold_idle(workers: &mut Workers, args: &Args, pids: &[u32]) -> HoldData {
     }
 }
 
-/// What the idle hold saw.
-pub struct HoldData {
-    pub seconds: f64,
-    pub start: Counters,
-    pub end: Counters,
-    pub min_connected: u64,
-    pub cpu: Option<u64>,
-    pub workers_cpu: Option<u64>,
-    pub rss_end: Option<u64>,
-}
-
-/// What one push phase saw.
-pub struct PhaseData {
-    pub name: String,
-    pub plan: PushPlan,
-    pub outcome: PushOutcome,
-    /// Clients connected when the phase started (each room push is expected that many times).
-    pub connected: u64,
-    pub before: Counters,
-    /// When the last push was answered.
-    pub at_push_end: Counters,
-    /// After the drain.
-    pub after: Counters,
-    pub samples: Vec<u64>,
-    pub drain_seconds: f64,
-    /// Server CPU over the push window and the drain.
-    pub server_cpu_ns: Option<u64>,
-    pub server_seconds: f64,
-    /// CPU of the worker processes, and of this process (the pusher), over the same window.
-    pub workers_cpu_ns: Option<u64>,
-    pub pusher_cpu_ns: Option<u64>,
-}
-
-impl PhaseData {
-    /// Counters gained while pushing (not counting the drain).
-    pub fn delta_push(&self) -> Counters {
-        self.at_push_end.since(&self.before)
-    }
-
-    /// Counters gained over the whole phase, drain included.
-    pub fn delta_all(&self) -> Counters {
-        self.after.since(&self.before)
-    }
-
-    /// How many times push `seq` should arrive, if it is one of this phase's.
-    pub fn expected(&self, seq: u32, exact_targets: bool) -> Option<u32> {
-        let i = seq.checked_sub(self.plan.first_seq)? as usize;
-        let result = self.outcome.results.get(i).filter(|r| r.seq == seq)?;
-        if !result.accepted {
-            return Some(0);
-        }
-        Some(match self.plan.kind {
-            PushKind::Room | PushKind::All => self.connected as u32,
-            PushKind::Keys | PushKind::Mids if exact_targets => 1,
-            PushKind::Keys | PushKind::Mids => result.routed.unwrap_or(1),
-        })
-    }
-
-    /// Sequences this phase may have sent.
-    pub fn seqs(&self) -> std::ops::Range<u32> {
-        let n = self.outcome.results.last().map_or(0, |r| r.seq + 1);
-        self.plan.first_seq..n.max(self.plan.first_seq)
-    }
-}
-
 fn diff(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<u64> {
     Some(b?.cpu_ns.saturating_sub(a?.cpu_ns))
+}
+
+/// CPU of the server threads `--server-threads` names (comet's), if it names any.
+fn comet_cpu(args: &Args) -> Option<u64> {
+    if args.server_threads.is_empty() {
+        return None;
+    }
+    procstat::threads_cpu_ns(&args.server_pid, &args.server_threads)
 }
 
 fn run_phase(
@@ -388,8 +360,11 @@ fn run_phase(
     connected: u64,
 ) -> anyhow::Result<PhaseData> {
     let pids = &args.server_pid;
+    let endpoints = args.metrics_endpoints();
     let before = workers.sample();
+    let written0 = metrics::scrape(&endpoints);
     let cpu0 = procstat::sample_all(pids);
+    let comet0 = comet_cpu(args);
     let worker_pids = workers.pids();
     let me = [std::process::id()];
     let (workers0, pusher0) = (
@@ -439,6 +414,8 @@ fn run_phase(
         samples: Vec::new(),
         drain_seconds: 0.0,
         server_cpu_ns: None,
+        comet_cpu_ns: None,
+        comet_writes: metrics::Window::default(),
         server_seconds: 0.0,
         workers_cpu_ns: None,
         pusher_cpu_ns: None,
@@ -463,6 +440,8 @@ fn run_phase(
         }
     }
     let cpu1 = procstat::sample_all(pids);
+    let comet1 = comet_cpu(args);
+    let written1 = metrics::scrape(&endpoints);
     let (workers1, pusher1) = (
         procstat::sample_all(&worker_pids),
         procstat::sample_all(&me),
@@ -474,79 +453,11 @@ fn run_phase(
         after,
         drain_seconds: drain_start.elapsed().as_secs_f64(),
         server_cpu_ns: diff(cpu0, cpu1),
+        comet_cpu_ns: comet0.zip(comet1).map(|(a, b)| b.saturating_sub(a)),
+        comet_writes: metrics::Window::between(&endpoints, &written0, &written1),
         server_seconds: t0.elapsed().as_secs_f64(),
         ..probe
     })
-}
-
-/// A worker's `final` line.
-#[derive(Debug, Clone)]
-pub struct Final {
-    pub counters: Counters,
-    pub rss_bytes: u64,
-    pub rss_start_bytes: u64,
-    pub latency_us: Vec<Vec<[u64; 2]>>,
-    pub connect_us: Vec<[u64; 2]>,
-    pub push_counts: Vec<[u64; 3]>,
-    pub errors: Vec<String>,
-}
-
-/// Every worker's final figures merged.
-pub struct Merged {
-    pub counters: Counters,
-    /// The workers' resident memory before their first client, summed.
-    pub rss_start: u64,
-    pub latency: Vec<Histogram<u64>>,
-    pub connect: Histogram<u64>,
-    pub pushes: PushCounts,
-    pub errors: Vec<String>,
-}
-
-impl Merged {
-    pub fn of(finals: &[Final]) -> Merged {
-        let mut m = Merged {
-            counters: Counters::default(),
-            rss_start: 0,
-            latency: Vec::new(),
-            connect: tally::new_histogram(),
-            pushes: PushCounts::default(),
-            errors: Vec::new(),
-        };
-        for f in finals {
-            m.counters.add(&f.counters);
-            m.rss_start += f.rss_start_bytes;
-            for (phase, pairs) in f.latency_us.iter().enumerate() {
-                while m.latency.len() <= phase {
-                    m.latency.push(tally::new_histogram());
-                }
-                tally::add_pairs(&mut m.latency[phase], pairs);
-            }
-            tally::add_pairs(&mut m.connect, &f.connect_us);
-            m.pushes.merge(&PushCounts::from_runs(&f.push_counts));
-            m.errors.extend(f.errors.iter().cloned());
-        }
-        m
-    }
-
-    /// Latency percentiles of one phase.
-    pub fn latency(&self, phase: usize) -> Percentiles {
-        self.latency
-            .get(phase)
-            .map(Percentiles::of)
-            .unwrap_or_default()
-    }
-
-    /// The delivery check of the whole run: every phase's pushes against their expectation,
-    /// and any delivery of a sequence no phase sent.
-    pub fn check(&self, phases: &[PhaseData], exact_targets: bool) -> DeliveryCheck {
-        let end = phases.last().map_or(0, |p| p.seqs().end);
-        tally::check(&self.pushes, 0..end, true, |seq| {
-            phases
-                .iter()
-                .find_map(|p| p.expected(seq, exact_targets))
-                .unwrap_or(0)
-        })
-    }
 }
 
 /// What the workers last said.

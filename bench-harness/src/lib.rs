@@ -3,16 +3,21 @@
 //! A coordinator ([`coordinator`]) starts worker processes ([`worker`]), each a few pinned
 //! glommio executors running up to ~19,000 simulated goim clients from its own 127.0.0.x
 //! address; it drives pushes through logic's HTTP API ([`pusher`]), samples the server's CPU
-//! and memory ([`procstat`]), checks each push's delivery count ([`tally`]) and writes the
-//! report ([`report`]). [`floor`] measures what plain loopback socket writes cost.
+//! and memory ([`procstat`]), checks each push's delivery count ([`tally`]), gathers what each
+//! phase measured ([`results`]) and writes the report ([`report`]) from it. comet's own count
+//! of its socket writes comes from imgate's metrics endpoints ([`metrics`]); [`floor`] measures
+//! what plain loopback socket writes cost, in processes pinned with [`cpus`].
 
 pub mod cli;
 pub mod coordinator;
+pub mod cpus;
 pub mod floor;
+pub mod metrics;
 pub mod payload;
 pub mod procstat;
 pub mod pusher;
 pub mod report;
+pub mod results;
 pub mod tally;
 pub mod wire;
 pub mod worker;

@@ -2,13 +2,16 @@
 
 use anyhow::Context;
 use bench_harness::cli::Args;
-use bench_harness::{coordinator, worker};
+use bench_harness::{coordinator, floor, worker};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.worker {
         return worker::run();
+    }
+    if args.floor_part {
+        return floor::run_part();
     }
     let report = coordinator::run(&args)?;
     if let Some(path) = &args.json {

@@ -45,6 +45,30 @@ pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
     Some(total)
 }
 
+/// CPU time of the threads of `pids` whose names start with `prefix` (comet's shard threads
+/// are `comet-shard-N` and `comet-epoll-N`); `None` when no thread of them has such a name.
+/// A thread that ended is not counted (a process's own figure keeps them).
+pub fn threads_cpu_ns(pids: &[u32], prefix: &str) -> Option<u64> {
+    let ticks = clock_ticks_per_sec();
+    let mut total = None;
+    for &pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let Some((name, cpu_ns)) = parse_stat(&stat, ticks) {
+                if name.starts_with(prefix) {
+                    *total.get_or_insert(0) += cpu_ns;
+                }
+            }
+        }
+    }
+    total
+}
+
 /// This process's resident set size.
 pub fn self_rss() -> u64 {
     sample(std::process::id()).map_or(0, |s| s.rss_bytes)
@@ -76,14 +100,23 @@ fn clock_ticks_per_sec() -> u64 {
     }
 }
 
-/// Parses the two files. The command name in `stat` is in parentheses and may hold spaces,
-/// so fields are counted from the last `)`: utime and stime are fields 14 and 15.
-fn parse(stat: &str, status: &str, ticks_per_sec: u64) -> Option<ProcSample> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
+/// Parses a process's (or a thread's) `stat`: its name and its utime + stime. The name is in
+/// parentheses and may hold spaces and parentheses, so fields are counted from the last `)`:
+/// utime and stime are fields 14 and 15.
+fn parse_stat(stat: &str, ticks_per_sec: u64) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     // fields[0] is field 3 (state), so field n is fields[n - 3].
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, (utime + stime) * (1_000_000_000 / ticks_per_sec)))
+}
+
+/// Parses `stat` and `status` into a sample.
+fn parse(stat: &str, status: &str, ticks_per_sec: u64) -> Option<ProcSample> {
+    let (_, cpu_ns) = parse_stat(stat, ticks_per_sec)?;
     let rss_kb: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))?
@@ -93,7 +126,7 @@ fn parse(stat: &str, status: &str, ticks_per_sec: u64) -> Option<ProcSample> {
         .parse()
         .ok()?;
     Some(ProcSample {
-        cpu_ns: (utime + stime) * (1_000_000_000 / ticks_per_sec),
+        cpu_ns,
         rss_bytes: rss_kb * 1024,
     })
 }
@@ -114,6 +147,48 @@ mod tests {
             })
         );
         assert_eq!(parse("garbage", status, 100), None);
+        assert_eq!(parse_stat(stat, 100), Some(("im gate (x)", 3_250_000_000)));
+    }
+
+    #[test]
+    fn counts_only_the_threads_named_with_the_prefix() {
+        let me = [std::process::id()];
+        // Spins until the calling thread has used `ms` of CPU.
+        let spin = |ms: u64| {
+            let start = thread_cpu_ns();
+            while thread_cpu_ns() - start < ms * 1_000_000 {
+                std::hint::black_box(0);
+            }
+        };
+        let busy = std::thread::Builder::new()
+            .name("bh-test-busy".into())
+            .spawn(move || spin(120))
+            .unwrap();
+        busy.join().ok();
+        // A live thread with the name: its CPU counts; an ended one's does not.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let live = std::thread::Builder::new()
+            .name("bh-test-live".into())
+            .spawn(move || {
+                spin(120);
+                rx.recv().ok();
+            })
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let cpu = loop {
+            let cpu = threads_cpu_ns(&me, "bh-test-live").unwrap_or(0);
+            if cpu >= 100_000_000 || std::time::Instant::now() > deadline {
+                break cpu;
+            }
+            std::thread::yield_now();
+        };
+        assert!(cpu >= 100_000_000, "{cpu} ns");
+        assert!(cpu < 2_000_000_000, "{cpu} ns");
+        assert_eq!(threads_cpu_ns(&me, "bh-test-busy"), None);
+        assert_eq!(threads_cpu_ns(&me, "no-such-thread-"), None);
+        assert_eq!(threads_cpu_ns(&[], "bh-"), None);
+        tx.send(()).unwrap();
+        live.join().unwrap();
     }
 
     #[test]

@@ -2,18 +2,23 @@
 //!
 //! Top-level keys every push run has: `expected` and `delivered` (messages), `msgs_per_sec`,
 //! `frames_per_sec`, `latency_us` (`p50`, `p90`, `p99`, `p999`, `max`), `server_cpu_ns_per_msg`,
-//! `rss_bytes_per_conn`, `errors`. With several phases (single-push: `peak`, then `latency`)
-//! `msgs_per_sec` is the fastest phase's and `latency_us` the last phase's; `phases` has each.
+//! `rss_bytes_per_conn`, `errors`, and comet's socket writes: `writes` (count, bytes, where
+//! they were counted: `writes_source`), `server_cpu_ns_per_write` (whose CPU:
+//! `server_cpu_source`). With `--floor`, `floor_ratio_per_write` is that CPU per write over
+//! the floor writer's at comet's mean write size, both from this run. With several phases
+//! (single-push: `peak`, then `latency`) `msgs_per_sec` is the fastest phase's and
+//! `latency_us` the last phase's; `phases` has each.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use crate::cli::Args;
-use crate::coordinator::{HoldData, Merged, PhaseData};
 use crate::floor::FloorResult;
+use crate::metrics::Endpoint;
 use crate::procstat::ProcSample;
 use crate::pusher::PushKind;
+use crate::results::{HoldData, Merged, PhaseData, PhaseWrites, WriteCost};
 use crate::tally::Percentiles;
 use crate::worker::Counters;
 
@@ -33,7 +38,9 @@ pub struct Inputs<'a> {
     pub phases: &'a [PhaseData],
     pub hold: Option<HoldData>,
     pub merged: &'a Merged,
-    /// Floor measurements by label (`message`, `read` or `given` size).
+    /// The metrics endpoints comet's write counters were read from.
+    pub metrics: Vec<Endpoint>,
+    /// Floor measurements by label (`message`, `write` or `given` size).
     pub floor: Vec<(String, FloorResult)>,
 }
 
@@ -155,6 +162,36 @@ pub fn build(i: Inputs<'_>) -> Value {
         .map(|c| round1(c as f64 / reads as f64)));
     out["phases"] = json!(phases);
 
+    // comet's socket writes and their CPU, from the best source every phase had.
+    let phase_writes: Vec<PhaseWrites> = i.phases.iter().map(PhaseData::writes).collect();
+    let cost = WriteCost::of(&phase_writes);
+    let client_reads = phase_writes.iter().fold((0, 0), |(r, b), p| {
+        (r + p.client_reads.writes, b + p.client_reads.bytes)
+    });
+    let mut notes: Vec<&String> = i
+        .phases
+        .iter()
+        .flat_map(|p| &p.comet_writes.notes)
+        .collect();
+    notes.sort();
+    notes.dedup();
+    if let Some(c) = &cost {
+        out["writes_source"] = json!(c.writes_source);
+        out["server_cpu_source"] = json!(c.server_cpu_source);
+        out["server_cpu_ns_per_write"] = json!(c.cpu_ns_per_write().map(round1));
+    }
+    out["writes"] = json!({
+        "source": cost.map(|c| c.writes_source),
+        "writes": cost.map(|c| c.writes),
+        "bytes": cost.map(|c| c.bytes),
+        "mean_bytes": cost.and_then(|c| c.mean_bytes()),
+        "client_reads": client_reads.0,
+        "client_read_bytes": client_reads.1,
+        "metrics": i.metrics,
+        "metrics_notes": notes,
+        "server_cpu_ns": cost.and_then(|c| c.server_cpu_ns),
+    });
+
     if let Some(h) = &i.hold {
         let d = h.end.since(&h.start);
         out["idle"] = json!({
@@ -231,8 +268,25 @@ pub fn build(i: Inputs<'_>) -> Value {
         };
         out["server_cpu_per_msg_vs_floor"] =
             json!(ratio(out["server_cpu_ns_per_msg"].as_f64(), "message"));
-        out["server_cpu_per_read_vs_floor"] =
-            json!(ratio(out["server_cpu_ns_per_client_read"].as_f64(), "read"));
+        // Against the floor at comet's mean write size (or the size given).
+        let at_write_size = i
+            .floor
+            .iter()
+            .find(|(l, _)| l == "write" || l == "given")
+            .map(|(_, f)| f);
+        if let (Some(c), Some(f)) = (&cost, at_write_size) {
+            let ratio = c.floor_ratio(f).map(round2);
+            out["floor_ratio_per_write"] = json!(ratio);
+            out["floor_ratio"] = json!({
+                "ratio": ratio,
+                "server_cpu_ns_per_write": c.cpu_ns_per_write().map(round1),
+                "floor_cpu_ns_per_write": f.cpu_ns_per_write,
+                "write_bytes": c.mean_bytes(),
+                "floor_bytes": f.frame_bytes,
+                "writes_source": c.writes_source,
+                "server_cpu_source": c.server_cpu_source,
+            });
+        }
         out["floor"] = Value::Object(floor);
     }
     print_table(&out);
@@ -278,6 +332,9 @@ fn phase_json(n: usize, p: &PhaseData, m: &Merged, exact_targets: bool) -> Value
             .map(|c| round1(c as f64 / all.stamped as f64)),
         "server_cpu_ns_per_client_read": p.server_cpu_ns.filter(|_| all.reads > 0)
             .map(|c| round1(c as f64 / all.reads as f64)),
+        "comet_cpu_percent": p.comet_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
+        "comet_writes": p.comet_writes.writes,
+        "comet_writes_per_sec": p.comet_writes.writes.and_then(|w| per(w.writes as f64, p.server_seconds)),
     })
 }
 
@@ -371,12 +428,25 @@ fn print_table(r: &Value) {
         num(&r["harness"]["rss_bytes_per_conn"]),
         num(&r["server_cpu_ns_per_msg"])
     );
+    let w = &r["writes"];
+    if w["writes"].is_u64() {
+        println!(
+            "{:<12} {} writes of {} B mean, counted from {}; {} ns of {} CPU per write",
+            "writes",
+            num(&w["writes"]),
+            num(&w["mean_bytes"]),
+            w["source"].as_str().unwrap_or_default(),
+            num(&r["server_cpu_ns_per_write"]),
+            r["server_cpu_source"].as_str().unwrap_or_default()
+        );
+    }
     for (label, f) in r["floor"].as_object().into_iter().flatten() {
         println!(
-            "{:<12} {} conns x {} B: {} writes/s, {} ns CPU/write (reader {})",
+            "{:<12} {} conns x {} B over {} process pair(s): {} writes/s, {} ns CPU/write (reader {})",
             format!("floor {label}"),
             f["connections"],
             f["frame_bytes"],
+            f["processes"],
             num(&f["writes_per_sec"]),
             num(&f["cpu_ns_per_write"]),
             num(&f["reader_cpu_ns_per_write"])
@@ -384,8 +454,8 @@ fn print_table(r: &Value) {
     }
     if r.get("floor").is_some() {
         println!(
-            "{:<12} server CPU per message / floor {}, per client read / floor {}",
-            "vs floor", r["server_cpu_per_msg_vs_floor"], r["server_cpu_per_read_vs_floor"]
+            "{:<12} server CPU per message / floor {}; per write / floor at the write size {}",
+            "vs floor", r["server_cpu_per_msg_vs_floor"], r["floor_ratio_per_write"]
         );
     }
     let e = &r["errors"];

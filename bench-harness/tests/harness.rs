@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +71,9 @@ fn room_pushes_to_a_real_gateway_are_all_counted_once_with_latency_and_server_fi
         std::process::id().to_string(),
         "--workers".into(),
         "2".into(),
+        "--floor".into(),
+        "--floor-seconds".into(),
+        "0.2".into(),
     ]);
     let r = harness("room", &args);
     let pushes = r["phases"][0]["pushes_accepted"].as_u64().unwrap();
@@ -93,6 +97,28 @@ fn room_pushes_to_a_real_gateway_are_all_counted_once_with_latency_and_server_fi
         .as_array()
         .unwrap()
         .is_empty());
+    // comet's writes (from its metrics, or the client reads where it serves none) against
+    // the floor at their mean size, in the same run.
+    let source = r["writes_source"].as_str().unwrap();
+    assert!(["comet", "client_reads"].contains(&source), "{source}");
+    assert_eq!(
+        r["writes"]["metrics"][0],
+        format!("http://{}/metrics", gw.http_addr())
+    );
+    assert!(r["writes"]["writes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        r["floor"]["write"]["frame_bytes"],
+        r["writes"]["mean_bytes"]
+    );
+    assert_eq!(
+        r["floor"]["write"]["connections"], 300,
+        "as many sockets as comet had"
+    );
+    assert_eq!(
+        r["floor"]["write"]["bytes_read"],
+        r["floor"]["write"]["bytes_written"]
+    );
+    assert!(r["floor_ratio_per_write"].as_f64().unwrap() > 0.0);
     gw.shutdown();
 }
 
@@ -157,22 +183,36 @@ fn websocket_user_pushes_and_idle_heartbeats_reach_a_real_gateway() {
 }
 
 /// A gateway that answers auth and room pushes like imgate but, to one client, drops push 3
-/// and sends push 5 twice.
+/// and sends push 5 twice. It counts its writes to clients; with `serve_metrics` it serves
+/// those counts at `GET /metrics` as imgate does, else that answers 404 (imgate before it had
+/// metrics).
 struct FakeGateway {
     tcp: SocketAddr,
     http: SocketAddr,
+    /// Writes to clients and their bytes, auth replies included.
+    written: Arc<(AtomicU64, AtomicU64)>,
 }
 
-fn fake_gateway() -> FakeGateway {
+fn fake_gateway(serve_metrics: bool) -> FakeGateway {
     let clients: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let written: Arc<(AtomicU64, AtomicU64)> = Arc::default();
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let http = TcpListener::bind("127.0.0.1:0").unwrap();
     let addrs = FakeGateway {
         tcp: tcp.local_addr().unwrap(),
         http: http.local_addr().unwrap(),
+        written: written.clone(),
+    };
+    let count = |written: &(AtomicU64, AtomicU64), bytes: usize| {
+        written.0.fetch_add(1, Ordering::SeqCst);
+        written.1.fetch_add(bytes as u64, Ordering::SeqCst);
     };
     let accepted = clients.clone();
-    std::thread::spawn(move || {
+    let auth_written = written.clone();
+    // The one thread that lives as long as the fake: named so that the harness can take its
+    // CPU for comet's (`--server-threads fake-comet`).
+    let acceptor = std::thread::Builder::new().name("fake-comet-tcp".into());
+    let _ = acceptor.spawn(move || {
         for stream in tcp.incoming() {
             let Ok(mut s) = stream else { return };
             // Auth: read one frame, answer op 8 (heartbeats are off in this test).
@@ -183,7 +223,10 @@ fn fake_gateway() -> FakeGateway {
             let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
             let mut body = vec![0u8; len - 16];
             let _ = s.read_exact(&mut body);
-            let _ = s.write_all(&frame::encode(1, 8, 1, b""));
+            let reply = frame::encode(1, 8, 1, b"");
+            if s.write_all(&reply).is_ok() {
+                count(&auth_written, reply.len());
+            }
             accepted.lock().unwrap().push(s);
         }
     });
@@ -191,6 +234,7 @@ fn fake_gateway() -> FakeGateway {
         for stream in http.incoming() {
             let Ok(mut s) = stream else { return };
             let clients = clients.clone();
+            let written = written.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -203,6 +247,21 @@ fn fake_gateway() -> FakeGateway {
                         continue;
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    if head.starts_with("GET /metrics ") {
+                        buf.drain(..end + 4);
+                        let answer = if serve_metrics {
+                            let body = format!(
+                                "# TYPE imgate_writes_total counter\nimgate_writes_total{{comet=\"fake\",shard=\"0\"}} {}\nimgate_bytes_sent_total{{comet=\"fake\",shard=\"0\"}} {}\n",
+                                written.0.load(Ordering::SeqCst),
+                                written.1.load(Ordering::SeqCst)
+                            );
+                            format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                        } else {
+                            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_string()
+                        };
+                        let _ = s.write_all(answer.as_bytes());
+                        continue;
+                    }
                     let len: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("Content-Length: "))
@@ -231,7 +290,9 @@ fn fake_gateway() -> FakeGateway {
                             _ => 1,
                         };
                         for _ in 0..copies {
-                            let _ = c.write_all(&push);
+                            if c.write_all(&push).is_ok() {
+                                count(&written, push.len());
+                            }
                         }
                     }
                     let answer = b"{\"code\":0,\"message\":\"\"}";
@@ -248,9 +309,8 @@ fn fake_gateway() -> FakeGateway {
     addrs
 }
 
-#[test]
-fn a_lost_and_a_duplicated_push_are_reported() {
-    let fake = fake_gateway();
+/// The fake's room case: 20 clients, 10 pushes.
+fn fake_room_args(fake: &FakeGateway) -> Vec<String> {
     let mut args = strings(&[
         "--preset",
         "room",
@@ -275,7 +335,13 @@ fn a_lost_and_a_duplicated_push_are_reported() {
         "--http".into(),
         fake.http.to_string(),
     ]);
-    let r = harness("fake", &args);
+    args
+}
+
+#[test]
+fn a_lost_and_a_duplicated_push_are_reported() {
+    let fake = fake_gateway(false);
+    let r = harness("fake", &fake_room_args(&fake));
     assert_eq!(r["phases"][0]["pushes_accepted"], 10);
     assert_eq!(r["expected"], 200);
     assert_eq!(r["delivered"], 200, "one lost, one extra");
@@ -291,4 +357,111 @@ fn a_lost_and_a_duplicated_push_are_reported() {
     assert_eq!(e["seq_gaps"], 1);
     assert_eq!(e["seq_behind"], 1);
     assert!(e["total"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn without_comet_s_counters_writes_are_the_client_reads_and_the_report_says_so() {
+    let fake = fake_gateway(false);
+    let r = harness("fake-reads", &fake_room_args(&fake));
+    assert_eq!(r["errors"]["lost"], 1);
+    assert_eq!(r["writes_source"], "client_reads");
+    assert_eq!(r["writes"]["writes"], r["writes"]["client_reads"]);
+    let notes = r["writes"]["metrics_notes"].as_array().unwrap();
+    assert!(notes[0].as_str().unwrap().contains("HTTP 404"), "{notes:?}");
+}
+
+#[test]
+fn comet_s_own_write_counts_set_the_floor_size_and_the_ratio() {
+    let fake = fake_gateway(true);
+    let mut args = fake_room_args(&fake);
+    args.extend(strings(&[
+        "--server-threads",
+        "fake-comet",
+        "--floor",
+        "--floor-connections",
+        "20",
+        "--floor-seconds",
+        "0.2",
+        "--server-pid",
+    ]));
+    args.push(std::process::id().to_string());
+    let r = harness("fake-metrics", &args);
+    // What the fake wrote during the pushes: everything but the 20 auth replies.
+    let auth_reply = frame::encode(1, 8, 1, b"").len() as u64;
+    let writes = fake.written.0.load(Ordering::SeqCst) - 20;
+    let bytes = fake.written.1.load(Ordering::SeqCst) - 20 * auth_reply;
+    assert_eq!(
+        writes, 200,
+        "10 pushes to 20 clients, one lost, one doubled"
+    );
+    let w = &r["writes"];
+    assert_eq!(r["writes_source"], "comet", "{w:#}");
+    assert_eq!(w["writes"], writes);
+    assert_eq!(w["bytes"], bytes);
+    assert_eq!(w["mean_bytes"], bytes / writes);
+    assert_eq!(r["server_cpu_source"], "comet_threads");
+    // The floor wrote comet's mean write size, and the ratio is against that.
+    assert_eq!(r["floor"]["write"]["frame_bytes"], bytes / writes);
+    assert_eq!(r["floor_ratio"]["floor_bytes"], bytes / writes);
+    assert_eq!(r["floor_ratio"]["writes_source"], "comet");
+    let ratio = r["floor_ratio_per_write"].as_f64().unwrap();
+    let expected = r["floor_ratio"]["server_cpu_ns_per_write"]
+        .as_f64()
+        .unwrap()
+        / r["floor"]["write"]["cpu_ns_per_write"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 0.01, "{ratio} vs {expected}");
+}
+
+/// Runs the harness under `ulimit -n files` (soft and hard) and returns its report.
+fn harness_with_open_files(name: &str, files: u32, args: &[&str]) -> Value {
+    let json = std::env::temp_dir().join(format!(
+        "bench-harness-test-{name}-{}.json",
+        std::process::id()
+    ));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+        .arg(HARNESS)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("bench-harness runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench-harness failed\n{stderr}");
+    let text = std::fs::read_to_string(&json).expect("report written");
+    let _ = std::fs::remove_file(&json);
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+#[test]
+fn a_floor_larger_than_one_process_s_open_files_splits_over_processes() {
+    // 200 descriptors per process: 250 connections, both ends in one process, would take 500.
+    let floor = [
+        "--preset",
+        "floor",
+        "--floor-connections",
+        "250",
+        "--floor-seconds",
+        "0.3",
+        "--floor-bytes",
+        "100",
+        "--no-pin",
+    ];
+    let mut capped = floor.to_vec();
+    capped.extend(["--floor-per-process", "100"]);
+    let r = harness_with_open_files("floor-split", 200, &capped);
+    let f = &r["floor"]["given"];
+    assert_eq!(f["processes"], 3, "{f:#}");
+    assert_eq!(f["connections"], 250);
+    assert_eq!(f["frame_bytes"], 100);
+    assert!(f["writes"].as_u64().unwrap() > 1000, "{f:#}");
+    assert_eq!(f["bytes_read"], f["bytes_written"]);
+    assert!(f["cpu_ns_per_write"].as_f64().unwrap() > 0.0);
+
+    // Without a cap given, the open-file limit sets it: 250 still splits, in two.
+    let r = harness_with_open_files("floor-limit", 200, &floor);
+    let f = &r["floor"]["given"];
+    assert_eq!(f["processes"], 2, "{f:#}");
+    assert_eq!(f["bytes_read"], f["bytes_written"]);
 }
