@@ -4,25 +4,33 @@
 //! starts one executor thread per shard and returns a [`CometHandle`]. Each shard owns its
 //! connections, key index and rooms; shards talk only through bounded inboxes.
 
+mod conn;
 mod connection;
 mod delivery;
+mod fanout;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
+mod handshake;
 mod heartbeat;
 mod limits;
 mod link;
 mod listener;
+mod load;
 mod logic_client;
 #[cfg(test)]
 mod memory_probe;
+mod ops;
 mod outbound;
 mod reassembly;
 mod room;
+mod run;
 mod shard;
 mod socket_io;
 mod stats;
 mod stream;
+mod sync;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -279,7 +287,7 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         let cpu = config.pin.then(|| cpus[index % cpus.len()]);
         let spawned = imgate_runtime::Builder::new(format!("comet-shard-{index}"))
             .pin_to(cpu)
-            .spawn(move |loop_stats| shard::run(setup, loop_stats));
+            .spawn(move |loop_stats| run::run(setup, loop_stats));
         match spawned {
             Ok(thread) => handle.threads.push(thread),
             Err(e) => {

@@ -1,34 +1,31 @@
-//! A shard: one thread running one runtime (`imgate-runtime`) that owns its listeners, connections, key
-//! index, rooms and timers outright. Other shards reach it only through its inbox.
+//! A shard's state: the connections, key index, rooms and timers one core owns outright, and
+//! what every shard of a comet shares. Other shards reach a shard only through its inbox.
 
 use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use imgate_runtime::net::Socket as ClientSocket;
-use imgate_runtime::time::sleep;
-use imgate_runtime::{spawn_local, LoopStats, Task};
+use imgate_runtime::LoopStats;
 use imgate_shared::config::CometConfig;
-use imgate_shared::link::{Body, CometInfo, ConnRef, RenewOnline};
+use imgate_shared::link::{CometInfo, ConnRef, RenewOnline};
 use socket2::Socket;
 
-use crate::connection::{self, CloseReason, Conn, Pushed, QueueLimits, SyncRequest};
-use crate::heartbeat::{self, clock_ms, Wheel};
+use crate::conn::{CloseReason, Conn, QueueLimits, SyncRequest};
+use crate::heartbeat::{clock_ms, Wheel};
 use crate::limits::{ConnLimits, OnlineAddresses};
-use crate::link;
+use crate::load::{Busy, Lag};
 use crate::logic_client::LogicClient;
 use crate::room::Rooms;
 use crate::stats::{self, ShardStats};
 
 /// Inbox commands a shard handles before it lets its other tasks run.
-const COMMANDS_PER_TURN: u32 = 32;
+pub(crate) const COMMANDS_PER_TURN: u32 = 32;
 /// Capacity of each shard's inbox.
 pub(crate) const INBOX_CAPACITY: usize = 4096;
 /// Size of the per-shard read scratch and of one coalesced write.
@@ -157,55 +154,6 @@ pub(crate) struct Shard {
     busy: Busy,
 }
 
-/// How busy the shard's event loop was between two online reports.
-struct Busy {
-    since: Cell<Instant>,
-    parked_ns: Cell<u64>,
-}
-
-impl Busy {
-    fn new(stats: &LoopStats) -> Self {
-        Busy {
-            since: Cell::new(Instant::now()),
-            parked_ns: Cell::new(stats.parked_ns()),
-        }
-    }
-
-    /// Thousandths of the time since the last call that the loop did not spend parked.
-    /// Called on the shard's own thread, so the parked time is up to date.
-    fn take_permille(&self, stats: &LoopStats) -> u32 {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.since.replace(now)).as_nanos() as u64;
-        let parked_now = stats.parked_ns();
-        let parked = parked_now.saturating_sub(self.parked_ns.replace(parked_now));
-        if elapsed == 0 {
-            return 0;
-        }
-        (elapsed.saturating_sub(parked) * 1000 / elapsed) as u32
-    }
-}
-
-/// Sum and count of tick delays, taken (and reset) by each online report.
-#[derive(Default)]
-struct Lag {
-    sum_us: Cell<u64>,
-    ticks: Cell<u32>,
-}
-
-impl Lag {
-    fn record(&self, late: Duration) {
-        let us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
-        self.sum_us.set(self.sum_us.get().saturating_add(us));
-        self.ticks.set(self.ticks.get().saturating_add(1));
-    }
-
-    /// The mean delay since the last call, in microseconds (0 without ticks).
-    fn take_mean_us(&self) -> u32 {
-        let (sum, ticks) = (self.sum_us.take(), self.ticks.take());
-        u32::try_from(sum / u64::from(ticks.max(1))).unwrap_or(u32::MAX)
-    }
-}
-
 /// A connection in the id index.
 struct ById(Rc<Conn>);
 
@@ -253,168 +201,8 @@ impl PartialEq for ByKey {
 
 impl Eq for ByKey {}
 
-/// The body of a shard thread: runs until a `Shutdown` command arrives.
-pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
-    let ShardSetup {
-        index,
-        comet,
-        stats,
-        inbox,
-        clients,
-        link: link_socket,
-        ready,
-    } = setup;
-    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let shard = Rc::new(Shard::new(index, comet, stats, stop_rx, loop_stats));
-
-    let mut listeners: Vec<Task<()>> = Vec::new();
-    for (socket, listen) in clients {
-        let listener = match ClientSocket::new(OwnedFd::from(socket)) {
-            Ok(listener) => listener,
-            Err(e) => {
-                let _ = ready.send(Err(format!("listening socket: {e}")));
-                return;
-            }
-        };
-        listeners.push(spawn_local(accept_clients(shard.clone(), listener, listen)));
-    }
-    let link_listener = match ClientSocket::new(OwnedFd::from(link_socket)) {
-        Ok(listener) => listener,
-        Err(e) => {
-            let _ = ready.send(Err(format!("link listening socket: {e}")));
-            return;
-        }
-    };
-    listeners.push(spawn_local(link::accept_links(
-        shard.clone(),
-        link_listener,
-    )));
-    let logic_task = spawn_local(shard.logic.clone().run(
-        shard.comet.config.logic_addrs.clone(),
-        shard.read_scratch.clone(),
-    ));
-    let renew_task = spawn_local(renew_online(shard.clone()));
-    let heartbeat_task = spawn_local(expire_heartbeats(shard.clone()));
-    let _ = ready.send(Ok(()));
-
-    let mut handled = 0u32;
-    while let Ok(command) = inbox.recv().await {
-        if let ShardCommand::Shutdown = command {
-            break;
-        }
-        shard.handle(command);
-        // Let the connections' writers run between bursts: a full inbox handled in one go
-        // would queue more than `send_queue` pushes to a busy connection before its writer
-        // got a turn, and close it as slow although it reads everything.
-        handled += 1;
-        if handled == COMMANDS_PER_TURN {
-            handled = 0;
-            futures_lite::future::yield_now().await;
-        }
-    }
-
-    // Shutdown: stop accepting (cancelling an accept loop drops, and so closes, its listening
-    // socket at once), close every connection, give logic a moment to hear about it.
-    shard.stopping.set(true);
-    drop(stop_tx);
-    for task in listeners {
-        task.cancel().await;
-    }
-    let open: Vec<Rc<Conn>> = shard.conns.borrow().iter().map(|c| c.0.clone()).collect();
-    for conn in open {
-        conn.close(CloseReason::Shutdown);
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
-        sleep(Duration::from_millis(5)).await;
-    }
-    let deadline = Instant::now() + Duration::from_millis(300);
-    while shard.logic.has_queued() && Instant::now() < deadline {
-        sleep(Duration::from_millis(5)).await;
-    }
-    renew_task.cancel().await;
-    heartbeat_task.cancel().await;
-    logic_task.cancel().await;
-}
-
-async fn accept_clients(shard: Rc<Shard>, listener: ClientSocket, listen: Listen) {
-    loop {
-        match listener.accept().await {
-            Ok((fd, peer)) => match ClientSocket::new(fd) {
-                Ok(socket) => {
-                    let accepted = Box::new((socket, peer));
-                    spawn_local(connection::serve(shard.clone(), accepted, listen)).detach();
-                }
-                Err(e) => tracing::warn!(shard = shard.index, "cannot watch a client socket: {e}"),
-            },
-            Err(_) if shard.is_stopping() => return,
-            Err(e) => {
-                tracing::warn!(shard = shard.index, "accept failed: {e}");
-                sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-/// Reports this shard to logic right away (retrying quickly until the registry has it), then
-/// every `online_interval`, and keeps the cluster-wide room counts of the reply.
-async fn renew_online(shard: Rc<Shard>) {
-    let config = &shard.comet.config;
-    loop {
-        let report = shard.online_report();
-        let ok = match shard
-            .logic
-            .request(Body::RenewOnline(report), config.logic_timeout)
-            .await
-        {
-            Ok(Body::RenewOnlineReply(reply)) => {
-                *shard.cluster_rooms.borrow_mut() = reply.rooms.into_iter().collect();
-                true
-            }
-            Ok(_) => true,
-            Err(e) => {
-                tracing::debug!(shard = shard.index, "online report failed: {e}");
-                false
-            }
-        };
-        let wait = if ok {
-            config.online_interval
-        } else {
-            Duration::from_millis(100)
-        };
-        sleep(wait).await;
-    }
-}
-
-/// Closes the connections whose heartbeat expired, looking at the wheel once a tick, and
-/// records how late each tick ran (the shard's lag, reported to logic).
-async fn expire_heartbeats(shard: Rc<Shard>) {
-    let tick = Duration::from_millis(heartbeat::TICK_MS);
-    loop {
-        let asleep = Instant::now();
-        sleep(tick).await;
-        shard.lag.record(asleep.elapsed().saturating_sub(tick));
-        let now = clock_ms();
-        let due = shard.heartbeats.borrow_mut().due(now);
-        if due.is_empty() {
-            continue;
-        }
-        let conns = shard.conns.borrow();
-        let mut wheel = shard.heartbeats.borrow_mut();
-        for id in due {
-            // Connections that left since are skipped (ids are never reused).
-            if let Some(ById(conn)) = conns.get(&id) {
-                match conn.heartbeat_deadline(now) {
-                    Some(later) => wheel.insert(id, later),
-                    None => conn.close(CloseReason::HeartbeatExpired),
-                }
-            }
-        }
-    }
-}
-
 impl Shard {
-    fn new(
+    pub(crate) fn new(
         index: u32,
         comet: Arc<CometShared>,
         stats: Arc<ShardStats>,
@@ -654,7 +442,106 @@ impl Shard {
         }
     }
 
-    fn online_report(&self) -> RenewOnline {
+    /// The cluster-link reference to `conn`.
+    pub fn conn_ref(&self, conn: &Conn) -> Option<ConnRef> {
+        Some(ConnRef {
+            comet: self.comet.id.clone(),
+            shard: self.index,
+            conn_id: conn.id,
+        })
+    }
+
+    /// Queues a reply (or any frame) to `conn` under the shard's queue limits.
+    pub fn reply(&self, conn: &Conn, frame: Bytes) {
+        conn.push(frame, self.queue_limits());
+    }
+
+    /// The open connection with id `conn_id`.
+    pub fn conn(&self, conn_id: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&conn_id).map(|c| c.0.clone())
+    }
+
+    /// The connection holding `key` on this shard.
+    pub fn key_holder(&self, key: &str) -> Option<Rc<Conn>> {
+        self.keys.borrow().get(key).map(|c| c.0.clone())
+    }
+
+    /// The members of `room` on this shard.
+    pub fn room_members(&self, room: &str) -> Vec<Rc<Conn>> {
+        let conns = self.conns.borrow();
+        self.rooms
+            .borrow()
+            .members(room)
+            .filter_map(|id| conns.get(&id).map(|c| c.0.clone()))
+            .collect()
+    }
+
+    /// The ids of the connections watching `op`.
+    pub fn watcher_ids(&self, op: i32) -> Vec<u64> {
+        self.conns
+            .borrow()
+            .iter()
+            .filter(|c| c.0.watches(op))
+            .map(|c| c.0.id)
+            .collect()
+    }
+
+    /// The connections watching `op`.
+    pub fn watchers(&self, op: i32) -> Vec<Rc<Conn>> {
+        self.conns
+            .borrow()
+            .iter()
+            .filter(|c| c.0.watches(op))
+            .map(|c| c.0.clone())
+            .collect()
+    }
+
+    /// Every open connection.
+    pub fn open_conns(&self) -> Vec<Rc<Conn>> {
+        self.conns.borrow().iter().map(|c| c.0.clone()).collect()
+    }
+
+    /// How many connections are open.
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// The shard is shutting down: accept loops stop, new connections are not admitted.
+    pub fn set_stopping(&self) {
+        self.stopping.set(true);
+    }
+
+    /// Keeps the cluster-wide room counts logic answered the last online report with.
+    pub fn set_cluster_rooms(&self, rooms: HashMap<String, u32>) {
+        *self.cluster_rooms.borrow_mut() = rooms;
+    }
+
+    /// How late a heartbeat tick ran (the shard's lag, reported to logic).
+    pub fn record_tick_lag(&self, late: Duration) {
+        self.lag.record(late);
+    }
+
+    /// Closes the connections whose heartbeat expired by `now_ms`, and files the others that
+    /// came due under their new deadline.
+    pub fn expire_heartbeats(&self, now_ms: u64) {
+        let due = self.heartbeats.borrow_mut().due(now_ms);
+        if due.is_empty() {
+            return;
+        }
+        let conns = self.conns.borrow();
+        let mut wheel = self.heartbeats.borrow_mut();
+        for id in due {
+            // Connections that left since are skipped (ids are never reused).
+            if let Some(ById(conn)) = conns.get(&id) {
+                match conn.heartbeat_deadline(now_ms) {
+                    Some(later) => wheel.insert(id, later),
+                    None => conn.close(CloseReason::HeartbeatExpired),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn online_report(&self) -> RenewOnline {
         RenewOnline {
             comet: Some(self.comet.info.clone()),
             shard: self.index,
@@ -666,126 +553,5 @@ impl Shard {
             lag_us: self.lag.take_mean_us(),
             busy_permille: self.busy.take_permille(&self.loop_stats),
         }
-    }
-
-    fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
-        let frame = if conn.websocket { ws } else { tcp };
-        if conn.push(frame.clone(), self.queue_limits()) == Pushed::Queued {
-            stats::inc(&self.stats.frames_queued);
-        }
-    }
-
-    /// A stored push: dropped if the connection already has `seq`.
-    fn deliver_stored(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes, seq: u64) {
-        let frame = if conn.websocket { ws } else { tcp };
-        match conn.push_stored(frame.clone(), seq, self.queue_limits()) {
-            Some(Pushed::Queued) => stats::inc(&self.stats.frames_queued),
-            Some(_) => {}
-            None => stats::inc(&self.stats.push_dropped_duplicate),
-        }
-    }
-
-    fn handle(self: &Rc<Self>, command: ShardCommand) {
-        match command {
-            ShardCommand::PushKeys {
-                keys,
-                op,
-                tcp,
-                ws,
-                seq,
-                mid,
-            } => {
-                for key in &keys {
-                    let conn = self.keys.borrow().get(key.as_str()).map(|c| c.0.clone());
-                    match conn {
-                        Some(conn) if seq > 0 && mid > 0 && conn.mid == mid => {
-                            self.deliver_stored(&conn, &tcp, &ws, seq)
-                        }
-                        Some(conn) if conn.watches(op) => self.deliver(&conn, &tcp, &ws),
-                        Some(_) => {}
-                        None => stats::inc(&self.stats.push_dropped_no_key),
-                    }
-                }
-            }
-            ShardCommand::PushRoom { room, tcp, ws } => {
-                let members: Vec<Rc<Conn>> = {
-                    let conns = self.conns.borrow();
-                    self.rooms
-                        .borrow()
-                        .members(&room)
-                        .filter_map(|id| conns.get(&id).map(|c| c.0.clone()))
-                        .collect()
-                };
-                for conn in members {
-                    self.deliver(&conn, &tcp, &ws);
-                }
-            }
-            ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
-            ShardCommand::CloseReplaced { conn_id } => self.close_replaced_here(conn_id),
-            ShardCommand::Shutdown => {}
-        }
-    }
-
-    fn broadcast(self: &Rc<Self>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
-        if speed == 0 {
-            let targets: Vec<Rc<Conn>> = self
-                .conns
-                .borrow()
-                .iter()
-                .filter(|c| c.0.watches(op))
-                .map(|c| c.0.clone())
-                .collect();
-            for conn in &targets {
-                self.deliver(conn, &tcp, &ws);
-            }
-            return;
-        }
-        // Paced: about `speed` connections per second, in chunks of a twentieth of that. The
-        // task keeps ids, not connections: a connection that closes meanwhile is forgotten at
-        // once instead of being kept alive until the broadcast ends.
-        let targets: Vec<u64> = self
-            .conns
-            .borrow()
-            .iter()
-            .filter(|c| c.0.watches(op))
-            .map(|c| c.0.id)
-            .collect();
-        let shard = self.clone();
-        let chunk = (speed as usize / 20).max(1);
-        let pause = Duration::from_secs_f64(chunk as f64 / speed as f64);
-        spawn_local(async move {
-            for (i, part) in targets.chunks(chunk).enumerate() {
-                if i > 0 {
-                    sleep(pause).await;
-                }
-                if shard.is_stopping() {
-                    return;
-                }
-                for id in part {
-                    let conn = shard.conns.borrow().get(id).map(|c| c.0.clone());
-                    if let Some(conn) = conn {
-                        shard.deliver(&conn, &tcp, &ws);
-                    }
-                }
-            }
-        })
-        .detach();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lag_is_the_mean_since_the_last_report() {
-        let lag = Lag::default();
-        assert_eq!(lag.take_mean_us(), 0, "no ticks yet");
-        lag.record(Duration::from_micros(100));
-        lag.record(Duration::from_micros(300));
-        assert_eq!(lag.take_mean_us(), 200);
-        assert_eq!(lag.take_mean_us(), 0, "taking resets it");
-        lag.record(Duration::from_secs(10_000));
-        assert_eq!(lag.take_mean_us(), u32::MAX, "saturates");
     }
 }

@@ -326,7 +326,7 @@ impl Core {
         if !self.shared.prepare_park() {
             return;
         }
-        self.reactor.park(&self.shared, timeout);
+        self.reactor.park(self.shared.eventfd.as_raw_fd(), timeout);
         self.shared.unpark();
         let woke = Instant::now();
         let stats = &self.stats;

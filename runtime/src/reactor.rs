@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::executor::Shared;
-
 /// Most events one `epoll_wait` returns.
 const MAX_EVENTS: usize = 1024;
 /// Ring entries: two polls in flight, never more.
@@ -126,9 +124,9 @@ impl Reactor {
         }
     }
 
-    /// Waits in the ring until a socket is ready, another thread wakes the loop, or
-    /// `timeout` passes; then wakes what became ready.
-    pub(crate) fn park(&self, shared: &Shared, timeout: Option<Duration>) {
+    /// Waits in the ring until a socket is ready, another thread wakes the loop (by writing
+    /// `wake_fd`, an eventfd), or `timeout` passes; then wakes what became ready.
+    pub(crate) fn park(&self, wake_fd: RawFd, timeout: Option<Duration>) {
         {
             let mut ring = self.ring.borrow_mut();
             let mut sq = ring.submission();
@@ -144,13 +142,10 @@ impl Reactor {
                 }
             }
             if !self.wake_armed.get() {
-                let poll = opcode::PollAdd::new(
-                    types::Fd(shared.eventfd.as_raw_fd()),
-                    libc::POLLIN as u32,
-                )
-                .build()
-                .user_data(WAKE_POLL);
-                // SAFETY: the eventfd lives in `Shared`, which outlives the runtime's loop.
+                let poll = opcode::PollAdd::new(types::Fd(wake_fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(WAKE_POLL);
+                // SAFETY: the eventfd outlives the runtime's loop (the executor owns it).
                 if unsafe { sq.push(&poll) }.is_ok() {
                     self.wake_armed.set(true);
                 }
@@ -195,7 +190,7 @@ impl Reactor {
             // SAFETY: reads 8 bytes into a live u64 from the non-blocking eventfd.
             unsafe {
                 libc::read(
-                    shared.eventfd.as_raw_fd(),
+                    wake_fd,
                     (&mut count as *mut u64).cast(),
                     std::mem::size_of::<u64>(),
                 );

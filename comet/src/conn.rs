@@ -1,0 +1,339 @@
+//! A client connection's state: who it is, its outgoing queue and the bookkeeping of its
+//! reading and writing. The connection task (`connection.rs`) holds only references to it, so
+//! an idle connection's task stays small, and the shard's indexes hold the same `Conn`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use crate::delivery::Delivery;
+use crate::heartbeat;
+use crate::limits::{now_ms, RateLimit};
+use crate::reassembly::Reassembly;
+use crate::stats::{self, ShardStats};
+use crate::stream::ClientStream;
+
+/// Most ops one connection may watch; further subscriptions are ignored.
+const MAX_WATCHED_OPS: usize = 1024;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client closed (EOF or a WebSocket close).
+    Quiet,
+    /// A socket error.
+    Io,
+    Malformed,
+    HandshakeTimeout,
+    AuthFailed,
+    HeartbeatExpired,
+    /// The outgoing queue was full.
+    Slow,
+    /// A newer connection authenticated with the same key (logic named this one as the
+    /// connection it replaced).
+    Kicked,
+    /// The client sent frames faster than `upstream_rate` / `upstream_burst`.
+    RateLimited,
+    /// The TLS handshake failed.
+    TlsFailed,
+    Shutdown,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// The connection is already closing; nothing queued.
+    Closed,
+    /// The queue was full: the connection is now closing as too slow.
+    Overflow,
+}
+
+/// How much a connection's outgoing queue may hold (`comet.send_queue`,
+/// `comet.send_queue_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+impl CloseReason {
+    /// Counts a close for this reason (the quiet ones are not counted).
+    pub fn count(self, stats: &ShardStats) {
+        let s = stats;
+        match self {
+            CloseReason::Malformed => stats::inc(&s.closed_malformed),
+            CloseReason::HandshakeTimeout => stats::inc(&s.handshake_timeouts),
+            CloseReason::AuthFailed => stats::inc(&s.auth_failed),
+            CloseReason::HeartbeatExpired => stats::inc(&s.heartbeat_expired),
+            CloseReason::Slow => stats::inc(&s.closed_slow),
+            CloseReason::Kicked => stats::inc(&s.kicked_duplicate),
+            CloseReason::RateLimited => stats::inc(&s.closed_rate_limited),
+            CloseReason::TlsFailed => stats::inc(&s.tls_failed),
+            CloseReason::Quiet | CloseReason::Io | CloseReason::Shutdown => {}
+        }
+    }
+}
+
+/// One entry of a connection's outgoing queue.
+pub(crate) struct Queued {
+    pub(crate) bytes: Bytes,
+    /// For stored messages of a client that does not ack: the sequences these bytes carry,
+    /// reported to logic once they are written.
+    pub(crate) report: Option<(u64, u64)>,
+}
+
+/// Bytes a full socket did not take (rare, so boxed: idle connections do not carry it).
+pub(crate) struct Unsent {
+    pub(crate) bytes: Bytes,
+    /// The stored sequences these bytes report once completely written.
+    pub(crate) report: Vec<(u64, u64)>,
+}
+
+/// Where the reading side of a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Bytes that came with the auth frame wait in the reassembly buffer.
+    Buffered,
+    Open,
+    /// A WebSocket close arrived: nothing more is read while the answer is flushed.
+    Closed,
+}
+
+/// Everything an authenticated connection keeps: what the shard sees, and the socket with its
+/// reading and writing state (the connection task itself holds only references to it).
+pub(crate) struct Conn {
+    pub id: u64,
+    pub mid: i64,
+    /// Shared with the shard's key index.
+    pub key: Rc<str>,
+    pub peer_ip: Option<IpAddr>,
+    /// The room it is in (see [`Conn::room`]).
+    pub(crate) room: Cell<Option<Rc<str>>>,
+    /// The rooms this connection may change to (its token's `rooms` claim); `None`: any.
+    /// Boxed: a thin pointer costs every connection 8 bytes, the list itself is rare.
+    #[allow(clippy::box_collection)]
+    pub allowed_rooms: Option<Box<Vec<String>>>,
+    /// The ops this connection watches (rarely changed, so an exact-size slice).
+    pub(crate) watch: RefCell<Box<[i32]>>,
+    pub(crate) delivery: Delivery,
+    pub(crate) queue: RefCell<VecDeque<Queued>>,
+    /// Bytes of the entries in `queue`.
+    pub(crate) queued_bytes: Cell<u32>,
+    /// A stored-message reader waits (in the shard's `drain_waiters`) for the queue to empty.
+    pub(crate) awaits_drain: Cell<bool>,
+    pub(crate) unsent: Cell<Option<Box<Unsent>>>,
+    pub(crate) writer: Cell<Option<Waker>>,
+    pub(crate) stream: RefCell<ClientStream>,
+    pub(crate) rx: RefCell<Reassembly>,
+    pub(crate) upstream: Cell<RateLimit>,
+    /// Heartbeat expiry.
+    pub(crate) heartbeat_ms: u32,
+    /// [`stamp`]s of the last heartbeat and of the last one passed on to logic.
+    pub(crate) last_heartbeat: Cell<u32>,
+    pub(crate) last_logic_heartbeat: Cell<u32>,
+    pub(crate) close: Cell<Option<CloseReason>>,
+    pub(crate) reading: Cell<Reading>,
+    pub(crate) flush_then_close: Cell<bool>,
+    pub websocket: bool,
+}
+
+impl Conn {
+    /// Whether key pushes and broadcasts with `op` reach this connection.
+    pub fn watches(&self, op: i32) -> bool {
+        self.watch.borrow().contains(&op)
+    }
+
+    /// Queues `frame`, or closes the connection as too slow if its queue is over `limits`.
+    pub fn push(&self, frame: Bytes, limits: QueueLimits) -> Pushed {
+        self.push_items(
+            std::iter::once(Queued {
+                bytes: frame,
+                report: None,
+            }),
+            limits,
+        )
+    }
+
+    /// Queues a live stored push of this connection's user with inbox sequence `seq`, unless
+    /// the connection already has it (`None`).
+    pub fn push_stored(&self, frame: Bytes, seq: u64, limits: QueueLimits) -> Option<Pushed> {
+        if self.close.get().is_some() {
+            return Some(Pushed::Closed);
+        }
+        if !self.delivery.take_push(seq) {
+            return None;
+        }
+        let report = self.delivery.report_for(seq, seq);
+        Some(self.push_items(
+            std::iter::once(Queued {
+                bytes: frame,
+                report,
+            }),
+            limits,
+        ))
+    }
+
+    /// Queues batches of stored messages (from [`stored_batches`]). `inbox`: they are the
+    /// user's own (counted as delivered, reported when written by a client that does not
+    /// ack); otherwise room history, never reported. The entry limit is checked once, before
+    /// the first batch: one page of stored messages never overflows a queue that had room.
+    pub fn push_stored_batches(
+        &self,
+        batches: Vec<(Bytes, u64, u64)>,
+        inbox: bool,
+        limits: QueueLimits,
+    ) {
+        if batches.is_empty() {
+            return;
+        }
+        let items = batches.into_iter().map(|(bytes, first, last)| {
+            let mut report = None;
+            if inbox {
+                self.delivery.queued(first, last);
+                report = self.delivery.report_for(first, last);
+            }
+            Queued { bytes, report }
+        });
+        self.push_items(items, limits);
+    }
+
+    /// Queues `items` unless the queue already holds `limits.entries`; a queue that was not
+    /// empty and now holds more than `limits.bytes` closes the connection as too slow.
+    fn push_items(&self, items: impl Iterator<Item = Queued>, limits: QueueLimits) -> Pushed {
+        if self.close.get().is_some() {
+            return Pushed::Closed;
+        }
+        let mut queue = self.queue.borrow_mut();
+        let was_empty = queue.is_empty();
+        if queue.len() >= limits.entries {
+            drop(queue);
+            self.close(CloseReason::Slow);
+            return Pushed::Overflow;
+        }
+        let mut bytes = self.queued_bytes.get() as usize;
+        for item in items {
+            bytes += item.bytes.len();
+            queue.push_back(item);
+        }
+        self.queued_bytes
+            .set(u32::try_from(bytes).unwrap_or(u32::MAX));
+        drop(queue);
+        if !was_empty && bytes > limits.bytes {
+            self.close(CloseReason::Slow);
+            return Pushed::Overflow;
+        }
+        self.wake_writer();
+        Pushed::Queued
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closing(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    /// Asks the connection task to close (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        if self.close.get().is_none() {
+            self.close.set(Some(reason));
+            self.queue.borrow_mut().clear();
+            self.queued_bytes.set(0);
+            self.wake_writer();
+        }
+    }
+
+    /// Whether everything queued has gone to the socket.
+    pub(crate) fn drained(&self) -> bool {
+        self.queue.borrow().is_empty() && {
+            let unsent = self.unsent.take();
+            let none = unsent.is_none();
+            self.unsent.set(unsent);
+            none
+        }
+    }
+
+    /// Entries left the queue with `bytes` bytes.
+    pub(crate) fn dequeued(&self, bytes: usize) {
+        let left = (self.queued_bytes.get() as usize).saturating_sub(bytes);
+        self.queued_bytes.set(left as u32);
+    }
+
+    /// The room this connection is in.
+    pub fn room(&self) -> Option<Rc<str>> {
+        let room = self.room.take();
+        self.room.set(room.clone());
+        room
+    }
+
+    /// Puts the connection in `room` (the shard's key for it) or none; returns the room it
+    /// was in.
+    pub fn set_room(&self, room: Option<Rc<str>>) -> Option<Rc<str>> {
+        self.room.replace(room)
+    }
+
+    /// When this connection expires without another heartbeat, as of `now_ms`; `None` if it
+    /// already has.
+    pub fn heartbeat_deadline(&self, now_ms: u64) -> Option<u64> {
+        heartbeat::deadline(now_ms, self.last_heartbeat.get(), self.heartbeat_ms)
+    }
+
+    pub(crate) fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn subscribe(&self, ops: &[i32]) {
+        let mut watch = self.watch.borrow_mut();
+        let mut grown = watch.to_vec();
+        for op in ops {
+            if !grown.contains(op) && grown.len() < MAX_WATCHED_OPS {
+                grown.push(*op);
+            }
+        }
+        if grown.len() != watch.len() {
+            *watch = grown.into_boxed_slice();
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, ops: &[i32]) {
+        let mut watch = self.watch.borrow_mut();
+        if watch.iter().any(|op| ops.contains(op)) {
+            *watch = watch
+                .iter()
+                .filter(|op| !ops.contains(op))
+                .copied()
+                .collect();
+        }
+    }
+
+    /// Whether this connection's token lets it into `room` (join it, or read its history).
+    pub fn may_enter(&self, room: &str) -> bool {
+        self.allowed_rooms
+            .as_ref()
+            .is_none_or(|rooms| rooms.iter().any(|r| r == room))
+    }
+
+    /// Counts one frame from the client against its rate (`rate` per second, `burst` at
+    /// once); false when it is over.
+    pub fn allow_upstream(&self, rate: u32, burst: u32) -> bool {
+        let mut bucket = self.upstream.get();
+        let allowed = bucket.allow(rate, burst, now_ms());
+        self.upstream.set(bucket);
+        allowed
+    }
+}
+
+/// One op-22 request of a client: what it asked for, and the header to answer with.
+pub(crate) struct SyncRequest {
+    pub(crate) ver: i16,
+    pub(crate) seq: i32,
+    pub(crate) body: Bytes,
+    /// Empty: the user's inbox.
+    pub(crate) room: String,
+    pub(crate) after: u64,
+}

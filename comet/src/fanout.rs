@@ -1,0 +1,97 @@
+//! What a shard does with the pushes it is given: to keys, to a room's members, to everyone
+//! watching an op (paced, when asked), and closing replaced connections.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use imgate_runtime::spawn_local;
+use imgate_runtime::time::sleep;
+
+use crate::conn::{Conn, Pushed};
+use crate::shard::{Shard, ShardCommand};
+use crate::stats;
+
+impl Shard {
+    fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
+        let frame = if conn.websocket { ws } else { tcp };
+        if conn.push(frame.clone(), self.queue_limits()) == Pushed::Queued {
+            stats::inc(&self.stats.frames_queued);
+        }
+    }
+
+    /// A stored push: dropped if the connection already has `seq`.
+    fn deliver_stored(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes, seq: u64) {
+        let frame = if conn.websocket { ws } else { tcp };
+        match conn.push_stored(frame.clone(), seq, self.queue_limits()) {
+            Some(Pushed::Queued) => stats::inc(&self.stats.frames_queued),
+            Some(_) => {}
+            None => stats::inc(&self.stats.push_dropped_duplicate),
+        }
+    }
+
+    /// Does what `command` asks.
+    pub(crate) fn handle(self: &Rc<Self>, command: ShardCommand) {
+        match command {
+            ShardCommand::PushKeys {
+                keys,
+                op,
+                tcp,
+                ws,
+                seq,
+                mid,
+            } => {
+                for key in &keys {
+                    match self.key_holder(key) {
+                        Some(conn) if seq > 0 && mid > 0 && conn.mid == mid => {
+                            self.deliver_stored(&conn, &tcp, &ws, seq)
+                        }
+                        Some(conn) if conn.watches(op) => self.deliver(&conn, &tcp, &ws),
+                        Some(_) => {}
+                        None => stats::inc(&self.stats.push_dropped_no_key),
+                    }
+                }
+            }
+            ShardCommand::PushRoom { room, tcp, ws } => {
+                for conn in self.room_members(&room) {
+                    self.deliver(&conn, &tcp, &ws);
+                }
+            }
+            ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
+            ShardCommand::CloseReplaced { conn_id } => self.close_replaced_here(conn_id),
+            ShardCommand::Shutdown => {}
+        }
+    }
+
+    fn broadcast(self: &Rc<Self>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
+        if speed == 0 {
+            for conn in &self.watchers(op) {
+                self.deliver(conn, &tcp, &ws);
+            }
+            return;
+        }
+        // Paced: about `speed` connections per second, in chunks of a twentieth of that. The
+        // task keeps ids, not connections: a connection that closes meanwhile is forgotten at
+        // once instead of being kept alive until the broadcast ends.
+        let targets = self.watcher_ids(op);
+        let shard = self.clone();
+        let chunk = (speed as usize / 20).max(1);
+        let pause = Duration::from_secs_f64(chunk as f64 / speed as f64);
+        spawn_local(async move {
+            for (i, part) in targets.chunks(chunk).enumerate() {
+                if i > 0 {
+                    sleep(pause).await;
+                }
+                if shard.is_stopping() {
+                    return;
+                }
+                for id in part {
+                    if let Some(conn) = shard.conn(*id) {
+                        shard.deliver(&conn, &tcp, &ws);
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+}

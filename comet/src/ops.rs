@@ -1,0 +1,239 @@
+//! What a connection does with each frame its client sends once authenticated: heartbeats,
+//! room changes, op subscriptions, acknowledgements, syncs, and upstream ops for the business.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use imgate_runtime::spawn_local;
+use imgate_shared::frame::{op, Header};
+use imgate_shared::link::{Body, Heartbeat, InboxAck, Upstream};
+use imgate_shared::ws::opcode;
+
+use crate::conn::{CloseReason, Conn, SyncRequest};
+use crate::heartbeat::{clock_ms, stamp};
+use crate::outbound::{reply, ws_control};
+use crate::reassembly::{Event, Flow};
+use crate::shard::Shard;
+use crate::stats;
+use crate::sync::serve_syncs;
+
+/// Op-22 requests one connection may have waiting behind the one being served; more are
+/// answered at once with an empty reply and counted.
+const MAX_WAITING_SYNCS: usize = 8;
+
+/// Parses an OpSub/OpUnsub body: comma-separated decimal int32 ops. Any invalid item voids
+/// the whole list (goim).
+pub(crate) fn parse_ops(body: &[u8]) -> Option<Vec<i32>> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split(',')
+        .map(|item| item.trim().parse::<i32>().ok())
+        .collect()
+}
+
+/// A decimal u64, surrounding ASCII whitespace allowed (no sign).
+fn parse_seq(text: &str) -> Option<u64> {
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Parses an OpAck body: the decimal seq the client has processed everything up to.
+pub(crate) fn parse_ack(body: &[u8]) -> Option<u64> {
+    parse_seq(std::str::from_utf8(body).ok()?)
+}
+
+/// Parses an OpSync body: `<after>` (the user's inbox, room `""`) or `<room> <after>`.
+pub(crate) fn parse_sync(body: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(body)
+        .ok()?
+        .trim_matches(|c: char| c.is_ascii_whitespace());
+    match text.rsplit_once(' ') {
+        None => Some(("", parse_seq(text)?)),
+        Some((room, after)) => {
+            let room = room.trim_matches(|c: char| c.is_ascii_whitespace());
+            if room.is_empty() {
+                return None;
+            }
+            Some((room, parse_seq(after)?))
+        }
+    }
+}
+
+pub(crate) fn on_event(shard: &Rc<Shard>, conn: &Rc<Conn>, event: Event<'_>) -> Flow {
+    if !conn.allow_upstream(
+        shard.comet.config.upstream_rate,
+        shard.comet.config.upstream_burst,
+    ) {
+        conn.close(CloseReason::RateLimited);
+        return Flow::Stop;
+    }
+    match event {
+        Event::Frame(header, body) => {
+            if let Some(answer) = on_frame(shard, conn, header, body) {
+                shard.reply(conn, answer);
+            }
+            Flow::Continue
+        }
+        Event::Ping(payload) => {
+            shard.reply(conn, ws_control(opcode::PONG, payload));
+            Flow::Continue
+        }
+        Event::Close(payload) => {
+            let code = payload.get(..2).unwrap_or(&[]);
+            shard.reply(conn, ws_control(opcode::CLOSE, code));
+            Flow::Stop
+        }
+        Event::Partial => Flow::Continue,
+    }
+}
+
+/// Handles one client frame; returns the reply to queue now (a SYNC queues its own later).
+fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Option<Bytes> {
+    let ws = conn.websocket;
+    let answer = match h.op {
+        op::HEARTBEAT => {
+            let now = stamp(clock_ms());
+            conn.last_heartbeat.set(now);
+            if now.wrapping_sub(conn.last_logic_heartbeat.get()) >= conn.heartbeat_ms {
+                conn.last_logic_heartbeat.set(now);
+                shard.logic.notify(Body::Heartbeat(Heartbeat {
+                    conn: shard.conn_ref(conn),
+                    mid: conn.mid,
+                    key: conn.key.to_string(),
+                }));
+            }
+            let online = conn
+                .room()
+                .as_deref()
+                .map_or(0, |room| shard.room_online(room));
+            let online = online.min(i32::MAX as u32) as i32;
+            reply(ws, h.ver, op::HEARTBEAT_REPLY, h.seq, &online.to_be_bytes())
+        }
+        op::CHANGE_ROOM => {
+            let room = String::from_utf8_lossy(body);
+            if !room.is_empty() && !conn.may_enter(&room) {
+                // Refused: the connection stays where it is; the empty reply says so.
+                stats::inc(&shard.stats.room_refused);
+                return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
+            }
+            shard.change_room(conn, &room);
+            reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, body)
+        }
+        op::SUB => {
+            if let Some(ops) = parse_ops(body) {
+                conn.subscribe(&ops);
+            }
+            reply(ws, h.ver, op::SUB_REPLY, h.seq, body)
+        }
+        op::UNSUB => {
+            if let Some(ops) = parse_ops(body) {
+                conn.unsubscribe(&ops);
+            }
+            reply(ws, h.ver, op::UNSUB_REPLY, h.seq, body)
+        }
+        op::ACK => {
+            // A body that is not a decimal seq is answered but acknowledges nothing.
+            if let Some(seq) = parse_ack(body).filter(|_| conn.mid > 0) {
+                shard.logic.notify(Body::InboxAck(InboxAck {
+                    conn: shard.conn_ref(conn),
+                    mid: conn.mid,
+                    seq,
+                }));
+            }
+            reply(ws, h.ver, op::ACK_REPLY, h.seq, body)
+        }
+        op::SYNC => match parse_sync(body) {
+            None => reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[]),
+            // No user, no inbox: nothing to resend.
+            Some(("", _)) if conn.mid <= 0 => reply(ws, h.ver, op::SYNC_REPLY, h.seq, body),
+            // A room's history is read under the same rule as entering the room.
+            Some((room, _)) if !room.is_empty() && !conn.may_enter(room) => {
+                stats::inc(&shard.stats.room_refused);
+                reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[])
+            }
+            Some((room, after)) => {
+                let request = SyncRequest {
+                    ver: h.ver,
+                    seq: h.seq,
+                    body: Bytes::copy_from_slice(body),
+                    room: room.to_string(),
+                    after,
+                };
+                match shard.enqueue_sync(conn.id, request, MAX_WAITING_SYNCS) {
+                    Ok(Some(first)) => {
+                        spawn_local(serve_syncs(shard.clone(), conn.clone(), first)).detach();
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        // Too many waiting: the client asks faster than it takes answers in.
+                        stats::inc(&shard.stats.sync_refused);
+                        return Some(reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[]));
+                    }
+                }
+                return None;
+            }
+        },
+        other => {
+            shard.logic.notify(Body::Upstream(Upstream {
+                conn: shard.conn_ref(conn),
+                mid: conn.mid,
+                key: conn.key.to_string(),
+                op: other,
+                seq: h.seq,
+                body: Bytes::copy_from_slice(body),
+            }));
+            reply(ws, h.ver, other, h.seq, &[])
+        }
+    };
+    Some(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_lists() {
+        assert_eq!(parse_ops(b"1000,1001"), Some(vec![1000, 1001]));
+        assert_eq!(parse_ops(b"-5"), Some(vec![-5]));
+        assert_eq!(parse_ops(b"1000,x"), None);
+        assert_eq!(parse_ops(b""), None);
+        assert_eq!(parse_ops(b"2147483648"), None);
+        assert_eq!(parse_ops(&[0xff]), None);
+    }
+
+    #[test]
+    fn ack_and_sync_bodies() {
+        assert_eq!(parse_ack(b"42"), Some(42));
+        assert_eq!(parse_ack(b" 7\n"), Some(7));
+        assert_eq!(parse_ack(b"0"), Some(0));
+        assert_eq!(parse_ack(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"-1",
+            b"+1",
+            b"1 2",
+            b"x",
+            &[0xff],
+        ] {
+            assert_eq!(parse_ack(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_sync(b"5"), Some(("", 5)));
+        assert_eq!(parse_sync(b"live://1 12"), Some(("live://1", 12)));
+        assert_eq!(parse_sync(b" live://1  0 "), Some(("live://1", 0)));
+        assert_eq!(parse_sync(b"my room 3"), Some(("my room", 3)));
+        for bad in [
+            &b""[..],
+            b"room",
+            b"room x",
+            b" 5x",
+            b"room -1",
+            &[0xff, b' ', b'1'],
+        ] {
+            assert_eq!(parse_sync(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! A shard thread's life: its listeners' accept loops, its link listener, its connection to
+//! logic, the online reports and heartbeat expiry, the inbox loop, and the orderly shutdown.
+
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imgate_runtime::net::Socket as ClientSocket;
+use imgate_runtime::time::sleep;
+use imgate_runtime::{spawn_local, LoopStats, Task};
+use imgate_shared::link::Body;
+
+use crate::conn::CloseReason;
+use crate::connection;
+use crate::heartbeat::{self, clock_ms};
+use crate::link;
+use crate::shard::{Listen, Shard, ShardCommand, ShardSetup, COMMANDS_PER_TURN};
+
+/// The body of a shard thread: runs until a `Shutdown` command arrives.
+pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
+    let ShardSetup {
+        index,
+        comet,
+        stats,
+        inbox,
+        clients,
+        link: link_socket,
+        ready,
+    } = setup;
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let shard = Rc::new(Shard::new(index, comet, stats, stop_rx, loop_stats));
+
+    let mut listeners: Vec<Task<()>> = Vec::new();
+    for (socket, listen) in clients {
+        let listener = match ClientSocket::new(OwnedFd::from(socket)) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = ready.send(Err(format!("listening socket: {e}")));
+                return;
+            }
+        };
+        listeners.push(spawn_local(accept_clients(shard.clone(), listener, listen)));
+    }
+    let link_listener = match ClientSocket::new(OwnedFd::from(link_socket)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(format!("link listening socket: {e}")));
+            return;
+        }
+    };
+    listeners.push(spawn_local(link::accept_links(
+        shard.clone(),
+        link_listener,
+    )));
+    let logic_task = spawn_local(shard.logic.clone().run(
+        shard.comet.config.logic_addrs.clone(),
+        shard.read_scratch.clone(),
+    ));
+    let renew_task = spawn_local(renew_online(shard.clone()));
+    let heartbeat_task = spawn_local(expire_heartbeats(shard.clone()));
+    let _ = ready.send(Ok(()));
+
+    let mut handled = 0u32;
+    while let Ok(command) = inbox.recv().await {
+        if let ShardCommand::Shutdown = command {
+            break;
+        }
+        shard.handle(command);
+        // Let the connections' writers run between bursts: a full inbox handled in one go
+        // would queue more than `send_queue` pushes to a busy connection before its writer
+        // got a turn, and close it as slow although it reads everything.
+        handled += 1;
+        if handled == COMMANDS_PER_TURN {
+            handled = 0;
+            futures_lite::future::yield_now().await;
+        }
+    }
+
+    // Shutdown: stop accepting (cancelling an accept loop drops, and so closes, its listening
+    // socket at once), close every connection, give logic a moment to hear about it.
+    shard.set_stopping();
+    drop(stop_tx);
+    for task in listeners {
+        task.cancel().await;
+    }
+    for conn in shard.open_conns() {
+        conn.close(CloseReason::Shutdown);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while shard.conn_count() > 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while shard.logic.has_queued() && Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    renew_task.cancel().await;
+    heartbeat_task.cancel().await;
+    logic_task.cancel().await;
+}
+
+async fn accept_clients(shard: Rc<Shard>, listener: ClientSocket, listen: Listen) {
+    loop {
+        match listener.accept().await {
+            Ok((fd, peer)) => match ClientSocket::new(fd) {
+                Ok(socket) => {
+                    let accepted = Box::new((socket, peer));
+                    spawn_local(connection::serve(shard.clone(), accepted, listen)).detach();
+                }
+                Err(e) => tracing::warn!(shard = shard.index, "cannot watch a client socket: {e}"),
+            },
+            Err(_) if shard.is_stopping() => return,
+            Err(e) => {
+                tracing::warn!(shard = shard.index, "accept failed: {e}");
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Reports this shard to logic right away (retrying quickly until the registry has it), then
+/// every `online_interval`, and keeps the cluster-wide room counts of the reply.
+async fn renew_online(shard: Rc<Shard>) {
+    let config = &shard.comet.config;
+    loop {
+        let report = shard.online_report();
+        let ok = match shard
+            .logic
+            .request(Body::RenewOnline(report), config.logic_timeout)
+            .await
+        {
+            Ok(Body::RenewOnlineReply(reply)) => {
+                shard.set_cluster_rooms(reply.rooms.into_iter().collect());
+                true
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(shard = shard.index, "online report failed: {e}");
+                false
+            }
+        };
+        let wait = if ok {
+            config.online_interval
+        } else {
+            Duration::from_millis(100)
+        };
+        sleep(wait).await;
+    }
+}
+
+/// Closes the connections whose heartbeat expired, looking at the wheel once a tick, and
+/// records how late each tick ran (the shard's lag, reported to logic).
+async fn expire_heartbeats(shard: Rc<Shard>) {
+    let tick = Duration::from_millis(heartbeat::TICK_MS);
+    loop {
+        let asleep = Instant::now();
+        sleep(tick).await;
+        shard.record_tick_lag(asleep.elapsed().saturating_sub(tick));
+        shard.expire_heartbeats(clock_ms());
+    }
+}

@@ -1,0 +1,209 @@
+//! The writing side of a connection: what is queued goes to the socket, coalesced into one
+//! write through the shard's scratch buffer.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes};
+use imgate_shared::link::{Body, InboxAck};
+
+use crate::conn::{CloseReason, Conn, Queued, Unsent};
+use crate::shard::{Shard, SCRATCH_SIZE};
+use crate::socket_io::{poll_flush, poll_write};
+
+/// Moves queued entries into `scratch` until the next one would pass `limit` (at least one
+/// entry is taken). Returns the stored sequences the taken entries report.
+fn fill_batch(
+    queue: &mut VecDeque<Queued>,
+    scratch: &mut Vec<u8>,
+    limit: usize,
+) -> Vec<(u64, u64)> {
+    let mut report = Vec::new();
+    while let Some(front) = queue.front() {
+        if !scratch.is_empty() && scratch.len() + front.bytes.len() > limit {
+            break;
+        }
+        scratch.extend_from_slice(&front.bytes);
+        report.extend(front.report);
+        queue.pop_front();
+    }
+    report
+}
+
+/// Bytes carrying these stored sequences reached the socket: tell logic how far the written
+/// messages now go without a gap (one notice per completed write at most).
+fn written(shard: &Shard, conn: &Conn, report: &[(u64, u64)]) {
+    if report.is_empty() {
+        return;
+    }
+    if let Some(seq) = conn.delivery.written(report) {
+        shard.logic.notify(Body::InboxAck(InboxAck {
+            conn: shard.conn_ref(conn),
+            mid: conn.mid,
+            seq,
+        }));
+    }
+}
+
+/// Drains the queue, coalescing queued frames into one write through the shard's scratch
+/// buffer. Only bytes a full socket did not take are copied into a connection-owned buffer,
+/// and a drained queue gives its buffer back, so an idle connection holds none.
+pub(crate) fn poll_write_side(
+    shard: &Shard,
+    conn: &Conn,
+    cx: &mut Context<'_>,
+) -> Poll<CloseReason> {
+    let stream = &conn.stream;
+    loop {
+        if let Some(reason) = conn.close.get() {
+            return Poll::Ready(reason);
+        }
+        if let Some(mut pending) = conn.unsent.take() {
+            match poll_write(stream, cx, &pending.bytes) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Io),
+                Poll::Ready(Ok(n)) => {
+                    pending.bytes.advance(n);
+                    if pending.bytes.is_empty() {
+                        written(shard, conn, &pending.report);
+                    } else {
+                        conn.unsent.set(Some(pending));
+                    }
+                    continue;
+                }
+                Poll::Pending => {
+                    conn.unsent.set(Some(pending));
+                    register(&conn.writer, cx.waker());
+                    return Poll::Pending;
+                }
+            }
+        }
+        let mut queue = conn.queue.borrow_mut();
+        match queue.len() {
+            0 => {
+                if queue.capacity() > 0 {
+                    *queue = VecDeque::new();
+                }
+                drop(queue);
+                if conn.awaits_drain.take() {
+                    shard.drained(conn.id);
+                }
+                match poll_flush(stream, cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Io),
+                    Poll::Pending => {
+                        register(&conn.writer, cx.waker());
+                        return Poll::Pending;
+                    }
+                }
+                if conn.flush_then_close.get() {
+                    return Poll::Ready(CloseReason::Quiet);
+                }
+                register(&conn.writer, cx.waker());
+                return Poll::Pending;
+            }
+            1 => {
+                let Some(item) = queue.pop_front() else {
+                    continue;
+                };
+                drop(queue);
+                conn.dequeued(item.bytes.len());
+                let Queued { mut bytes, report } = item;
+                match poll_write(stream, cx, &bytes) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(CloseReason::Io)
+                    }
+                    Poll::Ready(Ok(n)) if n == bytes.len() => {
+                        written(shard, conn, report.as_slice());
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        bytes.advance(n);
+                        conn.unsent.set(Some(Box::new(Unsent {
+                            bytes,
+                            report: report.into_iter().collect(),
+                        })));
+                    }
+                    Poll::Pending => {
+                        conn.unsent.set(Some(Box::new(Unsent {
+                            bytes,
+                            report: report.into_iter().collect(),
+                        })));
+                        register(&conn.writer, cx.waker());
+                        return Poll::Pending;
+                    }
+                }
+            }
+            _ => {
+                let mut scratch = shard.write_scratch.borrow_mut();
+                scratch.clear();
+                let report = fill_batch(&mut queue, &mut scratch, SCRATCH_SIZE);
+                drop(queue);
+                conn.dequeued(scratch.len());
+                match poll_write(stream, cx, &scratch) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(CloseReason::Io)
+                    }
+                    Poll::Ready(Ok(n)) if n == scratch.len() => written(shard, conn, &report),
+                    Poll::Ready(Ok(n)) => {
+                        conn.unsent.set(Some(Box::new(Unsent {
+                            bytes: Bytes::copy_from_slice(&scratch[n..]),
+                            report,
+                        })));
+                    }
+                    Poll::Pending => {
+                        conn.unsent.set(Some(Box::new(Unsent {
+                            bytes: Bytes::copy_from_slice(&scratch),
+                            report,
+                        })));
+                        register(&conn.writer, cx.waker());
+                        return Poll::Pending;
+                    }
+                }
+                if scratch.capacity() > SCRATCH_SIZE * 2 {
+                    *scratch = Vec::with_capacity(SCRATCH_SIZE);
+                }
+            }
+        }
+    }
+}
+
+fn register(slot: &Cell<Option<Waker>>, waker: &Waker) {
+    let kept = match slot.take() {
+        Some(w) if w.will_wake(waker) => w,
+        _ => waker.clone(),
+    };
+    slot.set(Some(kept));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reports_the_sequences_of_the_entries_it_took() {
+        let item = |len: usize, report: Option<(u64, u64)>| Queued {
+            bytes: Bytes::from(vec![0u8; len]),
+            report,
+        };
+        let mut queue: VecDeque<Queued> = [
+            item(10, None),
+            item(10, Some((4, 4))),
+            item(10, None),
+            item(10, Some((5, 7))),
+            item(10, None),
+        ]
+        .into();
+        let mut scratch = Vec::new();
+        // Only the entries that fit are taken, and only their sequences count.
+        assert_eq!(fill_batch(&mut queue, &mut scratch, 25), vec![(4, 4)]);
+        assert_eq!((scratch.len(), queue.len()), (20, 3));
+        scratch.clear();
+        assert_eq!(fill_batch(&mut queue, &mut scratch, 100), vec![(5, 7)]);
+        assert!(queue.is_empty());
+        // One oversized entry is still taken alone.
+        let mut queue: VecDeque<Queued> = [item(50, Some((2, 2))), item(1, Some((3, 3)))].into();
+        scratch.clear();
+        assert_eq!(fill_batch(&mut queue, &mut scratch, 25), vec![(2, 2)]);
+        assert_eq!(queue.len(), 1);
+    }
+}
