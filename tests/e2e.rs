@@ -492,3 +492,61 @@ fn the_node_list_advertises_the_ports_the_comet_listens_on() {
     );
     g.shutdown();
 }
+
+/// comet counts its own socket writes and the bytes they sent (what the benchmarks divide its
+/// CPU by): every byte clients read was counted once, and a room push to idle members is
+/// written by the fan-out itself.
+#[test]
+fn comet_counts_every_byte_it_writes_and_fans_out_inline() {
+    use std::io::{Read, Write};
+    let g = gateway();
+    let mut raw: Vec<std::net::TcpStream> = (0..4)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(g.tcp_addr()).unwrap();
+            s.set_read_timeout(Some(5 * SECOND)).unwrap();
+            let auth = auth_body(0, &format!("w{i}"), "live://w", &[]);
+            s.write_all(&frame::encode(1, op::AUTH, 1, auth.as_bytes()))
+                .unwrap();
+            let mut reply = [0u8; 16];
+            s.read_exact(&mut reply).unwrap();
+            assert_eq!(&reply[8..12], &op::AUTH_REPLY.to_be_bytes());
+            s
+        })
+        .collect();
+    eventually(5 * SECOND, "every client registered", || {
+        g.comet().stats().connections == 4
+    });
+    let bodies = ["a", "bb", "ccc", "dddd", "eeeee"];
+    for body in bodies {
+        push(
+            g.http_addr(),
+            "/goim/push/room?operation=1000&type=live&room=w",
+            body,
+        );
+        // One at a time, so each is its own room batch and its own write.
+        for s in &mut raw {
+            let mut frame = vec![0u8; 16 + body.len()];
+            s.read_exact(&mut frame).unwrap();
+            assert_eq!(&frame[16..], body.as_bytes());
+        }
+    }
+    let per_client: usize = 16 + bodies.iter().map(|b| 16 + b.len()).sum::<usize>();
+    // A write is counted just after the syscall that a client may already have read from.
+    eventually(5 * SECOND, "every byte counted", || {
+        g.comet().stats().bytes_sent == (4 * per_client) as u64
+    });
+    let stats = g.comet().stats();
+    assert_eq!(stats.bytes_sent, (4 * per_client) as u64, "counted once");
+    // The auth replies and the pushes: at most one write each, at least one per client.
+    assert!(
+        (4..=4 * 6).contains(&stats.writes),
+        "writes {}",
+        stats.writes
+    );
+    assert!(
+        stats.frames_written_at_once >= 4,
+        "written at once: {}",
+        stats.frames_written_at_once
+    );
+    g.shutdown();
+}

@@ -46,6 +46,8 @@ pub(crate) enum CloseReason {
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
+    /// Written to the socket at once, whole.
+    Written,
     Queued,
     /// The connection is already closing; nothing queued.
     Closed,
@@ -159,23 +161,14 @@ impl Conn {
         )
     }
 
-    /// Queues a live stored push of this connection's user with inbox sequence `seq`, unless
-    /// the connection already has it (`None`).
-    pub fn push_stored(&self, frame: Bytes, seq: u64, limits: QueueLimits) -> Option<Pushed> {
-        if self.close.get().is_some() {
-            return Some(Pushed::Closed);
-        }
+    /// Takes a live stored push of this connection's user with inbox sequence `seq`: `None`
+    /// when the connection already has it, else the sequences the push reports once written
+    /// (for a client that does not ack).
+    pub fn claim_stored(&self, seq: u64) -> Option<Option<(u64, u64)>> {
         if !self.delivery.take_push(seq) {
             return None;
         }
-        let report = self.delivery.report_for(seq, seq);
-        Some(self.push_items(
-            std::iter::once(Queued {
-                bytes: frame,
-                report,
-            }),
-            limits,
-        ))
+        Some(self.delivery.report_for(seq, seq))
     }
 
     /// Queues batches of stored messages (from [`stored_batches`]). `inbox`: they are the
@@ -204,7 +197,11 @@ impl Conn {
 
     /// Queues `items` unless the queue already holds `limits.entries`; a queue that was not
     /// empty and now holds more than `limits.bytes` closes the connection as too slow.
-    fn push_items(&self, items: impl Iterator<Item = Queued>, limits: QueueLimits) -> Pushed {
+    pub(crate) fn push_items(
+        &self,
+        items: impl Iterator<Item = Queued>,
+        limits: QueueLimits,
+    ) -> Pushed {
         if self.close.get().is_some() {
             return Pushed::Closed;
         }
@@ -254,6 +251,11 @@ impl Conn {
             self.unsent.set(unsent);
             none
         }
+    }
+
+    /// Whether nothing waits to be written: a new frame may go to the socket at once.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.drained()
     }
 
     /// Entries left the queue with `bytes` bytes.

@@ -11,22 +11,34 @@ use imgate_runtime::time::sleep;
 use crate::conn::{Conn, Pushed};
 use crate::shard::{Shard, ShardCommand};
 use crate::stats;
+use crate::writer::write_or_queue;
 
 impl Shard {
     fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
         let frame = if conn.websocket { ws } else { tcp };
-        if conn.push(frame.clone(), self.queue_limits()) == Pushed::Queued {
-            stats::inc(&self.stats.frames_queued);
-        }
+        self.count_delivery(write_or_queue(self, conn, frame, None));
     }
 
     /// A stored push: dropped if the connection already has `seq`.
     fn deliver_stored(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes, seq: u64) {
+        if conn.is_closing() {
+            return;
+        }
         let frame = if conn.websocket { ws } else { tcp };
-        match conn.push_stored(frame.clone(), seq, self.queue_limits()) {
-            Some(Pushed::Queued) => stats::inc(&self.stats.frames_queued),
-            Some(_) => {}
+        match conn.claim_stored(seq) {
+            Some(report) => self.count_delivery(write_or_queue(self, conn, frame, report)),
             None => stats::inc(&self.stats.push_dropped_duplicate),
+        }
+    }
+
+    fn count_delivery(&self, pushed: Pushed) {
+        match pushed {
+            Pushed::Written => {
+                stats::inc(&self.stats.frames_queued);
+                stats::inc(&self.stats.frames_written_at_once);
+            }
+            Pushed::Queued => stats::inc(&self.stats.frames_queued),
+            Pushed::Closed | Pushed::Overflow => {}
         }
     }
 

@@ -21,8 +21,13 @@ pub struct Stats {
     pub heartbeat_expired: u64,
     /// Connections closed because a newer connection authenticated with the same key.
     pub kicked_duplicate: u64,
-    /// Pushes queued to connections.
+    /// Pushes handed to connections (written at once or queued).
     pub frames_queued: u64,
+    /// Of those, pushes a fan-out wrote to the socket at once, whole.
+    pub frames_written_at_once: u64,
+    /// Socket writes to clients that sent bytes, and the bytes they sent.
+    pub writes: u64,
+    pub bytes_sent: u64,
     /// Key pushes whose key has no connection on the target shard.
     pub push_dropped_no_key: u64,
     /// Stored key pushes not queued because the connection already had them (its connect
@@ -58,6 +63,9 @@ pub(crate) struct ShardStats {
     pub heartbeat_expired: AtomicU64,
     pub kicked_duplicate: AtomicU64,
     pub frames_queued: AtomicU64,
+    pub frames_written_at_once: AtomicU64,
+    pub writes: AtomicU64,
+    pub bytes_sent: AtomicU64,
     pub push_dropped_no_key: AtomicU64,
     pub push_dropped_duplicate: AtomicU64,
     pub room_refused: AtomicU64,
@@ -72,6 +80,11 @@ pub(crate) struct ShardStats {
 /// Adds one to a counter.
 pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Subtracts one from a gauge.
@@ -92,6 +105,9 @@ impl ShardStats {
         total.heartbeat_expired += get(&self.heartbeat_expired);
         total.kicked_duplicate += get(&self.kicked_duplicate);
         total.frames_queued += get(&self.frames_queued);
+        total.frames_written_at_once += get(&self.frames_written_at_once);
+        total.writes += get(&self.writes);
+        total.bytes_sent += get(&self.bytes_sent);
         total.push_dropped_no_key += get(&self.push_dropped_no_key);
         total.push_dropped_duplicate += get(&self.push_dropped_duplicate);
         total.room_refused += get(&self.room_refused);

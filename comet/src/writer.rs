@@ -8,9 +8,69 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes};
 use imgate_shared::link::{Body, InboxAck};
 
-use crate::conn::{CloseReason, Conn, Queued, Unsent};
+use crate::conn::{CloseReason, Conn, Pushed, Queued, Unsent};
 use crate::shard::{Shard, SCRATCH_SIZE};
 use crate::socket_io::{poll_flush, poll_write};
+use crate::stats;
+use crate::stream::ClientStream;
+
+/// Hands `frame` to `conn` from a fan-out loop: written to the socket at once when nothing is
+/// queued before it and the socket takes it (no task wake-up, no queue entry, no reference
+/// count touched), queued for the connection's writer otherwise. `report`: the stored
+/// sequences the frame carries, reported once written (a client that does not ack).
+pub(crate) fn write_or_queue(
+    shard: &Shard,
+    conn: &Conn,
+    frame: &Bytes,
+    report: Option<(u64, u64)>,
+) -> Pushed {
+    if conn.is_closing() {
+        return Pushed::Closed;
+    }
+    if conn.is_idle() {
+        let attempt = match &*conn.stream.borrow() {
+            ClientStream::Plain(socket) => Some(socket.try_write(frame)),
+            // TLS needs its records flushed by the writer.
+            _ => None,
+        };
+        match attempt {
+            Some(Ok(Some(n))) => {
+                count_write(shard, n);
+                if n == frame.len() {
+                    if let Some(report) = report {
+                        written(shard, conn, &[report]);
+                    }
+                    return Pushed::Written;
+                }
+                conn.unsent.set(Some(Box::new(Unsent {
+                    bytes: frame.slice(n..),
+                    report: report.into_iter().collect(),
+                })));
+                conn.wake_writer();
+                return Pushed::Queued;
+            }
+            Some(Err(_)) => {
+                conn.close(CloseReason::Io);
+                return Pushed::Closed;
+            }
+            // Would block, or TLS: the writer takes it from the queue.
+            Some(Ok(None)) | None => {}
+        }
+    }
+    conn.push_items(
+        std::iter::once(Queued {
+            bytes: frame.clone(),
+            report,
+        }),
+        shard.queue_limits(),
+    )
+}
+
+/// One socket write of `bytes` bytes to a client.
+fn count_write(shard: &Shard, bytes: usize) {
+    stats::inc(&shard.stats.writes);
+    stats::add(&shard.stats.bytes_sent, bytes as u64);
+}
 
 /// Moves queued entries into `scratch` until the next one would pass `limit` (at least one
 /// entry is taken). Returns the stored sequences the taken entries report.
@@ -63,6 +123,7 @@ pub(crate) fn poll_write_side(
             match poll_write(stream, cx, &pending.bytes) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Io),
                 Poll::Ready(Ok(n)) => {
+                    count_write(shard, n);
                     pending.bytes.advance(n);
                     if pending.bytes.is_empty() {
                         written(shard, conn, &pending.report);
@@ -114,9 +175,11 @@ pub(crate) fn poll_write_side(
                         return Poll::Ready(CloseReason::Io)
                     }
                     Poll::Ready(Ok(n)) if n == bytes.len() => {
+                        count_write(shard, n);
                         written(shard, conn, report.as_slice());
                     }
                     Poll::Ready(Ok(n)) => {
+                        count_write(shard, n);
                         bytes.advance(n);
                         conn.unsent.set(Some(Box::new(Unsent {
                             bytes,
@@ -143,8 +206,12 @@ pub(crate) fn poll_write_side(
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(CloseReason::Io)
                     }
-                    Poll::Ready(Ok(n)) if n == scratch.len() => written(shard, conn, &report),
+                    Poll::Ready(Ok(n)) if n == scratch.len() => {
+                        count_write(shard, n);
+                        written(shard, conn, &report)
+                    }
                     Poll::Ready(Ok(n)) => {
+                        count_write(shard, n);
                         conn.unsent.set(Some(Box::new(Unsent {
                             bytes: Bytes::copy_from_slice(&scratch[n..]),
                             report,
