@@ -71,7 +71,8 @@ impl Shard {
             }
             ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
             ShardCommand::CloseReplaced { conn_id } => self.close_replaced_here(conn_id),
-            ShardCommand::Shutdown => {}
+            // The shard's run loop takes these itself.
+            ShardCommand::AdoptLink { .. } | ShardCommand::Shutdown => {}
         }
     }
 

@@ -1,7 +1,18 @@
-//! The cluster-link server where job delivers pushes. Each push is encoded once into its TCP
-//! and WebSocket variants and handed to the shards that need it; nothing is answered.
+//! The cluster-link server where job delivers pushes; nothing is answered.
+//!
+//! Job opens one link per comet shard and names the shard in its first message
+//! (`LinkHello`). The kernel hands the connection to whichever shard's listener it picks; if
+//! that is not the shard named, it passes the socket to that shard's inbox: one hand-off per
+//! link, never per push. Each shard then reads its own link, decodes its pushes into its own
+//! memory, makes their WebSocket variant once and fans them out itself, so no shard does
+//! per-push or per-member work for another.
+//!
+//! A link that does not start with a hello (an older job, a hand-written tool) is served as
+//! before: each push is split over the shards' inboxes.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,6 +27,9 @@ use crate::outbound::ws_variant;
 use crate::shard::{Shard, ShardCommand};
 use crate::socket_io::read_with;
 use crate::stats;
+
+/// Pushes a shard handles from its link before it lets its other tasks run.
+const PUSHES_PER_TURN: u32 = 32;
 
 /// Accepts link connections on one shard's socket until the task is dropped.
 pub(crate) async fn accept_links(shard: Rc<Shard>, listener: Socket) {
@@ -37,10 +51,41 @@ pub(crate) async fn accept_links(shard: Rc<Shard>, listener: Socket) {
     }
 }
 
-async fn serve_link(shard: Rc<Shard>, stream: Socket, peer: Option<std::net::SocketAddr>) {
+/// How a link's pushes reach the connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The link is this shard's: it handles the pushes itself.
+    Own,
+    /// A link without a hello: every push is split over the shards' inboxes.
+    Split,
+}
+
+async fn serve_link(shard: Rc<Shard>, stream: Socket, peer: Option<SocketAddr>) {
     let _ = stream.set_nodelay();
+    until_stopped(&shard, peer, open_link(&shard, stream, peer)).await;
+}
+
+/// Serves a link another shard accepted and passed on (with what it had read past the hello).
+pub(crate) async fn serve_adopted(
+    shard: Rc<Shard>,
+    fd: OwnedFd,
+    buffered: BytesMut,
+    peer: Option<SocketAddr>,
+) {
+    let served = async {
+        let stream = Socket::new(fd).map_err(|e| format!("cannot watch the link: {e}"))?;
+        read_pushes(&shard, &RefCell::new(stream), buffered, Route::Own).await
+    };
+    until_stopped(&shard, peer, served).await;
+}
+
+async fn until_stopped(
+    shard: &Shard,
+    peer: Option<SocketAddr>,
+    served: impl std::future::Future<Output = Result<(), String>>,
+) {
     let stop = shard.stop.clone();
-    let outcome = future::or(read_pushes(&shard, stream), async {
+    let outcome = future::or(served, async {
         let _ = stop.recv().await;
         Ok(())
     })
@@ -50,66 +95,183 @@ async fn serve_link(shard: Rc<Shard>, stream: Socket, peer: Option<std::net::Soc
     }
 }
 
-async fn read_pushes(shard: &Shard, stream: Socket) -> Result<(), String> {
+/// Reads the link's first message and serves the link here, passes it to the shard it names,
+/// or serves it the old way.
+async fn open_link(
+    shard: &Rc<Shard>,
+    stream: Socket,
+    peer: Option<SocketAddr>,
+) -> Result<(), String> {
     let stream = RefCell::new(stream);
     let mut buf = BytesMut::new();
-    loop {
-        match read_with(&stream, &shard.read_scratch, |data| {
-            buf.extend_from_slice(data)
-        })
-        .await
-        {
-            Ok(Some(())) => {}
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("read error: {e}")),
+    let first = loop {
+        match link::decode_frame(&mut buf) {
+            Ok(Some(envelope)) => break envelope,
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
         }
+        if !read_more(shard, &stream, &mut buf).await? {
+            return Ok(());
+        }
+    };
+    match first.body {
+        Some(Body::LinkHello(hello)) if hello.shard == shard.index => {
+            read_pushes(shard, &stream, buf, Route::Own).await
+        }
+        Some(Body::LinkHello(hello)) => {
+            let inboxes = &shard.comet.inboxes;
+            let Some(inbox) = inboxes.get(hello.shard as usize) else {
+                return Err(format!(
+                    "a link for shard {} but this comet has {}",
+                    hello.shard,
+                    inboxes.len()
+                ));
+            };
+            let fd = stream
+                .into_inner()
+                .into_fd()
+                .map_err(|e| format!("cannot pass the link on: {e}"))?;
+            let _ = inbox
+                .send(ShardCommand::AdoptLink {
+                    fd,
+                    buffered: buf,
+                    peer,
+                })
+                .await;
+            Ok(())
+        }
+        _ => {
+            split(shard, first).await;
+            read_pushes(shard, &stream, buf, Route::Split).await
+        }
+    }
+}
+
+/// Reads more link bytes into `buf`; false at the end of the stream.
+async fn read_more(
+    shard: &Shard,
+    stream: &RefCell<Socket>,
+    buf: &mut BytesMut,
+) -> Result<bool, String> {
+    match read_with(stream, &shard.read_scratch, |data| {
+        buf.extend_from_slice(data)
+    })
+    .await
+    {
+        Ok(Some(())) => Ok(true),
+        Ok(None) => Ok(false),
+        Err(e) => Err(format!("read error: {e}")),
+    }
+}
+
+async fn read_pushes(
+    shard: &Rc<Shard>,
+    stream: &RefCell<Socket>,
+    mut buf: BytesMut,
+    route: Route,
+) -> Result<(), String> {
+    let mut handled = 0u32;
+    loop {
         loop {
             match link::decode_frame(&mut buf) {
-                Ok(Some(envelope)) => dispatch(shard, envelope).await,
+                Ok(Some(envelope)) => match route {
+                    Route::Own => handle_own(shard, envelope).await,
+                    Route::Split => split(shard, envelope).await,
+                },
                 Ok(None) => break,
                 Err(e) => return Err(e.to_string()),
+            }
+            // Let the connections' writers (and this shard's other tasks) run between bursts.
+            handled += 1;
+            if handled == PUSHES_PER_TURN {
+                handled = 0;
+                futures_lite::future::yield_now().await;
             }
         }
         if buf.is_empty() && buf.capacity() > 1 << 20 {
             buf = BytesMut::new();
         }
+        if !read_more(shard, stream, &mut buf).await? {
+            return Ok(());
+        }
     }
 }
 
-/// Splits one push over the shards' inboxes (waiting when an inbox is full, so job's queue
-/// absorbs the backpressure).
-async fn dispatch(shard: &Shard, envelope: Envelope) {
-    let inboxes = &shard.comet.inboxes;
+/// A push on this shard's own link: handled here, in this shard's memory.
+async fn handle_own(shard: &Rc<Shard>, envelope: Envelope) {
     match envelope.body {
         Some(Body::PushKeys(push)) => {
             let ws = ws_variant(&push.frame);
             for target in push.targets {
-                match inboxes.get(target.shard as usize) {
-                    Some(inbox) => {
-                        let _ = inbox
-                            .send(ShardCommand::PushKeys {
-                                keys: target.keys,
-                                op: push.op,
-                                tcp: push.frame.clone(),
-                                ws: ws.clone(),
-                                seq: push.seq,
-                                mid: push.mid,
-                            })
-                            .await;
-                    }
-                    None => {
-                        tracing::warn!(
-                            "push for shard {} but this comet has {}",
-                            target.shard,
-                            inboxes.len()
-                        );
-                        for _ in &target.keys {
-                            stats::inc(&shard.stats.push_dropped_no_key);
-                        }
-                    }
+                let command = ShardCommand::PushKeys {
+                    keys: target.keys,
+                    op: push.op,
+                    tcp: push.frame.clone(),
+                    ws: ws.clone(),
+                    seq: push.seq,
+                    mid: push.mid,
+                };
+                to_shard(shard, target.shard, command).await;
+            }
+        }
+        Some(Body::PushRoom(push)) => shard.handle(ShardCommand::PushRoom {
+            ws: ws_variant(&push.frames),
+            tcp: push.frames,
+            room: push.room,
+        }),
+        Some(Body::Broadcast(push)) => shard.handle(ShardCommand::Broadcast {
+            op: push.op,
+            ws: ws_variant(&push.frame),
+            tcp: push.frame,
+            speed: push.speed,
+        }),
+        Some(Body::CloseConn(close)) => close_conn(shard, close).await,
+        Some(Body::LinkHello(_)) => {}
+        other => tracing::debug!("ignoring unexpected link message {:?}", other.is_some()),
+    }
+}
+
+/// Hands `command` to shard `index`: handled at once when it is this one, else through that
+/// shard's inbox (waiting when it is full, so job's queue absorbs the backpressure).
+async fn to_shard(shard: &Rc<Shard>, index: u32, command: ShardCommand) {
+    if index == shard.index {
+        shard.handle(command);
+        return;
+    }
+    let inboxes = &shard.comet.inboxes;
+    match inboxes.get(index as usize) {
+        Some(inbox) => {
+            let _ = inbox.send(command).await;
+        }
+        None => {
+            tracing::warn!(
+                "push for shard {index} but this comet has {}",
+                inboxes.len()
+            );
+            if let ShardCommand::PushKeys { keys, .. } = command {
+                for _ in &keys {
+                    stats::inc(&shard.stats.push_dropped_no_key);
                 }
             }
         }
+    }
+}
+
+async fn close_conn(shard: &Rc<Shard>, close: link::CloseConn) {
+    let Some(conn) = close.conn.filter(|c| c.comet == shard.comet.id) else {
+        return;
+    };
+    let command = ShardCommand::CloseReplaced {
+        conn_id: conn.conn_id,
+    };
+    to_shard(shard, conn.shard, command).await;
+}
+
+/// A push on a link without a hello: split over every shard's inbox, this one's included.
+async fn split(shard: &Rc<Shard>, envelope: Envelope) {
+    let inboxes = &shard.comet.inboxes;
+    match envelope.body {
+        Some(Body::PushKeys(_)) | Some(Body::CloseConn(_)) => handle_own(shard, envelope).await,
         Some(Body::PushRoom(push)) => {
             let ws = ws_variant(&push.frames);
             for inbox in inboxes {
@@ -124,6 +286,7 @@ async fn dispatch(shard: &Shard, envelope: Envelope) {
         }
         Some(Body::Broadcast(push)) => {
             let ws = ws_variant(&push.frame);
+            // The speed is the whole comet's here.
             let speed = match push.speed {
                 0 => 0,
                 s => (s / inboxes.len() as u32).max(1),
@@ -135,18 +298,6 @@ async fn dispatch(shard: &Shard, envelope: Envelope) {
                         tcp: push.frame.clone(),
                         ws: ws.clone(),
                         speed,
-                    })
-                    .await;
-            }
-        }
-        Some(Body::CloseConn(close)) => {
-            let Some(conn) = close.conn.filter(|c| c.comet == shard.comet.id) else {
-                return;
-            };
-            if let Some(inbox) = inboxes.get(conn.shard as usize) {
-                let _ = inbox
-                    .send(ShardCommand::CloseReplaced {
-                        conn_id: conn.conn_id,
                     })
                     .await;
             }

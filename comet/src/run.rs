@@ -63,10 +63,13 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
 
     let mut handled = 0u32;
     while let Ok(command) = inbox.recv().await {
-        if let ShardCommand::Shutdown = command {
-            break;
+        match command {
+            ShardCommand::Shutdown => break,
+            ShardCommand::AdoptLink { fd, buffered, peer } => {
+                spawn_local(link::serve_adopted(shard.clone(), fd, buffered, peer)).detach()
+            }
+            command => shard.handle(command),
         }
-        shard.handle(command);
         // Let the connections' writers run between bursts: a full inbox handled in one go
         // would queue more than `send_queue` pushes to a busy connection before its writer
         // got a turn, and close it as slow although it reads everything.

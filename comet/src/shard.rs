@@ -56,6 +56,13 @@ pub(crate) enum ShardCommand {
     /// Close connection `conn_id` of this shard: a newer connection took its key over. If it
     /// is still authenticating, it is closed as soon as its handshake ends.
     CloseReplaced { conn_id: u64 },
+    /// Serve a cluster link job opened for this shard, which another shard accepted (with
+    /// the bytes read past its hello).
+    AdoptLink {
+        fd: std::os::fd::OwnedFd,
+        buffered: bytes::BytesMut,
+        peer: Option<std::net::SocketAddr>,
+    },
     /// Close everything and let the executor return.
     Shutdown,
 }

@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use imgate_shared::config::CometConfig;
 use imgate_shared::frame::{self, op};
 use imgate_shared::link::{
-    self, Body, ConnectReply, Envelope, Failure, InboxAck, InboxMessages, InboxRead, PushKeys,
-    PushRoom, ShardKeys, Stored,
+    self, Body, ConnectReply, Envelope, Failure, InboxAck, InboxMessages, InboxRead, LinkHello,
+    PushKeys, PushRoom, ShardKeys, Stored,
 };
 use imgate_shared::ws::{self, opcode};
 
@@ -773,5 +773,68 @@ fn stored_messages_backlog_dedup_acks_and_sync() {
     assert_eq!(seen.acks_of(9), vec![3, 4, 5]);
     assert_eq!(seen.acks_of(10), vec![3]);
 
+    comet.shutdown();
+}
+
+/// job opens one link per shard and names it in a `LinkHello`; whichever shard's listener the
+/// kernel hands the connection to, the pushes on it reach the members of the shard it names,
+/// and only those (a shard that accepts another's link passes it on).
+#[test]
+fn each_shard_serves_the_links_opened_for_it() {
+    let logic = fake_logic(Seen::default());
+    let mut config = small_config(logic);
+    config.shards = 2;
+    let comet = imgate_comet::start(&config).unwrap();
+    let mut clients: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut c = tcp_client(comet.tcp_addrs()[0], &format!("member-{i}"));
+            assert_eq!(read_frame(&mut c).unwrap().0, op::AUTH_REPLY);
+            c
+        })
+        .collect();
+    wait_for("every member registered", || {
+        comet.stats().connections == 20
+    });
+    // Eight links for each shard: the kernel spreads them, so some are passed on.
+    let links: Vec<(u32, TcpStream)> = (0..16)
+        .map(|i| {
+            let shard = i % 2;
+            let mut link = TcpStream::connect(comet.link_addr()).unwrap();
+            send_link(&mut link, Body::LinkHello(LinkHello { shard }));
+            (shard, link)
+        })
+        .collect();
+    let mut open_links = Vec::new();
+    for (i, (shard, mut link)) in links.into_iter().enumerate() {
+        send_link(
+            &mut link,
+            Body::PushRoom(PushRoom {
+                room: "live://1".into(),
+                frames: frame::encode(1, 2000 + shard as i32, 0, format!("{i}").as_bytes()),
+                count: 1,
+            }),
+        );
+        open_links.push(link);
+    }
+    let mut per_shard = [0usize; 2];
+    for client in &mut clients {
+        let mut ops = Vec::new();
+        for _ in 0..8 {
+            ops.push(read_frame(client).unwrap().0);
+        }
+        assert!(
+            ops.iter().all(|&op| op == ops[0]),
+            "a member got pushes of both shards' links: {ops:?}"
+        );
+        per_shard[(ops[0] - 2000) as usize] += 1;
+        // Nothing more: the other shard's eight never come.
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert!(read_frame(client).is_err(), "a ninth push arrived");
+    }
+    assert_eq!(per_shard[0] + per_shard[1], 20);
+    assert!(per_shard[0] > 0 && per_shard[1] > 0, "{per_shard:?}");
+    drop(open_links);
     comet.shutdown();
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use imgate_shared::bus::DeliveryGuard;
+use imgate_shared::link::{Body, Envelope, LinkHello};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -52,9 +53,36 @@ pub(crate) enum QueueError {
     Closed,
 }
 
-/// The sending side of one comet link.
+/// Where one comet's links stand: a comet counts as linked (`Counters::connected`) while all
+/// of its shards' links are up.
+pub(crate) struct LinkedShards {
+    shards: usize,
+    up: AtomicUsize,
+}
+
+impl LinkedShards {
+    pub(crate) fn new(shards: usize) -> Arc<Self> {
+        Arc::new(LinkedShards {
+            shards,
+            up: AtomicUsize::new(0),
+        })
+    }
+
+    fn connected(&self, counters: &Counters) {
+        if self.up.fetch_add(1, Ordering::Relaxed) + 1 == self.shards {
+            counters.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn disconnected(&self, counters: &Counters) {
+        if self.up.fetch_sub(1, Ordering::Relaxed) == self.shards {
+            counters.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The sending side of one link to one comet shard.
 pub(crate) struct CometLink {
-    pub addr: String,
     queue: mpsc::Sender<Item>,
     /// Bytes queued and not yet written, shared with the link task.
     queued_bytes: Arc<AtomicUsize>,
@@ -63,24 +91,30 @@ pub(crate) struct CometLink {
 }
 
 impl CometLink {
-    /// Starts the link task for comet `id` at `addr`.
+    /// Starts the link task for shard `shard` of comet `id` at `addr`; every connection it
+    /// makes starts with a `LinkHello` naming the shard.
     pub(crate) fn spawn(
         id: String,
         addr: String,
+        shard: u32,
+        linked: Arc<LinkedShards>,
         limits: QueueLimits,
         counters: Arc<Counters>,
     ) -> Self {
         let (queue, frames) = mpsc::channel(limits.frames.max(1));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(run(
-            id,
-            addr.clone(),
+            Target {
+                id,
+                addr: addr.clone(),
+                shard,
+                linked,
+            },
             frames,
             queued_bytes.clone(),
             counters,
         ));
         CometLink {
-            addr,
             queue,
             queued_bytes,
             max_bytes: limits.bytes,
@@ -124,13 +158,27 @@ enum Ended {
     Broken,
 }
 
-async fn run(
+/// Which comet shard a link task serves.
+struct Target {
     id: String,
     addr: String,
+    shard: u32,
+    linked: Arc<LinkedShards>,
+}
+
+async fn run(
+    target: Target,
     mut frames: mpsc::Receiver<Item>,
     queued_bytes: Arc<AtomicUsize>,
     counters: Arc<Counters>,
 ) {
+    let Target {
+        id,
+        addr,
+        shard,
+        linked,
+    } = target;
+    let hello = Envelope::new(0, Body::LinkHello(LinkHello { shard })).to_frame();
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
     loop {
@@ -164,10 +212,16 @@ async fn run(
         backoff = MIN_BACKOFF;
         failures = 0;
         let _ = stream.set_nodelay(true);
-        tracing::info!(comet = %id, %addr, "comet link connected");
-        counters.connected.fetch_add(1, Ordering::Relaxed);
+        let mut stream = stream;
+        if let Err(e) = stream.write_all(&hello).await {
+            tracing::warn!(comet = %id, %addr, shard, error = %e, "comet link broke at its hello; reconnecting");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        tracing::info!(comet = %id, %addr, shard, "comet link connected");
+        linked.connected(&counters);
         let ended = pump(stream, &mut frames, &queued_bytes, &counters).await;
-        counters.connected.fetch_sub(1, Ordering::Relaxed);
+        linked.disconnected(&counters);
         match ended {
             Ended::Drained => {
                 tracing::debug!(comet = %id, "comet link closed");
@@ -253,7 +307,14 @@ mod tests {
             frames: 100,
             bytes: 1000,
         };
-        let link = CometLink::spawn("c".into(), addr, limits, Arc::default());
+        let link = CometLink::spawn(
+            "c".into(),
+            addr,
+            0,
+            LinkedShards::new(1),
+            limits,
+            Arc::default(),
+        );
         let frame = |len: usize| Bytes::from(vec![0u8; len]);
         let guards = || Guards::default();
         assert_eq!(link.send(frame(400), guards()), Ok(()));
@@ -265,7 +326,14 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let link = CometLink::spawn("c".into(), addr, limits, Arc::default());
+        let link = CometLink::spawn(
+            "c".into(),
+            addr,
+            0,
+            LinkedShards::new(1),
+            limits,
+            Arc::default(),
+        );
         assert_eq!(link.send(frame(5000), guards()), Ok(()));
         assert_eq!(link.send(frame(1), guards()), Err(QueueError::Full));
         link.close(Duration::from_millis(10)).await;

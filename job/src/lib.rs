@@ -190,17 +190,6 @@ impl Router {
             Some(Push::Keys(push)) => {
                 // A stored push carries the user's inbox sequence in the header's seq field.
                 let frame = frame::encode(frame::PUSH_VER, push.op, push.seq as i32, &push.body);
-                let link_frame = Envelope::new(
-                    0,
-                    Body::PushKeys(PushKeys {
-                        targets: push.targets,
-                        op: push.op,
-                        frame,
-                        seq: push.seq,
-                        mid: push.mid,
-                    }),
-                )
-                .to_frame();
                 if !self.registry.contains(&push.comet) {
                     // It may have joined since the last registry read.
                     self.registry
@@ -210,11 +199,31 @@ impl Router {
                 if !self.registry.contains(&push.comet) {
                     add(&self.counters.undeliverable, 1);
                     tracing::warn!(comet = %push.comet, "keys push for an unknown comet is undeliverable");
-                } else if self
-                    .registry
-                    .send_to(&push.comet, link_frame, Arc::new(vec![guard]))
-                {
-                    add(&self.counters.keys_pushes, 1);
+                } else {
+                    // Each shard's keys go on that shard's link; the guard drops after the
+                    // last of them is written.
+                    let guards: Guards = Arc::new(vec![guard]);
+                    let mut sent = false;
+                    for target in push.targets {
+                        let shard = target.shard;
+                        let link_frame = Envelope::new(
+                            0,
+                            Body::PushKeys(PushKeys {
+                                targets: vec![target],
+                                op: push.op,
+                                frame: frame.clone(),
+                                seq: push.seq,
+                                mid: push.mid,
+                            }),
+                        )
+                        .to_frame();
+                        sent |=
+                            self.registry
+                                .send_to(&push.comet, shard, link_frame, guards.clone());
+                    }
+                    if sent {
+                        add(&self.counters.keys_pushes, 1);
+                    }
                 }
             }
             Some(Push::Room(push)) => {
@@ -240,7 +249,9 @@ impl Router {
                     );
                     return;
                 }
-                let speed = push.speed.div_ceil(comets as u32);
+                // Each shard's link carries its own share of the speed.
+                let shards = self.registry.linked_shards().max(1);
+                let speed = push.speed.div_ceil(shards as u32);
                 let frame = frame::encode(frame::PUSH_VER, push.op, 0, &push.body);
                 let link_frame = Envelope::new(
                     0,
@@ -257,12 +268,13 @@ impl Router {
             }
             Some(Push::Close(close)) => {
                 // A comet that left has closed its connections already.
-                let Some(comet) = close.conn.as_ref().map(|c| c.comet.clone()) else {
+                let Some((comet, shard)) = close.conn.as_ref().map(|c| (c.comet.clone(), c.shard))
+                else {
                     return;
                 };
                 let link_frame = Envelope::new(0, Body::CloseConn(close)).to_frame();
                 self.registry
-                    .send_to(&comet, link_frame, Arc::new(vec![guard]));
+                    .send_to(&comet, shard, link_frame, Arc::new(vec![guard]));
             }
             None => {
                 add(&self.counters.undeliverable, 1);

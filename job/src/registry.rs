@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use imgate_shared::store::Store;
 
-use crate::comet_link::{CometLink, Guards, QueueError, QueueLimits};
+use crate::comet_link::{CometLink, Guards, LinkedShards, QueueError, QueueLimits};
 use crate::stats::{add, Counters};
 
 /// How long closing waits for a link to write out its queue.
@@ -19,11 +19,57 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// (they retry every 100 ms); dropping their links then would lose the pushes routed meanwhile.
 const DEPARTURE_GRACE: Duration = Duration::from_secs(3);
 
+/// One comet's links: one per shard, so each shard reads and fans out its own pushes.
+pub(crate) struct CometLinks {
+    addr: String,
+    shards: Vec<CometLink>,
+}
+
+impl CometLinks {
+    fn spawn(
+        id: &str,
+        addr: String,
+        shards: u32,
+        limits: QueueLimits,
+        counters: &Arc<Counters>,
+    ) -> Self {
+        let shards = shards.max(1);
+        let linked = LinkedShards::new(shards as usize);
+        CometLinks {
+            shards: (0..shards)
+                .map(|shard| {
+                    CometLink::spawn(
+                        id.to_string(),
+                        addr.clone(),
+                        shard,
+                        linked.clone(),
+                        limits,
+                        counters.clone(),
+                    )
+                })
+                .collect(),
+            addr,
+        }
+    }
+
+    /// The link of shard `shard` (shard 0's for a shard the comet does not have: it passes
+    /// what it cannot serve on).
+    fn shard(&self, shard: u32) -> &CometLink {
+        self.shards.get(shard as usize).unwrap_or(&self.shards[0])
+    }
+
+    async fn close(self, grace: Duration) {
+        for link in self.shards {
+            link.close(grace).await;
+        }
+    }
+}
+
 pub(crate) struct Registry {
     store: Arc<dyn Store>,
     counters: Arc<Counters>,
     queue_limits: QueueLimits,
-    links: HashMap<String, CometLink>,
+    links: HashMap<String, CometLinks>,
     /// Known comets missing from the registry, since when.
     missing: HashMap<String, Instant>,
     /// Shards of every registered comet, as of the last successful read.
@@ -80,19 +126,21 @@ impl Registry {
                 continue;
             }
             seen.insert(info.id.clone());
+            let shards = info.shards.max(1);
             if self
                 .links
                 .get(&info.id)
-                .is_some_and(|l| l.addr == info.link_addr)
+                .is_some_and(|l| l.addr == info.link_addr && l.shards.len() == shards as usize)
             {
                 continue;
             }
-            tracing::info!(comet = %info.id, addr = %info.link_addr, "comet joined (or moved)");
-            let link = CometLink::spawn(
-                info.id.clone(),
+            tracing::info!(comet = %info.id, addr = %info.link_addr, shards, "comet joined (or moved)");
+            let link = CometLinks::spawn(
+                &info.id,
                 info.link_addr,
+                shards,
                 self.queue_limits,
-                self.counters.clone(),
+                &self.counters,
             );
             // A replaced link writes out what it already holds to the old address, then closes.
             self.links.insert(info.id, link);
@@ -147,25 +195,39 @@ impl Registry {
         self.links.len()
     }
 
+    /// Shards of the comets linked now (what a broadcast's speed is divided by).
+    pub(crate) fn linked_shards(&self) -> usize {
+        self.links.values().map(|l| l.shards.len()).sum()
+    }
+
     pub(crate) fn contains(&self, comet: &str) -> bool {
         self.links.contains_key(comet)
     }
 
-    /// Queues `frame` to one comet; false (counted and logged) if it is unknown or full. The
-    /// guards go with the frame (or drop at once if it was refused).
-    pub(crate) fn send_to(&self, comet: &str, frame: Bytes, guards: Guards) -> bool {
+    /// Queues `frame` to one shard of one comet; false (counted and logged) if the comet is
+    /// unknown or the link full. The guards go with the frame (or drop at once if it was
+    /// refused).
+    pub(crate) fn send_to(&self, comet: &str, shard: u32, frame: Bytes, guards: Guards) -> bool {
         match self.links.get(comet) {
-            Some(link) => self.queue(comet, link, frame, guards),
+            Some(links) => self.queue(comet, links.shard(shard), frame, guards),
             None => false,
         }
     }
 
-    /// Queues the same `frame` to every comet, each holding `guards`, so they drop after the
-    /// last comet wrote it; returns how many took it.
+    /// Queues the same `frame` to every shard of every comet, each holding `guards`, so they
+    /// drop after the last shard's link wrote it; returns how many comets took it everywhere.
     pub(crate) fn send_to_all(&self, frame: &Bytes, guards: &Guards) -> usize {
         self.links
             .iter()
-            .filter(|(id, link)| self.queue(id, link, frame.clone(), guards.clone()))
+            .filter(|(id, links)| {
+                // Every shard is tried, whether or not an earlier one took it.
+                let took = links
+                    .shards
+                    .iter()
+                    .filter(|link| self.queue(id, link, frame.clone(), guards.clone()))
+                    .count();
+                took == links.shards.len()
+            })
             .count()
     }
 

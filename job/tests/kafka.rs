@@ -264,8 +264,11 @@ fn store() -> Arc<EmbeddedStore> {
 async fn next_body(stream: &mut TcpStream, buf: &mut BytesMut) -> Body {
     let read = async {
         loop {
-            if let Some(env) = link::decode_frame(buf).unwrap() {
-                return env;
+            match link::decode_frame(buf).unwrap() {
+                // Each link starts by naming its comet shard.
+                Some(env) if matches!(env.body, Some(Body::LinkHello(_))) => continue,
+                Some(env) => return env,
+                None => {}
             }
             let n = stream.read_buf(buf).await.unwrap();
             assert!(n > 0, "job closed the link");

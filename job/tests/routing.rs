@@ -38,22 +38,30 @@ fn config(room_delay: Duration) -> Config {
     config
 }
 
-/// The comet's end of one link connection.
+/// The comet's end of one link connection, opened for one of its shards.
 struct FakeComet {
     stream: TcpStream,
     buf: BytesMut,
+    shard: u32,
 }
 
 impl FakeComet {
+    /// Accepts a link and reads its first message, the hello naming the shard it is for.
     async fn accept(listener: &TcpListener) -> Self {
         let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
             .await
             .expect("job connects within the deadline")
             .unwrap();
-        FakeComet {
+        let mut comet = FakeComet {
             stream,
             buf: BytesMut::new(),
-        }
+            shard: u32::MAX,
+        };
+        let Body::LinkHello(hello) = comet.next().await else {
+            panic!("a link must start with its hello");
+        };
+        comet.shard = hello.shard;
+        comet
     }
 
     async fn next(&mut self) -> Body {
@@ -252,7 +260,10 @@ async fn link_reconnects_and_delivers_what_was_queued() {
         &bus,
         Push::Keys(KeysPush {
             comet: "c1".into(),
-            targets: vec![],
+            targets: vec![ShardKeys {
+                shard: 0,
+                keys: vec!["k".into()],
+            }],
             op: 3,
             body: Bytes::from_static(b"after"),
             ..Default::default()
@@ -302,4 +313,74 @@ async fn shutdown_flushes_pending_room_batches() {
         .expect("link closed within the deadline")
         .unwrap();
     assert_eq!(n, 0);
+}
+
+/// job opens one link per comet shard: each shard's keys travel on that shard's link, and a
+/// room batch or a broadcast goes to every shard's link with the shard's share of the speed.
+#[tokio::test]
+async fn each_comet_shard_has_its_own_link() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let store = store();
+    common::register_shards(&store, "c1", listener.local_addr().unwrap().to_string(), 2).await;
+    let (bus, consumer) = bus::embedded(1024, Duration::from_millis(100));
+    let job = imgate_job::start(
+        &config(Duration::from_millis(10)),
+        store,
+        Box::new(consumer),
+    )
+    .await
+    .unwrap();
+    let mut links = [
+        FakeComet::accept(&listener).await,
+        FakeComet::accept(&listener).await,
+    ];
+    links.sort_by_key(|l| l.shard);
+    assert_eq!((links[0].shard, links[1].shard), (0, 1));
+    wait_for("the comet to count as linked", || job.comet_count() == 1).await;
+
+    publish(
+        &bus,
+        Push::Keys(KeysPush {
+            comet: "c1".into(),
+            targets: vec![
+                ShardKeys {
+                    shard: 1,
+                    keys: vec!["on-1".into()],
+                },
+                ShardKeys {
+                    shard: 0,
+                    keys: vec!["on-0".into()],
+                },
+            ],
+            op: 1000,
+            body: Bytes::from_static(b"k"),
+            ..Default::default()
+        }),
+    )
+    .await;
+    for link in &mut links {
+        let Body::PushKeys(push) = link.next().await else {
+            panic!("expected PushKeys on shard {}", link.shard);
+        };
+        assert_eq!(push.targets.len(), 1);
+        assert_eq!(push.targets[0].shard, link.shard);
+        assert_eq!(push.targets[0].keys, [format!("on-{}", link.shard)]);
+    }
+
+    publish(
+        &bus,
+        Push::All(BroadcastPush {
+            op: 7,
+            body: Bytes::from_static(b"all"),
+            speed: 100,
+        }),
+    )
+    .await;
+    for link in &mut links {
+        let Body::Broadcast(b) = link.next().await else {
+            panic!("expected Broadcast on shard {}", link.shard);
+        };
+        assert_eq!(b.speed, 50, "each shard paces its half");
+    }
+    job.shutdown().await;
 }

@@ -279,6 +279,7 @@ fn body_name(body: &Body) -> &'static str {
         Body::InboxRead(_) => "InboxRead",
         Body::InboxMessages(_) => "InboxMessages",
         Body::CloseConn(_) => "CloseConn",
+        Body::LinkHello(_) => "LinkHello",
     }
 }
 

@@ -96,6 +96,20 @@ impl Socket {
         .await
     }
 
+    /// Takes the socket out of this runtime's epoll set and gives its descriptor back, to be
+    /// handed to another runtime (`Socket::new` there).
+    pub fn into_fd(self) -> io::Result<OwnedFd> {
+        let token = self.token;
+        // SAFETY: `self` is forgotten right after, so the descriptor is moved out exactly once.
+        let fd = unsafe { std::ptr::read(&self.fd) };
+        std::mem::forget(self);
+        let removed = with_core(|core| {
+            core.reactor.release(token);
+            core.reactor.deregister(fd.as_raw_fd())
+        });
+        removed.map(|()| fd)
+    }
+
     pub fn set_nodelay(&self) -> io::Result<()> {
         socket2::SockRef::from(&self.fd).set_nodelay(true)
     }
@@ -432,6 +446,32 @@ mod tests {
             drop(closed);
             assert!(Socket::connect(gone, Duration::from_secs(5)).await.is_err());
         });
+    }
+
+    #[test]
+    fn a_socket_handed_to_another_runtime_works_there_and_not_here() {
+        let rt = Runtime::new().unwrap();
+        let (fd, mut client) = rt.block_on(async {
+            let (socket, client) = pair();
+            (socket.into_fd().unwrap(), client)
+        });
+        // Another thread's runtime takes it over and reads what the peer sends.
+        let got = std::thread::spawn(move || {
+            Runtime::new().unwrap().block_on(async move {
+                let mut socket = Socket::new(fd).unwrap();
+                let mut buf = [0u8; 4];
+                timeout(Duration::from_secs(5), socket.read_exact(&mut buf))
+                    .await
+                    .expect("the new runtime was never woken")
+                    .unwrap();
+                buf
+            })
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        client.write_all(b"moved").unwrap();
+        assert_eq!(&got.join().unwrap(), b"move");
+        // The first runtime no longer watches it: its epoll set is empty.
+        rt.block_on(async { assert_eq!(with_core(|core| core.reactor.poll_sockets(false)), 0) });
     }
 
     #[test]

@@ -247,6 +247,24 @@ impl Reactor {
         Ok(token)
     }
 
+    /// Takes `fd` out of the epoll set (for a socket handed to another runtime; closing a
+    /// socket takes it out by itself).
+    pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: plain syscall; a null event is allowed for EPOLL_CTL_DEL.
+        let done = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+        if done < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Frees a socket's slot (its fd is about to close, which takes it out of the epoll set).
     pub(crate) fn release(&self, token: u64) {
         let mut slots = self.slots.borrow_mut();

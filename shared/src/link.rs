@@ -21,7 +21,7 @@ pub struct Envelope {
     pub id: u64,
     #[prost(
         oneof = "Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub body: Option<Body>,
 }
@@ -67,6 +67,17 @@ pub enum Body {
     /// job → comet: close this connection, a newer one (on another comet) took its key.
     #[prost(message, tag = "17")]
     CloseConn(CloseConn),
+    /// job → comet, first on a link: which of the comet's shards the link is for.
+    #[prost(message, tag = "18")]
+    LinkHello(LinkHello),
+}
+
+/// The first message job sends on a link to a comet: job opens one link per comet shard, so
+/// each shard reads and fans out its own pushes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinkHello {
+    #[prost(uint32, tag = "1")]
+    pub shard: u32,
 }
 
 /// A connection to close because a newer connection's claim replaced its session.
@@ -361,7 +372,8 @@ pub struct Broadcast {
     pub op: i32,
     #[prost(bytes = "bytes", tag = "2")]
     pub frame: Bytes,
-    /// Connections per second for this comet; 0 = unpaced.
+    /// Connections per second for what reads this link: its shard (a link opened with
+    /// `LinkHello`), or the whole comet otherwise; 0 = unpaced.
     #[prost(uint32, tag = "3")]
     pub speed: u32,
 }

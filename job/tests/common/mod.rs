@@ -3,15 +3,21 @@
 use imgate_shared::link::CometInfo;
 use imgate_shared::store::{EmbeddedStore, OnlineReport, Store};
 
-/// Registers a fake comet whose link is `link_addr`, as its online report would.
+/// Registers a fake comet of one shard whose link is `link_addr`, as its report would.
+#[allow(dead_code)]
 pub async fn register(store: &EmbeddedStore, id: &str, link_addr: String) {
+    register_shards(store, id, link_addr, 1).await;
+}
+
+/// Registers a fake comet of `shards` shards whose link is `link_addr`.
+pub async fn register_shards(store: &EmbeddedStore, id: &str, link_addr: String, shards: u32) {
     store
         .report_online(OnlineReport {
             comet: CometInfo {
                 id: id.into(),
                 link_addr,
                 weight: 10,
-                shards: 1,
+                shards,
                 ..Default::default()
             },
             shard: 0,
