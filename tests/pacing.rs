@@ -1,6 +1,6 @@
 //! Adaptive room batching end to end: a room big for its cluster is paced (its pushes leave in
-//! few, growing batches), a lone push still arrives in milliseconds, and every message arrives
-//! once and in order either way.
+//! few, growing batches), a lone push still arrives in milliseconds, every message arrives
+//! once and in order either way, and an idle gateway spends its spare time on latency.
 
 mod support;
 
@@ -15,8 +15,10 @@ const PATH: &str = "/goim/push/room?operation=1000&type=live&room=paced";
 #[test]
 fn a_big_room_gets_few_growing_batches_and_a_lone_push_stays_fast() {
     let mut config = test_config();
-    // 2 shards x 10 writes/s: a 20-member room flushes at most once a second.
+    // 2 shards x 10 writes/s: a 20-member room flushes at most once a second (the budget
+    // fixed: not learned from the comets' load).
     config.job.room_writes_per_shard = 10;
+    config.job.room_busy_target = 0.0;
     config.job.room_max_interval = Duration::from_secs(1);
     let g = Gateway::start(config).expect("gateway starts");
     let members: Vec<Subscriber> = (0..20)
@@ -71,5 +73,54 @@ fn a_big_room_gets_few_growing_batches_and_a_lone_push_stays_fast() {
         batches <= 2,
         "30 pushes to a paced room left in {batches} batches"
     );
+    g.shutdown();
+}
+
+/// With the comets idle, job learns it may write to big rooms far more often than the nominal
+/// budget says: a room that the nominal budget would flush twice a second gets its pushes in
+/// tens of milliseconds.
+#[test]
+fn an_idle_gateway_delivers_big_room_pushes_in_tens_of_milliseconds() {
+    let mut config = test_config();
+    // 2 shards x 100 writes/s nominal: 100 members would flush every 500 ms.
+    config.job.room_writes_per_shard = 100;
+    config.job.room_max_interval = Duration::from_secs(1);
+    let g = Gateway::start(config).expect("gateway starts");
+    let members: Vec<Subscriber> = (0..100)
+        .map(|i| {
+            Subscriber::start(
+                g.tcp_addr(),
+                Transport::Tcp,
+                0,
+                &format!("i{i}"),
+                "live://idle",
+                &[],
+            )
+        })
+        .collect();
+    // Idle comets: the learned budget climbs to ten times the nominal one and more.
+    eventually(Duration::from_secs(15), "the budget to grow", || {
+        g.job().unwrap().stats().room_budget_permille >= 10_000
+    });
+    let mut took = Vec::new();
+    for i in 0..10 {
+        let sent = Instant::now();
+        support::push(
+            g.http_addr(),
+            "/goim/push/room?operation=1000&type=live&room=idle",
+            &format!("n{i}"),
+        );
+        for m in &members {
+            assert_eq!(m.next(Duration::from_secs(5)).1, format!("n{i}"));
+        }
+        took.push(sent.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    took.sort();
+    eprintln!("room push to 100 idle members: {took:?}");
+    // The fastest shows what the gateway does when nothing disturbs it; the median allows for
+    // a busy test machine. Paced by the nominal budget, each would take about 500 ms.
+    assert!(took[0] < Duration::from_millis(50), "{took:?}");
+    assert!(took[5] < Duration::from_millis(250), "{took:?}");
     g.shutdown();
 }

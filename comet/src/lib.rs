@@ -4,6 +4,7 @@
 //! starts one executor thread per shard and returns a [`CometHandle`]. Each shard owns its
 //! connections, key index and rooms; shards talk only through bounded inboxes.
 
+mod backlink;
 mod conn;
 mod connection;
 mod delivery;

@@ -23,6 +23,7 @@ use imgate_runtime::spawn_local;
 use imgate_runtime::time::sleep;
 use imgate_shared::link::{self, Body, Envelope};
 
+use crate::backlink::LinkBack;
 use crate::outbound::ws_variant;
 use crate::shard::{Shard, ShardCommand};
 use crate::socket_io::read_with;
@@ -74,7 +75,7 @@ pub(crate) async fn serve_adopted(
 ) {
     let served = async {
         let stream = Socket::new(fd).map_err(|e| format!("cannot watch the link: {e}"))?;
-        read_pushes(&shard, &RefCell::new(stream), buffered, Route::Own).await
+        serve_own(&shard, RefCell::new(stream), buffered).await
     };
     until_stopped(&shard, peer, served).await;
 }
@@ -116,7 +117,7 @@ async fn open_link(
     };
     match first.body {
         Some(Body::LinkHello(hello)) if hello.shard == shard.index => {
-            read_pushes(shard, &stream, buf, Route::Own).await
+            serve_own(shard, stream, buf).await
         }
         Some(Body::LinkHello(hello)) => {
             let inboxes = &shard.comet.inboxes;
@@ -145,6 +146,18 @@ async fn open_link(
             read_pushes(shard, &stream, buf, Route::Split).await
         }
     }
+}
+
+/// Serves one of this shard's own links: its pushes are handled here, and the shard tells
+/// job on it how loaded it is (`backlink::report_load`).
+async fn serve_own(
+    shard: &Rc<Shard>,
+    stream: RefCell<Socket>,
+    buf: BytesMut,
+) -> Result<(), String> {
+    let back = Rc::new(LinkBack::new(stream));
+    shard.add_job_link(Rc::downgrade(&back));
+    read_pushes(shard, back.socket(), buf, Route::Own).await
 }
 
 /// Reads more link bytes into `buf`; false at the end of the stream.
@@ -226,7 +239,7 @@ async fn handle_own(shard: &Rc<Shard>, envelope: Envelope) {
             speed: push.speed,
         }),
         Some(Body::CloseConn(close)) => close_conn(shard, close).await,
-        Some(Body::LinkHello(_)) => {}
+        Some(Body::LinkHello(_)) | Some(Body::Load(_)) => {}
         other => tracing::debug!("ignoring unexpected link message {:?}", other.is_some()),
     }
 }

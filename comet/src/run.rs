@@ -11,6 +11,7 @@ use imgate_runtime::time::sleep;
 use imgate_runtime::{spawn_local, LoopStats, Task};
 use imgate_shared::link::Body;
 
+use crate::backlink;
 use crate::conn::CloseReason;
 use crate::connection;
 use crate::heartbeat::{self, clock_ms};
@@ -152,8 +153,9 @@ async fn renew_online(shard: Rc<Shard>) {
     }
 }
 
-/// Closes the connections whose heartbeat expired, looking at the wheel once a tick, and
-/// records how late each tick ran (the shard's lag, reported to logic).
+/// Closes the connections whose heartbeat expired, looking at the wheel once a tick, records
+/// how late each tick ran (the shard's lag, reported to logic), and tells job how busy the
+/// shard was over the tick.
 async fn expire_heartbeats(shard: Rc<Shard>) {
     let tick = Duration::from_millis(heartbeat::TICK_MS);
     loop {
@@ -161,5 +163,6 @@ async fn expire_heartbeats(shard: Rc<Shard>) {
         sleep(tick).await;
         shard.record_tick_lag(asleep.elapsed().saturating_sub(tick));
         shard.expire_heartbeats(clock_ms());
+        backlink::report_load(&shard.job_links(), shard.take_tick_busy());
     }
 }

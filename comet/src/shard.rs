@@ -5,7 +5,7 @@ use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use imgate_shared::config::CometConfig;
 use imgate_shared::link::{CometInfo, ConnRef, RenewOnline};
 use socket2::Socket;
 
+use crate::backlink::LinkBack;
 use crate::conn::{CloseReason, Conn, QueueLimits, SyncRequest};
 use crate::heartbeat::{clock_ms, Wheel};
 use crate::limits::{ConnLimits, OnlineAddresses};
@@ -153,12 +154,15 @@ pub(crate) struct Shard {
     drain_waiters: RefCell<HashMap<u64, Waker>>,
     /// Op-22 requests waiting behind the one a connection's sync task serves.
     syncs: RefCell<HashMap<u64, VecDeque<SyncRequest>>>,
+    /// This shard's own links from job (to tell each job how loaded the shard is).
+    job_links: RefCell<Vec<Weak<LinkBack>>>,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
     /// How late the shard's ticks ran since the last online report.
     lag: Lag,
-    /// How busy its loop was since the last online report.
+    /// How busy its loop was since the last online report, and since the last tick.
     busy: Busy,
+    tick_busy: Busy,
 }
 
 /// A connection in the id index.
@@ -233,10 +237,12 @@ impl Shard {
             cluster_rooms: RefCell::new(HashMap::new()),
             drain_waiters: RefCell::new(HashMap::new()),
             syncs: RefCell::new(HashMap::new()),
+            job_links: RefCell::new(Vec::new()),
             next_conn: Cell::new(0),
             stopping: Cell::new(false),
             lag: Lag::default(),
             busy: Busy::new(&loop_stats),
+            tick_busy: Busy::new(&loop_stats),
             loop_stats,
         }
     }
@@ -526,6 +532,23 @@ impl Shard {
     /// How late a heartbeat tick ran (the shard's lag, reported to logic).
     pub fn record_tick_lag(&self, late: Duration) {
         self.lag.record(late);
+    }
+
+    /// Thousandths of the time since the last call that the shard's loop was busy.
+    pub fn take_tick_busy(&self) -> u32 {
+        self.tick_busy.take_permille(&self.loop_stats)
+    }
+
+    /// Remembers one of this shard's own links from job.
+    pub fn add_job_link(&self, link: Weak<LinkBack>) {
+        self.job_links.borrow_mut().push(link);
+    }
+
+    /// This shard's open links from job (forgetting the closed ones).
+    pub fn job_links(&self) -> Vec<Rc<LinkBack>> {
+        let mut links = self.job_links.borrow_mut();
+        links.retain(|l| l.strong_count() > 0);
+        links.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Closes the connections whose heartbeat expired by `now_ms`, and files the others that

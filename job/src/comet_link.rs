@@ -12,13 +12,13 @@
 //! comet unreachable when its link closes; counted and logged). A frame queued to several
 //! comets shares one [`Guards`], so the messages count as delivered after the last comet.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use imgate_shared::bus::DeliveryGuard;
-use imgate_shared::link::{Body, Envelope, LinkHello};
+use imgate_shared::link::{self, Body, Envelope, LinkHello};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -81,12 +81,45 @@ impl LinkedShards {
     }
 }
 
+/// The latest load report of one comet shard, written by its link's reader.
+#[derive(Default)]
+pub(crate) struct ShardLoad {
+    busy_permille: AtomicU32,
+    /// Milliseconds since `EPOCH` when it arrived; 0: none yet.
+    at_ms: AtomicU64,
+}
+
+impl ShardLoad {
+    fn set(&self, busy_permille: u32) {
+        self.busy_permille.store(busy_permille, Ordering::Relaxed);
+        self.at_ms.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// The shard's busy share, if it reported within `max_age`.
+    pub(crate) fn busy_permille(&self, max_age: Duration) -> Option<u32> {
+        let at = self.at_ms.load(Ordering::Relaxed);
+        let age = now_ms().saturating_sub(at);
+        (at > 0 && age <= max_age.as_millis() as u64)
+            .then(|| self.busy_permille.load(Ordering::Relaxed))
+    }
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// The sending side of one link to one comet shard.
 pub(crate) struct CometLink {
     queue: mpsc::Sender<Item>,
     /// Bytes queued and not yet written, shared with the link task.
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// What the shard last said of its load.
+    pub load: Arc<ShardLoad>,
     task: JoinHandle<()>,
 }
 
@@ -103,12 +136,14 @@ impl CometLink {
     ) -> Self {
         let (queue, frames) = mpsc::channel(limits.frames.max(1));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let load = Arc::new(ShardLoad::default());
         let task = tokio::spawn(run(
             Target {
                 id,
                 addr: addr.clone(),
                 shard,
                 linked,
+                load: load.clone(),
             },
             frames,
             queued_bytes.clone(),
@@ -118,6 +153,7 @@ impl CometLink {
             queue,
             queued_bytes,
             max_bytes: limits.bytes,
+            load,
             task,
         }
     }
@@ -137,6 +173,11 @@ impl CometLink {
                 TrySendError::Closed(_) => QueueError::Closed,
             }
         })
+    }
+
+    /// Bytes queued and not written yet.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Closes the queue and waits (at most `grace`) for the queued frames to be written.
@@ -164,6 +205,7 @@ struct Target {
     addr: String,
     shard: u32,
     linked: Arc<LinkedShards>,
+    load: Arc<ShardLoad>,
 }
 
 async fn run(
@@ -177,6 +219,7 @@ async fn run(
         addr,
         shard,
         linked,
+        load,
     } = target;
     let hello = Envelope::new(0, Body::LinkHello(LinkHello { shard })).to_frame();
     let mut backoff = MIN_BACKOFF;
@@ -220,7 +263,7 @@ async fn run(
         }
         tracing::info!(comet = %id, %addr, shard, "comet link connected");
         linked.connected(&counters);
-        let ended = pump(stream, &mut frames, &queued_bytes, &counters).await;
+        let ended = pump(stream, &mut frames, &queued_bytes, &counters, &load).await;
         linked.disconnected(&counters);
         match ended {
             Ended::Drained => {
@@ -240,11 +283,14 @@ async fn pump(
     frames: &mut mpsc::Receiver<Item>,
     queued_bytes: &AtomicUsize,
     counters: &Counters,
+    load: &Arc<ShardLoad>,
 ) -> Ended {
-    let (mut reader, writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
     let mut writer = BufWriter::with_capacity(64 << 10, writer);
-    // The comet sends nothing on this link; reading only notices that it closed.
-    let mut scratch = [0u8; 256];
+    // The comet's load reports are read on their own task, so they keep arriving while a
+    // write waits for a slow comet (exactly when they matter); it ends with the connection.
+    let mut closed = tokio::spawn(read_loads(reader, load.clone()));
+    let _stop_reading = AbortOnDrop(closed.abort_handle());
     loop {
         tokio::select! {
             biased;
@@ -284,10 +330,40 @@ async fn pump(
                 }
                 drop(delivered);
             }
-            read = reader.read(&mut scratch) => match read {
-                Ok(0) | Err(_) => return Ended::Broken,
-                Ok(_) => {}
-            },
+            _ = &mut closed => return Ended::Broken,
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads what the comet sends back on the link (its load reports) until it closes.
+async fn read_loads(mut reader: tokio::net::tcp::OwnedReadHalf, load: Arc<ShardLoad>) {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            match link::decode_frame(&mut buf) {
+                Ok(Some(envelope)) => {
+                    if let Some(Body::Load(report)) = envelope.body {
+                        load.set(report.busy_permille);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame from a comet on its link");
+                    return;
+                }
+            }
         }
     }
 }

@@ -15,6 +15,7 @@
 
 mod comet_link;
 pub mod kafka;
+mod pacing;
 mod registry;
 mod room;
 mod stats;
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use comet_link::Guards;
+use pacing::Budget;
 use registry::Registry;
 use room::{Batch, Pacing, RoomBatcher};
 use stats::{add, Counters};
@@ -107,10 +109,11 @@ pub async fn start(
             max_delay: job.room_max_delay,
             writes_per_shard: job.room_writes_per_shard,
             max_interval: job.room_max_interval,
-            lag_target: job.room_lag_target,
         }),
+        budget: Budget::new(job.room_busy_target),
         registry,
         counters: counters.clone(),
+        logged: None,
     };
     let task = tokio::spawn(router.run(job, consumer, shutdown_rx));
     Ok(JobHandle {
@@ -123,8 +126,21 @@ pub async fn start(
 struct Router {
     registry: Registry,
     batcher: RoomBatcher,
+    budget: Budget,
     counters: Arc<Counters>,
+    /// When the pacing state was last logged, and the share it had then.
+    logged: Option<(Instant, f64)>,
 }
+
+/// How often job looks at the comets' load reports (they come every 100 ms).
+const PACING_TICK: Duration = Duration::from_millis(100);
+/// Reports older than this are not counted (a shard that stopped reporting is not "idle").
+const LOAD_MAX_AGE: Duration = Duration::from_millis(500);
+/// A comet link holding this much job wrote but the comet has not read means the comet does
+/// not keep up, whatever its reports say.
+const LINK_BACKLOG: usize = 1 << 20;
+/// How often the pacing state is logged at most (when it changed).
+const PACING_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Router {
     async fn run(
@@ -138,6 +154,8 @@ impl Router {
             config.registry_interval.max(Duration::from_millis(10)),
         );
         registry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pacing_tick = tokio::time::interval(PACING_TICK);
+        pacing_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.batcher.next_deadline();
             let far = Instant::now() + Duration::from_secs(3600);
@@ -149,15 +167,9 @@ impl Router {
                         self.send_room(batch);
                     }
                 }
+                _ = pacing_tick.tick() => self.pace(config.room_writes_per_shard),
                 _ = registry_tick.tick() => {
                     self.registry.refresh().await;
-                    if let Some(lag_us) = self.registry.fresh_lag() {
-                        let share = self.batcher.adapt(lag_us);
-                        self.counters
-                            .room_budget_permille
-                            .store((share * 1000.0).round() as u64, Ordering::Relaxed);
-                        tracing::debug!(lag_us, share, "room pacing budget");
-                    }
                     if let Some((sizes, shards)) = self.registry.room_sizes().await {
                         self.batcher.set_sizes(&sizes, shards);
                     }
@@ -182,6 +194,46 @@ impl Router {
             self.send_room(batch);
         }
         self.registry.close().await;
+    }
+
+    /// One look at the comets' load: the budget learns from the busiest shard and from the
+    /// links' backlog, and big rooms' intervals follow.
+    fn pace(&mut self, writes_per_shard: u64) {
+        let busy = self.registry.busiest_shard(LOAD_MAX_AGE);
+        let backlog = self.registry.backlogged(LINK_BACKLOG);
+        let Some(busy) = busy
+            .map(|b| f64::from(b) / 1000.0)
+            .or(backlog.then_some(1.0))
+        else {
+            return;
+        };
+        let share = self.budget.observe(busy, backlog);
+        self.batcher.set_share(share);
+        self.counters
+            .room_budget_permille
+            .store((share * 1000.0).round() as u64, Ordering::Relaxed);
+        self.counters.busiest_shard_permille.store(
+            (self.budget.busy().unwrap_or(busy) * 1000.0).round() as u64,
+            Ordering::Relaxed,
+        );
+        let now = Instant::now();
+        let due = self.logged.is_none_or(|(at, logged)| {
+            now.duration_since(at) >= PACING_LOG_EVERY && (share / logged - 1.0).abs() > 0.05
+        });
+        if due {
+            self.logged = Some((now, share));
+            let biggest = self.batcher.biggest_paced().map(|(room, members, every)| {
+                format!("{room} ({members} members) every {every:?}")
+            });
+            tracing::info!(
+                busiest_shard = format!("{:.0}%", self.budget.busy().unwrap_or(busy) * 100.0),
+                writes_per_shard = (writes_per_shard as f64 * share).round() as u64,
+                share = format!("{share:.2}"),
+                backlog,
+                biggest_paced_room = biggest.as_deref().unwrap_or("none"),
+                "room pacing"
+            );
+        }
     }
 
     async fn route(&mut self, message: BusMessage, guard: DeliveryGuard) {

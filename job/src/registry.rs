@@ -74,11 +74,6 @@ pub(crate) struct Registry {
     missing: HashMap<String, Instant>,
     /// Shards of every registered comet, as of the last successful read.
     shards: u64,
-    /// The busiest comet's tick lag and the newest report's time, as of the last read, and
-    /// the report time [`Registry::fresh_lag`] last answered for.
-    lag_us: u32,
-    newest_report_ms: u64,
-    lag_taken_ms: u64,
     last_read: Option<Instant>,
 }
 
@@ -95,9 +90,6 @@ impl Registry {
             links: HashMap::new(),
             missing: HashMap::new(),
             shards: 0,
-            lag_us: 0,
-            newest_report_ms: 0,
-            lag_taken_ms: 0,
             last_read: None,
         }
     }
@@ -117,8 +109,6 @@ impl Registry {
         };
         let mut seen = std::collections::HashSet::new();
         self.shards = comets.iter().map(|c| u64::from(c.info.shards.max(1))).sum();
-        self.lag_us = comets.iter().map(|c| c.lag_us).max().unwrap_or(0);
-        self.newest_report_ms = comets.iter().map(|c| c.updated_ms).max().unwrap_or(0);
         for comet in comets {
             let info = comet.info;
             if info.link_addr.is_empty() {
@@ -182,13 +172,22 @@ impl Registry {
         Some((sizes, self.shards))
     }
 
-    /// The busiest comet's tick lag, if a report arrived since the last call.
-    pub(crate) fn fresh_lag(&mut self) -> Option<u32> {
-        if self.newest_report_ms <= self.lag_taken_ms {
-            return None;
-        }
-        self.lag_taken_ms = self.newest_report_ms;
-        Some(self.lag_us)
+    /// The busiest comet shard's busy share (thousandths) among those that reported within
+    /// `max_age`.
+    pub(crate) fn busiest_shard(&self, max_age: Duration) -> Option<u32> {
+        self.links
+            .values()
+            .flat_map(|links| &links.shards)
+            .filter_map(|link| link.load.busy_permille(max_age))
+            .max()
+    }
+
+    /// Whether some comet shard's link holds more than `bytes` that the comet has not taken.
+    pub(crate) fn backlogged(&self, bytes: usize) -> bool {
+        self.links
+            .values()
+            .flat_map(|links| &links.shards)
+            .any(|link| link.queued_bytes() > bytes)
     }
 
     pub(crate) fn len(&self) -> usize {

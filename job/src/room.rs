@@ -12,11 +12,9 @@
 //! `shards × writes_per_shard / n` writes a second. Room sizes and the cluster's shard count
 //! come from the comets' online reports ([`RoomBatcher::set_sizes`]).
 //!
-//! `writes_per_shard` assumes a shard has its core. Where it does not (comets sharing cores
-//! with each other or with other work) the comets fall behind, and their reports say so: each
-//! shard reports how late its 100 ms tick runs. job uses only the share of the budget that
-//! keeps the busiest comet's lag near `lag_target` ([`RoomBatcher::adapt`]), so batches grow
-//! with the load the host actually has.
+//! `writes_per_shard` is a nominal figure: job uses a share of it, learned from how busy the
+//! comets' event loops are ([`crate::pacing`]), so big rooms flush more often where the cores
+//! have time to spare and batch more where they do not.
 //!
 //! One task owns the batcher, so a room's batches leave in order.
 
@@ -59,12 +57,7 @@ pub(crate) struct Pacing {
     pub writes_per_shard: u64,
     /// Longest interval between two flushes of a paced room.
     pub max_interval: Duration,
-    /// The comets' tick lag to aim at ([`RoomBatcher::adapt`]); zero: no adapting.
-    pub lag_target: Duration,
 }
-
-/// The smallest share of `writes_per_shard` adapting goes down to.
-const MIN_SHARE: f64 = 0.01;
 
 pub(crate) struct RoomBatcher {
     pacing: Pacing,
@@ -76,8 +69,11 @@ pub(crate) struct RoomBatcher {
     intervals: HashMap<String, Duration>,
     /// When each paced room last flushed.
     last_flush: HashMap<String, Instant>,
-    /// The share of `writes_per_shard` in use, learned from the comets' lag.
+    /// The share of `writes_per_shard` in use ([`crate::pacing::Budget`]).
     share: f64,
+    /// The room sizes and shard count of the last [`RoomBatcher::set_sizes`].
+    sizes: HashMap<String, u64>,
+    shards: u64,
 }
 
 impl RoomBatcher {
@@ -93,36 +89,48 @@ impl RoomBatcher {
             intervals: HashMap::new(),
             last_flush: HashMap::new(),
             share: 1.0,
+            sizes: HashMap::new(),
+            shards: 1,
         }
     }
 
-    /// Learns how much of the write budget the comets can take from the lag of the busiest
-    /// one (microseconds; call once per fresh report): above twice the target the share
-    /// falls by 30 % (more the further behind, by half from four times the target on), below
-    /// half of it it grows by 25 %, between the two it stays. The next [`RoomBatcher::set_sizes`]
-    /// applies it. Returns the share in use.
-    pub(crate) fn adapt(&mut self, lag_us: u32) -> f64 {
-        let target = self.pacing.lag_target.as_micros() as f64;
-        if target > 0.0 {
-            let lag = f64::from(lag_us);
-            if lag > 2.0 * target {
-                let cut = (2.0 * target / lag).clamp(0.5, 0.7);
-                self.share = (self.share * cut).max(MIN_SHARE);
-            } else if lag < target / 2.0 {
-                self.share = (self.share * 1.25).min(1.0);
-            }
+    /// Uses `share` of `writes_per_shard` from now on (the budget [`crate::pacing::Budget`]
+    /// learned), re-working out which rooms are paced and how.
+    pub(crate) fn set_share(&mut self, share: f64) {
+        if share != self.share {
+            self.share = share;
+            self.pace();
         }
-        self.share
+    }
+
+    /// The paced room with the most members, and its flush interval.
+    pub(crate) fn biggest_paced(&self) -> Option<(&str, u64, Duration)> {
+        self.intervals
+            .iter()
+            .map(|(room, interval)| {
+                (
+                    room.as_str(),
+                    self.sizes.get(room).copied().unwrap_or(0),
+                    *interval,
+                )
+            })
+            .max_by_key(|(_, members, _)| *members)
     }
 
     /// Takes the cluster's room sizes (members per room) and its number of comet shards, and
     /// works out which rooms are paced and how.
     pub(crate) fn set_sizes(&mut self, sizes: &HashMap<String, u64>, shards: u64) {
+        self.sizes = sizes.clone();
+        self.shards = shards.max(1);
+        self.pace();
+    }
+
+    fn pace(&mut self) {
         let p = self.pacing;
         self.intervals.clear();
         if p.writes_per_shard > 0 {
-            let rate = (shards.max(1) * p.writes_per_shard) as f64 * self.share;
-            for (room, members) in sizes {
+            let rate = (self.shards * p.writes_per_shard) as f64 * self.share;
+            for (room, members) in &self.sizes {
                 let interval = Duration::from_secs_f64(*members as f64 / rate).min(p.max_interval);
                 if interval > p.max_delay {
                     self.intervals.insert(room.clone(), interval);
@@ -264,54 +272,31 @@ mod tests {
             max_delay: Duration::from_millis(max_delay_ms),
             writes_per_shard: 50_000,
             max_interval: Duration::from_secs(1),
-            lag_target: Duration::from_millis(5),
         }
     }
 
     #[test]
-    fn lagging_comets_shrink_the_budget_and_calm_ones_restore_it() {
+    fn the_learned_share_sets_the_intervals_of_big_rooms() {
         let ms = Duration::from_millis;
         let mut b = RoomBatcher::new(pacing(20, 10));
         let sizes: HashMap<String, u64> = [("room".to_string(), 10_000)].into();
         b.set_sizes(&sizes, 2);
-        assert_eq!(b.interval("room"), Some(ms(100)), "the whole budget");
-
-        // Within [target / 2, 2 × target] nothing changes.
-        assert_eq!(b.adapt(2_500), 1.0);
-        assert_eq!(b.adapt(10_000), 1.0);
-        // Lagging: 30 % less each report, and the interval grows with it.
-        assert!((b.adapt(12_000) - 0.7).abs() < 1e-9);
-        assert!((b.adapt(12_000) - 0.49).abs() < 1e-9);
-        b.set_sizes(&sizes, 2);
-        let interval = b.interval("room").unwrap();
-        assert!(
-            (interval.as_secs_f64() - 0.1 / 0.49).abs() < 1e-6,
-            "{interval:?}"
-        );
-        // Far behind (8 × the target here), it halves.
-        assert!((b.adapt(40_000) - 0.245).abs() < 1e-9);
-        // It never goes below 1 %, and the interval stays capped at max_interval.
-        for _ in 0..50 {
-            b.adapt(u32::MAX);
-        }
-        assert!((b.adapt(u32::MAX) - MIN_SHARE).abs() < 1e-9);
-        b.set_sizes(&sizes, 2);
+        assert_eq!(b.interval("room"), Some(ms(100)), "the nominal budget");
+        // Half the budget: twice the interval; ten times: below the usual delay, not paced.
+        b.set_share(0.5);
+        assert_eq!(b.interval("room"), Some(ms(200)));
+        b.set_share(10.0);
+        assert_eq!(b.interval("room"), None);
+        // Capped at max_interval however small the share.
+        b.set_share(0.01);
         assert_eq!(b.interval("room"), Some(Duration::from_secs(1)));
-        // Calm comets earn it back, 25 % a report, up to all of it.
-        let mut share = MIN_SHARE;
-        for _ in 0..30 {
-            share = b.adapt(100);
-        }
-        assert_eq!(share, 1.0);
-        b.set_sizes(&sizes, 2);
-        assert_eq!(b.interval("room"), Some(ms(100)));
-
-        // A zero target turns adapting off.
-        let mut fixed = RoomBatcher::new(Pacing {
-            lag_target: Duration::ZERO,
-            ..pacing(20, 10)
-        });
-        assert_eq!(fixed.adapt(u32::MAX), 1.0);
+        assert_eq!(
+            b.biggest_paced(),
+            Some(("room", 10_000, Duration::from_secs(1)))
+        );
+        // New sizes keep the share.
+        b.set_sizes(&[("room".to_string(), 500)].into(), 2);
+        assert_eq!(b.interval("room"), Some(ms(500)));
     }
 
     #[test]

@@ -23,9 +23,11 @@ pub struct JobStats {
     pub link_write_failed: u64,
     /// Registry reads that failed (the previous comet set was kept).
     pub registry_errors: u64,
-    /// The share of `room_writes_per_shard` big rooms are paced by, in thousandths (1000: all
-    /// of it; less when the comets lag, see `room.rs`).
+    /// The share of `room_writes_per_shard` big rooms are paced by, in thousandths (1000: the
+    /// nominal figure; learned from the comets' load, see `pacing.rs`).
     pub room_budget_permille: u64,
+    /// The busiest comet shard's busy share (smoothed), in thousandths.
+    pub busiest_shard_permille: u64,
 }
 
 /// The live counters; written from the router and the link tasks, read by [`Counters::snapshot`].
@@ -41,6 +43,7 @@ pub(crate) struct Counters {
     pub link_write_failed: AtomicU64,
     pub registry_errors: AtomicU64,
     pub room_budget_permille: AtomicU64,
+    pub busiest_shard_permille: AtomicU64,
     /// Comet links connected right now.
     pub connected: AtomicUsize,
 }
@@ -64,6 +67,7 @@ impl Counters {
             link_write_failed: get(&self.link_write_failed),
             registry_errors: get(&self.registry_errors),
             room_budget_permille: get(&self.room_budget_permille),
+            busiest_shard_permille: get(&self.busiest_shard_permille),
         }
     }
 }

@@ -280,6 +280,7 @@ fn body_name(body: &Body) -> &'static str {
         Body::InboxMessages(_) => "InboxMessages",
         Body::CloseConn(_) => "CloseConn",
         Body::LinkHello(_) => "LinkHello",
+        Body::Load(_) => "Load",
     }
 }
 

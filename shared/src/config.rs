@@ -186,12 +186,11 @@ pub struct JobConfig {
     /// Longest interval between two flushes of a paced room.
     #[serde(deserialize_with = "duration")]
     pub room_max_interval: Duration,
-    /// The comets' tick lag job aims at: when the busiest comet's shards run their ticks later
-    /// than twice this on average, job spends less of `room_writes_per_shard` (30 % less per
-    /// report, up to half when far behind; down to 1 %), and 25 % more again, up to all of
-    /// it, below half of it. 0 = always the whole budget.
-    #[serde(deserialize_with = "duration")]
-    pub room_lag_target: Duration,
+    /// How busy (0–1, the share of time its event loop is not parked) job lets the busiest
+    /// comet shard get before it batches big rooms more: it learns the share of
+    /// `room_writes_per_shard` (1 % to 20×) that keeps that shard within 0.1 of this.
+    /// 0 = always exactly `room_writes_per_shard`.
+    pub room_busy_target: f64,
     /// Messages queued per comet link before the link reports itself full.
     pub comet_queue: usize,
     /// Bytes queued per comet link before the link reports itself full (a frame shared by
@@ -374,7 +373,7 @@ impl Default for JobConfig {
             room_max_delay: Duration::from_millis(10),
             room_writes_per_shard: 50_000,
             room_max_interval: Duration::from_secs(1),
-            room_lag_target: Duration::from_millis(5),
+            room_busy_target: 0.75,
             comet_queue: 8192,
             comet_queue_bytes: 64 << 20,
             registry_interval: Duration::from_secs(1),
@@ -486,6 +485,12 @@ impl Config {
         }
         if self.bus.kafka.partitions < 1 {
             return bad("bus.kafka.partitions must be >= 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.job.room_busy_target) {
+            return bad(format!(
+                "job.room_busy_target must be between 0 and 1, not {}",
+                self.job.room_busy_target
+            ));
         }
         if self.comet.send_queue == 0
             || self.comet.send_queue_bytes == 0

@@ -21,7 +21,7 @@ pub struct Envelope {
     pub id: u64,
     #[prost(
         oneof = "Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub body: Option<Body>,
 }
@@ -70,6 +70,18 @@ pub enum Body {
     /// job → comet, first on a link: which of the comet's shards the link is for.
     #[prost(message, tag = "18")]
     LinkHello(LinkHello),
+    /// comet → job, back on job's link to a shard, every 100 ms: how loaded the shard is.
+    #[prost(message, tag = "19")]
+    Load(Load),
+}
+
+/// How loaded a comet shard was over its last tick, as it tells each job linked to it (job
+/// paces big rooms by the busiest shard).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Load {
+    /// The share of the tick its event loop was busy (not parked), in thousandths.
+    #[prost(uint32, tag = "1")]
+    pub busy_permille: u32,
 }
 
 /// The first message job sends on a link to a comet: job opens one link per comet shard, so

@@ -1,0 +1,161 @@
+//! How much of the comets' capacity big rooms may use: the room write budget, learned from how
+//! busy the comets' event loops are.
+//!
+//! Every comet shard tells job, on job's own link to it, what share of each 100 ms tick its
+//! event loop was busy (not parked). That measures what pacing spends, the shard's core, and
+//! nothing else: unlike how late a timer fires, it does not mix in other processes' load and
+//! does not stay low while a busy loop keeps its timers on time.
+//!
+//! The controller keeps the busiest shard near `target` (a share of its time): it smooths the
+//! reports, gives big rooms 10 % more writes a second at each look while the busiest shard is
+//! below the band around the target, 20 % fewer while it is above it or while a comet's link
+//! has a backlog (the comet does not keep up with what job sends), and holds still inside the
+//! band. More writes mean more frequent, smaller batches (lower latency); fewer mean larger
+//! batches and fewer writes for the same messages. Multiplicative steps of this size converge
+//! into the band from either side within a few seconds and do not oscillate across it (the
+//! band is wider than one step moves the load).
+
+/// The smallest and largest share of `job.room_writes_per_shard` the budget takes.
+pub(crate) const MIN_SHARE: f64 = 0.01;
+pub(crate) const MAX_SHARE: f64 = 20.0;
+/// Half the width of the band around the target in which the budget holds still.
+const BAND: f64 = 0.1;
+/// The budget's step down (over the band, or a backlog) and up (under the band).
+const CUT: f64 = 0.8;
+const GROW: f64 = 1.1;
+/// Weight of the newest report in the smoothed busy share.
+const SMOOTHING: f64 = 0.5;
+
+/// The learned room write budget, as a share of `job.room_writes_per_shard`.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    target: f64,
+    share: f64,
+    smoothed: Option<f64>,
+}
+
+impl Budget {
+    /// A budget that keeps the busiest shard near `target` (0–1); 0 turns learning off and
+    /// keeps the whole of `room_writes_per_shard`.
+    pub(crate) fn new(target: f64) -> Self {
+        Budget {
+            target: target.clamp(0.0, 1.0),
+            share: 1.0,
+            smoothed: None,
+        }
+    }
+
+    /// Takes one look at the comets: the busiest shard's busy share over its last tick (0–1),
+    /// and whether a comet link holds a backlog. Returns the share of `room_writes_per_shard`
+    /// to use from now on.
+    pub(crate) fn observe(&mut self, busy: f64, backlog: bool) -> f64 {
+        let busy = busy.clamp(0.0, 1.0);
+        let smoothed = match self.smoothed {
+            Some(before) => before + SMOOTHING * (busy - before),
+            None => busy,
+        };
+        self.smoothed = Some(smoothed);
+        if self.target > 0.0 {
+            if backlog || smoothed > self.target + BAND {
+                self.share = (self.share * CUT).max(MIN_SHARE);
+            } else if smoothed < self.target - BAND {
+                self.share = (self.share * GROW).min(MAX_SHARE);
+            }
+        }
+        self.share
+    }
+
+    /// The share in use.
+    #[cfg(test)]
+    pub(crate) fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// The smoothed busy share of the busiest shard, once a report arrived.
+    pub(crate) fn busy(&self) -> Option<f64> {
+        self.smoothed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A comet shard under room load: busy = base + what the budget lets big rooms spend,
+    /// capped at 1, seen by job one look late (the report describes the tick before).
+    struct Shard {
+        base: f64,
+        per_share: f64,
+        last: f64,
+    }
+
+    impl Shard {
+        fn step(&mut self, budget: &mut Budget, backlog: bool) -> f64 {
+            let seen = self.last;
+            let share = budget.observe(seen, backlog);
+            self.last = (self.base + self.per_share * share).min(1.0);
+            share
+        }
+    }
+
+    #[test]
+    fn the_budget_rises_while_the_shards_are_idle_and_stops_at_its_ceiling() {
+        let mut budget = Budget::new(0.75);
+        let mut share = 1.0;
+        for _ in 0..100 {
+            let next = budget.observe(0.05, false);
+            assert!(next >= share, "it only rises while idle");
+            share = next;
+        }
+        assert_eq!(share, MAX_SHARE);
+    }
+
+    #[test]
+    fn the_budget_falls_while_saturated_or_backlogged_and_stops_at_its_floor() {
+        let mut budget = Budget::new(0.75);
+        assert!((budget.observe(1.0, false) - 0.8).abs() < 1e-9);
+        assert!((budget.observe(1.0, false) - 0.64).abs() < 1e-9);
+        // A backlog cuts it even when the reports look calm.
+        let calm_but_behind = Budget::new(0.75).observe(0.1, true);
+        assert!((calm_but_behind - 0.8).abs() < 1e-9);
+        for _ in 0..100 {
+            budget.observe(1.0, false);
+        }
+        assert_eq!(budget.share(), MIN_SHARE);
+    }
+
+    #[test]
+    fn the_budget_converges_into_the_band_and_holds_there() {
+        // Idle 5 %, and each unit of share costs 30 % of the core: 0.75 needs a share of 2.33.
+        for start in [MIN_SHARE, 1.0, MAX_SHARE] {
+            let mut budget = Budget::new(0.75);
+            budget.share = start;
+            let mut shard = Shard {
+                base: 0.05,
+                per_share: 0.3,
+                last: 0.05,
+            };
+            for _ in 0..200 {
+                shard.step(&mut budget, false);
+            }
+            // Settled: the next ten looks stay in the band and move the budget little.
+            let settled = budget.share();
+            for _ in 0..10 {
+                let share = shard.step(&mut budget, false);
+                let busy = budget.busy().unwrap();
+                assert!((0.6..=0.9).contains(&busy), "from {start}: busy {busy}");
+                assert!(
+                    (share / settled - 1.0).abs() <= 0.25,
+                    "from {start}: {settled} then {share}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_target_keeps_the_whole_budget() {
+        let mut budget = Budget::new(0.0);
+        assert_eq!(budget.observe(1.0, true), 1.0);
+        assert_eq!(budget.observe(0.0, false), 1.0);
+    }
+}
