@@ -1,7 +1,8 @@
 //! The way back on job's links to a shard: every tick the shard tells each job linked to it
-//! how busy its event loop was, so job can pace big rooms by how loaded the comets really are.
+//! how busy its event loop was and how much of what that job sent it has not handled yet, so
+//! job can pace big rooms by how loaded the comets really are.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -13,6 +14,8 @@ use imgate_shared::link::{Body, Envelope, Load};
 pub(crate) struct LinkBack {
     socket: RefCell<Socket>,
     unsent: RefCell<BytesMut>,
+    /// Bytes the link's reader has read but not handled yet.
+    pub buffered: Cell<usize>,
 }
 
 impl LinkBack {
@@ -20,6 +23,7 @@ impl LinkBack {
         LinkBack {
             socket,
             unsent: RefCell::new(BytesMut::new()),
+            buffered: Cell::new(0),
         }
     }
 
@@ -36,8 +40,17 @@ const MAX_UNSENT_REPORTS: usize = 4 << 10;
 /// on the shard's tick; never waits (a report a full socket does not take waits for the next
 /// tick, and a jammed link drops reports rather than grow).
 pub(crate) fn report_load(links: &[Rc<LinkBack>], busy_permille: u32) {
-    let report = Envelope::new(0, Body::Load(Load { busy_permille })).to_frame();
     for back in links {
+        let unread = back.socket.borrow().unread_bytes().unwrap_or(0);
+        let backlog = unread + back.buffered.get();
+        let report = Envelope::new(
+            0,
+            Body::Load(Load {
+                busy_permille,
+                backlog_bytes: u32::try_from(backlog).unwrap_or(u32::MAX),
+            }),
+        )
+        .to_frame();
         let mut unsent = back.unsent.borrow_mut();
         if unsent.len() + report.len() <= MAX_UNSENT_REPORTS {
             unsent.extend_from_slice(&report);

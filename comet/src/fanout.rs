@@ -13,6 +13,10 @@ use crate::shard::{Shard, ShardCommand};
 use crate::stats;
 use crate::writer::write_or_queue;
 
+/// Connections a fan-out writes to before it lets the shard's other tasks run (a few
+/// milliseconds of socket writes).
+const FANOUT_SLICE: usize = 256;
+
 impl Shard {
     fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
         let frame = if conn.websocket { ws } else { tcp };
@@ -42,8 +46,11 @@ impl Shard {
         }
     }
 
-    /// Does what `command` asks.
-    pub(crate) fn handle(self: &Rc<Self>, command: ShardCommand) {
+    /// Does what `command` asks. A fan-out to many connections lets the shard's other tasks
+    /// (timers, heartbeats, reads, load reports) run every [`FANOUT_SLICE`] members, so one
+    /// big room never holds the loop for long; the next command waits until it is done, so
+    /// pushes keep their order.
+    pub(crate) async fn handle(self: &Rc<Self>, command: ShardCommand) {
         match command {
             ShardCommand::PushKeys {
                 keys,
@@ -65,22 +72,32 @@ impl Shard {
                 }
             }
             ShardCommand::PushRoom { room, tcp, ws } => {
-                for conn in self.room_members(&room) {
-                    self.deliver(&conn, &tcp, &ws);
-                }
+                self.deliver_all(&self.room_members(&room), &tcp, &ws).await
             }
-            ShardCommand::Broadcast { op, tcp, ws, speed } => self.broadcast(op, tcp, ws, speed),
+            ShardCommand::Broadcast { op, tcp, ws, speed } => {
+                self.broadcast(op, tcp, ws, speed).await
+            }
             ShardCommand::CloseReplaced { conn_id } => self.close_replaced_here(conn_id),
             // The shard's run loop takes these itself.
             ShardCommand::AdoptLink { .. } | ShardCommand::Shutdown => {}
         }
     }
 
-    fn broadcast(self: &Rc<Self>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
-        if speed == 0 {
-            for conn in &self.watchers(op) {
-                self.deliver(conn, &tcp, &ws);
+    /// Delivers to every connection of `members`, letting other tasks run between slices.
+    async fn deliver_all(&self, members: &[Rc<Conn>], tcp: &Bytes, ws: &Bytes) {
+        for (i, slice) in members.chunks(FANOUT_SLICE).enumerate() {
+            if i > 0 {
+                futures_lite::future::yield_now().await;
             }
+            for conn in slice {
+                self.deliver(conn, tcp, ws);
+            }
+        }
+    }
+
+    async fn broadcast(self: &Rc<Self>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
+        if speed == 0 {
+            self.deliver_all(&self.watchers(op), &tcp, &ws).await;
             return;
         }
         // Paced: about `speed` connections per second, in chunks of a twentieth of that. The

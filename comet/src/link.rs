@@ -143,7 +143,7 @@ async fn open_link(
         }
         _ => {
             split(shard, first).await;
-            read_pushes(shard, &stream, buf, Route::Split).await
+            read_pushes(shard, &stream, buf, Route::Split, None).await
         }
     }
 }
@@ -157,7 +157,7 @@ async fn serve_own(
 ) -> Result<(), String> {
     let back = Rc::new(LinkBack::new(stream));
     shard.add_job_link(Rc::downgrade(&back));
-    read_pushes(shard, back.socket(), buf, Route::Own).await
+    read_pushes(shard, back.socket(), buf, Route::Own, Some(&back)).await
 }
 
 /// Reads more link bytes into `buf`; false at the end of the stream.
@@ -182,10 +182,14 @@ async fn read_pushes(
     stream: &RefCell<Socket>,
     mut buf: BytesMut,
     route: Route,
+    back: Option<&LinkBack>,
 ) -> Result<(), String> {
     let mut handled = 0u32;
     loop {
         loop {
+            if let Some(back) = back {
+                back.buffered.set(buf.len());
+            }
             match link::decode_frame(&mut buf) {
                 Ok(Some(envelope)) => match route {
                     Route::Own => handle_own(shard, envelope).await,
@@ -227,17 +231,25 @@ async fn handle_own(shard: &Rc<Shard>, envelope: Envelope) {
                 to_shard(shard, target.shard, command).await;
             }
         }
-        Some(Body::PushRoom(push)) => shard.handle(ShardCommand::PushRoom {
-            ws: ws_variant(&push.frames),
-            tcp: push.frames,
-            room: push.room,
-        }),
-        Some(Body::Broadcast(push)) => shard.handle(ShardCommand::Broadcast {
-            op: push.op,
-            ws: ws_variant(&push.frame),
-            tcp: push.frame,
-            speed: push.speed,
-        }),
+        Some(Body::PushRoom(push)) => {
+            shard
+                .handle(ShardCommand::PushRoom {
+                    ws: ws_variant(&push.frames),
+                    tcp: push.frames,
+                    room: push.room,
+                })
+                .await
+        }
+        Some(Body::Broadcast(push)) => {
+            shard
+                .handle(ShardCommand::Broadcast {
+                    op: push.op,
+                    ws: ws_variant(&push.frame),
+                    tcp: push.frame,
+                    speed: push.speed,
+                })
+                .await
+        }
         Some(Body::CloseConn(close)) => close_conn(shard, close).await,
         Some(Body::LinkHello(_)) | Some(Body::Load(_)) => {}
         other => tracing::debug!("ignoring unexpected link message {:?}", other.is_some()),
@@ -248,7 +260,7 @@ async fn handle_own(shard: &Rc<Shard>, envelope: Envelope) {
 /// shard's inbox (waiting when it is full, so job's queue absorbs the backpressure).
 async fn to_shard(shard: &Rc<Shard>, index: u32, command: ShardCommand) {
     if index == shard.index {
-        shard.handle(command);
+        shard.handle(command).await;
         return;
     }
     let inboxes = &shard.comet.inboxes;

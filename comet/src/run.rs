@@ -69,7 +69,7 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
             ShardCommand::AdoptLink { fd, buffered, peer } => {
                 spawn_local(link::serve_adopted(shard.clone(), fd, buffered, peer)).detach()
             }
-            command => shard.handle(command),
+            command => shard.handle(command).await,
         }
         // Let the connections' writers run between bursts: a full inbox handled in one go
         // would queue more than `send_queue` pushes to a busy connection before its writer

@@ -85,22 +85,39 @@ impl LinkedShards {
 #[derive(Default)]
 pub(crate) struct ShardLoad {
     busy_permille: AtomicU32,
+    backlog_bytes: AtomicU32,
     /// Milliseconds since `EPOCH` when it arrived; 0: none yet.
     at_ms: AtomicU64,
 }
 
 impl ShardLoad {
-    fn set(&self, busy_permille: u32) {
-        self.busy_permille.store(busy_permille, Ordering::Relaxed);
+    fn set(&self, report: &link::Load) {
+        self.busy_permille
+            .store(report.busy_permille, Ordering::Relaxed);
+        self.backlog_bytes
+            .store(report.backlog_bytes, Ordering::Relaxed);
         self.at_ms.store(now_ms().max(1), Ordering::Relaxed);
     }
 
-    /// The shard's busy share, if it reported within `max_age`.
+    /// What the shard last said it had not handled of this link yet.
+    pub(crate) fn backlog_bytes(&self) -> u32 {
+        self.backlog_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The shard's busy share: its last report if it came within `max_age`; fully busy if
+    /// a shard that reports has been silent longer (too busy to run its tick, or hung);
+    /// `None` if it never reported (a comet that does not).
     pub(crate) fn busy_permille(&self, max_age: Duration) -> Option<u32> {
         let at = self.at_ms.load(Ordering::Relaxed);
+        if at == 0 {
+            return None;
+        }
         let age = now_ms().saturating_sub(at);
-        (at > 0 && age <= max_age.as_millis() as u64)
-            .then(|| self.busy_permille.load(Ordering::Relaxed))
+        Some(if age <= max_age.as_millis() as u64 {
+            self.busy_permille.load(Ordering::Relaxed)
+        } else {
+            1000
+        })
     }
 }
 
@@ -355,7 +372,7 @@ async fn read_loads(mut reader: tokio::net::tcp::OwnedReadHalf, load: Arc<ShardL
             match link::decode_frame(&mut buf) {
                 Ok(Some(envelope)) => {
                     if let Some(Body::Load(report)) = envelope.body {
-                        load.set(report.busy_permille);
+                        load.set(&report);
                     }
                 }
                 Ok(None) => break,

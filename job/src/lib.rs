@@ -136,9 +136,11 @@ struct Router {
 const PACING_TICK: Duration = Duration::from_millis(100);
 /// Reports older than this are not counted (a shard that stopped reporting is not "idle").
 const LOAD_MAX_AGE: Duration = Duration::from_millis(500);
-/// A comet link holding this much job wrote but the comet has not read means the comet does
-/// not keep up, whatever its reports say.
+/// A comet does not keep up, whatever its busy share, when this much waits in job's queue to
+/// it, or when it says it has this much of what job sent not handled yet (a few room
+/// batches: each costs a write per member).
 const LINK_BACKLOG: usize = 1 << 20;
+const UNHANDLED_BACKLOG: u32 = 16 << 10;
 /// How often the pacing state is logged at most (when it changed).
 const PACING_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -200,7 +202,7 @@ impl Router {
     /// links' backlog, and big rooms' intervals follow.
     fn pace(&mut self, writes_per_shard: u64) {
         let busy = self.registry.busiest_shard(LOAD_MAX_AGE);
-        let backlog = self.registry.backlogged(LINK_BACKLOG);
+        let backlog = self.registry.backlogged(LINK_BACKLOG, UNHANDLED_BACKLOG);
         let Some(busy) = busy
             .map(|b| f64::from(b) / 1000.0)
             .or(backlog.then_some(1.0))
@@ -208,6 +210,7 @@ impl Router {
             return;
         };
         let share = self.budget.observe(busy, backlog);
+        tracing::trace!(busy, backlog, share, "room pacing look");
         self.batcher.set_share(share);
         self.counters
             .room_budget_permille

@@ -8,9 +8,9 @@
 //!
 //! The controller keeps the busiest shard near `target` (a share of its time): it smooths the
 //! reports, gives big rooms 10 % more writes a second at each look while the busiest shard is
-//! below the band around the target, 20 % fewer while it is above it or while a comet's link
-//! has a backlog (the comet does not keep up with what job sends), and holds still inside the
-//! band. More writes mean more frequent, smaller batches (lower latency); fewer mean larger
+//! below the band around the target, 20 % fewer while it is above it, 40 % fewer while a comet
+//! has a backlog (it has not handled what job sent it: its fan-out does not keep up), and
+//! holds still inside the band. More writes mean more frequent, smaller batches (lower latency); fewer mean larger
 //! batches and fewer writes for the same messages. Multiplicative steps of this size converge
 //! into the band from either side within a few seconds and do not oscillate across it (the
 //! band is wider than one step moves the load).
@@ -20,8 +20,9 @@ pub(crate) const MIN_SHARE: f64 = 0.01;
 pub(crate) const MAX_SHARE: f64 = 20.0;
 /// Half the width of the band around the target in which the budget holds still.
 const BAND: f64 = 0.1;
-/// The budget's step down (over the band, or a backlog) and up (under the band).
+/// The budget's step down (over the band), down on a backlog, and up (under the band).
 const CUT: f64 = 0.8;
+const BACKLOG_CUT: f64 = 0.6;
 const GROW: f64 = 1.1;
 /// Weight of the newest report in the smoothed busy share.
 const SMOOTHING: f64 = 0.5;
@@ -56,7 +57,9 @@ impl Budget {
         };
         self.smoothed = Some(smoothed);
         if self.target > 0.0 {
-            if backlog || smoothed > self.target + BAND {
+            if backlog {
+                self.share = (self.share * BACKLOG_CUT).max(MIN_SHARE);
+            } else if smoothed > self.target + BAND {
                 self.share = (self.share * CUT).max(MIN_SHARE);
             } else if smoothed < self.target - BAND {
                 self.share = (self.share * GROW).min(MAX_SHARE);
@@ -115,9 +118,9 @@ mod tests {
         let mut budget = Budget::new(0.75);
         assert!((budget.observe(1.0, false) - 0.8).abs() < 1e-9);
         assert!((budget.observe(1.0, false) - 0.64).abs() < 1e-9);
-        // A backlog cuts it even when the reports look calm.
+        // A backlog cuts it, harder, even when the reports look calm.
         let calm_but_behind = Budget::new(0.75).observe(0.1, true);
-        assert!((calm_but_behind - 0.8).abs() < 1e-9);
+        assert!((calm_but_behind - 0.6).abs() < 1e-9);
         for _ in 0..100 {
             budget.observe(1.0, false);
         }

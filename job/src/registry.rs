@@ -172,8 +172,8 @@ impl Registry {
         Some((sizes, self.shards))
     }
 
-    /// The busiest comet shard's busy share (thousandths) among those that reported within
-    /// `max_age`.
+    /// The busiest comet shard's busy share (thousandths); a shard silent for longer than
+    /// `max_age` counts as fully busy.
     pub(crate) fn busiest_shard(&self, max_age: Duration) -> Option<u32> {
         self.links
             .values()
@@ -182,12 +182,13 @@ impl Registry {
             .max()
     }
 
-    /// Whether some comet shard's link holds more than `bytes` that the comet has not taken.
-    pub(crate) fn backlogged(&self, bytes: usize) -> bool {
+    /// Whether some comet shard lags what job sends it: more than `queued` bytes wait in its
+    /// link's queue here, or it said it has more than `unhandled` bytes of it not handled.
+    pub(crate) fn backlogged(&self, queued: usize, unhandled: u32) -> bool {
         self.links
             .values()
             .flat_map(|links| &links.shards)
-            .any(|link| link.queued_bytes() > bytes)
+            .any(|link| link.queued_bytes() > queued || link.load.backlog_bytes() > unhandled)
     }
 
     pub(crate) fn len(&self) -> usize {

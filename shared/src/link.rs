@@ -82,6 +82,10 @@ pub struct Load {
     /// The share of the tick its event loop was busy (not parked), in thousandths.
     #[prost(uint32, tag = "1")]
     pub busy_permille: u32,
+    /// Bytes job sent on this link that the shard has not handled yet (unread in the socket,
+    /// or read and waiting): how far its fan-out lags what it was given.
+    #[prost(uint32, tag = "2")]
+    pub backlog_bytes: u32,
 }
 
 /// The first message job sends on a link to a comet: job opens one link per comet shard, so
