@@ -267,3 +267,35 @@ fn room_history_is_read_only_in_the_tokens_rooms() {
     );
     g.shutdown();
 }
+
+/// A token's `rooms` claim limits joins (op 24) exactly as it limits op 12.
+#[test]
+fn joins_are_limited_to_the_tokens_rooms() {
+    use imgate_shared::frame::op;
+    let g = secure_gateway();
+    let rooms = vec!["live://1".to_string(), "live://2".to_string()];
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    c.auth(&auth_with(&token(9, Some(rooms)), 9, "", "live://1"))
+        .unwrap();
+    c.send(1, op::JOIN, 2, b"live://2").unwrap();
+    assert_eq!(
+        c.recv_op(op::JOIN_REPLY, Duration::from_secs(5)).unwrap().body,
+        b"live://2"
+    );
+    c.send(1, op::JOIN, 3, b"live://secret").unwrap();
+    let refused = c.recv_op(op::JOIN_REPLY, Duration::from_secs(5)).unwrap();
+    assert_eq!((refused.seq, refused.body.len()), (3, 0));
+    assert_eq!(g.comet().stats().room_refused, 1);
+    post(
+        g.http_addr(),
+        "/goim/push/room?operation=1000&type=live&room=secret",
+        "classified",
+    );
+    post(
+        g.http_addr(),
+        "/goim/push/room?operation=1000&type=live&room=2",
+        "for live://2",
+    );
+    assert_eq!(next_push(&mut c).1, "for live://2");
+    g.shutdown();
+}

@@ -114,8 +114,11 @@ pub(crate) struct Conn {
     /// Shared with the shard's key index.
     pub key: Rc<str>,
     pub peer_ip: Option<IpAddr>,
-    /// The room it is in (see [`Conn::room`]).
+    /// Its main room (goim's one room: op 12, the heartbeat reply's count).
     pub(crate) room: Cell<Option<Rc<str>>>,
+    /// The other rooms it joined (op 24); rare, so boxed.
+    #[allow(clippy::box_collection)]
+    pub(crate) joined: RefCell<Option<Box<Vec<Rc<str>>>>>,
     /// The rooms this connection may change to (its token's `rooms` claim); `None`: any.
     /// Boxed: a thin pointer costs every connection 8 bytes, the list itself is rare.
     #[allow(clippy::box_collection)]
@@ -262,6 +265,58 @@ impl Conn {
     pub(crate) fn dequeued(&self, bytes: usize) {
         let left = (self.queued_bytes.get() as usize).saturating_sub(bytes);
         self.queued_bytes.set(left as u32);
+    }
+
+    /// How many rooms it is in, its main room included.
+    pub fn room_count(&self) -> usize {
+        let main = self.room();
+        main.is_some() as usize + self.joined.borrow().as_ref().map_or(0, |j| j.len())
+    }
+
+    /// Whether it is in `room`, as its main room or a joined one.
+    pub fn in_room(&self, room: &str) -> bool {
+        self.room().as_deref() == Some(room) || self.is_joined(room)
+    }
+
+    /// Whether it joined `room` (besides its main room).
+    pub fn is_joined(&self, room: &str) -> bool {
+        self.joined
+            .borrow()
+            .as_ref()
+            .is_some_and(|j| j.iter().any(|r| &**r == room))
+    }
+
+    /// Forgets joined room `room`; true if it was joined.
+    pub fn unjoin(&self, room: &str) -> bool {
+        let mut joined = self.joined.borrow_mut();
+        let Some(list) = joined.as_mut() else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|r| &**r == room) else {
+            return false;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            *joined = None;
+        }
+        true
+    }
+
+    /// Remembers joined room `room` (the shard's key for it).
+    pub fn add_joined(&self, room: Rc<str>) {
+        self.joined
+            .borrow_mut()
+            .get_or_insert_with(Default::default)
+            .push(room);
+    }
+
+    /// Every joined room (besides the main one), forgotten.
+    pub fn take_joined(&self) -> Vec<Rc<str>> {
+        self.joined
+            .borrow_mut()
+            .take()
+            .map(|j| *j)
+            .unwrap_or_default()
     }
 
     /// The room this connection is in.

@@ -204,6 +204,7 @@ fn admit(
         key: Rc::from(r.key),
         peer_ip: peer.map(|p| p.ip()),
         room: Cell::new(None),
+        joined: RefCell::new(None),
         allowed_rooms: r
             .rooms_limited
             .then(|| Box::new(std::mem::take(&mut r.allowed_rooms))),

@@ -21,6 +21,15 @@ use crate::sync::serve_syncs;
 /// answered at once with an empty reply and counted.
 const MAX_WAITING_SYNCS: usize = 8;
 
+/// Longest room name a client may join (op 24) or move to (op 12), in bytes.
+pub(crate) const MAX_ROOM_LEN: usize = 256;
+
+/// Parses an op-24/26 body: a room name, UTF-8, not empty, at most [`MAX_ROOM_LEN`] bytes.
+pub(crate) fn parse_room(body: &[u8]) -> Option<&str> {
+    let room = std::str::from_utf8(body).ok()?;
+    (!room.is_empty() && room.len() <= MAX_ROOM_LEN).then_some(room)
+}
+
 /// Parses an OpSub/OpUnsub body: comma-separated decimal int32 ops. Any invalid item voids
 /// the whole list (goim).
 pub(crate) fn parse_ops(body: &[u8]) -> Option<Vec<i32>> {
@@ -113,6 +122,10 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
         }
         op::CHANGE_ROOM => {
             let room = String::from_utf8_lossy(body);
+            if room.len() > MAX_ROOM_LEN {
+                stats::inc(&shard.stats.room_refused);
+                return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
+            }
             if !room.is_empty() && !conn.may_enter(&room) {
                 // Refused: the connection stays where it is; the empty reply says so.
                 stats::inc(&shard.stats.room_refused);
@@ -120,6 +133,30 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             }
             shard.change_room(conn, &room);
             reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, body)
+        }
+        op::JOIN => {
+            let room = parse_room(body);
+            let joined = match room {
+                None => false,
+                Some(room) if !conn.may_enter(room) => {
+                    stats::inc(&shard.stats.room_refused);
+                    false
+                }
+                Some(room) => {
+                    let joined = shard.join_room(conn, room);
+                    if !joined {
+                        stats::inc(&shard.stats.room_limit);
+                    }
+                    joined
+                }
+            };
+            let echoed: &[u8] = if joined { body } else { &[] };
+            reply(ws, h.ver, op::JOIN_REPLY, h.seq, echoed)
+        }
+        op::LEAVE => {
+            let left = parse_room(body).is_some_and(|room| shard.leave_room(conn, room));
+            let echoed: &[u8] = if left { body } else { &[] };
+            reply(ws, h.ver, op::LEAVE_REPLY, h.seq, echoed)
         }
         op::SUB => {
             if let Some(ops) = parse_ops(body) {

@@ -21,6 +21,11 @@ impl Rooms {
         key
     }
 
+    /// The shared key of `room`, if it has members.
+    pub fn key(&self, room: &str) -> Option<Rc<str>> {
+        self.rooms.get_key_value(room).map(|(key, _)| key.clone())
+    }
+
     /// Removes `conn_id` from `room`; unknown rooms or members are ignored.
     pub fn leave(&mut self, room: &str, conn_id: u64) {
         if let Some(members) = self.rooms.get_mut(room) {

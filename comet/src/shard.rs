@@ -381,6 +381,9 @@ impl Shard {
         if let Some(room) = conn.set_room(None) {
             self.rooms.borrow_mut().leave(&room, conn.id);
         }
+        for room in conn.take_joined() {
+            self.rooms.borrow_mut().leave(&room, conn.id);
+        }
         if let Some(ip) = conn.peer_ip {
             self.comet.addresses.leave(ip);
         }
@@ -389,7 +392,8 @@ impl Shard {
         stats::dec(&self.stats.connections);
     }
 
-    /// Moves a connection to `room` (empty = leave its room).
+    /// Moves a connection's main room to `room` (empty = leave its main room). A room it had
+    /// joined becomes its main room (it stays in it once).
     pub fn change_room(&self, conn: &Conn, room: &str) {
         let current = conn.room();
         if current.as_deref() == Some(room) {
@@ -399,8 +403,42 @@ impl Shard {
         if let Some(old) = current {
             rooms.leave(&old, conn.id);
         }
-        let joined = (!room.is_empty()).then(|| rooms.join(room, conn.id));
-        conn.set_room(joined);
+        let main = if room.is_empty() {
+            None
+        } else if conn.unjoin(room) {
+            rooms.key(room)
+        } else {
+            Some(rooms.join(room, conn.id))
+        };
+        conn.set_room(main);
+    }
+
+    /// Adds `room` to a connection's rooms (op 24). Joining a room it is in already changes
+    /// nothing; past `comet.max_rooms_per_conn` rooms it is refused (false).
+    pub fn join_room(&self, conn: &Conn, room: &str) -> bool {
+        if conn.in_room(room) {
+            return true;
+        }
+        if conn.room_count() >= self.comet.config.max_rooms_per_conn {
+            return false;
+        }
+        let key = self.rooms.borrow_mut().join(room, conn.id);
+        conn.add_joined(key);
+        true
+    }
+
+    /// Takes a connection out of `room` (op 26), its main room or a joined one; false if it was
+    /// not in it.
+    pub fn leave_room(&self, conn: &Conn, room: &str) -> bool {
+        if conn.room().as_deref() == Some(room) {
+            self.change_room(conn, "");
+            return true;
+        }
+        if !conn.unjoin(room) {
+            return false;
+        }
+        self.rooms.borrow_mut().leave(room, conn.id);
+        true
     }
 
     /// The online count a heartbeat reply reports for `room`.

@@ -33,8 +33,8 @@ pub struct Stats {
     /// Stored key pushes not queued because the connection already had them (its connect
     /// backlog or a sync carried them).
     pub push_dropped_duplicate: u64,
-    /// Room changes and room-history syncs refused because the connection's token does not
-    /// allow that room.
+    /// Room changes, joins and room-history syncs refused because the connection's token does
+    /// not allow that room (or its name is too long).
     pub room_refused: u64,
     /// Connections closed at accept because the comet holds `max_conns`.
     pub refused_conn_limit: u64,
@@ -46,6 +46,8 @@ pub struct Stats {
     pub tls_failed: u64,
     /// Op-22 requests answered empty because the connection had too many waiting.
     pub sync_refused: u64,
+    /// Joins (op 24) refused because the connection was in `max_rooms_per_conn` rooms.
+    pub room_limit: u64,
     /// Messages to logic dropped, oldest first, because logic was unreachable or slow while
     /// more than 100,000 (or 16 MiB of them) waited.
     pub logic_dropped: u64,
@@ -74,6 +76,7 @@ pub(crate) struct ShardStats {
     pub closed_rate_limited: AtomicU64,
     pub tls_failed: AtomicU64,
     pub sync_refused: AtomicU64,
+    pub room_limit: AtomicU64,
     pub logic_dropped: AtomicU64,
 }
 
@@ -116,6 +119,7 @@ impl ShardStats {
         total.closed_rate_limited += get(&self.closed_rate_limited);
         total.tls_failed += get(&self.tls_failed);
         total.sync_refused += get(&self.sync_refused);
+        total.room_limit += get(&self.room_limit);
         total.logic_dropped += get(&self.logic_dropped);
     }
 }

@@ -96,6 +96,8 @@ pub struct CometConfig {
     pub max_conns: usize,
     /// Most client connections from one source IP address; 0 = no limit.
     pub max_conns_per_ip: usize,
+    /// Rooms one connection may be in at once, its main room included (op 24 joins more).
+    pub max_rooms_per_conn: usize,
     /// Frames per second a client may send, on average; 0 = no limit.
     pub upstream_rate: u32,
     /// Frames a client may send in a burst above `upstream_rate`.
@@ -319,6 +321,7 @@ impl Default for CometConfig {
             ws_max_header: 8192,
             max_conns: 0,
             max_conns_per_ip: 0,
+            max_rooms_per_conn: 16,
             upstream_rate: 50,
             upstream_burst: 100,
             send_queue: 128,

@@ -46,6 +46,14 @@ pub mod op {
     /// `<room> <after>` (a room's recent history). The messages come first, then the reply.
     pub const SYNC: i32 = 22;
     pub const SYNC_REPLY: i32 = 23;
+    /// imgate: join a room besides the main one (body `type://id`); the reply echoes the body,
+    /// empty when refused.
+    pub const JOIN: i32 = 24;
+    pub const JOIN_REPLY: i32 = 25;
+    /// imgate: leave a room (body `type://id`); the reply echoes the body, empty when the
+    /// connection was not in it.
+    pub const LEAVE: i32 = 26;
+    pub const LEAVE_REPLY: i32 = 27;
 }
 
 /// Why a byte sequence is not a valid goim frame.
