@@ -279,7 +279,9 @@ fn joins_are_limited_to_the_tokens_rooms() {
         .unwrap();
     c.send(1, op::JOIN, 2, b"live://2").unwrap();
     assert_eq!(
-        c.recv_op(op::JOIN_REPLY, Duration::from_secs(5)).unwrap().body,
+        c.recv_op(op::JOIN_REPLY, Duration::from_secs(5))
+            .unwrap()
+            .body,
         b"live://2"
     );
     c.send(1, op::JOIN, 3, b"live://secret").unwrap();

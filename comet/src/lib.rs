@@ -178,17 +178,23 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         Some(_) => (&config.wss_bind[..], &config.tcp_tls_bind[..]),
         None => (no_tls, no_tls),
     };
+    let client_options = listener::ClientOptions::from_config(config);
     let bind_all = |specs: &[String]| {
         specs
             .iter()
-            .map(|a| listener::bind_group(a, shards, config.backlog))
+            .map(|a| listener::bind_group(a, shards, config.backlog, client_options))
             .collect::<Result<Vec<_>, _>>()
     };
     let tcp = bind_all(&config.tcp_bind)?;
     let ws = bind_all(&config.ws_bind)?;
     let wss = bind_all(wss_bind)?;
     let tcp_tls = bind_all(tcp_tls_bind)?;
-    let link = listener::bind_group(&config.link_bind, shards, config.backlog)?;
+    let link = listener::bind_group(
+        &config.link_bind,
+        shards,
+        config.backlog,
+        listener::ClientOptions::default(),
+    )?;
 
     let id = if config.id.is_empty() {
         format!("comet-{}-{}", hostname(), link.addr.port())

@@ -98,6 +98,17 @@ pub struct CometConfig {
     pub max_conns_per_ip: usize,
     /// Rooms one connection may be in at once, its main room included (op 24 joins more).
     pub max_rooms_per_conn: usize,
+    /// TCP keep-alive on client sockets (goim's `tcp.keepalive`): probes after
+    /// `tcp_keepalive_idle` of silence, every `tcp_keepalive_interval`.
+    pub tcp_keepalive: bool,
+    #[serde(deserialize_with = "duration")]
+    pub tcp_keepalive_idle: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub tcp_keepalive_interval: Duration,
+    /// Kernel send and receive buffer sizes of client sockets, in bytes (goim's `tcp.sndbuf` /
+    /// `tcp.rcvbuf`); 0 = the kernel's autotuning.
+    pub sndbuf: usize,
+    pub rcvbuf: usize,
     /// Frames per second a client may send, on average; 0 = no limit.
     pub upstream_rate: u32,
     /// Frames a client may send in a burst above `upstream_rate`.
@@ -322,6 +333,11 @@ impl Default for CometConfig {
             max_conns: 0,
             max_conns_per_ip: 0,
             max_rooms_per_conn: 16,
+            tcp_keepalive: false,
+            tcp_keepalive_idle: Duration::from_secs(120),
+            tcp_keepalive_interval: Duration::from_secs(30),
+            sndbuf: 0,
+            rcvbuf: 0,
             upstream_rate: 50,
             upstream_burst: 100,
             send_queue: 128,
