@@ -550,3 +550,20 @@ fn comet_counts_every_byte_it_writes_and_fans_out_inline() {
     );
     g.shutdown();
 }
+
+/// A client message (op 4) is answered with op 5 and the same seq, never a hang or a close:
+/// with no business configured, the answer is empty and counted.
+#[test]
+fn a_client_message_without_a_business_is_answered_empty() {
+    let g = gateway();
+    let mut c = client(g.tcp_addr(), Transport::Tcp, 5, "", "", &[]);
+    c.send(1, op::SEND_MSG, 41, b"hello business").unwrap();
+    let answer = c.recv_op(op::SEND_MSG_REPLY, 5 * SECOND).unwrap();
+    assert_eq!((answer.seq, answer.body.len()), (41, 0));
+    eventually(5 * SECOND, "the failure counted", || {
+        g.comet().stats().upstream_failed == 1
+    });
+    // Still connected and served.
+    assert!(c.heartbeat(42).is_ok());
+    g.shutdown();
+}

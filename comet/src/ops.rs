@@ -212,19 +212,83 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                 return None;
             }
         },
-        other => {
-            shard.logic.notify(Body::Upstream(Upstream {
-                conn: shard.conn_ref(conn),
-                mid: conn.mid,
-                key: conn.key.to_string(),
-                op: other,
-                seq: h.seq,
-                body: Bytes::copy_from_slice(body),
-            }));
-            reply(ws, h.ver, other, h.seq, &[])
+        op::SEND_MSG => {
+            let upstream = upstream(shard, conn, h, body);
+            if !shard.start_upstream(conn.id, MAX_UPSTREAM_PER_CONN) {
+                // Too many of this client's (or of the shard's) messages wait for the
+                // business: answered at once, with nothing, and counted.
+                stats::inc(&shard.stats.upstream_refused);
+                return Some(reply(ws, h.ver, op::SEND_MSG_REPLY, h.seq, &[]));
+            }
+            spawn_local(send_upstream(shard.clone(), conn.clone(), h, upstream)).detach();
+            return None;
+        }
+        _ => {
+            shard
+                .logic
+                .notify(Body::Upstream(upstream(shard, conn, h, body)));
+            reply(ws, h.ver, h.op, h.seq, &[])
         }
     };
     Some(answer)
+}
+
+/// A client frame for the business.
+fn upstream(shard: &Shard, conn: &Conn, h: Header, body: &[u8]) -> Upstream {
+    Upstream {
+        conn: shard.conn_ref(conn),
+        mid: conn.mid,
+        key: conn.key.to_string(),
+        op: h.op,
+        seq: h.seq,
+        body: Bytes::copy_from_slice(body),
+        room: conn.room().as_deref().unwrap_or_default().to_string(),
+    }
+}
+
+/// Messages (op 4) one connection may have waiting for the business's answer; more are
+/// answered at once with an empty op 5 and counted.
+const MAX_UPSTREAM_PER_CONN: u32 = 8;
+/// Longest comet waits for logic's answer to a client message (logic bounds the business's
+/// own time with `logic.upstream_timeout`).
+const UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends a client's message (op 4) to the business through logic and answers the client with
+/// op 5: the same seq and the business's answer, or an empty body when there is none.
+async fn send_upstream(shard: Rc<Shard>, conn: Rc<Conn>, h: Header, upstream: Upstream) {
+    let answer = shard
+        .logic
+        .request(Body::Upstream(upstream), UPSTREAM_WAIT)
+        .await;
+    shard.end_upstream(conn.id);
+    let body = match answer {
+        Ok(Body::UpstreamReply(reply)) => {
+            if !reply.delivered {
+                stats::inc(&shard.stats.upstream_failed);
+            }
+            reply.body
+        }
+        Ok(_) => {
+            tracing::warn!("logic answered Upstream with an unexpected message");
+            stats::inc(&shard.stats.upstream_failed);
+            Bytes::new()
+        }
+        Err(e) => {
+            tracing::debug!(conn_id = conn.id, "client message not delivered: {e}");
+            stats::inc(&shard.stats.upstream_failed);
+            Bytes::new()
+        }
+    };
+    // A body the client's frame limit cannot carry is not sent (logic caps it already).
+    let body: &[u8] = if body.len() <= shard.comet.config.max_body.max(1 << 16) {
+        &body
+    } else {
+        &[]
+    };
+    shard.reply(
+        &conn,
+        reply(conn.websocket, h.ver, op::SEND_MSG_REPLY, h.seq, body),
+    );
 }
 
 #[cfg(test)]

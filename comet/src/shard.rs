@@ -156,6 +156,8 @@ pub(crate) struct Shard {
     syncs: RefCell<HashMap<u64, VecDeque<SyncRequest>>>,
     /// This shard's own links from job (to tell each job how loaded the shard is).
     job_links: RefCell<Vec<Weak<LinkBack>>>,
+    /// Client messages (op 4) waiting for the business, per connection.
+    upstream: RefCell<HashMap<u64, u32>>,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
     /// How late the shard's ticks ran since the last online report.
@@ -238,6 +240,7 @@ impl Shard {
             drain_waiters: RefCell::new(HashMap::new()),
             syncs: RefCell::new(HashMap::new()),
             job_links: RefCell::new(Vec::new()),
+            upstream: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             stopping: Cell::new(false),
             lag: Lag::default(),
@@ -575,6 +578,34 @@ impl Shard {
     /// Thousandths of the time since the last call that the shard's loop was busy.
     pub fn take_tick_busy(&self) -> u32 {
         self.tick_busy.take_permille(&self.loop_stats)
+    }
+
+    /// A client message of connection `conn_id` starts waiting for the business; false (and
+    /// nothing changes) if it has `most` waiting already, or the shard
+    /// `comet.upstream_concurrency`.
+    pub fn start_upstream(&self, conn_id: u64, most: u32) -> bool {
+        let mut waiting = self.upstream.borrow_mut();
+        let total: u32 = waiting.values().sum();
+        if total as usize >= self.comet.config.upstream_concurrency {
+            return false;
+        }
+        let n = waiting.entry(conn_id).or_default();
+        if *n >= most {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// One of connection `conn_id`'s client messages got its answer (or gave up).
+    pub fn end_upstream(&self, conn_id: u64) {
+        let mut waiting = self.upstream.borrow_mut();
+        if let Some(n) = waiting.get_mut(&conn_id) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&conn_id);
+            }
+        }
     }
 
     /// Remembers one of this shard's own links from job.

@@ -48,6 +48,12 @@ pub struct Stats {
     pub sync_refused: u64,
     /// Joins (op 24) refused because the connection was in `max_rooms_per_conn` rooms.
     pub room_limit: u64,
+    /// Client messages (op 4) answered empty at once: too many of the connection's (8) or the
+    /// shard's (`upstream_concurrency`) waited for the business already.
+    pub upstream_refused: u64,
+    /// Client messages the business did not answer (an error, a timeout, no business
+    /// configured, logic unreachable): op 5 went out empty.
+    pub upstream_failed: u64,
     /// Messages to logic dropped, oldest first, because logic was unreachable or slow while
     /// more than 100,000 (or 16 MiB of them) waited.
     pub logic_dropped: u64,
@@ -77,6 +83,8 @@ pub(crate) struct ShardStats {
     pub tls_failed: AtomicU64,
     pub sync_refused: AtomicU64,
     pub room_limit: AtomicU64,
+    pub upstream_refused: AtomicU64,
+    pub upstream_failed: AtomicU64,
     pub logic_dropped: AtomicU64,
 }
 
@@ -120,6 +128,8 @@ impl ShardStats {
         total.tls_failed += get(&self.tls_failed);
         total.sync_refused += get(&self.sync_refused);
         total.room_limit += get(&self.room_limit);
+        total.upstream_refused += get(&self.upstream_refused);
+        total.upstream_failed += get(&self.upstream_failed);
         total.logic_dropped += get(&self.logic_dropped);
     }
 }

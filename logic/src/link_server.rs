@@ -212,6 +212,10 @@ impl LinkHandler {
             Some(Body::Upstream(req)) => {
                 self.upstream_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(mid = req.mid, key = %req.key, op = req.op, seq = req.seq, len = req.body.len(), "upstream frame");
+                if req.op == imgate_shared::frame::op::SEND_MSG {
+                    // No business endpoint yet: the client is answered, with nothing.
+                    return Ok(Body::UpstreamReply(link::UpstreamReply::default()));
+                }
                 Ok(Body::Ok(Empty {}))
             }
             Some(Body::InboxAck(req)) => {
@@ -281,6 +285,7 @@ fn body_name(body: &Body) -> &'static str {
         Body::CloseConn(_) => "CloseConn",
         Body::LinkHello(_) => "LinkHello",
         Body::Load(_) => "Load",
+        Body::UpstreamReply(_) => "UpstreamReply",
     }
 }
 

@@ -109,6 +109,9 @@ pub struct CometConfig {
     /// `tcp.rcvbuf`); 0 = the kernel's autotuning.
     pub sndbuf: usize,
     pub rcvbuf: usize,
+    /// Client messages (op 4) one shard may have waiting for the business at once; more are
+    /// answered at once with an empty op 5.
+    pub upstream_concurrency: usize,
     /// Frames per second a client may send, on average; 0 = no limit.
     pub upstream_rate: u32,
     /// Frames a client may send in a burst above `upstream_rate`.
@@ -333,6 +336,7 @@ impl Default for CometConfig {
             max_conns: 0,
             max_conns_per_ip: 0,
             max_rooms_per_conn: 16,
+            upstream_concurrency: 256,
             tcp_keepalive: false,
             tcp_keepalive_idle: Duration::from_secs(120),
             tcp_keepalive_interval: Duration::from_secs(30),

@@ -21,7 +21,7 @@ pub struct Envelope {
     pub id: u64,
     #[prost(
         oneof = "Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
     )]
     pub body: Option<Body>,
 }
@@ -73,6 +73,9 @@ pub enum Body {
     /// comet → job, back on job's link to a shard, every 100 ms: how loaded the shard is.
     #[prost(message, tag = "19")]
     Load(Load),
+    /// logic → comet: the answer to an `Upstream` request (a client's op 4).
+    #[prost(message, tag = "20")]
+    UpstreamReply(UpstreamReply),
 }
 
 /// How loaded a comet shard was over its last tick, as it tells each job linked to it (job
@@ -338,6 +341,20 @@ pub struct Upstream {
     pub seq: i32,
     #[prost(bytes = "bytes", tag = "6")]
     pub body: Bytes,
+    /// The connection's main room.
+    #[prost(string, tag = "7")]
+    pub room: String,
+}
+
+/// logic → comet: the business's answer to a client message (op 4), for op 5. An empty body
+/// when the business failed, did not answer in time, or is not configured.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpstreamReply {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub body: Bytes,
+    /// Whether the business answered (2xx); false: the body is empty for that reason.
+    #[prost(bool, tag = "2")]
+    pub delivered: bool,
 }
 
 /// Keys of one shard.
