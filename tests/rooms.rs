@@ -182,3 +182,60 @@ fn joins_are_bounded_by_the_limit_and_the_name_and_wait_for_auth() {
     assert_eq!(next_push(&mut c).1, "yes");
     g.shutdown();
 }
+
+/// Splits an op-28 body into its room and its frames (op, seq, body).
+fn tagged(body: &[u8]) -> (String, Vec<(i32, i32, String)>) {
+    let len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let room = String::from_utf8(body[2..2 + len].to_vec()).unwrap();
+    let frames = imgate_shared::frame::split_frames(&body[2 + len..])
+        .map(|f| {
+            let (h, b) = f.unwrap();
+            (h.op, h.seq, String::from_utf8_lossy(b).to_string())
+        })
+        .collect();
+    (room, frames)
+}
+
+/// A client that asks for room tags (auth `"room_tags": true`) gets each room's pushes and
+/// history in an op-28 frame naming the room; one that does not gets goim's forms.
+#[test]
+fn room_pushes_and_history_come_tagged_with_their_room_when_asked() {
+    let g = gateway();
+    for transport in [Transport::Tcp, Transport::WebSocket] {
+        let addr = match transport {
+            Transport::Tcp => g.tcp_addr(),
+            Transport::WebSocket => g.ws_addr(),
+        };
+        let mut c = Client::connect(addr, transport).unwrap();
+        let auth = serde_json::json!({"mid": 0, "room_id": "live://t1", "room_tags": true});
+        c.auth(&auth.to_string()).unwrap();
+        ask(&mut c, op::JOIN, op::JOIN_REPLY, 2, b"live://t2");
+        let mut plain = client(addr, transport, 0, "", "live://t1", &[]);
+
+        push(
+            g.http_addr(),
+            "/goim/push/room?operation=1000&type=live&room=t2&history=1",
+            "two",
+        );
+        let f = c.recv_op(op::ROOM, WAIT).unwrap();
+        let (room, frames) = tagged(&f.body);
+        assert_eq!(room, "live://t2");
+        assert_eq!(frames.len(), 1);
+        let (op, seq, body) = &frames[0];
+        assert_eq!((*op, body.as_str()), (1000, "two"));
+        assert!(*seq >= 1, "with its room sequence");
+        room_push(&g, "t1", "one");
+        let (room, frames) = tagged(&c.recv_op(op::ROOM, WAIT).unwrap().body);
+        assert_eq!((room.as_str(), frames[0].2.as_str()), ("live://t1", "one"));
+        // goim's form for the client that did not ask.
+        assert_eq!(next_push(&mut plain), (1000, "one".to_string()));
+
+        // A room's history by op 22 comes tagged too.
+        c.send(1, op::SYNC, 9, b"live://t2 0").unwrap();
+        let (room, frames) = tagged(&c.recv_op(op::ROOM, WAIT).unwrap().body);
+        assert_eq!(room, "live://t2");
+        assert!(frames.iter().all(|(op, seq, _)| *op == 1000 && *seq >= 1));
+        assert_eq!(c.recv_op(op::SYNC_REPLY, WAIT).unwrap().seq, 9);
+    }
+    g.shutdown();
+}

@@ -145,6 +145,8 @@ pub(crate) struct Conn {
     pub(crate) reading: Cell<Reading>,
     pub(crate) flush_then_close: Cell<bool>,
     pub websocket: bool,
+    /// The client asked for room pushes tagged with their room (op 28).
+    pub room_tags: bool,
 }
 
 impl Conn {

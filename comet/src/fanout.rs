@@ -9,6 +9,7 @@ use imgate_runtime::spawn_local;
 use imgate_runtime::time::sleep;
 
 use crate::conn::{Conn, Pushed};
+use crate::outbound::room_tagged;
 use crate::shard::{Shard, ShardCommand};
 use crate::stats;
 use crate::writer::write_or_queue;
@@ -16,6 +17,37 @@ use crate::writer::write_or_queue;
 /// Connections a fan-out writes to before it lets the shard's other tasks run (a few
 /// milliseconds of socket writes).
 const FANOUT_SLICE: usize = 256;
+
+/// The forms a room push takes on this shard: goim's two (TCP, WebSocket), encoded once by
+/// the link, and the room-tagged two (op 28), made once when a member first asks for them.
+struct RoomForms<'a> {
+    room: &'a str,
+    tcp: &'a Bytes,
+    ws: &'a Bytes,
+    tagged: [std::cell::OnceCell<Option<Bytes>>; 2],
+}
+
+impl<'a> RoomForms<'a> {
+    fn new(room: &'a str, tcp: &'a Bytes, ws: &'a Bytes) -> Self {
+        RoomForms {
+            room,
+            tcp,
+            ws,
+            tagged: Default::default(),
+        }
+    }
+
+    fn pick(&self, conn: &Conn) -> &Bytes {
+        let plain = if conn.websocket { self.ws } else { self.tcp };
+        if !conn.room_tags {
+            return plain;
+        }
+        self.tagged[usize::from(conn.websocket)]
+            .get_or_init(|| room_tagged(conn.websocket, self.room, self.tcp))
+            .as_ref()
+            .unwrap_or(plain)
+    }
+}
 
 impl Shard {
     fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
@@ -72,7 +104,17 @@ impl Shard {
                 }
             }
             ShardCommand::PushRoom { room, tcp, ws } => {
-                self.deliver_all(&self.room_members(&room), &tcp, &ws).await
+                let forms = RoomForms::new(&room, &tcp, &ws);
+                let members = self.room_members(&room);
+                for (i, slice) in members.chunks(FANOUT_SLICE).enumerate() {
+                    if i > 0 {
+                        futures_lite::future::yield_now().await;
+                    }
+                    for conn in slice {
+                        let frame = forms.pick(conn);
+                        self.count_delivery(write_or_queue(self, conn, frame, None));
+                    }
+                }
             }
             ShardCommand::Broadcast { op, tcp, ws, speed } => {
                 self.broadcast(op, tcp, ws, speed).await

@@ -225,13 +225,14 @@ fn admit(
         reading: Cell::new(Reading::Buffered),
         flush_then_close: Cell::new(false),
         websocket,
+        room_tags: r.room_tags,
     });
     conn.subscribe(&r.accepts);
     shard.register(&conn, &r.room);
     shard.reply(&conn, reply(websocket, ver, op::AUTH_REPLY, seq, &[]));
     // The user's unacknowledged stored messages follow the auth reply.
     conn.push_stored_batches(
-        stored_batches(websocket, &r.backlog, SCRATCH_SIZE),
+        stored_batches(websocket, None, &r.backlog, SCRATCH_SIZE),
         true,
         shard.queue_limits(),
     );

@@ -8,10 +8,12 @@ use imgate_shared::ws::{self, opcode};
 
 /// Stored messages encoded for one connection: each a goim push frame whose header `seq`
 /// carries the message's sequence, packed into batches of about `limit` bytes (a WebSocket
-/// batch is one `OpRaw` message, as for pushes). Each batch comes with the highest seq it
-/// holds. Oldest first, as given.
+/// batch is one `OpRaw` message, as for pushes; with `tag`, a room's history for a client
+/// that asked for room tags, one op-28 frame naming the room). Each batch comes with the
+/// first and last seq it holds. Oldest first, as given.
 pub(crate) fn stored_batches(
     websocket: bool,
+    tag: Option<&str>,
     messages: &[Stored],
     limit: usize,
 ) -> Vec<(Bytes, u64, u64)> {
@@ -23,7 +25,7 @@ pub(crate) fn stored_batches(
     for m in messages {
         let len = HEADER_LEN + m.body.len();
         if !inner.is_empty() && inner.len() + len > limit {
-            batches.push((finish_batch(websocket, &inner), first, last));
+            batches.push((finish_batch(websocket, tag, &inner), first, last));
             inner.clear();
         }
         if inner.is_empty() {
@@ -33,12 +35,15 @@ pub(crate) fn stored_batches(
         last = m.seq;
     }
     if !inner.is_empty() {
-        batches.push((finish_batch(websocket, &inner), first, last));
+        batches.push((finish_batch(websocket, tag, &inner), first, last));
     }
     batches
 }
 
-fn finish_batch(websocket: bool, inner: &[u8]) -> Bytes {
+fn finish_batch(websocket: bool, tag: Option<&str>, inner: &[u8]) -> Bytes {
+    if let Some(tagged) = tag.and_then(|room| room_tagged(websocket, room, inner)) {
+        return tagged;
+    }
     if websocket {
         ws_variant(inner)
     } else {
@@ -55,6 +60,28 @@ pub(crate) fn ws_variant(inner: &[u8]) -> Bytes {
     frame::put_header(&mut out, outer, PUSH_VER, op::RAW, 0);
     out.put_slice(inner);
     out.freeze()
+}
+
+/// Room pushes for a client that asked for room tags: one op-28 frame whose body is the
+/// room name (2-byte length, then the name) and the pushed frames; on WebSocket, one binary
+/// message holding it. `None` for a name too long to tag (the client gets the plain form).
+pub(crate) fn room_tagged(websocket: bool, room: &str, frames: &[u8]) -> Option<Bytes> {
+    let name_len = u16::try_from(room.len()).ok()?;
+    let len = HEADER_LEN + 2 + room.len() + frames.len();
+    let ws_len = if websocket {
+        ws::header_len(len, false)
+    } else {
+        0
+    };
+    let mut out = BytesMut::with_capacity(ws_len + len);
+    if websocket {
+        ws::put_header(&mut out, opcode::BINARY, len, None);
+    }
+    frame::put_header(&mut out, len, PUSH_VER, op::ROOM, 0);
+    out.put_u16(name_len);
+    out.put_slice(room.as_bytes());
+    out.put_slice(frames);
+    Some(out.freeze())
 }
 
 /// A reply to a client frame: the plain goim frame on TCP, one binary message holding it on
@@ -137,8 +164,8 @@ mod tests {
             body: Bytes::from_static(body),
         };
         let messages = vec![stored(3, b"aaaa"), stored(5, b"bb"), stored(9, b"c")];
-        assert!(stored_batches(false, &[], 100).is_empty());
-        let one = stored_batches(false, &messages, 1 << 16);
+        assert!(stored_batches(false, None, &[], 100).is_empty());
+        let one = stored_batches(false, None, &messages, 1 << 16);
         assert_eq!(one.len(), 1);
         assert_eq!((one[0].1, one[0].2), (3, 9));
         let frames: Vec<_> = frame::split_frames(&one[0].0)
@@ -154,14 +181,14 @@ mod tests {
             ]
         );
         // A small limit splits between messages, never inside one.
-        let split = stored_batches(false, &messages, 20);
+        let split = stored_batches(false, None, &messages, 20);
         assert_eq!(
             split.iter().map(|b| (b.1, b.2)).collect::<Vec<_>>(),
             vec![(3, 3), (5, 5), (9, 9)]
         );
         assert_eq!(split[0].0, frame::encode(1, 1000, 3, b"aaaa"));
         // WebSocket: one OpRaw message per batch holding the same frames.
-        let ws_batches = stored_batches(true, &messages, 1 << 16);
+        let ws_batches = stored_batches(true, None, &messages, 1 << 16);
         let mut msg = ws_batches[0].0.to_vec();
         let wsf = ws::parse_frame(&mut msg, 1 << 20, Role::Client)
             .unwrap()
@@ -169,6 +196,24 @@ mod tests {
         let payload = wsf.payload(&msg);
         assert_eq!(&payload[8..12], &op::RAW.to_be_bytes());
         assert_eq!(&payload[16..], &one[0].0[..]);
+    }
+
+    #[test]
+    fn tagged_room_pushes_carry_the_room_then_the_frames() {
+        let mut frames = BytesMut::new();
+        frame::encode_into(&mut frames, 1, 1000, 7, b"hi");
+        let tcp = room_tagged(false, "live://1", &frames).unwrap();
+        let (h, body) = frame::decode_exact(&tcp, 1 << 20).unwrap();
+        assert_eq!((h.op, h.seq), (op::ROOM, 0));
+        assert_eq!(&body[..2], &8u16.to_be_bytes());
+        assert_eq!(&body[2..10], b"live://1");
+        assert_eq!(&body[10..], &frames[..]);
+        let mut msg = room_tagged(true, "live://1", &frames).unwrap().to_vec();
+        let wsf = ws::parse_frame(&mut msg, 1 << 20, Role::Client)
+            .unwrap()
+            .unwrap();
+        assert_eq!(wsf.payload(&msg), &tcp[..]);
+        assert!(room_tagged(false, &"r".repeat(70_000), &frames).is_none());
     }
 
     #[test]

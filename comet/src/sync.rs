@@ -39,8 +39,9 @@ async fn serve_sync(shard: &Rc<Shard>, conn: &Rc<Conn>, request: SyncRequest) {
         after,
     } = request;
     let inbox = room.is_empty();
+    let tag = (conn.room_tags && !inbox).then(|| room.clone());
     let served = read_stored(shard, conn, room, after, |page| {
-        let batches = stored_batches(conn.websocket, page, SCRATCH_SIZE);
+        let batches = stored_batches(conn.websocket, tag.as_deref(), page, SCRATCH_SIZE);
         conn.push_stored_batches(batches, inbox, shard.queue_limits());
     })
     .await;
@@ -128,7 +129,8 @@ pub(crate) async fn catch_up(shard: Rc<Shard>, conn: Rc<Conn>) {
         // One batch per message: what is left after dropping the known ones may have gaps,
         // and a batch stands for a consecutive run.
         for m in page.iter().filter(|m| conn.delivery.is_new(m.seq)) {
-            let batches = stored_batches(conn.websocket, std::slice::from_ref(m), SCRATCH_SIZE);
+            let batches =
+                stored_batches(conn.websocket, None, std::slice::from_ref(m), SCRATCH_SIZE);
             conn.push_stored_batches(batches, true, shard.queue_limits());
         }
     })

@@ -93,6 +93,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                         allowed_rooms: Vec::new(),
                                         rooms_limited: false,
                                         replaced: None,
+                                        room_tags: false,
                                     };
                                     if let Some(conn) = c.conn.clone() {
                                         reply.replaced = seen

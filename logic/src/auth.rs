@@ -20,6 +20,8 @@ pub struct Identity {
     /// The client acknowledges stored messages itself (auth JSON `"acks": true`); otherwise a
     /// stored message written to its socket counts as delivered.
     pub acks: bool,
+    /// The client wants room pushes tagged with their room (auth JSON `"room_tags": true`).
+    pub room_tags: bool,
     /// The rooms the connection may join (a token's `rooms` claim); `None`: any room.
     pub allowed_rooms: Option<Vec<String>>,
 }
@@ -59,6 +61,9 @@ struct AuthBody {
     /// imgate: the client acknowledges stored messages with op 20.
     #[serde(default)]
     acks: Option<bool>,
+    /// imgate: room pushes come tagged with their room (op 28).
+    #[serde(default)]
+    room_tags: Option<bool>,
 }
 
 impl AuthBody {
@@ -71,6 +76,7 @@ impl AuthBody {
             accepts: self.accepts.unwrap_or_default(),
             platform: self.platform.unwrap_or_default(),
             acks: self.acks.unwrap_or(false),
+            room_tags: self.room_tags.unwrap_or(false),
             allowed_rooms,
         }
     }
@@ -234,6 +240,7 @@ mod tests {
                 accepts: vec![1000, 1001, 1002],
                 platform: "web".into(),
                 acks: false,
+                room_tags: false,
                 allowed_rooms: None,
             }
         );

@@ -152,6 +152,7 @@ impl LinkHandler {
                     accepts: identity.accepts,
                     heartbeat_ms: self.heartbeat.as_millis() as u64,
                     acks: identity.acks,
+                    room_tags: identity.room_tags,
                     backlog,
                     inbox_floor,
                     rooms_limited: identity.allowed_rooms.is_some(),

@@ -54,6 +54,10 @@ pub mod op {
     /// connection was not in it.
     pub const LEAVE: i32 = 26;
     pub const LEAVE_REPLY: i32 = 27;
+    /// imgate, S→C, for clients that asked for `room_tags`: room pushes, tagged with their
+    /// room. Body: the room name's length (2 bytes, big-endian), the name, then the pushed
+    /// frames (each with its room sequence in `seq` when the room keeps history).
+    pub const ROOM: i32 = 28;
 }
 
 /// Why a byte sequence is not a valid goim frame.

@@ -249,6 +249,9 @@ pub struct ConnectReply {
     /// replaced connection on another comet is closed through the bus ([`CloseConn`]).
     #[prost(message, optional, tag = "11")]
     pub replaced: Option<ConnRef>,
+    /// The client asked for room pushes tagged with their room (op 28).
+    #[prost(bool, tag = "12")]
+    pub room_tags: bool,
 }
 
 /// The connection closed; logic removes its session if it still belongs to this connection.
@@ -546,6 +549,15 @@ mod tests {
                     shard: 1,
                     conn_id: 2,
                 }),
+            }),
+            Body::LinkHello(LinkHello { shard: 3 }),
+            Body::Load(Load {
+                busy_permille: 500,
+                backlog_bytes: 7,
+            }),
+            Body::UpstreamReply(UpstreamReply {
+                body: Bytes::from_static(b"ok"),
+                delivered: true,
             }),
         ];
         for body in bodies {
