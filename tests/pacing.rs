@@ -76,14 +76,14 @@ fn a_big_room_gets_few_growing_batches_and_a_lone_push_stays_fast() {
     g.shutdown();
 }
 
-/// With the comets idle, job learns it may write to big rooms far more often than the nominal
-/// budget says: a room that the nominal budget would flush twice a second gets its pushes in
-/// tens of milliseconds.
+/// With the comets idle, job learns it may write to big rooms more often than the nominal
+/// budget says: a room that the nominal budget would flush four times a second gets its
+/// pushes in tens of milliseconds.
 #[test]
 fn an_idle_gateway_delivers_big_room_pushes_in_tens_of_milliseconds() {
     let mut config = test_config();
-    // 2 shards x 100 writes/s nominal: 100 members would flush every 500 ms.
-    config.job.room_writes_per_shard = 100;
+    // 2 shards x 200 writes/s nominal: 100 members would flush every 250 ms.
+    config.job.room_writes_per_shard = 200;
     config.job.room_max_interval = Duration::from_secs(1);
     let g = Gateway::start(config).expect("gateway starts");
     let members: Vec<Subscriber> = (0..100)
@@ -98,9 +98,10 @@ fn an_idle_gateway_delivers_big_room_pushes_in_tens_of_milliseconds() {
             )
         })
         .collect();
-    // Idle comets: the learned budget climbs to ten times the nominal one and more.
+    // Idle comets: the learned budget climbs to four times the nominal one (an interval of
+    // about 60 ms, less than the pushes' spacing below).
     eventually(Duration::from_secs(15), "the budget to grow", || {
-        g.job().unwrap().stats().room_budget_permille >= 10_000
+        g.job().unwrap().stats().room_budget_permille >= 4_000
     });
     let mut took = Vec::new();
     for i in 0..10 {
@@ -114,13 +115,13 @@ fn an_idle_gateway_delivers_big_room_pushes_in_tens_of_milliseconds() {
             assert_eq!(m.next(Duration::from_secs(5)).1, format!("n{i}"));
         }
         took.push(sent.elapsed());
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(80));
     }
     took.sort();
     eprintln!("room push to 100 idle members: {took:?}");
     // The fastest shows what the gateway does when nothing disturbs it; the median allows for
-    // a busy test machine. Paced by the nominal budget, each would take about 500 ms.
+    // a busy test machine. Paced by the nominal budget, most would wait out the 250 ms.
     assert!(took[0] < Duration::from_millis(50), "{took:?}");
-    assert!(took[5] < Duration::from_millis(250), "{took:?}");
+    assert!(took[5] < Duration::from_millis(150), "{took:?}");
     g.shutdown();
 }

@@ -8,7 +8,7 @@
 //!
 //! The controller keeps the busiest shard near `target` (a share of its time): it smooths the
 //! reports, gives big rooms 10 % more writes a second at each look while the busiest shard is
-//! below the band around the target, 20 % fewer while it is above it, 40 % fewer while a comet
+//! below the band around the target (25 % while under half the target), 20 % fewer while it is above it, 40 % fewer while a comet
 //! has a backlog (it has not handled what job sent it: its fan-out does not keep up), and
 //! holds still inside the band. More writes mean more frequent, smaller batches (lower latency); fewer mean larger
 //! batches and fewer writes for the same messages. Multiplicative steps of this size converge
@@ -17,13 +17,18 @@
 
 /// The smallest and largest share of `job.room_writes_per_shard` the budget takes.
 pub(crate) const MIN_SHARE: f64 = 0.01;
-pub(crate) const MAX_SHARE: f64 = 20.0;
+/// Four times the nominal budget: about what one core can write (200,000 writes a second at
+/// the default 50,000), so an idle gateway's first burst overshoots by little.
+pub(crate) const MAX_SHARE: f64 = 4.0;
 /// Half the width of the band around the target in which the budget holds still.
 const BAND: f64 = 0.1;
 /// The budget's step down (over the band), down on a backlog, and up (under the band).
 const CUT: f64 = 0.8;
 const BACKLOG_CUT: f64 = 0.6;
 const GROW: f64 = 1.1;
+/// The step up while the busiest shard is under half the target: a budget cut to its floor
+/// (by a connect storm, say) comes back within a couple of seconds.
+const FAST_GROW: f64 = 1.25;
 /// Weight of the newest report in the smoothed busy share.
 const SMOOTHING: f64 = 0.5;
 
@@ -61,6 +66,8 @@ impl Budget {
                 self.share = (self.share * BACKLOG_CUT).max(MIN_SHARE);
             } else if smoothed > self.target + BAND {
                 self.share = (self.share * CUT).max(MIN_SHARE);
+            } else if smoothed < self.target / 2.0 {
+                self.share = (self.share * FAST_GROW).min(MAX_SHARE);
             } else if smoothed < self.target - BAND {
                 self.share = (self.share * GROW).min(MAX_SHARE);
             }

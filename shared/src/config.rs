@@ -204,7 +204,7 @@ pub struct JobConfig {
     pub room_max_interval: Duration,
     /// How busy (0–1, the share of time its event loop is not parked) job lets the busiest
     /// comet shard get before it batches big rooms more: it learns the share of
-    /// `room_writes_per_shard` (1 % to 20×) that keeps that shard within 0.1 of this.
+    /// `room_writes_per_shard` (1 % to 4×) that keeps that shard within 0.1 of this.
     /// 0 = always exactly `room_writes_per_shard`.
     pub room_busy_target: f64,
     /// Messages queued per comet link before the link reports itself full.
