@@ -1,6 +1,6 @@
 //! The way back on job's links to a shard: every tick the shard tells each job linked to it
-//! how busy its event loop was and how much of what that job sent it has not handled yet, so
-//! job can pace big rooms by how loaded the comets really are.
+//! how busy its event loop was and which of that job's pushes it has handled, so job can pace
+//! big rooms by how loaded the comets really are and how far behind its fan-out is.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -14,8 +14,8 @@ use imgate_shared::link::{Body, Envelope, Load};
 pub(crate) struct LinkBack {
     socket: RefCell<Socket>,
     unsent: RefCell<BytesMut>,
-    /// Bytes the link's reader has read but not handled yet.
-    pub buffered: Cell<usize>,
+    /// The id of the last push the link's reader finished handling.
+    pub handled: Cell<u64>,
 }
 
 impl LinkBack {
@@ -23,7 +23,7 @@ impl LinkBack {
         LinkBack {
             socket,
             unsent: RefCell::new(BytesMut::new()),
-            buffered: Cell::new(0),
+            handled: Cell::new(0),
         }
     }
 
@@ -41,13 +41,11 @@ const MAX_UNSENT_REPORTS: usize = 4 << 10;
 /// tick, and a jammed link drops reports rather than grow).
 pub(crate) fn report_load(links: &[Rc<LinkBack>], busy_permille: u32) {
     for back in links {
-        let unread = back.socket.borrow().unread_bytes().unwrap_or(0);
-        let backlog = unread + back.buffered.get();
         let report = Envelope::new(
             0,
             Body::Load(Load {
                 busy_permille,
-                backlog_bytes: u32::try_from(backlog).unwrap_or(u32::MAX),
+                handled: back.handled.get(),
             }),
         )
         .to_frame();

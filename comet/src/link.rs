@@ -187,14 +187,17 @@ async fn read_pushes(
     let mut handled = 0u32;
     loop {
         loop {
-            if let Some(back) = back {
-                back.buffered.set(buf.len());
-            }
             match link::decode_frame(&mut buf) {
-                Ok(Some(envelope)) => match route {
-                    Route::Own => handle_own(shard, envelope).await,
-                    Route::Split => split(shard, envelope).await,
-                },
+                Ok(Some(envelope)) => {
+                    let id = envelope.id;
+                    match route {
+                        Route::Own => handle_own(shard, envelope).await,
+                        Route::Split => split(shard, envelope).await,
+                    }
+                    if let Some(back) = back {
+                        back.handled.set(id);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => return Err(e.to_string()),
             }

@@ -35,8 +35,27 @@ const MAX_WRITE_BATCH: usize = 1 << 20;
 /// The delivery guards of the bus messages in one link frame, shared by every comet it goes to.
 pub(crate) type Guards = Arc<Vec<DeliveryGuard>>;
 
-/// One queued link frame and the guards it releases once written.
-pub(crate) type Item = (Bytes, Guards);
+/// One queued link frame, the guards it releases once written, and its stamp.
+pub(crate) type Item = (Bytes, Guards, u64);
+
+/// A link frame ready to queue: the encoded envelope, whose id is the stamp job gave it (its
+/// own clock, microseconds; never 0). The comet echoes the stamp of the last push it handled
+/// in its load reports, so job sees how far behind what it sent each shard is.
+#[derive(Clone)]
+pub(crate) struct LinkFrame {
+    pub bytes: Bytes,
+    pub stamp: u64,
+}
+
+impl LinkFrame {
+    pub(crate) fn new(body: Body) -> Self {
+        let stamp = now_us().max(1);
+        LinkFrame {
+            bytes: Envelope::new(stamp, body).to_frame(),
+            stamp,
+        }
+    }
+}
 
 /// How much one comet link may hold unwritten.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +104,10 @@ impl LinkedShards {
 #[derive(Default)]
 pub(crate) struct ShardLoad {
     busy_permille: AtomicU32,
-    backlog_bytes: AtomicU32,
+    /// The stamp of the last push the shard said it handled.
+    handled: AtomicU64,
+    /// The stamp of the last push written to the shard.
+    sent: AtomicU64,
     /// Milliseconds since `EPOCH` when it arrived; 0: none yet.
     at_ms: AtomicU64,
 }
@@ -94,14 +116,20 @@ impl ShardLoad {
     fn set(&self, report: &link::Load) {
         self.busy_permille
             .store(report.busy_permille, Ordering::Relaxed);
-        self.backlog_bytes
-            .store(report.backlog_bytes, Ordering::Relaxed);
+        self.handled.store(report.handled, Ordering::Relaxed);
         self.at_ms.store(now_ms().max(1), Ordering::Relaxed);
     }
 
-    /// What the shard last said it had not handled of this link yet.
-    pub(crate) fn backlog_bytes(&self) -> u32 {
-        self.backlog_bytes.load(Ordering::Relaxed)
+    /// How far behind what job wrote to it the shard's fan-out is: the time since the last
+    /// push it handled was made, when pushes made after it were written; zero when it has
+    /// handled everything (or never reported handling anything).
+    pub(crate) fn lag(&self) -> Duration {
+        let handled = self.handled.load(Ordering::Relaxed);
+        let sent = self.sent.load(Ordering::Relaxed);
+        if handled == 0 || handled >= sent {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(now_us().saturating_sub(handled))
     }
 
     /// The shard's busy share: its last report if it came within `max_age`; fully busy if
@@ -122,11 +150,16 @@ impl ShardLoad {
 }
 
 fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Microseconds on job's own monotonic clock.
+fn now_us() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH
         .get_or_init(std::time::Instant::now)
         .elapsed()
-        .as_millis() as u64
+        .as_micros() as u64
 }
 
 /// The sending side of one link to one comet shard.
@@ -176,14 +209,15 @@ impl CometLink {
     }
 
     /// Queues one link frame without waiting. A refused frame's guards drop with it.
-    pub(crate) fn send(&self, frame: Bytes, guards: Guards) -> Result<(), QueueError> {
-        let len = frame.len();
+    pub(crate) fn send(&self, frame: &LinkFrame, guards: Guards) -> Result<(), QueueError> {
+        let len = frame.bytes.len();
         let queued = self.queued_bytes.load(Ordering::Relaxed);
         if queued > 0 && queued.saturating_add(len) > self.max_bytes {
             return Err(QueueError::Full);
         }
         self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        self.queue.try_send((frame, guards)).map_err(|e| {
+        let item = (frame.bytes.clone(), guards, frame.stamp);
+        self.queue.try_send(item).map_err(|e| {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             match e {
                 TrySendError::Full(_) => QueueError::Full,
@@ -319,12 +353,14 @@ async fn pump(
                 };
                 let mut written = 0usize;
                 let mut in_batch = 0u64;
+                let mut last_stamp = 0u64;
                 // Released once the whole write is flushed to the socket.
                 let mut delivered: Vec<Guards> = Vec::new();
                 let mut next = Some(item);
                 let mut result = Ok(());
-                while let Some((frame, guards)) = next.take() {
+                while let Some((frame, guards, stamp)) = next.take() {
                     in_batch += 1;
+                    last_stamp = last_stamp.max(stamp);
                     written += frame.len();
                     delivered.push(guards);
                     if let Err(e) = writer.write_all(&frame).await {
@@ -346,6 +382,7 @@ async fn pump(
                     return Ended::Broken;
                 }
                 drop(delivered);
+                load.sent.fetch_max(last_stamp, Ordering::Relaxed);
             }
             _ = &mut closed => return Ended::Broken,
         }
@@ -389,6 +426,28 @@ async fn read_loads(mut reader: tokio::net::tcp::OwnedReadHalf, load: Arc<ShardL
 mod tests {
     use super::*;
 
+    /// A shard is behind by the age of the last push it handled while later ones were
+    /// written to it, and not behind once it has handled the last one written.
+    #[test]
+    fn a_shard_lags_by_the_age_of_what_it_handled_last() {
+        let load = ShardLoad::default();
+        assert_eq!(load.lag(), Duration::ZERO, "nothing written");
+        let made = now_us().max(1);
+        std::thread::sleep(Duration::from_millis(20));
+        let later = now_us();
+        load.sent.store(later, Ordering::Relaxed);
+        load.set(&link::Load {
+            busy_permille: 900,
+            handled: made,
+        });
+        assert!(load.lag() >= Duration::from_millis(20), "{:?}", load.lag());
+        load.set(&link::Load {
+            busy_permille: 900,
+            handled: later,
+        });
+        assert_eq!(load.lag(), Duration::ZERO, "caught up");
+    }
+
     /// A comet that cannot be reached keeps frames queued: the queue must stop at its byte
     /// limit as well as at its frame limit.
     #[tokio::test]
@@ -408,11 +467,14 @@ mod tests {
             limits,
             Arc::default(),
         );
-        let frame = |len: usize| Bytes::from(vec![0u8; len]);
+        let frame = |len: usize| LinkFrame {
+            bytes: Bytes::from(vec![0u8; len]),
+            stamp: 1,
+        };
         let guards = || Guards::default();
-        assert_eq!(link.send(frame(400), guards()), Ok(()));
-        assert_eq!(link.send(frame(600), guards()), Ok(()));
-        assert_eq!(link.send(frame(1), guards()), Err(QueueError::Full));
+        assert_eq!(link.send(&frame(400), guards()), Ok(()));
+        assert_eq!(link.send(&frame(600), guards()), Ok(()));
+        assert_eq!(link.send(&frame(1), guards()), Err(QueueError::Full));
         link.close(Duration::from_millis(10)).await;
 
         // One frame above the limit still goes when nothing else waits.
@@ -427,8 +489,8 @@ mod tests {
             limits,
             Arc::default(),
         );
-        assert_eq!(link.send(frame(5000), guards()), Ok(()));
-        assert_eq!(link.send(frame(1), guards()), Err(QueueError::Full));
+        assert_eq!(link.send(&frame(5000), guards()), Ok(()));
+        assert_eq!(link.send(&frame(1), guards()), Err(QueueError::Full));
         link.close(Duration::from_millis(10)).await;
     }
 }

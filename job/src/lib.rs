@@ -24,17 +24,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use imgate_shared::bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
 use imgate_shared::config::{Config, JobConfig};
 use imgate_shared::frame;
-use imgate_shared::link::{Body, Broadcast, Envelope, PushKeys};
+use imgate_shared::link::{Body, Broadcast, PushKeys};
 use imgate_shared::store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use comet_link::Guards;
+use comet_link::{Guards, LinkFrame};
 use pacing::Budget;
 use registry::Registry;
 use room::{Batch, Pacing, RoomBatcher};
@@ -137,10 +136,10 @@ const PACING_TICK: Duration = Duration::from_millis(100);
 /// Reports older than this are not counted (a shard that stopped reporting is not "idle").
 const LOAD_MAX_AGE: Duration = Duration::from_millis(500);
 /// A comet does not keep up, whatever its busy share, when this much waits in job's queue to
-/// it, or when it says it has this much of what job sent not handled yet (a few room
-/// batches: each costs a write per member).
+/// it, or when its fan-out is this far behind what job wrote to it (a room batch to ten
+/// thousand members takes tens of milliseconds).
 const LINK_BACKLOG: usize = 1 << 20;
-const UNHANDLED_BACKLOG: u32 = 16 << 10;
+const FANOUT_LAG: Duration = Duration::from_millis(300);
 /// How often the pacing state is logged at most (when it changed).
 const PACING_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -202,7 +201,7 @@ impl Router {
     /// links' backlog, and big rooms' intervals follow.
     fn pace(&mut self, writes_per_shard: u64) {
         let busy = self.registry.busiest_shard(LOAD_MAX_AGE);
-        let backlog = self.registry.backlogged(LINK_BACKLOG, UNHANDLED_BACKLOG);
+        let backlog = self.registry.backlogged(LINK_BACKLOG, FANOUT_LAG);
         let Some(busy) = busy
             .map(|b| f64::from(b) / 1000.0)
             .or(backlog.then_some(1.0))
@@ -261,20 +260,16 @@ impl Router {
                     let mut sent = false;
                     for target in push.targets {
                         let shard = target.shard;
-                        let link_frame = Envelope::new(
-                            0,
-                            Body::PushKeys(PushKeys {
-                                targets: vec![target],
-                                op: push.op,
-                                frame: frame.clone(),
-                                seq: push.seq,
-                                mid: push.mid,
-                            }),
-                        )
-                        .to_frame();
+                        let link_frame = LinkFrame::new(Body::PushKeys(PushKeys {
+                            targets: vec![target],
+                            op: push.op,
+                            frame: frame.clone(),
+                            seq: push.seq,
+                            mid: push.mid,
+                        }));
                         sent |=
                             self.registry
-                                .send_to(&push.comet, shard, link_frame, guards.clone());
+                                .send_to(&push.comet, shard, &link_frame, guards.clone());
                     }
                     if sent {
                         add(&self.counters.keys_pushes, 1);
@@ -308,15 +303,11 @@ impl Router {
                 let shards = self.registry.linked_shards().max(1);
                 let speed = push.speed.div_ceil(shards as u32);
                 let frame = frame::encode(frame::PUSH_VER, push.op, 0, &push.body);
-                let link_frame = Envelope::new(
-                    0,
-                    Body::Broadcast(Broadcast {
-                        op: push.op,
-                        frame,
-                        speed,
-                    }),
-                )
-                .to_frame();
+                let link_frame = LinkFrame::new(Body::Broadcast(Broadcast {
+                    op: push.op,
+                    frame,
+                    speed,
+                }));
                 self.registry
                     .send_to_all(&link_frame, &Arc::new(vec![guard]));
                 add(&self.counters.broadcasts, 1);
@@ -327,9 +318,9 @@ impl Router {
                 else {
                     return;
                 };
-                let link_frame = Envelope::new(0, Body::CloseConn(close)).to_frame();
+                let link_frame = LinkFrame::new(Body::CloseConn(close));
                 self.registry
-                    .send_to(&comet, shard, link_frame, Arc::new(vec![guard]));
+                    .send_to(&comet, shard, &link_frame, Arc::new(vec![guard]));
             }
             None => {
                 add(&self.counters.undeliverable, 1);
@@ -347,7 +338,7 @@ impl Router {
             tracing::warn!(room = %push.room, messages = push.count, "room batch with no comet known is undeliverable");
             return;
         }
-        let link_frame: Bytes = Envelope::new(0, Body::PushRoom(push)).to_frame();
+        let link_frame = LinkFrame::new(Body::PushRoom(push));
         let guards: Guards = Arc::new(guards);
         self.registry.send_to_all(&link_frame, &guards);
         add(&self.counters.room_batches, 1);

@@ -8,10 +8,11 @@
 //!
 //! The controller keeps the busiest shard near `target` (a share of its time): it smooths the
 //! reports, gives big rooms 10 % more writes a second at each look while the busiest shard is
-//! below the band around the target (25 % while under half the target), 20 % fewer while it is above it, 40 % fewer while a comet
-//! has a backlog (it has not handled what job sent it: its fan-out does not keep up), and
-//! holds still inside the band. More writes mean more frequent, smaller batches (lower latency); fewer mean larger
-//! batches and fewer writes for the same messages. Multiplicative steps of this size converge
+//! below the band around the target (25 % while under half the target), 20 % fewer while it
+//! is above it, 40 % fewer while a comet has a backlog (its fan-out is behind what job sent
+//! it), and holds still inside the band. More writes mean more frequent, smaller batches
+//! (lower latency); fewer mean larger batches and fewer writes for the same messages.
+//! Multiplicative steps of this size converge
 //! into the band from either side within a few seconds and do not oscillate across it (the
 //! band is wider than one step moves the load).
 

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bytes::Bytes;
 use imgate_shared::store::Store;
 
-use crate::comet_link::{CometLink, Guards, LinkedShards, QueueError, QueueLimits};
+use crate::comet_link::{CometLink, Guards, LinkFrame, LinkedShards, QueueError, QueueLimits};
 use crate::stats::{add, Counters};
 
 /// How long closing waits for a link to write out its queue.
@@ -183,12 +182,12 @@ impl Registry {
     }
 
     /// Whether some comet shard lags what job sends it: more than `queued` bytes wait in its
-    /// link's queue here, or it said it has more than `unhandled` bytes of it not handled.
-    pub(crate) fn backlogged(&self, queued: usize, unhandled: u32) -> bool {
+    /// link's queue here, or its fan-out is more than `lag` behind what was written to it.
+    pub(crate) fn backlogged(&self, queued: usize, lag: Duration) -> bool {
         self.links
             .values()
             .flat_map(|links| &links.shards)
-            .any(|link| link.queued_bytes() > queued || link.load.backlog_bytes() > unhandled)
+            .any(|link| link.queued_bytes() > queued || link.load.lag() > lag)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -207,7 +206,13 @@ impl Registry {
     /// Queues `frame` to one shard of one comet; false (counted and logged) if the comet is
     /// unknown or the link full. The guards go with the frame (or drop at once if it was
     /// refused).
-    pub(crate) fn send_to(&self, comet: &str, shard: u32, frame: Bytes, guards: Guards) -> bool {
+    pub(crate) fn send_to(
+        &self,
+        comet: &str,
+        shard: u32,
+        frame: &LinkFrame,
+        guards: Guards,
+    ) -> bool {
         match self.links.get(comet) {
             Some(links) => self.queue(comet, links.shard(shard), frame, guards),
             None => false,
@@ -216,7 +221,7 @@ impl Registry {
 
     /// Queues the same `frame` to every shard of every comet, each holding `guards`, so they
     /// drop after the last shard's link wrote it; returns how many comets took it everywhere.
-    pub(crate) fn send_to_all(&self, frame: &Bytes, guards: &Guards) -> usize {
+    pub(crate) fn send_to_all(&self, frame: &LinkFrame, guards: &Guards) -> usize {
         self.links
             .iter()
             .filter(|(id, links)| {
@@ -224,14 +229,14 @@ impl Registry {
                 let took = links
                     .shards
                     .iter()
-                    .filter(|link| self.queue(id, link, frame.clone(), guards.clone()))
+                    .filter(|link| self.queue(id, link, frame, guards.clone()))
                     .count();
                 took == links.shards.len()
             })
             .count()
     }
 
-    fn queue(&self, comet: &str, link: &CometLink, frame: Bytes, guards: Guards) -> bool {
+    fn queue(&self, comet: &str, link: &CometLink, frame: &LinkFrame, guards: Guards) -> bool {
         match link.send(frame, guards) {
             Ok(()) => true,
             Err(QueueError::Full) => {

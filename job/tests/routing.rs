@@ -77,7 +77,7 @@ impl FakeComet {
         let env: Envelope = tokio::time::timeout(WAIT, read)
             .await
             .expect("a link frame within the deadline");
-        assert_eq!(env.id, 0, "pushes are one-way");
+        // One-way: the id is job's stamp, which the comet echoes in its load reports.
         env.body.expect("a body")
     }
 }

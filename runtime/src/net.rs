@@ -110,16 +110,6 @@ impl Socket {
         removed.map(|()| fd)
     }
 
-    /// Bytes received and not read yet.
-    pub fn unread_bytes(&self) -> io::Result<usize> {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int to the pointer given.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n.max(0) as usize)
-    }
-
     pub fn set_nodelay(&self) -> io::Result<()> {
         socket2::SockRef::from(&self.fd).set_nodelay(true)
     }
@@ -447,18 +437,9 @@ mod tests {
             assert_eq!(peer, local);
             let mut server = Socket::new(fd).unwrap();
             client.write_all(b"hello").await.unwrap();
-            // What came and was not read yet is counted.
-            for _ in 0..100 {
-                if server.unread_bytes().unwrap() == 5 {
-                    break;
-                }
-                crate::time::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(server.unread_bytes().unwrap(), 5);
             let mut buf = [0u8; 5];
             server.read_exact(&mut buf).await.unwrap();
             assert_eq!(&buf, b"hello");
-            assert_eq!(server.unread_bytes().unwrap(), 0);
             // Nobody listens here (a port just freed): refused, not hung.
             let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let gone = closed.local_addr().unwrap();

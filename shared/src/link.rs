@@ -85,10 +85,11 @@ pub struct Load {
     /// The share of the tick its event loop was busy (not parked), in thousandths.
     #[prost(uint32, tag = "1")]
     pub busy_permille: u32,
-    /// Bytes job sent on this link that the shard has not handled yet (unread in the socket,
-    /// or read and waiting): how far its fan-out lags what it was given.
-    #[prost(uint32, tag = "2")]
-    pub backlog_bytes: u32,
+    /// The id of the last push the shard finished handling on this link. job stamps each
+    /// push's envelope id with its own clock when it makes it, so it can tell how far behind
+    /// what it sent the shard's fan-out is, without any clock shared with the comet.
+    #[prost(uint64, tag = "2")]
+    pub handled: u64,
 }
 
 /// The first message job sends on a link to a comet: job opens one link per comet shard, so
@@ -553,7 +554,7 @@ mod tests {
             Body::LinkHello(LinkHello { shard: 3 }),
             Body::Load(Load {
                 busy_permille: 500,
-                backlog_bytes: 7,
+                handled: 7,
             }),
             Body::UpstreamReply(UpstreamReply {
                 body: Bytes::from_static(b"ok"),
