@@ -22,5 +22,5 @@ export {
   type Frame,
   type RoomFrames,
 } from "./frame.js";
-export { ImgateMessage, Reply, type MessageKind } from "./message.js";
+export { ImgateMessage, type MessageKind } from "./message.js";
 export { SequenceLog } from "./sequence.js";
