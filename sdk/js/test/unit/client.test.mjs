@@ -395,6 +395,24 @@ test("join and leave send ops 24 and 26, resolve with the echo, and shape the ne
   assert.deepEqual(r.errors, []);
 });
 
+test("join and leave while disconnected resolve at once and shape the next connection", async () => {
+  const { comet, client, r } = await setup({ room: "live://main" });
+  assert.equal(await client.join("chat://early"), "chat://early");
+  assert.equal(await client.join("chat://dropped"), "chat://dropped");
+  assert.equal(await client.leave("chat://dropped"), "chat://dropped");
+  assert.equal(await client.leave("live://main"), "live://main");
+  assert.deepEqual(client.rooms, ["chat://early"]);
+  await client.connect();
+  const conn = await comet.connection(0);
+  assert.equal(conn.auth.room_id, "");
+  await comet.until(() => comet.sent(conn, Op.Join).length === 1, "the join");
+  assert.deepEqual(comet.sent(conn, Op.Join).map(text), ["chat://early"]);
+  // Sent after the join's reply, so it arrives after it.
+  conn.socket.send(roomFrames("chat://early", { op: 1000, body: "in" }));
+  await r.until(() => r.messages.length === 1, "the joined room's push");
+  assert.equal(r.messages[0].room, "chat://early");
+});
+
 test("join and leave reject with refused on an empty reply and unsupported on an echo", async () => {
   const { client } = await setup({}, {
     [Op.Join]: (_c, frame, body) =>
