@@ -1,18 +1,28 @@
-// The demo page: one ImgateClient (the SDK this gateway serves under sdk/), a push form on the
-// business HTTP API, and the online counts. Everything it does, an application can do the
-// same way. URL parameters fill the form: ?mid=7&room=live://1000&connect=1 (and ws=URL to
-// choose the WebSocket endpoint yourself).
+// The demo page: one ImgateClient (the SDK this gateway serves under sdk/) in a main room and
+// any rooms joined besides, a push form on the business HTTP API, a message to the business,
+// and online counts per room. Everything it does, an application can do the same way. URL
+// parameters fill the form: ?mid=7&room=live://1000&rooms=chat://a,chat://b&connect=1 (and
+// ws=URL to choose the WebSocket endpoint yourself).
 import { ImgateClient } from "./sdk/index.js";
 
-/** Pushes to rooms use this op with history=1 by default; the SDK needs to know it. */
-const ROOM_OP = 1001;
-const OPS_BY_TARGET = { mids: 1000, room: ROOM_OP, all: 1002 };
+const OPS_BY_TARGET = { mids: 1000, room: 1001, all: 1002 };
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 
 let client;
 let clientMid;
 let onlineTimer;
+/** Rooms to join once there is a client (from the URL, or joined before connecting). */
+const roomsToJoin = new Set(listParam("rooms"));
+/** The last online count read for each room. */
+const onlineCounts = new Map();
+
+function listParam(name) {
+  return (params.get(name) ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
 
 function fillFromUrl() {
   for (const [param, id] of [
@@ -55,23 +65,27 @@ function addLine(node) {
   $("count").textContent = list.querySelectorAll("li.message").length;
 }
 
+function span(className, text) {
+  const node = document.createElement("span");
+  node.className = className;
+  node.textContent = text;
+  return node;
+}
+
 function showMessage(message) {
   const li = document.createElement("li");
   li.className = "message";
   li.dataset.kind = message.kind;
   li.dataset.op = message.op;
   li.dataset.seq = message.seq;
-  const kind = document.createElement("span");
-  kind.className = `kind ${message.kind}`;
-  kind.textContent = message.kind;
-  const body = document.createElement("span");
-  body.className = "body";
-  body.textContent = message.text();
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  const where = message.room ? ` ${message.room}` : "";
-  meta.textContent = `op ${message.op}${message.seq ? ` #${message.seq}` : ""}${where} · ${new Date().toLocaleTimeString()}`;
-  li.append(kind, body, meta);
+  if (message.room) li.dataset.room = message.room;
+  const content = document.createElement("div");
+  content.className = "content";
+  if (message.room) content.append(span("where", message.room));
+  content.append(span("body", message.text()));
+  const seq = message.seq ? ` #${message.seq}` : "";
+  const meta = span("meta", `op ${message.op}${seq} · ${new Date().toLocaleTimeString()}`);
+  li.append(span(`kind ${message.kind}`, message.kind), content, meta);
   addLine(li);
 }
 
@@ -107,10 +121,48 @@ function parseOps(text) {
     .map(Number);
 }
 
+/** The rooms this page is in (or will be in once connected): the main room first. */
+function currentRooms() {
+  if (client) return client.rooms;
+  const main = $("room").value.trim();
+  return [...new Set([main, ...roomsToJoin].filter(Boolean))];
+}
+
+function renderRooms() {
+  const list = $("rooms");
+  const choices = $("room-choices");
+  list.replaceChildren();
+  choices.replaceChildren();
+  const main = client ? client.room : $("room").value.trim();
+  for (const room of currentRooms()) {
+    const li = document.createElement("li");
+    li.dataset.room = room;
+    li.append(span("name", room));
+    if (room === main) li.append(span("tag", "main"));
+    li.append(span("members", String(onlineCounts.get(room) ?? "–")));
+    const leave = document.createElement("button");
+    leave.type = "button";
+    leave.className = "leave";
+    leave.textContent = "Leave";
+    leave.addEventListener("click", () => leaveRoom(room));
+    li.append(leave);
+    list.append(li);
+    const option = document.createElement("option");
+    option.value = room;
+    choices.append(option);
+  }
+}
+
+function setConnectedControls(connected) {
+  $("send-button").disabled = !connected;
+}
+
 async function connect(event) {
   event?.preventDefault();
   const mid = Number($("mid").value);
   if (!client || clientMid !== mid) {
+    // Another user: a new client, in the same rooms.
+    for (const room of client?.joinedRooms ?? []) roomsToJoin.add(room);
     client?.close();
     const saved = savedState(mid);
     const token = $("token").value.trim();
@@ -120,7 +172,6 @@ async function connect(event) {
       token: token || undefined,
       room: $("room").value.trim(),
       accepts: parseOps($("accepts").value),
-      roomHistoryOps: [ROOM_OP],
       inboxSeq: saved.inboxSeq ?? undefined,
       roomSeqs: saved.roomSeqs,
       reconnect: { minDelay: 500, maxDelay: 10_000 },
@@ -131,12 +182,18 @@ async function connect(event) {
       saveState(mid);
     });
     client.on("connected", ({ reconnected }) => {
-      setStatus("on", "connected", `as user ${mid}${client.room ? ` in ${client.room}` : ""}`);
-      note(reconnected ? "reconnected: catching up" : `connected as user ${mid}`);
-      $("switch-button").disabled = false;
+      setStatus("on", "connected", `as user ${mid}`);
+      const rooms = client.rooms.length;
+      note(
+        reconnected
+          ? `reconnected: back in ${rooms} room${rooms === 1 ? "" : "s"}, catching up`
+          : `connected as user ${mid}`,
+      );
+      setConnectedControls(true);
+      renderRooms();
     });
     client.on("disconnected", ({ reason, willReconnect, delay }) => {
-      $("switch-button").disabled = true;
+      setConnectedControls(false);
       if (willReconnect) {
         setStatus("wait", "reconnecting", `in ${delay} ms: ${reason}`);
       } else {
@@ -144,11 +201,18 @@ async function connect(event) {
       }
       note(willReconnect ? `disconnected: ${reason}` : `offline: ${reason}`);
     });
-    client.on("error", (error) => note(`error (${error.code}): ${error.message}`));
+    client.on("error", (error) => {
+      note(`error (${error.code}): ${error.message}`);
+      renderRooms(); // a room refused on rejoin is gone
+    });
     client.on("heartbeat", ({ online }) => ($("online-heartbeat").textContent = online));
   }
   const room = $("room").value.trim();
   if (room !== client.room) await client.switchRoom(room).catch(() => {});
+  // Offline, joins are remembered and made once connected.
+  for (const joined of roomsToJoin) await client.join(joined);
+  roomsToJoin.clear();
+  renderRooms();
   setStatus("wait", "connecting");
   $("connect").disabled = true;
   $("disconnect").disabled = false;
@@ -166,17 +230,41 @@ function disconnect() {
   $("mid").disabled = false;
 }
 
-async function switchRoom(event) {
+async function joinRoom(event) {
   event.preventDefault();
-  const room = $("switch-room").value.trim();
-  try {
-    await client.switchRoom(room);
-    $("room").value = room;
-    note(room ? `now in ${room}` : "left the room");
-    refreshOnline();
-  } catch (error) {
-    note(`switching to ${room} failed: ${error.message}`);
+  const room = $("join-room").value.trim();
+  if (!room) return;
+  if (!client) {
+    roomsToJoin.add(room);
+  } else {
+    try {
+      await client.join(room);
+      note(`joined ${room}`);
+    } catch (error) {
+      note(`joining ${room} failed (${error.code}): ${error.message}`);
+    }
   }
+  $("join-room").value = "";
+  renderRooms();
+  refreshOnline();
+}
+
+async function leaveRoom(room) {
+  if (!client) {
+    roomsToJoin.delete(room);
+    if ($("room").value.trim() === room) $("room").value = "";
+  } else {
+    try {
+      await client.leave(room);
+      note(`left ${room}`);
+    } catch (error) {
+      note(`leaving ${room}: ${error.message}`);
+    }
+    $("room").value = client.room;
+  }
+  onlineCounts.delete(room);
+  renderRooms();
+  refreshOnline();
 }
 
 function apiHeaders() {
@@ -222,22 +310,44 @@ async function push(event) {
   refreshOnline();
 }
 
+async function sendToBusiness(event) {
+  event.preventDefault();
+  const result = $("send-result");
+  try {
+    const answer = await client.send($("send-body").value);
+    result.className = "result";
+    result.textContent =
+      answer.length === 0
+        ? "answered with nothing: the business gave no answer"
+        : `answered (${answer.length} bytes): ${new TextDecoder().decode(answer)}`;
+  } catch (error) {
+    result.className = "result bad";
+    result.textContent = `${error.code}: ${error.message}`;
+  }
+}
+
+/** Online counts of the page's rooms, one query per room type. */
 async function refreshOnline() {
-  const room = client?.room || $("room").value.trim();
-  $("online-room-name").textContent = room || "the room";
   try {
     const total = await (await fetch("/goim/online/total", { headers: apiHeaders() })).json();
     $("online-total").textContent = total.data?.conn_count ?? "–";
-    if (room) {
+    const byType = new Map();
+    for (const room of currentRooms()) {
       const [type, id] = splitRoom(room);
-      const query = new URLSearchParams({ type, rooms: id });
-      const rooms = await (await fetch(`/goim/online/room?${query}`, { headers: apiHeaders() })).json();
-      $("online-room").textContent = rooms.data?.[id] ?? "–";
-    } else {
-      $("online-room").textContent = "–";
+      if (!byType.has(type)) byType.set(type, []);
+      byType.get(type).push([room, id]);
+    }
+    for (const [type, rooms] of byType) {
+      const query = new URLSearchParams({ type });
+      for (const [, id] of rooms) query.append("rooms", id);
+      const answer = await (await fetch(`/goim/online/room?${query}`, { headers: apiHeaders() })).json();
+      for (const [room, id] of rooms) onlineCounts.set(room, answer.data?.[id] ?? 0);
     }
   } catch {
     // The counts are a nicety; a failed poll leaves the last ones.
+  }
+  for (const li of $("rooms").querySelectorAll("li[data-room]")) {
+    li.querySelector(".members").textContent = String(onlineCounts.get(li.dataset.room) ?? "–");
   }
 }
 
@@ -252,8 +362,11 @@ function showTargetFields() {
 fillFromUrl();
 $("login").addEventListener("submit", connect);
 $("disconnect").addEventListener("click", disconnect);
-$("switch").addEventListener("submit", switchRoom);
+$("join").addEventListener("submit", joinRoom);
 $("push").addEventListener("submit", push);
+$("send").addEventListener("submit", sendToBusiness);
 $("push-target").addEventListener("change", showTargetFields);
+$("room").addEventListener("change", () => client || renderRooms());
+renderRooms();
 refreshOnline();
 if (params.get("connect") === "1") connect();

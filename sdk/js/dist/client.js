@@ -1,11 +1,12 @@
 /**
  * The imgate client: one WebSocket to comet, authenticated with goim's auth JSON, kept alive
- * with heartbeats, reconnected with backoff, and caught up after each reconnect so that the
- * application sees every stored message once, in order.
+ * with heartbeats, reconnected with backoff, back in its rooms after each reconnect and caught
+ * up so that the application sees every stored message once, in order: the user's inbox and
+ * each room's history, told apart by imgate's room tags (op 28).
  */
 import { ImgateError } from "./errors.js";
-import { decodeMessage, encodeFrame, FrameError, Op } from "./frame.js";
-import { ImgateMessage, Reply } from "./message.js";
+import { decodeMessage, decodeRoomFrames, encodeFrame, FrameError, Op } from "./frame.js";
+import { ImgateMessage } from "./message.js";
 import { SequenceLog } from "./sequence.js";
 /** Ops up to here are the protocol's; a frame with one of them is never a business push. */
 const LAST_PROTOCOL_OP = 31;
@@ -13,10 +14,13 @@ const LAST_PROTOCOL_OP = 31;
 const STABLE_MS = 10000;
 const OPEN = 1;
 const noop = () => { };
+const decoder = new TextDecoder();
 /** A client of imgate; see the README for a quick start. */
 export class ImgateClient {
     constructor(options) {
-        this.rooms = new Set();
+        /** Rooms joined with op 24 besides the main room; joined again on every connection. */
+        this.joined = new Set();
+        /** The logs of the rooms the client has been in and not left, by room. */
         this.roomTracks = new Map();
         this.listeners = new Map();
         this.requests = new Map();
@@ -39,9 +43,9 @@ export class ImgateClient {
         this.WebSocketClass = WebSocketClass;
         this.key = options.key ?? randomKey();
         this.accepts = new Set(checkOps(options.accepts ?? []));
-        this.historyOps = new Set(checkOps(options.roomHistoryOps ?? []));
         this.primaryRoom = options.room ?? "";
         this.inbox = { target: "", log: new SequenceLog(options.inboxSeq) };
+        this.resumeFloors = new Map(Object.entries(options.roomSeqs ?? {}));
     }
     // ----- public API -----
     /** Subscribes to an event; returns the function that unsubscribes. */
@@ -76,7 +80,10 @@ export class ImgateClient {
         }
         return connected;
     }
-    /** Closes the connection and stops reconnecting. Sequence state is kept for `connect()`. */
+    /**
+     * Closes the connection and stops reconnecting. Rooms and sequence state are kept for
+     * `connect()`.
+     */
     close() {
         const wasActive = this.phase !== "idle";
         this.clearTimer("reconnectTimer");
@@ -99,17 +106,21 @@ export class ImgateClient {
     get connected() {
         return this.phase === "connected";
     }
-    /** The room the connection is in (op 12 / auth), "" for none. */
+    /** The main room (auth / op 12), "" for none. */
     get room() {
         return this.primaryRoom;
     }
     /** Rooms joined with `join()`, besides `room`. */
     get joinedRooms() {
-        return [...this.rooms];
+        return [...this.joined];
+    }
+    /** Every room the client is in (or will be in on its next connection): `room` first. */
+    get rooms() {
+        return this.primaryRoom === "" ? [...this.joined] : [this.primaryRoom, ...this.joined];
     }
     /** Where the logs stand: save it to resume with the `inboxSeq` and `roomSeqs` options. */
     get state() {
-        const roomSeqs = {};
+        const roomSeqs = Object.fromEntries(this.resumeFloors);
         for (const [room, track] of this.roomTracks) {
             if (track.log.floor !== undefined) {
                 roomSeqs[room] = track.log.floor;
@@ -118,9 +129,10 @@ export class ImgateClient {
         return { inboxSeq: this.inbox.log.floor, roomSeqs };
     }
     /**
-     * Moves the connection to another room (op 12); "" leaves it. While disconnected the room
-     * is taken at the next auth. Rejects with `refused` when the server keeps the connection
-     * where it was (a token that does not allow the room).
+     * Moves the connection to another main room (op 12); "" leaves it. The old main room is
+     * left; a room joined with `join()` becomes the main room. While disconnected the room is
+     * taken at the next auth. Rejects with `refused` when the server keeps the connection where
+     * it was (a token that does not allow the room).
      */
     async switchRoom(room) {
         checkRoom(room, true);
@@ -128,33 +140,60 @@ export class ImgateClient {
             this.setPrimaryRoom(room);
             return;
         }
-        const reply = await this.request(Op.ChangeRoom, room, Op.ChangeRoomReply);
-        if (room !== "" && reply.body.length === 0) {
-            throw new ImgateError("refused", `the server refused room ${room}`);
-        }
-        this.setPrimaryRoom(room);
+        await this.request(Op.ChangeRoom, room, Op.ChangeRoomReply, (reply) => {
+            if (room !== "" && reply.body.length === 0) {
+                throw new ImgateError("refused", `the server refused room ${room}`);
+            }
+            this.setPrimaryRoom(room);
+        });
     }
-    /** Joins one more room (op 24); while disconnected, at the next auth. */
+    /**
+     * Joins one more room (op 24) and resolves with the server's echo of its name. Rejects
+     * with `refused` when the server answers empty (the token's rooms, the gateway's
+     * `max_rooms_per_conn`, a name it does not take). While disconnected the room is joined at
+     * the next auth and this resolves at once (a refusal then comes as an `error` event).
+     */
     async join(room) {
         checkRoom(room, false);
-        if (this.phase === "connected") {
-            await this.joinNow(room);
+        if (this.phase !== "connected") {
+            if (room !== this.primaryRoom)
+                this.joined.add(room);
+            return room;
         }
-        this.rooms.add(room);
+        return this.request(Op.Join, room, Op.JoinReply, (reply) => {
+            if (reply.body.length === 0) {
+                throw new ImgateError("refused", `the server refused to join ${room}`);
+            }
+            if (room !== this.primaryRoom)
+                this.joined.add(room);
+            this.enterRoom(room, false);
+            return decoder.decode(reply.body);
+        });
     }
-    /** Leaves a room joined with `join()` (op 26). */
+    /**
+     * Leaves a room (op 26), joined or the main one, and resolves with the server's echo of its
+     * name. Rejects with `refused` when the server says the connection was not in it (the client
+     * forgets the room either way). While disconnected it is forgotten at once.
+     */
     async leave(room) {
         checkRoom(room, false);
-        if (this.phase === "connected" && this.rooms.has(room)) {
-            await this.request(Op.Leave, room, Op.LeaveReply);
+        if (this.phase !== "connected") {
+            this.forgetRoom(room);
+            return room;
         }
-        this.rooms.delete(room);
+        return this.request(Op.Leave, room, Op.LeaveReply, (reply) => {
+            this.forgetRoom(room);
+            if (reply.body.length === 0) {
+                throw new ImgateError("refused", `the server says the connection is not in ${room}`);
+            }
+            return decoder.decode(reply.body);
+        });
     }
     /** Adds business ops to receive from pushes by key and broadcasts (op 14). */
     async watch(ops) {
         checkOps(ops);
         if (this.phase === "connected" && ops.length > 0) {
-            await this.request(Op.Sub, ops.join(","), Op.SubReply);
+            await this.request(Op.Sub, ops.join(","), Op.SubReply, noop);
         }
         for (const op of ops) {
             this.accepts.add(op);
@@ -164,23 +203,25 @@ export class ImgateClient {
     async unwatch(ops) {
         checkOps(ops);
         if (this.phase === "connected" && ops.length > 0) {
-            await this.request(Op.Unsub, ops.join(","), Op.UnsubReply);
+            await this.request(Op.Unsub, ops.join(","), Op.UnsubReply, noop);
         }
         for (const op of ops) {
             this.accepts.delete(op);
         }
     }
     /**
-     * Sends a message to the business (op 4) and resolves with its answer (op 5). Rejects with
-     * `send_failed` when the business gave none, `timeout`, `disconnected` or `not_connected`;
-     * a message is never sent twice by the client.
+     * Sends a message to the business (op 4) and resolves with its answer, the body of the
+     * op-5 reply with the same seq. An empty answer means the business gave none (it failed,
+     * took too long, is not configured, or 8 of this connection's messages wait already).
+     * Rejects with `timeout`, `disconnected` or `not_connected`; the client never sends a
+     * message twice, so a message in flight when the connection drops is not resent.
      */
     async send(body) {
-        const reply = await this.request(Op.SendMsg, body, Op.SendMsgReply);
-        if (reply.body.length === 0) {
-            throw new ImgateError("send_failed", "the business did not answer the message");
+        if (typeof body !== "string" && !ArrayBuffer.isView(body)) {
+            throw new TypeError("send() takes a string or a Uint8Array");
         }
-        return new Reply(reply.body);
+        const bytes = typeof body === "string" ? body : new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+        return this.request(Op.SendMsg, bytes, Op.SendMsgReply, (reply) => reply.body);
     }
     // ----- connection lifecycle -----
     open() {
@@ -232,6 +273,9 @@ export class ImgateClient {
             platform: this.options.platform ?? "web",
             accepts: [...this.accepts],
             acks: this.options.acks ?? true,
+            // Room pushes and room history come in op-28 frames naming their room: the only way to
+            // tell a room's sequence from the inbox's, and one room's from another's.
+            room_tags: true,
         };
         if (this.options.token !== undefined) {
             body.token = this.options.token;
@@ -245,61 +289,93 @@ export class ImgateClient {
         const reconnected = this.everConnected;
         this.everConnected = true;
         this.lastAcked = 0;
+        this.startHeartbeat();
+        this.catchUp();
         this.emit("connected", { reconnected });
         for (const waiter of this.waiters.splice(0)) {
             waiter.resolve();
         }
-        if (this.phase !== "connected")
-            return; // a listener closed the client
-        this.startHeartbeat();
-        for (const room of this.rooms) {
-            this.joinNow(room).catch((error) => {
-                if (error.code === "disconnected")
-                    return; // joined again on the next connection
-                if (error.code === "refused")
-                    this.rooms.delete(room);
-                this.emitError(error);
-            });
-        }
-        this.catchUp();
     }
     /**
-     * After auth the server sends the unacknowledged backlog by itself; ask for what came
-     * after what the application has, in the inbox and in the room's history (messages written
-     * to a socket that died never reached the application), then acknowledge.
+     * Back in every room and caught up. The main room came with auth (its `room_id`); each
+     * joined room is joined again (op 24) and, once in, caught up. The server sends the inbox's
+     * unacknowledged backlog by itself; ask for what came after what the application has, in
+     * the inbox and in each room that keeps history (messages written to a socket that died
+     * never reached the application), then acknowledge.
      */
     catchUp() {
+        // A room the client was in without seeing one of its stored messages has no floor: any
+        // message the room keeps may have come while the connection was down.
+        for (const track of this.roomTracks.values()) {
+            if (track.log.floor === undefined)
+                track.log.floor = 0;
+        }
+        if (this.primaryRoom !== "") {
+            this.enterRoom(this.primaryRoom, true);
+        }
+        for (const room of this.joined) {
+            this.request(Op.Join, room, Op.JoinReply, (reply) => {
+                if (reply.body.length === 0) {
+                    if (room !== this.primaryRoom)
+                        this.forgetRoom(room);
+                    throw new ImgateError("refused", `the server refused to join ${room} again`);
+                }
+                if (this.joined.has(room))
+                    this.enterRoom(room, true);
+            }).catch((error) => {
+                // A lost connection joins again on the next one.
+                if (error.code !== "disconnected")
+                    this.emitError(error);
+            });
+        }
         if (this.inbox.log.floor !== undefined) {
             this.sync(this.inbox);
         }
-        const room = this.primaryRoom;
-        if (room !== "" && this.tracksRooms()) {
-            let track = this.roomTracks.get(room);
-            if (!track) {
-                track = { target: room, log: new SequenceLog(this.options.roomSeqs?.[room]) };
-                this.roomTracks.set(room, track);
-            }
-            else if (track.log.floor === undefined) {
-                // In this room before and saw none of its history: whatever it kept is new to us.
-                track.log.floor = 0;
-            }
-            if (track.log.floor !== undefined) {
-                this.sync(track);
-            }
-        }
-        for (const track of this.tracks()) {
-            this.watchGap(track);
-        }
+        this.watchGap(this.inbox);
         this.flushAck();
+    }
+    /**
+     * The connection is in `room` now: the room's log starts (from a saved floor, if there is
+     * one) or goes on. A room is caught up when its log has a floor and it was just entered
+     * (`fresh`, on a new connection) or newly started; a room the connection is in already is
+     * not asked for again.
+     */
+    enterRoom(room, fresh) {
+        let track = this.roomTracks.get(room);
+        const started = track === undefined;
+        if (!track) {
+            track = { target: room, log: new SequenceLog(this.resumeFloors.get(room)) };
+            this.resumeFloors.delete(room);
+            this.roomTracks.set(room, track);
+        }
+        if ((fresh || started) && track.log.floor !== undefined) {
+            this.sync(track);
+        }
+        this.watchGap(track);
+    }
+    /** The client is no longer in `room`: its log ends (a later join starts a new one). */
+    forgetRoom(room) {
+        if (room === this.primaryRoom)
+            this.primaryRoom = "";
+        this.joined.delete(room);
+        this.resumeFloors.delete(room);
+        this.dropTrack(room);
+    }
+    dropTrack(room) {
+        const track = this.roomTracks.get(room);
+        if (track) {
+            this.stopGapTimer(track);
+            this.roomTracks.delete(room);
+        }
     }
     /** Asks for a log's messages after its floor; `then` runs with the op-23 reply. */
     sync(track, then) {
         const body = track.target === "" ? `${track.log.floor}` : `${track.target} ${track.log.floor}`;
-        this.request(Op.Sync, body, Op.SyncReply).then((reply) => {
-            if (reply.body.length === 0) {
+        this.request(Op.Sync, body, Op.SyncReply, (reply) => reply.body.length > 0).then((served) => {
+            if (!served) {
                 this.report("refused", `the server could not serve sync ${body}`);
             }
-            then?.(reply.body.length > 0);
+            then?.(served);
         }, (error) => {
             if (error.code !== "disconnected")
                 this.emitError(error);
@@ -378,9 +454,18 @@ export class ImgateClient {
     // ----- receiving -----
     onData(data) {
         this.clearTimer("deadTimer");
-        let frames;
+        const received = [];
         try {
-            frames = decodeMessage(toBytes(data));
+            for (const frame of decodeMessage(toBytes(data))) {
+                if (frame.op === Op.Room) {
+                    const { room, frames } = decodeRoomFrames(frame.body);
+                    for (const inner of frames)
+                        received.push({ frame: inner, room });
+                }
+                else {
+                    received.push({ frame });
+                }
+            }
         }
         catch (cause) {
             const detail = cause instanceof FrameError ? cause.message : String(cause);
@@ -388,10 +473,15 @@ export class ImgateClient {
             this.drop(`protocol error: ${detail}`);
             return;
         }
-        for (const frame of frames) {
+        for (const { frame, room } of received) {
             if (this.socket === undefined)
                 return; // a listener closed the client
-            this.onFrame(frame);
+            if (room === undefined) {
+                this.onFrame(frame);
+            }
+            else if (this.phase === "connected") {
+                this.onRoomPush(room, frame);
+            }
         }
         this.flushAck();
     }
@@ -419,7 +509,7 @@ export class ImgateClient {
                 request.reject(new ImgateError("unsupported", `the server does not support op ${request.op}`));
             }
             else {
-                request.resolve(frame);
+                request.answer(frame);
             }
             return;
         }
@@ -428,27 +518,30 @@ export class ImgateClient {
         }
         this.onPush(frame);
     }
+    /** A push that names no room: to the user (stored, with a seq), to a key or to everyone. */
     onPush(frame) {
         if (frame.seq === 0) {
             this.deliver([new ImgateMessage(frame.op, 0, "push", undefined, frame.body)]);
             return;
         }
-        if (this.isRoomHistory(frame.op)) {
-            const room = this.primaryRoom;
-            const track = room === "" ? undefined : this.roomTracks.get(room);
-            if (!track) {
-                this.deliver([new ImgateMessage(frame.op, frame.seq, "push", undefined, frame.body)]);
-                return;
-            }
-            // Room pushes arrive in order: with no starting point the first one is it.
-            if (track.log.floor === undefined)
-                track.log.floor = frame.seq - 1;
-            const message = new ImgateMessage(frame.op, frame.seq, "room", room, frame.body);
-            this.take(track, frame.seq, message);
-            return;
-        }
         const message = new ImgateMessage(frame.op, frame.seq, "inbox", undefined, frame.body);
         this.take(this.inbox, frame.seq, message);
+    }
+    /** A push to `room` (op 28): live, or its history answering a sync. */
+    onRoomPush(room, frame) {
+        const track = this.roomTracks.get(room);
+        if (!track) {
+            return; // history the client asked for before it left the room
+        }
+        const message = new ImgateMessage(frame.op, frame.seq, "room", room, frame.body);
+        if (frame.seq === 0) {
+            this.deliver([message]); // the room keeps no history of it
+            return;
+        }
+        // A room's pushes arrive in order: with no starting point, the first one is it.
+        if (track.log.floor === undefined)
+            track.log.floor = frame.seq - 1;
+        this.take(track, frame.seq, message);
     }
     take(track, seq, message) {
         this.deliver(track.log.offer(seq, message));
@@ -519,26 +612,27 @@ export class ImgateClient {
         }
     }
     // ----- plumbing -----
+    /**
+     * The main room is now `room`, as the server does it for op 12: the old main room is left,
+     * and a joined room that becomes the main one stays (with its log).
+     */
     setPrimaryRoom(room) {
         if (room === this.primaryRoom)
             return;
-        const old = this.roomTracks.get(this.primaryRoom);
-        if (old) {
-            this.stopGapTimer(old);
-            this.roomTracks.delete(this.primaryRoom);
-        }
+        if (this.primaryRoom !== "")
+            this.dropTrack(this.primaryRoom);
         this.primaryRoom = room;
-        if (room !== "" && this.tracksRooms() && this.phase === "connected") {
-            this.roomTracks.set(room, { target: room, log: new SequenceLog() });
-        }
+        if (room === "")
+            return;
+        this.joined.delete(room);
+        if (this.phase === "connected")
+            this.enterRoom(room, false);
     }
-    async joinNow(room) {
-        const reply = await this.request(Op.Join, room, Op.JoinReply);
-        if (reply.body.length === 0) {
-            throw new ImgateError("refused", `the server refused to join ${room}`);
-        }
-    }
-    request(op, body, replyOp) {
+    /**
+     * Sends a request and settles it with `answer(reply)`, run as the reply is read (before any
+     * frame after it), or with the error it throws.
+     */
+    request(op, body, replyOp, answer) {
         if (this.phase !== "connected") {
             return Promise.reject(new ImgateError("not_connected", "the client is not connected"));
         }
@@ -549,7 +643,15 @@ export class ImgateClient {
                 this.requests.delete(seq);
                 reject(new ImgateError("timeout", `no reply to op ${op} within ${timeout} ms`));
             }, timeout);
-            this.requests.set(seq, { op, replyOp, resolve, reject, timer });
+            const settle = (reply) => {
+                try {
+                    resolve(answer(reply));
+                }
+                catch (error) {
+                    reject(error);
+                }
+            };
+            this.requests.set(seq, { op, replyOp, answer: settle, reject, timer });
             this.sendFrame(op, seq, body);
         });
     }
@@ -571,20 +673,6 @@ export class ImgateClient {
             this.nextSeqValue = this.nextSeqValue >= 0x7fffffff ? 1 : this.nextSeqValue + 1;
         } while (this.requests.has(this.nextSeqValue));
         return this.nextSeqValue;
-    }
-    /**
-     * Whether a sequenced frame of this op is room history. A frame does not say; without a
-     * user there is no inbox, so every sequenced frame is the room's.
-     */
-    isRoomHistory(op) {
-        return this.historyOps.has(op) || !this.hasInbox();
-    }
-    tracksRooms() {
-        return this.historyOps.size > 0 || !this.hasInbox();
-    }
-    /** A user has an inbox: a token names one, or a development-mode mid above 0. */
-    hasInbox() {
-        return this.options.token !== undefined || (this.options.mid ?? 0) > 0;
     }
     tracks() {
         return [this.inbox, ...this.roomTracks.values()];

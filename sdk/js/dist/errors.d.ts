@@ -12,12 +12,14 @@ export type ImgateErrorCode =
  | "not_connected"
 /** `close()` was called. */
  | "closed"
-/** The server refused (a room the token does not allow, a join the server denied). */
+/**
+ * The server said no with an empty reply: a room the token does not allow, a join past the
+ * gateway's rooms per connection, a leave of a room the connection is not in, a sync it
+ * could not serve.
+ */
  | "refused"
 /** The server does not know this op (it echoed the request instead of replying). */
  | "unsupported"
-/** `send()`: the business gave no answer (error or timeout behind the gateway). */
- | "send_failed"
 /** An event listener of the application threw; the client carried on. */
  | "listener";
 /** Every error the client reports, by event or by a rejected promise. */

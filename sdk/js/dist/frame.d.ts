@@ -1,7 +1,8 @@
 /**
  * The goim v2 frame, as imgate speaks it: a 16-byte big-endian header (packLen, headerLen,
  * ver, op, seq) followed by the body. Each WebSocket message holds exactly one frame; a
- * server push may be an op-9 frame whose body is a run of complete frames.
+ * server push may be an op-9 frame whose body is a run of complete frames, or (for a client
+ * that asked for room tags) an op-28 frame whose body names a room before its run of frames.
  *
  * Decoding never trusts a length: every frame is checked against the bytes that are really
  * there before anything is read from its body.
@@ -31,6 +32,7 @@ export declare const Op: {
     readonly JoinReply: 25;
     readonly Leave: 26;
     readonly LeaveReply: 27;
+    readonly Room: 28;
 };
 /** One decoded frame. `seq` is unsigned: stored sequences may pass 2^31. */
 export interface Frame {
@@ -39,7 +41,7 @@ export interface Frame {
     seq: number;
     body: Uint8Array;
 }
-/** Bytes from the server that are not a valid frame (or op-9 batch). */
+/** Bytes from the server that are not a valid frame (or op-9 batch, or op-28 room frame). */
 export declare class FrameError extends Error {
     constructor(message: string);
 }
@@ -56,3 +58,13 @@ export declare function decodeFrames(bytes: Uint8Array): Frame[];
  * is refused); any other frame is returned alone.
  */
 export declare function decodeMessage(bytes: Uint8Array): Frame[];
+/** The body of an op-28 frame: the room the pushes were sent to, and the pushed frames. */
+export interface RoomFrames {
+    room: string;
+    frames: Frame[];
+}
+/**
+ * Splits the body of an op-28 frame (imgate's room tags): the room name's length (2 bytes,
+ * big-endian), the name in UTF-8, then a run of complete frames, none of them a batch.
+ */
+export declare function decodeRoomFrames(body: Uint8Array): RoomFrames;

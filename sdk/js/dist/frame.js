@@ -1,7 +1,8 @@
 /**
  * The goim v2 frame, as imgate speaks it: a 16-byte big-endian header (packLen, headerLen,
  * ver, op, seq) followed by the body. Each WebSocket message holds exactly one frame; a
- * server push may be an op-9 frame whose body is a run of complete frames.
+ * server push may be an op-9 frame whose body is a run of complete frames, or (for a client
+ * that asked for room tags) an op-28 frame whose body names a room before its run of frames.
  *
  * Decoding never trusts a length: every frame is checked against the bytes that are really
  * there before anything is read from its body.
@@ -31,8 +32,9 @@ export const Op = {
     JoinReply: 25,
     Leave: 26,
     LeaveReply: 27,
+    Room: 28,
 };
-/** Bytes from the server that are not a valid frame (or op-9 batch). */
+/** Bytes from the server that are not a valid frame (or op-9 batch, or op-28 room frame). */
 export class FrameError extends Error {
     constructor(message) {
         super(message);
@@ -40,6 +42,7 @@ export class FrameError extends Error {
     }
 }
 const encoder = new TextEncoder();
+const strictDecoder = new TextDecoder("utf-8", { fatal: true });
 const EMPTY = new Uint8Array(0);
 /** Encodes one frame; a string body is sent as UTF-8. */
 export function encodeFrame(op, seq, body = EMPTY, ver = 1) {
@@ -111,4 +114,31 @@ export function decodeMessage(bytes) {
         }
     }
     return inner;
+}
+/**
+ * Splits the body of an op-28 frame (imgate's room tags): the room name's length (2 bytes,
+ * big-endian), the name in UTF-8, then a run of complete frames, none of them a batch.
+ */
+export function decodeRoomFrames(body) {
+    if (body.length < 2) {
+        throw new FrameError(`expected a 2-byte room name length, ${body.length} bytes left`);
+    }
+    const nameLen = (body[0] << 8) | body[1];
+    if (nameLen === 0 || 2 + nameLen > body.length) {
+        throw new FrameError(`room name length ${nameLen} does not fit the ${body.length - 2} bytes left`);
+    }
+    let room;
+    try {
+        room = strictDecoder.decode(body.subarray(2, 2 + nameLen));
+    }
+    catch {
+        throw new FrameError("a room name that is not UTF-8");
+    }
+    const frames = decodeFrames(body.subarray(2 + nameLen));
+    for (const f of frames) {
+        if (f.op === Op.Raw || f.op === Op.Room) {
+            throw new FrameError(`an op-${f.op} frame inside an op-28 frame`);
+        }
+    }
+    return { room, frames };
 }

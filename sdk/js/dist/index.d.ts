@@ -4,6 +4,6 @@
  */
 export { ImgateClient, type ImgateClientOptions, type ImgateEvents, type ReconnectOptions, type WebSocketConstructor, type WebSocketLike, } from "./client.js";
 export { ImgateError, type ImgateErrorCode } from "./errors.js";
-export { decodeFrames, decodeMessage, encodeFrame, FrameError, HEADER_LEN, Op, type Frame } from "./frame.js";
-export { ImgateMessage, Reply, type MessageKind } from "./message.js";
+export { decodeFrames, decodeMessage, decodeRoomFrames, encodeFrame, FrameError, HEADER_LEN, Op, type Frame, type RoomFrames, } from "./frame.js";
+export { ImgateMessage, type MessageKind } from "./message.js";
 export { SequenceLog } from "./sequence.js";

@@ -4,6 +4,6 @@
  */
 export { ImgateClient, } from "./client.js";
 export { ImgateError } from "./errors.js";
-export { decodeFrames, decodeMessage, encodeFrame, FrameError, HEADER_LEN, Op } from "./frame.js";
-export { ImgateMessage, Reply } from "./message.js";
+export { decodeFrames, decodeMessage, decodeRoomFrames, encodeFrame, FrameError, HEADER_LEN, Op, } from "./frame.js";
+export { ImgateMessage } from "./message.js";
 export { SequenceLog } from "./sequence.js";

@@ -6,7 +6,7 @@ export class ImgateMessage {
     op, 
     /** The inbox or room sequence (see `kind`), 0 for pushes that are not stored. */
     seq, kind, 
-    /** The room of a room-history message; undefined for the other kinds. */
+    /** The room of a room message, `type://id`; undefined for the other kinds. */
     room, 
     /** The body exactly as pushed. */
     body) {
@@ -21,18 +21,6 @@ export class ImgateMessage {
         return decoder.decode(this.body);
     }
     /** The body parsed as JSON (throws a SyntaxError when it is not JSON). */
-    json() {
-        return JSON.parse(this.text());
-    }
-}
-/** The business's answer to `send()`. */
-export class Reply {
-    constructor(body) {
-        this.body = body;
-    }
-    text() {
-        return decoder.decode(this.body);
-    }
     json() {
         return JSON.parse(this.text());
     }

@@ -1,11 +1,12 @@
 /**
  * The imgate client: one WebSocket to comet, authenticated with goim's auth JSON, kept alive
- * with heartbeats, reconnected with backoff, and caught up after each reconnect so that the
- * application sees every stored message once, in order.
+ * with heartbeats, reconnected with backoff, back in its rooms after each reconnect and caught
+ * up so that the application sees every stored message once, in order: the user's inbox and
+ * each room's history, told apart by imgate's room tags (op 28).
  */
 import { ImgateError, type ImgateErrorCode } from "./errors.js";
-import { decodeMessage, encodeFrame, FrameError, Op, type Frame } from "./frame.js";
-import { ImgateMessage, Reply } from "./message.js";
+import { decodeMessage, decodeRoomFrames, encodeFrame, FrameError, Op, type Frame } from "./frame.js";
+import { ImgateMessage } from "./message.js";
 import { SequenceLog } from "./sequence.js";
 
 /** The part of the standard WebSocket API the client uses (browsers, Node 22+, `ws`). */
@@ -43,7 +44,7 @@ export interface ImgateClientOptions {
    * own stale session instead of leaving it to time out.
    */
   key?: string;
-  /** Room to be in, `type://id` (change it with `switchRoom`). */
+  /** Main room to be in, `type://id` (change it with `switchRoom`; add more with `join`). */
   room?: string;
   /** Business ops to receive from pushes by key and broadcasts (change with `watch`). */
   accepts?: number[];
@@ -55,7 +56,7 @@ export interface ImgateClientOptions {
   heartbeatTimeout?: number;
   /** Connecting and authenticating must finish within this many ms (default 10 000). */
   authTimeout?: number;
-  /** Replies to `join`, `switchRoom`, `watch`, `send`… must come within this (ms, default 10 000). */
+  /** Replies to `join`, `leave`, `switchRoom`, `watch`, `send`… must come within this (ms, default 10 000). */
   requestTimeout?: number;
   /**
    * How long (ms) a gap in a sequence may stay open before the client asks the server for the
@@ -64,17 +65,14 @@ export interface ImgateClientOptions {
   gapTimeout?: number;
   /** Reconnect after a connection is lost (default true, with the default delays). */
   reconnect?: boolean | ReconnectOptions;
-  /**
-   * Business ops your back-end pushes to rooms with `history=1`. A stored message's frame does
-   * not say whether its sequence is the user's inbox or the room's history; frames of these
-   * ops are taken as the current room's history, every other sequenced frame as the inbox.
-   */
-  roomHistoryOps?: number[];
   /** `platform` of the auth JSON (default "web"). */
   platform?: string;
   /** Resume the inbox after this sequence (e.g. `state.inboxSeq` saved by a previous page). */
   inboxSeq?: number;
-  /** Resume room histories after these sequences (e.g. `state.roomSeqs` saved before). */
+  /**
+   * Resume room histories after these sequences (e.g. `state.roomSeqs` saved before): a room
+   * listed here is caught up from its sequence when the client enters it.
+   */
   roomSeqs?: Record<string, number>;
   /** WebSocket class; default the global `WebSocket`. */
   WebSocket?: WebSocketConstructor;
@@ -90,7 +88,7 @@ export interface ImgateEvents {
   disconnected: { reason: string; willReconnect: boolean; delay?: number };
   /** Something went wrong; the client has dealt with it (reconnected, dropped the reply…). */
   error: ImgateError;
-  /** A heartbeat reply: the current room's online count. */
+  /** A heartbeat reply: the main room's online count. */
   heartbeat: { online: number };
 }
 
@@ -106,12 +104,16 @@ const OPEN = 1;
 interface PendingRequest {
   op: number;
   replyOp: number;
-  resolve: (frame: Frame) => void;
+  /** Settles the request with its reply, synchronously, before the next frame is read. */
+  answer: (frame: Frame) => void;
   reject: (error: ImgateError) => void;
   timer: Timer;
 }
 
-/** A sequenced log the client keeps: the inbox (target "") or a room's history. */
+/**
+ * A sequenced log the client keeps: the inbox (target "") or the history of a room the client
+ * is in (one track per room, kept across reconnects until the client leaves the room).
+ */
 interface Track {
   target: string;
   log: SequenceLog<ImgateMessage>;
@@ -121,6 +123,7 @@ interface Track {
 type Phase = "idle" | "connecting" | "authenticating" | "connected" | "waiting";
 
 const noop = () => {};
+const decoder = new TextDecoder();
 
 /** A client of imgate; see the README for a quick start. */
 export class ImgateClient {
@@ -128,11 +131,15 @@ export class ImgateClient {
   private readonly WebSocketClass: WebSocketConstructor;
   private readonly key: string;
   private readonly accepts: Set<number>;
-  private readonly historyOps: Set<number>;
-  private readonly rooms = new Set<string>();
+  /** The main room (auth's `room_id`, op 12), "" for none. */
   private primaryRoom: string;
+  /** Rooms joined with op 24 besides the main room; joined again on every connection. */
+  private readonly joined = new Set<string>();
   private readonly inbox: Track;
+  /** The logs of the rooms the client has been in and not left, by room. */
   private readonly roomTracks = new Map<string, Track>();
+  /** Room floors from `options.roomSeqs` not taken yet: each starts a room's log on entry. */
+  private readonly resumeFloors: Map<string, number>;
   private readonly listeners = new Map<keyof ImgateEvents, Set<Listener<any>>>();
   private readonly requests = new Map<number, PendingRequest>();
 
@@ -165,9 +172,9 @@ export class ImgateClient {
     this.WebSocketClass = WebSocketClass;
     this.key = options.key ?? randomKey();
     this.accepts = new Set(checkOps(options.accepts ?? []));
-    this.historyOps = new Set(checkOps(options.roomHistoryOps ?? []));
     this.primaryRoom = options.room ?? "";
     this.inbox = { target: "", log: new SequenceLog(options.inboxSeq) };
+    this.resumeFloors = new Map(Object.entries(options.roomSeqs ?? {}));
   }
 
   // ----- public API -----
@@ -206,7 +213,10 @@ export class ImgateClient {
     return connected;
   }
 
-  /** Closes the connection and stops reconnecting. Sequence state is kept for `connect()`. */
+  /**
+   * Closes the connection and stops reconnecting. Rooms and sequence state are kept for
+   * `connect()`.
+   */
   close(): void {
     const wasActive = this.phase !== "idle";
     this.clearTimer("reconnectTimer");
@@ -230,19 +240,24 @@ export class ImgateClient {
     return this.phase === "connected";
   }
 
-  /** The room the connection is in (op 12 / auth), "" for none. */
+  /** The main room (auth / op 12), "" for none. */
   get room(): string {
     return this.primaryRoom;
   }
 
   /** Rooms joined with `join()`, besides `room`. */
   get joinedRooms(): string[] {
-    return [...this.rooms];
+    return [...this.joined];
+  }
+
+  /** Every room the client is in (or will be in on its next connection): `room` first. */
+  get rooms(): string[] {
+    return this.primaryRoom === "" ? [...this.joined] : [this.primaryRoom, ...this.joined];
   }
 
   /** Where the logs stand: save it to resume with the `inboxSeq` and `roomSeqs` options. */
   get state(): { inboxSeq: number | undefined; roomSeqs: Record<string, number> } {
-    const roomSeqs: Record<string, number> = {};
+    const roomSeqs: Record<string, number> = Object.fromEntries(this.resumeFloors);
     for (const [room, track] of this.roomTracks) {
       if (track.log.floor !== undefined) {
         roomSeqs[room] = track.log.floor;
@@ -252,9 +267,10 @@ export class ImgateClient {
   }
 
   /**
-   * Moves the connection to another room (op 12); "" leaves it. While disconnected the room
-   * is taken at the next auth. Rejects with `refused` when the server keeps the connection
-   * where it was (a token that does not allow the room).
+   * Moves the connection to another main room (op 12); "" leaves it. The old main room is
+   * left; a room joined with `join()` becomes the main room. While disconnected the room is
+   * taken at the next auth. Rejects with `refused` when the server keeps the connection where
+   * it was (a token that does not allow the room).
    */
   async switchRoom(room: string): Promise<void> {
     checkRoom(room, true);
@@ -262,36 +278,61 @@ export class ImgateClient {
       this.setPrimaryRoom(room);
       return;
     }
-    const reply = await this.request(Op.ChangeRoom, room, Op.ChangeRoomReply);
-    if (room !== "" && reply.body.length === 0) {
-      throw new ImgateError("refused", `the server refused room ${room}`);
-    }
-    this.setPrimaryRoom(room);
+    await this.request(Op.ChangeRoom, room, Op.ChangeRoomReply, (reply) => {
+      if (room !== "" && reply.body.length === 0) {
+        throw new ImgateError("refused", `the server refused room ${room}`);
+      }
+      this.setPrimaryRoom(room);
+    });
   }
 
-  /** Joins one more room (op 24); while disconnected, at the next auth. */
-  async join(room: string): Promise<void> {
+  /**
+   * Joins one more room (op 24) and resolves with the server's echo of its name. Rejects
+   * with `refused` when the server answers empty (the token's rooms, the gateway's
+   * `max_rooms_per_conn`, a name it does not take). While disconnected the room is joined at
+   * the next auth and this resolves at once (a refusal then comes as an `error` event).
+   */
+  async join(room: string): Promise<string> {
     checkRoom(room, false);
-    if (this.phase === "connected") {
-      await this.joinNow(room);
+    if (this.phase !== "connected") {
+      if (room !== this.primaryRoom) this.joined.add(room);
+      return room;
     }
-    this.rooms.add(room);
+    return this.request(Op.Join, room, Op.JoinReply, (reply) => {
+      if (reply.body.length === 0) {
+        throw new ImgateError("refused", `the server refused to join ${room}`);
+      }
+      if (room !== this.primaryRoom) this.joined.add(room);
+      this.enterRoom(room, false);
+      return decoder.decode(reply.body);
+    });
   }
 
-  /** Leaves a room joined with `join()` (op 26). */
-  async leave(room: string): Promise<void> {
+  /**
+   * Leaves a room (op 26), joined or the main one, and resolves with the server's echo of its
+   * name. Rejects with `refused` when the server says the connection was not in it (the client
+   * forgets the room either way). While disconnected it is forgotten at once.
+   */
+  async leave(room: string): Promise<string> {
     checkRoom(room, false);
-    if (this.phase === "connected" && this.rooms.has(room)) {
-      await this.request(Op.Leave, room, Op.LeaveReply);
+    if (this.phase !== "connected") {
+      this.forgetRoom(room);
+      return room;
     }
-    this.rooms.delete(room);
+    return this.request(Op.Leave, room, Op.LeaveReply, (reply) => {
+      this.forgetRoom(room);
+      if (reply.body.length === 0) {
+        throw new ImgateError("refused", `the server says the connection is not in ${room}`);
+      }
+      return decoder.decode(reply.body);
+    });
   }
 
   /** Adds business ops to receive from pushes by key and broadcasts (op 14). */
   async watch(ops: number[]): Promise<void> {
     checkOps(ops);
     if (this.phase === "connected" && ops.length > 0) {
-      await this.request(Op.Sub, ops.join(","), Op.SubReply);
+      await this.request(Op.Sub, ops.join(","), Op.SubReply, noop);
     }
     for (const op of ops) {
       this.accepts.add(op);
@@ -302,7 +343,7 @@ export class ImgateClient {
   async unwatch(ops: number[]): Promise<void> {
     checkOps(ops);
     if (this.phase === "connected" && ops.length > 0) {
-      await this.request(Op.Unsub, ops.join(","), Op.UnsubReply);
+      await this.request(Op.Unsub, ops.join(","), Op.UnsubReply, noop);
     }
     for (const op of ops) {
       this.accepts.delete(op);
@@ -310,16 +351,19 @@ export class ImgateClient {
   }
 
   /**
-   * Sends a message to the business (op 4) and resolves with its answer (op 5). Rejects with
-   * `send_failed` when the business gave none, `timeout`, `disconnected` or `not_connected`;
-   * a message is never sent twice by the client.
+   * Sends a message to the business (op 4) and resolves with its answer, the body of the
+   * op-5 reply with the same seq. An empty answer means the business gave none (it failed,
+   * took too long, is not configured, or 8 of this connection's messages wait already).
+   * Rejects with `timeout`, `disconnected` or `not_connected`; the client never sends a
+   * message twice, so a message in flight when the connection drops is not resent.
    */
-  async send(body: Uint8Array | string): Promise<Reply> {
-    const reply = await this.request(Op.SendMsg, body, Op.SendMsgReply);
-    if (reply.body.length === 0) {
-      throw new ImgateError("send_failed", "the business did not answer the message");
+  async send(body: Uint8Array | string): Promise<Uint8Array> {
+    if (typeof body !== "string" && !ArrayBuffer.isView(body)) {
+      throw new TypeError("send() takes a string or a Uint8Array");
     }
-    return new Reply(reply.body);
+    const bytes =
+      typeof body === "string" ? body : new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+    return this.request(Op.SendMsg, bytes, Op.SendMsgReply, (reply) => reply.body);
   }
 
   // ----- connection lifecycle -----
@@ -375,6 +419,9 @@ export class ImgateClient {
       platform: this.options.platform ?? "web",
       accepts: [...this.accepts],
       acks: this.options.acks ?? true,
+      // Room pushes and room history come in op-28 frames naming their room: the only way to
+      // tell a room's sequence from the inbox's, and one room's from another's.
+      room_tags: true,
     };
     if (this.options.token !== undefined) {
       body.token = this.options.token;
@@ -389,60 +436,94 @@ export class ImgateClient {
     const reconnected = this.everConnected;
     this.everConnected = true;
     this.lastAcked = 0;
+    this.startHeartbeat();
+    this.catchUp();
     this.emit("connected", { reconnected });
     for (const waiter of this.waiters.splice(0)) {
       waiter.resolve();
     }
-    if (this.phase !== "connected") return; // a listener closed the client
-    this.startHeartbeat();
-    for (const room of this.rooms) {
-      this.joinNow(room).catch((error: ImgateError) => {
-        if (error.code === "disconnected") return; // joined again on the next connection
-        if (error.code === "refused") this.rooms.delete(room);
-        this.emitError(error);
-      });
-    }
-    this.catchUp();
   }
 
   /**
-   * After auth the server sends the unacknowledged backlog by itself; ask for what came
-   * after what the application has, in the inbox and in the room's history (messages written
-   * to a socket that died never reached the application), then acknowledge.
+   * Back in every room and caught up. The main room came with auth (its `room_id`); each
+   * joined room is joined again (op 24) and, once in, caught up. The server sends the inbox's
+   * unacknowledged backlog by itself; ask for what came after what the application has, in
+   * the inbox and in each room that keeps history (messages written to a socket that died
+   * never reached the application), then acknowledge.
    */
   private catchUp(): void {
+    // A room the client was in without seeing one of its stored messages has no floor: any
+    // message the room keeps may have come while the connection was down.
+    for (const track of this.roomTracks.values()) {
+      if (track.log.floor === undefined) track.log.floor = 0;
+    }
+    if (this.primaryRoom !== "") {
+      this.enterRoom(this.primaryRoom, true);
+    }
+    for (const room of this.joined) {
+      this.request(Op.Join, room, Op.JoinReply, (reply) => {
+        if (reply.body.length === 0) {
+          if (room !== this.primaryRoom) this.forgetRoom(room);
+          throw new ImgateError("refused", `the server refused to join ${room} again`);
+        }
+        if (this.joined.has(room)) this.enterRoom(room, true);
+      }).catch((error: ImgateError) => {
+        // A lost connection joins again on the next one.
+        if (error.code !== "disconnected") this.emitError(error);
+      });
+    }
     if (this.inbox.log.floor !== undefined) {
       this.sync(this.inbox);
     }
-    const room = this.primaryRoom;
-    if (room !== "" && this.tracksRooms()) {
-      let track = this.roomTracks.get(room);
-      if (!track) {
-        track = { target: room, log: new SequenceLog(this.options.roomSeqs?.[room]) };
-        this.roomTracks.set(room, track);
-      } else if (track.log.floor === undefined) {
-        // In this room before and saw none of its history: whatever it kept is new to us.
-        track.log.floor = 0;
-      }
-      if (track.log.floor !== undefined) {
-        this.sync(track);
-      }
-    }
-    for (const track of this.tracks()) {
-      this.watchGap(track);
-    }
+    this.watchGap(this.inbox);
     this.flushAck();
+  }
+
+  /**
+   * The connection is in `room` now: the room's log starts (from a saved floor, if there is
+   * one) or goes on. A room is caught up when its log has a floor and it was just entered
+   * (`fresh`, on a new connection) or newly started; a room the connection is in already is
+   * not asked for again.
+   */
+  private enterRoom(room: string, fresh: boolean): void {
+    let track = this.roomTracks.get(room);
+    const started = track === undefined;
+    if (!track) {
+      track = { target: room, log: new SequenceLog(this.resumeFloors.get(room)) };
+      this.resumeFloors.delete(room);
+      this.roomTracks.set(room, track);
+    }
+    if ((fresh || started) && track.log.floor !== undefined) {
+      this.sync(track);
+    }
+    this.watchGap(track);
+  }
+
+  /** The client is no longer in `room`: its log ends (a later join starts a new one). */
+  private forgetRoom(room: string): void {
+    if (room === this.primaryRoom) this.primaryRoom = "";
+    this.joined.delete(room);
+    this.resumeFloors.delete(room);
+    this.dropTrack(room);
+  }
+
+  private dropTrack(room: string): void {
+    const track = this.roomTracks.get(room);
+    if (track) {
+      this.stopGapTimer(track);
+      this.roomTracks.delete(room);
+    }
   }
 
   /** Asks for a log's messages after its floor; `then` runs with the op-23 reply. */
   private sync(track: Track, then?: (ok: boolean) => void): void {
     const body = track.target === "" ? `${track.log.floor}` : `${track.target} ${track.log.floor}`;
-    this.request(Op.Sync, body, Op.SyncReply).then(
-      (reply) => {
-        if (reply.body.length === 0) {
+    this.request(Op.Sync, body, Op.SyncReply, (reply) => reply.body.length > 0).then(
+      (served) => {
+        if (!served) {
           this.report("refused", `the server could not serve sync ${body}`);
         }
-        then?.(reply.body.length > 0);
+        then?.(served);
       },
       (error: ImgateError) => {
         if (error.code !== "disconnected") this.emitError(error);
@@ -528,18 +609,29 @@ export class ImgateClient {
 
   private onData(data: unknown): void {
     this.clearTimer("deadTimer");
-    let frames: Frame[];
+    const received: { frame: Frame; room?: string }[] = [];
     try {
-      frames = decodeMessage(toBytes(data));
+      for (const frame of decodeMessage(toBytes(data))) {
+        if (frame.op === Op.Room) {
+          const { room, frames } = decodeRoomFrames(frame.body);
+          for (const inner of frames) received.push({ frame: inner, room });
+        } else {
+          received.push({ frame });
+        }
+      }
     } catch (cause) {
       const detail = cause instanceof FrameError ? cause.message : String(cause);
       this.report("protocol", `malformed message from the server: ${detail}`, cause);
       this.drop(`protocol error: ${detail}`);
       return;
     }
-    for (const frame of frames) {
+    for (const { frame, room } of received) {
       if (this.socket === undefined) return; // a listener closed the client
-      this.onFrame(frame);
+      if (room === undefined) {
+        this.onFrame(frame);
+      } else if (this.phase === "connected") {
+        this.onRoomPush(room, frame);
+      }
     }
     this.flushAck();
   }
@@ -569,7 +661,7 @@ export class ImgateClient {
           new ImgateError("unsupported", `the server does not support op ${request.op}`),
         );
       } else {
-        request.resolve(frame);
+        request.answer(frame);
       }
       return;
     }
@@ -579,26 +671,30 @@ export class ImgateClient {
     this.onPush(frame);
   }
 
+  /** A push that names no room: to the user (stored, with a seq), to a key or to everyone. */
   private onPush(frame: Frame): void {
     if (frame.seq === 0) {
       this.deliver([new ImgateMessage(frame.op, 0, "push", undefined, frame.body)]);
       return;
     }
-    if (this.isRoomHistory(frame.op)) {
-      const room = this.primaryRoom;
-      const track = room === "" ? undefined : this.roomTracks.get(room);
-      if (!track) {
-        this.deliver([new ImgateMessage(frame.op, frame.seq, "push", undefined, frame.body)]);
-        return;
-      }
-      // Room pushes arrive in order: with no starting point the first one is it.
-      if (track.log.floor === undefined) track.log.floor = frame.seq - 1;
-      const message = new ImgateMessage(frame.op, frame.seq, "room", room, frame.body);
-      this.take(track, frame.seq, message);
-      return;
-    }
     const message = new ImgateMessage(frame.op, frame.seq, "inbox", undefined, frame.body);
     this.take(this.inbox, frame.seq, message);
+  }
+
+  /** A push to `room` (op 28): live, or its history answering a sync. */
+  private onRoomPush(room: string, frame: Frame): void {
+    const track = this.roomTracks.get(room);
+    if (!track) {
+      return; // history the client asked for before it left the room
+    }
+    const message = new ImgateMessage(frame.op, frame.seq, "room", room, frame.body);
+    if (frame.seq === 0) {
+      this.deliver([message]); // the room keeps no history of it
+      return;
+    }
+    // A room's pushes arrive in order: with no starting point, the first one is it.
+    if (track.log.floor === undefined) track.log.floor = frame.seq - 1;
+    this.take(track, frame.seq, message);
   }
 
   private take(track: Track, seq: number, message: ImgateMessage): void {
@@ -674,38 +770,47 @@ export class ImgateClient {
 
   // ----- plumbing -----
 
+  /**
+   * The main room is now `room`, as the server does it for op 12: the old main room is left,
+   * and a joined room that becomes the main one stays (with its log).
+   */
   private setPrimaryRoom(room: string): void {
     if (room === this.primaryRoom) return;
-    const old = this.roomTracks.get(this.primaryRoom);
-    if (old) {
-      this.stopGapTimer(old);
-      this.roomTracks.delete(this.primaryRoom);
-    }
+    if (this.primaryRoom !== "") this.dropTrack(this.primaryRoom);
     this.primaryRoom = room;
-    if (room !== "" && this.tracksRooms() && this.phase === "connected") {
-      this.roomTracks.set(room, { target: room, log: new SequenceLog() });
-    }
+    if (room === "") return;
+    this.joined.delete(room);
+    if (this.phase === "connected") this.enterRoom(room, false);
   }
 
-  private async joinNow(room: string): Promise<void> {
-    const reply = await this.request(Op.Join, room, Op.JoinReply);
-    if (reply.body.length === 0) {
-      throw new ImgateError("refused", `the server refused to join ${room}`);
-    }
-  }
-
-  private request(op: number, body: Uint8Array | string, replyOp: number): Promise<Frame> {
+  /**
+   * Sends a request and settles it with `answer(reply)`, run as the reply is read (before any
+   * frame after it), or with the error it throws.
+   */
+  private request<T>(
+    op: number,
+    body: Uint8Array | string,
+    replyOp: number,
+    answer: (reply: Frame) => T,
+  ): Promise<T> {
     if (this.phase !== "connected") {
       return Promise.reject(new ImgateError("not_connected", "the client is not connected"));
     }
     const seq = this.nextSeq();
     const timeout = this.options.requestTimeout ?? 10_000;
-    return new Promise((resolve, reject) => {
+    return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.requests.delete(seq);
         reject(new ImgateError("timeout", `no reply to op ${op} within ${timeout} ms`));
       }, timeout);
-      this.requests.set(seq, { op, replyOp, resolve, reject, timer });
+      const settle = (reply: Frame) => {
+        try {
+          resolve(answer(reply));
+        } catch (error) {
+          reject(error);
+        }
+      };
+      this.requests.set(seq, { op, replyOp, answer: settle, reject, timer });
       this.sendFrame(op, seq, body);
     });
   }
@@ -727,23 +832,6 @@ export class ImgateClient {
       this.nextSeqValue = this.nextSeqValue >= 0x7fffffff ? 1 : this.nextSeqValue + 1;
     } while (this.requests.has(this.nextSeqValue));
     return this.nextSeqValue;
-  }
-
-  /**
-   * Whether a sequenced frame of this op is room history. A frame does not say; without a
-   * user there is no inbox, so every sequenced frame is the room's.
-   */
-  private isRoomHistory(op: number): boolean {
-    return this.historyOps.has(op) || !this.hasInbox();
-  }
-
-  private tracksRooms(): boolean {
-    return this.historyOps.size > 0 || !this.hasInbox();
-  }
-
-  /** A user has an inbox: a token names one, or a development-mode mid above 0. */
-  private hasInbox(): boolean {
-    return this.options.token !== undefined || (this.options.mid ?? 0) > 0;
   }
 
   private tracks(): Track[] {

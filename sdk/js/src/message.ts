@@ -2,9 +2,12 @@
 export type MessageKind =
   /** A push by user, stored in the user's inbox: `seq` is the inbox sequence. */
   | "inbox"
-  /** A room push kept in the room's history (`history=1`): `seq` is the room's sequence. */
+  /**
+   * A push to a room the connection is in (`room` names it): `seq` is the room's sequence
+   * when the room keeps the push in its history (`history=1`), 0 when it does not.
+   */
   | "room"
-  /** Any other push (by key, to a room without history, to everyone): `seq` is 0. */
+  /** A push that is not stored and not to a room (by key, to everyone): `seq` is 0. */
   | "push";
 
 const decoder = new TextDecoder();
@@ -17,7 +20,7 @@ export class ImgateMessage {
     /** The inbox or room sequence (see `kind`), 0 for pushes that are not stored. */
     readonly seq: number,
     readonly kind: MessageKind,
-    /** The room of a room-history message; undefined for the other kinds. */
+    /** The room of a room message, `type://id`; undefined for the other kinds. */
     readonly room: string | undefined,
     /** The body exactly as pushed. */
     readonly body: Uint8Array,
@@ -29,19 +32,6 @@ export class ImgateMessage {
   }
 
   /** The body parsed as JSON (throws a SyntaxError when it is not JSON). */
-  json<T = unknown>(): T {
-    return JSON.parse(this.text()) as T;
-  }
-}
-
-/** The business's answer to `send()`. */
-export class Reply {
-  constructor(readonly body: Uint8Array) {}
-
-  text(): string {
-    return decoder.decode(this.body);
-  }
-
   json<T = unknown>(): T {
     return JSON.parse(this.text()) as T;
   }

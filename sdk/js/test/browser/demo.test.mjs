@@ -1,12 +1,16 @@
 // The demo app in headless Chromium (Debian's, driven by playwright-core), served by a real
-// imgate in development mode: two pages as two users, a room push shown on both, a page that
-// goes offline and comes back showing what it missed. Saves target/demo.png.
+// imgate in development mode: two pages as two users in a shared room and a private room each,
+// joined with the page's buttons; a room push shown on both, a private one on its owner's
+// only; a page whose connection is cut mid-stream (by a proxy between it and the gateway)
+// comes back showing what it missed; a room left stops; a message to the business is
+// answered. Saves target/demo.png.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { startImgate, repoRoot } from "../support/imgate.mjs";
+import { startProxy } from "../support/proxy.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
@@ -43,8 +47,8 @@ after(async () => {
   await gateway?.stop();
 });
 
-async function openAs(mid, room) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+async function openAs(mid, { room, ws }) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const problems = [];
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
@@ -55,9 +59,18 @@ async function openAs(mid, room) {
     if (m.type() === "error") problems.push(`console: ${m.text()}`);
   });
   const query = new URLSearchParams({ mid: String(mid), room, connect: "1" });
+  if (ws) query.set("ws", ws);
   await page.goto(`${gateway.httpBase}/demo/?${query}`);
   await page.waitForSelector('#status[data-state="on"]', { timeout: 10_000 });
   return { page, problems };
+}
+
+const roomItem = (room) => `#rooms li[data-room="${room}"]`;
+
+async function joinWithButton(page, room) {
+  await page.fill("#join-room", room);
+  await page.click("#join-button");
+  await page.waitForSelector(roomItem(room), { timeout: 5000 });
 }
 
 async function pushFromForm(page, { target, to, body, history = true }) {
@@ -68,10 +81,11 @@ async function pushFromForm(page, { target, to, body, history = true }) {
     await page.setChecked("#push-history", history);
   }
   await page.fill("#push-body", body);
+  await page.$eval("#push-result", (node) => (node.textContent = ""));
   await page.click("#push-send");
   await page.waitForFunction(
-    (b) => document.querySelector("#push-result").textContent.startsWith("200"),
-    body,
+    () => document.querySelector("#push-result").textContent.startsWith("200"),
+    null,
     { timeout: 5000 },
   );
 }
@@ -84,45 +98,104 @@ async function waitForBody(page, body, timeout = 10_000) {
   );
 }
 
-test("two users in a room, a room push on both, and a reconnect that shows what was missed", async () => {
-  const room = "live://browser";
-  const alice = await openAs(601, room);
-  const bob = await openAs(602, room);
-
-  // The online count reaches 2 once the comet has reported both connections.
-  await alice.page.waitForFunction(() => document.querySelector("#online-room").textContent === "2", null, {
-    timeout: 20_000,
-  });
-
-  await pushFromForm(alice.page, { target: "room", to: room, body: "hello room" });
-  await waitForBody(alice.page, "hello room");
-  await waitForBody(bob.page, "hello room");
-
-  await pushFromForm(alice.page, { target: "mids", to: "602", body: "for bob, live" });
-  await waitForBody(bob.page, "for bob, live");
-
-  // Bob goes offline; Alice pushes to him and to the room; Bob comes back.
-  await bob.page.click("#disconnect");
-  await bob.page.waitForSelector('#status[data-state="off"]');
-  await pushFromForm(alice.page, { target: "mids", to: "602", body: "missed 1" });
-  await pushFromForm(alice.page, { target: "mids", to: "602", body: "missed 2" });
-  await pushFromForm(alice.page, { target: "room", to: room, body: "missed in the room" });
-  await waitForBody(alice.page, "missed in the room");
-  await bob.page.click("#connect");
-  await bob.page.waitForSelector('#status[data-state="on"]', { timeout: 10_000 });
-  for (const body of ["missed 1", "missed 2", "missed in the room"]) await waitForBody(bob.page, body);
-  await bob.page.waitForTimeout(500); // a duplicate would show by now
-
-  // Once each; in order within the user's inbox and within the room's history.
-  const shown = await bob.page.$$eval("#messages li.message", (nodes) =>
-    nodes.reverse().map((n) => [n.dataset.kind, n.querySelector(".body").textContent]),
+/** The messages a page shows, oldest first: [kind, room, body]. */
+function shownMessages(page) {
+  return page.$$eval("#messages li.message", (nodes) =>
+    nodes.reverse().map((n) => [n.dataset.kind, n.dataset.room ?? "", n.querySelector(".body").textContent]),
   );
-  const of = (kind) => shown.filter(([k]) => k === kind).map(([, body]) => body);
-  assert.equal(shown.length, 5, JSON.stringify(shown));
-  assert.deepEqual(of("inbox"), ["for bob, live", "missed 1", "missed 2"]);
-  assert.deepEqual(of("room"), ["hello room", "missed in the room"]);
+}
 
-  mkdirSync(path.join(repoRoot, "target"), { recursive: true });
-  await bob.page.screenshot({ path: path.join(repoRoot, "target/demo.png"), fullPage: true });
-  assert.deepEqual([...alice.problems, ...bob.problems], []);
+async function waitForOnline(page, room, count) {
+  await page.waitForFunction(
+    ([selector, n]) => document.querySelector(selector)?.textContent === n,
+    [`${roomItem(room)} .members`, String(count)],
+    { timeout: 20_000 },
+  );
+}
+
+test("two users in a shared room and a private room each; a cut page catches up on reconnect", async () => {
+  const shared = "live://browser-shared";
+  const alicesRoom = "chat://alice-601";
+  const bobsRoom = "chat://bob-602";
+  // Bob's page reaches the gateway through a proxy the test can cut.
+  const proxy = await startProxy("127.0.0.1", Number(gateway.wsAddr.split(":").pop()));
+  try {
+    const alice = await openAs(601, { room: shared });
+    const bob = await openAs(602, { room: shared, ws: proxy.url });
+    await joinWithButton(alice.page, alicesRoom);
+    await joinWithButton(bob.page, bobsRoom);
+
+    // Online counts per room, once the comet has reported both connections.
+    await waitForOnline(alice.page, shared, 2);
+    await waitForOnline(alice.page, alicesRoom, 1);
+    await waitForOnline(bob.page, bobsRoom, 1);
+
+    await pushFromForm(alice.page, { target: "room", to: shared, body: "hello shared" });
+    await waitForBody(alice.page, "hello shared");
+    await waitForBody(bob.page, "hello shared");
+    await pushFromForm(alice.page, { target: "room", to: alicesRoom, body: "alice's own" });
+    await pushFromForm(alice.page, { target: "room", to: bobsRoom, body: "for bob's room" });
+    await pushFromForm(alice.page, { target: "mids", to: "602", body: "for bob, live" });
+    await waitForBody(alice.page, "alice's own");
+    await waitForBody(bob.page, "for bob's room");
+    await waitForBody(bob.page, "for bob, live");
+
+    // Bob's connection dies mid-stream: what the gateway writes meanwhile never reaches him.
+    proxy.stall();
+    await pushFromForm(alice.page, { target: "room", to: shared, body: "missed in shared" });
+    await pushFromForm(alice.page, { target: "room", to: bobsRoom, body: "missed in bob's room" });
+    await pushFromForm(alice.page, { target: "mids", to: "602", body: "missed 1" });
+    await pushFromForm(alice.page, { target: "mids", to: "602", body: "missed 2" });
+    await waitForBody(alice.page, "missed in shared");
+    await bob.page.waitForTimeout(100); // let the gateway write to the stalled socket
+    assert.ok(proxy.cut() > 0, "the cut dropped what the gateway wrote to Bob");
+    await bob.page.waitForSelector('#status[data-state="wait"]', { timeout: 10_000 });
+    await bob.page.waitForSelector('#status[data-state="on"]', { timeout: 15_000 });
+    for (const body of ["missed in shared", "missed in bob's room", "missed 1", "missed 2"]) {
+      await waitForBody(bob.page, body);
+    }
+    await bob.page.waitForTimeout(500); // a duplicate would show by now
+
+    // Once each; in order within the inbox and within each room; nothing of Alice's room.
+    const shown = await shownMessages(bob.page);
+    const of = (kind, room = "") =>
+      shown.filter(([k, r]) => k === kind && r === room).map(([, , body]) => body);
+    assert.equal(shown.length, 7, JSON.stringify(shown));
+    assert.deepEqual(of("inbox"), ["for bob, live", "missed 1", "missed 2"]);
+    assert.deepEqual(of("room", shared), ["hello shared", "missed in shared"]);
+    assert.deepEqual(of("room", bobsRoom), ["for bob's room", "missed in bob's room"]);
+    // Each room message shows its room.
+    const where = await bob.page.$$eval("#messages li.message[data-room] .where", (nodes) =>
+      nodes.map((n) => n.textContent),
+    );
+    assert.equal(where.length, 4);
+    assert.ok(where.every((w) => w === shared || w === bobsRoom), JSON.stringify(where));
+    mkdirSync(path.join(repoRoot, "target"), { recursive: true });
+    await bob.page.screenshot({ path: path.join(repoRoot, "target/demo.png"), fullPage: true });
+
+    // Bob leaves his room with its button: its pushes stop.
+    await bob.page.click(`${roomItem(bobsRoom)} button.leave`);
+    await bob.page.waitForSelector(roomItem(bobsRoom), { state: "detached", timeout: 5000 });
+    await pushFromForm(alice.page, { target: "room", to: bobsRoom, body: "after bob left" });
+    await pushFromForm(alice.page, { target: "room", to: shared, body: "sentinel" });
+    await waitForBody(bob.page, "sentinel");
+    assert.ok(!(await shownMessages(bob.page)).some(([, , body]) => body === "after bob left"));
+    assert.deepEqual(
+      (await shownMessages(alice.page)).filter(([, room]) => room === bobsRoom),
+      [],
+      "Alice is not in Bob's room",
+    );
+
+    // A message to the business: no business behind this gateway, so an empty answer.
+    await bob.page.click("#send-button");
+    await bob.page.waitForFunction(
+      () => document.querySelector("#send-result").textContent.includes("the business gave no answer"),
+      null,
+      { timeout: 5000 },
+    );
+
+    assert.deepEqual([...alice.problems, ...bob.problems], []);
+  } finally {
+    await proxy.close();
+  }
 });

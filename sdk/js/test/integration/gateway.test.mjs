@@ -34,7 +34,6 @@ function client(options) {
     url: gateway.wsUrl,
     WebSocket,
     accepts: [USER_OP, ROOM_OP, OTHER_OP],
-    roomHistoryOps: [ROOM_OP],
     reconnect: { minDelay: 50, maxDelay: 400 },
     gapTimeout: 300,
     ...options,
@@ -78,7 +77,7 @@ test("a client connects and receives a push of each kind", async () => {
   assert.deepEqual(byBody, {
     "to the user": ["inbox", USER_OP, 1, undefined],
     "to the room, kept": ["room", ROOM_OP, 1, room],
-    "to the room, not kept": ["push", ROOM_OP, 0, undefined],
+    "to the room, not kept": ["room", ROOM_OP, 0, room],
     "to the key": ["push", OTHER_OP, 0, undefined],
   });
   await gateway.push(`/goim/push/all?operation=${OTHER_OP}`, JSON.stringify({ to: "everyone" }));

@@ -1,6 +1,7 @@
 // An in-process stand-in for comet, for the unit tests: a real WebSocket server on a loopback
 // port that speaks the frame protocol the way imgate does (op 8 after auth, op 3 with an
-// online count, echoed replies) and lets a test push, misbehave or drop connections.
+// online count, echoed replies, an empty op 5 for a client message) and lets a test push,
+// misbehave or drop connections.
 import { WebSocketServer } from "ws";
 import { decodeMessage, encodeFrame, Op } from "../../dist/index.js";
 
@@ -8,6 +9,15 @@ import { decodeMessage, encodeFrame, Op } from "../../dist/index.js";
 export function batch(...frames) {
   const inner = Buffer.concat(frames.map((f) => encodeFrame(f.op, f.seq ?? 0, f.body ?? "")));
   return encodeFrame(Op.Raw, 0, inner);
+}
+
+/** Encodes frames as one op-28 frame tagged with `room`, as imgate sends room pushes. */
+export function roomFrames(room, ...frames) {
+  const name = Buffer.from(room);
+  const length = Buffer.alloc(2);
+  length.writeUInt16BE(name.length);
+  const inner = frames.map((f) => encodeFrame(f.op, f.seq ?? 0, f.body ?? ""));
+  return encodeFrame(Op.Room, 0, Buffer.concat([length, name, ...inner]));
 }
 
 export class FakeComet {
@@ -76,6 +86,9 @@ export class FakeComet {
         return echo(Op.JoinReply);
       case Op.Leave:
         return echo(Op.LeaveReply);
+      case Op.SendMsg:
+        // No business behind this gateway: an empty answer.
+        return conn.socket.send(encodeFrame(Op.SendMsgReply, frame.seq, "", frame.ver));
       default:
         // Like today's comet: an op it does not know is echoed with an empty body.
         return conn.socket.send(encodeFrame(frame.op, frame.seq, "", frame.ver));

@@ -5,7 +5,7 @@ import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { ImgateClient, encodeFrame, Op } from "../../dist/index.js";
-import { FakeComet, batch } from "../support/fake-server.mjs";
+import { FakeComet, batch, roomFrames } from "../support/fake-server.mjs";
 import { record, sleep } from "../support/record.mjs";
 
 const cleanups = [];
@@ -37,7 +37,7 @@ async function setup(options = {}, handlers = {}) {
 
 const text = (frame) => Buffer.from(frame.body).toString();
 
-test("auth carries goim's JSON with acks, the token and a key kept across reconnects", async () => {
+test("auth carries goim's JSON with acks, room tags, the token and a key kept across reconnects", async () => {
   const { comet, client, r } = await setup({
     room: "live://1",
     accepts: [1000, 1001],
@@ -52,12 +52,14 @@ test("auth carries goim's JSON with acks, the token and a key kept across reconn
     "mid",
     "platform",
     "room_id",
+    "room_tags",
     "token",
   ]);
   assert.equal(first.auth.mid, 123);
   assert.equal(first.auth.room_id, "live://1");
   assert.deepEqual(first.auth.accepts, [1000, 1001]);
   assert.equal(first.auth.acks, true);
+  assert.equal(first.auth.room_tags, true, "always asks for room tags");
   assert.equal(first.auth.token, "signed.jwt.token");
   assert.equal(first.auth.platform, "web");
   assert.ok(first.auth.key.length >= 16, "a generated key");
@@ -189,57 +191,115 @@ test("a gap the server cannot fill is skipped after its sync, not waited on fore
   assert.equal(client.state.inboxSeq, 3);
 });
 
-test("a reconnect catches up the inbox and the room's history, then acknowledges", async () => {
-  const { comet, client, r } = await setup({ room: "live://9", roomHistoryOps: [2000] });
+test("room pushes come tagged with their room: history by room sequence, the rest as it comes", async () => {
+  const { comet, client, r } = await setup({ room: "live://9" });
+  await client.connect();
+  const conn = await comet.connection(0);
+  await client.join("chat://a");
+  // The same op and sequence numbers in the inbox and in two rooms: three independent logs.
+  conn.socket.send(batch({ op: 1000, seq: 1, body: "inbox 1" }));
+  conn.socket.send(roomFrames("live://9", { op: 1000, seq: 1, body: "main 1" }, { op: 1000, seq: 2, body: "main 2" }));
+  conn.socket.send(roomFrames("chat://a", { op: 1000, seq: 1, body: "a 1" }));
+  conn.socket.send(roomFrames("chat://a", { op: 1000, seq: 1, body: "a 1" })); // a duplicate
+  conn.socket.send(roomFrames("chat://a", { op: 1001, body: "a, not kept" }));
+  conn.socket.send(roomFrames("chat://elsewhere", { op: 1000, seq: 1, body: "not my room" }));
+  conn.socket.send(batch({ op: 1000, seq: 2, body: "inbox 2" }));
+  // A fresh inbox waits gapTimeout for stragglers before its first messages go out.
+  await r.until(() => r.texts().includes("inbox 2"), "the last message");
+  await sleep(50);
+  const log = (kind, room) =>
+    r.messages.filter((m) => m.kind === kind && m.room === room).map((m) => [m.seq, m.text()]);
+  assert.deepEqual(log("inbox", undefined), [[1, "inbox 1"], [2, "inbox 2"]]);
+  assert.deepEqual(log("room", "live://9"), [[1, "main 1"], [2, "main 2"]]);
+  assert.deepEqual(log("room", "chat://a"), [[1, "a 1"], [0, "a, not kept"]]);
+  assert.equal(r.messages.length, 6, "nothing else: not twice, not from a room it is not in");
+  assert.deepEqual(client.state, { inboxSeq: 2, roomSeqs: { "live://9": 2, "chat://a": 1 } });
+  assert.deepEqual(r.errors, []);
+});
+
+test("a room's first stored message is where its log starts: what came before is not asked for", async () => {
+  const { comet, client, r } = await setup({ room: "live://9" });
+  await client.connect();
+  const conn = await comet.connection(0);
+  conn.socket.send(roomFrames("live://9", { op: 1000, seq: 41, body: "41" }));
+  conn.socket.send(roomFrames("live://9", { op: 1000, seq: 42, body: "42" }));
+  await r.until(() => r.messages.length === 2, "two messages");
+  await sleep(250); // two gap timeouts
+  assert.deepEqual(comet.sent(conn, Op.Sync), []);
+  assert.equal(client.state.roomSeqs["live://9"], 42);
+});
+
+test("a reconnect joins every room again, then catches up the inbox and each room", async () => {
+  const { comet, client, r } = await setup({ room: "live://9" });
   await client.connect();
   const first = await comet.connection(0);
   assert.deepEqual(comet.sent(first, Op.Sync), [], "nothing to catch up on a first connect");
+  assert.equal(await client.join("chat://a"), "chat://a");
+  assert.equal(await client.join("chat://quiet"), "chat://quiet");
   first.socket.send(batch({ op: 1000, seq: 1, body: "inbox 1" }));
-  first.socket.send(batch({ op: 2000, seq: 41, body: "room 41" }, { op: 2000, seq: 42, body: "room 42" }));
+  first.socket.send(roomFrames("live://9", { op: 1000, seq: 41, body: "main 41" }));
+  first.socket.send(roomFrames("chat://a", { op: 1000, seq: 7, body: "a 7" }));
   await r.until(() => r.messages.length === 3, "three messages");
-  // Each log is in order; the two logs are independent of each other.
-  assert.deepEqual(
-    r.messages.map((m) => [m.kind, m.room, m.seq]).sort(),
-    [
-      ["inbox", undefined, 1],
-      ["room", "live://9", 41],
-      ["room", "live://9", 42],
-    ],
-  );
-  assert.deepEqual(client.state, { inboxSeq: 1, roomSeqs: { "live://9": 42 } });
   first.socket.terminate();
 
+  // The gateway answers a join only after a moment: a room's sync must wait for its join.
+  let held = [];
+  comet.handlers[Op.Join] = (conn, frame) => {
+    held.push(() => conn.socket.send(encodeFrame(Op.JoinReply, frame.seq, frame.body)));
+  };
   const second = await comet.connection(1);
-  await comet.until(() => comet.sent(second, Op.Sync).length === 2, "two syncs");
-  assert.deepEqual(comet.sent(second, Op.Sync).map(text), ["1", "live://9 42"]);
-  // The server's backlog repeats what the client has; only the new ones come through.
+  assert.equal(second.auth.room_id, "live://9", "the main room comes back with auth");
+  await comet.until(() => comet.sent(second, Op.Join).length === 2, "two joins");
+  await comet.until(() => comet.sent(second, Op.Sync).length === 2, "the inbox's and the main room's syncs");
+  assert.deepEqual(comet.sent(second, Op.Sync).map(text).sort(), ["1", "live://9 41"]);
+  for (const answer of held.splice(0)) answer();
+  await comet.until(() => comet.sent(second, Op.Sync).length === 4, "the joined rooms' syncs");
+  // A room joined without one of its stored messages seen is asked for everything it keeps.
+  assert.deepEqual(comet.sent(second, Op.Sync).map(text).slice(2).sort(), ["chat://a 7", "chat://quiet 0"]);
+  assert.deepEqual(comet.sent(second, Op.Join).map(text).sort(), ["chat://a", "chat://quiet"]);
+
+  // What the server sends again is dropped; only the new ones come through.
   second.socket.send(batch({ op: 1000, seq: 1, body: "inbox 1" }, { op: 1000, seq: 2, body: "inbox 2" }));
-  second.socket.send(batch({ op: 2000, seq: 42, body: "room 42" }, { op: 2000, seq: 43, body: "room 43" }));
-  await r.until(() => r.messages.length === 5, "five messages");
-  assert.deepEqual(r.texts().slice(3).sort(), ["inbox 2", "room 43"]);
+  second.socket.send(roomFrames("live://9", { op: 1000, seq: 41, body: "main 41" }, { op: 1000, seq: 42, body: "main 42" }));
+  second.socket.send(roomFrames("chat://a", { op: 1000, seq: 7, body: "a 7" }, { op: 1000, seq: 8, body: "a 8" }));
+  second.socket.send(roomFrames("chat://quiet", { op: 1000, seq: 1, body: "quiet 1" }));
+  await r.until(() => r.messages.length === 7, "seven messages");
+  assert.deepEqual(r.texts().slice(3), ["inbox 2", "main 42", "a 8", "quiet 1"]);
   await comet.until(() => comet.sent(second, Op.Ack).some((f) => text(f) === "2"), "ack 2");
+  assert.deepEqual(r.errors, []);
+});
+
+test("a room the server refuses to join again is forgotten and reported", async () => {
+  const { comet, client, r } = await setup();
+  await client.connect();
+  const first = await comet.connection(0);
+  await client.join("chat://a");
+  await client.join("chat://b");
+  comet.handlers[Op.Join] = (_c, frame, body) =>
+    encodeFrame(Op.JoinReply, frame.seq, body === "chat://b" ? "" : body);
+  first.socket.terminate();
+  await comet.connection(1);
+  await r.until(() => r.errors.length === 1, "the refusal");
+  assert.equal(r.errors[0].code, "refused");
+  assert.match(r.errors[0].message, /chat:\/\/b/);
+  assert.deepEqual(client.joinedRooms, ["chat://a"]);
 });
 
 test("options resume the logs where a previous page left them", async () => {
   const { comet, client } = await setup({
     room: "live://5",
-    roomHistoryOps: [2000],
     inboxSeq: 17,
-    roomSeqs: { "live://5": 8 },
+    roomSeqs: { "live://5": 8, "chat://later": 3 },
   });
   await client.connect();
   const conn = await comet.connection(0);
   await comet.until(() => comet.sent(conn, Op.Sync).length === 2, "two syncs");
-  assert.deepEqual(comet.sent(conn, Op.Sync).map(text), ["17", "live://5 8"]);
-});
-
-test("without a user every sequenced frame is the room's history", async () => {
-  const { comet, client, r } = await setup({ mid: undefined, room: "live://3" });
-  await client.connect();
-  const conn = await comet.connection(0);
-  conn.socket.send(batch({ op: 1000, seq: 5, body: "r5" }, { op: 1000, seq: 5, body: "r5" }));
-  await r.until(() => r.messages.length === 1, "one message");
-  assert.deepEqual([r.messages[0].kind, r.messages[0].room], ["room", "live://3"]);
+  assert.deepEqual(comet.sent(conn, Op.Sync).map(text).sort(), ["17", "live://5 8"]);
+  // A saved room is caught up when the client enters it, and stays in the state till then.
+  assert.deepEqual(client.state.roomSeqs, { "live://5": 8, "chat://later": 3 });
+  await client.join("chat://later");
+  await comet.until(() => comet.sent(conn, Op.Sync).length === 3, "the joined room's sync");
+  assert.equal(text(comet.sent(conn, Op.Sync)[2]), "chat://later 3");
 });
 
 test("a malformed frame is an error event and a reconnect, never an exception", async () => {
@@ -308,44 +368,96 @@ test("a room the server refuses rejects switchRoom and leaves the room as it was
   assert.equal(client.room, "live://1");
 });
 
-test("join and leave send ops 24 and 26, and joined rooms are joined again after a reconnect", async () => {
-  const { comet, client, r } = await setup();
+test("join and leave send ops 24 and 26, resolve with the echo, and shape the next connection", async () => {
+  const { comet, client, r } = await setup({ room: "live://main" });
   await client.connect();
   const conn = await comet.connection(0);
-  await client.join("chat://a");
-  await client.join("chat://b");
-  await client.leave("chat://a");
+  assert.equal(await client.join("chat://a"), "chat://a");
+  assert.equal(await client.join("chat://b"), "chat://b");
+  assert.equal(await client.leave("chat://a"), "chat://a");
   assert.deepEqual(comet.sent(conn, Op.Join).map(text), ["chat://a", "chat://b"]);
   assert.deepEqual(comet.sent(conn, Op.Leave).map(text), ["chat://a"]);
   assert.deepEqual(client.joinedRooms, ["chat://b"]);
+  assert.deepEqual(client.rooms, ["live://main", "chat://b"]);
+  // A room left is not a room any more: its late pushes are dropped.
+  conn.socket.send(roomFrames("chat://a", { op: 1000, body: "late" }));
+  conn.socket.send(roomFrames("chat://b", { op: 1000, body: "b" }));
+  await r.until(() => r.messages.length === 1, "b's push");
+  assert.deepEqual(r.texts(), ["b"]);
+  // Leaving the main room leaves the connection in no main room (as op 26 does on the server).
+  await client.leave("live://main");
+  assert.equal(client.room, "");
   conn.socket.close();
   const next = await comet.connection(1);
+  assert.equal(next.auth.room_id, "");
   await comet.until(() => comet.sent(next, Op.Join).length === 1, "the rejoin");
   assert.deepEqual(comet.sent(next, Op.Join).map(text), ["chat://b"]);
   assert.deepEqual(r.errors, []);
 });
 
-test("join rejects with refused on an empty reply and unsupported on an echo", async () => {
+test("join and leave while disconnected resolve at once and shape the next connection", async () => {
+  const { comet, client, r } = await setup({ room: "live://main" });
+  assert.equal(await client.join("chat://early"), "chat://early");
+  assert.equal(await client.join("chat://dropped"), "chat://dropped");
+  assert.equal(await client.leave("chat://dropped"), "chat://dropped");
+  assert.equal(await client.leave("live://main"), "live://main");
+  assert.deepEqual(client.rooms, ["chat://early"]);
+  await client.connect();
+  const conn = await comet.connection(0);
+  assert.equal(conn.auth.room_id, "");
+  await comet.until(() => comet.sent(conn, Op.Join).length === 1, "the join");
+  assert.deepEqual(comet.sent(conn, Op.Join).map(text), ["chat://early"]);
+  // Sent after the join's reply, so it arrives after it.
+  conn.socket.send(roomFrames("chat://early", { op: 1000, body: "in" }));
+  await r.until(() => r.messages.length === 1, "the joined room's push");
+  assert.equal(r.messages[0].room, "chat://early");
+});
+
+test("join and leave reject with refused on an empty reply and unsupported on an echo", async () => {
   const { client } = await setup({}, {
     [Op.Join]: (_c, frame, body) =>
       body === "chat://no"
         ? encodeFrame(Op.JoinReply, frame.seq, "")
-        : encodeFrame(Op.Join, frame.seq, ""), // what today's comet does with an op it does not know
+        : body === "chat://old-server"
+          ? encodeFrame(Op.Join, frame.seq, "") // what an older comet does with an op it does not know
+          : encodeFrame(Op.JoinReply, frame.seq, frame.body),
+    [Op.Leave]: (_c, frame) => encodeFrame(Op.LeaveReply, frame.seq, ""),
   });
   await client.connect();
   await assert.rejects(client.join("chat://no"), { code: "refused" });
   await assert.rejects(client.join("chat://old-server"), { code: "unsupported" });
   assert.deepEqual(client.joinedRooms, []);
+  await client.join("chat://yes");
+  // The server says the connection is not in it: rejected, and forgotten all the same.
+  await assert.rejects(client.leave("chat://yes"), { code: "refused" });
+  assert.deepEqual(client.joinedRooms, []);
 });
 
-test("send resolves with the business's reply, matched by seq", async () => {
+test("switchRoom to a joined room makes it the main room and leaves the old one", async () => {
+  const { comet, client, r } = await setup({ room: "live://old" });
+  await client.connect();
+  const conn = await comet.connection(0);
+  await client.join("chat://a");
+  conn.socket.send(roomFrames("chat://a", { op: 1000, seq: 3, body: "a 3" }));
+  await r.until(() => r.messages.length === 1, "a's push");
+  await client.switchRoom("chat://a");
+  assert.equal(client.room, "chat://a");
+  assert.deepEqual(client.joinedRooms, []);
+  assert.deepEqual(client.state.roomSeqs, { "chat://a": 3 }, "the joined room keeps its log");
+  conn.socket.send(roomFrames("live://old", { op: 1000, body: "old" }));
+  conn.socket.send(roomFrames("chat://a", { op: 1000, seq: 4, body: "a 4" }));
+  await r.until(() => r.messages.length === 2, "a's next push");
+  assert.deepEqual(r.texts(), ["a 3", "a 4"]);
+});
+
+test("send resolves with the op-5 body matched by seq, empty when the business gave none", async () => {
   const { comet, client } = await setup({}, {
     [Op.SendMsg]: (conn, frame, body) => {
       // Answer in reverse order to show replies are matched by seq, not by arrival.
       conn.pending = [...(conn.pending ?? []), [frame.seq, body]];
       if (conn.pending.length === 2) {
         for (const [seq, b] of conn.pending.reverse()) {
-          conn.socket.send(encodeFrame(Op.SendMsgReply, seq, b === "fail" ? "" : `{"echo":"${b}"}`));
+          conn.socket.send(encodeFrame(Op.SendMsgReply, seq, b === "none" ? "" : `{"echo":"${b}"}`));
         }
       }
       return undefined;
@@ -353,13 +465,14 @@ test("send resolves with the business's reply, matched by seq", async () => {
   });
   await client.connect();
   const [one, two] = await Promise.all([client.send("hello"), client.send(new TextEncoder().encode("world"))]);
-  assert.deepEqual([one.json(), two.text()], [{ echo: "hello" }, '{"echo":"world"}']);
+  assert.ok(one instanceof Uint8Array);
+  assert.deepEqual([Buffer.from(one).toString(), Buffer.from(two).toString()], ['{"echo":"hello"}', '{"echo":"world"}']);
   const conn = await comet.connection(0);
   conn.pending = [];
-  const failed = client.send("fail");
-  const other = client.send("ok");
-  await assert.rejects(failed, { code: "send_failed" });
-  assert.equal((await other).json().echo, "ok");
+  const [none, other] = await Promise.all([client.send("none"), client.send("ok")]);
+  assert.equal(none.length, 0, "an empty answer resolves, empty");
+  assert.equal(Buffer.from(other).toString(), '{"echo":"ok"}');
+  await assert.rejects(client.send(42), TypeError);
 });
 
 test("send rejects when there is no connection, on timeout, and when the connection drops", async () => {
@@ -372,8 +485,10 @@ test("send rejects when there is no connection, on timeout, and when the connect
   await comet.until(() => comet.sent(conn, Op.SendMsg).length === 2, "the second send");
   conn.socket.terminate();
   await assert.rejects(pending, { code: "disconnected" });
-  await comet.connection(1);
+  const next = await comet.connection(1);
+  await sleep(50);
   assert.equal(comet.sent(conn, Op.SendMsg).length, 2, "nothing was sent twice");
+  assert.equal(comet.sent(next, Op.SendMsg).length, 0, "nothing resent after the reconnect");
 });
 
 test("close stops reconnecting and rejects a pending connect", async () => {

@@ -1,10 +1,12 @@
-// The frame codec: byte layout, op-9 unwrapping, and refusal of every malformed message.
+// The frame codec: byte layout, op-9 unwrapping, op-28 room frames, and refusal of every
+// malformed message.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
   decodeFrames,
   decodeMessage,
+  decodeRoomFrames,
   encodeFrame,
   FrameError,
   HEADER_LEN,
@@ -123,5 +125,68 @@ test("property: a valid message with one byte changed never throws anything but 
         }
       },
     ),
+  );
+});
+
+/** An op-28 body as imgate lays it out: name length (u16, big-endian), name, frames. */
+function roomBody(room, frames) {
+  const name = Buffer.from(room);
+  const length = Buffer.alloc(2);
+  length.writeUInt16BE(name.length);
+  return Buffer.concat([length, name, ...frames.map((f) => encodeFrame(f.op, f.seq, f.body, f.ver))]);
+}
+
+test("an op-28 frame names its room, then carries the pushed frames", () => {
+  const body = roomBody("live://1", [{ op: 1000, seq: 7, body: "hi", ver: 1 }]);
+  assert.equal(
+    hex(body),
+    "0008" + Buffer.from("live://1").toString("hex") + "0000001200100001000003e8000000076869",
+  );
+  const [outer] = decodeMessage(encodeFrame(Op.Room, 0, body));
+  assert.equal(outer.op, 28);
+  assert.deepEqual(decodeRoomFrames(outer.body), {
+    room: "live://1",
+    frames: [{ ver: 1, op: 1000, seq: 7, body: new Uint8Array([0x68, 0x69]) }],
+  });
+});
+
+test("malformed op-28 bodies are refused with a FrameError that says why", () => {
+  const frame = { op: 1000, seq: 1, body: "x", ver: 1 };
+  const good = roomBody("chat://a", [frame]);
+  const cases = {
+    "no length": Buffer.from([0]),
+    "an empty name": roomBody("", [frame]),
+    "a name past the end": Buffer.from([0, 50, 0x61, 0x62]),
+    "a name that is not UTF-8": Buffer.concat([Buffer.from([0, 2, 0xff, 0xfe]), encodeFrame(1000, 1, "x")]),
+    "a frame that overruns": good.subarray(0, good.length - 1),
+    "a batch inside": roomBody("chat://a", [{ ...frame, op: Op.Raw }]),
+    "a room frame inside": roomBody("chat://a", [{ ...frame, op: Op.Room }]),
+  };
+  for (const [name, bytes] of Object.entries(cases)) {
+    assert.throws(() => decodeRoomFrames(new Uint8Array(bytes)), FrameError, name);
+  }
+});
+
+test("property: any room name and frames decode to what was encoded", () => {
+  const inner = frameArb.filter((f) => f.op !== Op.Room);
+  const room = fc.string({ unit: "grapheme", minLength: 1, maxLength: 60 });
+  fc.assert(
+    fc.property(room, fc.array(inner, { maxLength: 6 }), (name, frames) => {
+      const decoded = decodeRoomFrames(new Uint8Array(roomBody(name, frames)));
+      assert.deepEqual(decoded, { room: name, frames });
+    }),
+  );
+});
+
+test("property: arbitrary op-28 bodies either decode or throw a FrameError", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 120 }), (bytes) => {
+      try {
+        decodeRoomFrames(bytes);
+      } catch (e) {
+        assert.ok(e instanceof FrameError, `threw ${e}`);
+      }
+    }),
+    { numRuns: 2000 },
   );
 });
