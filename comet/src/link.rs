@@ -11,6 +11,7 @@
 //! before: each push is split over the shards' inboxes.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -185,21 +186,29 @@ async fn read_pushes(
     back: Option<&LinkBack>,
 ) -> Result<(), String> {
     let mut handled = 0u32;
+    let mut ready: VecDeque<Envelope> = VecDeque::new();
     loop {
+        // Everything complete that was read, decoded first: when the shard falls behind, the
+        // room pushes waiting for it are merged below.
         loop {
             match link::decode_frame(&mut buf) {
-                Ok(Some(envelope)) => {
-                    let id = envelope.id;
-                    match route {
-                        Route::Own => handle_own(shard, envelope).await,
-                        Route::Split => split(shard, envelope).await,
-                    }
-                    if let Some(back) = back {
-                        back.handled.set(id);
-                    }
-                }
+                Ok(Some(envelope)) => ready.push_back(envelope),
                 Ok(None) => break,
                 Err(e) => return Err(e.to_string()),
+            }
+        }
+        while let Some(envelope) = ready.pop_front() {
+            let envelope = match route {
+                Route::Own => merge_room_pushes(envelope, &mut ready),
+                Route::Split => envelope,
+            };
+            let id = envelope.id;
+            match route {
+                Route::Own => handle_own(shard, envelope).await,
+                Route::Split => split(shard, envelope).await,
+            }
+            if let Some(back) = back {
+                back.handled.set(id);
             }
             // Let the connections' writers (and this shard's other tasks) run between bursts.
             handled += 1;
@@ -214,6 +223,43 @@ async fn read_pushes(
         if !read_more(shard, stream, &mut buf).await? {
             return Ok(());
         }
+    }
+}
+
+/// Most bytes of frames one merged room push carries.
+const MAX_MERGED_FRAMES: usize = 256 << 10;
+
+/// A room push followed, in what was read, by more pushes to the same room becomes one push
+/// carrying all their frames (in order), so a shard that fell behind writes each member once
+/// for all of them instead of once each: the further behind, the bigger its batches. The
+/// merged push keeps the id of the last one in it (the stamp job is told was handled).
+fn merge_room_pushes(first: Envelope, ready: &mut VecDeque<Envelope>) -> Envelope {
+    let Some(Body::PushRoom(mut push)) = first.body else {
+        return first;
+    };
+    let mut id = first.id;
+    let mut merged: Option<BytesMut> = None;
+    while let Some(Envelope {
+        id: next_id,
+        body: Some(Body::PushRoom(next)),
+    }) = ready.front()
+    {
+        let total = merged.as_ref().map_or(push.frames.len(), BytesMut::len);
+        if next.room != push.room || total + next.frames.len() > MAX_MERGED_FRAMES {
+            break;
+        }
+        let frames = merged.get_or_insert_with(|| BytesMut::from(&push.frames[..]));
+        frames.extend_from_slice(&next.frames);
+        push.count += next.count;
+        id = *next_id;
+        ready.pop_front();
+    }
+    if let Some(frames) = merged {
+        push.frames = frames.freeze();
+    }
+    Envelope {
+        id,
+        body: Some(Body::PushRoom(push)),
     }
 }
 
@@ -336,7 +382,48 @@ async fn split(shard: &Rc<Shard>, envelope: Envelope) {
 
 #[cfg(test)]
 mod tests {
+    use super::merge_room_pushes;
     use bytes::{Bytes, BytesMut};
+    use imgate_shared::link::{PushKeys, PushRoom};
+    use std::collections::VecDeque;
+
+    fn room(id: u64, room: &str, frames: &'static [u8]) -> Envelope {
+        Envelope {
+            id,
+            body: Some(Body::PushRoom(PushRoom {
+                room: room.into(),
+                frames: Bytes::from_static(frames),
+                count: 1,
+            })),
+        }
+    }
+
+    /// Adjacent pushes to one room merge into one, in order, up to the next push that is for
+    /// another room or is not a room push; what is left stays queued.
+    #[test]
+    fn adjacent_pushes_to_one_room_merge() {
+        let mut ready: VecDeque<Envelope> = [
+            room(2, "a", b"2"),
+            room(3, "a", b"3"),
+            room(4, "b", b"4"),
+            room(5, "a", b"5"),
+        ]
+        .into();
+        let merged = merge_room_pushes(room(1, "a", b"1"), &mut ready);
+        let Some(Body::PushRoom(push)) = merged.body else {
+            panic!("not a room push");
+        };
+        assert_eq!(
+            (merged.id, push.count, &push.frames[..]),
+            (3, 3, &b"123"[..])
+        );
+        assert_eq!(ready.len(), 2);
+        // Not a room push: unchanged.
+        let keys = Envelope::new(9, Body::PushKeys(PushKeys::default()));
+        let mut rest: VecDeque<Envelope> = [room(10, "a", b"x")].into();
+        assert_eq!(merge_room_pushes(keys.clone(), &mut rest), keys);
+        assert_eq!(rest.len(), 1);
+    }
     use imgate_shared::link::{
         decode_frame, Body, Envelope, InboxAck, InboxMessages, InboxRead, Stored,
     };

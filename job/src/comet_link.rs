@@ -100,14 +100,17 @@ impl LinkedShards {
     }
 }
 
+/// Unhandled stamps a link remembers; older ones are forgotten (the lag then reads low, but
+/// a shard that far behind is over the line long before).
+const MAX_UNHANDLED: usize = 4096;
+
 /// The latest load report of one comet shard, written by its link's reader.
 #[derive(Default)]
 pub(crate) struct ShardLoad {
     busy_permille: AtomicU32,
-    /// The stamp of the last push the shard said it handled.
-    handled: AtomicU64,
-    /// The stamp of the last push written to the shard.
-    sent: AtomicU64,
+    /// Stamps of the pushes written to the shard that it has not said it handled yet, oldest
+    /// first (at most [`MAX_UNHANDLED`]).
+    unhandled: std::sync::Mutex<std::collections::VecDeque<u64>>,
     /// Milliseconds since `EPOCH` when it arrived; 0: none yet.
     at_ms: AtomicU64,
 }
@@ -116,20 +119,32 @@ impl ShardLoad {
     fn set(&self, report: &link::Load) {
         self.busy_permille
             .store(report.busy_permille, Ordering::Relaxed);
-        self.handled.store(report.handled, Ordering::Relaxed);
+        let mut unhandled = self.unhandled.lock().unwrap_or_else(|e| e.into_inner());
+        while unhandled
+            .front()
+            .is_some_and(|&stamp| stamp <= report.handled)
+        {
+            unhandled.pop_front();
+        }
         self.at_ms.store(now_ms().max(1), Ordering::Relaxed);
     }
 
-    /// How far behind what job wrote to it the shard's fan-out is: the time since the last
-    /// push it handled was made, when pushes made after it were written; zero when it has
-    /// handled everything (or never reported handling anything).
+    /// Pushes with these stamps were written to the shard.
+    fn written(&self, stamps: &[u64]) {
+        let mut unhandled = self.unhandled.lock().unwrap_or_else(|e| e.into_inner());
+        unhandled.extend(stamps);
+        let over = unhandled.len().saturating_sub(MAX_UNHANDLED);
+        unhandled.drain(..over);
+    }
+
+    /// How far behind what job wrote to it the shard's fan-out is: the age of the oldest push
+    /// written to it that it has not said it handled; zero when there is none.
     pub(crate) fn lag(&self) -> Duration {
-        let handled = self.handled.load(Ordering::Relaxed);
-        let sent = self.sent.load(Ordering::Relaxed);
-        if handled == 0 || handled >= sent {
-            return Duration::ZERO;
+        let unhandled = self.unhandled.lock().unwrap_or_else(|e| e.into_inner());
+        match unhandled.front() {
+            Some(&oldest) => Duration::from_micros(now_us().saturating_sub(oldest)),
+            None => Duration::ZERO,
         }
-        Duration::from_micros(now_us().saturating_sub(handled))
     }
 
     /// The shard's busy share: its last report if it came within `max_age`; fully busy if
@@ -353,14 +368,14 @@ async fn pump(
                 };
                 let mut written = 0usize;
                 let mut in_batch = 0u64;
-                let mut last_stamp = 0u64;
+                let mut stamps = Vec::new();
                 // Released once the whole write is flushed to the socket.
                 let mut delivered: Vec<Guards> = Vec::new();
                 let mut next = Some(item);
                 let mut result = Ok(());
                 while let Some((frame, guards, stamp)) = next.take() {
                     in_batch += 1;
-                    last_stamp = last_stamp.max(stamp);
+                    stamps.push(stamp);
                     written += frame.len();
                     delivered.push(guards);
                     if let Err(e) = writer.write_all(&frame).await {
@@ -382,7 +397,7 @@ async fn pump(
                     return Ended::Broken;
                 }
                 drop(delivered);
-                load.sent.fetch_max(last_stamp, Ordering::Relaxed);
+                load.written(&stamps);
             }
             _ = &mut closed => return Ended::Broken,
         }
@@ -426,24 +441,26 @@ async fn read_loads(mut reader: tokio::net::tcp::OwnedReadHalf, load: Arc<ShardL
 mod tests {
     use super::*;
 
-    /// A shard is behind by the age of the last push it handled while later ones were
-    /// written to it, and not behind once it has handled the last one written.
+    /// A shard is behind by the age of the oldest push written to it that it has not handled,
+    /// and not behind once it has handled the last one written.
     #[test]
-    fn a_shard_lags_by_the_age_of_what_it_handled_last() {
+    fn a_shard_lags_by_the_age_of_the_oldest_push_it_has_not_handled() {
         let load = ShardLoad::default();
         assert_eq!(load.lag(), Duration::ZERO, "nothing written");
-        let made = now_us().max(1);
-        std::thread::sleep(Duration::from_millis(20));
-        let later = now_us();
-        load.sent.store(later, Ordering::Relaxed);
+        let first = now_us().max(1);
+        std::thread::sleep(Duration::from_millis(30));
+        let second = now_us();
+        load.written(&[first, second]);
+        assert!(load.lag() >= Duration::from_millis(30), "{:?}", load.lag());
+        // The first handled: the lag is the second's age, younger.
         load.set(&link::Load {
             busy_permille: 900,
-            handled: made,
+            handled: first,
         });
-        assert!(load.lag() >= Duration::from_millis(20), "{:?}", load.lag());
+        assert!(load.lag() < Duration::from_millis(30), "{:?}", load.lag());
         load.set(&link::Load {
             busy_permille: 900,
-            handled: later,
+            handled: second,
         });
         assert_eq!(load.lag(), Duration::ZERO, "caught up");
     }
