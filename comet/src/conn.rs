@@ -2,8 +2,10 @@
 //! reading and writing. The connection task (`connection.rs`) holds only references to it, so
 //! an idle connection's task stays small, and the shard's indexes hold the same `Conn`.
 
+use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::task::Waker;
@@ -396,3 +398,26 @@ pub(crate) struct SyncRequest {
     pub(crate) room: String,
     pub(crate) after: u64,
 }
+
+/// A connection in a set keyed by its id (the shard's id index, a room's members).
+pub(crate) struct ById(pub Rc<Conn>);
+
+impl Borrow<u64> for ById {
+    fn borrow(&self) -> &u64 {
+        &self.0.id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}

@@ -1,23 +1,35 @@
-//! Room membership of one shard: room key → the connection ids of this shard in it.
+//! Room membership of one shard: room key → the shard's members of it, held as themselves so
+//! a fan-out walks them without looking each one up.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
 use std::rc::Rc;
 
-/// The rooms of one shard. A room exists only while it has members, so leaving the last
-/// member removes it and a later join starts a fresh one (no "dropped room" state to trip on).
-#[derive(Debug, Default)]
-pub(crate) struct Rooms {
-    rooms: HashMap<Rc<str>, HashSet<u64>>,
+/// The rooms of one shard, each a set of members found by their id (`M` is the connection,
+/// keyed by its id). A room exists only while it has members, so leaving the last member
+/// removes it and a later join starts a fresh one (no "dropped room" state to trip on).
+#[derive(Debug)]
+pub(crate) struct Rooms<M> {
+    rooms: HashMap<Rc<str>, HashSet<M>>,
 }
 
-impl Rooms {
-    /// Adds `conn_id` to `room` and returns the shared room key for the connection to keep.
-    pub fn join(&mut self, room: &str, conn_id: u64) -> Rc<str> {
+impl<M> Default for Rooms<M> {
+    fn default() -> Self {
+        Rooms {
+            rooms: HashMap::new(),
+        }
+    }
+}
+
+impl<M: Borrow<u64> + Hash + Eq> Rooms<M> {
+    /// Adds `member` to `room` and returns the shared room key for the connection to keep.
+    pub fn join(&mut self, room: &str, member: M) -> Rc<str> {
         let key = match self.rooms.get_key_value(room) {
             Some((key, _)) => key.clone(),
             None => Rc::from(room),
         };
-        self.rooms.entry(key.clone()).or_default().insert(conn_id);
+        self.rooms.entry(key.clone()).or_default().insert(member);
         key
     }
 
@@ -26,10 +38,10 @@ impl Rooms {
         self.rooms.get_key_value(room).map(|(key, _)| key.clone())
     }
 
-    /// Removes `conn_id` from `room`; unknown rooms or members are ignored.
-    pub fn leave(&mut self, room: &str, conn_id: u64) {
+    /// Removes member `id` from `room`; unknown rooms or members are ignored.
+    pub fn leave(&mut self, room: &str, id: u64) {
         if let Some(members) = self.rooms.get_mut(room) {
-            members.remove(&conn_id);
+            members.remove(&id);
             if members.is_empty() {
                 self.rooms.remove(room);
             }
@@ -41,9 +53,9 @@ impl Rooms {
         self.rooms.get(room).map_or(0, |m| m.len() as u32)
     }
 
-    /// Connection ids in `room`.
-    pub fn members(&self, room: &str) -> impl Iterator<Item = u64> + '_ {
-        self.rooms.get(room).into_iter().flatten().copied()
+    /// The members of `room`.
+    pub fn members(&self, room: &str) -> impl Iterator<Item = &M> + '_ {
+        self.rooms.get(room).into_iter().flatten()
     }
 
     /// Room key → local member count, for the online report (empty rooms never appear).
@@ -61,7 +73,7 @@ mod tests {
 
     #[test]
     fn join_leave_and_rejoin() {
-        let mut rooms = Rooms::default();
+        let mut rooms = Rooms::<u64>::default();
         let a = rooms.join("live://1", 1);
         rooms.join("live://1", 2);
         assert_eq!(&*a, "live://1");
@@ -74,7 +86,7 @@ mod tests {
         assert!(rooms.counts().is_empty());
         // A room emptied and joined again works (goim bug: the dropped room refused joins).
         rooms.join("live://1", 3);
-        assert_eq!(rooms.members("live://1").collect::<Vec<_>>(), vec![3]);
+        assert_eq!(rooms.members("live://1").collect::<Vec<_>>(), vec![&3]);
         rooms.leave("unknown", 3);
         assert_eq!(rooms.counts().get("live://1"), Some(&1));
     }

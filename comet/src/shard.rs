@@ -17,7 +17,7 @@ use imgate_shared::link::{CometInfo, ConnRef, RenewOnline};
 use socket2::Socket;
 
 use crate::backlink::LinkBack;
-use crate::conn::{CloseReason, Conn, QueueLimits, SyncRequest};
+use crate::conn::{ById, CloseReason, Conn, QueueLimits, SyncRequest};
 use crate::heartbeat::{clock_ms, Wheel};
 use crate::limits::{ConnLimits, OnlineAddresses};
 use crate::load::{Busy, Lag};
@@ -147,7 +147,7 @@ pub(crate) struct Shard {
     authenticating: RefCell<HashMap<u64, bool>>,
     /// Heartbeat deadlines of the connections in `conns`.
     heartbeats: RefCell<Wheel>,
-    rooms: RefCell<Rooms>,
+    rooms: RefCell<Rooms<ById>>,
     cluster_rooms: RefCell<HashMap<String, u32>>,
     /// Tasks waiting for a connection's queue to empty (stored messages are sent a page at a
     /// time), by connection id; few at once, so kept here rather than in every connection.
@@ -166,29 +166,6 @@ pub(crate) struct Shard {
     busy: Busy,
     tick_busy: Busy,
 }
-
-/// A connection in the id index.
-struct ById(Rc<Conn>);
-
-impl Borrow<u64> for ById {
-    fn borrow(&self) -> &u64 {
-        &self.0.id
-    }
-}
-
-impl Hash for ById {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.id.hash(state);
-    }
-}
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for ById {}
 
 /// A connection in the key index.
 struct ByKey(Rc<Conn>);
@@ -351,7 +328,7 @@ impl Shard {
         let deadline = conn.heartbeat_deadline(now).unwrap_or(now);
         self.heartbeats.borrow_mut().insert(conn.id, deadline);
         if !room.is_empty() {
-            let key = self.rooms.borrow_mut().join(room, conn.id);
+            let key = self.rooms.borrow_mut().join(room, ById(conn.clone()));
             conn.set_room(Some(key));
         }
         if let Some(ip) = conn.peer_ip {
@@ -397,7 +374,7 @@ impl Shard {
 
     /// Moves a connection's main room to `room` (empty = leave its main room). A room it had
     /// joined becomes its main room (it stays in it once).
-    pub fn change_room(&self, conn: &Conn, room: &str) {
+    pub fn change_room(&self, conn: &Rc<Conn>, room: &str) {
         let current = conn.room();
         if current.as_deref() == Some(room) {
             return;
@@ -411,28 +388,28 @@ impl Shard {
         } else if conn.unjoin(room) {
             rooms.key(room)
         } else {
-            Some(rooms.join(room, conn.id))
+            Some(rooms.join(room, ById(conn.clone())))
         };
         conn.set_room(main);
     }
 
     /// Adds `room` to a connection's rooms (op 24). Joining a room it is in already changes
     /// nothing; past `comet.max_rooms_per_conn` rooms it is refused (false).
-    pub fn join_room(&self, conn: &Conn, room: &str) -> bool {
+    pub fn join_room(&self, conn: &Rc<Conn>, room: &str) -> bool {
         if conn.in_room(room) {
             return true;
         }
         if conn.room_count() >= self.comet.config.max_rooms_per_conn {
             return false;
         }
-        let key = self.rooms.borrow_mut().join(room, conn.id);
+        let key = self.rooms.borrow_mut().join(room, ById(conn.clone()));
         conn.add_joined(key);
         true
     }
 
     /// Takes a connection out of `room` (op 26), its main room or a joined one; false if it was
     /// not in it.
-    pub fn leave_room(&self, conn: &Conn, room: &str) -> bool {
+    pub fn leave_room(&self, conn: &Rc<Conn>, room: &str) -> bool {
         if conn.room().as_deref() == Some(room) {
             self.change_room(conn, "");
             return true;
@@ -522,11 +499,10 @@ impl Shard {
 
     /// The members of `room` on this shard.
     pub fn room_members(&self, room: &str) -> Vec<Rc<Conn>> {
-        let conns = self.conns.borrow();
         self.rooms
             .borrow()
             .members(room)
-            .filter_map(|id| conns.get(&id).map(|c| c.0.clone()))
+            .map(|member| member.0.clone())
             .collect()
     }
 
