@@ -140,6 +140,8 @@ const LOAD_MAX_AGE: Duration = Duration::from_millis(500);
 /// thousand members takes tens of milliseconds).
 const LINK_BACKLOG: usize = 1 << 20;
 const FANOUT_LAG: Duration = Duration::from_millis(300);
+/// A paced room flushed within this long: big rooms are spending the budget.
+const BUDGET_SPENT_WITHIN: Duration = Duration::from_secs(2);
 /// How often the pacing state is logged at most (when it changed).
 const PACING_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -208,7 +210,11 @@ impl Router {
         else {
             return;
         };
-        let share = self.budget.observe(busy, backlog);
+        let spent = self
+            .batcher
+            .last_paced_flush()
+            .is_some_and(|at| at.elapsed() < BUDGET_SPENT_WITHIN);
+        let share = self.budget.observe(busy, backlog, spent);
         tracing::trace!(busy, backlog, share, "room pacing look");
         self.batcher.set_share(share);
         self.counters

@@ -53,9 +53,12 @@ impl Budget {
     }
 
     /// Takes one look at the comets: the busiest shard's busy share over its last tick (0–1),
-    /// and whether a comet link holds a backlog. Returns the share of `room_writes_per_shard`
-    /// to use from now on.
-    pub(crate) fn observe(&mut self, busy: f64, backlog: bool) -> f64 {
+    /// whether a comet link holds a backlog, and whether big rooms spent the budget lately
+    /// (a paced room flushed). Cutting the budget only helps when they did: a shard busy with
+    /// something else (a connect storm, say) leaves it alone rather than driving it to its
+    /// floor for the pushes that come next. Returns the share of `room_writes_per_shard` to
+    /// use from now on.
+    pub(crate) fn observe(&mut self, busy: f64, backlog: bool, spent: bool) -> f64 {
         let busy = busy.clamp(0.0, 1.0);
         let smoothed = match self.smoothed {
             Some(before) => before + SMOOTHING * (busy - before),
@@ -63,6 +66,10 @@ impl Budget {
         };
         self.smoothed = Some(smoothed);
         if self.target > 0.0 {
+            let over = backlog || smoothed > self.target + BAND;
+            if over && !spent {
+                return self.share;
+            }
             if backlog {
                 self.share = (self.share * BACKLOG_CUT).max(MIN_SHARE);
             } else if smoothed > self.target + BAND {
@@ -103,7 +110,7 @@ mod tests {
     impl Shard {
         fn step(&mut self, budget: &mut Budget, backlog: bool) -> f64 {
             let seen = self.last;
-            let share = budget.observe(seen, backlog);
+            let share = budget.observe(seen, backlog, true);
             self.last = (self.base + self.per_share * share).min(1.0);
             share
         }
@@ -114,7 +121,7 @@ mod tests {
         let mut budget = Budget::new(0.75);
         let mut share = 1.0;
         for _ in 0..100 {
-            let next = budget.observe(0.05, false);
+            let next = budget.observe(0.05, false, true);
             assert!(next >= share, "it only rises while idle");
             share = next;
         }
@@ -124,13 +131,13 @@ mod tests {
     #[test]
     fn the_budget_falls_while_saturated_or_backlogged_and_stops_at_its_floor() {
         let mut budget = Budget::new(0.75);
-        assert!((budget.observe(1.0, false) - 0.8).abs() < 1e-9);
-        assert!((budget.observe(1.0, false) - 0.64).abs() < 1e-9);
+        assert!((budget.observe(1.0, false, true) - 0.8).abs() < 1e-9);
+        assert!((budget.observe(1.0, false, true) - 0.64).abs() < 1e-9);
         // A backlog cuts it, harder, even when the reports look calm.
-        let calm_but_behind = Budget::new(0.75).observe(0.1, true);
+        let calm_but_behind = Budget::new(0.75).observe(0.1, true, true);
         assert!((calm_but_behind - 0.6).abs() < 1e-9);
         for _ in 0..100 {
-            budget.observe(1.0, false);
+            budget.observe(1.0, false, true);
         }
         assert_eq!(budget.share(), MIN_SHARE);
     }
@@ -164,9 +171,23 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_busy_with_other_work_does_not_cut_a_budget_nobody_spends() {
+        let mut budget = Budget::new(0.75);
+        // Saturated by connects while no big room flushes: held.
+        for _ in 0..20 {
+            assert_eq!(budget.observe(1.0, false, false), 1.0);
+        }
+        // Idle: it still grows, spent or not.
+        assert!(budget.observe(0.0, false, false) > 1.0);
+        // Big rooms flushing into a saturated shard: cut.
+        let before = budget.observe(1.0, false, false);
+        assert!(budget.observe(1.0, false, true) < before);
+    }
+
+    #[test]
     fn a_zero_target_keeps_the_whole_budget() {
         let mut budget = Budget::new(0.0);
-        assert_eq!(budget.observe(1.0, true), 1.0);
-        assert_eq!(budget.observe(0.0, false), 1.0);
+        assert_eq!(budget.observe(1.0, true, true), 1.0);
+        assert_eq!(budget.observe(0.0, false, true), 1.0);
     }
 }

@@ -74,6 +74,7 @@ pub(crate) struct RoomBatcher {
     /// The room sizes and shard count of the last [`RoomBatcher::set_sizes`].
     sizes: HashMap<String, u64>,
     shards: u64,
+    last_paced_flush: Option<Instant>,
 }
 
 impl RoomBatcher {
@@ -91,6 +92,7 @@ impl RoomBatcher {
             share: 1.0,
             sizes: HashMap::new(),
             shards: 1,
+            last_paced_flush: None,
         }
     }
 
@@ -242,10 +244,16 @@ impl RoomBatcher {
         }
     }
 
+    /// When a paced room last flushed (what the budget is spent on).
+    pub(crate) fn last_paced_flush(&self) -> Option<Instant> {
+        self.last_paced_flush
+    }
+
     fn take(&mut self, room: &str, now: Instant) -> Option<Batch> {
         let (room, pending) = self.rooms.remove_entry(room)?;
         if self.intervals.contains_key(&room) {
             self.last_flush.insert(room.clone(), now);
+            self.last_paced_flush = Some(now);
         }
         Some(Batch {
             push: PushRoom {
