@@ -1,4 +1,4 @@
-//! Claiming a connection key at the same instant (issue 11, item 6), end to end: real clients
+//! Claiming a connection key at the same instant, end to end: real clients
 //! on their own threads send their auth frames together, many times over, against a gateway
 //! on the embedded store and one on a real redis-server.
 //!

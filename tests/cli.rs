@@ -163,8 +163,8 @@ fn run_to_exit(args: &[String]) -> (std::process::ExitStatus, String) {
     (status, stderr)
 }
 
-/// Issue 11, item 10: a second `imgate` on the ports of a first said only `Error: starting
-/// logic` and `Caused by:` with nothing after it.
+/// A second `imgate` on the ports of a first says which listener failed and why on one line,
+/// never an empty cause.
 #[test]
 fn a_start_up_failure_names_what_failed_and_why_and_exits_non_zero() {
     let ports: Vec<String> = (0..5).map(|_| free_port().to_string()).collect();

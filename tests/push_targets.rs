@@ -1,7 +1,6 @@
-//! Pushes to many targets (issue 11, item 8): `logic.max_push_targets` (10,000) could not be
-//! reached, as a URI over about 64 KB got hyper's 414 with an empty body (about 5,000 mids
-//! fit). Targets may now travel in a form or JSON body beside the message, and hyper's own
-//! error answers carry a reason.
+//! Pushes to many targets: a URI holds about 5,000 mids before hyper answers 414, short of
+//! `logic.max_push_targets` (10,000), so targets may travel in a form or JSON body beside the
+//! message; and hyper's own error answers carry a reason.
 
 mod support;
 

@@ -211,8 +211,8 @@ fn plain_text_and_silent_clients_on_tls_ports_are_closed_and_counted() {
     g.shutdown();
 }
 
-/// Issue 11, item 5: with 1,100 idle TCP connections on the HTTPS port every HTTPS request
-/// took 8 s, as accepting waited for handshake permits that silent connections held.
+/// Idle TCP connections on the HTTPS port that never start a handshake must not hold up other
+/// clients' HTTPS requests (accepting never waits for handshake permits).
 #[test]
 fn silent_connections_on_the_https_port_do_not_stall_other_requests() {
     const SILENT: usize = 1_100;

@@ -1,7 +1,7 @@
 //! `tuning/apply.sh` and `tuning/check.sh` on a sysctl tree of their own (`SYSCTL_ROOT`), so
-//! the host is left alone (issue 11, item 11): apply.sh widened the ephemeral port range over
-//! imgate's ports without reserving them, so an outgoing connection could hold 3101 or 3111
-//! and the next imgate start failed to bind; check.sh did not notice.
+//! the host is left alone: widening the ephemeral port range must reserve imgate's ports, or an
+//! outgoing connection could hold 3101 or 3111 and the next imgate start would fail to bind;
+//! check.sh must notice when they are not reserved.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,4 +1,5 @@
-//! Per-room batching (reference §4.3), adaptive to the room's size.
+//! Per-room batching, adaptive to the room's size (goim's fixed one-second window and imgate's
+//! reasons to differ: docs/goim-compatibility.md, "Room batching").
 //!
 //! Each room's messages are appended, already encoded as goim frames, to that room's buffer. A
 //! buffer is flushed when its first message has waited `max_delay`, or earlier when it holds

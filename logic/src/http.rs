@@ -1,4 +1,4 @@
-//! goim's business HTTP API (reference §3.1–3.2), with stricter validation: every bad request
+//! goim's business HTTP API (docs/goim-compatibility.md, "HTTP API"), with stricter validation: every bad request
 //! is a 400 that says which parameter was wrong, a full bus is a 503, a store failure a 500.
 
 use std::collections::BTreeMap;

@@ -33,8 +33,8 @@
 //!   claiming one key at once cannot both win;
 //! * removals and refreshes compare the connection ([`ConnRef`]) inside Lua scripts, so a
 //!   replaced connection's late disconnect or heartbeat never touches its successor's session
-//!   (goim's race, reference §10 #11);
-//! * an online report replaces its shard's whole previous report (goim's stale-room bug, §10 #21)
+//!   (goim's race: docs/goim-compatibility.md, "Duplicate keys");
+//! * an online report replaces its shard's whole previous report (goim's stale rooms: docs/goim-compatibility.md, "Online counts")
 //!   and carries the Redis server's clock, so readers on any host agree on staleness; readers
 //!   drop and delete reports older than `online_ttl` in the same script.
 //!

@@ -2,7 +2,7 @@
 //! per comet shard, and the comet registry derived from those reports.
 //!
 //! Every session names the exact connection that owns it ([`ConnRef`]), so a late disconnect of
-//! a replaced connection can never delete its successor's session (goim's race, reference §2.8).
+//! a replaced connection can never delete its successor's session (goim's race: docs/goim-compatibility.md, "Duplicate keys").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -671,8 +671,8 @@ mod tests {
         );
     }
 
-    /// Issue 11, item 6: two users claiming one fresh key at the same instant must not both
-    /// get it. Many claims race on a multi-threaded runtime; per key exactly one user wins.
+    /// Two users claiming one fresh key at the same instant must not both get it. Many claims
+    /// race on a multi-threaded runtime; per key exactly one user wins.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_claims_of_one_key_by_two_users_admit_exactly_one() {
         let s = std::sync::Arc::new(store());
