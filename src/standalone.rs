@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use imgate_bus::kafka::{KafkaConsumer, KafkaProducer};
+use imgate_bus::{BusConsumer, BusProducer};
 use imgate_comet::CometHandle;
 use imgate_job::JobHandle;
 use imgate_logic::LogicHandle;
-use imgate_shared::bus::{self, BusConsumer, BusProducer};
 use imgate_shared::config::Config;
 use imgate_shared::store::{EmbeddedStore, Store, StoreTtl};
 
@@ -66,7 +67,7 @@ async fn connect_bus(
     if config.bus.kind == "kafka" {
         let p: Option<Arc<dyn BusProducer>> = if producer {
             Some(Arc::new(
-                imgate_job::KafkaProducer::connect(&config.bus.kafka)
+                KafkaProducer::connect(&config.bus.kafka)
                     .await
                     .context("connecting the Kafka producer")?,
             ))
@@ -75,7 +76,7 @@ async fn connect_bus(
         };
         let c: Option<Box<dyn BusConsumer>> = if consumer {
             Some(Box::new(
-                imgate_job::KafkaConsumer::connect(&config.bus.kafka)
+                KafkaConsumer::connect(&config.bus.kafka)
                     .context("connecting the Kafka consumer")?,
             ))
         } else {
@@ -89,7 +90,7 @@ async fn connect_bus(
              (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\")"
         );
     }
-    let (p, c) = bus::embedded(config.bus.capacity, config.bus.publish_timeout);
+    let (p, c) = imgate_bus::embedded(config.bus.capacity, config.bus.publish_timeout);
     Ok((Some(Arc::new(p)), Some(Box::new(c))))
 }
 

@@ -6,8 +6,8 @@
 
 mod connection;
 mod delivery;
-/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
-#[doc(hidden)]
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod heartbeat;
 mod limits;

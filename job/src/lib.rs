@@ -7,14 +7,13 @@
 //! queue ([`comet_link`]), so a slow comet fills its own queue (counted) instead of stalling the
 //! others.
 //!
-//! Delivery is tracked end to end for the Kafka bus ([`kafka`]): every bus message's
+//! Delivery is tracked end to end for the Kafka bus: every bus message's
 //! [`DeliveryGuard`] travels with the link frames it became and is dropped only once every
 //! comet it was for wrote it to its socket (or it was given up on, counted), so the bus commits
 //! nothing before it was delivered (at least once). With the embedded bus the guards are
 //! untracked and change nothing.
 
 mod comet_link;
-pub mod kafka;
 mod registry;
 mod room;
 mod stats;
@@ -24,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use imgate_shared::bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
+use imgate_bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
 use imgate_shared::config::{Config, JobConfig};
 use imgate_shared::frame;
 use imgate_shared::link::{Body, Broadcast, Envelope, PushKeys};
@@ -38,7 +37,6 @@ use registry::Registry;
 use room::{Batch, Pacing, RoomBatcher};
 use stats::{add, Counters};
 
-pub use kafka::{KafkaConsumer, KafkaProducer};
 pub use stats::JobStats;
 
 /// Least time between registry reads triggered by pushes for unknown comets.

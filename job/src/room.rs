@@ -26,7 +26,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use imgate_shared::bus::DeliveryGuard;
+use imgate_bus::DeliveryGuard;
 use imgate_shared::frame;
 use imgate_shared::link::PushRoom;
 use tokio::time::Instant;

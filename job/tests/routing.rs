@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use imgate_job::JobHandle;
-use imgate_shared::bus::{
+use imgate_bus::{
     self, BroadcastPush, BusMessage, BusProducer, EmbeddedProducer, KeysPush, Push, RoomPush,
 };
+use imgate_job::JobHandle;
 use imgate_shared::config::Config;
 use imgate_shared::frame;
 use imgate_shared::link::{self, Body, Envelope, ShardKeys};
@@ -92,7 +92,7 @@ async fn start_with_comet(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let store = store();
     register(&store, "c1", listener.local_addr().unwrap().to_string()).await;
-    let (producer, consumer) = bus::embedded(1024, Duration::from_millis(100));
+    let (producer, consumer) = imgate_bus::embedded(1024, Duration::from_millis(100));
     let job = imgate_job::start(&config(room_delay), store, Box::new(consumer))
         .await
         .unwrap();
@@ -218,7 +218,7 @@ async fn broadcast_goes_to_every_comet_with_its_share_of_the_speed() {
 
 #[tokio::test]
 async fn broadcast_with_no_comet_is_counted_and_job_keeps_running() {
-    let (producer, consumer) = bus::embedded(16, Duration::from_millis(100));
+    let (producer, consumer) = imgate_bus::embedded(16, Duration::from_millis(100));
     let job = imgate_job::start(&config(ROOM_DELAY), store(), Box::new(consumer))
         .await
         .unwrap();

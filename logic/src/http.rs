@@ -13,9 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use imgate_shared::bus::{
-    BroadcastPush, BusError, BusMessage, BusProducer, KeysPush, Push, RoomPush,
-};
+use imgate_bus::{BroadcastPush, BusError, BusMessage, BusProducer, KeysPush, Push, RoomPush};
 use imgate_shared::config::LogicConfig;
 use imgate_shared::link::ShardKeys;
 use imgate_shared::store::{Session, Store, StoreError};

@@ -6,8 +6,8 @@
 
 mod auth;
 mod demo;
-/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
-#[doc(hidden)]
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
 mod http_server;
@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgate_shared::bus::BusProducer;
+use imgate_bus::BusProducer;
 use imgate_shared::config::Config;
 use imgate_shared::store::Store;
 use tokio::net::TcpListener;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use imgate_shared::bus::{BusMessage, BusProducer, Push};
+use imgate_bus::{BusMessage, BusProducer, Push};
 use imgate_shared::link::{
     self, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure, InboxMessages,
     RenewOnlineReply, Stored,

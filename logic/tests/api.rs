@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use imgate_bus::{BusConsumer, BusEvent, EmbeddedConsumer, Push};
 use imgate_logic::LogicHandle;
-use imgate_shared::bus::{self, BusConsumer, BusEvent, EmbeddedConsumer, Push};
 use imgate_shared::config::Config;
 use imgate_shared::link::{
     self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline,
@@ -35,7 +35,7 @@ async fn start_logic() -> Harness {
         session: Duration::from_secs(60),
         online: Duration::from_secs(60),
     }));
-    let (producer, consumer) = bus::embedded(64, Duration::from_millis(100));
+    let (producer, consumer) = imgate_bus::embedded(64, Duration::from_millis(100));
     let logic = imgate_logic::start(&config, store.clone(), Arc::new(producer))
         .await
         .expect("logic starts");
