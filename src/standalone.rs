@@ -13,7 +13,8 @@ use imgate_comet::CometHandle;
 use imgate_job::JobHandle;
 use imgate_logic::LogicHandle;
 use imgate_shared::config::Config;
-use imgate_shared::store::{EmbeddedStore, Store, StoreTtl};
+use imgate_store::redis::RedisStore;
+use imgate_store::{embedded, Stores};
 
 /// comet, logic and job running in this process.
 pub struct Gateway {
@@ -40,20 +41,14 @@ impl Services {
     };
 }
 
-async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+async fn connect_store(config: &Config) -> anyhow::Result<Stores> {
     Ok(match config.store.kind.as_str() {
-        "redis" => Arc::new(
-            imgate_logic::RedisStore::connect(&config.store)
+        "redis" => Stores::all_in(Arc::new(
+            RedisStore::connect(&config.store)
                 .await
                 .context("connecting to Redis")?,
-        ),
-        _ => Arc::new(
-            EmbeddedStore::new(StoreTtl {
-                session: config.store.session_ttl,
-                online: config.store.online_ttl,
-            })
-            .with_retention(config.store.inbox(), config.store.room_history()),
-        ),
+        )),
+        _ => embedded::stores(&config.store),
     })
 }
 
@@ -117,7 +112,7 @@ impl Gateway {
     pub fn run(mut config: Config, services: Services) -> anyhow::Result<Gateway> {
         let runtime = runtime()?;
         let needs_store = services.logic || services.job;
-        let store = if needs_store {
+        let stores = if needs_store {
             Some(runtime.block_on(connect_store(&config))?)
         } else {
             None
@@ -133,18 +128,18 @@ impl Gateway {
             job: None,
             comet: None,
         };
-        if let (Some(store), Some(producer)) = (&store, producer) {
+        if let (Some(stores), Some(producer)) = (&stores, producer) {
             let logic = gateway
                 .runtime
-                .block_on(imgate_logic::start(&config, store.clone(), producer))
+                .block_on(imgate_logic::start(&config, stores.clone(), producer))
                 .context("starting logic")?;
             config.comet.logic_addrs = vec![logic.link_addr().to_string()];
             gateway.logic = Some(logic);
         }
-        if let (Some(store), Some(consumer)) = (store, consumer) {
+        if let (Some(stores), Some(consumer)) = (stores, consumer) {
             let job = gateway
                 .runtime
-                .block_on(imgate_job::start(&config, store, consumer))
+                .block_on(imgate_job::start(&config, stores.registry, consumer))
                 .context("starting job")?;
             gateway.job = Some(job);
         }

@@ -27,7 +27,7 @@ use imgate_bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
 use imgate_shared::config::{Config, JobConfig};
 use imgate_shared::frame;
 use imgate_shared::link::{Body, Broadcast, Envelope, PushKeys};
-use imgate_shared::store::Store;
+use imgate_store::RegistryStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -79,7 +79,7 @@ impl JobHandle {
 /// consumes `consumer` until shutdown or until the bus closes.
 pub async fn start(
     config: &Config,
-    store: Arc<dyn Store>,
+    registry: Arc<dyn RegistryStore>,
     consumer: Box<dyn BusConsumer>,
 ) -> Result<JobHandle, JobError> {
     let job = config.job.clone();
@@ -96,7 +96,7 @@ pub async fn start(
         frames: job.comet_queue,
         bytes: job.comet_queue_bytes.max(1),
     };
-    let mut registry = Registry::new(store, counters.clone(), limits);
+    let mut registry = Registry::new(registry, counters.clone(), limits);
     registry.refresh().await;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = Router {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use imgate_shared::store::Store;
+use imgate_store::RegistryStore;
 
 use crate::comet_link::{CometLink, Guards, QueueError, QueueLimits};
 use crate::stats::{add, Counters};
@@ -20,7 +20,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 const DEPARTURE_GRACE: Duration = Duration::from_secs(3);
 
 pub(crate) struct Registry {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RegistryStore>,
     counters: Arc<Counters>,
     queue_limits: QueueLimits,
     links: HashMap<String, CometLink>,
@@ -38,7 +38,7 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn RegistryStore>,
         counters: Arc<Counters>,
         queue_limits: QueueLimits,
     ) -> Self {

@@ -17,7 +17,7 @@ use imgate_bus::{BusMessage, BusProducer, KeysPush, Push, RoomPush};
 use imgate_shared::config::{Config, KafkaConfig};
 use imgate_shared::frame;
 use imgate_shared::link::{self, Body, Envelope, ShardKeys};
-use imgate_shared::store::{EmbeddedStore, StoreTtl};
+use imgate_store::embedded::EmbeddedRegistry;
 use imgate_testkit::Kafka;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -61,11 +61,8 @@ fn committed_total(progress: &ConsumerProgress) -> i64 {
     progress.committed_all().values().sum()
 }
 
-fn store() -> Arc<EmbeddedStore> {
-    Arc::new(EmbeddedStore::new(StoreTtl {
-        session: Duration::from_secs(60),
-        online: Duration::from_secs(60),
-    }))
+fn store() -> Arc<EmbeddedRegistry> {
+    Arc::new(EmbeddedRegistry::new(Duration::from_secs(60)))
 }
 
 async fn next_body(stream: &mut TcpStream, buf: &mut BytesMut) -> Body {

@@ -15,7 +15,7 @@ use imgate_job::JobHandle;
 use imgate_shared::config::Config;
 use imgate_shared::frame;
 use imgate_shared::link::{self, Body, Envelope, ShardKeys};
-use imgate_shared::store::{EmbeddedStore, StoreTtl};
+use imgate_store::embedded::EmbeddedRegistry;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -23,11 +23,8 @@ use tokio::time::Instant;
 const WAIT: Duration = Duration::from_secs(5);
 const ROOM_DELAY: Duration = Duration::from_millis(300);
 
-fn store() -> Arc<EmbeddedStore> {
-    Arc::new(EmbeddedStore::new(StoreTtl {
-        session: Duration::from_secs(60),
-        online: Duration::from_secs(60),
-    }))
+fn store() -> Arc<EmbeddedRegistry> {
+    Arc::new(EmbeddedRegistry::new(Duration::from_secs(60)))
 }
 
 fn config(room_delay: Duration) -> Config {

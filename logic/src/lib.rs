@@ -15,7 +15,6 @@ mod link_server;
 mod nodes;
 mod online;
 mod query;
-mod redis_store;
 mod tls_listener;
 
 use std::net::SocketAddr;
@@ -25,13 +24,12 @@ use std::time::Duration;
 
 use imgate_bus::BusProducer;
 use imgate_shared::config::Config;
-use imgate_shared::store::Store;
+use imgate_store::Stores;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{mint_hs256, AuthError, Authenticator, GoimJsonAuth, Identity, JwtAuth};
-pub use redis_store::RedisStore;
 
 /// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -119,7 +117,7 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 /// its tasks on the current tokio runtime.
 pub async fn start(
     config: &Config,
-    store: Arc<dyn Store>,
+    stores: Stores,
     bus: Arc<dyn BusProducer>,
 ) -> Result<LogicHandle, LogicError> {
     let auth: Arc<dyn Authenticator> = if !config.auth.jwt_secret.is_empty() {
@@ -132,13 +130,13 @@ pub async fn start(
     } else {
         Arc::new(GoimJsonAuth)
     };
-    start_with_auth(config, store, bus, auth).await
+    start_with_auth(config, stores, bus, auth).await
 }
 
 /// [`start`] with another [`Authenticator`].
 pub async fn start_with_auth(
     config: &Config,
-    store: Arc<dyn Store>,
+    stores: Stores,
     bus: Arc<dyn BusProducer>,
     auth: Arc<dyn Authenticator>,
 ) -> Result<LogicHandle, LogicError> {
@@ -164,17 +162,17 @@ pub async fn start_with_auth(
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let rooms = online::RoomCounts::default();
-    rooms.refresh(store.as_ref()).await;
+    rooms.refresh(stores.registry.as_ref()).await;
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(rooms.clone().run(
-        store.clone(),
+        stores.registry.clone(),
         logic.online_refresh,
         shutdown_rx.clone(),
     )));
 
     let handler = Arc::new(link_server::LinkHandler {
-        store: store.clone(),
+        stores: stores.clone(),
         auth,
         rooms: rooms.clone(),
         heartbeat: logic.heartbeat * logic.heartbeat_max,
@@ -189,17 +187,17 @@ pub async fn start_with_auth(
         shutdown_rx.clone(),
     )));
 
-    let demo_store = store.clone();
+    let registry = stores.registry.clone();
     let api = Arc::new(http::Api {
         config: logic.clone(),
-        store,
+        stores,
         bus,
         rooms,
         api_key: Some(config.auth.api_key.clone()).filter(|k| !k.is_empty()),
     });
     let mut app = http::router(api);
     if logic.demo {
-        app = app.merge(demo::router(demo_store));
+        app = app.merge(demo::router(registry));
         tracing::info!("demo app at {}", demo::url(http_addr, tls.is_some()));
     }
     let header_timeout = logic.http_header_timeout;

@@ -15,7 +15,7 @@ use imgate_shared::link::{
     self, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure, InboxMessages,
     RenewOnlineReply, Stored,
 };
-use imgate_shared::store::{Claim, KeyPolicy, OnlineReport, Session, Store, StoredMessage};
+use imgate_store::{Claim, KeyPolicy, OnlineReport, Session, StoredMessage, Stores};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -37,7 +37,7 @@ const MAX_STORED_BYTES: u32 = 4 << 20;
 
 /// What the link requests act on.
 pub(crate) struct LinkHandler {
-    pub store: Arc<dyn Store>,
+    pub stores: Stores,
     pub auth: Arc<dyn Authenticator>,
     pub rooms: RoomCounts,
     pub heartbeat: Duration,
@@ -93,7 +93,8 @@ impl LinkHandler {
                     KeyPolicy::AnyUser
                 };
                 let replaced = match self
-                    .store
+                    .stores
+                    .sessions
                     .claim_session(&session, policy)
                     .await
                     .map_err(|e| e.to_string())?
@@ -119,12 +120,14 @@ impl LinkHandler {
                 // the second copy by its sequence), never neither.
                 let (backlog, inbox_floor) = if session.mid > 0 {
                     let state = self
-                        .store
+                        .stores
+                        .messages
                         .inbox_state(session.mid)
                         .await
                         .map_err(|e| e.to_string())?;
                     let mut backlog: Vec<Stored> = self
-                        .store
+                        .stores
+                        .messages
                         .inbox_read(
                             session.mid,
                             state.acked_seq,
@@ -162,7 +165,8 @@ impl LinkHandler {
             Some(Body::Disconnect(req)) => {
                 let conn = req.conn.ok_or("disconnect without conn")?;
                 let removed = self
-                    .store
+                    .stores
+                    .sessions
                     .remove_session(req.mid, &req.key, &conn)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -176,7 +180,8 @@ impl LinkHandler {
                     key: req.key,
                     conn,
                 };
-                self.store
+                self.stores
+                    .sessions
                     .refresh_session(&session)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -196,7 +201,8 @@ impl LinkHandler {
                         (room.clone(), total)
                     })
                     .collect();
-                self.store
+                self.stores
+                    .registry
                     .report_online(OnlineReport {
                         comet,
                         shard: req.shard,
@@ -216,7 +222,8 @@ impl LinkHandler {
             }
             Some(Body::InboxAck(req)) => {
                 if req.mid > 0 {
-                    self.store
+                    self.stores
+                        .messages
                         .inbox_ack(req.mid, req.seq)
                         .await
                         .map_err(|e| e.to_string())?;
@@ -231,11 +238,15 @@ impl LinkHandler {
                     _ => self.inbox_limit.min(link::STORED_PAGE_MESSAGES),
                 };
                 let messages = if !req.room.is_empty() {
-                    self.store
+                    self.stores
+                        .messages
                         .room_history_read(&req.room, req.after, limit)
                         .await
                 } else if req.mid > 0 {
-                    self.store.inbox_read(req.mid, req.after, limit).await
+                    self.stores
+                        .messages
+                        .inbox_read(req.mid, req.after, limit)
+                        .await
                 } else {
                     Ok(Vec::new())
                 }

@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 
 use imgate_shared::config::LogicConfig;
 use imgate_shared::link::CometInfo;
-use imgate_shared::store::CometStatus;
+use imgate_store::CometStatus;
 
 /// Most entries in `nodes`.
 pub(crate) const MAX_NODES: usize = 5;

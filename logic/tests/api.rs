@@ -11,7 +11,7 @@ use imgate_shared::config::Config;
 use imgate_shared::link::{
     self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline,
 };
-use imgate_shared::store::{EmbeddedStore, Store, StoreTtl};
+use imgate_store::{embedded, Stores};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 struct Harness {
     logic: LogicHandle,
-    store: Arc<EmbeddedStore>,
+    stores: Stores,
     consumer: EmbeddedConsumer,
 }
 
@@ -31,17 +31,14 @@ async fn start_logic() -> Harness {
     config.logic.max_push_targets = 3;
     config.logic.max_push_body = 1024;
     config.logic.online_refresh = Duration::from_millis(20);
-    let store = Arc::new(EmbeddedStore::new(StoreTtl {
-        session: Duration::from_secs(60),
-        online: Duration::from_secs(60),
-    }));
+    let stores = embedded::stores(&config.store);
     let (producer, consumer) = imgate_bus::embedded(64, Duration::from_millis(100));
-    let logic = imgate_logic::start(&config, store.clone(), Arc::new(producer))
+    let logic = imgate_logic::start(&config, stores.clone(), Arc::new(producer))
         .await
         .expect("logic starts");
     Harness {
         logic,
-        store,
+        stores,
         consumer,
     }
 }
@@ -319,7 +316,8 @@ async fn disconnect_of_another_connection_keeps_the_session() {
         .await;
     assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
     assert_eq!(
-        h.store
+        h.stores
+            .sessions
             .sessions_by_keys(&["k5".into()])
             .await
             .unwrap()
@@ -336,7 +334,8 @@ async fn disconnect_of_another_connection_keeps_the_session() {
         .await;
     assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
     assert!(h
-        .store
+        .stores
+        .sessions
         .sessions_by_keys(&["k5".into()])
         .await
         .unwrap()

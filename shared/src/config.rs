@@ -262,18 +262,25 @@ pub struct StoreConfig {
     pub redis: RedisConfig,
 }
 
+/// How many messages an inbox or a room history keeps, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_messages: usize,
+    pub ttl: Duration,
+}
+
 impl StoreConfig {
     /// Inbox retention as the store applies it.
-    pub fn inbox(&self) -> crate::store::Retention {
-        crate::store::Retention {
+    pub fn inbox(&self) -> Retention {
+        Retention {
             max_messages: self.inbox_max_messages,
             ttl: self.inbox_ttl,
         }
     }
 
     /// Room-history retention as the store applies it.
-    pub fn room_history(&self) -> crate::store::Retention {
-        crate::store::Retention {
+    pub fn room_history(&self) -> Retention {
+        Retention {
             max_messages: self.room_history_max_messages,
             ttl: self.room_history_ttl,
         }

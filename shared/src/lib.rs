@@ -1,5 +1,5 @@
 //! Pieces every imgate service shares: the goim frame codec, WebSocket framing, the
-//! cluster-link messages, configuration, and the store seam with its embedded implementation.
+//! cluster-link messages, configuration and TLS.
 
 pub mod config;
 pub mod frame;
@@ -7,6 +7,5 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod link;
-pub mod store;
 pub mod tls;
 pub mod ws;

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use imgate_logic::RedisStore;
-use imgate_shared::config::{RedisConfig, StoreConfig};
+use imgate_shared::config::{RedisConfig, Retention, StoreConfig};
 use imgate_shared::link::{CometInfo, ConnRef};
-use imgate_shared::store::{
-    InboxState, OnlineReport, Retention, Session, Store, StoreError, StoredMessage,
+use imgate_store::redis::RedisStore;
+use imgate_store::{
+    InboxState, MessageStore, OnlineReport, RegistryStore, Session, SessionStore, StoreError,
+    StoredMessage,
 };
 use imgate_testkit::{Redis, RedisCluster};
 

@@ -1,10 +1,11 @@
 //! Helpers shared by job's integration tests.
 
 use imgate_shared::link::CometInfo;
-use imgate_shared::store::{EmbeddedStore, OnlineReport, Store};
+use imgate_store::embedded::EmbeddedRegistry;
+use imgate_store::{OnlineReport, RegistryStore};
 
 /// Registers a fake comet whose link is `link_addr`, as its online report would.
-pub async fn register(store: &EmbeddedStore, id: &str, link_addr: String) {
+pub async fn register(store: &EmbeddedRegistry, id: &str, link_addr: String) {
     store
         .report_online(OnlineReport {
             comet: CometInfo {
