@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 
-use crate::stats::{add, Counters};
+use crate::stats::Counters;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -145,7 +145,7 @@ async fn run(
                 if frames.is_closed() {
                     let lost = frames.len() as u64;
                     if lost > 0 {
-                        add(&counters.link_write_failed, lost);
+                        counters.link_write_failed.add(lost);
                         tracing::warn!(comet = %id, %addr, lost, %error, "comet link closed while unreachable; queued frames lost");
                     }
                     return;
@@ -165,9 +165,9 @@ async fn run(
         failures = 0;
         let _ = stream.set_nodelay(true);
         tracing::info!(comet = %id, %addr, "comet link connected");
-        counters.connected.fetch_add(1, Ordering::Relaxed);
+        counters.connected.inc();
         let ended = pump(stream, &mut frames, &queued_bytes, &counters).await;
-        counters.connected.fetch_sub(1, Ordering::Relaxed);
+        counters.connected.sub(1);
         match ended {
             Ended::Drained => {
                 tracing::debug!(comet = %id, "comet link closed");
@@ -224,7 +224,7 @@ async fn pump(
                 // Taken off the queue either way: written, or given up with the connection.
                 queued_bytes.fetch_sub(written, Ordering::Relaxed);
                 if let Err(e) = result {
-                    add(&counters.link_write_failed, in_batch);
+                    counters.link_write_failed.add(in_batch);
                     tracing::warn!(error = %e, frames = in_batch, "comet link write failed; frames of this write given up");
                     return Ended::Broken;
                 }

@@ -18,7 +18,6 @@ mod registry;
 mod room;
 mod stats;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ use tokio::time::Instant;
 use comet_link::Guards;
 use registry::Registry;
 use room::{Batch, Pacing, RoomBatcher};
-use stats::{add, Counters};
+use stats::Counters;
 
 pub use stats::JobStats;
 
@@ -59,7 +58,7 @@ pub struct JobHandle {
 impl JobHandle {
     /// Comets with an open (connected) link right now.
     pub fn comet_count(&self) -> usize {
-        self.counters.connected.load(Ordering::Relaxed)
+        self.counters.connected.get() as usize
     }
 
     /// Counters since start.
@@ -88,10 +87,8 @@ pub async fn start(
             "job.room_batch and job.comet_queue must be > 0".into(),
         ));
     }
-    let counters = Arc::new(Counters {
-        room_budget_permille: 1000.into(),
-        ..Default::default()
-    });
+    let counters = Arc::new(Counters::default());
+    counters.room_budget_permille.set(1000);
     let limits = comet_link::QueueLimits {
         frames: job.comet_queue,
         bytes: job.comet_queue_bytes.max(1),
@@ -153,7 +150,7 @@ impl Router {
                         let share = self.batcher.adapt(lag_us);
                         self.counters
                             .room_budget_permille
-                            .store((share * 1000.0).round() as u64, Ordering::Relaxed);
+                            .set((share * 1000.0).round() as u64);
                         tracing::debug!(lag_us, share, "room pacing budget");
                     }
                     if let Some((sizes, shards)) = self.registry.room_sizes().await {
@@ -183,7 +180,7 @@ impl Router {
     }
 
     async fn route(&mut self, message: BusMessage, guard: DeliveryGuard) {
-        add(&self.counters.consumed, 1);
+        self.counters.consumed.add(1);
         match message.push {
             Some(Push::Keys(push)) => {
                 // A stored push carries the user's inbox sequence in the header's seq field.
@@ -206,17 +203,17 @@ impl Router {
                         .await;
                 }
                 if !self.registry.contains(&push.comet) {
-                    add(&self.counters.undeliverable, 1);
+                    self.counters.undeliverable.add(1);
                     tracing::warn!(comet = %push.comet, "keys push for an unknown comet is undeliverable");
                 } else if self
                     .registry
                     .send_to(&push.comet, link_frame, Arc::new(vec![guard]))
                 {
-                    add(&self.counters.keys_pushes, 1);
+                    self.counters.keys_pushes.add(1);
                 }
             }
             Some(Push::Room(push)) => {
-                add(&self.counters.room_messages, 1);
+                self.counters.room_messages.add(1);
                 if let Some(batch) = self.batcher.push(
                     &push.room,
                     push.op,
@@ -231,7 +228,7 @@ impl Router {
             Some(Push::All(push)) => {
                 let comets = self.registry.len();
                 if comets == 0 {
-                    add(&self.counters.undeliverable, 1);
+                    self.counters.undeliverable.add(1);
                     tracing::warn!(
                         op = push.op,
                         "broadcast with no comet known is undeliverable"
@@ -251,7 +248,7 @@ impl Router {
                 .to_frame();
                 self.registry
                     .send_to_all(&link_frame, &Arc::new(vec![guard]));
-                add(&self.counters.broadcasts, 1);
+                self.counters.broadcasts.add(1);
             }
             Some(Push::Close(close)) => {
                 // A comet that left has closed its connections already.
@@ -263,7 +260,7 @@ impl Router {
                     .send_to(&comet, link_frame, Arc::new(vec![guard]));
             }
             None => {
-                add(&self.counters.undeliverable, 1);
+                self.counters.undeliverable.add(1);
                 tracing::warn!("bus message without a push; skipped");
             }
         }
@@ -274,13 +271,13 @@ impl Router {
     fn send_room(&self, batch: Batch) {
         let Batch { push, guards } = batch;
         if self.registry.len() == 0 {
-            add(&self.counters.undeliverable, u64::from(push.count));
+            self.counters.undeliverable.add(u64::from(push.count));
             tracing::warn!(room = %push.room, messages = push.count, "room batch with no comet known is undeliverable");
             return;
         }
         let link_frame: Bytes = Envelope::new(0, Body::PushRoom(push)).to_frame();
         let guards: Guards = Arc::new(guards);
         self.registry.send_to_all(&link_frame, &guards);
-        add(&self.counters.room_batches, 1);
+        self.counters.room_batches.add(1);
     }
 }

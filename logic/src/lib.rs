@@ -15,10 +15,10 @@ mod link_server;
 mod nodes;
 mod online;
 mod query;
+mod stats;
 mod tls_listener;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{mint_hs256, AuthError, Authenticator, GoimJsonAuth, Identity, JwtAuth};
+pub use stats::LogicStats;
 
 /// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -51,6 +52,7 @@ pub enum LogicError {
 
 /// A running logic: its bound addresses and the way to stop it.
 pub struct LogicHandle {
+    counters: Arc<stats::Counters>,
     http_addr: SocketAddr,
     link_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -66,6 +68,11 @@ impl LogicHandle {
     /// Where comets connect their cluster links (port 0 resolved).
     pub fn link_addr(&self) -> SocketAddr {
         self.link_addr
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> LogicStats {
+        self.counters.snapshot()
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded) and ends every task.
@@ -161,6 +168,7 @@ pub async fn start_with_auth(
     let (link_listener, link_addr) = bind("cluster-link", logic.link_bind.clone()).await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let counters = Arc::new(stats::Counters::default());
     let rooms = online::RoomCounts::default();
     rooms.refresh(stores.registry.as_ref()).await;
 
@@ -176,7 +184,7 @@ pub async fn start_with_auth(
         auth,
         rooms: rooms.clone(),
         heartbeat: logic.heartbeat * logic.heartbeat_max,
-        upstream_frames: AtomicU64::new(0),
+        counters: counters.clone(),
         inbox_limit: config.store.inbox_max_messages.max(1),
         protect_keys: config.auth.tokens_required(),
         bus: bus.clone(),
@@ -227,6 +235,7 @@ pub async fn start_with_auth(
 
     tracing::info!(%http_addr, %link_addr, "logic started");
     Ok(LogicHandle {
+        counters,
         http_addr,
         link_addr,
         shutdown,

@@ -5,7 +5,6 @@
 //! pipelined and independent), and the replies, each carrying its request's id, go out through
 //! one writer task that coalesces whatever is ready into one write.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Authenticator;
 use crate::online::RoomCounts;
+use crate::stats::Counters;
 
 /// Requests one comet connection may have in flight before logic stops reading from it.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -41,7 +41,7 @@ pub(crate) struct LinkHandler {
     pub auth: Arc<dyn Authenticator>,
     pub rooms: RoomCounts,
     pub heartbeat: Duration,
-    pub upstream_frames: AtomicU64,
+    pub counters: Arc<Counters>,
     /// Most stored messages sent to a connecting client or a SYNC at once.
     pub inbox_limit: usize,
     /// Refuse a key another user's live session holds (signed-token deployments); otherwise
@@ -216,7 +216,7 @@ impl LinkHandler {
                 Ok(Body::RenewOnlineReply(RenewOnlineReply { rooms }))
             }
             Some(Body::Upstream(req)) => {
-                self.upstream_frames.fetch_add(1, Ordering::Relaxed);
+                self.counters.upstream_frames.inc();
                 tracing::debug!(mid = req.mid, key = %req.key, op = req.op, seq = req.seq, len = req.body.len(), "upstream frame");
                 Ok(Body::Ok(Empty {}))
             }

@@ -9,7 +9,7 @@ use imgate_bus::{BusConsumer, BusEvent, EmbeddedConsumer, Push};
 use imgate_logic::LogicHandle;
 use imgate_shared::config::Config;
 use imgate_shared::link::{
-    self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline,
+    self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline, Upstream,
 };
 use imgate_store::{embedded, Stores};
 use serde_json::Value;
@@ -472,5 +472,26 @@ async fn malformed_link_frame_closes_the_link_connection() {
         .await
         .expect("logic closes within the deadline");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_frames_are_answered_and_counted() {
+    let h = start_logic().await;
+    let mut comet = LinkClient::connect(&h.logic).await;
+    for seq in 1..=3 {
+        let reply = comet
+            .request(Body::Upstream(Upstream {
+                conn: Some(conn(1)),
+                mid: 5,
+                key: "k5".into(),
+                op: 1000,
+                seq,
+                body: Bytes::from_static(b"hi"),
+            }))
+            .await;
+        assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
+    }
+    assert_eq!(h.logic.stats().upstream_frames, 3);
     h.logic.shutdown().await;
 }

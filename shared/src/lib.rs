@@ -1,7 +1,8 @@
 //! Pieces every imgate service shares: the goim frame codec, WebSocket framing, the
-//! cluster-link messages, configuration and TLS.
+//! cluster-link messages, configuration, TLS and the counter type every service counts with.
 
 pub mod config;
+pub mod counters;
 pub mod frame;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
