@@ -12,7 +12,7 @@ use imgate_bus::{BusConsumer, BusProducer};
 use imgate_comet::CometHandle;
 use imgate_job::JobHandle;
 use imgate_logic::LogicHandle;
-use imgate_shared::config::Config;
+use imgate_shared::config::{BusConfig, Config, StoreBackend, StoreConfig};
 use imgate_store::redis::RedisStore;
 use imgate_store::{embedded, Stores};
 
@@ -41,52 +41,55 @@ impl Services {
     };
 }
 
-async fn connect_store(config: &Config) -> anyhow::Result<Stores> {
-    Ok(match config.store.kind.as_str() {
-        "redis" => Stores::all_in(Arc::new(
-            RedisStore::connect(&config.store)
+async fn connect_store(config: &StoreConfig) -> anyhow::Result<Stores> {
+    Ok(match &config.backend {
+        StoreBackend::Redis(redis) => Stores::all_in(Arc::new(
+            RedisStore::connect(redis, config)
                 .await
                 .context("connecting to Redis")?,
         )),
-        _ => embedded::stores(&config.store),
+        StoreBackend::Embedded => embedded::stores(config),
     })
 }
 
 /// The bus ends this process needs: the embedded bus only exists within one process, so its
 /// two ends are made together; Kafka ends are made independently.
 async fn connect_bus(
-    config: &Config,
+    config: &BusConfig,
     producer: bool,
     consumer: bool,
 ) -> anyhow::Result<(Option<Arc<dyn BusProducer>>, Option<Box<dyn BusConsumer>>)> {
-    if config.bus.kind == "kafka" {
-        let p: Option<Arc<dyn BusProducer>> = if producer {
-            Some(Arc::new(
-                KafkaProducer::connect(&config.bus.kafka)
-                    .await
-                    .context("connecting the Kafka producer")?,
-            ))
-        } else {
-            None
-        };
-        let c: Option<Box<dyn BusConsumer>> = if consumer {
-            Some(Box::new(
-                KafkaConsumer::connect(&config.bus.kafka)
-                    .context("connecting the Kafka consumer")?,
-            ))
-        } else {
-            None
-        };
-        return Ok((p, c));
+    match config {
+        BusConfig::Kafka(kafka) => {
+            let p: Option<Arc<dyn BusProducer>> = if producer {
+                Some(Arc::new(
+                    KafkaProducer::connect(kafka)
+                        .await
+                        .context("connecting the Kafka producer")?,
+                ))
+            } else {
+                None
+            };
+            let c: Option<Box<dyn BusConsumer>> = if consumer {
+                Some(Box::new(
+                    KafkaConsumer::connect(kafka).context("connecting the Kafka consumer")?,
+                ))
+            } else {
+                None
+            };
+            Ok((p, c))
+        }
+        BusConfig::Embedded(embedded) => {
+            if producer != consumer {
+                bail!(
+                    "with bus.kind = \"embedded\" logic and job must run in the same process \
+                     (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\")"
+                );
+            }
+            let (p, c) = imgate_bus::embedded(embedded.capacity, embedded.publish_timeout);
+            Ok((Some(Arc::new(p)), Some(Box::new(c))))
+        }
     }
-    if producer != consumer {
-        bail!(
-            "with bus.kind = \"embedded\" logic and job must run in the same process \
-             (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\")"
-        );
-    }
-    let (p, c) = imgate_bus::embedded(config.bus.capacity, config.bus.publish_timeout);
-    Ok((Some(Arc::new(p)), Some(Box::new(c))))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -113,12 +116,12 @@ impl Gateway {
         let runtime = runtime()?;
         let needs_store = services.logic || services.job;
         let stores = if needs_store {
-            Some(runtime.block_on(connect_store(&config))?)
+            Some(runtime.block_on(connect_store(&config.store))?)
         } else {
             None
         };
         let (producer, consumer) = if needs_store {
-            runtime.block_on(connect_bus(&config, services.logic, services.job))?
+            runtime.block_on(connect_bus(&config.bus, services.logic, services.job))?
         } else {
             (None, None)
         };
@@ -137,10 +140,10 @@ impl Gateway {
             gateway.logic = Some(logic);
         }
         if let (Some(stores), Some(consumer)) = (stores, consumer) {
-            let job = gateway
-                .runtime
-                .block_on(imgate_job::start(&config, stores.registry, consumer))
-                .context("starting job")?;
+            let job =
+                gateway
+                    .runtime
+                    .block_on(imgate_job::start(&config, stores.registry, consumer));
             gateway.job = Some(job);
         }
         if services.comet {

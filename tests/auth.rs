@@ -15,8 +15,8 @@ const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
 
 fn secure_gateway() -> imgate::standalone::Gateway {
     let mut config = test_config();
-    config.auth.jwt_secret = SECRET.into();
-    config.auth.api_key = API_KEY.into();
+    config.auth.jwt_secret = Some(SECRET.into());
+    config.auth.api_key = Some(API_KEY.into());
     imgate::standalone::Gateway::start(config).expect("secure gateway starts")
 }
 

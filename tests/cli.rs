@@ -229,3 +229,42 @@ fn a_start_up_failure_names_what_failed_and_why_and_exits_non_zero() {
     let _ = first.kill();
     let _ = first.wait();
 }
+
+/// A bad configuration stops imgate before it binds anything, with one line that names the
+/// file, the option and what is wrong with it.
+#[test]
+fn a_bad_configuration_names_the_file_and_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
+    let file_arg = file.display().to_string();
+    for (text, expected) in [
+        (
+            "[comet]\nmax_body = 0\n",
+            "comet.max_body: must be between 1 and 16 MiB",
+        ),
+        (
+            "[comet]\ntcp_bind = [\"localhost:3101\"]\n",
+            "comet.tcp_bind: invalid socket address syntax",
+        ),
+        (
+            "[store]\nkind = \"postgres\"\n",
+            "store.kind: unknown variant `postgres`",
+        ),
+        (
+            "[logic]\nheartbeat = \"4\"\n",
+            "logic.heartbeat: invalid value",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let (status, stderr) = run_to_exit(&["--config".into(), file_arg.clone()]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("Error: "))
+            .unwrap_or_else(|| panic!("no error line in {stderr:?}"));
+        assert!(
+            line.starts_with(&format!("Error: {file_arg}: {expected}")),
+            "{line}"
+        );
+    }
+}

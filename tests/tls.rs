@@ -63,12 +63,12 @@ fn uuid_like() -> u128 {
 
 fn tls_config(cert: &Certificate) -> Config {
     let mut c = test_config();
-    c.comet.wss_bind = vec!["127.0.0.1:0".into()];
-    c.comet.tcp_tls_bind = vec!["127.0.0.1:0".into()];
-    c.comet.tls_cert_file = cert.cert().display().to_string();
-    c.comet.tls_key_file = cert.key().display().to_string();
-    c.logic.tls_cert_file = cert.cert().display().to_string();
-    c.logic.tls_key_file = cert.key().display().to_string();
+    c.comet.wss_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.tcp_tls_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.tls_cert_file = Some(cert.cert());
+    c.comet.tls_key_file = Some(cert.key());
+    c.logic.tls_cert_file = Some(cert.cert());
+    c.logic.tls_key_file = Some(cert.key());
     c
 }
 
@@ -249,7 +249,7 @@ fn silent_connections_on_the_https_port_do_not_stall_other_requests() {
 fn a_bad_certificate_file_stops_start_with_its_path() {
     let cert = Certificate::generate();
     let mut config = tls_config(&cert);
-    config.comet.tls_key_file = "/nonexistent/key.pem".into();
+    config.comet.tls_key_file = Some("/nonexistent/key.pem".into());
     let err = Gateway::start(config).err().expect("start refused");
     assert!(
         format!("{err:#}").contains("/nonexistent/key.pem"),

@@ -18,13 +18,13 @@ const HARNESS: &str = env!("CARGO_BIN_EXE_bench-harness");
 
 fn gateway() -> Gateway {
     let mut c = Config::default();
-    c.comet.tcp_bind = vec!["127.0.0.1:0".into()];
-    c.comet.ws_bind = vec!["127.0.0.1:0".into()];
-    c.comet.link_bind = "127.0.0.1:0".into();
+    c.comet.tcp_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.ws_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.link_bind = ([127, 0, 0, 1], 0).into();
     c.comet.shards = 2;
     c.comet.pin = false;
-    c.logic.http_bind = "127.0.0.1:0".into();
-    c.logic.link_bind = "127.0.0.1:0".into();
+    c.logic.http_bind = ([127, 0, 0, 1], 0).into();
+    c.logic.link_bind = ([127, 0, 0, 1], 0).into();
     c.job.registry_interval = Duration::from_millis(100);
     Gateway::start(c).expect("gateway starts")
 }

@@ -41,13 +41,6 @@ pub use stats::JobStats;
 /// Least time between registry reads triggered by pushes for unknown comets.
 const ON_DEMAND_REFRESH_GAP: Duration = Duration::from_millis(50);
 
-/// Why job could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("invalid job configuration: {0}")]
-    Config(String),
-}
-
 /// A running job.
 pub struct JobHandle {
     counters: Arc<Counters>,
@@ -75,18 +68,14 @@ impl JobHandle {
 }
 
 /// Starts job on the current tokio runtime: reads the comet registry, links every comet and
-/// consumes `consumer` until shutdown or until the bus closes.
+/// consumes `consumer` until shutdown or until the bus closes. `config` is as
+/// [`Config::validate`] accepts it.
 pub async fn start(
     config: &Config,
     registry: Arc<dyn RegistryStore>,
     consumer: Box<dyn BusConsumer>,
-) -> Result<JobHandle, JobError> {
+) -> JobHandle {
     let job = config.job.clone();
-    if job.room_batch == 0 || job.comet_queue == 0 {
-        return Err(JobError::Config(
-            "job.room_batch and job.comet_queue must be > 0".into(),
-        ));
-    }
     let counters = Arc::new(Counters::default());
     counters.room_budget_permille.set(1000);
     let limits = comet_link::QueueLimits {
@@ -108,11 +97,11 @@ pub async fn start(
         counters: counters.clone(),
     };
     let task = tokio::spawn(router.run(job, consumer, shutdown_rx));
-    Ok(JobHandle {
+    JobHandle {
         counters,
         shutdown,
         task,
-    })
+    }
 }
 
 struct Router {

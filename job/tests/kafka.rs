@@ -103,9 +103,7 @@ async fn job_commits_only_what_reached_the_comet() {
     config.job.registry_interval = Duration::from_millis(100);
     let consumer = KafkaConsumer::connect(&kafka_config).unwrap();
     let progress = consumer.progress();
-    let job = imgate_job::start(&config, store, Box::new(consumer))
-        .await
-        .unwrap();
+    let job = imgate_job::start(&config, store, Box::new(consumer)).await;
 
     let targets = vec![ShardKeys {
         shard: 0,

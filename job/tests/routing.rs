@@ -90,9 +90,7 @@ async fn start_with_comet(
     let store = store();
     register(&store, "c1", listener.local_addr().unwrap().to_string()).await;
     let (producer, consumer) = imgate_bus::embedded(1024, Duration::from_millis(100));
-    let job = imgate_job::start(&config(room_delay), store, Box::new(consumer))
-        .await
-        .unwrap();
+    let job = imgate_job::start(&config(room_delay), store, Box::new(consumer)).await;
     let comet = FakeComet::accept(&listener).await;
     wait_for("the link to be up", || job.comet_count() == 1).await;
     (job, producer, listener, comet)
@@ -216,9 +214,7 @@ async fn broadcast_goes_to_every_comet_with_its_share_of_the_speed() {
 #[tokio::test]
 async fn broadcast_with_no_comet_is_counted_and_job_keeps_running() {
     let (producer, consumer) = imgate_bus::embedded(16, Duration::from_millis(100));
-    let job = imgate_job::start(&config(ROOM_DELAY), store(), Box::new(consumer))
-        .await
-        .unwrap();
+    let job = imgate_job::start(&config(ROOM_DELAY), store(), Box::new(consumer)).await;
     let all = || {
         Push::All(BroadcastPush {
             op: 1,

@@ -41,7 +41,7 @@ pub enum LogicError {
     #[error("cannot bind the {what} listener on {addr}: {source}")]
     Bind {
         what: &'static str,
-        addr: String,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("auth configuration: {0}")]
@@ -94,30 +94,16 @@ impl LogicHandle {
 /// dropped SYN costs its client a second), so a request behind a flood waited.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// A listener on the first address `addr` resolves to that can be bound.
-async fn listen(addr: &str) -> std::io::Result<TcpListener> {
-    let mut last = None;
-    for resolved in tokio::net::lookup_host(addr).await? {
-        let socket = if resolved.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        match socket
-            .bind(resolved)
-            .and_then(|()| socket.listen(LISTEN_BACKLOG))
-        {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::AddrNotAvailable,
-            "the address resolves to nothing",
-        )
-    }))
+/// A listener on `addr`, with a backlog of [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Starts logic with goim's JSON auth: binds `logic.http_bind` and `logic.link_bind` and spawns
@@ -127,16 +113,19 @@ pub async fn start(
     stores: Stores,
     bus: Arc<dyn BusProducer>,
 ) -> Result<LogicHandle, LogicError> {
-    let auth: Arc<dyn Authenticator> = if !config.auth.jwt_secret.is_empty() {
-        Arc::new(JwtAuth::hs256(config.auth.jwt_secret.as_bytes()))
-    } else if !config.auth.jwt_public_key_file.is_empty() {
-        let path = &config.auth.jwt_public_key_file;
-        let pem = std::fs::read(path)
-            .map_err(|e| LogicError::Auth(format!("cannot read {path}: {e}")))?;
-        Arc::new(JwtAuth::public_key_pem(&pem).map_err(|e| LogicError::Auth(e.to_string()))?)
-    } else {
-        Arc::new(GoimJsonAuth)
-    };
+    let auth: Arc<dyn Authenticator> =
+        match (&config.auth.jwt_secret, &config.auth.jwt_public_key_file) {
+            (Some(secret), _) => Arc::new(JwtAuth::hs256(secret.as_bytes())),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    LogicError::Auth(format!("cannot read {}: {e}", path.display()))
+                })?;
+                Arc::new(
+                    JwtAuth::public_key_pem(&pem).map_err(|e| LogicError::Auth(e.to_string()))?,
+                )
+            }
+            (None, None) => Arc::new(GoimJsonAuth),
+        };
     start_with_auth(config, stores, bus, auth).await
 }
 
@@ -149,23 +138,21 @@ pub async fn start_with_auth(
 ) -> Result<LogicHandle, LogicError> {
     let logic = &config.logic;
     // Read the certificate before anything starts, so a bad one fails cleanly.
-    let tls = if logic.tls_cert_file.is_empty() {
-        None
-    } else {
-        Some(imgate_shared::tls::server_config(
-            logic.tls_cert_file.as_ref(),
-            logic.tls_key_file.as_ref(),
+    let tls = match logic.tls_files() {
+        None => None,
+        Some((cert, key)) => Some(imgate_shared::tls::server_config(
+            cert,
+            key,
             &[b"http/1.1"],
-        )?)
+        )?),
     };
-    let bind = |what: &'static str, addr: String| async move {
-        listen(&addr)
-            .await
+    let bind = |what: &'static str, addr: SocketAddr| {
+        listen(addr)
             .and_then(|l| l.local_addr().map(|a| (l, a)))
             .map_err(|source| LogicError::Bind { what, addr, source })
     };
-    let (http_listener, http_addr) = bind("HTTP", logic.http_bind.clone()).await?;
-    let (link_listener, link_addr) = bind("cluster-link", logic.link_bind.clone()).await?;
+    let (http_listener, http_addr) = bind("HTTP", logic.http_bind)?;
+    let (link_listener, link_addr) = bind("cluster-link", logic.link_bind)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let counters = Arc::new(stats::Counters::default());
@@ -201,7 +188,7 @@ pub async fn start_with_auth(
         stores,
         bus,
         rooms,
-        api_key: Some(config.auth.api_key.clone()).filter(|k| !k.is_empty()),
+        api_key: config.auth.api_key.clone(),
     });
     let mut app = http::router(api);
     if logic.demo {
@@ -213,7 +200,7 @@ pub async fn start_with_auth(
         let listener = tls_listener::TlsListener::new(http_listener, tls).map_err(|source| {
             LogicError::Bind {
                 what: "HTTPS",
-                addr: logic.http_bind.clone(),
+                addr: logic.http_bind,
                 source,
             }
         })?;

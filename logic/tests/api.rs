@@ -26,8 +26,8 @@ struct Harness {
 
 async fn start_logic() -> Harness {
     let mut config = Config::default();
-    config.logic.http_bind = "127.0.0.1:0".into();
-    config.logic.link_bind = "127.0.0.1:0".into();
+    config.logic.http_bind = ([127, 0, 0, 1], 0).into();
+    config.logic.link_bind = ([127, 0, 0, 1], 0).into();
     config.logic.max_push_targets = 3;
     config.logic.max_push_body = 1024;
     config.logic.online_refresh = Duration::from_millis(20);

@@ -17,15 +17,15 @@ use imgate_shared::config::Config;
 /// timers so reports and expiries happen within a test's patience.
 pub fn test_config() -> Config {
     let mut c = Config::default();
-    c.comet.tcp_bind = vec!["127.0.0.1:0".into()];
-    c.comet.ws_bind = vec!["127.0.0.1:0".into()];
-    c.comet.link_bind = "127.0.0.1:0".into();
+    c.comet.tcp_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.ws_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.link_bind = ([127, 0, 0, 1], 0).into();
     c.comet.shards = 2;
     c.comet.pin = false;
     c.comet.handshake_timeout = Duration::from_secs(1);
     c.comet.online_interval = Duration::from_millis(200);
-    c.logic.http_bind = "127.0.0.1:0".into();
-    c.logic.link_bind = "127.0.0.1:0".into();
+    c.logic.http_bind = ([127, 0, 0, 1], 0).into();
+    c.logic.link_bind = ([127, 0, 0, 1], 0).into();
     c.logic.online_refresh = Duration::from_millis(100);
     c.job.registry_interval = Duration::from_millis(100);
     c

@@ -56,7 +56,7 @@ mod sessions;
 use std::future::Future;
 use std::time::Duration;
 
-use imgate_shared::config::{Retention, StoreConfig};
+use imgate_shared::config::{RedisConfig, Retention, StoreConfig};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -126,25 +126,15 @@ fn ttl_ms(d: Duration) -> u64 {
 }
 
 impl RedisStore {
-    /// Connects (single node, or Redis Cluster when `config.redis.cluster`). Fails with a clear
-    /// error if Redis is unreachable at start.
-    pub async fn connect(config: &StoreConfig) -> Result<RedisStore, StoreError> {
-        let redis = &config.redis;
+    /// Connects to `redis` (a single node, or a Redis Cluster when `redis.cluster`), with the
+    /// lifetimes and retention of `store`. Fails with a clear error if Redis is unreachable at
+    /// start. The options are as [`Config::validate`](imgate_shared::config::Config::validate)
+    /// accepts them.
+    pub async fn connect(
+        redis: &RedisConfig,
+        store: &StoreConfig,
+    ) -> Result<RedisStore, StoreError> {
         let timeout = redis.timeout;
-        if timeout.is_zero() {
-            return Err(StoreError::Unavailable(
-                "store.redis.timeout must be positive".into(),
-            ));
-        }
-        if redis.prefix.contains(['{', '}']) {
-            return Err(StoreError::Unavailable(format!(
-                "store.redis.prefix {:?} must not contain '{{' or '}}' (they are cluster hash tags)",
-                redis.prefix
-            )));
-        }
-        if redis.urls.is_empty() {
-            return Err(StoreError::Unavailable("store.redis.urls is empty".into()));
-        }
         let where_ = redis.urls.join(", ");
         let connect_err = |e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!("cannot connect to Redis at {where_}: {e}"))
@@ -164,14 +154,11 @@ impl RedisStore {
                 .map_err(|e| connect_err(&e))?;
             Conn::Cluster(conn)
         } else {
-            if redis.urls.len() != 1 {
-                return Err(StoreError::Unavailable(format!(
-                    "store.redis.urls has {} URLs: a single node takes one (set cluster = true for a Redis Cluster)",
-                    redis.urls.len()
-                )));
-            }
-            let client =
-                redis::Client::open(redis.urls[0].as_str()).map_err(|e| connect_err(&e))?;
+            let url = redis
+                .urls
+                .first()
+                .ok_or_else(|| connect_err(&"store.redis.urls names no server"))?;
+            let client = redis::Client::open(url.as_str()).map_err(|e| connect_err(&e))?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))
@@ -191,10 +178,10 @@ impl RedisStore {
             conn,
             prefix: redis.prefix.clone(),
             timeout,
-            session_ttl_ms: ttl_ms(config.session_ttl),
-            online_ttl_ms: ttl_ms(config.online_ttl),
-            inbox: config.inbox(),
-            room_history: config.room_history(),
+            session_ttl_ms: ttl_ms(store.session_ttl),
+            online_ttl_ms: ttl_ms(store.online_ttl),
+            inbox: store.inbox(),
+            room_history: store.room_history(),
             sessions: SessionScripts::new(),
             registry: RegistryScripts::new(),
             logs: LogScripts::new(),
