@@ -31,20 +31,16 @@ fn auth_with(token: &str, mid_claimed: i64, key: &str, room: &str) -> String {
 
 /// An authorised POST: logic's envelope, HTTP 200 expected.
 fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+    let bearer = format!("Bearer {API_KEY}");
+    let answer = request(
+        addr,
+        "POST",
+        path,
+        &[("Authorization", &bearer)],
+        body.as_bytes(),
     );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    let body = raw.split_once("\r\n\r\n").unwrap().1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    answer.json
 }
 
 #[test]

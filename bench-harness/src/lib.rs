@@ -19,5 +19,4 @@ pub mod pusher;
 pub mod report;
 pub mod results;
 pub mod tally;
-pub mod wire;
 pub mod worker;

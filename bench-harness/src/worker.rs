@@ -35,7 +35,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::payload;
 use crate::procstat;
 use crate::tally::{self, Order, PushCounts, SeqTrack};
-use crate::wire::{self, Sink, Transport};
+use imgate_client::codec::{self, Sink, Transport, WireError};
+use imgate_client::upgrade;
 
 /// Bytes read per `recv`: one buffer per executor, shared by all its clients.
 const SCRATCH_SIZE: usize = 64 * 1024;
@@ -401,7 +402,7 @@ impl Conn {
 async fn executor_main(setup: ExecSetup) -> ExecResult {
     let config = setup.config;
     let exec = Rc::new(Exec {
-        heartbeat: wire::client_frame(config.transport, op::HEARTBEAT, 0, &[]),
+        heartbeat: codec::client_frame(config.transport, op::HEARTBEAT, 0, &[]),
         config: config.clone(),
         shared: setup.shared,
         first: setup.first,
@@ -529,7 +530,7 @@ enum ConnectFailure {
 enum Ended {
     Eof,
     Io(io::Error),
-    Protocol(wire::WireError),
+    Protocol(WireError),
 }
 
 /// One client from connect to the end of the run. Its task is the client's whole state:
@@ -657,8 +658,8 @@ async fn connect(exec: &Exec, index: u64, conn: &mut Conn) -> Result<(), Connect
         let connect_err = |e: io::Error| ConnectFailure::Connect(format!("connect {target}: {e}"));
         conn.stream = Some(open(config.source_ip, target).map_err(connect_err)?);
 
-        if config.transport == Transport::Ws {
-            let request = wire::upgrade_request(&target.to_string());
+        if config.transport == Transport::WebSocket {
+            let request = upgrade::upgrade_request(&target.to_string());
             write_all(conn, request.as_bytes())
                 .await
                 .map_err(connect_err)?;
@@ -671,7 +672,7 @@ async fn connect(exec: &Exec, index: u64, conn: &mut Conn) -> Result<(), Connect
                 if got.is_none() {
                     return Err(ConnectFailure::Auth("closed during the upgrade".into()));
                 }
-                match wire::upgrade_response(&conn.pending) {
+                match upgrade::upgrade_response(&conn.pending) {
                     Ok(Some(n)) => {
                         conn.pending.drain(..n);
                         break;
@@ -691,7 +692,7 @@ async fn connect(exec: &Exec, index: u64, conn: &mut Conn) -> Result<(), Connect
             "accepts": config.accepts,
         })
         .to_string();
-        let frame = wire::client_frame(config.transport, op::AUTH, 1, auth.as_bytes());
+        let frame = codec::client_frame(config.transport, op::AUTH, 1, auth.as_bytes());
         write_all(conn, &frame).await.map_err(connect_err)?;
         while !conn.authed {
             let got = read_once(exec, conn, |conn, bytes| deliver(exec, conn, bytes))
@@ -792,7 +793,7 @@ async fn write_all(conn: &mut Conn, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Decodes one read's bytes and counts what they hold.
-fn deliver(exec: &Exec, conn: &mut Conn, bytes: &mut [u8]) -> Result<(), wire::WireError> {
+fn deliver(exec: &Exec, conn: &mut Conn, bytes: &mut [u8]) -> Result<(), WireError> {
     let mut pending = std::mem::take(&mut conn.pending);
     let mut counting = Counting {
         exec,
@@ -801,7 +802,7 @@ fn deliver(exec: &Exec, conn: &mut Conn, bytes: &mut [u8]) -> Result<(), wire::W
         counts: Counters::default(),
         messages_at_last_outer: 0,
     };
-    let result = wire::feed(exec.config.transport, &mut pending, bytes, &mut counting);
+    let result = codec::feed(exec.config.transport, &mut pending, bytes, &mut counting);
     let c = counting.counts;
     conn.pending = pending;
     let s = &exec.shared;
@@ -831,7 +832,7 @@ struct Counting<'a> {
 }
 
 impl Sink for Counting<'_> {
-    fn frame(&mut self, frame_op: i32, _seq: i32, body: &[u8]) {
+    fn frame(&mut self, _ver: i16, frame_op: i32, _seq: i32, body: &[u8]) {
         match frame_op {
             op::AUTH_REPLY => self.conn.authed = true,
             op::HEARTBEAT_REPLY => self.counts.heartbeat_replies += 1,
@@ -878,7 +879,7 @@ impl Sink for Counting<'_> {
     }
 
     fn ping(&mut self, payload: &[u8]) {
-        send_now(self.conn.fd(), &wire::pong(payload));
+        send_now(self.conn.fd(), &codec::pong(payload));
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use imgate_bus::{BusConsumer, BusEvent, EmbeddedConsumer, Push};
+use imgate_client::http::HttpClient;
 use imgate_logic::LogicHandle;
 use imgate_shared::config::Config;
 use imgate_shared::link::{
@@ -92,36 +93,25 @@ fn conn(conn_id: u64) -> ConnRef {
     }
 }
 
-/// Minimal HTTP/1.1 client: one request per connection.
+/// One request to logic's HTTP API; the status and the JSON body.
 async fn http(logic: &LogicHandle, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(logic.http_addr()).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        response
-    };
-    let response = tokio::time::timeout(WAIT, exchange)
-        .await
-        .expect("HTTP answer within the deadline");
-    let text = String::from_utf8(response).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    assert!(
-        head.to_ascii_lowercase().contains("content-length"),
-        "expected a fixed-length body: {head}"
+    let (addr, method, path, body) = (
+        logic.http_addr(),
+        method.to_string(),
+        path.to_string(),
+        body.to_vec(),
     );
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-    (status, json)
+    let answer = tokio::task::spawn_blocking(move || {
+        HttpClient::new(addr)
+            .timeout(WAIT)
+            .request(&method, &path, &[], &body)
+    })
+    .await
+    .unwrap()
+    .expect("an HTTP answer within the deadline");
+    let json = serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&answer.body)));
+    (answer.status, json)
 }
 
 async fn next_push(consumer: &mut EmbeddedConsumer) -> Push {

@@ -1,12 +1,12 @@
 //! A cluster of real `imgate comet|logic|job` processes on a real Redis and a real
 //! Kafka-protocol broker, all on free loopback ports, for the cluster and fault tests.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use imgate::client::http::HttpClient;
 use imgate_testkit::{free_port, Kafka, Postgres, Redis};
 
 use super::{eventually, http, Answer};
@@ -333,38 +333,19 @@ impl Default for Setup {
 /// As [`super::http`], but a logic that does not answer (refused connection, no answer within
 /// 10 s, a cut answer) is an `Err` saying so rather than a panic.
 pub fn try_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Answer, String> {
-    let timeout = Duration::from_secs(10);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body))
-        .map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP head in {text:?}"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        super::dechunk(body)
-    } else {
-        body.to_string()
-    };
-    let json = serde_json::from_str(&body).map_err(|e| format!("JSON body ({e}): {body:?}"))?;
-    Ok(Answer { status, json })
+    let answer = HttpClient::new(addr)
+        .request(method, path, &[], body)
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let json = serde_json::from_slice(&answer.body).map_err(|e| {
+        format!(
+            "JSON body ({e}): {:?}",
+            String::from_utf8_lossy(&answer.body)
+        )
+    })?;
+    Ok(Answer {
+        status: answer.status,
+        json,
+    })
 }
 
 /// Heartbeat and session lifetimes of a test cluster.
