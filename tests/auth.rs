@@ -150,9 +150,8 @@ fn the_business_api_needs_the_api_key_and_the_weighted_node_list_does_not() {
 
 #[test]
 fn a_configured_deployment_refuses_to_start_insecure_and_imgate_token_mints_a_working_token() {
-    let dir = std::env::temp_dir().join(format!("imgate-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("imgate.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
     std::fs::write(&file, "[comet]\nshards = 1\n").unwrap();
     let out = Command::new(IMGATE)
         .args(["--config", file.to_str().unwrap()])
@@ -183,7 +182,6 @@ fn a_configured_deployment_refuses_to_start_insecure_and_imgate_token_mints_a_wo
         1
     );
     g.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

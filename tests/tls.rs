@@ -17,48 +17,34 @@ use support::{auth_body, eventually, test_config};
 
 /// A self-signed certificate for `localhost` written to a fresh directory.
 struct Certificate {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Certificate {
     fn generate() -> Certificate {
-        let dir = std::env::temp_dir().join(format!(
-            "imgate-tls-test-{}-{}",
-            std::process::id(),
-            uuid_like()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
             .expect("certificate generated");
-        std::fs::write(dir.join("cert.pem"), generated.cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), generated.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), generated.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            generated.signing_key.serialize_pem(),
+        )
+        .unwrap();
         Certificate { dir }
     }
 
     fn cert(&self) -> PathBuf {
-        self.dir.join("cert.pem")
+        self.dir.path().join("cert.pem")
     }
 
     fn key(&self) -> PathBuf {
-        self.dir.join("key.pem")
+        self.dir.path().join("key.pem")
     }
 
     fn client(&self) -> TlsClient {
         TlsClient::from_ca_file(&self.cert(), "localhost").expect("client trusts the cert")
     }
-}
-
-impl Drop for Certificate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn uuid_like() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 fn tls_config(cert: &Certificate) -> Config {

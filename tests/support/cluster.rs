@@ -92,7 +92,8 @@ pub struct Cluster {
     pub kafka: Kafka,
     /// The broker's storage when it is durable (declared after `kafka`: dropped after it).
     pub postgres: Option<Postgres>,
-    pub dir: PathBuf,
+    /// The processes' logs; kept when a test fails.
+    pub dir: tempfile::TempDir,
     pub logics: Vec<LogicProc>,
     pub comets: Vec<CometProc>,
     pub jobs: Vec<Proc>,
@@ -137,13 +138,11 @@ impl Cluster {
             (Kafka::start(), None)
         };
         let timers = setup.timers;
-        let dir = std::env::temp_dir().join(format!(
-            "imgate-cluster-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("cluster.toml");
+        let dir = tempfile::Builder::new()
+            .prefix("imgate-cluster-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("cluster.toml");
         std::fs::write(&config, cluster_toml(&redis, &kafka, timers)).unwrap();
         let mut cluster = Cluster {
             redis,
@@ -184,7 +183,7 @@ impl Cluster {
             "--logic-link-bind".into(),
             format!("127.0.0.1:{link_port}"),
         ];
-        let proc = Proc::spawn(&format!("logic-{i}"), args, &self.dir);
+        let proc = Proc::spawn(&format!("logic-{i}"), args, self.dir.path());
         imgate_testkit::wait_for_port(http_port, Duration::from_secs(30), &proc.name);
         self.logics.push(LogicProc {
             proc,
@@ -216,7 +215,7 @@ impl Cluster {
             args.push("--join".into());
             args.push(l.link.to_string());
         }
-        let proc = Proc::spawn(&id, args, &self.dir);
+        let proc = Proc::spawn(&id, args, self.dir.path());
         imgate_testkit::wait_for_port(tcp, Duration::from_secs(30), &id);
         self.comets.push(CometProc {
             proc,
@@ -230,7 +229,7 @@ impl Cluster {
         let i = self.jobs.len() + 1;
         let args = vec!["job".into(), "--config".into(), self.config_arg()];
         self.jobs
-            .push(Proc::spawn(&format!("job-{i}"), args, &self.dir));
+            .push(Proc::spawn(&format!("job-{i}"), args, self.dir.path()));
     }
 
     /// logic `i`'s HTTP address.
@@ -300,10 +299,9 @@ impl Drop for Cluster {
         for l in &mut self.logics {
             l.proc.kill();
         }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("cluster logs kept in {}", self.dir.display());
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("cluster logs kept in {}", self.dir.path().display());
         }
     }
 }
