@@ -4,8 +4,8 @@
 #   PostgreSQL server binaries (Debian package; the durable storage of the broker in the
 #   broker-restart fault test; the tests run their own server, never a system-wide one),
 #   nisshi, a Kafka-protocol broker with in-memory and PostgreSQL storage (built from crates.io
-#   once per machine, ~15 minutes on 2 cores, into ~/.local/imgate-tools; see
-#   ../shared/reference/kafka-brokers.md).
+#   once per machine, ~15 minutes on 2 cores, into ~/.local/imgate-tools; Apache Kafka itself
+#   needs a JVM, and librdkafka's mock cluster lacks the admin API the tests use).
 # Idempotent: a second run does nothing.
 set -euo pipefail
 

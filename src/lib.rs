@@ -1,5 +1,6 @@
-//! The `imgate` binary's library side: running services in one process ([`standalone`]) and a
-//! small blocking goim client ([`client`]) for `imgate sub` and the end-to-end tests.
+//! The `imgate` binary's library side: running services in one process ([`standalone`]), and
+//! the blocking goim client of the `imgate-client` crate ([`client`]) that `imgate sub` and the
+//! end-to-end tests use.
 
 pub mod client;
 pub mod standalone;

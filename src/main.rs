@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use imgate::client::{Client, ClientError, TlsClient, Transport};
 use imgate::standalone::{Gateway, Services};
-use imgate_shared::config::{parse_duration, Config};
+use imgate_shared::config::{parse_duration, BusConfig, Config};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -64,20 +64,20 @@ struct ServiceArgs {
     config: Option<PathBuf>,
     /// comet TCP listen address (repeatable).
     #[arg(long)]
-    tcp_bind: Vec<String>,
+    tcp_bind: Vec<SocketAddr>,
     /// comet WebSocket listen address (repeatable).
     #[arg(long)]
-    ws_bind: Vec<String>,
+    ws_bind: Vec<SocketAddr>,
     /// comet cluster-link listen address (job delivers pushes here).
     #[arg(long)]
-    comet_link_bind: Option<String>,
+    comet_link_bind: Option<SocketAddr>,
     /// logic HTTP API listen address.
     #[arg(long)]
-    http_bind: Option<String>,
+    http_bind: Option<SocketAddr>,
     /// logic cluster-link listen address (comets connect here).
     #[arg(long)]
-    logic_link_bind: Option<String>,
-    /// logic cluster-link address(es) a comet joins (repeatable).
+    logic_link_bind: Option<SocketAddr>,
+    /// logic cluster-link `host:port` a comet joins (repeatable).
     #[arg(long)]
     join: Vec<String>,
     /// comet id in the registry.
@@ -86,6 +86,12 @@ struct ServiceArgs {
     /// Number of comet shards (0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// HS256 secret clients' tokens are signed with (overrides auth.jwt_secret).
+    #[arg(long, env = "IMGATE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Key the business API requires as `Authorization: Bearer` (overrides auth.api_key).
+    #[arg(long, env = "IMGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -140,24 +146,28 @@ impl ServiceArgs {
         if !self.join.is_empty() {
             config.comet.logic_addrs = self.join.clone();
         }
-        let set = |target: &mut String, value: &Option<String>| {
-            if let Some(v) = value {
-                *target = v.clone();
-            }
-        };
-        set(&mut config.comet.link_bind, &self.comet_link_bind);
-        set(&mut config.logic.http_bind, &self.http_bind);
-        set(&mut config.logic.link_bind, &self.logic_link_bind);
-        set(&mut config.comet.id, &self.comet_id);
+        if let Some(addr) = self.comet_link_bind {
+            config.comet.link_bind = addr;
+        }
+        if let Some(addr) = self.http_bind {
+            config.logic.http_bind = addr;
+        }
+        if let Some(addr) = self.logic_link_bind {
+            config.logic.link_bind = addr;
+        }
+        if let Some(id) = &self.comet_id {
+            config.comet.id = Some(id.clone());
+        }
         if let Some(shards) = self.shards {
             config.comet.shards = shards;
         }
-        for (var, target) in [
-            ("IMGATE_JWT_SECRET", &mut config.auth.jwt_secret),
-            ("IMGATE_API_KEY", &mut config.auth.api_key),
+        // An empty variable, like an empty option in a file, sets nothing.
+        for (value, target) in [
+            (&self.jwt_secret, &mut config.auth.jwt_secret),
+            (&self.api_key, &mut config.auth.api_key),
         ] {
-            if let Ok(value) = std::env::var(var) {
-                *target = value;
+            if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
+                *target = Some(value.clone());
             }
         }
         if !self.configured(&config) {
@@ -172,7 +182,7 @@ impl ServiceArgs {
     /// deployment; without any, imgate runs in goim's development mode.
     fn configured(&self, config: &Config) -> bool {
         let auth = &config.auth;
-        self.config.is_some() || auth.tokens_required() || !auth.api_key.is_empty()
+        self.config.is_some() || auth.tokens_required() || auth.api_key.is_some()
     }
 
     /// Secure by default: a configured deployment (a config file, or a secret or API key in
@@ -183,7 +193,7 @@ impl ServiceArgs {
         if !self.configured(config) || auth.insecure {
             return Ok(true);
         }
-        if !auth.tokens_required() || auth.api_key.is_empty() {
+        if !auth.tokens_required() || auth.api_key.is_none() {
             bail!(
                 "a configured deployment needs signed client tokens and an API key: set \
                  auth.jwt_secret (or IMGATE_JWT_SECRET, or auth.jwt_public_key_file) and \
@@ -246,7 +256,7 @@ fn run() -> anyhow::Result<()> {
             let config = args.load()?;
             insecure = args.check_auth(&config)?;
             // The embedded bus only connects logic and job inside one process.
-            let job = config.bus.kind == "embedded";
+            let job = matches!(config.bus, BusConfig::Embedded(_));
             if job {
                 tracing::info!("bus is embedded: job runs inside this logic process");
             }
@@ -254,7 +264,7 @@ fn run() -> anyhow::Result<()> {
         }
         Some(Command::Job(args)) => {
             let config = args.load()?;
-            if config.bus.kind == "embedded" {
+            if matches!(config.bus, BusConfig::Embedded(_)) {
                 bail!(
                     "job needs a bus shared between processes; with bus.kind = \"embedded\" job \
                      runs inside the logic process (`imgate logic` or `imgate`)"
@@ -297,15 +307,11 @@ fn wait_for_signal() -> anyhow::Result<()> {
 
 fn mint_token(args: &TokenArgs) -> anyhow::Result<()> {
     let config = args.service.load()?;
-    if config.auth.jwt_secret.is_empty() {
+    let Some(secret) = &config.auth.jwt_secret else {
         bail!("no secret to sign with: set IMGATE_JWT_SECRET or auth.jwt_secret");
-    }
-    let token = imgate_logic::mint_hs256(
-        config.auth.jwt_secret.as_bytes(),
-        args.mid,
-        args.rooms.clone(),
-        args.ttl,
-    )?;
+    };
+    let token =
+        imgate_logic::mint_hs256(secret.as_bytes(), args.mid, args.rooms.clone(), args.ttl)?;
     println!("{token}");
     Ok(())
 }

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use imgate_bus::kafka::{KafkaConsumer, KafkaProducer};
+use imgate_bus::{BusConsumer, BusProducer};
 use imgate_comet::CometHandle;
 use imgate_job::JobHandle;
 use imgate_logic::LogicHandle;
-use imgate_shared::bus::{self, BusConsumer, BusProducer};
-use imgate_shared::config::Config;
-use imgate_shared::store::{EmbeddedStore, Store, StoreTtl};
+use imgate_shared::config::{BusConfig, Config, StoreBackend, StoreConfig};
+use imgate_store::redis::RedisStore;
+use imgate_store::{embedded, Stores};
 
 /// comet, logic and job running in this process.
 pub struct Gateway {
@@ -39,58 +41,55 @@ impl Services {
     };
 }
 
-async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match config.store.kind.as_str() {
-        "redis" => Arc::new(
-            imgate_logic::RedisStore::connect(&config.store)
+async fn connect_store(config: &StoreConfig) -> anyhow::Result<Stores> {
+    Ok(match &config.backend {
+        StoreBackend::Redis(redis) => Stores::all_in(Arc::new(
+            RedisStore::connect(redis, config)
                 .await
                 .context("connecting to Redis")?,
-        ),
-        _ => Arc::new(
-            EmbeddedStore::new(StoreTtl {
-                session: config.store.session_ttl,
-                online: config.store.online_ttl,
-            })
-            .with_retention(config.store.inbox(), config.store.room_history()),
-        ),
+        )),
+        StoreBackend::Embedded => embedded::stores(config),
     })
 }
 
 /// The bus ends this process needs: the embedded bus only exists within one process, so its
 /// two ends are made together; Kafka ends are made independently.
 async fn connect_bus(
-    config: &Config,
+    config: &BusConfig,
     producer: bool,
     consumer: bool,
 ) -> anyhow::Result<(Option<Arc<dyn BusProducer>>, Option<Box<dyn BusConsumer>>)> {
-    if config.bus.kind == "kafka" {
-        let p: Option<Arc<dyn BusProducer>> = if producer {
-            Some(Arc::new(
-                imgate_job::KafkaProducer::connect(&config.bus.kafka)
-                    .await
-                    .context("connecting the Kafka producer")?,
-            ))
-        } else {
-            None
-        };
-        let c: Option<Box<dyn BusConsumer>> = if consumer {
-            Some(Box::new(
-                imgate_job::KafkaConsumer::connect(&config.bus.kafka)
-                    .context("connecting the Kafka consumer")?,
-            ))
-        } else {
-            None
-        };
-        return Ok((p, c));
+    match config {
+        BusConfig::Kafka(kafka) => {
+            let p: Option<Arc<dyn BusProducer>> = if producer {
+                Some(Arc::new(
+                    KafkaProducer::connect(kafka)
+                        .await
+                        .context("connecting the Kafka producer")?,
+                ))
+            } else {
+                None
+            };
+            let c: Option<Box<dyn BusConsumer>> = if consumer {
+                Some(Box::new(
+                    KafkaConsumer::connect(kafka).context("connecting the Kafka consumer")?,
+                ))
+            } else {
+                None
+            };
+            Ok((p, c))
+        }
+        BusConfig::Embedded(embedded) => {
+            if producer != consumer {
+                bail!(
+                    "with bus.kind = \"embedded\" logic and job must run in the same process \
+                     (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\")"
+                );
+            }
+            let (p, c) = imgate_bus::embedded(embedded.capacity, embedded.publish_timeout);
+            Ok((Some(Arc::new(p)), Some(Box::new(c))))
+        }
     }
-    if producer != consumer {
-        bail!(
-            "with bus.kind = \"embedded\" logic and job must run in the same process \
-             (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\")"
-        );
-    }
-    let (p, c) = bus::embedded(config.bus.capacity, config.bus.publish_timeout);
-    Ok((Some(Arc::new(p)), Some(Box::new(c))))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -116,13 +115,13 @@ impl Gateway {
     pub fn run(mut config: Config, services: Services) -> anyhow::Result<Gateway> {
         let runtime = runtime()?;
         let needs_store = services.logic || services.job;
-        let store = if needs_store {
-            Some(runtime.block_on(connect_store(&config))?)
+        let stores = if needs_store {
+            Some(runtime.block_on(connect_store(&config.store))?)
         } else {
             None
         };
         let (producer, consumer) = if needs_store {
-            runtime.block_on(connect_bus(&config, services.logic, services.job))?
+            runtime.block_on(connect_bus(&config.bus, services.logic, services.job))?
         } else {
             (None, None)
         };
@@ -132,19 +131,19 @@ impl Gateway {
             job: None,
             comet: None,
         };
-        if let (Some(store), Some(producer)) = (&store, producer) {
+        if let (Some(stores), Some(producer)) = (&stores, producer) {
             let logic = gateway
                 .runtime
-                .block_on(imgate_logic::start(&config, store.clone(), producer))
+                .block_on(imgate_logic::start(&config, stores.clone(), producer))
                 .context("starting logic")?;
             config.comet.logic_addrs = vec![logic.link_addr().to_string()];
             gateway.logic = Some(logic);
         }
-        if let (Some(store), Some(consumer)) = (store, consumer) {
-            let job = gateway
-                .runtime
-                .block_on(imgate_job::start(&config, store, consumer))
-                .context("starting job")?;
+        if let (Some(stores), Some(consumer)) = (stores, consumer) {
+            let job =
+                gateway
+                    .runtime
+                    .block_on(imgate_job::start(&config, stores.registry, consumer));
             gateway.job = Some(job);
         }
         if services.comet {

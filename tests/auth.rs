@@ -15,8 +15,8 @@ const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
 
 fn secure_gateway() -> imgate::standalone::Gateway {
     let mut config = test_config();
-    config.auth.jwt_secret = SECRET.into();
-    config.auth.api_key = API_KEY.into();
+    config.auth.jwt_secret = Some(SECRET.into());
+    config.auth.api_key = Some(API_KEY.into());
     imgate::standalone::Gateway::start(config).expect("secure gateway starts")
 }
 
@@ -31,20 +31,16 @@ fn auth_with(token: &str, mid_claimed: i64, key: &str, room: &str) -> String {
 
 /// An authorised POST: logic's envelope, HTTP 200 expected.
 fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+    let bearer = format!("Bearer {API_KEY}");
+    let answer = request(
+        addr,
+        "POST",
+        path,
+        &[("Authorization", &bearer)],
+        body.as_bytes(),
     );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    let body = raw.split_once("\r\n\r\n").unwrap().1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    answer.json
 }
 
 #[test]
@@ -154,9 +150,8 @@ fn the_business_api_needs_the_api_key_and_the_weighted_node_list_does_not() {
 
 #[test]
 fn a_configured_deployment_refuses_to_start_insecure_and_imgate_token_mints_a_working_token() {
-    let dir = std::env::temp_dir().join(format!("imgate-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("imgate.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
     std::fs::write(&file, "[comet]\nshards = 1\n").unwrap();
     let out = Command::new(IMGATE)
         .args(["--config", file.to_str().unwrap()])
@@ -187,7 +182,6 @@ fn a_configured_deployment_refuses_to_start_insecure_and_imgate_token_mints_a_wo
         1
     );
     g.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

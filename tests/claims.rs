@@ -1,4 +1,4 @@
-//! Claiming a connection key at the same instant (issue 11, item 6), end to end: real clients
+//! Claiming a connection key at the same instant, end to end: real clients
 //! on their own threads send their auth frames together, many times over, against a gateway
 //! on the embedded store and one on a real redis-server.
 //!
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use imgate::client::{Client, ClientError, Transport};
 use imgate::standalone::Gateway;
+use imgate_shared::config::{RedisConfig, StoreBackend};
 use imgate_testkit::Redis;
 use support::*;
 
@@ -31,11 +32,13 @@ struct Setup<'a> {
 fn start(setup: &Setup<'_>) -> Gateway {
     let mut config = test_config();
     if setup.tokens {
-        config.auth.jwt_secret = SECRET.into();
+        config.auth.jwt_secret = Some(SECRET.into());
     }
     if let Some(redis) = setup.redis {
-        config.store.kind = "redis".into();
-        config.store.redis.urls = vec![redis.url()];
+        config.store.backend = StoreBackend::Redis(RedisConfig {
+            urls: vec![redis.url()],
+            ..RedisConfig::default()
+        });
     }
     Gateway::start(config).expect("gateway starts")
 }
@@ -300,7 +303,7 @@ fn one_user_connecting_twice_through_two_comets_keeps_exactly_one_connection() {
         redis: None,
     });
     let mut config = test_config().comet;
-    config.id = "second-comet".into();
+    config.id = Some("second-comet".into());
     config.logic_addrs = vec![g.logic_link_addr().to_string()];
     let second = imgate_comet::start(&config).expect("second comet starts");
     g.wait_for_links(2, WAIT).expect("job links both comets");

@@ -163,8 +163,8 @@ fn run_to_exit(args: &[String]) -> (std::process::ExitStatus, String) {
     (status, stderr)
 }
 
-/// Issue 11, item 10: a second `imgate` on the ports of a first said only `Error: starting
-/// logic` and `Caused by:` with nothing after it.
+/// A second `imgate` on the ports of a first says which listener failed and why on one line,
+/// never an empty cause.
 #[test]
 fn a_start_up_failure_names_what_failed_and_why_and_exits_non_zero() {
     let ports: Vec<String> = (0..5).map(|_| free_port().to_string()).collect();
@@ -228,4 +228,43 @@ fn a_start_up_failure_names_what_failed_and_why_and_exits_non_zero() {
     );
     let _ = first.kill();
     let _ = first.wait();
+}
+
+/// A bad configuration stops imgate before it binds anything, with one line that names the
+/// file, the option and what is wrong with it.
+#[test]
+fn a_bad_configuration_names_the_file_and_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
+    let file_arg = file.display().to_string();
+    for (text, expected) in [
+        (
+            "[comet]\nmax_body = 0\n",
+            "comet.max_body: must be between 1 and 16 MiB",
+        ),
+        (
+            "[comet]\ntcp_bind = [\"localhost:3101\"]\n",
+            "comet.tcp_bind: invalid socket address syntax",
+        ),
+        (
+            "[store]\nkind = \"postgres\"\n",
+            "store.kind: unknown variant `postgres`",
+        ),
+        (
+            "[logic]\nheartbeat = \"4\"\n",
+            "logic.heartbeat: invalid value",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let (status, stderr) = run_to_exit(&["--config".into(), file_arg.clone()]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("Error: "))
+            .unwrap_or_else(|| panic!("no error line in {stderr:?}"));
+        assert!(
+            line.starts_with(&format!("Error: {file_arg}: {expected}")),
+            "{line}"
+        );
+    }
 }

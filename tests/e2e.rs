@@ -451,7 +451,7 @@ fn online_and_node_endpoints_describe_the_cluster() {
     g.shutdown();
 }
 
-/// Issue 11, item 9: `/goim/nodes/weighted` said 3101/3102 whatever the comet listened on.
+/// `/goim/nodes/weighted` names the ports the comet listens on, not goim's fixed 3101/3102.
 #[test]
 fn the_node_list_advertises_the_ports_the_comet_listens_on() {
     let g = gateway();

@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use imgate::client::{Client, Transport};
+use imgate_shared::config::{RedisConfig, StoreBackend};
 use imgate_shared::frame::op;
 use support::*;
 
@@ -19,8 +20,10 @@ const WAIT: Duration = Duration::from_secs(5);
 fn gateways() -> Vec<(imgate::standalone::Gateway, Option<imgate_testkit::Redis>)> {
     let redis = imgate_testkit::Redis::start();
     let mut config = test_config();
-    config.store.kind = "redis".into();
-    config.store.redis.urls = vec![redis.url()];
+    config.store.backend = StoreBackend::Redis(RedisConfig {
+        urls: vec![redis.url()],
+        ..RedisConfig::default()
+    });
     let on_redis = imgate::standalone::Gateway::start(config).expect("gateway on Redis starts");
     vec![(gateway(), None), (on_redis, Some(redis))]
 }

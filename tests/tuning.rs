@@ -1,7 +1,7 @@
 //! `tuning/apply.sh` and `tuning/check.sh` on a sysctl tree of their own (`SYSCTL_ROOT`), so
-//! the host is left alone (issue 11, item 11): apply.sh widened the ephemeral port range over
-//! imgate's ports without reserving them, so an outgoing connection could hold 3101 or 3111
-//! and the next imgate start failed to bind; check.sh did not notice.
+//! the host is left alone: widening the ephemeral port range must reserve imgate's ports, or an
+//! outgoing connection could hold 3101 or 3111 and the next imgate start would fail to bind;
+//! check.sh must notice when they are not reserved.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,14 +9,20 @@ use std::process::{Command, Output};
 /// A fake `/proc/sys` with what the scripts read, as a freshly booted host has it.
 struct SysctlTree {
     root: PathBuf,
+    /// Holds `root`; removed with the tree.
+    _dir: tempfile::TempDir,
 }
 
 impl SysctlTree {
     fn new(name: &str) -> SysctlTree {
-        let root =
-            std::env::temp_dir().join(format!("imgate-tuning-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let tree = SysctlTree { root };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("imgate-tuning-{name}-"))
+            .tempdir()
+            .unwrap();
+        let tree = SysctlTree {
+            root: dir.path().to_path_buf(),
+            _dir: dir,
+        };
         for (key, value) in [
             ("fs.file-max", "9223372036854775807"),
             ("fs.nr_open", "1048576"),
@@ -69,12 +75,6 @@ impl SysctlTree {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
-    }
-}
-
-impl Drop for SysctlTree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 

@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 use crate::cpus::{self, CpuSet};
 use crate::metrics::Endpoint;
 use crate::pusher::PushKind;
-use crate::wire::Transport;
+use imgate_client::Transport;
 
 /// Scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -268,7 +268,7 @@ impl Args {
     pub fn targets(&self) -> Vec<SocketAddr> {
         let (given, default) = match self.transport {
             Transport::Tcp => (&self.tcp_addr, "127.0.0.1:3101"),
-            Transport::Ws => (&self.ws_addr, "127.0.0.1:3102"),
+            Transport::WebSocket => (&self.ws_addr, "127.0.0.1:3102"),
         };
         if given.is_empty() {
             vec![default.parse().expect("valid default address")]

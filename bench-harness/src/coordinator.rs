@@ -15,13 +15,13 @@ use serde_json::{json, Value};
 use crate::cli::{Args, Preset};
 use crate::cpus::{self, CpuSet};
 use crate::floor::{self, FloorConfig, FloorResult};
+use crate::messages::{Counters, Report, WorkerConfig, MAX_PHASES};
 use crate::metrics;
 use crate::payload;
 use crate::procstat::{self, ProcSample};
 use crate::pusher::{self, PushKind, PushPlan};
 use crate::report;
 use crate::results::{Final, HoldData, Merged, PhaseData, PhaseWrites, WriteCost};
-use crate::worker::{Counters, Report, WorkerConfig, MAX_PHASES};
 
 /// Runs the scenario `args` names and returns its report.
 pub fn run(args: &Args) -> anyhow::Result<Value> {

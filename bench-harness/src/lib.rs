@@ -9,9 +9,12 @@
 //! what plain loopback socket writes cost, in processes pinned with [`cpus`].
 
 pub mod cli;
+mod client;
 pub mod coordinator;
 pub mod cpus;
+mod exec;
 pub mod floor;
+pub mod messages;
 pub mod metrics;
 pub mod payload;
 pub mod procstat;
@@ -19,5 +22,4 @@ pub mod pusher;
 pub mod report;
 pub mod results;
 pub mod tally;
-pub mod wire;
 pub mod worker;

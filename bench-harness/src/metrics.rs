@@ -12,11 +12,11 @@
 //! `name{label="value",…} value [timestamp]`, label values with `\\`, `\"` and `\n` escapes.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use imgate_client::http::HttpClient;
 use serde::Serialize;
 
 /// Socket writes that sent bytes to clients.
@@ -24,8 +24,6 @@ pub const WRITES: &str = "imgate_writes_total";
 /// Bytes those writes sent.
 pub const BYTES: &str = "imgate_bytes_sent_total";
 
-/// The most a metrics answer may hold.
-const MAX_ANSWER: usize = 32 << 20;
 /// How long one scrape may take, connect included.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -151,11 +149,16 @@ impl Window {
 
 /// One endpoint's counters.
 fn read(endpoint: &Endpoint) -> Result<Writes, String> {
-    let (status, body) = get(endpoint.addr, &endpoint.path).map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(format!("HTTP {status}"));
+    // One connection per scrape: scrapes are seconds apart.
+    let headers = [("Accept", "text/plain"), ("Connection", "close")];
+    let answer = HttpClient::new(endpoint.addr)
+        .timeout(SCRAPE_TIMEOUT)
+        .request("GET", &endpoint.path, &headers, b"")
+        .map_err(|e| e.to_string())?;
+    if answer.status != 200 {
+        return Err(format!("HTTP {}", answer.status));
     }
-    let text = String::from_utf8_lossy(&body);
+    let text = String::from_utf8_lossy(&answer.body);
     let sum = |name: &str| match sum(&text, name) {
         Ok(Some(v)) if v.is_finite() && v >= 0.0 => Ok(v.round() as u64),
         Ok(Some(v)) => Err(format!("{name} is {v}")),
@@ -312,107 +315,10 @@ fn parse_value(s: &str) -> Option<f64> {
     }
 }
 
-/// One GET with `Connection: close`, read to the end: the status and the body (de-chunked).
-/// A scrape is one request per connection, unlike the pushes' kept-alive client.
-fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, Vec<u8>)> {
-    let deadline = Instant::now() + SCRAPE_TIMEOUT;
-    let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)?;
-    stream.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "scrape timed out"));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&chunk[..n]);
-        if answer.len() > MAX_ANSWER {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "answer above 32 MiB",
-            ));
-        }
-        // A server that keeps the connection open anyway: stop at the end of the answer.
-        if let Ok(done) = parse_answer(&answer, false) {
-            return Ok(done);
-        }
-    }
-    parse_answer(&answer, true)
-}
-
-/// Splits an HTTP/1.1 answer into status and body; an error while it is incomplete. `ended`:
-/// the server closed the connection, which ends a body that has neither length nor chunks.
-fn parse_answer(answer: &[u8], ended: bool) -> io::Result<(u16, Vec<u8>)> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let end = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("answer without a complete head"))?;
-    let head = std::str::from_utf8(&answer[..end]).map_err(|_| bad("answer head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    let (mut chunked, mut length) = (false, None);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    let body = &answer[end + 4..];
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| bad("broken chunked body"))?
-    } else {
-        match length {
-            Some(n) if n <= body.len() => body[..n].to_vec(),
-            Some(_) => return Err(bad("answer shorter than its Content-Length")),
-            None if ended => body.to_vec(),
-            None => return Err(bad("answer not ended yet")),
-        }
-    };
-    Ok((status, body))
-}
-
-/// Decodes a chunked body (extensions and trailers ignored).
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size_text = size_text.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        if body.len() < size + 2 || &body[size..size + 2] != b"\r\n" {
-            return None;
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     const EXPOSITION: &str = "\
@@ -496,25 +402,6 @@ other_metric{le=\"+Inf\"} +Inf
         assert_eq!(e.path, "/x/y");
         assert!("https://127.0.0.1:1/metrics".parse::<Endpoint>().is_err());
         assert!("http://127.0.0.1/metrics".parse::<Endpoint>().is_err());
-    }
-
-    #[test]
-    fn answers_split_into_status_and_body_chunked_or_not() {
-        let (s, b) =
-            parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcdef", false).unwrap();
-        assert_eq!((s, b.as_slice()), (200, &b"abc"[..]));
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nimga\r\n2;x=1\r\nte\r\n0\r\n\r\n";
-        assert_eq!(parse_answer(chunked, false).unwrap().1, b"imgate");
-        let (s, b) = parse_answer(b"HTTP/1.0 404 Not Found\r\n\r\nnope", true).unwrap();
-        assert!(parse_answer(b"HTTP/1.0 404 Not Found\r\n\r\nno", false).is_err());
-        assert_eq!((s, b.as_slice()), (404, &b"nope"[..]));
-        assert!(parse_answer(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nim",
-            true
-        )
-        .is_err());
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nabc", true).is_err());
-        assert!(parse_answer(b"HTTP/1.1 200", true).is_err());
     }
 
     /// Serves `answers` in turn, one per connection.

@@ -1,13 +1,14 @@
 //! Drives pushes through logic's HTTP API at a fixed rate (or as fast as answers come), over a
-//! few HTTP/1.1 keep-alive connections on plain blocking sockets, one thread each.
+//! few HTTP/1.1 keep-alive connections ([`HttpClient`]) on plain blocking sockets, one thread
+//! each.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use imgate_client::http::{HttpClient, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::payload::{self, Stamp};
@@ -157,12 +158,12 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
                     let answer = client.post(&plan.path(seq), &body);
                     tally::record(&mut http_us, t0.elapsed().as_micros() as u64);
                     let result = match answer {
-                        Ok((200, body)) if code_is_zero(&body) => PushResult {
+                        Ok(Response { status: 200, body }) if code_is_zero(&body) => PushResult {
                             seq,
                             accepted: true,
                             routed: connections(&body),
                         },
-                        Ok((status, body)) => {
+                        Ok(Response { status, body }) => {
                             if errors.len() < 5 {
                                 errors.push(format!(
                                     "push {seq}: HTTP {status} {}",
@@ -222,133 +223,9 @@ fn connections(body: &[u8]) -> Option<u32> {
         .map(|n| n as u32)
 }
 
-/// A minimal HTTP/1.1 client: POST with a body over one keep-alive connection, reconnecting
-/// when the server closed it. Answers must carry `Content-Length` (axum's do).
-pub struct HttpClient {
-    addr: SocketAddr,
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
-}
-
-impl HttpClient {
-    pub fn new(addr: SocketAddr) -> HttpClient {
-        HttpClient {
-            addr,
-            stream: None,
-            buf: Vec::with_capacity(4096),
-        }
-    }
-
-    /// POSTs `body` to `path`; returns the status and the answer's body.
-    pub fn post(&mut self, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(body);
-        // A kept-alive connection the server closed fails on first use: try once more fresh.
-        let reused = self.stream.is_some();
-        match self.exchange(&request) {
-            Err(_) if reused => {
-                self.stream = None;
-                self.exchange(&request)
-            }
-            other => other,
-        }
-    }
-
-    fn exchange(&mut self, request: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.set_write_timeout(Some(Duration::from_secs(10)))?;
-            self.stream = Some(s);
-            self.buf.clear();
-        }
-        let result = self.exchange_on_stream(request);
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
-    }
-
-    fn exchange_on_stream(&mut self, request: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-        let stream = self.stream.as_mut().expect("connected above");
-        stream.write_all(request)?;
-        let (status, head_len, body_len, close) = loop {
-            if let Some(parsed) = parse_head(&self.buf)? {
-                break parsed;
-            }
-            read_more(stream, &mut self.buf)?;
-        };
-        while self.buf.len() < head_len + body_len {
-            read_more(stream, &mut self.buf)?;
-        }
-        let body = self.buf[head_len..head_len + body_len].to_vec();
-        self.buf.drain(..head_len + body_len);
-        if close {
-            self.stream = None;
-        }
-        Ok((status, body))
-    }
-}
-
-fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
-    let mut chunk = [0u8; 8192];
-    let n = stream.read(&mut chunk)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "server closed the connection",
-        ));
-    }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
-}
-
-/// Parses a response head: `(status, head length, Content-Length, Connection: close)`, or
-/// `None` while the head is incomplete.
-fn parse_head(buf: &[u8]) -> io::Result<Option<(u16, usize, usize, bool)>> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if buf.len() > 64 * 1024 {
-            return Err(bad("response head over 64 KiB"));
-        }
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    let (mut length, mut close) = (None, false);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().ok();
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(bad("chunked answers are not supported"));
-        }
-    }
-    let length = length.ok_or_else(|| bad("answer without Content-Length"))?;
-    Ok(Some((status, end + 4, length, close)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     fn plan(kind: PushKind) -> PushPlan {
         PushPlan {
@@ -389,76 +266,12 @@ mod tests {
     }
 
     #[test]
-    fn heads_parse_and_partial_heads_wait() {
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"code\":0}x";
-        assert_eq!(parse_head(answer).unwrap(), Some((200, 71, 11, false)));
-        assert_eq!(parse_head(&answer[..30]).unwrap(), None);
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+    fn answers_are_read_for_their_code_and_connections() {
         assert!(code_is_zero(b"{\"code\":0,\"message\":\"\"}"));
         assert!(!code_is_zero(b"{\"code\":-500}"));
         assert_eq!(
             connections(b"{\"code\":0,\"data\":{\"connections\":3}}"),
             Some(3)
-        );
-    }
-
-    /// A keep-alive server that answers two requests on one connection, then closes it: the
-    /// client must send the third on a new connection.
-    #[test]
-    fn keeps_alive_and_reconnects_after_a_close() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for conn in 0..2 {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut buf = Vec::new();
-                let requests = if conn == 0 { 2 } else { 1 };
-                for _ in 0..requests {
-                    loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("Content-Length: "))
-                                .unwrap()
-                                .parse()
-                                .unwrap();
-                            if buf.len() >= end + 4 + len {
-                                seen.push(head.lines().next().unwrap().to_string());
-                                buf.drain(..end + 4 + len);
-                                break;
-                            }
-                        }
-                        let mut chunk = [0u8; 1024];
-                        let n = s.read(&mut chunk).unwrap();
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    let body = b"{\"code\":0,\"data\":{\"connections\":1}}";
-                    write!(
-                        s,
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .unwrap();
-                    s.write_all(body).unwrap();
-                }
-            }
-            seen
-        });
-        let mut client = HttpClient::new(addr);
-        for i in 0..3 {
-            let (status, body) = client.post(&format!("/p{i}"), b"{}").unwrap();
-            assert_eq!(status, 200);
-            assert_eq!(connections(&body), Some(1));
-        }
-        assert_eq!(
-            server.join().unwrap(),
-            [
-                "POST /p0 HTTP/1.1",
-                "POST /p1 HTTP/1.1",
-                "POST /p2 HTTP/1.1"
-            ]
         );
     }
 }

@@ -15,12 +15,12 @@ use serde_json::{json, Value};
 
 use crate::cli::Args;
 use crate::floor::FloorResult;
+use crate::messages::Counters;
 use crate::metrics::Endpoint;
 use crate::procstat::ProcSample;
 use crate::pusher::PushKind;
 use crate::results::{HoldData, Merged, PhaseData, PhaseWrites, WriteCost};
 use crate::tally::Percentiles;
-use crate::worker::Counters;
 
 /// Everything a report is made of.
 pub struct Inputs<'a> {

@@ -5,10 +5,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::floor::FloorResult;
+use crate::messages::Counters;
 use crate::metrics::{self, Writes};
 use crate::pusher::{PushKind, PushOutcome, PushPlan};
 use crate::tally::{self, DeliveryCheck, Percentiles, PushCounts};
-use crate::worker::Counters;
 
 /// What the idle hold saw.
 pub struct HoldData {

@@ -18,23 +18,21 @@ const HARNESS: &str = env!("CARGO_BIN_EXE_bench-harness");
 
 fn gateway() -> Gateway {
     let mut c = Config::default();
-    c.comet.tcp_bind = vec!["127.0.0.1:0".into()];
-    c.comet.ws_bind = vec!["127.0.0.1:0".into()];
-    c.comet.link_bind = "127.0.0.1:0".into();
+    c.comet.tcp_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.ws_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.link_bind = ([127, 0, 0, 1], 0).into();
     c.comet.shards = 2;
     c.comet.pin = false;
-    c.logic.http_bind = "127.0.0.1:0".into();
-    c.logic.link_bind = "127.0.0.1:0".into();
+    c.logic.http_bind = ([127, 0, 0, 1], 0).into();
+    c.logic.link_bind = ([127, 0, 0, 1], 0).into();
     c.job.registry_interval = Duration::from_millis(100);
     Gateway::start(c).expect("gateway starts")
 }
 
 /// Runs the harness with `args` and returns its JSON report.
 fn harness(name: &str, args: &[String]) -> Value {
-    let json = std::env::temp_dir().join(format!(
-        "bench-harness-test-{name}-{}.json",
-        std::process::id()
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join(format!("{name}.json"));
     let out = Command::new(HARNESS)
         .args(args)
         .args(["--no-pin", "--settle", "0.3", "--json"])
@@ -48,7 +46,6 @@ fn harness(name: &str, args: &[String]) -> Value {
         "bench-harness failed\n{stdout}\n{stderr}"
     );
     let text = std::fs::read_to_string(&json).expect("report written");
-    let _ = std::fs::remove_file(&json);
     let report: Value = serde_json::from_str(&text).expect("report is JSON");
     eprintln!("{stdout}");
     report
@@ -414,10 +411,8 @@ fn comet_s_own_write_counts_set_the_floor_size_and_the_ratio() {
 
 /// Runs the harness under `ulimit -n files` (soft and hard) and returns its report.
 fn harness_with_open_files(name: &str, files: u32, args: &[&str]) -> Value {
-    let json = std::env::temp_dir().join(format!(
-        "bench-harness-test-{name}-{}.json",
-        std::process::id()
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join(format!("{name}.json"));
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
@@ -430,7 +425,6 @@ fn harness_with_open_files(name: &str, files: u32, args: &[&str]) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench-harness failed\n{stderr}");
     let text = std::fs::read_to_string(&json).expect("report written");
-    let _ = std::fs::remove_file(&json);
     serde_json::from_str(&text).expect("report is JSON")
 }
 

@@ -9,8 +9,8 @@ mod conn;
 mod connection;
 mod delivery;
 mod fanout;
-/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
-#[doc(hidden)]
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod handshake;
 mod heartbeat;
@@ -163,26 +163,23 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     } else {
         config.shards
     };
-    let tls = if config.tls_cert_file.is_empty() {
-        None
-    } else {
-        let server = imgate_shared::tls::server_config(
-            config.tls_cert_file.as_ref(),
-            config.tls_key_file.as_ref(),
-            &[],
-        )?;
-        Some(futures_rustls::TlsAcceptor::from(server))
+    let tls = match config.tls_files() {
+        None => None,
+        Some((cert, key)) => {
+            let server = imgate_shared::tls::server_config(cert, key, &[])?;
+            Some(futures_rustls::TlsAcceptor::from(server))
+        }
     };
-    let no_tls: &[String] = &[];
+    let no_tls: &[SocketAddr] = &[];
     let (wss_bind, tcp_tls_bind) = match tls {
         Some(_) => (&config.wss_bind[..], &config.tcp_tls_bind[..]),
         None => (no_tls, no_tls),
     };
     let client_options = listener::ClientOptions::from_config(config);
-    let bind_all = |specs: &[String]| {
-        specs
+    let bind_all = |addrs: &[SocketAddr]| {
+        addrs
             .iter()
-            .map(|a| listener::bind_group(a, shards, config.backlog, client_options))
+            .map(|a| listener::bind_group(*a, shards, config.backlog, client_options))
             .collect::<Result<Vec<_>, _>>()
     };
     let tcp = bind_all(&config.tcp_bind)?;
@@ -190,22 +187,20 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     let wss = bind_all(wss_bind)?;
     let tcp_tls = bind_all(tcp_tls_bind)?;
     let link = listener::bind_group(
-        &config.link_bind,
+        config.link_bind,
         shards,
         config.backlog,
         listener::ClientOptions::default(),
     )?;
 
-    let id = if config.id.is_empty() {
-        format!("comet-{}-{}", hostname(), link.addr.port())
-    } else {
-        config.id.clone()
-    };
-    let link_advertise = if config.link_advertise.is_empty() {
-        link.addr.to_string()
-    } else {
-        config.link_advertise.clone()
-    };
+    let id = config
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("comet-{}-{}", hostname(), link.addr.port()));
+    let link_advertise = config
+        .link_advertise
+        .clone()
+        .unwrap_or_else(|| link.addr.to_string());
     let tcp_addrs: Vec<SocketAddr> = tcp.iter().map(|g| g.addr).collect();
     let ws_addrs: Vec<SocketAddr> = ws.iter().map(|g| g.addr).collect();
     let wss_addrs: Vec<SocketAddr> = wss.iter().map(|g| g.addr).collect();

@@ -144,9 +144,9 @@ fn memory_probe_idle_connections() {
         .unwrap_or(2000);
     let logic = logic_stand_in();
     let config = CometConfig {
-        tcp_bind: vec!["127.0.0.1:0".into()],
+        tcp_bind: vec![([127, 0, 0, 1], 0).into()],
         ws_bind: vec![],
-        link_bind: "127.0.0.1:0".into(),
+        link_bind: ([127, 0, 0, 1], 0).into(),
         logic_addrs: vec![logic.to_string()],
         shards: 1,
         ..Default::default()

@@ -273,9 +273,9 @@ fn comet_serves_tcp_and_websocket_clients() {
     let disconnects = seen.disconnects.clone();
     let logic = fake_logic(seen);
     let config = CometConfig {
-        tcp_bind: vec!["127.0.0.1:0".into()],
-        ws_bind: vec!["127.0.0.1:0".into()],
-        link_bind: "127.0.0.1:0".into(),
+        tcp_bind: vec![([127, 0, 0, 1], 0).into()],
+        ws_bind: vec![([127, 0, 0, 1], 0).into()],
+        link_bind: ([127, 0, 0, 1], 0).into(),
         logic_addrs: vec![logic.to_string()],
         shards: 2,
         pin: false,
@@ -444,9 +444,9 @@ fn comet_serves_tcp_and_websocket_clients() {
 
 fn small_config(logic: SocketAddr) -> CometConfig {
     CometConfig {
-        tcp_bind: vec!["127.0.0.1:0".into()],
-        ws_bind: vec!["127.0.0.1:0".into()],
-        link_bind: "127.0.0.1:0".into(),
+        tcp_bind: vec![([127, 0, 0, 1], 0).into()],
+        ws_bind: vec![([127, 0, 0, 1], 0).into()],
+        link_bind: ([127, 0, 0, 1], 0).into(),
         logic_addrs: vec![logic.to_string()],
         shards: 1,
         pin: false,

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use imgate_shared::bus::DeliveryGuard;
+use imgate_bus::DeliveryGuard;
 use imgate_shared::link::{self, Body, Envelope, LinkHello};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 
-use crate::stats::{add, Counters};
+use crate::stats::Counters;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -89,13 +89,13 @@ impl LinkedShards {
 
     fn connected(&self, counters: &Counters) {
         if self.up.fetch_add(1, Ordering::Relaxed) + 1 == self.shards {
-            counters.connected.fetch_add(1, Ordering::Relaxed);
+            counters.connected.inc();
         }
     }
 
     fn disconnected(&self, counters: &Counters) {
         if self.up.fetch_sub(1, Ordering::Relaxed) == self.shards {
-            counters.connected.fetch_sub(1, Ordering::Relaxed);
+            counters.connected.sub(1);
         }
     }
 }
@@ -302,7 +302,7 @@ async fn run(
                 if frames.is_closed() {
                     let lost = frames.len() as u64;
                     if lost > 0 {
-                        add(&counters.link_write_failed, lost);
+                        counters.link_write_failed.add(lost);
                         tracing::warn!(comet = %id, %addr, lost, %error, "comet link closed while unreachable; queued frames lost");
                     }
                     return;
@@ -392,7 +392,7 @@ async fn pump(
                 // Taken off the queue either way: written, or given up with the connection.
                 queued_bytes.fetch_sub(written, Ordering::Relaxed);
                 if let Err(e) = result {
-                    add(&counters.link_write_failed, in_batch);
+                    counters.link_write_failed.add(in_batch);
                     tracing::warn!(error = %e, frames = in_batch, "comet link write failed; frames of this write given up");
                     return Ended::Broken;
                 }

@@ -7,28 +7,26 @@
 //! queue ([`comet_link`]), so a slow comet fills its own queue (counted) instead of stalling the
 //! others.
 //!
-//! Delivery is tracked end to end for the Kafka bus ([`kafka`]): every bus message's
+//! Delivery is tracked end to end for the Kafka bus: every bus message's
 //! [`DeliveryGuard`] travels with the link frames it became and is dropped only once every
 //! comet it was for wrote it to its socket (or it was given up on, counted), so the bus commits
 //! nothing before it was delivered (at least once). With the embedded bus the guards are
 //! untracked and change nothing.
 
 mod comet_link;
-pub mod kafka;
 mod pacing;
 mod registry;
 mod room;
 mod stats;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgate_shared::bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
+use imgate_bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
 use imgate_shared::config::{Config, JobConfig};
 use imgate_shared::frame;
 use imgate_shared::link::{Body, Broadcast, PushKeys};
-use imgate_shared::store::Store;
+use imgate_store::RegistryStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -37,20 +35,12 @@ use comet_link::{Guards, LinkFrame};
 use pacing::Budget;
 use registry::Registry;
 use room::{Batch, Pacing, RoomBatcher};
-use stats::{add, Counters};
+use stats::Counters;
 
-pub use kafka::{KafkaConsumer, KafkaProducer};
 pub use stats::JobStats;
 
 /// Least time between registry reads triggered by pushes for unknown comets.
 const ON_DEMAND_REFRESH_GAP: Duration = Duration::from_millis(50);
-
-/// Why job could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("invalid job configuration: {0}")]
-    Config(String),
-}
 
 /// A running job.
 pub struct JobHandle {
@@ -62,7 +52,7 @@ pub struct JobHandle {
 impl JobHandle {
     /// Comets with an open (connected) link right now.
     pub fn comet_count(&self) -> usize {
-        self.counters.connected.load(Ordering::Relaxed)
+        self.counters.connected.get() as usize
     }
 
     /// Counters since start.
@@ -79,27 +69,21 @@ impl JobHandle {
 }
 
 /// Starts job on the current tokio runtime: reads the comet registry, links every comet and
-/// consumes `consumer` until shutdown or until the bus closes.
+/// consumes `consumer` until shutdown or until the bus closes. `config` is as
+/// [`Config::validate`] accepts it.
 pub async fn start(
     config: &Config,
-    store: Arc<dyn Store>,
+    registry: Arc<dyn RegistryStore>,
     consumer: Box<dyn BusConsumer>,
-) -> Result<JobHandle, JobError> {
+) -> JobHandle {
     let job = config.job.clone();
-    if job.room_batch == 0 || job.comet_queue == 0 {
-        return Err(JobError::Config(
-            "job.room_batch and job.comet_queue must be > 0".into(),
-        ));
-    }
-    let counters = Arc::new(Counters {
-        room_budget_permille: 1000.into(),
-        ..Default::default()
-    });
+    let counters = Arc::new(Counters::default());
+    counters.room_budget_permille.set(1000);
     let limits = comet_link::QueueLimits {
         frames: job.comet_queue,
         bytes: job.comet_queue_bytes.max(1),
     };
-    let mut registry = Registry::new(store, counters.clone(), limits);
+    let mut registry = Registry::new(registry, counters.clone(), limits);
     registry.refresh().await;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = Router {
@@ -115,11 +99,11 @@ pub async fn start(
         logged: None,
     };
     let task = tokio::spawn(router.run(job, consumer, shutdown_rx));
-    Ok(JobHandle {
+    JobHandle {
         counters,
         shutdown,
         task,
-    })
+    }
 }
 
 struct Router {
@@ -219,11 +203,10 @@ impl Router {
         self.batcher.set_share(share);
         self.counters
             .room_budget_permille
-            .store((share * 1000.0).round() as u64, Ordering::Relaxed);
-        self.counters.busiest_shard_permille.store(
-            (self.budget.busy().unwrap_or(busy) * 1000.0).round() as u64,
-            Ordering::Relaxed,
-        );
+            .set((share * 1000.0).round() as u64);
+        self.counters
+            .busiest_shard_permille
+            .set((self.budget.busy().unwrap_or(busy) * 1000.0).round() as u64);
         let now = Instant::now();
         let due = self.logged.is_none_or(|(at, logged)| {
             now.duration_since(at) >= PACING_LOG_EVERY && (share / logged - 1.0).abs() > 0.05
@@ -245,7 +228,7 @@ impl Router {
     }
 
     async fn route(&mut self, message: BusMessage, guard: DeliveryGuard) {
-        add(&self.counters.consumed, 1);
+        self.counters.consumed.add(1);
         match message.push {
             Some(Push::Keys(push)) => {
                 // A stored push carries the user's inbox sequence in the header's seq field.
@@ -257,7 +240,7 @@ impl Router {
                         .await;
                 }
                 if !self.registry.contains(&push.comet) {
-                    add(&self.counters.undeliverable, 1);
+                    self.counters.undeliverable.add(1);
                     tracing::warn!(comet = %push.comet, "keys push for an unknown comet is undeliverable");
                 } else {
                     // Each shard's keys go on that shard's link; the guard drops after the
@@ -278,12 +261,12 @@ impl Router {
                                 .send_to(&push.comet, shard, &link_frame, guards.clone());
                     }
                     if sent {
-                        add(&self.counters.keys_pushes, 1);
+                        self.counters.keys_pushes.add(1);
                     }
                 }
             }
             Some(Push::Room(push)) => {
-                add(&self.counters.room_messages, 1);
+                self.counters.room_messages.add(1);
                 if let Some(batch) = self.batcher.push(
                     &push.room,
                     push.op,
@@ -298,7 +281,7 @@ impl Router {
             Some(Push::All(push)) => {
                 let comets = self.registry.len();
                 if comets == 0 {
-                    add(&self.counters.undeliverable, 1);
+                    self.counters.undeliverable.add(1);
                     tracing::warn!(
                         op = push.op,
                         "broadcast with no comet known is undeliverable"
@@ -316,7 +299,7 @@ impl Router {
                 }));
                 self.registry
                     .send_to_all(&link_frame, &Arc::new(vec![guard]));
-                add(&self.counters.broadcasts, 1);
+                self.counters.broadcasts.add(1);
             }
             Some(Push::Close(close)) => {
                 // A comet that left has closed its connections already.
@@ -329,7 +312,7 @@ impl Router {
                     .send_to(&comet, shard, &link_frame, Arc::new(vec![guard]));
             }
             None => {
-                add(&self.counters.undeliverable, 1);
+                self.counters.undeliverable.add(1);
                 tracing::warn!("bus message without a push; skipped");
             }
         }
@@ -340,13 +323,13 @@ impl Router {
     fn send_room(&self, batch: Batch) {
         let Batch { push, guards } = batch;
         if self.registry.len() == 0 {
-            add(&self.counters.undeliverable, u64::from(push.count));
+            self.counters.undeliverable.add(u64::from(push.count));
             tracing::warn!(room = %push.room, messages = push.count, "room batch with no comet known is undeliverable");
             return;
         }
         let link_frame = LinkFrame::new(Body::PushRoom(push));
         let guards: Guards = Arc::new(guards);
         self.registry.send_to_all(&link_frame, &guards);
-        add(&self.counters.room_batches, 1);
+        self.counters.room_batches.add(1);
     }
 }

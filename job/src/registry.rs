@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use imgate_shared::store::Store;
+use imgate_store::RegistryStore;
 
 use crate::comet_link::{CometLink, Guards, LinkFrame, LinkedShards, QueueError, QueueLimits};
-use crate::stats::{add, Counters};
+use crate::stats::Counters;
 
 /// How long closing waits for a link to write out its queue.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
@@ -65,7 +65,7 @@ impl CometLinks {
 }
 
 pub(crate) struct Registry {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RegistryStore>,
     counters: Arc<Counters>,
     queue_limits: QueueLimits,
     links: HashMap<String, CometLinks>,
@@ -78,7 +78,7 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn RegistryStore>,
         counters: Arc<Counters>,
         queue_limits: QueueLimits,
     ) -> Self {
@@ -101,7 +101,7 @@ impl Registry {
         let comets = match self.store.comets().await {
             Ok(comets) => comets,
             Err(e) => {
-                add(&self.counters.registry_errors, 1);
+                self.counters.registry_errors.add(1);
                 tracing::warn!(error = %e, "comet registry read failed; keeping the known comets");
                 return;
             }
@@ -240,12 +240,12 @@ impl Registry {
         match link.send(frame, guards) {
             Ok(()) => true,
             Err(QueueError::Full) => {
-                add(&self.counters.link_queue_full, 1);
+                self.counters.link_queue_full.add(1);
                 tracing::warn!(%comet, "comet link queue full; push to this comet failed");
                 false
             }
             Err(QueueError::Closed) => {
-                add(&self.counters.link_write_failed, 1);
+                self.counters.link_write_failed.add(1);
                 tracing::warn!(%comet, "comet link task ended; push to this comet failed");
                 false
             }

@@ -1,4 +1,5 @@
-//! Per-room batching (reference §4.3), adaptive to the room's size.
+//! Per-room batching, adaptive to the room's size (goim's fixed one-second window and imgate's
+//! reasons to differ: docs/goim-compatibility.md, "Room batching").
 //!
 //! Each room's messages are appended, already encoded as goim frames, to that room's buffer. A
 //! buffer is flushed when its first message has waited `max_delay`, or earlier when it holds
@@ -23,7 +24,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use imgate_shared::bus::DeliveryGuard;
+use imgate_bus::DeliveryGuard;
 use imgate_shared::frame;
 use imgate_shared::link::PushRoom;
 use tokio::time::Instant;

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use imgate_job::JobHandle;
-use imgate_shared::bus::{
+use imgate_bus::{
     self, BroadcastPush, BusMessage, BusProducer, EmbeddedProducer, KeysPush, Push, RoomPush,
 };
+use imgate_job::JobHandle;
 use imgate_shared::config::Config;
 use imgate_shared::frame;
 use imgate_shared::link::{self, Body, Envelope, ShardKeys};
-use imgate_shared::store::{EmbeddedStore, StoreTtl};
+use imgate_store::embedded::EmbeddedRegistry;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -23,11 +23,8 @@ use tokio::time::Instant;
 const WAIT: Duration = Duration::from_secs(5);
 const ROOM_DELAY: Duration = Duration::from_millis(300);
 
-fn store() -> Arc<EmbeddedStore> {
-    Arc::new(EmbeddedStore::new(StoreTtl {
-        session: Duration::from_secs(60),
-        online: Duration::from_secs(60),
-    }))
+fn store() -> Arc<EmbeddedRegistry> {
+    Arc::new(EmbeddedRegistry::new(Duration::from_secs(60)))
 }
 
 fn config(room_delay: Duration) -> Config {
@@ -100,10 +97,8 @@ async fn start_with_comet(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let store = store();
     register(&store, "c1", listener.local_addr().unwrap().to_string()).await;
-    let (producer, consumer) = bus::embedded(1024, Duration::from_millis(100));
-    let job = imgate_job::start(&config(room_delay), store, Box::new(consumer))
-        .await
-        .unwrap();
+    let (producer, consumer) = imgate_bus::embedded(1024, Duration::from_millis(100));
+    let job = imgate_job::start(&config(room_delay), store, Box::new(consumer)).await;
     let comet = FakeComet::accept(&listener).await;
     wait_for("the link to be up", || job.comet_count() == 1).await;
     (job, producer, listener, comet)
@@ -226,10 +221,8 @@ async fn broadcast_goes_to_every_comet_with_its_share_of_the_speed() {
 
 #[tokio::test]
 async fn broadcast_with_no_comet_is_counted_and_job_keeps_running() {
-    let (producer, consumer) = bus::embedded(16, Duration::from_millis(100));
-    let job = imgate_job::start(&config(ROOM_DELAY), store(), Box::new(consumer))
-        .await
-        .unwrap();
+    let (producer, consumer) = imgate_bus::embedded(16, Duration::from_millis(100));
+    let job = imgate_job::start(&config(ROOM_DELAY), store(), Box::new(consumer)).await;
     let all = || {
         Push::All(BroadcastPush {
             op: 1,
@@ -322,14 +315,13 @@ async fn each_comet_shard_has_its_own_link() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let store = store();
     common::register_shards(&store, "c1", listener.local_addr().unwrap().to_string(), 2).await;
-    let (bus, consumer) = bus::embedded(1024, Duration::from_millis(100));
+    let (bus, consumer) = imgate_bus::embedded(1024, Duration::from_millis(100));
     let job = imgate_job::start(
         &config(Duration::from_millis(10)),
         store,
         Box::new(consumer),
     )
-    .await
-    .unwrap();
+    .await;
     let mut links = [
         FakeComet::accept(&listener).await,
         FakeComet::accept(&listener).await,

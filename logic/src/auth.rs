@@ -39,7 +39,7 @@ pub trait Authenticator: Send + Sync {
 }
 
 /// goim's auth: the body is a JSON object `{"mid", "key", "room_id", "platform", "accepts"}`,
-/// every field optional, nothing verified (reference §1.4).
+/// every field optional, nothing verified (docs/goim-compatibility.md, "Who a client is").
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GoimJsonAuth;
 
@@ -336,7 +336,7 @@ mod tests {
             .as_secs()
     }
 
-    /// Issue 11, item 7: `nbf` was not checked, so a token minted for later worked at once.
+    /// A token minted for later (`nbf`) does not work before its time.
     #[test]
     fn a_token_not_valid_yet_is_refused_within_the_same_leeway_as_exp() {
         let auth = JwtAuth::hs256(b"s3cret");

@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
-use imgate_shared::store::Store;
+use imgate_store::RegistryStore;
 use serde_json::json;
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -56,7 +56,7 @@ const FILES: &[(&str, &str, &str)] = &[
 ];
 
 /// The demo's routes, to merge into the HTTP API's router.
-pub(crate) fn router(store: Arc<dyn Store>) -> Router {
+pub(crate) fn router(store: Arc<dyn RegistryStore>) -> Router {
     Router::new()
         .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
         .route("/demo/", get(|| async { file("") }))
@@ -95,7 +95,7 @@ fn file(path: &str) -> Response {
 
 /// The comets' WebSocket addresses, as they registered them; the page connects to the first
 /// one's port on the host it was loaded from.
-async fn config(State(store): State<Arc<dyn Store>>) -> Response {
+async fn config(State(store): State<Arc<dyn RegistryStore>>) -> Response {
     let ws: Vec<String> = match store.comets().await {
         Ok(comets) => comets.into_iter().flat_map(|c| c.info.ws_addrs).collect(),
         Err(e) => {

@@ -27,12 +27,12 @@ pub fn fuzz_http_query(data: &[u8]) {
     };
     let _ = query.platform();
     for max in MAX_TARGETS {
-        if let Ok(keys) = query.push_keys(max) {
-            check_list(&keys.keys, max);
-            assert!(keys.keys.iter().all(|k| !k.is_empty()));
+        if let Ok(keys) = query.keys(max) {
+            check_list(&keys, max);
+            assert!(keys.iter().all(|k| !k.is_empty()));
         }
-        if let Ok(mids) = query.push_mids(max) {
-            check_list(&mids.mids, max);
+        if let Ok(mids) = query.mids(max) {
+            check_list(&mids, max);
         }
         if let Ok(rooms) = query.online_rooms(max) {
             check_list(&rooms.rooms, max);

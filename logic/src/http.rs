@@ -1,4 +1,4 @@
-//! goim's business HTTP API (reference §3.1–3.2), with stricter validation: every bad request
+//! goim's business HTTP API (docs/goim-compatibility.md, "HTTP API"), with stricter validation: every bad request
 //! is a 400 that says which parameter was wrong, a full bus is a 503, a store failure a 500.
 
 use std::collections::BTreeMap;
@@ -13,13 +13,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use imgate_shared::bus::{
-    BroadcastPush, BusError, BusMessage, BusProducer, KeysPush, Push, RoomPush,
-};
+use imgate_bus::{BroadcastPush, BusError, BusMessage, BusProducer, KeysPush, Push, RoomPush};
 use imgate_shared::config::LogicConfig;
 use imgate_shared::link::ShardKeys;
-use imgate_shared::store::{Session, Store, StoreError};
+use imgate_store::{Session, StoreError, Stores};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 
 use crate::nodes;
 use crate::online::RoomCounts;
@@ -33,7 +32,7 @@ const MAX_ONLINE_ROOMS: usize = 10_000;
 /// What the handlers share.
 pub(crate) struct Api {
     pub config: LogicConfig,
-    pub store: Arc<dyn Store>,
+    pub stores: Stores,
     pub bus: Arc<dyn BusProducer>,
     pub rooms: RoomCounts,
     /// When set, every route but the node lists needs `Authorization: Bearer <api_key>`.
@@ -167,7 +166,9 @@ async fn require_api_key(State(api): State<Arc<Api>>, request: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => {
+        // subtle's comparison takes the same time wherever the keys differ (the length is not
+        // secret).
+        Some(key) if bool::from(key.as_bytes().ct_eq(expected.as_bytes())) => {
             next.run(request).await
         }
         Some(_) => envelope(StatusCode::UNAUTHORIZED, -400, "wrong API key", None),
@@ -178,11 +179,6 @@ async fn require_api_key(State(api): State<Arc<Api>>, request: Request, next: Ne
             None,
         ),
     }
-}
-
-/// Compares without returning early on the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found() -> Response {
@@ -301,7 +297,7 @@ async fn push_keys(
     let op = query.push_op()?;
     let (targets, body) = push_targets(&api, query, "keys", &headers, body)?;
     let keys = targets.keys(api.config.max_push_targets)?;
-    let sessions = api.store.sessions_by_keys(&keys).await?;
+    let sessions = api.stores.sessions.sessions_by_keys(&keys).await?;
     let n = publish_to_sessions(&api, sessions, op, body, None).await?;
     Ok(connections_reply(n, "keys"))
 }
@@ -326,11 +322,14 @@ async fn push_mids(
         if mid > 0 {
             seqs.insert(
                 mid,
-                api.store.inbox_append(mid, query.op, body.clone()).await?,
+                api.stores
+                    .messages
+                    .inbox_append(mid, query.op, body.clone())
+                    .await?,
             );
         }
     }
-    let sessions = api.store.sessions_by_mids(&query.mids).await?;
+    let sessions = api.stores.sessions.sessions_by_mids(&query.mids).await?;
     let mut by_mid: BTreeMap<i64, Vec<Session>> = BTreeMap::new();
     for session in sessions {
         by_mid.entry(session.mid).or_default().push(session);
@@ -366,7 +365,7 @@ async fn inbox_state(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Ap
     let mids = Query::parse(raw.as_deref())?.inbox_mids(api.config.max_push_targets)?;
     let mut out = serde_json::Map::new();
     for mid in mids {
-        let state = api.store.inbox_state(mid).await?;
+        let state = api.stores.messages.inbox_state(mid).await?;
         out.insert(mid.to_string(), json!(state));
     }
     Ok(ok("", Some(Value::Object(out))))
@@ -380,7 +379,8 @@ async fn push_room(
     let query = Query::parse(raw.as_deref())?.push_room()?;
     let body = push_body(&api, body)?;
     let seq = if query.history {
-        api.store
+        api.stores
+            .messages
             .room_history_append(&query.room, query.op, body.clone())
             .await?
     } else {
@@ -454,7 +454,7 @@ async fn online_room(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Ap
 }
 
 async fn online_total(State(api): State<Arc<Api>>) -> ApiResult {
-    let comets = api.store.comets().await?;
+    let comets = api.stores.registry.comets().await?;
     let ip_count: u64 = comets.iter().map(|c| c.ip_count).sum();
     let conn_count: u64 = comets.iter().map(|c| c.conn_count).sum();
     Ok(ok(
@@ -465,7 +465,7 @@ async fn online_total(State(api): State<Arc<Api>>) -> ApiResult {
 
 async fn nodes_weighted(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> ApiResult {
     let query = Query::parse(raw.as_deref())?;
-    let comets = api.store.comets().await?;
+    let comets = api.stores.registry.comets().await?;
     let config = &api.config;
     let nodes = nodes::nodes(&comets, query.platform(), config);
     Ok(ok(
@@ -498,7 +498,7 @@ fn f32_json(x: f32) -> Value {
 }
 
 async fn nodes_instances(State(api): State<Arc<Api>>) -> ApiResult {
-    let comets = api.store.comets().await?;
+    let comets = api.stores.registry.comets().await?;
     let data: Vec<Value> = comets
         .iter()
         .map(|c| {

@@ -6,8 +6,8 @@
 
 mod auth;
 mod demo;
-/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
-#[doc(hidden)]
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
 mod http_server;
@@ -15,23 +15,22 @@ mod link_server;
 mod nodes;
 mod online;
 mod query;
-mod redis_store;
+mod stats;
 mod tls_listener;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgate_shared::bus::BusProducer;
+use imgate_bus::BusProducer;
 use imgate_shared::config::Config;
-use imgate_shared::store::Store;
+use imgate_store::Stores;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{mint_hs256, AuthError, Authenticator, GoimJsonAuth, Identity, JwtAuth};
-pub use redis_store::RedisStore;
+pub use stats::LogicStats;
 
 /// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -42,7 +41,7 @@ pub enum LogicError {
     #[error("cannot bind the {what} listener on {addr}: {source}")]
     Bind {
         what: &'static str,
-        addr: String,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("auth configuration: {0}")]
@@ -53,6 +52,7 @@ pub enum LogicError {
 
 /// A running logic: its bound addresses and the way to stop it.
 pub struct LogicHandle {
+    counters: Arc<stats::Counters>,
     http_addr: SocketAddr,
     link_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -68,6 +68,11 @@ impl LogicHandle {
     /// Where comets connect their cluster links (port 0 resolved).
     pub fn link_addr(&self) -> SocketAddr {
         self.link_addr
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> LogicStats {
+        self.counters.snapshot()
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded) and ends every task.
@@ -89,96 +94,84 @@ impl LogicHandle {
 /// dropped SYN costs its client a second), so a request behind a flood waited.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// A listener on the first address `addr` resolves to that can be bound.
-async fn listen(addr: &str) -> std::io::Result<TcpListener> {
-    let mut last = None;
-    for resolved in tokio::net::lookup_host(addr).await? {
-        let socket = if resolved.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        match socket
-            .bind(resolved)
-            .and_then(|()| socket.listen(LISTEN_BACKLOG))
-        {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::AddrNotAvailable,
-            "the address resolves to nothing",
-        )
-    }))
+/// A listener on `addr`, with a backlog of [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Starts logic with goim's JSON auth: binds `logic.http_bind` and `logic.link_bind` and spawns
 /// its tasks on the current tokio runtime.
 pub async fn start(
     config: &Config,
-    store: Arc<dyn Store>,
+    stores: Stores,
     bus: Arc<dyn BusProducer>,
 ) -> Result<LogicHandle, LogicError> {
-    let auth: Arc<dyn Authenticator> = if !config.auth.jwt_secret.is_empty() {
-        Arc::new(JwtAuth::hs256(config.auth.jwt_secret.as_bytes()))
-    } else if !config.auth.jwt_public_key_file.is_empty() {
-        let path = &config.auth.jwt_public_key_file;
-        let pem = std::fs::read(path)
-            .map_err(|e| LogicError::Auth(format!("cannot read {path}: {e}")))?;
-        Arc::new(JwtAuth::public_key_pem(&pem).map_err(|e| LogicError::Auth(e.to_string()))?)
-    } else {
-        Arc::new(GoimJsonAuth)
-    };
-    start_with_auth(config, store, bus, auth).await
+    let auth: Arc<dyn Authenticator> =
+        match (&config.auth.jwt_secret, &config.auth.jwt_public_key_file) {
+            (Some(secret), _) => Arc::new(JwtAuth::hs256(secret.as_bytes())),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    LogicError::Auth(format!("cannot read {}: {e}", path.display()))
+                })?;
+                Arc::new(
+                    JwtAuth::public_key_pem(&pem).map_err(|e| LogicError::Auth(e.to_string()))?,
+                )
+            }
+            (None, None) => Arc::new(GoimJsonAuth),
+        };
+    start_with_auth(config, stores, bus, auth).await
 }
 
 /// [`start`] with another [`Authenticator`].
 pub async fn start_with_auth(
     config: &Config,
-    store: Arc<dyn Store>,
+    stores: Stores,
     bus: Arc<dyn BusProducer>,
     auth: Arc<dyn Authenticator>,
 ) -> Result<LogicHandle, LogicError> {
     let logic = &config.logic;
     // Read the certificate before anything starts, so a bad one fails cleanly.
-    let tls = if logic.tls_cert_file.is_empty() {
-        None
-    } else {
-        Some(imgate_shared::tls::server_config(
-            logic.tls_cert_file.as_ref(),
-            logic.tls_key_file.as_ref(),
+    let tls = match logic.tls_files() {
+        None => None,
+        Some((cert, key)) => Some(imgate_shared::tls::server_config(
+            cert,
+            key,
             &[b"http/1.1"],
-        )?)
+        )?),
     };
-    let bind = |what: &'static str, addr: String| async move {
-        listen(&addr)
-            .await
+    let bind = |what: &'static str, addr: SocketAddr| {
+        listen(addr)
             .and_then(|l| l.local_addr().map(|a| (l, a)))
             .map_err(|source| LogicError::Bind { what, addr, source })
     };
-    let (http_listener, http_addr) = bind("HTTP", logic.http_bind.clone()).await?;
-    let (link_listener, link_addr) = bind("cluster-link", logic.link_bind.clone()).await?;
+    let (http_listener, http_addr) = bind("HTTP", logic.http_bind)?;
+    let (link_listener, link_addr) = bind("cluster-link", logic.link_bind)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let counters = Arc::new(stats::Counters::default());
     let rooms = online::RoomCounts::default();
-    rooms.refresh(store.as_ref()).await;
+    rooms.refresh(stores.registry.as_ref()).await;
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(rooms.clone().run(
-        store.clone(),
+        stores.registry.clone(),
         logic.online_refresh,
         shutdown_rx.clone(),
     )));
 
     let handler = Arc::new(link_server::LinkHandler {
-        store: store.clone(),
+        stores: stores.clone(),
         auth,
         rooms: rooms.clone(),
         heartbeat: logic.heartbeat * logic.heartbeat_max,
-        upstream_frames: AtomicU64::new(0),
+        counters: counters.clone(),
         inbox_limit: config.store.inbox_max_messages.max(1),
         protect_keys: config.auth.tokens_required(),
         bus: bus.clone(),
@@ -189,17 +182,17 @@ pub async fn start_with_auth(
         shutdown_rx.clone(),
     )));
 
-    let demo_store = store.clone();
+    let registry = stores.registry.clone();
     let api = Arc::new(http::Api {
         config: logic.clone(),
-        store,
+        stores,
         bus,
         rooms,
-        api_key: Some(config.auth.api_key.clone()).filter(|k| !k.is_empty()),
+        api_key: config.auth.api_key.clone(),
     });
     let mut app = http::router(api);
     if logic.demo {
-        app = app.merge(demo::router(demo_store));
+        app = app.merge(demo::router(registry));
         tracing::info!("demo app at {}", demo::url(http_addr, tls.is_some()));
     }
     let header_timeout = logic.http_header_timeout;
@@ -207,7 +200,7 @@ pub async fn start_with_auth(
         let listener = tls_listener::TlsListener::new(http_listener, tls).map_err(|source| {
             LogicError::Bind {
                 what: "HTTPS",
-                addr: logic.http_bind.clone(),
+                addr: logic.http_bind,
                 source,
             }
         })?;
@@ -229,6 +222,7 @@ pub async fn start_with_auth(
 
     tracing::info!(%http_addr, %link_addr, "logic started");
     Ok(LogicHandle {
+        counters,
         http_addr,
         link_addr,
         shutdown,

@@ -5,17 +5,16 @@
 //! pipelined and independent), and the replies, each carrying its request's id, go out through
 //! one writer task that coalesces whatever is ready into one write.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use imgate_shared::bus::{BusMessage, BusProducer, Push};
+use imgate_bus::{BusMessage, BusProducer, Push};
 use imgate_shared::link::{
     self, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure, InboxMessages,
     RenewOnlineReply, Stored,
 };
-use imgate_shared::store::{Claim, KeyPolicy, OnlineReport, Session, Store, StoredMessage};
+use imgate_store::{Claim, KeyPolicy, OnlineReport, Session, StoredMessage, Stores};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +22,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Authenticator;
 use crate::online::RoomCounts;
+use crate::stats::Counters;
 
 /// Requests one comet connection may have in flight before logic stops reading from it.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -37,11 +37,11 @@ const MAX_STORED_BYTES: u32 = 4 << 20;
 
 /// What the link requests act on.
 pub(crate) struct LinkHandler {
-    pub store: Arc<dyn Store>,
+    pub stores: Stores,
     pub auth: Arc<dyn Authenticator>,
     pub rooms: RoomCounts,
     pub heartbeat: Duration,
-    pub upstream_frames: AtomicU64,
+    pub counters: Arc<Counters>,
     /// Most stored messages sent to a connecting client or a SYNC at once.
     pub inbox_limit: usize,
     /// Refuse a key another user's live session holds (signed-token deployments); otherwise
@@ -93,7 +93,8 @@ impl LinkHandler {
                     KeyPolicy::AnyUser
                 };
                 let replaced = match self
-                    .store
+                    .stores
+                    .sessions
                     .claim_session(&session, policy)
                     .await
                     .map_err(|e| e.to_string())?
@@ -119,12 +120,14 @@ impl LinkHandler {
                 // the second copy by its sequence), never neither.
                 let (backlog, inbox_floor) = if session.mid > 0 {
                     let state = self
-                        .store
+                        .stores
+                        .messages
                         .inbox_state(session.mid)
                         .await
                         .map_err(|e| e.to_string())?;
                     let mut backlog: Vec<Stored> = self
-                        .store
+                        .stores
+                        .messages
                         .inbox_read(
                             session.mid,
                             state.acked_seq,
@@ -163,7 +166,8 @@ impl LinkHandler {
             Some(Body::Disconnect(req)) => {
                 let conn = req.conn.ok_or("disconnect without conn")?;
                 let removed = self
-                    .store
+                    .stores
+                    .sessions
                     .remove_session(req.mid, &req.key, &conn)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -177,7 +181,8 @@ impl LinkHandler {
                     key: req.key,
                     conn,
                 };
-                self.store
+                self.stores
+                    .sessions
                     .refresh_session(&session)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -197,7 +202,8 @@ impl LinkHandler {
                         (room.clone(), total)
                     })
                     .collect();
-                self.store
+                self.stores
+                    .registry
                     .report_online(OnlineReport {
                         comet,
                         shard: req.shard,
@@ -211,7 +217,7 @@ impl LinkHandler {
                 Ok(Body::RenewOnlineReply(RenewOnlineReply { rooms }))
             }
             Some(Body::Upstream(req)) => {
-                self.upstream_frames.fetch_add(1, Ordering::Relaxed);
+                self.counters.upstream_frames.inc();
                 tracing::debug!(mid = req.mid, key = %req.key, op = req.op, seq = req.seq, len = req.body.len(), "upstream frame");
                 if req.op == imgate_shared::frame::op::SEND_MSG {
                     // No business endpoint yet: the client is answered, with nothing.
@@ -221,7 +227,8 @@ impl LinkHandler {
             }
             Some(Body::InboxAck(req)) => {
                 if req.mid > 0 {
-                    self.store
+                    self.stores
+                        .messages
                         .inbox_ack(req.mid, req.seq)
                         .await
                         .map_err(|e| e.to_string())?;
@@ -236,11 +243,15 @@ impl LinkHandler {
                     _ => self.inbox_limit.min(link::STORED_PAGE_MESSAGES),
                 };
                 let messages = if !req.room.is_empty() {
-                    self.store
+                    self.stores
+                        .messages
                         .room_history_read(&req.room, req.after, limit)
                         .await
                 } else if req.mid > 0 {
-                    self.store.inbox_read(req.mid, req.after, limit).await
+                    self.stores
+                        .messages
+                        .inbox_read(req.mid, req.after, limit)
+                        .await
                 } else {
                     Ok(Vec::new())
                 }

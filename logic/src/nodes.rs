@@ -1,6 +1,6 @@
 //! The node list handed to clients by `/goim/nodes/weighted`.
 //!
-//! Instead of goim's stateful balancer (reference §3.6) the order is recomputed from the registry
+//! Instead of goim's stateful balancer (docs/goim-compatibility.md, "Node lists") the order is recomputed from the registry
 //! on each call: highest `weight / (1 + connections)` first, so a lightly loaded or heavier
 //! comet is offered first and load evens out as comets report. Comets with weight 0 are never
 //! offered (an operator's way to drain one).
@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 
 use imgate_shared::config::LogicConfig;
 use imgate_shared::link::CometInfo;
-use imgate_shared::store::CometStatus;
+use imgate_store::CometStatus;
 
 /// Most entries in `nodes`.
 pub(crate) const MAX_NODES: usize = 5;
@@ -188,8 +188,7 @@ mod tests {
         assert_eq!(node_names(&[], "web", &config), vec!["conn.goim.io"]);
     }
 
-    /// Issue 11, item 9: the ports were logic's configured 3101/3102 whatever the comets
-    /// listened on.
+    /// The advertised ports are the ones the comets listen on, not fixed ones.
     #[test]
     fn ports_are_the_comets_unless_configured() {
         let mut config = LogicConfig::default();

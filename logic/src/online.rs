@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use imgate_shared::store::Store;
+use imgate_store::RegistryStore;
 use tokio::sync::watch;
 
 /// Room key → connections across the cluster, as of the last refresh.
@@ -27,7 +27,7 @@ impl RoomCounts {
     }
 
     /// Reads the store once.
-    pub(crate) async fn refresh(&self, store: &dyn Store) {
+    pub(crate) async fn refresh(&self, store: &dyn RegistryStore) {
         match store.room_counts().await {
             Ok(counts) => self.replace(counts),
             Err(e) => {
@@ -39,7 +39,7 @@ impl RoomCounts {
     /// Refreshes every `every` until shutdown.
     pub(crate) async fn run(
         self,
-        store: Arc<dyn Store>,
+        store: Arc<dyn RegistryStore>,
         every: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {

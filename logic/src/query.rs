@@ -98,13 +98,6 @@ impl Query {
     }
 }
 
-/// `POST /goim/push/keys`.
-#[derive(Debug, PartialEq)]
-pub(crate) struct KeysQuery {
-    pub op: i32,
-    pub keys: Vec<String>,
-}
-
 /// `POST /goim/push/mids`.
 #[derive(Debug, PartialEq)]
 pub(crate) struct MidsQuery {
@@ -144,20 +137,6 @@ pub(crate) struct RoomsQuery {
 }
 
 impl Query {
-    pub(crate) fn push_keys(&self, max_targets: usize) -> Result<KeysQuery, BadRequest> {
-        Ok(KeysQuery {
-            op: self.push_op()?,
-            keys: self.keys(max_targets)?,
-        })
-    }
-
-    pub(crate) fn push_mids(&self, max_targets: usize) -> Result<MidsQuery, BadRequest> {
-        Ok(MidsQuery {
-            op: self.push_op()?,
-            mids: self.mids(max_targets)?,
-        })
-    }
-
     /// `operation` of a keys or mids push: optional, 0 by default (goim).
     pub(crate) fn push_op(&self) -> Result<i32, BadRequest> {
         Ok(self
@@ -412,44 +391,54 @@ mod tests {
         r.expect_err("should be refused").0
     }
 
+    /// What the keys push handler reads from a query that names its targets.
+    fn push_keys(q: Query, max: usize) -> Result<(i32, Vec<String>), BadRequest> {
+        Ok((q.push_op()?, q.keys(max)?))
+    }
+
+    /// What the mids push handler reads from a query that names its targets.
+    fn push_mids(q: Query, max: usize) -> Result<MidsQuery, BadRequest> {
+        Ok(MidsQuery {
+            op: q.push_op()?,
+            mids: q.mids(max)?,
+        })
+    }
+
     #[test]
     fn keys_are_repeated_parameters_and_operation_defaults_to_zero() {
         assert_eq!(
-            q("keys=a&keys=b%20c&keys=a").push_keys(10).unwrap(),
-            KeysQuery {
-                op: 0,
-                keys: vec!["a".into(), "b c".into()],
-            }
+            push_keys(q("keys=a&keys=b%20c&keys=a"), 10).unwrap(),
+            (0, vec!["a".to_string(), "b c".to_string()])
         );
-        assert_eq!(q("operation=1000&keys=a").push_keys(10).unwrap().op, 1000);
+        assert_eq!(push_keys(q("operation=1000&keys=a"), 10).unwrap().0, 1000);
         // Comma-separated values are not split, as in goim.
-        assert_eq!(q("keys=a,b").push_keys(10).unwrap().keys, vec!["a,b"]);
+        assert_eq!(push_keys(q("keys=a,b"), 10).unwrap().1, vec!["a,b"]);
     }
 
     #[test]
     fn bad_keys_requests_name_the_parameter() {
-        assert!(err(q("operation=1").push_keys(10)).contains("keys is required"));
-        assert!(err(q("").push_keys(10)).contains("keys"));
-        assert!(err(Query::parse(None).unwrap().push_keys(10)).contains("keys"));
-        assert!(err(q("keys=").push_keys(10)).contains("empty"));
-        assert!(err(q("operation=x&keys=a").push_keys(10)).contains("operation must be"));
-        assert!(err(q("operation=99999999999&keys=a").push_keys(10)).contains("operation"));
-        let too_many = err(q("keys=a&keys=b&keys=c").push_keys(2));
+        assert!(err(push_keys(q("operation=1"), 10)).contains("keys is required"));
+        assert!(err(push_keys(q(""), 10)).contains("keys"));
+        assert!(err(push_keys(Query::parse(None).unwrap(), 10)).contains("keys"));
+        assert!(err(push_keys(q("keys="), 10)).contains("empty"));
+        assert!(err(push_keys(q("operation=x&keys=a"), 10)).contains("operation must be"));
+        assert!(err(push_keys(q("operation=99999999999&keys=a"), 10)).contains("operation"));
+        let too_many = err(push_keys(q("keys=a&keys=b&keys=c"), 2));
         assert!(too_many.contains("too many keys: 3"), "{too_many}");
     }
 
     #[test]
     fn mids_must_be_integers() {
         assert_eq!(
-            q("operation=5&mids=1&mids=-2").push_mids(10).unwrap(),
+            push_mids(q("operation=5&mids=1&mids=-2"), 10).unwrap(),
             MidsQuery {
                 op: 5,
                 mids: vec![1, -2],
             }
         );
-        assert!(err(q("mids=1&mids=x").push_mids(10)).contains("mids must be 64-bit integers"));
-        assert!(err(q("mids=1&mids=2").push_mids(1)).contains("too many mids"));
-        assert!(err(q("operation=5").push_mids(10)).contains("mids is required"));
+        assert!(err(push_mids(q("mids=1&mids=x"), 10)).contains("mids must be 64-bit integers"));
+        assert!(err(push_mids(q("mids=1&mids=2"), 1)).contains("too many mids"));
+        assert!(err(push_mids(q("operation=5"), 10)).contains("mids is required"));
     }
 
     /// Found by the `http_query` fuzz target: `mids=1&mids=01` named user 1 twice, so a push
@@ -457,8 +446,7 @@ mod tests {
     #[test]
     fn a_user_named_twice_is_pushed_once() {
         assert_eq!(
-            q("operation=5&mids=1&mids=01&mids=%2B1&mids=2")
-                .push_mids(10)
+            push_mids(q("operation=5&mids=1&mids=01&mids=%2B1&mids=2"), 10)
                 .unwrap()
                 .mids,
             vec![1, 2]

@@ -5,8 +5,8 @@
 //! ([`HANDSHAKE_TIMEOUT`]), and at most [`MAX_HANDSHAKES`] run at once. A connection accepted
 //! beyond that does not wait and is not refused: the oldest handshake of the address holding
 //! the most ends instead, so a flood of silent connections evicts its own and a well-behaved
-//! client's handshake starts at once (issue 11: 1,100 idle connections used to hold every
-//! other HTTPS request for 8 s).
+//! client's handshake starts at once: idle connections that never start their handshake cannot
+//! hold up other clients' requests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

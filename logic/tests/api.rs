@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use imgate_bus::{BusConsumer, BusEvent, EmbeddedConsumer, Push};
+use imgate_client::http::HttpClient;
 use imgate_logic::LogicHandle;
-use imgate_shared::bus::{self, BusConsumer, BusEvent, EmbeddedConsumer, Push};
 use imgate_shared::config::Config;
 use imgate_shared::link::{
-    self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline,
+    self, Body, CometInfo, ConnRef, Connect, Disconnect, Envelope, RenewOnline, Upstream,
 };
-use imgate_shared::store::{EmbeddedStore, Store, StoreTtl};
+use imgate_store::{embedded, Stores};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,28 +21,25 @@ const WAIT: Duration = Duration::from_secs(5);
 
 struct Harness {
     logic: LogicHandle,
-    store: Arc<EmbeddedStore>,
+    stores: Stores,
     consumer: EmbeddedConsumer,
 }
 
 async fn start_logic() -> Harness {
     let mut config = Config::default();
-    config.logic.http_bind = "127.0.0.1:0".into();
-    config.logic.link_bind = "127.0.0.1:0".into();
+    config.logic.http_bind = ([127, 0, 0, 1], 0).into();
+    config.logic.link_bind = ([127, 0, 0, 1], 0).into();
     config.logic.max_push_targets = 3;
     config.logic.max_push_body = 1024;
     config.logic.online_refresh = Duration::from_millis(20);
-    let store = Arc::new(EmbeddedStore::new(StoreTtl {
-        session: Duration::from_secs(60),
-        online: Duration::from_secs(60),
-    }));
-    let (producer, consumer) = bus::embedded(64, Duration::from_millis(100));
-    let logic = imgate_logic::start(&config, store.clone(), Arc::new(producer))
+    let stores = embedded::stores(&config.store);
+    let (producer, consumer) = imgate_bus::embedded(64, Duration::from_millis(100));
+    let logic = imgate_logic::start(&config, stores.clone(), Arc::new(producer))
         .await
         .expect("logic starts");
     Harness {
         logic,
-        store,
+        stores,
         consumer,
     }
 }
@@ -95,36 +93,25 @@ fn conn(conn_id: u64) -> ConnRef {
     }
 }
 
-/// Minimal HTTP/1.1 client: one request per connection.
+/// One request to logic's HTTP API; the status and the JSON body.
 async fn http(logic: &LogicHandle, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(logic.http_addr()).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        response
-    };
-    let response = tokio::time::timeout(WAIT, exchange)
-        .await
-        .expect("HTTP answer within the deadline");
-    let text = String::from_utf8(response).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    assert!(
-        head.to_ascii_lowercase().contains("content-length"),
-        "expected a fixed-length body: {head}"
+    let (addr, method, path, body) = (
+        logic.http_addr(),
+        method.to_string(),
+        path.to_string(),
+        body.to_vec(),
     );
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-    (status, json)
+    let answer = tokio::task::spawn_blocking(move || {
+        HttpClient::new(addr)
+            .timeout(WAIT)
+            .request(&method, &path, &[], &body)
+    })
+    .await
+    .unwrap()
+    .expect("an HTTP answer within the deadline");
+    let json = serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&answer.body)));
+    (answer.status, json)
 }
 
 async fn next_push(consumer: &mut EmbeddedConsumer) -> Push {
@@ -319,7 +306,8 @@ async fn disconnect_of_another_connection_keeps_the_session() {
         .await;
     assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
     assert_eq!(
-        h.store
+        h.stores
+            .sessions
             .sessions_by_keys(&["k5".into()])
             .await
             .unwrap()
@@ -336,7 +324,8 @@ async fn disconnect_of_another_connection_keeps_the_session() {
         .await;
     assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
     assert!(h
-        .store
+        .stores
+        .sessions
         .sessions_by_keys(&["k5".into()])
         .await
         .unwrap()
@@ -473,5 +462,27 @@ async fn malformed_link_frame_closes_the_link_connection() {
         .await
         .expect("logic closes within the deadline");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    h.logic.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_frames_are_answered_and_counted() {
+    let h = start_logic().await;
+    let mut comet = LinkClient::connect(&h.logic).await;
+    for seq in 1..=3 {
+        let reply = comet
+            .request(Body::Upstream(Upstream {
+                conn: Some(conn(1)),
+                mid: 5,
+                key: "k5".into(),
+                op: 1000,
+                seq,
+                body: Bytes::from_static(b"hi"),
+                room: String::new(),
+            }))
+            .await;
+        assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
+    }
+    assert_eq!(h.logic.stats().upstream_frames, 3);
     h.logic.shutdown().await;
 }

@@ -21,7 +21,8 @@ pub const DEFAULT_MAX_BODY: usize = 4096;
 /// `ver` used on server-originated frames.
 pub const PUSH_VER: i16 = 1;
 
-/// goim's operation codes (reference §1.2). Business ops are any other value.
+/// goim's operation codes (docs/goim-compatibility.md, "Frames and ops"), and imgate's
+/// additions. Business ops are any other value.
 pub mod op {
     pub const HANDSHAKE: i32 = 0;
     pub const HANDSHAKE_REPLY: i32 = 1;
@@ -93,7 +94,7 @@ impl Header {
 /// Parses and validates a header from the start of `buf`.
 ///
 /// Returns `Ok(None)` when fewer than 16 bytes are available. A `packLen` below 16 (goim
-/// accepts it, reference §10.1.5), a `headerLen` other than 16 or a body above `max_body`
+/// accepts it: docs/goim-compatibility.md, "Frame validation"), a `headerLen` other than 16 or a body above `max_body`
 /// is an error.
 pub fn decode_header(buf: &[u8], max_body: usize) -> Result<Option<Header>, FrameError> {
     let Some(raw) = buf.get(..HEADER_LEN) else {
@@ -135,7 +136,7 @@ pub fn decode(buf: &[u8], max_body: usize) -> Result<Option<(Header, &[u8])>, Fr
 
 /// Decodes a frame that must fill `message` exactly (one WebSocket message holds one frame).
 ///
-/// Unlike goim (reference §10.1.4) a `packLen` that disagrees with the message length is an
+/// Unlike goim (docs/goim-compatibility.md, "Frame validation") a `packLen` that disagrees with the message length is an
 /// error, so a client can never make the server read past what it sent.
 pub fn decode_exact(message: &[u8], max_body: usize) -> Result<(Header, &[u8]), FrameError> {
     match decode_header(message, max_body)? {

@@ -1,14 +1,12 @@
 //! Pieces every imgate service shares: the goim frame codec, WebSocket framing, the
-//! cluster-link messages, configuration, and the bus and store seams with their embedded
-//! implementations.
+//! cluster-link messages, configuration, TLS and the counter type every service counts with.
 
-pub mod bus;
 pub mod config;
+pub mod counters;
 pub mod frame;
-/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests; not part of the API.
-#[doc(hidden)]
+/// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod link;
-pub mod store;
 pub mod tls;
 pub mod ws;

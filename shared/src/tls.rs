@@ -72,17 +72,15 @@ mod tests {
 
     #[test]
     fn missing_and_empty_files_are_clear_errors() {
-        let dir = std::env::temp_dir().join(format!("imgate-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
-        let missing = dir.join("missing.pem");
+        let missing = dir.path().join("missing.pem");
 
         let e = server_config(&missing, &missing, &[]).unwrap_err();
         assert!(matches!(e, TlsError::Certificate { .. }), "{e}");
         assert!(e.to_string().contains("missing.pem"), "{e}");
         let e = server_config(&empty, &empty, &[]).unwrap_err();
         assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

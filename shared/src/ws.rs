@@ -1,5 +1,7 @@
 //! RFC 6455 WebSocket pieces: the upgrade request, the accept key, and frame headers in both
-//! directions (server frames unmasked, client frames masked).
+//! directions (server frames unmasked, client frames masked). The frame parser is hand-written
+//! because it runs for every client frame and unmasks in place without copying; the upgrade
+//! head, parsed once per connection, goes through httparse.
 //!
 //! Parsers return `Ok(None)` for "need more bytes" and `Err` for bytes that can never become
 //! valid, and never panic on input.
@@ -54,53 +56,66 @@ pub struct Upgrade {
     pub consumed: usize,
 }
 
-/// Parses an HTTP/1.1 upgrade request at the start of `buf`.
+/// Most headers an upgrade request may carry.
+const MAX_UPGRADE_HEADERS: usize = 64;
+
+/// Parses an HTTP/1.1 upgrade request at the start of `buf` (the head with httparse; the
+/// WebSocket rules here).
 ///
 /// The path must be `/sub` (a query string is allowed, unlike goim). `max_header` bounds the
-/// request head, so a client cannot make the server buffer without limit.
+/// request head, so a client cannot make the server buffer without limit. Lines must end with
+/// CRLF.
 pub fn parse_upgrade(buf: &[u8], max_header: usize) -> Result<Option<Upgrade>, WsError> {
-    // The head may be up to `max_header` bytes, then its blank line: only that much is searched,
+    // The head may be up to `max_header` bytes, then its blank line: only that much is parsed,
     // and a buffer that holds that much without the blank line can never become a request.
     let longest = max_header.saturating_add(4);
-    let Some(end) = find_head_end(&buf[..buf.len().min(longest)]) else {
-        if buf.len() >= longest {
-            return Err(WsError::HeadersTooLarge(max_header));
+    let window = &buf[..buf.len().min(longest)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_UPGRADE_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let consumed = match request.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= longest => {
+            return Err(WsError::HeadersTooLarge(max_header))
         }
-        return Ok(None);
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(WsError::BadRequest("more than 64 headers"))
+        }
+        Err(httparse::Error::Version) => return Err(WsError::BadRequest("not HTTP/1.x")),
+        Err(_) => return Err(WsError::BadRequest("malformed request head")),
     };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| WsError::BadRequest("not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    if method != Some("GET") {
+    if !window[..consumed].ends_with(b"\r\n\r\n") {
+        return Err(WsError::BadRequest("lines must end with CRLF"));
+    }
+    if request.method != Some("GET") {
         return Err(WsError::BadRequest("method must be GET"));
     }
-    let target = target.ok_or(WsError::BadRequest("no request target"))?;
-    if !version.is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err(WsError::BadRequest("not HTTP/1.x"));
-    }
+    let target = request
+        .path
+        .ok_or(WsError::BadRequest("no request target"))?;
     let path = target.split('?').next().unwrap_or_default();
     if path != "/sub" {
         return Err(WsError::NotFound(path.chars().take(64).collect()));
     }
+    let text = |value: &[u8]| {
+        std::str::from_utf8(value)
+            .map(|v| v.trim().to_string())
+            .map_err(|_| WsError::BadRequest("not UTF-8"))
+    };
     let (mut key, mut cookie) = (None, None);
     let (mut upgrade, mut connection, mut version13) = (false, false, false);
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(WsError::BadRequest("header without colon"))?;
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "upgrade" => upgrade = value.eq_ignore_ascii_case("websocket"),
+    for header in request.headers.iter() {
+        let value = header.value.trim_ascii();
+        match header.name.to_ascii_lowercase().as_str() {
+            "upgrade" => upgrade = value.eq_ignore_ascii_case(b"websocket"),
             "connection" => {
                 connection = value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
             }
-            "sec-websocket-version" => version13 = value == "13",
-            "sec-websocket-key" => key = Some(value.to_string()),
-            "cookie" => cookie = Some(value.to_string()),
+            "sec-websocket-version" => version13 = value == b"13",
+            "sec-websocket-key" => key = Some(text(value)?),
+            "cookie" => cookie = Some(text(value)?),
             _ => {}
         }
     }
@@ -120,12 +135,8 @@ pub fn parse_upgrade(buf: &[u8], max_header: usize) -> Result<Option<Upgrade>, W
         key,
         target: target.to_string(),
         cookie,
-        consumed: end + 4,
+        consumed,
     }))
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
 /// `Sec-WebSocket-Accept` for a client key.
@@ -346,6 +357,16 @@ mod tests {
         assert!(parse_upgrade(no_key.as_bytes(), 4096).is_err());
         let post = REQUEST.replace("GET", "POST");
         assert!(parse_upgrade(post.as_bytes(), 4096).is_err());
+        let bare_lf = REQUEST.replace("\r\n", "\n");
+        assert!(parse_upgrade(bare_lf.as_bytes(), 4096).is_err());
+        let http2 = REQUEST.replace("HTTP/1.1", "HTTP/2.0");
+        assert_eq!(
+            parse_upgrade(http2.as_bytes(), 4096),
+            Err(WsError::BadRequest("not HTTP/1.x"))
+        );
+        let with_query = REQUEST.replace("/sub", "/sub?room=live://1");
+        let up = parse_upgrade(with_query.as_bytes(), 4096).unwrap().unwrap();
+        assert_eq!(up.target, "/sub?room=live://1");
         assert_eq!(
             parse_upgrade(&[b'a'; 5000], 4096),
             Err(WsError::HeadersTooLarge(4096))

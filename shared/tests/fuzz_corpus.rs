@@ -37,15 +37,6 @@ fn ws_frame_corpus_replays_without_panic() {
     println!("replayed {n} ws_frame inputs");
 }
 
-/// A fresh empty folder under the system's temporary folder.
-fn scratch_folder(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("imgate-fuzz-replay-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temporary folder");
-    dir
-}
-
 #[test]
 #[should_panic(expected = "cannot be read")]
 fn replay_of_a_missing_corpus_fails() {
@@ -55,19 +46,21 @@ fn replay_of_a_missing_corpus_fails() {
 #[test]
 #[should_panic(expected = "holds no inputs")]
 fn replay_of_an_empty_corpus_fails() {
-    imgate_shared::fuzzing::replay_corpus(&scratch_folder("empty"), |_| {});
+    let empty = tempfile::tempdir().expect("a temporary folder");
+    imgate_shared::fuzzing::replay_corpus(empty.path(), |_| {});
 }
 
 #[test]
 fn replay_names_each_input_that_panicked() {
-    let dir = scratch_folder("panics");
-    std::fs::write(dir.join("fine"), b"ok").unwrap();
-    std::fs::write(dir.join("bad-one"), b"boom").unwrap();
-    std::fs::write(dir.join("bad-two"), b"boom").unwrap();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    std::fs::write(dir.path().join("fine"), b"ok").unwrap();
+    std::fs::write(dir.path().join("bad-one"), b"boom").unwrap();
+    std::fs::write(dir.path().join("bad-two"), b"boom").unwrap();
     let replay = std::panic::catch_unwind(|| {
-        imgate_shared::fuzzing::replay_corpus(&dir, |data| assert_ne!(data, b"boom", "harness"))
+        imgate_shared::fuzzing::replay_corpus(dir.path(), |data| {
+            assert_ne!(data, b"boom", "harness")
+        })
     });
-    let _ = std::fs::remove_dir_all(&dir);
     let panic = replay.expect_err("a panicking input must fail the replay");
     let message = panic.downcast_ref::<String>().expect("a formatted message");
     assert!(

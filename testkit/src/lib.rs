@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tempfile::TempDir;
+
 /// A free loopback port (bound and released; the window for a clash is tiny).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -20,17 +22,12 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn temp_dir(what: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "imgate-test-{what}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temp dir");
-    dir
+/// A fresh directory for one server, removed with it.
+fn temp_dir(what: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("imgate-test-{what}-"))
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 fn find_binary(name: &str, env: &str, extra: &[&str], install: &str) -> PathBuf {
@@ -92,7 +89,7 @@ pub fn redis_command(port: u16, command: &str) -> std::io::Result<String> {
 /// A redis-server on a loopback port.
 pub struct Redis {
     port: u16,
-    dir: PathBuf,
+    dir: TempDir,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -150,7 +147,7 @@ impl Redis {
             "run scripts/test.sh or `apt-get install redis-server`",
         );
         let child = Command::new(bin)
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(&self.args)
             .stdout(Stdio::null())
@@ -199,7 +196,6 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -267,7 +263,7 @@ impl RedisCluster {
 /// ([`Kafka::start`]) or durable storage in PostgreSQL ([`Kafka::start_durable`]).
 pub struct Kafka {
     port: u16,
-    dir: PathBuf,
+    dir: TempDir,
     /// `--storage-engine`: `memory://nisshi/` or a `postgres://` URL.
     storage: String,
     child: Option<Child>,
@@ -330,7 +326,7 @@ impl Kafka {
         let bin = Self::binary();
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(bin)
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .args([
                 "broker",
                 "--listener-url",
@@ -344,7 +340,7 @@ impl Kafka {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::File::create(self.dir.join("nisshi.log")).expect("log file"),
+                std::fs::File::create(self.dir.path().join("nisshi.log")).expect("log file"),
             ))
             .spawn()
             .expect("nisshi starts");
@@ -375,7 +371,7 @@ impl Kafka {
 
     /// The broker's log, for failure messages.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.join("nisshi.log")
+        self.dir.path().join("nisshi.log")
     }
 
     /// The text of the broker's log since it was last (re)started.
@@ -403,7 +399,6 @@ impl Kafka {
 impl Drop for Kafka {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -414,7 +409,7 @@ impl Drop for Kafka {
 /// `postgres` system user (which Debian's package creates) and owns its data directory.
 pub struct Postgres {
     port: u16,
-    dir: PathBuf,
+    dir: TempDir,
     bin: PathBuf,
     /// uid and gid the server runs as, when the tests run as root.
     user: Option<(u32, u32)>,
@@ -488,7 +483,13 @@ impl Postgres {
         let bin = postgres_bin_dir();
         let user = (effective_uid() == Some(0)).then(postgres_user);
         let dir = temp_dir("postgres");
-        let data = dir.join("data");
+        if user.is_some() {
+            // The server, running as the postgres user, must reach its data directory.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("open the temporary directory to the postgres user");
+        }
+        let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("create the data directory");
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(&data, Some(uid), Some(gid))
@@ -496,7 +497,7 @@ impl Postgres {
         }
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
-            .current_dir(&dir)
+            .current_dir(dir.path())
             .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
             .args(["--locale=C", "--no-sync", "--pgdata"])
             .arg(&data);
@@ -539,9 +540,9 @@ impl Postgres {
         }
         let mut server = Command::new(self.bin.join("postgres"));
         server
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .arg("-D")
-            .arg(self.dir.join("data"))
+            .arg(self.dir.path().join("data"))
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "unix_socket_directories="])
@@ -591,7 +592,7 @@ impl Postgres {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.join("postgres.log")
+        self.dir.path().join("postgres.log")
     }
 
     /// The server's log since it was last (re)started.
@@ -629,9 +630,9 @@ impl Postgres {
         };
         let mut pg_ctl = Command::new(self.bin.join("pg_ctl"));
         pg_ctl
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .args(["stop", "--mode=fast", "--wait", "--timeout=10", "--pgdata"])
-            .arg(self.dir.join("data"))
+            .arg(self.dir.path().join("data"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some((uid, gid)) = self.user {
@@ -664,7 +665,6 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -733,7 +733,7 @@ mod tests {
     /// Runs `nisshi topic <args>` against the broker and returns its output.
     fn topic_command(k: &Kafka, args: &[&str]) -> String {
         let out = Command::new(Kafka::binary())
-            .current_dir(&k.dir)
+            .current_dir(k.dir.path())
             .arg("topic")
             .args(args)
             .args(["--broker", &format!("tcp://{}", k.bootstrap())])

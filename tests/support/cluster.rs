@@ -1,12 +1,12 @@
 //! A cluster of real `imgate comet|logic|job` processes on a real Redis and a real
 //! Kafka-protocol broker, all on free loopback ports, for the cluster and fault tests.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use imgate::client::http::HttpClient;
 use imgate_testkit::{free_port, Kafka, Postgres, Redis};
 
 use super::{eventually, http, Answer};
@@ -92,7 +92,8 @@ pub struct Cluster {
     pub kafka: Kafka,
     /// The broker's storage when it is durable (declared after `kafka`: dropped after it).
     pub postgres: Option<Postgres>,
-    pub dir: PathBuf,
+    /// The processes' logs; kept when a test fails.
+    pub dir: tempfile::TempDir,
     pub logics: Vec<LogicProc>,
     pub comets: Vec<CometProc>,
     pub jobs: Vec<Proc>,
@@ -137,13 +138,11 @@ impl Cluster {
             (Kafka::start(), None)
         };
         let timers = setup.timers;
-        let dir = std::env::temp_dir().join(format!(
-            "imgate-cluster-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("cluster.toml");
+        let dir = tempfile::Builder::new()
+            .prefix("imgate-cluster-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("cluster.toml");
         std::fs::write(&config, cluster_toml(&redis, &kafka, timers)).unwrap();
         let mut cluster = Cluster {
             redis,
@@ -184,7 +183,7 @@ impl Cluster {
             "--logic-link-bind".into(),
             format!("127.0.0.1:{link_port}"),
         ];
-        let proc = Proc::spawn(&format!("logic-{i}"), args, &self.dir);
+        let proc = Proc::spawn(&format!("logic-{i}"), args, self.dir.path());
         imgate_testkit::wait_for_port(http_port, Duration::from_secs(30), &proc.name);
         self.logics.push(LogicProc {
             proc,
@@ -216,7 +215,7 @@ impl Cluster {
             args.push("--join".into());
             args.push(l.link.to_string());
         }
-        let proc = Proc::spawn(&id, args, &self.dir);
+        let proc = Proc::spawn(&id, args, self.dir.path());
         imgate_testkit::wait_for_port(tcp, Duration::from_secs(30), &id);
         self.comets.push(CometProc {
             proc,
@@ -230,7 +229,7 @@ impl Cluster {
         let i = self.jobs.len() + 1;
         let args = vec!["job".into(), "--config".into(), self.config_arg()];
         self.jobs
-            .push(Proc::spawn(&format!("job-{i}"), args, &self.dir));
+            .push(Proc::spawn(&format!("job-{i}"), args, self.dir.path()));
     }
 
     /// logic `i`'s HTTP address.
@@ -300,10 +299,9 @@ impl Drop for Cluster {
         for l in &mut self.logics {
             l.proc.kill();
         }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("cluster logs kept in {}", self.dir.display());
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("cluster logs kept in {}", self.dir.path().display());
         }
     }
 }
@@ -333,38 +331,19 @@ impl Default for Setup {
 /// As [`super::http`], but a logic that does not answer (refused connection, no answer within
 /// 10 s, a cut answer) is an `Err` saying so rather than a panic.
 pub fn try_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Answer, String> {
-    let timeout = Duration::from_secs(10);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body))
-        .map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP head in {text:?}"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        super::dechunk(body)
-    } else {
-        body.to_string()
-    };
-    let json = serde_json::from_str(&body).map_err(|e| format!("JSON body ({e}): {body:?}"))?;
-    Ok(Answer { status, json })
+    let answer = HttpClient::new(addr)
+        .request(method, path, &[], body)
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let json = serde_json::from_slice(&answer.body).map_err(|e| {
+        format!(
+            "JSON body ({e}): {:?}",
+            String::from_utf8_lossy(&answer.body)
+        )
+    })?;
+    Ok(Answer {
+        status: answer.status,
+        json,
+    })
 }
 
 /// Heartbeat and session lifetimes of a test cluster.

@@ -1,14 +1,14 @@
-//! Helpers for end-to-end tests: a gateway on free loopback ports, clients, and a tiny
-//! HTTP/1.1 client for logic's API.
+//! Helpers for end-to-end tests: a gateway on free loopback ports, clients, and requests to
+//! logic's API.
 
 #![allow(dead_code)]
 
 pub mod cluster;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use imgate::client::http::{HttpClient, Response};
 use imgate::client::{Client, Transport};
 use imgate::standalone::Gateway;
 use imgate_shared::config::Config;
@@ -17,15 +17,15 @@ use imgate_shared::config::Config;
 /// timers so reports and expiries happen within a test's patience.
 pub fn test_config() -> Config {
     let mut c = Config::default();
-    c.comet.tcp_bind = vec!["127.0.0.1:0".into()];
-    c.comet.ws_bind = vec!["127.0.0.1:0".into()];
-    c.comet.link_bind = "127.0.0.1:0".into();
+    c.comet.tcp_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.ws_bind = vec![([127, 0, 0, 1], 0).into()];
+    c.comet.link_bind = ([127, 0, 0, 1], 0).into();
     c.comet.shards = 2;
     c.comet.pin = false;
     c.comet.handshake_timeout = Duration::from_secs(1);
     c.comet.online_interval = Duration::from_millis(200);
-    c.logic.http_bind = "127.0.0.1:0".into();
-    c.logic.link_bind = "127.0.0.1:0".into();
+    c.logic.http_bind = ([127, 0, 0, 1], 0).into();
+    c.logic.link_bind = ([127, 0, 0, 1], 0).into();
     c.logic.online_refresh = Duration::from_millis(100);
     c.job.registry_interval = Duration::from_millis(100);
     c
@@ -66,46 +66,38 @@ pub struct Answer {
 
 /// Sends one HTTP/1.1 request and reads the whole answer.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Answer {
-    let mut s = TcpStream::connect(addr).expect("connect to logic");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read answer");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP answer has a head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("JSON body ({e}): {body:?}"));
-    Answer { status, json }
+    request(addr, method, path, &[], body)
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
+/// [`http`] with extra headers.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let answer = HttpClient::new(addr)
+        .timeout(Duration::from_secs(20))
+        .request(method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    Answer::from(answer)
+}
+
+impl From<Response> for Answer {
+    fn from(answer: Response) -> Answer {
+        let json = serde_json::from_slice(&answer.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: JSON body ({e}): {:?}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            )
+        });
+        Answer {
+            status: answer.status,
+            json,
         }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
     }
-    out
 }
 
 /// POSTs a push and checks that logic accepted it (HTTP 200, code 0).

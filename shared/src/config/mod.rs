@@ -2,12 +2,22 @@
 //! empty file (or no file) is a complete configuration; `imgate.example.toml` at the repository
 //! root lists every option with its default and a comment.
 //!
-//! Durations are strings with a unit: `"500ms"`, `"8s"`, `"4m"`, `"1h"`.
+//! Types say what a value is: listen addresses are [`SocketAddr`]s, durations are humantime
+//! strings (`"500ms"`, `"8s"`, `"4m"`, `"1h 30m"`), the bus and the store are enums carrying
+//! their backend's options, and a file or secret that may be absent is an `Option` (an empty
+//! string, which older files wrote for "none", still means none). [`Config::validate`] is the
+//! one place that checks what types cannot; every error names the option, and the file when
+//! there is one ([`ConfigError`]).
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+mod load;
+
+pub use load::{parse_duration, ConfigError};
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -26,11 +36,14 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret: clients must present a JWT signed with it (`IMGATE_JWT_SECRET` overrides).
-    pub jwt_secret: String,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub jwt_secret: Option<String>,
     /// PEM public key file for RS256 / ES256 tokens, instead of a secret.
-    pub jwt_public_key_file: String,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub jwt_public_key_file: Option<PathBuf>,
     /// The business API requires `Authorization: Bearer <api_key>` (`IMGATE_API_KEY` overrides).
-    pub api_key: String,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub api_key: Option<String>,
     /// Run a configured deployment without tokens and API key (goim's trust model). Without it,
     /// `imgate --config FILE` refuses to start unless a JWT key and an API key are set.
     pub insecure: bool,
@@ -39,7 +52,30 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// Whether clients must present signed tokens.
     pub fn tokens_required(&self) -> bool {
-        !self.jwt_secret.is_empty() || !self.jwt_public_key_file.is_empty()
+        self.jwt_secret.is_some() || self.jwt_public_key_file.is_some()
+    }
+}
+
+/// The certificate chain and key files of a TLS listener, when both are set
+/// ([`Config::validate`] refuses one without the other).
+fn tls_files<'a>(
+    cert: &'a Option<PathBuf>,
+    key: &'a Option<PathBuf>,
+) -> Option<(&'a Path, &'a Path)> {
+    Some((cert.as_deref()?, key.as_deref()?))
+}
+
+impl CometConfig {
+    /// The TLS listeners' certificate chain and key, when TLS is on.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        tls_files(&self.tls_cert_file, &self.tls_key_file)
+    }
+}
+
+impl LogicConfig {
+    /// The HTTPS certificate chain and key, when the API serves HTTPS.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        tls_files(&self.tls_cert_file, &self.tls_key_file)
     }
 }
 
@@ -47,26 +83,32 @@ impl AuthConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CometConfig {
-    /// This comet's id in the registry and in sessions; empty = `comet-<hostname>-<link port>`.
-    pub id: String,
+    /// This comet's id in the registry and in sessions; none = `comet-<hostname>-<link port>`.
+    #[serde(deserialize_with = "none_if_empty")]
+    pub id: Option<String>,
     /// goim TCP client listeners.
-    pub tcp_bind: Vec<String>,
+    pub tcp_bind: Vec<SocketAddr>,
     /// WebSocket (`ws://host:port/sub`) client listeners.
-    pub ws_bind: Vec<String>,
+    pub ws_bind: Vec<SocketAddr>,
     /// WebSocket over TLS (`wss://host:port/sub`) listeners; bound only when `tls_cert_file`
     /// is set.
-    pub wss_bind: Vec<String>,
+    pub wss_bind: Vec<SocketAddr>,
     /// goim TCP protocol over TLS listeners; need `tls_cert_file`.
-    pub tcp_tls_bind: Vec<String>,
+    pub tcp_tls_bind: Vec<SocketAddr>,
     /// PEM certificate chain (leaf first) of the TLS listeners.
-    pub tls_cert_file: String,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of the TLS listeners.
-    pub tls_key_file: String,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub tls_key_file: Option<PathBuf>,
     /// Cluster-link listener where job delivers pushes.
-    pub link_bind: String,
-    /// Address job should dial for this comet; empty = `link_bind` with its bound port.
-    pub link_advertise: String,
-    /// Addresses of logic's cluster link (comet sends connect/disconnect/heartbeat/online here).
+    pub link_bind: SocketAddr,
+    /// `host:port` job should dial for this comet (a name or an address); none = `link_bind`
+    /// with its bound port.
+    #[serde(deserialize_with = "none_if_empty")]
+    pub link_advertise: Option<String>,
+    /// `host:port` of logic's cluster link, names or addresses (comet sends connect,
+    /// disconnect, heartbeat and online reports to the first that answers).
     pub logic_addrs: Vec<String>,
     /// Public TCP addresses advertised to clients by `/goim/nodes/*`; empty = the bound
     /// addresses (an unspecified host replaced by the host's own address).
@@ -86,7 +128,7 @@ pub struct CometConfig {
     #[serde(rename = "backlog")]
     pub backlog: u32,
     /// Accept → auth deadline.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Largest frame body accepted from a client.
     pub max_body: usize,
@@ -101,9 +143,9 @@ pub struct CometConfig {
     /// TCP keep-alive on client sockets (goim's `tcp.keepalive`): probes after
     /// `tcp_keepalive_idle` of silence, every `tcp_keepalive_interval`.
     pub tcp_keepalive: bool,
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub tcp_keepalive_idle: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub tcp_keepalive_interval: Duration,
     /// Kernel send and receive buffer sizes of client sockets, in bytes (goim's `tcp.sndbuf` /
     /// `tcp.rcvbuf`); 0 = the kernel's autotuning.
@@ -122,10 +164,10 @@ pub struct CometConfig {
     /// slow; one entry of any size is always taken by an empty queue.
     pub send_queue_bytes: usize,
     /// How often each shard reports its connections and rooms to logic.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub online_interval: Duration,
     /// Deadline for a request to logic (connect, heartbeat, online).
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub logic_timeout: Duration,
 }
 
@@ -134,24 +176,26 @@ pub struct CometConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LogicConfig {
     /// goim's HTTP API.
-    pub http_bind: String,
+    pub http_bind: SocketAddr,
     /// Cluster-link listener for comets.
-    pub link_bind: String,
+    pub link_bind: SocketAddr,
     /// Client heartbeat interval advertised by `/goim/nodes/weighted`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     /// Missed heartbeats tolerated; the server closes after `heartbeat × heartbeat_max`.
     pub heartbeat_max: u32,
     /// Refresh interval of the online-count cache behind `/goim/online/*`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub online_refresh: Duration,
     /// PEM certificate chain of the HTTP API; set, the API serves HTTPS only.
-    pub tls_cert_file: String,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of the HTTP API.
-    pub tls_key_file: String,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub tls_key_file: Option<PathBuf>,
     /// A client must send a request's head within this time (slowloris); idle keep-alive
     /// connections are closed after it too.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub http_header_timeout: Duration,
     /// Largest HTTP push body.
     pub max_push_body: usize,
@@ -194,13 +238,13 @@ pub struct JobConfig {
     /// A room batch is flushed when it holds this many messages…
     pub room_batch: usize,
     /// …or when its first message has waited this long.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub room_max_delay: Duration,
     /// Big rooms are paced: a room of `n` members flushes at most once every
     /// `n / (comet shards × room_writes_per_shard)`, its batch growing meanwhile. 0 = off.
     pub room_writes_per_shard: u64,
     /// Longest interval between two flushes of a paced room.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub room_max_interval: Duration,
     /// How busy (0–1, the share of time its event loop is not parked) job lets the busiest
     /// comet shard get before it batches big rooms more: it learns the share of
@@ -213,23 +257,60 @@ pub struct JobConfig {
     /// several comets counts for each).
     pub comet_queue_bytes: usize,
     /// How often the comet registry is read for joins and departures.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub registry_interval: Duration,
 }
 
-/// Which bus carries pushes from logic to job.
+/// Which bus carries pushes from logic to job, with its options. In TOML: `[bus]` with
+/// `kind = "embedded"` (and `capacity`, `publish_timeout`) or `kind = "kafka"` (and
+/// `[bus.kafka]`); the options of the kind not chosen may be present and are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BusConfig {
-    /// `embedded` (in-process queue) or `kafka`.
-    pub kind: String,
-    /// Capacity of the embedded queue.
+#[serde(from = "BusSection")]
+pub enum BusConfig {
+    /// A bounded in-process queue: logic and job run in one process.
+    Embedded(EmbeddedBusConfig),
+    /// A Kafka-protocol broker shared by every logic and job.
+    Kafka(KafkaConfig),
+}
+
+/// The embedded bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedBusConfig {
+    /// Capacity of the queue.
     pub capacity: usize,
     /// How long a publish waits for room before the push is refused.
-    #[serde(deserialize_with = "duration")]
     pub publish_timeout: Duration,
-    /// Used when `kind = "kafka"`.
-    pub kafka: KafkaConfig,
+}
+
+/// `[bus]` as written in TOML; [`BusConfig`] is what it means.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BusSection {
+    kind: BusKind,
+    capacity: usize,
+    #[serde(with = "humantime_serde")]
+    publish_timeout: Duration,
+    kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BusKind {
+    #[default]
+    Embedded,
+    Kafka,
+}
+
+impl From<BusSection> for BusConfig {
+    fn from(section: BusSection) -> Self {
+        match section.kind {
+            BusKind::Embedded => BusConfig::Embedded(EmbeddedBusConfig {
+                capacity: section.capacity,
+                publish_timeout: section.publish_timeout,
+            }),
+            BusKind::Kafka => BusConfig::Kafka(section.kafka),
+        }
+    }
 }
 
 /// The Kafka bus (any Kafka-protocol broker).
@@ -244,51 +325,105 @@ pub struct KafkaConfig {
     /// Partitions of the topic when imgate creates it.
     pub partitions: i32,
     /// How often job commits the offsets of delivered messages.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// Consumer group session timeout: a job silent this long is replaced.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
 }
 
-/// Where sessions, online counts and the comet registry live.
+/// Where sessions, online counts, the comet registry and stored messages live.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "StoreSection")]
 pub struct StoreConfig {
-    /// `embedded` (in-process) or `redis`.
-    pub kind: String,
+    /// In process, or Redis with its options. In TOML: `kind = "embedded"` or
+    /// `kind = "redis"` with `[store.redis]`.
+    pub backend: StoreBackend,
     /// Session lifetime without a heartbeat refresh.
-    #[serde(deserialize_with = "duration")]
     pub session_ttl: Duration,
     /// A comet shard that has not reported for this long is gone.
-    #[serde(deserialize_with = "duration")]
     pub online_ttl: Duration,
     /// Messages kept per user for delivery on (re)connect.
     pub inbox_max_messages: usize,
     /// How long a user's stored messages (and their sequence) are kept after the last push.
-    #[serde(deserialize_with = "duration")]
     pub inbox_ttl: Duration,
     /// Messages kept per room for pushes that opt into history (`history=1`).
     pub room_history_max_messages: usize,
     /// How long a room's history is kept.
-    #[serde(deserialize_with = "duration")]
     pub room_history_ttl: Duration,
-    /// Used when `kind = "redis"`.
-    pub redis: RedisConfig,
+}
+
+/// The store's backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    /// In-process maps: one process, nothing survives it.
+    Embedded,
+    /// A Redis node or Redis Cluster shared by every process.
+    Redis(RedisConfig),
+}
+
+/// `[store]` as written in TOML; [`StoreConfig`] is what it means.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct StoreSection {
+    kind: StoreKind,
+    #[serde(with = "humantime_serde")]
+    session_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    online_ttl: Duration,
+    inbox_max_messages: usize,
+    #[serde(with = "humantime_serde")]
+    inbox_ttl: Duration,
+    room_history_max_messages: usize,
+    #[serde(with = "humantime_serde")]
+    room_history_ttl: Duration,
+    redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    #[default]
+    Embedded,
+    Redis,
+}
+
+impl From<StoreSection> for StoreConfig {
+    fn from(section: StoreSection) -> Self {
+        StoreConfig {
+            backend: match section.kind {
+                StoreKind::Embedded => StoreBackend::Embedded,
+                StoreKind::Redis => StoreBackend::Redis(section.redis),
+            },
+            session_ttl: section.session_ttl,
+            online_ttl: section.online_ttl,
+            inbox_max_messages: section.inbox_max_messages,
+            inbox_ttl: section.inbox_ttl,
+            room_history_max_messages: section.room_history_max_messages,
+            room_history_ttl: section.room_history_ttl,
+        }
+    }
+}
+
+/// How many messages an inbox or a room history keeps, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_messages: usize,
+    pub ttl: Duration,
 }
 
 impl StoreConfig {
     /// Inbox retention as the store applies it.
-    pub fn inbox(&self) -> crate::store::Retention {
-        crate::store::Retention {
+    pub fn inbox(&self) -> Retention {
+        Retention {
             max_messages: self.inbox_max_messages,
             ttl: self.inbox_ttl,
         }
     }
 
     /// Room-history retention as the store applies it.
-    pub fn room_history(&self) -> crate::store::Retention {
-        crate::store::Retention {
+    pub fn room_history(&self) -> Retention {
+        Retention {
             max_messages: self.room_history_max_messages,
             ttl: self.room_history_ttl,
         }
@@ -306,22 +441,22 @@ pub struct RedisConfig {
     /// Prefix of every key imgate writes.
     pub prefix: String,
     /// Deadline of each Redis command.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
 
 impl Default for CometConfig {
     fn default() -> Self {
         CometConfig {
-            id: String::new(),
-            tcp_bind: vec!["0.0.0.0:3101".into()],
-            ws_bind: vec!["0.0.0.0:3102".into()],
-            wss_bind: vec!["0.0.0.0:3103".into()],
+            id: None,
+            tcp_bind: vec![SocketAddr::from(([0, 0, 0, 0], 3101))],
+            ws_bind: vec![SocketAddr::from(([0, 0, 0, 0], 3102))],
+            wss_bind: vec![SocketAddr::from(([0, 0, 0, 0], 3103))],
             tcp_tls_bind: Vec::new(),
-            tls_cert_file: String::new(),
-            tls_key_file: String::new(),
-            link_bind: "127.0.0.1:3109".into(),
-            link_advertise: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            link_bind: SocketAddr::from(([127, 0, 0, 1], 3109)),
+            link_advertise: None,
             logic_addrs: vec!["127.0.0.1:3119".into()],
             addrs: Vec::new(),
             ws_addrs: Vec::new(),
@@ -355,13 +490,13 @@ impl Default for CometConfig {
 impl Default for LogicConfig {
     fn default() -> Self {
         LogicConfig {
-            http_bind: "0.0.0.0:3111".into(),
-            link_bind: "127.0.0.1:3119".into(),
+            http_bind: SocketAddr::from(([0, 0, 0, 0], 3111)),
+            link_bind: SocketAddr::from(([127, 0, 0, 1], 3119)),
             heartbeat: Duration::from_secs(240),
             heartbeat_max: 2,
             online_refresh: Duration::from_secs(1),
-            tls_cert_file: String::new(),
-            tls_key_file: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
             http_header_timeout: Duration::from_secs(30),
             max_push_body: 64 << 10,
             max_push_targets: 10_000,
@@ -404,14 +539,20 @@ impl Default for JobConfig {
     }
 }
 
-impl Default for BusConfig {
+impl Default for BusSection {
     fn default() -> Self {
-        BusConfig {
-            kind: "embedded".into(),
+        BusSection {
+            kind: BusKind::Embedded,
             capacity: 65536,
             publish_timeout: Duration::from_secs(1),
             kafka: KafkaConfig::default(),
         }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusSection::default().into()
     }
 }
 
@@ -441,8 +582,14 @@ impl Default for RedisConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            kind: "embedded".into(),
+        StoreSection::default().into()
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            kind: StoreKind::Embedded,
             session_ttl: Duration::from_secs(30 * 60),
             online_ttl: Duration::from_secs(20),
             inbox_max_messages: 100,
@@ -454,164 +601,13 @@ impl Default for StoreConfig {
     }
 }
 
-/// Why a configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid configuration: {0}")]
-    Parse(#[from] toml::de::Error),
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
-impl Config {
-    /// Reads and validates a TOML file.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml(&text)
-    }
-
-    /// Parses and validates TOML text.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks the values that would otherwise fail late or silently.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !matches!(self.bus.kind.as_str(), "embedded" | "kafka") {
-            return bad(format!(
-                "bus.kind {:?} must be \"embedded\" or \"kafka\"",
-                self.bus.kind
-            ));
-        }
-        if !matches!(self.store.kind.as_str(), "embedded" | "redis") {
-            return bad(format!(
-                "store.kind {:?} must be \"embedded\" or \"redis\"",
-                self.store.kind
-            ));
-        }
-        if self.bus.kind == "kafka" && self.store.kind != "redis" {
-            return bad("bus.kind = \"kafka\" needs store.kind = \"redis\": processes share sessions through it".into());
-        }
-        if self.store.kind == "redis" && self.store.redis.urls.is_empty() {
-            return bad("store.redis.urls is empty".into());
-        }
-        if self.bus.kafka.partitions < 1 {
-            return bad("bus.kafka.partitions must be >= 1".into());
-        }
-        if !(0.0..=1.0).contains(&self.job.room_busy_target) {
-            return bad(format!(
-                "job.room_busy_target must be between 0 and 1, not {}",
-                self.job.room_busy_target
-            ));
-        }
-        if self.comet.send_queue == 0
-            || self.comet.send_queue_bytes == 0
-            || self.job.room_batch == 0
-            || self.job.comet_queue == 0
-        {
-            return bad(
-                "comet.send_queue, comet.send_queue_bytes, job.room_batch and job.comet_queue \
-                 must be > 0"
-                    .into(),
-            );
-        }
-        if self.logic.heartbeat.is_zero() || self.logic.heartbeat_max == 0 {
-            return bad("logic.heartbeat and logic.heartbeat_max must be > 0".into());
-        }
-        if self.comet.max_body == 0 || self.comet.max_body > 1 << 24 {
-            return bad("comet.max_body must be between 1 and 16 MiB".into());
-        }
-        for (section, cert, key) in [
-            ("comet", &self.comet.tls_cert_file, &self.comet.tls_key_file),
-            ("logic", &self.logic.tls_cert_file, &self.logic.tls_key_file),
-        ] {
-            if cert.is_empty() != key.is_empty() {
-                return bad(format!(
-                    "{section}.tls_cert_file and {section}.tls_key_file go together"
-                ));
-            }
-        }
-        if !self.comet.tcp_tls_bind.is_empty() && self.comet.tls_cert_file.is_empty() {
-            return bad("comet.tcp_tls_bind needs comet.tls_cert_file and tls_key_file".into());
-        }
-        if self.comet.upstream_rate > 0 && !(1..=1_000_000).contains(&self.comet.upstream_burst) {
-            return bad("comet.upstream_burst must be between 1 and 1000000".into());
-        }
-        Ok(())
-    }
-}
-
-/// Parses `"500ms"`, `"8s"`, `"4m"`, `"1h"` (a whole number and a unit).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("duration {text:?} must be a whole number followed by ms, s, m or h")
-    })?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("duration {text:?} needs a unit: ms, s, m or h")),
-    }
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// An option that may be absent: a missing key, or an empty string (which older files wrote
+/// for "none"), is `None`.
+fn none_if_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
     let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("4m"), Ok(Duration::from_secs(240)));
-        assert!(parse_duration("4").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1d").is_err());
-    }
-
-    #[test]
-    fn empty_file_is_the_defaults() {
-        assert_eq!(Config::from_toml("").unwrap(), Config::default());
-    }
-
-    #[test]
-    fn example_file_lists_the_defaults() {
-        let text = include_str!("../../imgate.example.toml");
-        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_refused() {
-        assert!(Config::from_toml("[comet]\ntcp_bnid = []").is_err());
-        assert!(Config::from_toml("[comet]\nhandshake_timeout = \"8\"").is_err());
-        assert!(Config::from_toml("[bus]\nkind = \"nats\"").is_err());
-        assert!(
-            Config::from_toml("[bus]\nkind = \"kafka\"").is_err(),
-            "kafka needs redis"
-        );
-        Config::from_toml("[bus]\nkind = \"kafka\"\n[store]\nkind = \"redis\"").unwrap();
-        assert!(Config::from_toml("[comet]\ntls_cert_file = \"c.pem\"").is_err());
-        assert!(Config::from_toml("[logic]\ntls_key_file = \"k.pem\"").is_err());
-        assert!(Config::from_toml("[comet]\ntcp_tls_bind = [\"0.0.0.0:3104\"]").is_err());
-    }
+    Ok((!text.is_empty()).then(|| T::from(text)))
 }

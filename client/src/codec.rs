@@ -1,9 +1,11 @@
-//! What a goim client reads: goim frames on TCP, WebSocket messages each holding one goim frame
-//! on WebSocket, and op-9 (`OpRaw`) batches whose inner frames are the messages.
+//! What a goim client reads and writes: goim frames on TCP, WebSocket messages each holding one
+//! goim frame on WebSocket, and op-9 (`OpRaw`) batches whose inner frames are the messages.
 //!
 //! [`feed`] takes the bytes of one read. It decodes what is complete straight from the read
 //! buffer and keeps only the unfinished tail in the connection's `pending` vector, so an idle
-//! connection holds no buffer at all.
+//! connection holds no buffer at all. This is hand-written on purpose: it is the load
+//! generator's hot path (100,000+ clients on a few cores), and it allocates nothing per frame;
+//! the frame and WebSocket parsing under it is the server's own (`imgate_shared`).
 
 use imgate_shared::frame::{self, op, FrameError};
 use imgate_shared::ws::{self, opcode, Role, WsError};
@@ -13,12 +15,16 @@ use serde::{Deserialize, Serialize};
 /// have no limit of their own (batches), so this only stops a runaway.
 pub const MAX_SERVER_FRAME: usize = 16 << 20;
 
-/// Transport the clients speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// Transport a client speaks: goim's TCP protocol, or WebSocket (`/sub`). Named `tcp` and
+/// `ws` where it is written down (JSON, the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Transport {
+    #[serde(rename = "tcp")]
     Tcp,
-    Ws,
+    #[serde(rename = "ws")]
+    #[cfg_attr(feature = "clap", value(name = "ws"))]
+    WebSocket,
 }
 
 /// Why a connection's bytes cannot be read any further.
@@ -48,7 +54,7 @@ impl std::fmt::Display for WireError {
 /// Receives what a connection decodes.
 pub trait Sink {
     /// One goim frame: a reply, or a message (inner frames of a batch come one by one).
-    fn frame(&mut self, op: i32, seq: i32, body: &[u8]);
+    fn frame(&mut self, ver: i16, op: i32, seq: i32, body: &[u8]);
     /// One unit as the server wrote it: a WebSocket message, or a top-level goim frame on TCP.
     fn outer(&mut self);
     /// A WebSocket ping: the connection must answer with a pong carrying `payload`.
@@ -94,14 +100,14 @@ pub fn decode(
         let step = match transport {
             Transport::Tcp => match frame::decode(rest, MAX_SERVER_FRAME) {
                 Ok(Some((header, body))) => {
-                    goim_frame(header.op, header.seq, body, sink)?;
+                    goim_frame(header, body, sink)?;
                     sink.outer();
                     header.pack_len
                 }
                 Ok(None) => return Ok(used),
                 Err(e) => return Err(WireError::Frame(e)),
             },
-            Transport::Ws => match ws::parse_frame(rest, MAX_SERVER_FRAME, Role::Client) {
+            Transport::WebSocket => match ws::parse_frame(rest, MAX_SERVER_FRAME, Role::Client) {
                 Ok(Some(f)) => {
                     if !f.fin {
                         return Err(WireError::Unexpected("fragmented WebSocket message"));
@@ -111,7 +117,7 @@ pub fn decode(
                         opcode::BINARY => {
                             let (header, body) = frame::decode_exact(payload, MAX_SERVER_FRAME)
                                 .map_err(WireError::Frame)?;
-                            goim_frame(header.op, header.seq, body, sink)?;
+                            goim_frame(header, body, sink)?;
                             sink.outer();
                         }
                         opcode::PING => sink.ping(payload),
@@ -130,14 +136,14 @@ pub fn decode(
 }
 
 /// One goim frame: an op-9 batch is unpacked into its inner frames.
-fn goim_frame(op: i32, seq: i32, body: &[u8], sink: &mut impl Sink) -> Result<(), WireError> {
-    if op != op::RAW {
-        sink.frame(op, seq, body);
+fn goim_frame(header: frame::Header, body: &[u8], sink: &mut impl Sink) -> Result<(), WireError> {
+    if header.op != op::RAW {
+        sink.frame(header.ver, header.op, header.seq, body);
         return Ok(());
     }
     for inner in frame::split_frames(body) {
         let (header, body) = inner.map_err(WireError::Frame)?;
-        sink.frame(header.op, header.seq, body);
+        sink.frame(header.ver, header.op, header.seq, body);
     }
     Ok(())
 }
@@ -147,8 +153,14 @@ pub fn client_frame(transport: Transport, op: i32, seq: i32, body: &[u8]) -> Vec
     let goim = frame::encode(1, op, seq, body);
     match transport {
         Transport::Tcp => goim.to_vec(),
-        Transport::Ws => ws::encode_client_frame(opcode::BINARY, &goim, MASK),
+        Transport::WebSocket => ws_message(&goim),
     }
+}
+
+/// `bytes` as one masked binary WebSocket message: how a client sends a goim frame (or, in a
+/// test, anything it likes) on WebSocket.
+pub fn ws_message(bytes: &[u8]) -> Vec<u8> {
+    ws::encode_client_frame(opcode::BINARY, bytes, MASK)
 }
 
 /// The pong answering a ping with `payload`.
@@ -159,42 +171,6 @@ pub fn pong(payload: &[u8]) -> Vec<u8> {
 /// A fixed mask: masking is there for proxies, not secrecy, and a load generator needs no
 /// per-message randomness.
 const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x08];
-
-/// `Sec-WebSocket-Key` every harness client sends.
-pub const WS_KEY: &str = "YmVuY2gtaGFybmVzcy1rZXk=";
-
-/// The upgrade request for `host`.
-pub fn upgrade_request(host: &str) -> String {
-    format!(
-        "GET /sub HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-}
-
-/// Checks an upgrade answer at the start of `buf`: `Ok(Some(n))` when the 101 with the right
-/// accept key is complete in the first `n` bytes, `Ok(None)` when more bytes are needed.
-pub fn upgrade_response(buf: &[u8]) -> Result<Option<usize>, String> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if buf.len() > 8192 {
-            return Err("upgrade answer longer than 8 KiB".into());
-        }
-        return Ok(None);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]);
-    if !head.starts_with("HTTP/1.1 101") {
-        let line = head.lines().next().unwrap_or_default();
-        return Err(format!("upgrade refused: {line}"));
-    }
-    let accept = ws::accept_key(WS_KEY);
-    let found = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
-        })
-    });
-    if !found {
-        return Err("wrong or missing Sec-WebSocket-Accept".into());
-    }
-    Ok(Some(end + 4))
-}
 
 #[cfg(test)]
 mod tests {
@@ -228,7 +204,7 @@ mod tests {
     }
 
     impl Sink for Recorder {
-        fn frame(&mut self, op: i32, _seq: i32, body: &[u8]) {
+        fn frame(&mut self, _ver: i16, op: i32, _seq: i32, body: &[u8]) {
             self.frames.push((op, body.to_vec()));
         }
         fn outer(&mut self) {
@@ -272,7 +248,7 @@ mod tests {
         stream.extend(ws::encode_server_frame(opcode::PING, b"hi"));
         stream.extend(ws_binary(&batch(&[b"x", b"y"])));
         for chunk in 1..=stream.len() {
-            let (rec, pending) = feed_in_chunks(Transport::Ws, &stream, chunk);
+            let (rec, pending) = feed_in_chunks(Transport::WebSocket, &stream, chunk);
             let ops: Vec<i32> = rec.frames.iter().map(|f| f.0).collect();
             assert_eq!(ops, [8, 1000, 1000], "chunk {chunk}");
             assert_eq!(rec.outer, 2);
@@ -300,7 +276,7 @@ mod tests {
         ));
         let mut close = ws::encode_server_frame(opcode::CLOSE, b"");
         assert_eq!(
-            feed(Transport::Ws, &mut Vec::new(), &mut close, &mut rec),
+            feed(Transport::WebSocket, &mut Vec::new(), &mut close, &mut rec),
             Err(WireError::Closed)
         );
         // A batch whose inner frame is cut short.
@@ -309,26 +285,10 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_answer_is_checked() {
-        let good = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\nrest",
-            ws::accept_key(WS_KEY)
-        );
-        let n = good.len() - 4;
-        assert_eq!(upgrade_response(good.as_bytes()), Ok(Some(n)));
-        assert_eq!(upgrade_response(&good.as_bytes()[..20]), Ok(None));
-        assert!(upgrade_response(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
-        assert!(upgrade_response(
-            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope\r\n\r\n"
-        )
-        .is_err());
-    }
-
-    #[test]
     fn client_frames_are_what_the_server_parses() {
         let tcp = client_frame(Transport::Tcp, 2, 5, b"");
         assert_eq!(tcp.len(), 16);
-        let mut ws_msg = client_frame(Transport::Ws, 7, 1, b"{}");
+        let mut ws_msg = client_frame(Transport::WebSocket, 7, 1, b"{}");
         let f = ws::parse_frame(&mut ws_msg, 1 << 20, Role::Server)
             .unwrap()
             .unwrap();

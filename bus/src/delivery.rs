@@ -1,0 +1,56 @@
+//! Delivery tracking: a consumed message's [`DeliveryGuard`] travels with it through job, and
+//! its drop tells the bus the message is delivered.
+
+/// Told when a consumed message has been delivered (or given up on), so the bus can commit
+/// its position. Called once per message, in any order.
+pub trait DeliveryTracker: Send + Sync {
+    fn delivered(&self, partition: i32, offset: i64);
+}
+
+/// Travels with a consumed message until job has written it to every comet it was for;
+/// dropping it reports the message delivered. A job that dies drops nothing, so what it had
+/// not delivered is consumed again (at least once).
+pub struct DeliveryGuard {
+    tracker: Option<std::sync::Arc<dyn DeliveryTracker>>,
+    partition: i32,
+    offset: i64,
+}
+
+impl DeliveryGuard {
+    /// A guard that reports to `tracker` when dropped.
+    pub fn new(tracker: std::sync::Arc<dyn DeliveryTracker>, partition: i32, offset: i64) -> Self {
+        DeliveryGuard {
+            tracker: Some(tracker),
+            partition,
+            offset,
+        }
+    }
+
+    /// A guard that reports nowhere (the embedded bus has nothing to commit).
+    pub fn untracked() -> Self {
+        DeliveryGuard {
+            tracker: None,
+            partition: 0,
+            offset: 0,
+        }
+    }
+
+    /// Partition and offset of the message (0, 0 when untracked).
+    pub fn position(&self) -> (i32, i64) {
+        (self.partition, self.offset)
+    }
+}
+
+impl Drop for DeliveryGuard {
+    fn drop(&mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.delivered(self.partition, self.offset);
+        }
+    }
+}
+
+impl std::fmt::Debug for DeliveryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeliveryGuard({}, {})", self.partition, self.offset)
+    }
+}

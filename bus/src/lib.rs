@@ -1,0 +1,62 @@
+//! The bus between logic (which publishes pushes) and job (which consumes them): the messages,
+//! the two traits every bus implements, and the implementations.
+//!
+//! | implementation | file | what it is |
+//! | --- | --- | --- |
+//! | [`embedded`] | `embedded.rs` | a bounded in-process queue: logic and job in one process |
+//! | [`kafka`] | `kafka/` | any Kafka-protocol broker, at least once, in order per room |
+//!
+//! A new bus (NATS JetStream, say) is one more file: a producer implementing [`BusProducer`]
+//! and a consumer implementing [`BusConsumer`] that hands out [`BusEvent`]s with a
+//! [`DeliveryGuard`] per message. Messages are prost-encoded ([`BusMessage`]), so every bus
+//! carries the same bytes. A full bus is an error the caller reports, never a silent drop.
+
+mod delivery;
+pub mod embedded;
+pub mod kafka;
+mod message;
+
+use std::time::Duration;
+
+pub use delivery::{DeliveryGuard, DeliveryTracker};
+pub use embedded::{embedded, EmbeddedConsumer, EmbeddedProducer};
+pub use message::{BroadcastPush, BusMessage, KeysPush, Push, RoomPush};
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus queue full: job is not keeping up (waited {0:?})")]
+    Full(Duration),
+    #[error("bus closed: no consumer is running")]
+    Closed,
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The producing side of the bus.
+#[async_trait::async_trait]
+pub trait BusProducer: Send + Sync {
+    /// Returns once the bus has accepted the message (for Kafka: the broker acknowledged it).
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
+}
+
+/// What a consumer hands job.
+#[derive(Debug)]
+pub enum BusEvent {
+    /// A message, with the guard to drop once it is delivered.
+    Message(BusMessage, DeliveryGuard),
+    /// These partitions are being taken away (a rebalance): job sends out everything it holds
+    /// (room batches) and then answers on `done`; the consumer waits for the guards of those
+    /// partitions and commits before letting them go.
+    Revoking {
+        partitions: Vec<i32>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// The consuming side of the bus.
+#[async_trait::async_trait]
+pub trait BusConsumer: Send {
+    /// The next event, or `None` once the bus is closed and drained.
+    async fn recv(&mut self) -> Option<BusEvent>;
+}

@@ -1,0 +1,375 @@
+//! Sessions in Redis: the `key:{<key>}` entry (the authority) and the `mid:{<mid>}` index of
+//! each user's keys; see the key schema in [`super`].
+
+use futures_util::future::join_all;
+use imgate_shared::link::ConnRef;
+use prost::Message;
+use redis::{RedisResult, Script, Value};
+
+use super::{unavailable, Conn, RedisStore};
+use crate::{Claim, KeyPolicy, Session, SessionStore, StoreError};
+
+/// Compare-and-delete of a key entry: deletes it only if it still names the connection.
+/// KEYS[1] = key entry; ARGV[1] = encoded ConnRef. Returns 1 if deleted.
+const REMOVE_KEY: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local sep = string.find(v, '|', 1, true)
+  if sep and string.sub(v, sep + 1) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+end
+return 0
+";
+
+/// Claim of a key entry, in one step: refuses when the entry names another user and the
+/// claim is exclusive, otherwise (re)writes it.
+/// KEYS[1] = key entry; ARGV[1] = new value; ARGV[2] = the claiming mid, as the entry spells
+/// it; ARGV[3] = TTL ms; ARGV[4] = '1' to refuse another user's key.
+/// Returns {0, previous} if refused, {1, previous or nil} if claimed.
+const CLAIM_KEY: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and ARGV[4] == '1' then
+  local sep = string.find(v, '|', 1, true)
+  if sep and string.sub(v, 1, sep - 1) ~= ARGV[2] then
+    return {0, v}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return {1, v or false}
+";
+
+/// Refresh of a key entry: (re)writes it when it is missing or names the same connection.
+/// KEYS[1] = key entry; ARGV[1] = new value; ARGV[2] = encoded ConnRef; ARGV[3] = TTL ms.
+/// Returns 0 if another connection holds the key, 1 if created, the previous value if renewed.
+const REFRESH_KEY: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local sep = string.find(v, '|', 1, true)
+  if not sep or string.sub(v, sep + 1) ~= ARGV[2] then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if v then return v end
+return 1
+";
+
+/// Writes a user's index field and renews the whole hash.
+/// KEYS[1] = mid hash; ARGV[1] = field (the key); ARGV[2] = encoded ConnRef; ARGV[3] = TTL ms.
+const SET_FIELD: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Compare-and-delete of a user's index field.
+/// KEYS[1] = mid hash; ARGV[1] = field; ARGV[2] = encoded ConnRef. Returns 1 if deleted.
+const REMOVE_FIELD: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+";
+
+/// The session scripts, loaded once per store.
+pub(super) struct SessionScripts {
+    claim_key: Script,
+    remove_key: Script,
+    refresh_key: Script,
+    set_field: Script,
+    remove_field: Script,
+}
+
+impl SessionScripts {
+    pub(super) fn new() -> Self {
+        SessionScripts {
+            claim_key: Script::new(CLAIM_KEY),
+            remove_key: Script::new(REMOVE_KEY),
+            refresh_key: Script::new(REFRESH_KEY),
+            set_field: Script::new(SET_FIELD),
+            remove_field: Script::new(REMOVE_FIELD),
+        }
+    }
+}
+
+/// `<mid>|<prost ConnRef>`, the value of a key entry.
+fn encode_entry(mid: i64, conn: &[u8]) -> Vec<u8> {
+    let mut v = format!("{mid}|").into_bytes();
+    v.extend_from_slice(conn);
+    v
+}
+
+/// Splits a key entry into its user and connection; `None` if it is not one.
+fn decode_entry(v: &[u8]) -> Option<(i64, ConnRef)> {
+    let sep = v.iter().position(|b| *b == b'|')?;
+    let mid = std::str::from_utf8(&v[..sep]).ok()?.parse().ok()?;
+    let conn = ConnRef::decode(&v[sep + 1..]).ok()?;
+    Some((mid, conn))
+}
+
+impl RedisStore {
+    fn key_entry(&self, key: &str) -> String {
+        format!("{}key:{{{key}}}", self.prefix)
+    }
+
+    fn mid_index(&self, mid: i64) -> String {
+        format!("{}mid:{{{mid}}}", self.prefix)
+    }
+
+    async fn set_field(&self, mid: i64, key: &str, conn: &[u8]) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.set_field.prepare_invoke();
+        inv.key(self.mid_index(mid))
+            .arg(key)
+            .arg(conn)
+            .arg(self.session_ttl_ms);
+        self.run("HSET (session index)", inv.invoke_async::<()>(&mut c))
+            .await
+    }
+
+    /// Removes `key` from `mid`'s index if the field still names `conn`.
+    async fn remove_field(&self, mid: i64, key: &str, conn: &[u8]) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.remove_field.prepare_invoke();
+        inv.key(self.mid_index(mid)).arg(key).arg(conn);
+        self.run("HDEL (session index)", inv.invoke_async::<bool>(&mut c))
+            .await
+    }
+
+    /// Drops `key` from the index of the user a previous entry named, if that was another user.
+    async fn unlink_previous(&self, previous: Option<&[u8]>, key: &str, mid: i64) {
+        let Some((old_mid, old_conn)) = previous.and_then(decode_entry) else {
+            return;
+        };
+        if old_mid != mid && old_mid > 0 {
+            // A failure leaves a stale field, which readers ignore and prune.
+            if let Err(e) = self
+                .remove_field(old_mid, key, &old_conn.encode_to_vec())
+                .await
+            {
+                tracing::warn!(error = %e, key, old_mid, "cannot unlink a key from its previous user");
+            }
+        }
+    }
+
+    /// The raw key entries of `keys`, in order.
+    async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.key_entry(k)).collect();
+        match &self.conn {
+            Conn::Single(m) => {
+                let mut c = m.clone();
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(&names);
+                self.run("MGET (sessions)", cmd.query_async(&mut c)).await
+            }
+            Conn::Cluster(cc) => {
+                // Keys of different slots: one GET each, multiplexed on the cluster connection.
+                let gets = names.iter().map(|name| {
+                    let mut c = cc.clone();
+                    async move {
+                        redis::cmd("GET")
+                            .arg(name)
+                            .query_async::<Option<Vec<u8>>>(&mut c)
+                            .await
+                    }
+                });
+                let all = join_all(gets);
+                let results = self.run("GET (sessions)", async { Ok(all.await) }).await?;
+                results
+                    .into_iter()
+                    .collect::<RedisResult<Vec<_>>>()
+                    .map_err(|e| unavailable("GET (sessions)", e))
+            }
+        }
+    }
+
+    /// Every field of these users' indexes, in order.
+    async fn get_indexes(&self, mids: &[i64]) -> Result<Vec<Vec<(String, Vec<u8>)>>, StoreError> {
+        let names: Vec<String> = mids.iter().map(|m| self.mid_index(*m)).collect();
+        match &self.conn {
+            Conn::Single(m) => {
+                let mut c = m.clone();
+                let mut pipe = redis::pipe();
+                for name in &names {
+                    pipe.cmd("HGETALL").arg(name);
+                }
+                self.run("HGETALL (session index)", pipe.query_async(&mut c))
+                    .await
+            }
+            Conn::Cluster(cc) => {
+                let gets = names.iter().map(|name| {
+                    let mut c = cc.clone();
+                    async move {
+                        redis::cmd("HGETALL")
+                            .arg(name)
+                            .query_async::<Vec<(String, Vec<u8>)>>(&mut c)
+                            .await
+                    }
+                });
+                let all = join_all(gets);
+                let results = self
+                    .run("HGETALL (session index)", async { Ok(all.await) })
+                    .await?;
+                results
+                    .into_iter()
+                    .collect::<RedisResult<Vec<_>>>()
+                    .map_err(|e| unavailable("HGETALL (session index)", e))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for RedisStore {
+    async fn claim_session(
+        &self,
+        session: &Session,
+        policy: KeyPolicy,
+    ) -> Result<Claim, StoreError> {
+        let conn = session.conn.encode_to_vec();
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.claim_key.prepare_invoke();
+        inv.key(self.key_entry(&session.key))
+            .arg(encode_entry(session.mid, &conn))
+            .arg(session.mid.to_string())
+            .arg(self.session_ttl_ms)
+            .arg(if policy == KeyPolicy::SameUser {
+                "1"
+            } else {
+                "0"
+            });
+        let (claimed, previous): (i64, Option<Vec<u8>>) = self
+            .run("SET (session claim)", inv.invoke_async(&mut c))
+            .await?;
+        let holder = previous.as_deref().and_then(decode_entry);
+        if claimed == 0 {
+            return Ok(Claim::Refused {
+                holder: holder.map_or(0, |(mid, _)| mid),
+            });
+        }
+        self.unlink_previous(previous.as_deref(), &session.key, session.mid)
+            .await;
+        if session.mid > 0 {
+            self.set_field(session.mid, &session.key, &conn).await?;
+        }
+        let replaced = holder
+            .filter(|(_, old)| *old != session.conn)
+            .map(|(mid, conn)| Session {
+                mid,
+                key: session.key.clone(),
+                conn,
+            });
+        Ok(Claim::Claimed { replaced })
+    }
+
+    async fn remove_session(
+        &self,
+        mid: i64,
+        key: &str,
+        conn: &ConnRef,
+    ) -> Result<bool, StoreError> {
+        let conn = conn.encode_to_vec();
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.remove_key.prepare_invoke();
+        inv.key(self.key_entry(key)).arg(&conn);
+        let removed: bool = self.run("DEL (session)", inv.invoke_async(&mut c)).await?;
+        if mid > 0 {
+            // A field still naming this connection is stale, unless the key moved on to
+            // another connection of the same user: then the field is that connection's (its
+            // claim may have written the field before this one's late write did), and
+            // removing it would hide the survivor from pushes by mid.
+            let same_user_holds = !removed
+                && self
+                    .get_entries(&[key.to_string()])
+                    .await?
+                    .pop()
+                    .flatten()
+                    .as_deref()
+                    .and_then(decode_entry)
+                    .is_some_and(|(owner, _)| owner == mid);
+            if !same_user_holds {
+                self.remove_field(mid, key, &conn).await?;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn refresh_session(&self, session: &Session) -> Result<(), StoreError> {
+        let conn = session.conn.encode_to_vec();
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.refresh_key.prepare_invoke();
+        inv.key(self.key_entry(&session.key))
+            .arg(encode_entry(session.mid, &conn))
+            .arg(&conn)
+            .arg(self.session_ttl_ms);
+        let reply: Value = self
+            .run("SET (session refresh)", inv.invoke_async(&mut c))
+            .await?;
+        match reply {
+            // Another connection holds the key: leave its session and index alone.
+            Value::Int(0) => return Ok(()),
+            Value::BulkString(previous) => {
+                self.unlink_previous(Some(&previous), &session.key, session.mid)
+                    .await;
+            }
+            _ => {}
+        }
+        // The key entry names this connection now, so the index field must name it too.
+        if session.mid > 0 {
+            self.set_field(session.mid, &session.key, &conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn sessions_by_keys(&self, keys: &[String]) -> Result<Vec<Session>, StoreError> {
+        let entries = self.get_entries(keys).await?;
+        Ok(keys
+            .iter()
+            .zip(entries)
+            .filter_map(|(key, v)| {
+                let (mid, conn) = decode_entry(v.as_deref()?)?;
+                Some(Session {
+                    mid,
+                    key: key.clone(),
+                    conn,
+                })
+            })
+            .collect())
+    }
+
+    async fn sessions_by_mids(&self, mids: &[i64]) -> Result<Vec<Session>, StoreError> {
+        let mids: Vec<i64> = mids.iter().copied().filter(|m| *m > 0).collect();
+        if mids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let indexes = self.get_indexes(&mids).await?;
+        let fields: Vec<(i64, String, Vec<u8>)> = mids
+            .iter()
+            .zip(indexes)
+            .flat_map(|(mid, fields)| fields.into_iter().map(|(k, c)| (*mid, k, c)))
+            .collect();
+        let keys: Vec<String> = fields.iter().map(|(_, k, _)| k.clone()).collect();
+        let entries = self.get_entries(&keys).await?;
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for ((mid, key, field), entry) in fields.into_iter().zip(entries) {
+            match entry.as_deref().and_then(decode_entry) {
+                Some((owner, conn)) if owner == mid => out.push(Session { mid, key, conn }),
+                // Expired, removed or taken by another user: the field is stale.
+                _ => stale.push((mid, key, field)),
+            }
+        }
+        for (mid, key, field) in stale {
+            if let Err(e) = self.remove_field(mid, &key, &field).await {
+                tracing::debug!(error = %e, mid, key, "cannot prune a stale session index field");
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,64 @@
+//! The session seam: which connection holds which connection key, for which user.
+
+use imgate_shared::link::ConnRef;
+
+use crate::StoreError;
+
+/// One authenticated connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub mid: i64,
+    pub key: String,
+    pub conn: ConnRef,
+}
+
+/// Who may take a connection key that a live session holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    /// Anyone: the newer connection replaces the holder, whoever its user (goim's model, the
+    /// development mode).
+    AnyUser,
+    /// Only the holder's own user (signed-token deployments); another user is refused.
+    SameUser,
+}
+
+/// What [`SessionStore::claim_session`] did, decided in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The session now holds the key. `replaced` is the session that held it until now (the
+    /// same connection re-claiming its key is not a replacement): that connection must be
+    /// closed, as nothing will reach it under this key any more.
+    Claimed { replaced: Option<Session> },
+    /// A live session of another user (`holder`) holds the key; nothing was changed.
+    Refused { holder: i64 },
+}
+
+/// Sessions: claimed at connect, refreshed by heartbeats, removed at disconnect, looked up by
+/// the pushes to keys and users.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Claims `session.key` for `session` in one atomic step: when a live session of another
+    /// user holds the key and `policy` is [`KeyPolicy::SameUser`], refuses and changes
+    /// nothing; otherwise records `session` and returns the session it replaced.
+    async fn claim_session(
+        &self,
+        session: &Session,
+        policy: KeyPolicy,
+    ) -> Result<Claim, StoreError>;
+    /// Records `session`, replacing whoever held the key ([`KeyPolicy::AnyUser`]).
+    async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.claim_session(session, KeyPolicy::AnyUser)
+            .await
+            .map(|_| ())
+    }
+    /// Removes the session for `key` if it still belongs to `conn`; says whether it did.
+    async fn remove_session(&self, mid: i64, key: &str, conn: &ConnRef)
+        -> Result<bool, StoreError>;
+    /// Extends the session's lifetime; re-creates it if it expired, unless another connection
+    /// took the key in the meantime.
+    async fn refresh_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// The live sessions for these keys (unknown keys are left out).
+    async fn sessions_by_keys(&self, keys: &[String]) -> Result<Vec<Session>, StoreError>;
+    /// The live sessions of these users, every device of each.
+    async fn sessions_by_mids(&self, mids: &[i64]) -> Result<Vec<Session>, StoreError>;
+}
