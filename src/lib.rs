@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod standalone;
+pub mod status;
 
 /// An error and its causes on one line, outermost first (`starting logic: cannot bind the
 /// HTTP listener on 0.0.0.0:3111: Address already in use (os error 98)`). A cause whose text

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use imgate::client::{Client, ClientError, TlsClient, Transport};
 use imgate::standalone::{Gateway, Services};
-use imgate_shared::config::{parse_duration, BusConfig, Config};
+use imgate_shared::config::{parse_duration, BusConfig, Config, LogFormat};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -40,6 +40,21 @@ enum Command {
     Sub(SubArgs),
     /// Mint a signed client token (HS256) from the configured secret, for trying things.
     Token(TokenArgs),
+    /// Print a running gateway's figures (what its /status page shows) in the terminal.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// logic's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:3111")]
+    http: SocketAddr,
+    /// The API key, when the gateway has one.
+    #[arg(long, env = "IMGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds between the two readings rates are computed from.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
 }
 
 #[derive(Args)]
@@ -234,26 +249,40 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Logs to stderr as `log.format` says, at the level `RUST_LOG` says (default info).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads a service's configuration and starts logging as it says.
+fn load(args: &ServiceArgs) -> anyhow::Result<Config> {
+    let config = args.load()?;
+    init_logging(config.log.format);
+    Ok(config)
+}
+
 fn run() -> anyhow::Result<()> {
     disable_transparent_huge_pages();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let only = |comet, logic, job| Services { comet, logic, job };
     let mut insecure = false;
     let gateway = match cli.command {
         None => {
-            let config = cli.service.load()?;
+            let config = load(&cli.service)?;
             insecure = cli.service.check_auth(&config)?;
             Gateway::start(config)?
         }
-        Some(Command::Comet(args)) => Gateway::run(args.load()?, only(true, false, false))?,
+        Some(Command::Comet(args)) => Gateway::run(load(&args)?, only(true, false, false))?,
         Some(Command::Logic(args)) => {
-            let config = args.load()?;
+            let config = load(&args)?;
             insecure = args.check_auth(&config)?;
             // The embedded bus only connects logic and job inside one process.
             let job = matches!(config.bus, BusConfig::Embedded(_));
@@ -263,7 +292,7 @@ fn run() -> anyhow::Result<()> {
             Gateway::run(config, only(false, true, job))?
         }
         Some(Command::Job(args)) => {
-            let config = args.load()?;
+            let config = load(&args)?;
             if matches!(config.bus, BusConfig::Embedded(_)) {
                 bail!(
                     "job needs a bus shared between processes; with bus.kind = \"embedded\" job \
@@ -272,8 +301,14 @@ fn run() -> anyhow::Result<()> {
             }
             Gateway::run(config, only(false, false, true))?
         }
-        Some(Command::Sub(args)) => return subscribe(&args),
+        Some(Command::Sub(args)) => {
+            init_logging(LogFormat::Text);
+            return subscribe(&args);
+        }
         Some(Command::Token(args)) => return mint_token(&args),
+        Some(Command::Status(args)) => {
+            return imgate::status::print(&args.http, args.api_key.as_deref(), args.interval)
+        }
     };
     for line in gateway.describe() {
         tracing::info!("{line}");

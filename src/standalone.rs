@@ -11,6 +11,7 @@ use imgate_bus::kafka::{KafkaConsumer, KafkaProducer};
 use imgate_bus::{BusConsumer, BusProducer};
 use imgate_comet::CometHandle;
 use imgate_job::JobHandle;
+use imgate_logic::ops::Ops;
 use imgate_logic::LogicHandle;
 use imgate_shared::config::{BusConfig, Config, StoreBackend, StoreConfig};
 use imgate_store::redis::RedisStore;
@@ -22,6 +23,10 @@ pub struct Gateway {
     logic: Option<LogicHandle>,
     job: Option<JobHandle>,
     comet: Option<CometHandle>,
+    /// Metrics, readiness and status of every service here: on logic's HTTP listener, or on
+    /// `metrics_addr` in a comet or job process.
+    ops: Option<Arc<Ops>>,
+    metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 /// Which services a process runs.
@@ -130,6 +135,8 @@ impl Gateway {
             logic: None,
             job: None,
             comet: None,
+            ops: None,
+            metrics: None,
         };
         if let (Some(stores), Some(producer)) = (&stores, producer) {
             let logic = gateway
@@ -149,7 +156,81 @@ impl Gateway {
         if services.comet {
             gateway.comet = Some(imgate_comet::start(&config.comet).context("starting comet")?);
         }
+        gateway.start_ops(&config, services)?;
         Ok(gateway)
+    }
+
+    /// Gathers the services' metrics, readiness checks and status figures: onto logic's HTTP
+    /// listener when logic runs here, else onto the comet's or job's `metrics_bind` if set.
+    fn start_ops(&mut self, config: &Config, services: Services) -> anyhow::Result<()> {
+        let bind = match (&self.logic, services.comet, services.job) {
+            (Some(_), _, _) => None,
+            (None, true, _) => config.comet.metrics_bind,
+            (None, false, true) => config.job.metrics_bind,
+            (None, false, false) => None,
+        };
+        let ops = match &self.logic {
+            Some(logic) => logic.ops(),
+            None if bind.is_some() => Ops::new(config.auth.api_key.clone()),
+            None => return Ok(()),
+        };
+        if let Some(comet) = &self.comet {
+            ops.add_collector(comet.collector());
+            let status = comet.status_source();
+            ops.add_status(
+                "comets",
+                Arc::new(move || {
+                    let part = serde_json::json!([status()]);
+                    Box::pin(async move { part })
+                }),
+            );
+        }
+        if let Some(job) = &self.job {
+            ops.add_collector(job.collector());
+            let counters = job.counters();
+            ops.add_status(
+                "job",
+                Arc::new(move || {
+                    let s = counters();
+                    Box::pin(async move {
+                        serde_json::json!({
+                            "comet_links": s.connected,
+                            "room_batches": s.room_batches,
+                            "room_budget": s.room_budget_permille as f64 / 1000.0,
+                            "busiest_shard_busy": s.busiest_shard_permille as f64 / 1000.0,
+                        })
+                    })
+                }),
+            );
+            let counters = job.counters();
+            ops.add_check(
+                "job",
+                Arc::new(move || {
+                    let links = counters().connected;
+                    Box::pin(async move {
+                        if links > 0 {
+                            Ok(())
+                        } else {
+                            Err("job has no link to a comet".to_string())
+                        }
+                    })
+                }),
+            );
+        }
+        if let Some(addr) = bind {
+            let served = self
+                .runtime
+                .block_on(imgate_logic::ops::serve(addr, ops.clone()))
+                .with_context(|| format!("binding the metrics listener on {addr}"))?;
+            self.metrics = Some(served);
+        }
+        self.ops = Some(ops);
+        Ok(())
+    }
+
+    /// Where a comet or job process serves `/metrics` (its `metrics_bind`, port 0 resolved).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Waits until job holds links to at least `comets` comets.
@@ -232,11 +313,17 @@ impl Gateway {
                 l.link_addr()
             ));
         }
+        if let Some(addr) = self.metrics_addr() {
+            lines.push(format!("metrics, healthz, readyz on http://{addr}"));
+        }
         lines
     }
 
     /// Stops comet first (clients go), then job (pending room batches flush), then logic.
     pub fn shutdown(mut self) {
+        if let Some((_, task)) = self.metrics.take() {
+            task.abort();
+        }
         if let Some(comet) = self.comet.take() {
             comet.shutdown();
         }

@@ -16,7 +16,7 @@ use crate::delivery::Delivery;
 use crate::heartbeat;
 use crate::limits::{now_ms, RateLimit};
 use crate::reassembly::Reassembly;
-use crate::stats::{self, ShardStats};
+use crate::stats::ShardStats;
 use crate::stream::ClientStream;
 
 /// Most ops one connection may watch; further subscriptions are ignored.
@@ -70,14 +70,14 @@ impl CloseReason {
     pub fn count(self, stats: &ShardStats) {
         let s = stats;
         match self {
-            CloseReason::Malformed => stats::inc(&s.closed_malformed),
-            CloseReason::HandshakeTimeout => stats::inc(&s.handshake_timeouts),
-            CloseReason::AuthFailed => stats::inc(&s.auth_failed),
-            CloseReason::HeartbeatExpired => stats::inc(&s.heartbeat_expired),
-            CloseReason::Slow => stats::inc(&s.closed_slow),
-            CloseReason::Kicked => stats::inc(&s.kicked_duplicate),
-            CloseReason::RateLimited => stats::inc(&s.closed_rate_limited),
-            CloseReason::TlsFailed => stats::inc(&s.tls_failed),
+            CloseReason::Malformed => s.closed_malformed.inc(),
+            CloseReason::HandshakeTimeout => s.handshake_timeouts.inc(),
+            CloseReason::AuthFailed => s.auth_failed.inc(),
+            CloseReason::HeartbeatExpired => s.heartbeat_expired.inc(),
+            CloseReason::Slow => s.closed_slow.inc(),
+            CloseReason::Kicked => s.kicked_duplicate.inc(),
+            CloseReason::RateLimited => s.closed_rate_limited.inc(),
+            CloseReason::TlsFailed => s.tls_failed.inc(),
             CloseReason::Quiet | CloseReason::Io | CloseReason::Shutdown => {}
         }
     }

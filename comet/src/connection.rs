@@ -23,7 +23,6 @@ use crate::limits::Refused;
 use crate::ops::on_event;
 use crate::reassembly::Flow;
 use crate::shard::{Listen, Shard};
-use crate::stats;
 use crate::stream::ClientStream;
 use crate::writer::poll_write_side;
 
@@ -34,7 +33,7 @@ pub(crate) async fn serve(
     accepted: Box<(Socket, Option<SocketAddr>)>,
     listen: Listen,
 ) {
-    stats::inc(&shard.stats.accepted);
+    shard.stats.accepted.inc();
     let accepted_at = Instant::now();
     let _ = accepted.0.set_nodelay();
     // Held until the connection ends: its place under the connection limits.
@@ -45,7 +44,7 @@ pub(crate) async fn serve(
                 Refused::Comet => &shard.stats.refused_conn_limit,
                 Refused::Ip => &shard.stats.refused_ip_limit,
             };
-            stats::inc(counter);
+            counter.inc();
             return;
         }
     };

@@ -11,7 +11,6 @@ use imgate_runtime::time::sleep;
 use crate::conn::{Conn, Pushed};
 use crate::outbound::room_tagged;
 use crate::shard::{Shard, ShardCommand};
-use crate::stats;
 use crate::writer::write_or_queue;
 
 /// Connections a fan-out writes to before it lets the shard's other tasks run (a few
@@ -63,17 +62,17 @@ impl Shard {
         let frame = if conn.websocket { ws } else { tcp };
         match conn.claim_stored(seq) {
             Some(report) => self.count_delivery(write_or_queue(self, conn, frame, report)),
-            None => stats::inc(&self.stats.push_dropped_duplicate),
+            None => self.stats.push_dropped_duplicate.inc(),
         }
     }
 
     fn count_delivery(&self, pushed: Pushed) {
         match pushed {
             Pushed::Written => {
-                stats::inc(&self.stats.frames_queued);
-                stats::inc(&self.stats.frames_written_at_once);
+                self.stats.frames_queued.inc();
+                self.stats.frames_written_at_once.inc();
             }
-            Pushed::Queued => stats::inc(&self.stats.frames_queued),
+            Pushed::Queued => self.stats.frames_queued.inc(),
             Pushed::Closed | Pushed::Overflow => {}
         }
     }
@@ -99,7 +98,7 @@ impl Shard {
                         }
                         Some(conn) if conn.watches(op) => self.deliver(&conn, &tcp, &ws),
                         Some(_) => {}
-                        None => stats::inc(&self.stats.push_dropped_no_key),
+                        None => self.stats.push_dropped_no_key.inc(),
                     }
                 }
             }

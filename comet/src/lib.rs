@@ -21,6 +21,7 @@ mod load;
 mod logic_client;
 #[cfg(test)]
 mod memory_probe;
+mod metrics;
 mod ops;
 mod outbound;
 mod reassembly;
@@ -117,6 +118,49 @@ impl CometHandle {
             s.add_to(&mut total);
         }
         total
+    }
+
+    /// A Prometheus collector reading every shard's counters at scrape time.
+    pub fn collector(&self) -> Arc<dyn imgate_shared::metrics::Collector> {
+        Arc::new(self.metrics())
+    }
+
+    /// The push latency histogram, summed over the shards.
+    pub fn push_latency(&self) -> imgate_shared::metrics::HistogramSnapshot {
+        self.metrics().sum().1
+    }
+
+    /// Reads this comet's figures when called (for status pages): its id, connections, rooms,
+    /// the totals rates are derived from, and push latency percentiles.
+    pub fn status_source(&self) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+        let metrics = self.metrics();
+        move || {
+            let (s, latency) = metrics.sum();
+            serde_json::json!({
+                "id": metrics.id,
+                "connections": s.connections,
+                "connections_ws": s.connections_ws,
+                "rooms": s.rooms,
+                "connects": s.connects,
+                "messages_sent": s.frames_queued,
+                "writes": s.writes,
+                "bytes_sent": s.bytes_sent,
+                "heartbeats": s.heartbeats,
+                "latency": {
+                    "count": latency.count(),
+                    "p50": latency.quantile(0.5),
+                    "p90": latency.quantile(0.9),
+                    "p99": latency.quantile(0.99),
+                },
+            })
+        }
+    }
+
+    fn metrics(&self) -> metrics::CometCollector {
+        metrics::CometCollector {
+            id: self.id.clone(),
+            shards: self.stats.clone(),
+        }
     }
 
     /// Stops accepting, closes every connection, joins every shard thread and releases the

@@ -10,12 +10,13 @@
 //! A link that does not start with a hello (an older job, a hand-written tool) is served as
 //! before: each push is split over the shards' inboxes.
 
+use imgate_shared::log_limit::RateLimit;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::future;
@@ -28,7 +29,6 @@ use crate::backlink::LinkBack;
 use crate::outbound::ws_variant;
 use crate::shard::{Shard, ShardCommand};
 use crate::socket_io::read_with;
-use crate::stats;
 
 /// Pushes a shard handles from its link before it lets its other tasks run.
 const PUSHES_PER_TURN: u32 = 32;
@@ -46,7 +46,12 @@ pub(crate) async fn accept_links(shard: Rc<Shard>, listener: Socket) {
             }
             Err(_) if shard.is_stopping() => return,
             Err(e) => {
-                tracing::warn!(shard = shard.index, "link accept failed: {e}");
+                static ACCEPT: RateLimit = RateLimit::per_secs(10);
+                imgate_shared::warn_limited!(
+                    ACCEPT,
+                    shard = shard.index,
+                    "link accept failed: {e}"
+                );
                 sleep(Duration::from_millis(10)).await;
             }
         }
@@ -187,6 +192,8 @@ async fn read_pushes(
 ) -> Result<(), String> {
     let mut handled = 0u32;
     let mut ready: VecDeque<Envelope> = VecDeque::new();
+    // When the bytes being handled were read: a push's latency starts there.
+    let mut read_at = Instant::now();
     loop {
         // Everything complete that was read, decoded first: when the shard falls behind, the
         // room pushes waiting for it are merged below.
@@ -203,9 +210,18 @@ async fn read_pushes(
                 Route::Split => envelope,
             };
             let id = envelope.id;
+            let push = matches!(route, Route::Own)
+                && matches!(
+                    envelope.body,
+                    Some(Body::PushKeys(_) | Body::PushRoom(_) | Body::Broadcast(_))
+                );
             match route {
                 Route::Own => handle_own(shard, envelope).await,
                 Route::Split => split(shard, envelope).await,
+            }
+            if push {
+                let us = read_at.elapsed().as_micros() as u64;
+                shard.stats.push_latency.observe_us(us);
             }
             if let Some(back) = back {
                 back.handled.set(id);
@@ -223,6 +239,7 @@ async fn read_pushes(
         if !read_more(shard, stream, &mut buf).await? {
             return Ok(());
         }
+        read_at = Instant::now();
     }
 }
 
@@ -324,7 +341,7 @@ async fn to_shard(shard: &Rc<Shard>, index: u32, command: ShardCommand) {
             );
             if let ShardCommand::PushKeys { keys, .. } = command {
                 for _ in &keys {
-                    stats::inc(&shard.stats.push_dropped_no_key);
+                    shard.stats.push_dropped_no_key.inc();
                 }
             }
         }

@@ -6,7 +6,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use imgate_shared::link::{self, Body, Envelope};
 
 use crate::socket_io::{read_with, write_all};
 use crate::stats::ShardStats;
+use imgate_shared::log_limit::RateLimit;
 
 /// Queued messages kept while logic is unreachable or slow; the oldest are dropped beyond
 /// either bound (and counted), so upstream frames clients send meanwhile cannot grow it
@@ -110,15 +110,15 @@ impl LogicClient {
         }
         self.outgoing_bytes.set(bytes);
         drop(queue);
-        // Warn on the first drop of the shard's life; the counter tells the rest.
-        if dropped > 0
-            && self
-                .stats
-                .logic_dropped
-                .fetch_add(dropped, Ordering::Relaxed)
-                == 0
-        {
-            tracing::warn!("logic unreachable or slow: dropping the oldest queued messages");
+        // Warn at most every 10 s (with how many warnings were held back); the counter tells
+        // the rest.
+        if dropped > 0 {
+            static DROPPING: RateLimit = RateLimit::per_secs(10);
+            self.stats.logic_dropped.add(dropped);
+            imgate_shared::warn_limited!(
+                DROPPING,
+                "logic unreachable or slow: dropping the oldest queued messages"
+            );
         }
         if let Some(w) = self.writer.borrow_mut().take() {
             w.wake();

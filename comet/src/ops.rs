@@ -14,7 +14,6 @@ use crate::heartbeat::{clock_ms, stamp};
 use crate::outbound::{reply, ws_control};
 use crate::reassembly::{Event, Flow};
 use crate::shard::Shard;
-use crate::stats;
 use crate::sync::serve_syncs;
 
 /// Op-22 requests one connection may have waiting behind the one being served; more are
@@ -103,6 +102,7 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
     let ws = conn.websocket;
     let answer = match h.op {
         op::HEARTBEAT => {
+            shard.stats.heartbeats.inc();
             let now = stamp(clock_ms());
             conn.last_heartbeat.set(now);
             if now.wrapping_sub(conn.last_logic_heartbeat.get()) >= conn.heartbeat_ms {
@@ -123,12 +123,12 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
         op::CHANGE_ROOM => {
             let room = String::from_utf8_lossy(body);
             if room.len() > MAX_ROOM_LEN {
-                stats::inc(&shard.stats.room_refused);
+                shard.stats.room_refused.inc();
                 return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
             }
             if !room.is_empty() && !conn.may_enter(&room) {
                 // Refused: the connection stays where it is; the empty reply says so.
-                stats::inc(&shard.stats.room_refused);
+                shard.stats.room_refused.inc();
                 return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
             }
             shard.change_room(conn, &room);
@@ -139,13 +139,13 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             let joined = match room {
                 None => false,
                 Some(room) if !conn.may_enter(room) => {
-                    stats::inc(&shard.stats.room_refused);
+                    shard.stats.room_refused.inc();
                     false
                 }
                 Some(room) => {
                     let joined = shard.join_room(conn, room);
                     if !joined {
-                        stats::inc(&shard.stats.room_limit);
+                        shard.stats.room_limit.inc();
                     }
                     joined
                 }
@@ -187,7 +187,7 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             Some(("", _)) if conn.mid <= 0 => reply(ws, h.ver, op::SYNC_REPLY, h.seq, body),
             // A room's history is read under the same rule as entering the room.
             Some((room, _)) if !room.is_empty() && !conn.may_enter(room) => {
-                stats::inc(&shard.stats.room_refused);
+                shard.stats.room_refused.inc();
                 reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[])
             }
             Some((room, after)) => {
@@ -205,7 +205,7 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                     Ok(None) => {}
                     Err(_) => {
                         // Too many waiting: the client asks faster than it takes answers in.
-                        stats::inc(&shard.stats.sync_refused);
+                        shard.stats.sync_refused.inc();
                         return Some(reply(ws, h.ver, op::SYNC_REPLY, h.seq, &[]));
                     }
                 }
@@ -217,7 +217,7 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             if !shard.start_upstream(conn.id, MAX_UPSTREAM_PER_CONN) {
                 // Too many of this client's (or of the shard's) messages wait for the
                 // business: answered at once, with nothing, and counted.
-                stats::inc(&shard.stats.upstream_refused);
+                shard.stats.upstream_refused.inc();
                 return Some(reply(ws, h.ver, op::SEND_MSG_REPLY, h.seq, &[]));
             }
             spawn_local(send_upstream(shard.clone(), conn.clone(), h, upstream)).detach();
@@ -264,18 +264,18 @@ async fn send_upstream(shard: Rc<Shard>, conn: Rc<Conn>, h: Header, upstream: Up
     let body = match answer {
         Ok(Body::UpstreamReply(reply)) => {
             if !reply.delivered {
-                stats::inc(&shard.stats.upstream_failed);
+                shard.stats.upstream_failed.inc();
             }
             reply.body
         }
         Ok(_) => {
             tracing::warn!("logic answered Upstream with an unexpected message");
-            stats::inc(&shard.stats.upstream_failed);
+            shard.stats.upstream_failed.inc();
             Bytes::new()
         }
         Err(e) => {
             tracing::debug!(conn_id = conn.id, "client message not delivered: {e}");
-            stats::inc(&shard.stats.upstream_failed);
+            shard.stats.upstream_failed.inc();
             Bytes::new()
         }
     };

@@ -1,6 +1,7 @@
 //! A shard thread's life: its listeners' accept loops, its link listener, its connection to
 //! logic, the online reports and heartbeat expiry, the inbox loop, and the orderly shutdown.
 
+use imgate_shared::log_limit::RateLimit;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -112,11 +113,20 @@ async fn accept_clients(shard: Rc<Shard>, listener: ClientSocket, listen: Listen
                     let accepted = Box::new((socket, peer));
                     spawn_local(connection::serve(shard.clone(), accepted, listen)).detach();
                 }
-                Err(e) => tracing::warn!(shard = shard.index, "cannot watch a client socket: {e}"),
+                Err(e) => {
+                    static WATCH: RateLimit = RateLimit::per_secs(10);
+                    imgate_shared::warn_limited!(
+                        WATCH,
+                        shard = shard.index,
+                        "cannot watch a client socket: {e}"
+                    );
+                }
             },
             Err(_) if shard.is_stopping() => return,
             Err(e) => {
-                tracing::warn!(shard = shard.index, "accept failed: {e}");
+                // EMFILE repeats for every pending connection: once per 10 s, with a count.
+                static ACCEPT: RateLimit = RateLimit::per_secs(10);
+                imgate_shared::warn_limited!(ACCEPT, shard = shard.index, "accept failed: {e}");
                 sleep(Duration::from_millis(10)).await;
             }
         }

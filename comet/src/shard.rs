@@ -23,7 +23,7 @@ use crate::limits::{ConnLimits, OnlineAddresses};
 use crate::load::{Busy, Lag};
 use crate::logic_client::LogicClient;
 use crate::room::Rooms;
-use crate::stats::{self, ShardStats};
+use crate::stats::ShardStats;
 
 /// Inbox commands a shard handles before it lets its other tasks run.
 pub(crate) const COMMANDS_PER_TURN: u32 = 32;
@@ -334,7 +334,11 @@ impl Shard {
         if let Some(ip) = conn.peer_ip {
             self.comet.addresses.enter(ip);
         }
-        stats::inc(&self.stats.connections);
+        self.stats.connections.inc();
+        self.stats.connects.inc();
+        if conn.websocket {
+            self.stats.connections_ws.inc();
+        }
     }
 
     /// Forgets a closed connection. The key entry is removed only if it still names this
@@ -369,7 +373,10 @@ impl Shard {
         }
         // A sync waiting for this connection's queue to drain learns that it left.
         self.drained(conn.id);
-        stats::dec(&self.stats.connections);
+        self.stats.connections.sub(1);
+        if conn.websocket {
+            self.stats.connections_ws.sub(1);
+        }
     }
 
     /// Moves a connection's main room to `room` (empty = leave its main room). A room it had
@@ -617,11 +624,14 @@ impl Shard {
     }
 
     pub(crate) fn online_report(&self) -> RenewOnline {
+        let rooms = self.rooms.borrow().counts();
+        // Refreshed with each report: a scrape reads it, the shard's thread keeps the rooms.
+        self.stats.rooms.set(rooms.len() as u64);
         RenewOnline {
             comet: Some(self.comet.info.clone()),
             shard: self.index,
             conn_count: self.conns.borrow().len() as u32,
-            rooms: self.rooms.borrow().counts(),
+            rooms,
             // Comet-wide: every shard reports the same figure, and the registry keeps one per
             // comet rather than summing shards.
             ip_count: self.comet.addresses.distinct() as u32,

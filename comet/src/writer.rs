@@ -11,7 +11,6 @@ use imgate_shared::link::{Body, InboxAck};
 use crate::conn::{CloseReason, Conn, Pushed, Queued, Unsent};
 use crate::shard::{Shard, SCRATCH_SIZE};
 use crate::socket_io::{poll_flush, poll_write};
-use crate::stats;
 use crate::stream::ClientStream;
 
 /// Hands `frame` to `conn` from a fan-out loop: written to the socket at once when nothing is
@@ -68,8 +67,8 @@ pub(crate) fn write_or_queue(
 
 /// One socket write of `bytes` bytes to a client.
 fn count_write(shard: &Shard, bytes: usize) {
-    stats::inc(&shard.stats.writes);
-    stats::add(&shard.stats.bytes_sent, bytes as u64);
+    shard.stats.writes.inc();
+    shard.stats.bytes_sent.add(bytes as u64);
 }
 
 /// Moves queued entries into `scratch` until the next one would pass `limit` (at least one

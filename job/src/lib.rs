@@ -14,6 +14,7 @@
 //! untracked and change nothing.
 
 mod comet_link;
+mod metrics;
 mod pacing;
 mod registry;
 mod room;
@@ -58,6 +59,17 @@ impl JobHandle {
     /// Counters since start.
     pub fn stats(&self) -> JobStats {
         self.counters.snapshot()
+    }
+
+    /// Reads job's counters when called (for status figures).
+    pub fn counters(&self) -> impl Fn() -> JobStats + Send + Sync + 'static {
+        let counters = self.counters.clone();
+        move || counters.snapshot()
+    }
+
+    /// A Prometheus collector reading job's counters at scrape time.
+    pub fn collector(&self) -> Arc<dyn imgate_shared::metrics::Collector> {
+        Arc::new(metrics::JobCollector(self.counters.clone()))
     }
 
     /// Stops consuming, flushes pending room batches and closes the links once they have

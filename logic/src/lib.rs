@@ -5,6 +5,7 @@
 //! online counts live in the store.
 
 mod auth;
+mod counted_store;
 mod demo;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
@@ -14,6 +15,7 @@ mod http_server;
 mod link_server;
 mod nodes;
 mod online;
+pub mod ops;
 mod query;
 mod stats;
 mod tls_listener;
@@ -53,6 +55,7 @@ pub enum LogicError {
 /// A running logic: its bound addresses and the way to stop it.
 pub struct LogicHandle {
     counters: Arc<stats::Counters>,
+    ops: Arc<ops::Ops>,
     http_addr: SocketAddr,
     link_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -73,6 +76,12 @@ impl LogicHandle {
     /// Counters since start.
     pub fn stats(&self) -> LogicStats {
         self.counters.snapshot()
+    }
+
+    /// This process's metrics, readiness checks and status figures, served on the HTTP
+    /// listener: the other services of the process add theirs.
+    pub fn ops(&self) -> Arc<ops::Ops> {
+        self.ops.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded) and ends every task.
@@ -156,6 +165,8 @@ pub async fn start_with_auth(
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let counters = Arc::new(stats::Counters::default());
+    let store_counters = Arc::new(counted_store::StoreCounters::default());
+    let stores = counted_store::wrap(stores, &store_counters);
     let rooms = online::RoomCounts::default();
     rooms.refresh(stores.registry.as_ref()).await;
 
@@ -183,6 +194,15 @@ pub async fn start_with_auth(
     )));
 
     let registry = stores.registry.clone();
+    let push_counters = Arc::new(ops::PushCounters::default());
+    let ops = ops::Ops::new(config.auth.api_key.clone());
+    ops.add_collector(Arc::new(ops::LogicCollector {
+        pushes: push_counters.clone(),
+        store: store_counters,
+        rooms: rooms.clone(),
+        counters: counters.clone(),
+    }));
+    ops::add_logic_checks(&ops, &registry, &rooms, &push_counters);
     let api = Arc::new(http::Api {
         config: logic.clone(),
         stores,
@@ -190,7 +210,12 @@ pub async fn start_with_auth(
         rooms,
         api_key: config.auth.api_key.clone(),
     });
-    let mut app = http::router(api);
+    let mut app = http::router(api)
+        .merge(ops::router(ops.clone(), true, true))
+        .layer(axum::middleware::from_fn_with_state(
+            push_counters,
+            ops::count_pushes,
+        ));
     if logic.demo {
         app = app.merge(demo::router(registry));
         tracing::info!("demo app at {}", demo::url(http_addr, tls.is_some()));
@@ -223,6 +248,7 @@ pub async fn start_with_auth(
     tracing::info!(%http_addr, %link_addr, "logic started");
     Ok(LogicHandle {
         counters,
+        ops,
         http_addr,
         link_addr,
         shutdown,

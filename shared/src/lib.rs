@@ -8,5 +8,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod link;
+pub mod log_limit;
+pub mod metrics;
 pub mod tls;
 pub mod ws;

@@ -29,6 +29,25 @@ pub struct Config {
     pub bus: BusConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+/// How the processes log (the level comes from `RUST_LOG`, `info` by default).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// A log line's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 /// Who may connect and who may push.
@@ -103,6 +122,11 @@ pub struct CometConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Cluster-link listener where job delivers pushes.
     pub link_bind: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz` of a comet-only process (`imgate comet`); none =
+    /// off. Standalone imgate serves them on logic's HTTP listener. On a loopback address
+    /// `/metrics` is open; elsewhere it needs the API key when one is configured.
+    #[serde(deserialize_with = "addr_or_empty")]
+    pub metrics_bind: Option<SocketAddr>,
     /// `host:port` job should dial for this comet (a name or an address); none = `link_bind`
     /// with its bound port.
     #[serde(deserialize_with = "none_if_empty")]
@@ -259,6 +283,10 @@ pub struct JobConfig {
     /// How often the comet registry is read for joins and departures.
     #[serde(with = "humantime_serde")]
     pub registry_interval: Duration,
+    /// `/metrics`, `/healthz` and `/readyz` of a job-only process (`imgate job`); none = off.
+    /// When job runs inside logic's process, logic's HTTP listener serves them.
+    #[serde(deserialize_with = "addr_or_empty")]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// Which bus carries pushes from logic to job, with its options. In TOML: `[bus]` with
@@ -456,6 +484,7 @@ impl Default for CometConfig {
             tls_cert_file: None,
             tls_key_file: None,
             link_bind: SocketAddr::from(([127, 0, 0, 1], 3109)),
+            metrics_bind: None,
             link_advertise: None,
             logic_addrs: vec!["127.0.0.1:3119".into()],
             addrs: Vec::new(),
@@ -535,6 +564,7 @@ impl Default for JobConfig {
             comet_queue: 8192,
             comet_queue_bytes: 64 << 20,
             registry_interval: Duration::from_secs(1),
+            metrics_bind: None,
         }
     }
 }
@@ -603,6 +633,20 @@ impl Default for StoreSection {
 
 /// An option that may be absent: a missing key, or an empty string (which older files wrote
 /// for "none"), is `None`.
+/// An address, or none for an empty string.
+fn addr_or_empty<'de, D>(d: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an address: {e}")))
+}
+
 fn none_if_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,

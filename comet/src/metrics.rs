@@ -1,0 +1,123 @@
+//! comet's Prometheus metrics: every shard's counters and latency histogram, read and summed
+//! at scrape time (the shards never wait for a scrape).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use imgate_shared::metrics::{counter_family, gauge_family, Collector, Encoder, HistogramSnapshot};
+
+use crate::stats::{ShardStats, Stats};
+
+/// Reads a comet's shards at each scrape.
+#[derive(Debug)]
+pub(crate) struct CometCollector {
+    pub id: String,
+    pub shards: Vec<Arc<ShardStats>>,
+}
+
+impl CometCollector {
+    pub fn sum(&self) -> (Stats, HistogramSnapshot) {
+        let mut total = Stats::default();
+        let mut latency = HistogramSnapshot::default();
+        for s in &self.shards {
+            s.add_to(&mut total);
+            s.push_latency.add_to(&mut latency);
+        }
+        (total, latency)
+    }
+}
+
+impl Collector for CometCollector {
+    fn encode(&self, mut e: Encoder) -> std::fmt::Result {
+        let (s, latency) = self.sum();
+        let comet = || vec![("comet", Cow::Borrowed(self.id.as_str()))];
+        let with = |k: &'static str, v: &'static str| {
+            let mut l = comet();
+            l.push((k, Cow::Borrowed(v)));
+            l
+        };
+        gauge_family(
+            &mut e,
+            "imgate_connections",
+            "Authenticated client connections open now.",
+            [
+                (with("transport", "tcp"), s.connections - s.connections_ws),
+                (with("transport", "ws"), s.connections_ws),
+            ],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_accepts",
+            "Client connections accepted, authenticated or not.",
+            [(comet(), s.accepted)],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_connects",
+            "Client connections that authenticated.",
+            [(comet(), s.connects)],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_auth_failures",
+            "Connections closed because logic refused their auth or could not answer.",
+            [(with("reason", "refused"), s.auth_failed)],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_closes",
+            "Connections comet closed (or refused at accept), by reason.",
+            [
+                (with("reason", "slow"), s.closed_slow),
+                (with("reason", "malformed"), s.closed_malformed),
+                (with("reason", "rate_limited"), s.closed_rate_limited),
+                (with("reason", "handshake_timeout"), s.handshake_timeouts),
+                (with("reason", "heartbeat_expired"), s.heartbeat_expired),
+                (with("reason", "auth_failed"), s.auth_failed),
+                (with("reason", "replaced"), s.kicked_duplicate),
+                (with("reason", "tls_failed"), s.tls_failed),
+                (with("reason", "conn_limit"), s.refused_conn_limit),
+                (with("reason", "ip_limit"), s.refused_ip_limit),
+            ],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_messages_sent",
+            "Pushes handed to client connections (written at once or queued), one per connection.",
+            [(comet(), s.frames_queued)],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_writes",
+            "Socket writes to clients that sent bytes.",
+            [(comet(), s.writes)],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_bytes_sent",
+            "Bytes written to client sockets.",
+            [(comet(), s.bytes_sent)],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_heartbeats",
+            "Client heartbeats answered.",
+            [(comet(), s.heartbeats)],
+        )?;
+        gauge_family(
+            &mut e,
+            "imgate_comet_rooms",
+            "Rooms with members on this comet, summed over its shards (as of their last online \
+             report).",
+            [(comet(), s.rooms)],
+        )?;
+        latency.encode(
+            &mut e,
+            "imgate_push_latency_seconds",
+            "comet: from reading a push off job's link to having written (or queued, for a \
+             member whose socket was full) it to the shard's last member.",
+            &comet(),
+        )?;
+        imgate_shared::metrics::snapshot_samples(&mut e, "imgate_comet", &comet(), s.samples())
+    }
+}

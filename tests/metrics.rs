@@ -1,0 +1,267 @@
+//! Operating a gateway: `/metrics` counts what really happened (connections, messages, writes,
+//! closes by reason, pushes by kind), `/metrics` and `/status` need the API key when one is
+//! set, `/healthz` and `/readyz` are public and `/readyz` follows the store, and a comet-only
+//! process serves its own metrics on `comet.metrics_bind`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use imgate::client::http::{HttpClient, Response};
+use imgate::client::Transport;
+use imgate::standalone::{Gateway, Services};
+use imgate_shared::config::{RedisConfig, StoreBackend};
+use imgate_testkit::Redis;
+use support::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    HttpClient::new(addr)
+        .timeout(10 * SECOND)
+        .request("GET", path, headers, b"")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// Every sample of a scrape: `name{labels}` → value.
+fn scrape(addr: SocketAddr, headers: &[(&str, &str)]) -> HashMap<String, f64> {
+    let r = get(addr, "/metrics", headers);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "not a whole exposition");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The value of `series` in a scrape (0 when absent would hide a renamed metric: panic).
+fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+}
+
+#[test]
+fn metrics_count_connections_messages_writes_and_closes() {
+    let g = gateway();
+    let http = g.http_addr();
+    let comet = g.comet().id().to_string();
+    let series = |name: &str, extra: &str| format!("{name}{{comet=\"{comet}\"{extra}}}");
+    let before = scrape(http, &[]);
+    assert_eq!(value(&before, &series("imgate_connects_total", "")), 0.0);
+
+    let mut a = client(g.tcp_addr(), Transport::Tcp, 1, "a", "live://m", &[1000]);
+    let mut b = client(g.tcp_addr(), Transport::Tcp, 2, "b", "live://m", &[1000]);
+    let mut c = client(
+        g.ws_addr(),
+        Transport::WebSocket,
+        3,
+        "c",
+        "live://m",
+        &[1000],
+    );
+    let tcp = series("imgate_connections", ",transport=\"tcp\"");
+    let ws = series("imgate_connections", ",transport=\"ws\"");
+    let m = scrape(http, &[]);
+    assert_eq!(value(&m, &tcp), 2.0);
+    assert_eq!(value(&m, &ws), 1.0);
+    assert_eq!(value(&m, &series("imgate_connects_total", "")), 3.0);
+
+    // One room push reaches three connections: three messages, at least three writes.
+    let writes_before = value(&m, &series("imgate_writes_total", ""));
+    let bytes_before = value(&m, &series("imgate_bytes_sent_total", ""));
+    push(
+        http,
+        "/goim/push/room?operation=1000&type=live&room=m",
+        "hello",
+    );
+    for client in [&mut a, &mut b, &mut c] {
+        assert_eq!(next_push(client), (1000, "hello".into()));
+    }
+    let m = scrape(http, &[]);
+    assert_eq!(value(&m, &series("imgate_messages_sent_total", "")), 3.0);
+    assert!(value(&m, &series("imgate_writes_total", "")) >= writes_before + 3.0);
+    assert!(value(&m, &series("imgate_bytes_sent_total", "")) >= bytes_before + 3.0 * 21.0);
+    assert_eq!(value(&m, "imgate_pushes_total{kind=\"room\"}"), 1.0);
+    assert_eq!(value(&m, "imgate_pushes_total{kind=\"keys\"}"), 0.0);
+    assert!(value(&m, &series("imgate_push_latency_seconds_count", "")) >= 1.0);
+
+    // A refused push is counted by kind and reason.
+    let refused = HttpClient::new(http)
+        .post("/goim/push/room?operation=1000", b"no room")
+        .unwrap();
+    assert_eq!(refused.status, 400);
+    // A heartbeat is counted.
+    a.heartbeat(1).unwrap();
+    let m = scrape(http, &[]);
+    assert_eq!(
+        value(
+            &m,
+            "imgate_push_errors_total{kind=\"room\",reason=\"bad_request\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&m, &series("imgate_heartbeats_total", "")), 1.0);
+
+    // A malformed frame closes that connection, counted by reason; the others stay.
+    let mut raw = TcpStream::connect(g.tcp_addr()).unwrap();
+    raw.write_all(&[0xde; 16]).unwrap();
+    raw.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let mut sink = [0u8; 64];
+    assert!(
+        matches!(raw.read(&mut sink), Ok(0) | Err(_)),
+        "the malformed connection stays open"
+    );
+    let malformed = series("imgate_closes_total", ",reason=\"malformed\"");
+    eventually(5 * SECOND, "the malformed close to be counted", || {
+        value(&scrape(http, &[]), &malformed) == 1.0
+    });
+    let m = scrape(http, &[]);
+    assert_eq!(
+        value(&m, &series("imgate_closes_total", ",reason=\"slow\"")),
+        0.0
+    );
+    assert_eq!(
+        value(&m, &tcp),
+        2.0,
+        "the closed connection never authenticated"
+    );
+
+    // A client that leaves is no longer counted.
+    drop(b);
+    eventually(5 * SECOND, "the tcp gauge to drop", || {
+        value(&scrape(http, &[]), &tcp) == 1.0
+    });
+
+    // The process figures are there.
+    let m = scrape(http, &[]);
+    assert!(value(&m, "process_resident_memory_bytes") > 0.0);
+    assert!(value(&m, "process_open_fds") > 0.0);
+    assert!(value(&m, "imgate_comet_links") >= 1.0);
+
+    // `imgate status` reads the same figures.
+    let status = imgate::status::fetch(&http, None).unwrap();
+    assert_eq!(status["comets"][0]["connections"], 2);
+    let text = imgate::status::render(&status, &status);
+    assert!(text.contains("connections   2"), "{text}");
+    drop((a, c));
+    g.shutdown();
+}
+
+#[test]
+fn metrics_and_status_need_the_api_key_and_health_does_not() {
+    let mut config = test_config();
+    config.auth.api_key = Some("sesame".into());
+    let g = Gateway::start(config).unwrap();
+    let http = g.http_addr();
+    for path in ["/metrics", "/status", "/status.json"] {
+        let r = get(http, path, &[]);
+        assert_eq!(r.status, 401, "{path} without the key");
+        let r = get(http, path, &[("Authorization", "Bearer wrong")]);
+        assert_eq!(r.status, 401, "{path} with a wrong key");
+        let r = get(http, path, &[("Authorization", "Bearer sesame")]);
+        assert_eq!(r.status, 200, "{path} with the key");
+    }
+    // A browser's login prompt: any user, the key as password (":sesame", base64).
+    let r = get(http, "/status", &[("Authorization", "Basic OnNlc2FtZQ==")]);
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("id=\"connections\""));
+    let r = get(http, "/status", &[]);
+    assert_eq!(r.status, 401);
+    assert!(scrape(http, &[("Authorization", "Bearer sesame")]).contains_key("process_open_fds"));
+    // Health is public.
+    assert_eq!(get(http, "/healthz", &[]).status, 200);
+    eventually(5 * SECOND, "readyz", || {
+        get(http, "/readyz", &[]).status == 200
+    });
+    // The business API is guarded as before.
+    let r = HttpClient::new(http)
+        .post("/goim/push/all?operation=1000", b"x")
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let m = scrape(http, &[("Authorization", "Bearer sesame")]);
+    assert_eq!(
+        value(
+            &m,
+            "imgate_push_errors_total{kind=\"all\",reason=\"unauthorized\"}"
+        ),
+        1.0
+    );
+    g.shutdown();
+}
+
+#[test]
+fn readyz_turns_unready_while_redis_is_down_and_ready_when_it_returns() {
+    let mut redis = Redis::start();
+    let mut config = test_config();
+    config.store.backend = StoreBackend::Redis(RedisConfig {
+        urls: vec![redis.url()],
+        timeout: Duration::from_millis(300),
+        ..RedisConfig::default()
+    });
+    let g = Gateway::start(config).unwrap();
+    let http = g.http_addr();
+    eventually(10 * SECOND, "ready with Redis up", || {
+        get(http, "/readyz", &[]).status == 200
+    });
+    redis.stop();
+    eventually(10 * SECOND, "unready with Redis down", || {
+        let r = get(http, "/readyz", &[]);
+        r.status == 503 && String::from_utf8_lossy(&r.body).contains("store: unreachable")
+    });
+    // Health is about the process, not its dependencies.
+    assert_eq!(get(http, "/healthz", &[]).status, 200);
+    let m = scrape(http, &[]);
+    assert!(value(&m, "imgate_store_errors_total{op=\"comets\"}") >= 1.0);
+    redis.restart();
+    eventually(20 * SECOND, "ready again with Redis back", || {
+        get(http, "/readyz", &[]).status == 200
+    });
+    g.shutdown();
+}
+
+#[test]
+fn a_comet_process_serves_its_own_metrics_on_metrics_bind() {
+    let g = gateway();
+    let mut config = test_config();
+    config.comet.metrics_bind = Some(([127, 0, 0, 1], 0).into());
+    config.comet.logic_addrs = vec![g.logic_link_addr().to_string()];
+    config.comet.id = Some("comet-two".into());
+    // A key is configured, but a loopback metrics bind stays open.
+    config.auth.api_key = Some("sesame".into());
+    let comet = Gateway::run(
+        config,
+        Services {
+            comet: true,
+            logic: false,
+            job: false,
+        },
+    )
+    .unwrap();
+    let addr = comet.metrics_addr().expect("metrics_bind is served");
+    let _sub = client(comet.tcp_addr(), Transport::Tcp, 9, "nine", "", &[1000]);
+    let m = scrape(addr, &[]);
+    assert_eq!(
+        value(
+            &m,
+            "imgate_connections{comet=\"comet-two\",transport=\"tcp\"}"
+        ),
+        1.0
+    );
+    assert!(
+        !m.keys().any(|k| k.starts_with("imgate_pushes_total")),
+        "a comet process has no logic metrics"
+    );
+    assert_eq!(get(addr, "/healthz", &[]).status, 200);
+    assert_eq!(get(addr, "/readyz", &[]).status, 200);
+    assert_eq!(get(addr, "/status", &[]).status, 404, "the page is logic's");
+    comet.shutdown();
+    g.shutdown();
+}
