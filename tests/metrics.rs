@@ -145,6 +145,11 @@ fn metrics_count_connections_messages_writes_and_closes() {
     assert!(value(&m, "process_resident_memory_bytes") > 0.0);
     assert!(value(&m, "process_open_fds") > 0.0);
     assert!(value(&m, "imgate_comet_links") >= 1.0);
+    assert_eq!(
+        value(&m, "imgate_bus_lag_messages"),
+        0.0,
+        "job took every push"
+    );
 
     // `imgate status` reads the same figures.
     let status = imgate::status::fetch(&http, None).unwrap();
@@ -263,5 +268,78 @@ fn a_comet_process_serves_its_own_metrics_on_metrics_bind() {
     assert_eq!(get(addr, "/readyz", &[]).status, 200);
     assert_eq!(get(addr, "/status", &[]).status, 404, "the page is logic's");
     comet.shutdown();
+    g.shutdown();
+}
+
+const IMGATE: &str = env!("CARGO_BIN_EXE_imgate");
+
+/// `imgate comet` with `log.format = "json"` and `comet.metrics_bind`: its log lines are JSON
+/// objects and its metrics answer on their own port.
+#[test]
+fn a_comet_process_logs_json_and_serves_metrics_on_its_bind() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = imgate_testkit::free_port();
+    let file = dir.path().join("comet.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[comet]\nid = \"json-comet\"\ntcp_bind = [\"127.0.0.1:0\"]\nws_bind = \
+             [\"127.0.0.1:0\"]\nlink_bind = \"127.0.0.1:0\"\nshards = 1\npin = false\n\
+             logic_addrs = [\"127.0.0.1:9\"]\nmetrics_bind = \"127.0.0.1:{metrics_port}\"\n\
+             [log]\nformat = \"json\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(IMGATE)
+        .args(["comet", "--config", &file.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("imgate comet starts");
+    let addr: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    imgate_testkit::wait_for_port(metrics_port, 20 * SECOND, "the comet's metrics_bind");
+    assert_eq!(get(addr, "/healthz", &[]).status, 200);
+    let m = scrape(addr, &[]);
+    assert_eq!(
+        value(
+            &m,
+            "imgate_connections{comet=\"json-comet\",transport=\"tcp\"}"
+        ),
+        0.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in lines {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(parsed["level"].is_string(), "{line}");
+    }
+}
+
+#[test]
+fn imgate_status_prints_the_figures() {
+    let g = gateway();
+    let _a = client(g.tcp_addr(), Transport::Tcp, 1, "a", "live://s", &[1000]);
+    let out = std::process::Command::new(IMGATE)
+        .args([
+            "status",
+            "--http",
+            &g.http_addr().to_string(),
+            "--interval",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("connections   1"), "{text}");
+    assert!(
+        text.contains(&format!("comet {}: 1 connections", g.comet().id())),
+        "{text}"
+    );
     g.shutdown();
 }

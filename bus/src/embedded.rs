@@ -35,6 +35,17 @@ impl BusProducer for EmbeddedProducer {
             Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => Err(BusError::Closed),
         }
     }
+
+    fn backlog(&self) -> Option<u64> {
+        Some((self.tx.max_capacity() - self.tx.capacity()) as u64)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.tx.is_closed() {
+            return Err("no consumer (job) is running".into());
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]

@@ -38,6 +38,17 @@ pub enum BusError {
 pub trait BusProducer: Send + Sync {
     /// Returns once the bus has accepted the message (for Kafka: the broker acknowledged it).
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
+
+    /// Messages published and not yet taken by a consumer, when this bus can tell (the
+    /// embedded one can; Kafka's lag is the consumer group's, which the producer cannot see).
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether a publish can succeed now, as far as the producer knows without a round trip.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What a consumer hands job.

@@ -197,12 +197,13 @@ pub async fn start_with_auth(
     let push_counters = Arc::new(ops::PushCounters::default());
     let ops = ops::Ops::new(config.auth.api_key.clone());
     ops.add_collector(Arc::new(ops::LogicCollector {
+        bus: bus.clone(),
         pushes: push_counters.clone(),
         store: store_counters,
         rooms: rooms.clone(),
         counters: counters.clone(),
     }));
-    ops::add_logic_checks(&ops, &registry, &rooms, &push_counters);
+    ops::add_logic_checks(&ops, &bus, &registry, &rooms, &push_counters);
     let api = Arc::new(http::Api {
         config: logic.clone(),
         stores,

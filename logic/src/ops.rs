@@ -342,6 +342,7 @@ pub(crate) async fn count_pushes(
 
 /// logic's metrics.
 pub(crate) struct LogicCollector {
+    pub bus: Arc<dyn imgate_bus::BusProducer>,
     pub pushes: Arc<PushCounters>,
     pub store: Arc<StoreCounters>,
     pub rooms: RoomCounts,
@@ -395,6 +396,14 @@ impl Collector for LogicCollector {
                 .enumerate()
                 .map(|(i, &op)| (vec![("op", Cow::Borrowed(op))], self.store.errors[i].get())),
         )?;
+        if let Some(backlog) = self.bus.backlog() {
+            gauge_family(
+                &mut e,
+                "imgate_bus_lag_messages",
+                "Pushes on the embedded bus that job has not taken yet.",
+                [(Vec::new(), backlog)],
+            )?;
+        }
         counter_family(
             &mut e,
             "imgate_inbox_stored",
@@ -420,10 +429,19 @@ impl Collector for LogicCollector {
 /// registry) and its part of the status figures.
 pub(crate) fn add_logic_checks(
     ops: &Arc<Ops>,
+    bus: &Arc<dyn imgate_bus::BusProducer>,
     registry: &Arc<dyn imgate_store::RegistryStore>,
     rooms: &RoomCounts,
     pushes: &Arc<PushCounters>,
 ) {
+    let b = bus.clone();
+    ops.add_check(
+        "bus",
+        Arc::new(move || {
+            let r = b.check();
+            Box::pin(async move { r })
+        }),
+    );
     let r = registry.clone();
     ops.add_check(
         "store",
