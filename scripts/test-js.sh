@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The JavaScript SDK's tests (sdk/js): unit tests, integration tests against a real imgate, and
-# the demo app in headless Chromium. Installs Node.js, npm and Chromium from Debian's packages
+# the demo app and the operator's status page (/status, target/status.png) in headless Chromium. Installs Node.js, npm and Chromium from Debian's packages
 # when they are missing, and the SDK's dev dependencies from its lockfile. The tests start the
 # debug imgate that `cargo build` leaves in target/debug on free loopback ports themselves.
 # Idempotent; scripts/test.sh runs it after the Rust tests.
@@ -48,6 +48,7 @@ if ! diff -r dist "$fresh/dist" >"$fresh/diff"; then
   exit 1
 fi
 
-# One run, one summary: unit tests, then a real imgate from Node, then the demo in Chromium.
+# One run, one summary: unit tests, then a real imgate from Node, then the demo and the status
+# page in Chromium.
 # Files run one at a time: each integration file starts its own gateway on 2 cores.
 node --test --test-concurrency=1 test/unit/ test/integration/ test/browser/
