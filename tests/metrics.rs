@@ -343,3 +343,38 @@ fn imgate_status_prints_the_figures() {
     );
     g.shutdown();
 }
+
+/// Every metric the Grafana dashboard in deploy/ queries is one a gateway serves.
+#[test]
+fn the_dashboard_queries_only_metrics_that_exist() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana/imgate.json")).unwrap();
+    let g = gateway();
+    let text = String::from_utf8(get(g.http_addr(), "/metrics", &[]).body).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("imgate_") || w.starts_with("process_"));
+            for name in names {
+                let served = text.lines().any(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                });
+                assert!(
+                    served,
+                    "panel {:?} queries {name}, not served",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} metric names found in the dashboard"
+    );
+    g.shutdown();
+}
