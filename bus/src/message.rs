@@ -8,6 +8,10 @@ use imgate_shared::link::{CloseConn, ShardKeys};
 pub struct BusMessage {
     #[prost(oneof = "Push", tags = "1, 2, 3, 4")]
     pub push: Option<Push>,
+    /// When logic accepted the push, Unix time in microseconds (0: unknown): comet measures
+    /// `imgate_push_latency_seconds` from it.
+    #[prost(uint64, tag = "5")]
+    pub accepted_us: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -69,8 +73,12 @@ pub struct BroadcastPush {
 }
 
 impl BusMessage {
+    /// A message accepted now.
     pub fn new(push: Push) -> Self {
-        BusMessage { push: Some(push) }
+        BusMessage {
+            push: Some(push),
+            accepted_us: imgate_shared::link::unix_us(),
+        }
     }
 
     /// The ordering key: one comet's, one room's and the broadcasts' messages keep their order.

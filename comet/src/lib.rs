@@ -130,12 +130,17 @@ impl CometHandle {
         self.metrics().sum().1
     }
 
+    /// The fan-out latency histogram (link read to last member), summed over the shards.
+    pub fn fanout_latency(&self) -> imgate_shared::metrics::HistogramSnapshot {
+        self.metrics().sum().2
+    }
+
     /// Reads this comet's figures when called (for status pages): its id, connections, rooms,
     /// the totals rates are derived from, and push latency percentiles.
     pub fn status_source(&self) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
         let metrics = self.metrics();
         move || {
-            let (s, latency) = metrics.sum();
+            let (s, latency, fanout) = metrics.sum();
             serde_json::json!({
                 "id": metrics.id,
                 "connections": s.connections,
@@ -151,6 +156,11 @@ impl CometHandle {
                     "p50": latency.quantile(0.5),
                     "p90": latency.quantile(0.9),
                     "p99": latency.quantile(0.99),
+                },
+                "fanout": {
+                    "count": fanout.count(),
+                    "p50": fanout.quantile(0.5),
+                    "p99": fanout.quantile(0.99),
                 },
             })
         }

@@ -210,6 +210,7 @@ async fn read_pushes(
                 Route::Split => envelope,
             };
             let id = envelope.id;
+            let accepted_us = envelope.accepted_us;
             let push = matches!(route, Route::Own)
                 && matches!(
                     envelope.body,
@@ -221,7 +222,13 @@ async fn read_pushes(
             }
             if push {
                 let us = read_at.elapsed().as_micros() as u64;
-                shard.stats.push_latency.observe_us(us);
+                shard.stats.fanout_latency.observe_us(us);
+                if accepted_us > 0 {
+                    // Across processes this trusts the hosts' clocks; a stamp from the future
+                    // (skew) counts as no time.
+                    let us = link::unix_us().saturating_sub(accepted_us);
+                    shard.stats.push_latency.observe_us(us);
+                }
             }
             if let Some(back) = back {
                 back.handled.set(id);
@@ -255,10 +262,13 @@ fn merge_room_pushes(first: Envelope, ready: &mut VecDeque<Envelope>) -> Envelop
         return first;
     };
     let mut id = first.id;
+    // The merged push is as old as its oldest part.
+    let mut accepted_us = first.accepted_us;
     let mut merged: Option<BytesMut> = None;
     while let Some(Envelope {
         id: next_id,
         body: Some(Body::PushRoom(next)),
+        accepted_us: next_accepted,
     }) = ready.front()
     {
         let total = merged.as_ref().map_or(push.frames.len(), BytesMut::len);
@@ -269,6 +279,9 @@ fn merge_room_pushes(first: Envelope, ready: &mut VecDeque<Envelope>) -> Envelop
         frames.extend_from_slice(&next.frames);
         push.count += next.count;
         id = *next_id;
+        if accepted_us == 0 || (*next_accepted > 0 && *next_accepted < accepted_us) {
+            accepted_us = *next_accepted;
+        }
         ready.pop_front();
     }
     if let Some(frames) = merged {
@@ -277,6 +290,7 @@ fn merge_room_pushes(first: Envelope, ready: &mut VecDeque<Envelope>) -> Envelop
     Envelope {
         id,
         body: Some(Body::PushRoom(push)),
+        accepted_us,
     }
 }
 
@@ -406,6 +420,8 @@ mod tests {
 
     fn room(id: u64, room: &str, frames: &'static [u8]) -> Envelope {
         Envelope {
+            // Later ids accepted earlier: a merge keeps the oldest stamp, not the first.
+            accepted_us: 100 - id,
             id,
             body: Some(Body::PushRoom(PushRoom {
                 room: room.into(),
@@ -434,6 +450,7 @@ mod tests {
             (merged.id, push.count, &push.frames[..]),
             (3, 3, &b"123"[..])
         );
+        assert_eq!(merged.accepted_us, 97, "the oldest part's accept time");
         assert_eq!(ready.len(), 2);
         // Not a room push: unchanged.
         let keys = Envelope::new(9, Body::PushKeys(PushKeys::default()));

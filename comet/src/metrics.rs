@@ -16,20 +16,23 @@ pub(crate) struct CometCollector {
 }
 
 impl CometCollector {
-    pub fn sum(&self) -> (Stats, HistogramSnapshot) {
+    /// The counters, the push latency and the fan-out latency, summed over the shards.
+    pub fn sum(&self) -> (Stats, HistogramSnapshot, HistogramSnapshot) {
         let mut total = Stats::default();
         let mut latency = HistogramSnapshot::default();
+        let mut fanout = HistogramSnapshot::default();
         for s in &self.shards {
             s.add_to(&mut total);
             s.push_latency.add_to(&mut latency);
+            s.fanout_latency.add_to(&mut fanout);
         }
-        (total, latency)
+        (total, latency, fanout)
     }
 }
 
 impl Collector for CometCollector {
     fn encode(&self, mut e: Encoder) -> std::fmt::Result {
-        let (s, latency) = self.sum();
+        let (s, latency, fanout) = self.sum();
         let comet = || vec![("comet", Cow::Borrowed(self.id.as_str()))];
         let with = |k: &'static str, v: &'static str| {
             let mut l = comet();
@@ -114,8 +117,15 @@ impl Collector for CometCollector {
         latency.encode(
             &mut e,
             "imgate_push_latency_seconds",
-            "comet: from reading a push off job's link to having written (or queued, for a \
-             member whose socket was full) it to the shard's last member.",
+            "From logic accepting a push (the oldest of a room batch) to a comet shard having \
+             written it (or queued it, for a member whose socket was full) to its last member.",
+            &comet(),
+        )?;
+        fanout.encode(
+            &mut e,
+            "imgate_push_fanout_seconds",
+            "From a comet shard reading a push off job's link to having written (or queued) it \
+             to its last member.",
             &comet(),
         )?;
         imgate_shared::metrics::snapshot_samples(&mut e, "imgate_comet", &comet(), s.samples())

@@ -75,9 +75,12 @@ imgate_shared::counters! {
 #[derive(Debug, Default)]
 pub(crate) struct ShardStats {
     pub counters: ShardCounters,
-    /// From reading a push off job's link to having written it, or queued it (a member whose
-    /// socket was full), to the shard's last member of it. Merged room pushes count once.
+    /// From logic accepting a push (the oldest of a room batch) to this shard having written
+    /// it, or queued it (a member whose socket was full), to its last member of it. Merged
+    /// room pushes count once.
     pub push_latency: imgate_shared::metrics::Histogram,
+    /// From reading a push off job's link to the same point: the shard's own part.
+    pub fanout_latency: imgate_shared::metrics::Histogram,
 }
 
 impl std::ops::Deref for ShardStats {

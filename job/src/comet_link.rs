@@ -49,9 +49,16 @@ pub(crate) struct LinkFrame {
 
 impl LinkFrame {
     pub(crate) fn new(body: Body) -> Self {
+        Self::accepted(body, 0)
+    }
+
+    /// A push logic accepted at `accepted_us` (Unix µs; 0: unknown).
+    pub(crate) fn accepted(body: Body, accepted_us: u64) -> Self {
         let stamp = now_us().max(1);
+        let mut envelope = Envelope::new(stamp, body);
+        envelope.accepted_us = accepted_us;
         LinkFrame {
-            bytes: Envelope::new(stamp, body).to_frame(),
+            bytes: envelope.to_frame(),
             stamp,
         }
     }

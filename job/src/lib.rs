@@ -20,6 +20,7 @@ mod registry;
 mod room;
 mod stats;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,7 @@ pub async fn start(
         registry,
         counters: counters.clone(),
         logged: None,
+        room_accepted: HashMap::new(),
     };
     let task = tokio::spawn(router.run(job, consumer, shutdown_rx));
     JobHandle {
@@ -125,6 +127,9 @@ struct Router {
     counters: Arc<Counters>,
     /// When the pacing state was last logged, and the share it had then.
     logged: Option<(Instant, f64)>,
+    /// When logic accepted the oldest message of each room's pending batch (Unix µs), for
+    /// the push latency comet measures.
+    room_accepted: HashMap<String, u64>,
 }
 
 /// How often job looks at the comets' load reports (they come every 100 ms).
@@ -241,6 +246,7 @@ impl Router {
 
     async fn route(&mut self, message: BusMessage, guard: DeliveryGuard) {
         self.counters.consumed.add(1);
+        let accepted_us = message.accepted_us;
         match message.push {
             Some(Push::Keys(push)) => {
                 // A stored push carries the user's inbox sequence in the header's seq field.
@@ -261,13 +267,16 @@ impl Router {
                     let mut sent = false;
                     for target in push.targets {
                         let shard = target.shard;
-                        let link_frame = LinkFrame::new(Body::PushKeys(PushKeys {
-                            targets: vec![target],
-                            op: push.op,
-                            frame: frame.clone(),
-                            seq: push.seq,
-                            mid: push.mid,
-                        }));
+                        let link_frame = LinkFrame::accepted(
+                            Body::PushKeys(PushKeys {
+                                targets: vec![target],
+                                op: push.op,
+                                frame: frame.clone(),
+                                seq: push.seq,
+                                mid: push.mid,
+                            }),
+                            accepted_us,
+                        );
                         sent |=
                             self.registry
                                 .send_to(&push.comet, shard, &link_frame, guards.clone());
@@ -279,6 +288,12 @@ impl Router {
             }
             Some(Push::Room(push)) => {
                 self.counters.room_messages.add(1);
+                // A batch is as old as its oldest message.
+                if accepted_us > 0 {
+                    self.room_accepted
+                        .entry(push.room.clone())
+                        .or_insert(accepted_us);
+                }
                 if let Some(batch) = self.batcher.push(
                     &push.room,
                     push.op,
@@ -304,11 +319,14 @@ impl Router {
                 let shards = self.registry.linked_shards().max(1);
                 let speed = push.speed.div_ceil(shards as u32);
                 let frame = frame::encode(frame::PUSH_VER, push.op, 0, &push.body);
-                let link_frame = LinkFrame::new(Body::Broadcast(Broadcast {
-                    op: push.op,
-                    frame,
-                    speed,
-                }));
+                let link_frame = LinkFrame::accepted(
+                    Body::Broadcast(Broadcast {
+                        op: push.op,
+                        frame,
+                        speed,
+                    }),
+                    accepted_us,
+                );
                 self.registry
                     .send_to_all(&link_frame, &Arc::new(vec![guard]));
                 self.counters.broadcasts.add(1);
@@ -332,14 +350,15 @@ impl Router {
 
     /// Encodes the batch once and queues the same bytes (and one shared set of the messages'
     /// guards) to every comet.
-    fn send_room(&self, batch: Batch) {
+    fn send_room(&mut self, batch: Batch) {
         let Batch { push, guards } = batch;
+        let accepted_us = self.room_accepted.remove(&push.room).unwrap_or(0);
         if self.registry.len() == 0 {
             self.counters.undeliverable.add(u64::from(push.count));
             tracing::warn!(room = %push.room, messages = push.count, "room batch with no comet known is undeliverable");
             return;
         }
-        let link_frame = LinkFrame::new(Body::PushRoom(push));
+        let link_frame = LinkFrame::accepted(Body::PushRoom(push), accepted_us);
         let guards: Guards = Arc::new(guards);
         self.registry.send_to_all(&link_frame, &guards);
         self.counters.room_batches.add(1);

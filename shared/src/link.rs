@@ -24,6 +24,17 @@ pub struct Envelope {
         tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
     )]
     pub body: Option<Body>,
+    /// For pushes: when logic accepted the push (the oldest one of a room batch), Unix time in
+    /// microseconds; 0 when unknown.
+    #[prost(uint64, tag = "21")]
+    pub accepted_us: u64,
+}
+
+/// Unix time now, in microseconds (0 before 1970).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -429,6 +440,7 @@ impl Envelope {
         Envelope {
             id,
             body: Some(body),
+            accepted_us: 0,
         }
     }
 
