@@ -176,6 +176,20 @@ impl Gateway {
         };
         if let Some(comet) = &self.comet {
             ops.add_collector(comet.collector());
+            let linked = comet.logic_link_probe();
+            ops.add_check(
+                "logic",
+                Arc::new(move || {
+                    let up = linked();
+                    Box::pin(async move {
+                        if up {
+                            Ok(())
+                        } else {
+                            Err("a comet shard has no link to logic".to_string())
+                        }
+                    })
+                }),
+            );
             let status = comet.status_source();
             ops.add_status(
                 "comets",

@@ -310,6 +310,10 @@ fn a_comet_process_logs_json_and_serves_metrics_on_its_bind() {
     let addr: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     imgate_testkit::wait_for_port(metrics_port, 20 * SECOND, "the comet's metrics_bind");
     assert_eq!(get(addr, "/healthz", &[]).status, 200);
+    // Nothing listens where its logic should be: running, not ready.
+    let ready = get(addr, "/readyz", &[]);
+    assert_eq!(ready.status, 503);
+    assert!(String::from_utf8_lossy(&ready.body).contains("logic: a comet shard has no link"));
     let m = scrape(addr, &[]);
     assert_eq!(
         value(

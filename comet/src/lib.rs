@@ -130,6 +130,18 @@ impl CometHandle {
         self.metrics().sum().1
     }
 
+    /// Whether every shard has its link to logic up now (what a comet process's `/readyz`
+    /// asks).
+    pub fn linked_to_logic(&self) -> bool {
+        self.stats.iter().all(|s| s.logic_linked.get() == 1)
+    }
+
+    /// [`linked_to_logic`](Self::linked_to_logic), callable from another thread later.
+    pub fn logic_link_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let stats = self.stats.clone();
+        move || stats.iter().all(|s| s.logic_linked.get() == 1)
+    }
+
     /// The fan-out latency histogram (link read to last member), summed over the shards.
     pub fn fanout_latency(&self) -> imgate_shared::metrics::HistogramSnapshot {
         self.metrics().sum().2

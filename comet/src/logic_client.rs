@@ -173,9 +173,14 @@ impl LogicClient {
                 backoff = Duration::from_millis(50);
                 let _ = stream.set_nodelay();
                 let stream = RefCell::new(stream);
+                self.stats.logic_linked.set(1);
                 let reason =
                     future::or(self.read_loop(&stream, &scratch), self.write_loop(&stream)).await;
-                tracing::warn!("connection to logic lost: {reason}");
+                self.stats.logic_linked.set(0);
+                // Every shard loses its link at once and retries every second: at most one
+                // warning per 10 s, with a count of the rest.
+                static LOST: RateLimit = RateLimit::per_secs(10);
+                imgate_shared::warn_limited!(LOST, "connection to logic lost: {reason}");
                 // Requests already sent will never be answered.
                 let sent: Vec<Rc<Slot>> = {
                     let queued: std::collections::HashSet<u64> =

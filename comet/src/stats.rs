@@ -68,6 +68,8 @@ imgate_shared::counters! {
         logic_dropped: Counter,
         /// Rooms with members on this shard.
         rooms: Gauge,
+        /// 1 while this shard's link to logic is up.
+        logic_linked: Gauge,
     }
 }
 
