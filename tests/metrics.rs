@@ -32,6 +32,12 @@ fn scrape(addr: SocketAddr, headers: &[(&str, &str)]) -> HashMap<String, f64> {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let text = String::from_utf8(r.body).unwrap();
     assert!(text.ends_with("# EOF\n"), "not a whole exposition");
+    // Each family is declared once (Prometheus refuses a scrape that repeats one).
+    let mut families = std::collections::HashSet::new();
+    for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap();
+        assert!(families.insert(name.to_string()), "{name} declared twice");
+    }
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {

@@ -107,13 +107,6 @@ impl Collector for CometCollector {
             "Client heartbeats answered.",
             [(comet(), s.heartbeats)],
         )?;
-        gauge_family(
-            &mut e,
-            "imgate_comet_rooms",
-            "Rooms with members on this comet, summed over its shards (as of their last online \
-             report).",
-            [(comet(), s.rooms)],
-        )?;
         latency.encode(
             &mut e,
             "imgate_push_latency_seconds",

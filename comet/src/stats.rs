@@ -66,7 +66,8 @@ imgate_shared::counters! {
         /// Messages to logic dropped, oldest first, because logic was unreachable or slow while
         /// more than 100,000 (or 16 MiB of them) waited.
         logic_dropped: Counter,
-        /// Rooms with members on this shard.
+        /// Rooms with members, per shard (a room on two shards counts twice), as of each
+        /// shard's last online report.
         rooms: Gauge,
         /// 1 while this shard's link to logic is up.
         logic_linked: Gauge,
