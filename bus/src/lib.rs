@@ -65,9 +65,18 @@ pub enum BusEvent {
     },
 }
 
+/// Reads a consumer's lag (messages on its partitions it has not taken), `None` while unknown.
+pub type LagProbe = std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
 /// The consuming side of the bus.
 #[async_trait::async_trait]
 pub trait BusConsumer: Send {
+    /// How to read this consumer's lag from another thread, when the bus can tell (Kafka: from
+    /// librdkafka's statistics; the embedded bus reports its backlog on the producer side).
+    fn lag_probe(&self) -> Option<LagProbe> {
+        None
+    }
+
     /// The next event, or `None` once the bus is closed and drained.
     async fn recv(&mut self) -> Option<BusEvent>;
 }

@@ -118,6 +118,7 @@ async fn round_trip_keeps_each_rooms_order() {
             panic!("a room push")
         };
         assert_eq!(push.room, r);
+        assert!(msg.accepted_us > 0, "the accept time travels with the push");
         got.entry(r.to_owned())
             .or_default()
             .push(i.parse().unwrap());
@@ -136,6 +137,9 @@ async fn round_trip_keeps_each_rooms_order() {
         committed_total(&progress) == 300
     })
     .await;
+    // librdkafka's statistics report the lag (every 2 s): nothing left to take.
+    let lag = consumer.lag_probe().expect("Kafka reports its lag");
+    wait_until("the consumer lag reported as 0", WAIT, || lag() == Some(0)).await;
     consumer.close().await;
 }
 

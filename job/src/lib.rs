@@ -47,6 +47,8 @@ const ON_DEMAND_REFRESH_GAP: Duration = Duration::from_millis(50);
 /// A running job.
 pub struct JobHandle {
     counters: Arc<Counters>,
+    /// The bus consumer's lag, when its bus can tell.
+    lag: Option<imgate_bus::LagProbe>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -70,7 +72,10 @@ impl JobHandle {
 
     /// A Prometheus collector reading job's counters at scrape time.
     pub fn collector(&self) -> Arc<dyn imgate_shared::metrics::Collector> {
-        Arc::new(metrics::JobCollector(self.counters.clone()))
+        Arc::new(metrics::JobCollector {
+            counters: self.counters.clone(),
+            lag: self.lag.clone(),
+        })
     }
 
     /// Stops consuming, flushes pending room batches and closes the links once they have
@@ -90,6 +95,7 @@ pub async fn start(
     consumer: Box<dyn BusConsumer>,
 ) -> JobHandle {
     let job = config.job.clone();
+    let lag = consumer.lag_probe();
     let counters = Arc::new(Counters::default());
     counters.room_budget_permille.set(1000);
     let limits = comet_link::QueueLimits {
@@ -115,6 +121,7 @@ pub async fn start(
     let task = tokio::spawn(router.run(job, consumer, shutdown_rx));
     JobHandle {
         counters,
+        lag,
         shutdown,
         task,
     }

@@ -7,13 +7,31 @@ use imgate_shared::metrics::{counter_family, gauge_family, snapshot_samples, Col
 
 use crate::stats::Counters;
 
-#[derive(Debug)]
-pub(crate) struct JobCollector(pub Arc<Counters>);
+pub(crate) struct JobCollector {
+    pub counters: Arc<Counters>,
+    pub lag: Option<imgate_bus::LagProbe>,
+}
+
+impl std::fmt::Debug for JobCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobCollector")
+    }
+}
 
 impl Collector for JobCollector {
     fn encode(&self, mut e: Encoder) -> std::fmt::Result {
-        let s = self.0.snapshot();
+        let s = self.counters.snapshot();
         let none = Vec::<(&str, Cow<str>)>::new;
+        if let Some(lag) = self.lag.as_ref().and_then(|probe| probe()) {
+            gauge_family(
+                &mut e,
+                "imgate_bus_lag_messages",
+                "Messages on this job's Kafka partitions it has not taken yet (librdkafka's \
+                 consumer lag, refreshed every 2 s).",
+                [(none(), lag)],
+            )?;
+        }
+
         counter_family(
             &mut e,
             "imgate_room_batches",

@@ -24,13 +24,33 @@ pub const REVOKE_WAIT: Duration = Duration::from_secs(5);
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// Events (messages, revokes) buffered between the poll thread and job.
 const EVENT_QUEUE: usize = 1024;
+/// How often librdkafka reports its statistics, the consumer lag among them.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 struct Context {
     shared: Arc<Shared>,
     events: mpsc::Sender<BusEvent>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's statistics (every `LAG_INTERVAL`): the consumer lag of the partitions
+    /// this consumer holds, summed.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = statistics
+            .topics
+            .get(&self.shared.topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .filter(|(&p, part)| p >= 0 && part.consumer_lag >= 0)
+                    .map(|(_, part)| part.consumer_lag as u64)
+                    .sum::<u64>()
+            })
+            .unwrap_or(u64::MAX);
+        self.shared.lag.store(lag, Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -185,6 +205,7 @@ impl KafkaConsumer {
             undecodable: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            lag: AtomicU64::new(u64::MAX),
         });
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let session = config.session_timeout.max(Duration::from_millis(1000));
@@ -205,6 +226,11 @@ impl KafkaConsumer {
             // than librdkafka's 500 ms (brokers that hold a fetch to its deadline added up to
             // a quarter of a second per push).
             .set("fetch.wait.max.ms", "10")
+            // Statistics carry the consumer lag (imgate_bus_lag_messages).
+            .set(
+                "statistics.interval.ms",
+                LAG_INTERVAL.as_millis().to_string(),
+            )
             .create_with_context(Context {
                 shared: shared.clone(),
                 events: tx.clone(),
@@ -249,6 +275,14 @@ impl Drop for KafkaConsumer {
 impl BusConsumer for KafkaConsumer {
     async fn recv(&mut self) -> Option<BusEvent> {
         self.events.recv().await
+    }
+
+    fn lag_probe(&self) -> Option<crate::LagProbe> {
+        let shared = self.shared.clone();
+        Some(Arc::new(move || {
+            let lag = shared.lag.load(Ordering::Relaxed);
+            (lag != u64::MAX).then_some(lag)
+        }))
     }
 }
 

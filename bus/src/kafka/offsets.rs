@@ -89,6 +89,9 @@ pub(super) struct Shared {
     pub undecodable: AtomicU64,
     pub commit_failures: AtomicU64,
     pub stop: AtomicBool,
+    /// Messages on this consumer's partitions it has not taken yet, from librdkafka's
+    /// statistics (`consumer_lag`); `u64::MAX` until known.
+    pub lag: AtomicU64,
 }
 
 impl Shared {
