@@ -274,6 +274,16 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let only = |comet, logic, job| Services { comet, logic, job };
     let mut insecure = false;
+    // Only the services wait for a signal; `imgate sub` keeps the default Ctrl-C.
+    let serving = matches!(
+        cli.command,
+        None | Some(Command::Comet(_) | Command::Logic(_) | Command::Job(_))
+    );
+    let stop = if serving {
+        Some(StopSignals::register()?)
+    } else {
+        None
+    };
     let gateway = match cli.command {
         None => {
             let config = load(&cli.service)?;
@@ -320,24 +330,50 @@ fn run() -> anyhow::Result<()> {
              IMGATE_API_KEY (or auth.* in a config file) to require signed tokens and an API key"
         );
     }
-    wait_for_signal()?;
+    if let Some(stop) = stop {
+        stop.wait();
+    }
     tracing::info!("shutting down");
     gateway.shutdown();
     Ok(())
 }
 
-fn wait_for_signal() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    })?;
-    Ok(())
+/// SIGINT and SIGTERM, registered before the services start: a process that runs out of file
+/// descriptors under load can still be stopped.
+struct StopSignals {
+    runtime: tokio::runtime::Runtime,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (interrupt, terminate) = runtime.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })?;
+        Ok(StopSignals {
+            runtime,
+            interrupt,
+            terminate,
+        })
+    }
+
+    /// Waits for either signal.
+    fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        });
+    }
 }
 
 fn mint_token(args: &TokenArgs) -> anyhow::Result<()> {

@@ -398,3 +398,76 @@ fn the_dashboard_queries_only_metrics_that_exist() {
     );
     g.shutdown();
 }
+
+/// A comet out of file descriptors fails every accept (it retries every 10 ms): the warning
+/// is logged once per 10 s, not once per retry.
+#[test]
+fn accept_failures_are_logged_once_per_interval() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let tcp_port = imgate_testkit::free_port();
+    let mut command = Command::new(IMGATE);
+    command
+        .args([
+            "comet",
+            "--tcp-bind",
+            &format!("127.0.0.1:{tcp_port}"),
+            "--ws-bind",
+            "127.0.0.1:0",
+            "--comet-link-bind",
+            "127.0.0.1:0",
+            "--join",
+            "127.0.0.1:9",
+            "--shards",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and only touches the child's limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("imgate comet starts");
+    imgate_testkit::wait_for_port(tcp_port, 20 * SECOND, "the comet's TCP listener");
+    // More connections than the comet has descriptors left: the rest wait in the backlog and
+    // every accept retry fails with EMFILE.
+    let clients: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", tcp_port)).ok())
+        .collect();
+    assert!(clients.len() >= 100, "only {} connected", clients.len());
+    // A second of retries (about a hundred) after they started.
+    std::thread::sleep(SECOND);
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(clients);
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    // Without the terminal colours (`\x1b[…m`).
+    let mut plain = String::new();
+    let mut rest = stderr.as_str();
+    while let Some(i) = rest.find('\x1b') {
+        plain.push_str(&rest[..i]);
+        rest = rest[i..].split_once('m').map_or("", |(_, after)| after);
+    }
+    plain.push_str(rest);
+    let stderr = plain;
+    let failures: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("accept failed") && !l.contains("link accept failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{stderr}");
+    assert!(failures[0].contains("suppressed=0"), "{}", failures[0]);
+    assert!(
+        !stderr.contains("Error:"),
+        "the comet stopped by itself: {stderr}"
+    );
+}

@@ -324,7 +324,9 @@ pub(crate) async fn serve(
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "link accept failed");
+                    static ACCEPT: imgate_shared::log_limit::RateLimit =
+                        imgate_shared::log_limit::RateLimit::per_secs(10);
+                    imgate_shared::warn_limited!(ACCEPT, error = %e, "link accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -130,7 +130,9 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
-                tracing::warn!("HTTPS accept failed: {e}");
+                static ACCEPT: imgate_shared::log_limit::RateLimit =
+                    imgate_shared::log_limit::RateLimit::per_secs(10);
+                imgate_shared::warn_limited!(ACCEPT, "HTTPS accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
