@@ -150,6 +150,22 @@ fn metrics_count_connections_messages_writes_and_closes() {
         "the closed connection never authenticated"
     );
 
+    // An auth logic refuses (goim's JSON auth needs JSON) is counted by reason.
+    let mut refused = imgate::client::Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    assert!(refused.auth("not json").is_err(), "a bad auth is refused");
+    let refusals = series("imgate_auth_failures_total", ",reason=\"refused\"");
+    eventually(5 * SECOND, "the refusal to be counted", || {
+        value(&scrape(http, &[]), &refusals) == 1.0
+    });
+    let m = scrape(http, &[]);
+    assert_eq!(
+        value(
+            &m,
+            &series("imgate_auth_failures_total", ",reason=\"unavailable\"")
+        ),
+        0.0
+    );
+
     // A client that leaves is no longer counted.
     drop(b);
     eventually(5 * SECOND, "the tcp gauge to drop", || {

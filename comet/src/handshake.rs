@@ -388,6 +388,7 @@ async fn handshake(
         }
         Ok(_) => {
             tracing::warn!("logic answered Connect with an unexpected message");
+            shard.stats.auth_unavailable.inc();
             "auth could not be checked".to_string()
         }
         Err(LogicError::Refused(reason)) => {
@@ -396,6 +397,7 @@ async fn handshake(
         }
         Err(e) => {
             tracing::debug!(conn_id, "auth failed: {e}");
+            shard.stats.auth_unavailable.inc();
             "auth could not be checked: logic is unavailable".to_string()
         }
     };

@@ -64,7 +64,13 @@ impl Collector for CometCollector {
             &mut e,
             "imgate_auth_failures",
             "Connections closed because logic refused their auth or could not answer.",
-            [(with("reason", "refused"), s.auth_failed)],
+            [
+                (
+                    with("reason", "refused"),
+                    s.auth_failed.saturating_sub(s.auth_unavailable),
+                ),
+                (with("reason", "unavailable"), s.auth_unavailable),
+            ],
         )?;
         counter_family(
             &mut e,

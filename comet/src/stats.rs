@@ -18,6 +18,8 @@ imgate_shared::counters! {
         heartbeats: Counter,
         /// Connections closed because logic refused or could not answer their auth.
         auth_failed: Counter,
+        /// Of those, the ones logic could not answer (unreachable, too slow).
+        auth_unavailable: Counter,
         /// Connections closed for a protocol error (bad frame, bad upgrade, bad WebSocket
         /// framing).
         closed_malformed: Counter,
