@@ -146,6 +146,7 @@ impl Gateway {
             config.comet.logic_addrs = vec![logic.link_addr().to_string()];
             gateway.logic = Some(logic);
         }
+        let registry = stores.as_ref().map(|s| s.registry.clone());
         if let (Some(stores), Some(consumer)) = (stores, consumer) {
             let job =
                 gateway
@@ -156,13 +157,18 @@ impl Gateway {
         if services.comet {
             gateway.comet = Some(imgate_comet::start(&config.comet).context("starting comet")?);
         }
-        gateway.start_ops(&config, services)?;
+        gateway.start_ops(&config, services, registry)?;
         Ok(gateway)
     }
 
     /// Gathers the services' metrics, readiness checks and status figures: onto logic's HTTP
     /// listener when logic runs here, else onto the comet's or job's `metrics_bind` if set.
-    fn start_ops(&mut self, config: &Config, services: Services) -> anyhow::Result<()> {
+    fn start_ops(
+        &mut self,
+        config: &Config,
+        services: Services,
+        registry: Option<Arc<dyn imgate_store::RegistryStore>>,
+    ) -> anyhow::Result<()> {
         let bind = match (&self.logic, services.comet, services.job) {
             (Some(_), _, _) => None,
             (None, true, _) => config.comet.metrics_bind,
@@ -196,6 +202,22 @@ impl Gateway {
                 Arc::new(move || {
                     let part = serde_json::json!([status()]);
                     Box::pin(async move { part })
+                }),
+            );
+        }
+        if let (Some(_), None, Some(registry)) = (&self.job, &self.logic, registry) {
+            // logic checks the store when it runs here; a job process checks it itself.
+            ops.add_check(
+                "store",
+                Arc::new(move || {
+                    let registry = registry.clone();
+                    Box::pin(async move {
+                        registry
+                            .comets()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| format!("unreachable: {e}"))
+                    })
                 }),
             );
         }

@@ -487,3 +487,59 @@ fn accept_failures_are_logged_once_per_interval() {
         "the comet stopped by itself: {stderr}"
     );
 }
+
+/// `imgate job` on Kafka and Redis with `job.metrics_bind`: its own metrics (comet links, the
+/// Kafka consumer lag), unready without a comet and without its store.
+#[test]
+fn a_job_process_serves_its_metrics_and_readiness_on_metrics_bind() {
+    use imgate_shared::config::{BusConfig, KafkaConfig};
+    let kafka = imgate_testkit::Kafka::start();
+    let mut redis = Redis::start();
+    let mut config = test_config();
+    let unique = imgate_testkit::free_port();
+    config.bus = BusConfig::Kafka(KafkaConfig {
+        brokers: kafka.bootstrap(),
+        topic: format!("imgate-metrics-{unique}"),
+        group: format!("imgate-metrics-{unique}"),
+        partitions: 2,
+        commit_interval: Duration::from_millis(100),
+        session_timeout: Duration::from_secs(3),
+    });
+    config.store.backend = StoreBackend::Redis(RedisConfig {
+        urls: vec![redis.url()],
+        timeout: Duration::from_millis(300),
+        prefix: format!("m{unique}:"),
+        ..RedisConfig::default()
+    });
+    config.job.metrics_bind = Some(([127, 0, 0, 1], 0).into());
+    let job = Gateway::run(
+        config,
+        Services {
+            comet: false,
+            logic: false,
+            job: true,
+        },
+    )
+    .unwrap();
+    let addr = job.metrics_addr().expect("metrics_bind is served");
+    let m = scrape(addr, &[]);
+    assert_eq!(value(&m, "imgate_comet_links"), 0.0);
+    assert!(
+        !m.keys().any(|k| k.starts_with("imgate_connections")),
+        "a job process has no comet metrics"
+    );
+    let ready = get(addr, "/readyz", &[]);
+    assert_eq!(ready.status, 503);
+    let body = String::from_utf8_lossy(&ready.body).to_string();
+    assert!(body.contains("job: job has no link to a comet"), "{body}");
+    assert!(body.contains("store: ok"), "{body}");
+    // librdkafka's statistics give the consumer lag once the job holds its partitions.
+    eventually(20 * SECOND, "the Kafka consumer lag", || {
+        scrape(addr, &[]).get("imgate_bus_lag_messages") == Some(&0.0)
+    });
+    redis.stop();
+    eventually(10 * SECOND, "the store check to fail", || {
+        String::from_utf8_lossy(&get(addr, "/readyz", &[]).body).contains("store: unreachable")
+    });
+    job.shutdown();
+}
