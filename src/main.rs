@@ -52,7 +52,7 @@ struct StatusArgs {
     /// The API key, when the gateway has one.
     #[arg(long, env = "IMGATE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Seconds between the two readings rates are computed from.
+    /// Time between the two readings the rates are computed from.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
 }
