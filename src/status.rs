@@ -105,7 +105,7 @@ pub fn render(before: &Value, now: &Value) -> String {
             .unwrap_or(Value::Null);
         let _ = writeln!(
             out,
-            "comet {id}: {} connections, {} rooms, {:.1} writes/s, {:.1} messages/s, push latency p50 {} p99 {}",
+            "comet {id}: {} connections, {} rooms, {:.1} writes/s, {:.1} messages/s, push latency p50 <= {} p99 <= {}",
             u(&c["connections"]),
             u(&c["rooms"]),
             rate(u(&old["writes"]), u(&c["writes"])),

@@ -70,8 +70,10 @@ function render(s) {
   $("pushes-rate").textContent = fmt(pushRate);
   $("writes-rate").textContent = local.length ? fmt(writeRate) : "–";
   const latency = local.find((c) => c.latency && c.latency.count > 0);
-  $("latency-p50").textContent = seconds(latency ? latency.latency.p50 : null);
-  $("latency-p99").textContent = seconds(latency ? latency.latency.p99 : null);
+  // Percentiles are histogram bucket bounds: the latency is at most this.
+  const bound = (s) => (s === null || s === undefined ? "–" : "≤ " + seconds(s));
+  $("latency-p50").textContent = bound(latency ? latency.latency.p50 : null);
+  $("latency-p99").textContent = bound(latency ? latency.latency.p99 : null);
 
   const ready = s.ready || [];
   const failing = ready.filter((c) => !c.ok);
