@@ -137,3 +137,53 @@ fn a_dead_comet_leaves_the_registry_and_its_sessions_expire() {
     );
     assert_eq!(alive.next(WAIT).1, "still here");
 }
+
+/// The per-user limit holds across comets and logics: with one connection per user and
+/// `kick_oldest`, a user connecting on another comet closes the first connection there (through
+/// the bus); presence through either logic lists the one that is left.
+#[test]
+fn a_users_connection_limit_and_presence_hold_across_comets() {
+    let c = Cluster::start_setup(
+        2,
+        2,
+        1,
+        support::cluster::Setup {
+            comet_extra: "max_conns_per_user = 1\nkick_oldest = true",
+            ..Default::default()
+        },
+    );
+    let auth = |platform: &str| {
+        serde_json::json!({"mid": 31, "platform": platform, "accepts": [1000]}).to_string()
+    };
+    let mut first = imgate::client::Client::connect(c.comets[0].tcp, Transport::Tcp).unwrap();
+    first.auth(&auth("web")).unwrap();
+    let presence = |logic: usize| {
+        let a = http(c.http(logic), "GET", "/goim/online/mids?mids=31", b"");
+        assert_eq!(a.status, 200, "{:?}", a.json);
+        a.json["data"]["31"].as_array().unwrap().clone()
+    };
+    let listed = presence(1);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["comet"], c.comets[0].id.as_str());
+    assert_eq!(listed[0]["platform"], "web");
+    let mut second = imgate::client::Client::connect(c.comets[1].ws, Transport::WebSocket).unwrap();
+    second.auth(&auth("ios")).unwrap();
+    assert!(
+        first.wait_closed(WAIT),
+        "the oldest closed on the other comet\n{}",
+        c.logs()
+    );
+    for logic in [0, 1] {
+        let listed = presence(logic);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0]["comet"], c.comets[1].id.as_str());
+        assert_eq!(listed[0]["platform"], "ios");
+    }
+    let answer = push(
+        c.http(0),
+        "/goim/push/mids?operation=1000&mids=31",
+        "to the newest",
+    );
+    assert_eq!(answer["data"]["connections"], 1);
+    assert_eq!(second.recv_op(1000, WAIT).unwrap().body, b"to the newest");
+}

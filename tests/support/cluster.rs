@@ -143,7 +143,15 @@ impl Cluster {
             .tempdir()
             .unwrap();
         let config = dir.path().join("cluster.toml");
-        std::fs::write(&config, cluster_toml(&redis, &kafka, timers)).unwrap();
+        std::fs::write(
+            &config,
+            cluster_toml(&redis, &kafka, timers).replacen(
+                "[comet]\n",
+                &format!("[comet]\n{}\n", setup.comet_extra),
+                1,
+            ),
+        )
+        .unwrap();
         let mut cluster = Cluster {
             redis,
             kafka,
@@ -316,6 +324,8 @@ pub struct Setup {
     /// The broker stores its log, groups and offsets in PostgreSQL: a restart keeps what it
     /// acknowledged. Otherwise it keeps them in memory and a restart loses them.
     pub durable_broker: bool,
+    /// More `[comet]` options, TOML lines (every process reads the one config file).
+    pub comet_extra: &'static str,
 }
 
 impl Default for Setup {
@@ -324,6 +334,7 @@ impl Default for Setup {
             timers: Timers::RELAXED,
             durable_redis: false,
             durable_broker: false,
+            comet_extra: "",
         }
     }
 }
