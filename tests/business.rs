@@ -297,6 +297,7 @@ fn presence(config: Config) {
             ("web-5".to_string(), "web".to_string())
         ]
     );
+    assert_eq!(conns[0]["rooms"], serde_json::json!(["live://1"]));
     assert_eq!(a.json["data"]["6"], serde_json::json!([]));
     assert_eq!(a.json["data"]["7"], serde_json::json!([]));
     // Bad input is a 400 with a reason.

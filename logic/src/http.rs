@@ -378,6 +378,8 @@ async fn online_mids(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Ap
                 json!({
                     "key": c.key,
                     "platform": c.platform,
+                    // The room it named at auth: comets do not report later changes.
+                    "rooms": if c.room.is_empty() { vec![] } else { vec![c.room.clone()] },
                     "comet": c.conn.comet,
                     "shard": c.conn.shard,
                     "connected_at": c.connected_ms,

@@ -137,6 +137,7 @@ impl LinkHandler {
                     .await?;
                 let key = identity
                     .key
+                    .clone()
                     .filter(|k| !k.is_empty())
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 let session = Session {
@@ -149,7 +150,7 @@ impl LinkHandler {
                 } else {
                     KeyPolicy::AnyUser
                 };
-                let kicked = self.admit(&session, &identity.platform).await?;
+                let kicked = self.admit(&session, &identity).await?;
                 let claim = self.stores.sessions.claim_session(&session, policy).await;
                 let claim = match claim {
                     Ok(claim) => claim,
@@ -196,6 +197,7 @@ impl LinkHandler {
                         key: old.key.clone(),
                         conn: old.conn.clone(),
                         platform: String::new(),
+                        room: String::new(),
                         connected_ms: 0,
                     };
                     self.event("disconnect", old.mid, &gone, "replaced");
@@ -207,6 +209,7 @@ impl LinkHandler {
                         key: session.key.clone(),
                         conn: session.conn.clone(),
                         platform: identity.platform.clone(),
+                        room: identity.room.clone(),
                         connected_ms: 0,
                     },
                     "auth",
@@ -281,6 +284,7 @@ impl LinkHandler {
                         key: req.key.clone(),
                         conn,
                         platform: String::new(),
+                        room: String::new(),
                         connected_ms: 0,
                     });
                     self.event("disconnect", req.mid, &gone, "closed");
@@ -493,14 +497,15 @@ impl LinkHandler {
 
     /// Records the connection among its user's, within `comet.max_conns_per_user`; returns
     /// the oldest connections to close (`comet.kick_oldest`).
-    async fn admit(&self, session: &Session, platform: &str) -> Result<Vec<UserConn>, String> {
+    async fn admit(&self, session: &Session, identity: &Identity) -> Result<Vec<UserConn>, String> {
         if session.mid <= 0 {
             return Ok(Vec::new());
         }
         let entry = UserConn {
             key: session.key.clone(),
             conn: session.conn.clone(),
-            platform: platform.to_string(),
+            platform: identity.platform.clone(),
+            room: identity.room.clone(),
             connected_ms: 0,
         };
         match self

@@ -40,6 +40,8 @@ pub struct UserConn {
     pub conn: ConnRef,
     /// The platform its auth named (`web`, `android`, …); may be empty.
     pub platform: String,
+    /// The room it named at auth (its main room then); may be empty.
+    pub room: String,
     /// When it was admitted, Unix milliseconds (by the store's clock); 0 when asking.
     pub connected_ms: u64,
 }

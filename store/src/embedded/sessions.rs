@@ -426,6 +426,7 @@ mod tests {
             key: key.into(),
             conn: conn(id),
             platform: "web".into(),
+            room: "live://1".into(),
             connected_ms: 0,
         }
     }

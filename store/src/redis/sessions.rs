@@ -74,8 +74,9 @@ return 0
 ";
 
 /// A user's connection entries (`conns:{<mid>}` hash, field = key), values
-/// `<expires ms>|<connected ms>|<platform>|<prost ConnRef>` by the Redis server clock. Shared by
-/// the scripts below: `parse(v)` → expires, connected, the platform and the ConnRef bytes.
+/// `<expires ms>|<connected ms>|<hex platform>|<hex room>|<prost ConnRef>`, times by the Redis
+/// server clock. Shared by the scripts below: `parse(v)` → expires, connected, the middle (the
+/// platform and room as they are) and the ConnRef bytes.
 const CONN_PARSE: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
@@ -85,14 +86,15 @@ local function parse(v)
   local a = string.find(v, '|', 1, true)
   local b = string.find(v, '|', a + 1, true)
   local c = string.find(v, '|', b + 1, true)
+  local d = string.find(v, '|', c + 1, true)
   return tonumber(string.sub(v, 1, a - 1)), tonumber(string.sub(v, a + 1, b - 1)),
-    string.sub(v, b + 1, c - 1), string.sub(v, c + 1)
+    string.sub(v, b + 1, d - 1), string.sub(v, d + 1)
 end
 ";
 
 /// Admission of a connection within the user's limit, in one step.
-/// KEYS[1] = conns hash; ARGV[1] = key; ARGV[2] = ConnRef; ARGV[3] = platform; ARGV[4] =
-/// limit (0 = none); ARGV[5] = '1' to kick the oldest; ARGV[6] = TTL ms.
+/// KEYS[1] = conns hash; ARGV[1] = key; ARGV[2] = ConnRef; ARGV[3] = `<hex platform>|<hex
+/// room>`; ARGV[4] = limit (0 = none); ARGV[5] = '1' to kick the oldest; ARGV[6] = TTL ms.
 /// Returns {0, held} if refused, {1, kicked key, value, key, value...} if admitted.
 const ADMIT_CONN: &str = r"
 local now = now_ms()
@@ -131,10 +133,10 @@ return out
 const REFRESH_CONN: &str = r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return 0 end
-local exp, connected, platform, conn = parse(v)
+local exp, connected, middle, conn = parse(v)
 if conn ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1],
-  string.format('%d|%d|%s|', now_ms() + tonumber(ARGV[3]), connected, platform) .. conn)
+  string.format('%d|%d|%s|', now_ms() + tonumber(ARGV[3]), connected, middle) .. conn)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
@@ -144,7 +146,7 @@ return 1
 const REMOVE_CONN: &str = r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
-local exp, connected, platform, conn = parse(v)
+local exp, connected, middle, conn = parse(v)
 if conn ~= ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return v
@@ -166,32 +168,38 @@ return out
 
 /// A connection entry's value back as a [`UserConn`].
 fn decode_conn(key: String, v: &[u8]) -> Option<UserConn> {
-    let mut parts = v.splitn(4, |b| *b == b'|');
+    let mut parts = v.splitn(5, |b| *b == b'|');
     let _expires = parts.next()?;
     let connected: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let platform = String::from_utf8_lossy(parts.next()?).into_owned();
+    let platform = unhex(parts.next()?)?;
+    let room = unhex(parts.next()?)?;
     let conn = ConnRef::decode(parts.next()?).ok()?;
     Some(UserConn {
         key,
         conn,
         platform,
+        room,
         connected_ms: connected,
     })
+}
+
+/// Text as lowercase hex, so an entry's separators never occur in it.
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(hex: &[u8]) -> Option<String> {
+    let bytes = hex
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `key, value, key, value...` as connection entries (undecodable ones left out).
 fn decode_pairs(flat: &[Vec<u8>]) -> Vec<UserConn> {
     flat.chunks_exact(2)
         .filter_map(|kv| decode_conn(String::from_utf8_lossy(&kv[0]).into_owned(), &kv[1]))
-        .collect()
-}
-
-/// A platform as an entry can hold it: no separator, at most 64 bytes.
-fn entry_platform(platform: &str) -> String {
-    platform
-        .chars()
-        .map(|c| if c == '|' || c.is_control() { '_' } else { c })
-        .take(64)
         .collect()
 }
 
@@ -519,7 +527,7 @@ impl SessionStore for RedisStore {
         inv.key(self.user_conns_key(mid))
             .arg(&conn.key)
             .arg(conn.conn.encode_to_vec())
-            .arg(entry_platform(&conn.platform))
+            .arg(format!("{}|{}", hex(&conn.platform), hex(&conn.room)))
             .arg(limit)
             .arg(if kick_oldest { "1" } else { "0" })
             .arg(self.session_ttl_ms);
@@ -597,5 +605,34 @@ impl SessionStore for RedisStore {
             out.push(conns);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_entry_round_trips_whatever_its_platform_and_room_hold() {
+        let conn = ConnRef {
+            comet: "c|1".into(),
+            shard: 2,
+            conn_id: 124, // '|' as a byte of the prost encoding
+        };
+        let value = format!("99|7|{}|{}|", hex("we|b ü"), hex("live://1|2")).into_bytes();
+        let mut value = value;
+        value.extend_from_slice(&conn.encode_to_vec());
+        let got = decode_conn("k".into(), &value).unwrap();
+        assert_eq!(
+            got,
+            UserConn {
+                key: "k".into(),
+                conn,
+                platform: "we|b ü".into(),
+                room: "live://1|2".into(),
+                connected_ms: 7,
+            }
+        );
+        assert!(decode_conn("k".into(), b"garbage").is_none());
     }
 }
