@@ -52,6 +52,7 @@ pub struct AuthConfig {
     /// JWT key too, a client presenting a `token` is verified as a JWT and the hook is skipped.
     #[serde(deserialize_with = "none_if_empty")]
     pub connect_url: Option<String>,
+    /// How long the connect hook may take; shorter than `comet.logic_timeout`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
@@ -77,7 +78,7 @@ impl Default for AuthConfig {
             api_key: None,
             insecure: false,
             connect_url: None,
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
         }
     }
 }
