@@ -448,3 +448,43 @@ fn an_events_endpoint_that_is_down_drops_events_and_leaves_clients_alone() {
     });
     g.shutdown();
 }
+
+/// A connect refused for its key (another user's, with tokens) after it had pushed the user's
+/// oldest connection out: the oldest stays connected and counted.
+#[test]
+fn a_refused_key_claim_kicks_nobody() {
+    let mut config = test_config();
+    config.auth.jwt_secret = Some("kick-secret".into());
+    config.comet.max_conns_per_user = 1;
+    config.comet.kick_oldest = true;
+    let g = Gateway::start(config).unwrap();
+    let auth = |mid: i64, key: &str| {
+        let token =
+            imgate_logic::mint_hs256(b"kick-secret", mid, None, Duration::from_secs(60)).unwrap();
+        serde_json::json!({"token": token, "key": key, "accepts": [1000]}).to_string()
+    };
+    let mut mine = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    mine.auth(&auth(7, "mine")).unwrap();
+    let mut theirs = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    theirs.auth(&auth(8, "theirs")).unwrap();
+    let mut thief = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    let reason = refusal(thief.auth(&auth(7, "theirs")));
+    assert!(reason.contains("held by another user"), "{reason}");
+    assert!(!mine.wait_closed(Duration::from_millis(500)), "not kicked");
+    assert!(mine.heartbeat(2).is_ok());
+    let a = http(g.http_addr(), "GET", "/goim/online/mids?mids=7", b"");
+    let listed = a.json["data"]["7"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["key"], "mine");
+    // Still the one allowed: the next connection of user 7 kicks it, as it should.
+    let _next = client_with(&g, &auth(7, "next"));
+    assert!(mine.wait_closed(WAIT));
+    assert_eq!(g.logic_stats().user_limit_kicked, 1);
+    g.shutdown();
+}
+
+fn client_with(g: &Gateway, auth: &str) -> Client {
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    c.auth(auth).unwrap();
+    c
+}

@@ -155,14 +155,14 @@ impl LinkHandler {
                 let claim = match claim {
                     Ok(claim) => claim,
                     Err(e) => {
-                        self.unadmit(&session).await;
+                        self.unadmit(&session, &kicked).await;
                         return Err(e.to_string());
                     }
                 };
                 let replaced = match claim {
                     Claim::Claimed { replaced } => replaced,
                     Claim::Refused { .. } => {
-                        self.unadmit(&session).await;
+                        self.unadmit(&session, &kicked).await;
                         return Err(format!(
                             "connection key {:?} is held by another user's connection",
                             session.key
@@ -526,17 +526,27 @@ impl LinkHandler {
         }
     }
 
-    /// Takes back an admission whose key claim failed.
-    async fn unadmit(&self, session: &Session) {
-        if session.mid > 0 {
-            if let Err(e) = self
-                .stores
-                .sessions
-                .remove_conn(session.mid, &session.key, &session.conn)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot take back a connection's admission");
+    /// Takes back an admission whose key claim failed, and puts back the connections it had
+    /// pushed out (nothing was done to them yet), so they stay counted.
+    async fn unadmit(&self, session: &Session, kicked: &[UserConn]) {
+        if session.mid <= 0 {
+            return;
+        }
+        let sessions = &self.stores.sessions;
+        let mut undone = sessions
+            .remove_conn(session.mid, &session.key, &session.conn)
+            .await
+            .map(|_| ());
+        for gone in kicked {
+            if undone.is_ok() {
+                undone = sessions
+                    .admit_conn(session.mid, gone, 0, false)
+                    .await
+                    .map(|_| ());
             }
+        }
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, "cannot take back a connection's admission");
         }
     }
 

@@ -18,6 +18,9 @@ pub struct EmbeddedSessions {
     inner: Mutex<Inner>,
     /// Each user's connections (presence and the per-user limit): key → entry, expiry.
     conns: Mutex<HashMap<i64, UserConns>>,
+    /// When the users' expired connection entries are next dropped (a user who never comes
+    /// back, on a comet that died without reporting disconnects, leaves nothing behind).
+    next_conns_purge: Mutex<Instant>,
 }
 
 /// One user's connection entries: key → entry and when it expires.
@@ -46,6 +49,7 @@ impl EmbeddedSessions {
                 next_purge: Instant::now() + PURGE_EVERY,
             }),
             conns: Mutex::new(HashMap::new()),
+            next_conns_purge: Mutex::new(Instant::now() + PURGE_EVERY),
         }
     }
 }
@@ -192,6 +196,16 @@ impl SessionStore for EmbeddedSessions {
     ) -> Result<Admit, StoreError> {
         let now = Instant::now();
         let mut conns = lock(&self.conns);
+        {
+            let mut next = lock(&self.next_conns_purge);
+            if now >= *next {
+                *next = now + PURGE_EVERY;
+                conns.retain(|_, user| {
+                    user.retain(|_, (_, exp)| *exp > now);
+                    !user.is_empty()
+                });
+            }
+        }
         let user = conns.entry(mid).or_default();
         user.retain(|_, (_, exp)| *exp > now);
         let mut others: Vec<&UserConn> = user
