@@ -419,8 +419,32 @@ fn connect_and_disconnect_events_reach_the_business_in_batches() {
     assert_eq!(events[0]["comet"], g.comet().id());
     assert!(events[0]["time"].as_u64().unwrap() > 1_700_000_000_000);
     assert_eq!(events[1]["event"], "disconnect");
-    assert_eq!(events[1]["reason"], "closed");
+    assert_eq!(events[1]["reason"], "client_closed");
     assert_eq!(events[1]["platform"], "test");
+    // A newer connection with the same key: the older one's disconnect says it was replaced.
+    let _old = client(g.tcp_addr(), Transport::Tcp, 11, "ev2", "", &[]);
+    let _new = client(g.ws_addr(), Transport::WebSocket, 11, "ev2", "", &[]);
+    eventually(WAIT, "the replacement's events", || {
+        events = business
+            .received()
+            .iter()
+            .flat_map(|r| r.json().as_array().unwrap().clone())
+            .collect();
+        events.len() >= 5
+    });
+    let tail: Vec<(&str, &str)> = events[2..5]
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ("connect", "auth"),
+            ("disconnect", "replaced"),
+            ("connect", "auth")
+        ]
+    );
+    assert!(events[2..5].iter().all(|e| e["key"] == "ev2"));
     g.shutdown();
 }
 

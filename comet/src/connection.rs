@@ -70,6 +70,7 @@ pub(crate) async fn serve(
         conn: shard.conn_ref(&conn),
         mid: conn.mid,
         key: conn.key.to_string(),
+        reason: reason.name().to_string(),
     }));
 }
 

@@ -28,9 +28,10 @@ pub(crate) struct Event {
     pub platform: String,
     /// Unix milliseconds, logic's clock.
     pub time: u64,
-    /// Why: `auth` for a connect; `closed`, `replaced` (a newer connection took its key) or
-    /// `kicked` (over the user's connection limit) for a disconnect.
-    pub reason: &'static str,
+    /// Why: `auth` for a connect; for a disconnect, `replaced` (a newer connection took its
+    /// key), `kicked` (over the user's connection limit), or the reason comet gave
+    /// (`client_closed`, `heartbeat_expired`, `slow`, …; `closed` when it gave none).
+    pub reason: String,
 }
 
 pub(crate) fn unix_ms() -> u64 {

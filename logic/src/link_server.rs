@@ -287,7 +287,12 @@ impl LinkHandler {
                         room: String::new(),
                         connected_ms: 0,
                     });
-                    self.event("disconnect", req.mid, &gone, "closed");
+                    let reason = if req.reason.is_empty() {
+                        "closed"
+                    } else {
+                        req.reason.as_str()
+                    };
+                    self.event("disconnect", req.mid, &gone, reason);
                 }
                 tracing::debug!(mid = req.mid, key = %req.key, removed, "disconnect");
                 Ok(Body::Ok(Empty {}))
@@ -550,7 +555,7 @@ impl LinkHandler {
         }
     }
 
-    fn event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &'static str) {
+    fn event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str) {
         if let Some(events) = &self.events {
             events.send(Event {
                 event,
@@ -559,7 +564,7 @@ impl LinkHandler {
                 comet: conn.conn.comet.clone(),
                 platform: conn.platform.clone(),
                 time: unix_ms(),
-                reason,
+                reason: reason.to_string(),
             });
         }
     }
