@@ -96,7 +96,9 @@ pub trait SessionStore: Send + Sync {
         limit: usize,
         kick_oldest: bool,
     ) -> Result<Admit, StoreError>;
-    /// Extends the lifetime of the user's connection entry for `key` if it names `conn`.
+    /// Extends the lifetime of the user's connection entry for `key` if it names `conn`;
+    /// re-creates it (platform and room unknown) if the user has no entry for `key` (the store
+    /// lost it), so presence and the limit see the connection again.
     async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError>;
     /// Drops the user's connection entry for `key` if it names `conn`; returns it.
     async fn remove_conn(

@@ -760,6 +760,18 @@ async fn user_conns_conformance(urls: Vec<String>, cluster: bool) {
     let live = short.user_conns(&[11]).await.unwrap();
     let keys: Vec<&str> = live[0].iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["x"], "the refreshed one lives, the other expired");
+    // A store that lost an entry gets it back from the connection's next heartbeat.
+    short.refresh_conn(12, "z", &conn("c1", 3)).await.unwrap();
+    let live = short.user_conns(&[12]).await.unwrap();
+    assert_eq!(live[0].len(), 1);
+    assert_eq!(
+        (
+            live[0][0].key.as_str(),
+            live[0][0].conn.conn_id,
+            live[0][0].platform.as_str()
+        ),
+        ("z", 3, "")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,12 +242,25 @@ impl SessionStore for EmbeddedSessions {
     async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError> {
         let expires = Instant::now() + self.ttl;
         let mut conns = lock(&self.conns);
-        if let Some((_, exp)) = conns
-            .get_mut(&mid)
-            .and_then(|user| user.get_mut(key))
-            .filter(|(c, _)| &c.conn == conn)
-        {
-            *exp = expires;
+        let user = conns.entry(mid).or_default();
+        match user.get_mut(key) {
+            Some((c, exp)) if &c.conn == conn => *exp = expires,
+            Some(_) => {}
+            None => {
+                let newest = user
+                    .values()
+                    .map(|(c, _)| c.connected_ms)
+                    .max()
+                    .unwrap_or(0);
+                let entry = UserConn {
+                    key: key.to_string(),
+                    conn: conn.clone(),
+                    platform: String::new(),
+                    room: String::new(),
+                    connected_ms: unix_ms().max(newest + 1),
+                };
+                user.insert(key.to_string(), (entry, expires));
+            }
         }
         Ok(())
     }

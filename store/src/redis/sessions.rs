@@ -128,15 +128,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return out
 ";
 
-/// Renewal of a connection entry that still names the connection.
+/// Renewal of a connection entry that still names the connection, or its re-creation (no
+/// platform or room known) when it is missing (a Redis that lost its data).
 /// KEYS[1] = conns hash; ARGV[1] = key; ARGV[2] = ConnRef; ARGV[3] = TTL ms.
 const REFRESH_CONN: &str = r"
+local now = now_ms()
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v then return 0 end
-local exp, connected, middle, conn = parse(v)
-if conn ~= ARGV[2] then return 0 end
+local connected, middle = now, '|'
+if v then
+  local exp, c, m, conn = parse(v)
+  if conn ~= ARGV[2] then return 0 end
+  connected, middle = c, m
+end
 redis.call('HSET', KEYS[1], ARGV[1],
-  string.format('%d|%d|%s|', now_ms() + tonumber(ARGV[3]), connected, middle) .. conn)
+  string.format('%d|%d|%s|', now + tonumber(ARGV[3]), connected, middle) .. ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
