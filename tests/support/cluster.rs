@@ -145,11 +145,10 @@ impl Cluster {
         let config = dir.path().join("cluster.toml");
         std::fs::write(
             &config,
-            cluster_toml(&redis, &kafka, timers).replacen(
-                "[comet]\n",
-                &format!("[comet]\n{}\n", setup.comet_extra),
-                1,
-            ),
+            cluster_toml(&redis, &kafka, timers)
+                .replacen("[comet]\n", &format!("[comet]\n{}\n", setup.comet_extra), 1)
+                .replacen("[logic]\n", &format!("[logic]\n{}\n", setup.logic_extra), 1)
+                .replacen("[auth]\n", &format!("[auth]\n{}\n", setup.auth_extra), 1),
         )
         .unwrap();
         let mut cluster = Cluster {
@@ -324,8 +323,11 @@ pub struct Setup {
     /// The broker stores its log, groups and offsets in PostgreSQL: a restart keeps what it
     /// acknowledged. Otherwise it keeps them in memory and a restart loses them.
     pub durable_broker: bool,
-    /// More `[comet]` options, TOML lines (every process reads the one config file).
+    /// More `[comet]`, `[logic]` and `[auth]` options, TOML lines (every process reads the
+    /// one config file).
     pub comet_extra: &'static str,
+    pub logic_extra: &'static str,
+    pub auth_extra: &'static str,
 }
 
 impl Default for Setup {
@@ -335,6 +337,8 @@ impl Default for Setup {
             durable_redis: false,
             durable_broker: false,
             comet_extra: "",
+            logic_extra: "",
+            auth_extra: "",
         }
     }
 }
