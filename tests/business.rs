@@ -156,7 +156,8 @@ fn hook_business() -> Business {
         match token.strip_prefix("good-") {
             Some(mid) => Reply::With(
                 200,
-                serde_json::json!({"mid": mid.parse::<i64>().unwrap(), "platform": "ios", "rooms": ["live://1"]})
+                // A decimal string works as well as a number.
+                serde_json::json!({"mid": mid, "platform": "ios", "rooms": ["live://1"]})
                     .to_string()
                     .into_bytes(),
             ),

@@ -84,7 +84,8 @@ pub(crate) struct ConnectHook {
 /// The business's answer to the connect hook.
 #[derive(serde::Deserialize)]
 struct HookAnswer {
-    mid: i64,
+    /// A number or a decimal string.
+    mid: serde_json::Value,
     #[serde(default)]
     key: Option<String>,
     /// The rooms the connection may join; absent: any.
@@ -465,8 +466,19 @@ impl LinkHandler {
                 return Err(format!("connect hook unavailable: {e}"));
             }
         };
-        let answer: HookAnswer = match serde_json::from_slice::<HookAnswer>(&answer) {
-            Ok(a) if a.mid > 0 => a,
+        let positive = |mid: &serde_json::Value| {
+            match mid {
+                serde_json::Value::Number(n) => n.as_i64(),
+                serde_json::Value::String(s) => s.parse::<i64>().ok(),
+                _ => None,
+            }
+            .filter(|m| *m > 0)
+        };
+        let (answer, mid) = match serde_json::from_slice::<HookAnswer>(&answer) {
+            Ok(a) if positive(&a.mid).is_some() => {
+                let mid = positive(&a.mid).unwrap_or_default();
+                (a, mid)
+            }
             Ok(_) => {
                 self.counters.connect_hook_failed.inc();
                 return Err("connect hook answered no positive mid".into());
@@ -476,7 +488,7 @@ impl LinkHandler {
                 return Err(format!("connect hook answered unreadable JSON: {e}"));
             }
         };
-        identity.mid = answer.mid;
+        identity.mid = mid;
         if let Some(key) = answer.key.filter(|k| !k.is_empty()) {
             identity.key = Some(key);
         }
