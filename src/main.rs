@@ -208,12 +208,12 @@ impl ServiceArgs {
         if !self.configured(config) || auth.insecure {
             return Ok(true);
         }
-        if !auth.tokens_required() || auth.api_key.is_none() {
+        if !auth.clients_verified() || auth.api_key.is_none() {
             bail!(
                 "a configured deployment needs signed client tokens and an API key: set \
-                 auth.jwt_secret (or IMGATE_JWT_SECRET, or auth.jwt_public_key_file) and \
-                 auth.api_key (or IMGATE_API_KEY), or say auth.insecure = true to run goim's \
-                 trust model"
+                 auth.jwt_secret (or IMGATE_JWT_SECRET, or auth.jwt_public_key_file, or a \
+                 connect hook, auth.connect_url) and auth.api_key (or IMGATE_API_KEY), or say \
+                 auth.insecure = true to run goim's trust model"
             );
         }
         Ok(false)

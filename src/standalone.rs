@@ -318,6 +318,14 @@ impl Gateway {
         self.comet.as_ref().expect("a comet runs in this gateway")
     }
 
+    /// logic's counters since start.
+    pub fn logic_stats(&self) -> imgate_logic::LogicStats {
+        self.logic
+            .as_ref()
+            .expect("logic runs in this gateway")
+            .stats()
+    }
+
     /// job's counters.
     pub fn job(&self) -> Option<&JobHandle> {
         self.job.as_ref()

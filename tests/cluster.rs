@@ -137,3 +137,135 @@ fn a_dead_comet_leaves_the_registry_and_its_sessions_expire() {
     );
     assert_eq!(alive.next(WAIT).1, "still here");
 }
+
+/// The per-user limit holds across comets and logics: with one connection per user and
+/// `kick_oldest`, a user connecting on another comet closes the first connection there (through
+/// the bus); presence through either logic lists the one that is left.
+#[test]
+fn a_users_connection_limit_and_presence_hold_across_comets() {
+    let c = Cluster::start_setup(
+        2,
+        2,
+        1,
+        support::cluster::Setup {
+            comet_extra: "max_conns_per_user = 1\nkick_oldest = true",
+            ..Default::default()
+        },
+    );
+    let auth = |platform: &str| {
+        serde_json::json!({"mid": 31, "platform": platform, "accepts": [1000]}).to_string()
+    };
+    let mut first = imgate::client::Client::connect(c.comets[0].tcp, Transport::Tcp).unwrap();
+    first.auth(&auth("web")).unwrap();
+    let presence = |logic: usize| {
+        let a = http(c.http(logic), "GET", "/goim/online/mids?mids=31", b"");
+        assert_eq!(a.status, 200, "{:?}", a.json);
+        a.json["data"]["31"].as_array().unwrap().clone()
+    };
+    let listed = presence(1);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["comet"], c.comets[0].id.as_str());
+    assert_eq!(listed[0]["platform"], "web");
+    let mut second = imgate::client::Client::connect(c.comets[1].ws, Transport::WebSocket).unwrap();
+    second.auth(&auth("ios")).unwrap();
+    assert!(
+        first.wait_closed(WAIT),
+        "the oldest closed on the other comet\n{}",
+        c.logs()
+    );
+    for logic in [0, 1] {
+        let listed = presence(logic);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0]["comet"], c.comets[1].id.as_str());
+        assert_eq!(listed[0]["platform"], "ios");
+    }
+    let answer = push(
+        c.http(0),
+        "/goim/push/mids?operation=1000&mids=31",
+        "to the newest",
+    );
+    assert_eq!(answer["data"]["connections"], 1);
+    assert_eq!(second.recv_op(1000, WAIT).unwrap().body, b"to the newest");
+}
+
+/// The business side in cluster mode: the connect hook admits, a client message goes to the
+/// business and back through whichever logic the comet talks to, and the events arrive.
+#[test]
+fn the_business_hooks_work_across_logics() {
+    use base64::Engine;
+    use support::business::{Business, Reply};
+    let business = Business::start(|r| match r.path.as_str() {
+        "/connect" => Reply::With(200, br#"{"mid": 61, "platform": "ios"}"#.to_vec()),
+        "/upstream" => {
+            let body = r.json()["body"].as_str().unwrap().to_string();
+            let mut answer = b"echo:".to_vec();
+            answer.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .unwrap(),
+            );
+            Reply::With(200, answer)
+        }
+        _ => Reply::With(204, Vec::new()),
+    });
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let c = Cluster::start_setup(
+        2,
+        2,
+        1,
+        support::cluster::Setup {
+            logic_extra: leak(format!(
+                "upstream_url = \"{}\"\nevents_url = \"{}\"\nevents_interval = \"100ms\"",
+                business.url("/upstream"),
+                business.url("/events")
+            )),
+            auth_extra: leak(format!(
+                "connect_url = \"{}\"\nconnect_timeout = \"1s\"",
+                business.url("/connect")
+            )),
+            ..Default::default()
+        },
+    );
+    let mut clients = Vec::new();
+    for (i, comet) in c.comets.iter().enumerate() {
+        let mut client = imgate::client::Client::connect(comet.tcp, Transport::Tcp).unwrap();
+        client
+            .auth(&format!(
+                r#"{{"token": "session-{i}", "key": "hooked-{i}"}}"#
+            ))
+            .unwrap();
+        client
+            .send(1, imgate_shared::frame::op::SEND_MSG, 9, b"ping")
+            .unwrap();
+        let answer = client
+            .recv_op(imgate_shared::frame::op::SEND_MSG_REPLY, WAIT)
+            .unwrap();
+        assert_eq!((answer.seq, answer.body.as_slice()), (9, &b"echo:ping"[..]));
+        clients.push(client);
+    }
+    let a = http(c.http(0), "GET", "/goim/online/mids?mids=61", b"");
+    let listed = a.json["data"]["61"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|e| e["platform"] == "ios"));
+    let upstream: Vec<serde_json::Value> = business
+        .received()
+        .iter()
+        .filter(|r| r.path == "/upstream")
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(upstream.len(), 2);
+    assert!(upstream
+        .iter()
+        .all(|m| m["mid"] == 61 && m["platform"] == "ios"));
+    drop(clients);
+    eventually(WAIT, "two connects and two disconnects", || {
+        let events: Vec<serde_json::Value> = business
+            .received()
+            .iter()
+            .filter(|r| r.path == "/events")
+            .flat_map(|r| r.json().as_array().unwrap().clone())
+            .collect();
+        events.iter().filter(|e| e["event"] == "connect").count() == 2
+            && events.iter().filter(|e| e["event"] == "disconnect").count() == 2
+    });
+}

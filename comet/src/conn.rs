@@ -81,6 +81,23 @@ impl CloseReason {
             CloseReason::Quiet | CloseReason::Io | CloseReason::Shutdown => {}
         }
     }
+
+    /// How logic's disconnect events name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Quiet => "client_closed",
+            CloseReason::Io => "socket_error",
+            CloseReason::Malformed => "malformed",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::AuthFailed => "auth_failed",
+            CloseReason::HeartbeatExpired => "heartbeat_expired",
+            CloseReason::Slow => "slow",
+            CloseReason::Kicked => "replaced",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::TlsFailed => "tls_failed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// One entry of a connection's outgoing queue.

@@ -69,6 +69,7 @@ pub(crate) async fn serve(
         conn: shard.conn_ref(&conn),
         mid: conn.mid,
         key: conn.key.to_string(),
+        reason: reason.name().to_string(),
     }));
 }
 

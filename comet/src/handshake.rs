@@ -137,6 +137,7 @@ fn disconnect_unregistered(shard: &Shard, conn_id: u64, mid: i64, key: String) {
         }),
         mid,
         key,
+        reason: "never_started".to_string(),
     }));
 }
 

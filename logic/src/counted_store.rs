@@ -9,18 +9,22 @@ use bytes::Bytes;
 use imgate_shared::counters::Counter;
 use imgate_shared::link::ConnRef;
 use imgate_store::{
-    Claim, CometStatus, InboxState, KeyPolicy, MessageStore, OnlineReport, RegistryStore, Session,
-    SessionStore, StoreError, StoredMessage, Stores,
+    Admit, Claim, CometStatus, InboxState, KeyPolicy, MessageStore, OnlineReport, RegistryStore,
+    Session, SessionStore, StoreError, StoredMessage, Stores, UserConn,
 };
 
 /// The store operations logic calls, in the order of [`StoreCounters::errors`].
-pub(crate) const OPS: [&str; 14] = [
+pub(crate) const OPS: [&str; 18] = [
     "claim_session",
     "add_session",
     "remove_session",
     "refresh_session",
     "sessions_by_keys",
     "sessions_by_mids",
+    "admit_conn",
+    "refresh_conn",
+    "remove_conn",
+    "user_conns",
     "report_online",
     "room_counts",
     "comets",
@@ -110,6 +114,33 @@ impl SessionStore for Counted<dyn SessionStore> {
     async fn sessions_by_mids(&self, mids: &[i64]) -> Result<Vec<Session>, StoreError> {
         let r = self.inner.sessions_by_mids(mids).await;
         self.counters.count("sessions_by_mids", r)
+    }
+    async fn admit_conn(
+        &self,
+        mid: i64,
+        conn: &UserConn,
+        limit: usize,
+        kick_oldest: bool,
+    ) -> Result<Admit, StoreError> {
+        let r = self.inner.admit_conn(mid, conn, limit, kick_oldest).await;
+        self.counters.count("admit_conn", r)
+    }
+    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError> {
+        let r = self.inner.refresh_conn(mid, key, conn).await;
+        self.counters.count("refresh_conn", r)
+    }
+    async fn remove_conn(
+        &self,
+        mid: i64,
+        key: &str,
+        conn: &ConnRef,
+    ) -> Result<Option<UserConn>, StoreError> {
+        let r = self.inner.remove_conn(mid, key, conn).await;
+        self.counters.count("remove_conn", r)
+    }
+    async fn user_conns(&self, mids: &[i64]) -> Result<Vec<Vec<UserConn>>, StoreError> {
+        let r = self.inner.user_conns(mids).await;
+        self.counters.count("user_conns", r)
     }
 }
 

@@ -7,9 +7,11 @@
 mod auth;
 mod counted_store;
 mod demo;
+mod events;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod hooks;
 mod http;
 mod http_server;
 mod link_server;
@@ -48,6 +50,8 @@ pub enum LogicError {
     },
     #[error("auth configuration: {0}")]
     Auth(String),
+    #[error("{0}")]
+    Hook(String),
     #[error("HTTPS: {0}")]
     Tls(#[from] imgate_shared::tls::TlsError),
 }
@@ -177,6 +181,42 @@ pub async fn start_with_auth(
         shutdown_rx.clone(),
     )));
 
+    let endpoint = |what: &str, url: &Option<String>| {
+        url.as_deref()
+            .map(|url| hooks::Endpoint::parse(what, url).map_err(LogicError::Hook))
+            .transpose()
+    };
+    let upstream = endpoint("logic.upstream_url", &logic.upstream_url)?.map(|endpoint| {
+        link_server::UpstreamHook {
+            endpoint,
+            timeout: logic.upstream_timeout,
+            max_body: logic.upstream_max_body,
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                logic.upstream_concurrency.max(1),
+            )),
+        }
+    });
+    let connect_hook = endpoint("auth.connect_url", &config.auth.connect_url)?.map(|endpoint| {
+        link_server::ConnectHook {
+            endpoint,
+            timeout: config.auth.connect_timeout,
+        }
+    });
+    let events = match endpoint("logic.events_url", &logic.events_url)? {
+        Some(endpoint) => {
+            let (events, task) = events::start(
+                endpoint,
+                logic.events_queue,
+                logic.events_batch,
+                logic.events_interval,
+                counters.clone(),
+                shutdown_rx.clone(),
+            );
+            tasks.push(task);
+            Some(events)
+        }
+        None => None,
+    };
     let handler = Arc::new(link_server::LinkHandler {
         stores: stores.clone(),
         auth,
@@ -184,8 +224,14 @@ pub async fn start_with_auth(
         heartbeat: logic.heartbeat * logic.heartbeat_max,
         counters: counters.clone(),
         inbox_limit: config.store.inbox_max_messages.max(1),
-        protect_keys: config.auth.tokens_required(),
+        protect_keys: config.auth.clients_verified(),
         bus: bus.clone(),
+        upstream,
+        connect_hook,
+        tokens: config.auth.tokens_required(),
+        user_limit: config.comet.max_conns_per_user,
+        kick_oldest: config.comet.kick_oldest,
+        events,
     });
     tasks.push(tokio::spawn(link_server::serve(
         link_listener,

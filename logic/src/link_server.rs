@@ -14,13 +14,17 @@ use imgate_shared::link::{
     self, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure, InboxMessages,
     RenewOnlineReply, Stored,
 };
-use imgate_store::{Claim, KeyPolicy, OnlineReport, Session, StoredMessage, Stores};
+use imgate_store::{
+    Admit, Claim, KeyPolicy, OnlineReport, Session, StoredMessage, Stores, UserConn,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::events::{unix_ms, Event, Events};
+use crate::hooks::{self, Endpoint, PostError};
 use crate::online::RoomCounts;
 use crate::stats::Counters;
 
@@ -49,6 +53,61 @@ pub(crate) struct LinkHandler {
     pub protect_keys: bool,
     /// Carries the closing of replaced connections that live on another comet.
     pub bus: Arc<dyn BusProducer>,
+    /// Where client messages (op 4) go.
+    pub upstream: Option<UpstreamHook>,
+    /// The business decides who connects (`auth.connect_url`).
+    pub connect_hook: Option<ConnectHook>,
+    /// Signed tokens are configured: a client presenting one is verified as a JWT, not by the
+    /// connect hook.
+    pub tokens: bool,
+    /// Most connections per user (0 = none), and whether the oldest is closed instead.
+    pub user_limit: usize,
+    pub kick_oldest: bool,
+    /// Connect and disconnect events for the business.
+    pub events: Option<Events>,
+}
+
+/// `logic.upstream_url` and its bounds.
+pub(crate) struct UpstreamHook {
+    pub endpoint: Endpoint,
+    pub timeout: Duration,
+    pub max_body: usize,
+    pub permits: Arc<Semaphore>,
+}
+
+/// `auth.connect_url` and its deadline.
+pub(crate) struct ConnectHook {
+    pub endpoint: Endpoint,
+    pub timeout: Duration,
+}
+
+/// The business's answer to the connect hook.
+#[derive(serde::Deserialize)]
+struct HookAnswer {
+    /// A number or a decimal string.
+    mid: serde_json::Value,
+    #[serde(default)]
+    key: Option<String>,
+    /// The rooms the connection may join; absent: any.
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+    #[serde(default)]
+    accepts: Option<Vec<i32>>,
+    #[serde(default)]
+    platform: Option<String>,
+}
+
+/// A client message as the business receives it.
+#[derive(serde::Serialize)]
+struct UpstreamMessage<'a> {
+    mid: i64,
+    key: &'a str,
+    room: &'a str,
+    op: i32,
+    seq: i32,
+    platform: &'a str,
+    /// Base64 (standard, padded).
+    body: String,
 }
 
 impl LinkHandler {
@@ -75,11 +134,11 @@ impl LinkHandler {
             Some(Body::Connect(req)) => {
                 let conn = req.conn.ok_or("connect without conn")?;
                 let identity = self
-                    .auth
-                    .authenticate(&req.token, &req.cookie)
-                    .map_err(|e| e.to_string())?;
+                    .identify(&req.token, &req.cookie, &req.remote_addr, &conn)
+                    .await?;
                 let key = identity
                     .key
+                    .clone()
                     .filter(|k| !k.is_empty())
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 let session = Session {
@@ -92,15 +151,19 @@ impl LinkHandler {
                 } else {
                     KeyPolicy::AnyUser
                 };
-                let replaced = match self
-                    .stores
-                    .sessions
-                    .claim_session(&session, policy)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
+                let kicked = self.admit(&session, &identity).await?;
+                let claim = self.stores.sessions.claim_session(&session, policy).await;
+                let claim = match claim {
+                    Ok(claim) => claim,
+                    Err(e) => {
+                        self.unadmit(&session, &kicked).await;
+                        return Err(e.to_string());
+                    }
+                };
+                let replaced = match claim {
                     Claim::Claimed { replaced } => replaced,
                     Claim::Refused { .. } => {
+                        self.unadmit(&session, &kicked).await;
                         return Err(format!(
                             "connection key {:?} is held by another user's connection",
                             session.key
@@ -115,6 +178,43 @@ impl LinkHandler {
                     // another comet is closed through the bus.
                     self.close_elsewhere(old.conn.clone()).await;
                 }
+                for gone in kicked {
+                    // Whichever comet holds it, through the bus (job delivers it to that one).
+                    self.counters.user_limit_kicked.inc();
+                    self.event("disconnect", session.mid, &gone, "kicked");
+                    // Nothing by key or user reaches it from now on, before it is closed.
+                    if let Err(e) = self
+                        .stores
+                        .sessions
+                        .remove_session(session.mid, &gone.key, &gone.conn)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot remove a kicked connection's session");
+                    }
+                    self.close_elsewhere(gone.conn).await;
+                }
+                if let Some(old) = &replaced {
+                    let gone = UserConn {
+                        key: old.key.clone(),
+                        conn: old.conn.clone(),
+                        platform: String::new(),
+                        room: String::new(),
+                        connected_ms: 0,
+                    };
+                    self.event("disconnect", old.mid, &gone, "replaced");
+                }
+                self.event(
+                    "connect",
+                    session.mid,
+                    &UserConn {
+                        key: session.key.clone(),
+                        conn: session.conn.clone(),
+                        platform: identity.platform.clone(),
+                        room: identity.room.clone(),
+                        connected_ms: 0,
+                    },
+                    "auth",
+                );
                 // Read the inbox only after the session exists: a push stored meanwhile is
                 // either in this backlog or routed to the new session (or both: comet drops
                 // the second copy by its sequence), never neither.
@@ -171,6 +271,30 @@ impl LinkHandler {
                     .remove_session(req.mid, &req.key, &conn)
                     .await
                     .map_err(|e| e.to_string())?;
+                let gone = if req.mid > 0 {
+                    self.stores
+                        .sessions
+                        .remove_conn(req.mid, &req.key, &conn)
+                        .await
+                        .map_err(|e| e.to_string())?
+                } else {
+                    None
+                };
+                if removed || gone.is_some() {
+                    let gone = gone.unwrap_or(UserConn {
+                        key: req.key.clone(),
+                        conn,
+                        platform: String::new(),
+                        room: String::new(),
+                        connected_ms: 0,
+                    });
+                    let reason = if req.reason.is_empty() {
+                        "closed"
+                    } else {
+                        req.reason.as_str()
+                    };
+                    self.event("disconnect", req.mid, &gone, reason);
+                }
                 tracing::debug!(mid = req.mid, key = %req.key, removed, "disconnect");
                 Ok(Body::Ok(Empty {}))
             }
@@ -186,6 +310,13 @@ impl LinkHandler {
                     .refresh_session(&session)
                     .await
                     .map_err(|e| e.to_string())?;
+                if session.mid > 0 {
+                    self.stores
+                        .sessions
+                        .refresh_conn(session.mid, &session.key, &session.conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 Ok(Body::Ok(Empty {}))
             }
             Some(Body::RenewOnline(req)) => {
@@ -220,8 +351,7 @@ impl LinkHandler {
                 self.counters.upstream_frames.inc();
                 tracing::debug!(mid = req.mid, key = %req.key, op = req.op, seq = req.seq, len = req.body.len(), "upstream frame");
                 if req.op == imgate_shared::frame::op::SEND_MSG {
-                    // No business endpoint yet: the client is answered, with nothing.
-                    return Ok(Body::UpstreamReply(link::UpstreamReply::default()));
+                    return Ok(Body::UpstreamReply(self.upstream(req).await));
                 }
                 Ok(Body::Ok(Empty {}))
             }
@@ -273,6 +403,237 @@ impl LinkHandler {
                 body_name(&other)
             )),
             None => Err("empty link message".into()),
+        }
+    }
+}
+
+impl LinkHandler {
+    /// Who the client is: its signed token (when tokens are configured and it presents one),
+    /// else the connect hook (when configured), else the configured authenticator.
+    async fn identify(
+        &self,
+        token: &[u8],
+        cookie: &str,
+        remote_addr: &str,
+        conn: &ConnRef,
+    ) -> Result<Identity, String> {
+        let Some(hook) = &self.connect_hook else {
+            return self
+                .auth
+                .authenticate(token, cookie)
+                .map_err(|e| e.to_string());
+        };
+        let auth: serde_json::Value = serde_json::from_slice(token)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .ok_or_else(|| AuthError::Invalid("expected a JSON object".into()).to_string())?;
+        // A JWT is three base64url parts joined by dots; any other token is the business's.
+        let presents_jwt = auth.get("token").and_then(|t| t.as_str()).is_some_and(|t| {
+            let parts: Vec<&str> = t.split('.').collect();
+            parts.len() == 3
+                && parts.iter().all(|p| {
+                    !p.is_empty()
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        });
+        if self.tokens && presents_jwt {
+            return self
+                .auth
+                .authenticate(token, cookie)
+                .map_err(|e| e.to_string());
+        }
+        // The client's own choices (room, accepts, acks…) as goim's JSON gives them; the
+        // business decides the user and may override the rest.
+        let mut identity = crate::auth::GoimJsonAuth
+            .authenticate(token, cookie)
+            .map_err(|e| e.to_string())?;
+        let request = serde_json::json!({
+            "auth": auth,
+            "remote_addr": remote_addr,
+            "comet": conn.comet,
+        });
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let answer = match hooks::post_json(&hook.endpoint, body, hook.timeout, 64 << 10).await {
+            Ok(answer) => answer,
+            Err(PostError::Status(status)) => {
+                self.counters.connect_hook_refused.inc();
+                return Err(format!("refused by the connect hook (HTTP {status})"));
+            }
+            Err(e) => {
+                self.counters.connect_hook_failed.inc();
+                tracing::warn!(error = %e, "connect hook failed");
+                return Err(format!("connect hook unavailable: {e}"));
+            }
+        };
+        let positive = |mid: &serde_json::Value| {
+            match mid {
+                serde_json::Value::Number(n) => n.as_i64(),
+                serde_json::Value::String(s) => s.parse::<i64>().ok(),
+                _ => None,
+            }
+            .filter(|m| *m > 0)
+        };
+        let (answer, mid) = match serde_json::from_slice::<HookAnswer>(&answer) {
+            Ok(a) if positive(&a.mid).is_some() => {
+                let mid = positive(&a.mid).unwrap_or_default();
+                (a, mid)
+            }
+            Ok(_) => {
+                self.counters.connect_hook_failed.inc();
+                return Err("connect hook answered no positive mid".into());
+            }
+            Err(e) => {
+                self.counters.connect_hook_failed.inc();
+                return Err(format!("connect hook answered unreadable JSON: {e}"));
+            }
+        };
+        identity.mid = mid;
+        if let Some(key) = answer.key.filter(|k| !k.is_empty()) {
+            identity.key = Some(key);
+        }
+        if let Some(accepts) = answer.accepts {
+            identity.accepts = accepts;
+        }
+        if let Some(platform) = answer.platform {
+            identity.platform = platform;
+        }
+        if let Some(rooms) = answer.rooms {
+            if !identity.room.is_empty() && !rooms.contains(&identity.room) {
+                self.counters.connect_hook_refused.inc();
+                return Err(format!(
+                    "room {:?} is not allowed by the connect hook",
+                    identity.room
+                ));
+            }
+            identity.allowed_rooms = Some(rooms);
+        }
+        self.counters.connect_hook_ok.inc();
+        Ok(identity)
+    }
+
+    /// Records the connection among its user's, within `comet.max_conns_per_user`; returns
+    /// the oldest connections to close (`comet.kick_oldest`).
+    async fn admit(&self, session: &Session, identity: &Identity) -> Result<Vec<UserConn>, String> {
+        if session.mid <= 0 {
+            return Ok(Vec::new());
+        }
+        let entry = UserConn {
+            key: session.key.clone(),
+            conn: session.conn.clone(),
+            platform: identity.platform.clone(),
+            room: identity.room.clone(),
+            connected_ms: 0,
+        };
+        match self
+            .stores
+            .sessions
+            .admit_conn(session.mid, &entry, self.user_limit, self.kick_oldest)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Admit::Admitted { kicked } => Ok(kicked),
+            Admit::Refused { held } => {
+                self.counters.user_limit_refused.inc();
+                Err(format!(
+                    "user {} already has {held} connections, the most allowed",
+                    session.mid
+                ))
+            }
+        }
+    }
+
+    /// Takes back an admission whose key claim failed, and puts back the connections it had
+    /// pushed out (nothing was done to them yet), so they stay counted.
+    async fn unadmit(&self, session: &Session, kicked: &[UserConn]) {
+        if session.mid <= 0 {
+            return;
+        }
+        let sessions = &self.stores.sessions;
+        let mut undone = sessions
+            .remove_conn(session.mid, &session.key, &session.conn)
+            .await
+            .map(|_| ());
+        for gone in kicked {
+            if undone.is_ok() {
+                undone = sessions
+                    .admit_conn(session.mid, gone, 0, false)
+                    .await
+                    .map(|_| ());
+            }
+        }
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, "cannot take back a connection's admission");
+        }
+    }
+
+    fn event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str) {
+        if let Some(events) = &self.events {
+            events.send(Event {
+                event,
+                mid,
+                key: conn.key.clone(),
+                comet: conn.conn.comet.clone(),
+                platform: conn.platform.clone(),
+                time: unix_ms(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Passes a client message (op 4) to the business; its answer (or nothing) is op 5's body.
+    async fn upstream(&self, req: link::Upstream) -> link::UpstreamReply {
+        use base64::Engine;
+        let Some(hook) = &self.upstream else {
+            self.counters.upstream_unconfigured.inc();
+            return link::UpstreamReply::default();
+        };
+        let Ok(_permit) = hook.permits.clone().try_acquire_owned() else {
+            self.counters.upstream_refused.inc();
+            return link::UpstreamReply::default();
+        };
+        let platform = match (req.mid > 0, &req.conn) {
+            (true, Some(conn)) => self
+                .stores
+                .sessions
+                .user_conns(&[req.mid])
+                .await
+                .ok()
+                .and_then(|mut users| users.pop())
+                .and_then(|conns| conns.into_iter().find(|c| &c.conn == conn))
+                .map(|c| c.platform)
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let message = UpstreamMessage {
+            mid: req.mid,
+            key: &req.key,
+            room: &req.room,
+            op: req.op,
+            seq: req.seq,
+            platform: &platform,
+            body: base64::engine::general_purpose::STANDARD.encode(&req.body),
+        };
+        let body = serde_json::to_vec(&message).unwrap_or_default();
+        match hooks::post_json(&hook.endpoint, body, hook.timeout, hook.max_body).await {
+            Ok(answer) => {
+                self.counters.upstream_ok.inc();
+                link::UpstreamReply {
+                    body: answer,
+                    delivered: true,
+                }
+            }
+            Err(e) => {
+                match e {
+                    PostError::Timeout(_) => self.counters.upstream_timeout.inc(),
+                    PostError::TooLarge(_) => self.counters.upstream_too_large.inc(),
+                    PostError::Status(_) | PostError::Failed(_) => {
+                        self.counters.upstream_failed.inc()
+                    }
+                }
+                tracing::debug!(error = %e, mid = req.mid, "client message not delivered to the business");
+                link::UpstreamReply::default()
+            }
         }
     }
 }

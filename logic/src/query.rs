@@ -187,6 +187,34 @@ impl Query {
         })
     }
 
+    /// `GET /goim/online/mids?mids=1&mids=2` or `mids=1,2`: positive user ids, each once.
+    pub(crate) fn online_mids(&self, max: usize) -> Result<Vec<i64>, BadRequest> {
+        let mut mids = Vec::new();
+        for (_, v) in self.pairs.iter().filter(|(k, _)| k == "mids") {
+            for m in v.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                match m.parse::<i64>() {
+                    Ok(mid) if mid > 0 => mids.push(mid),
+                    _ => {
+                        return Err(BadRequest(format!(
+                            "mids must be positive 64-bit integers, got {m:?}"
+                        )))
+                    }
+                }
+            }
+        }
+        let mids = distinct(mids);
+        if mids.is_empty() {
+            return Err(BadRequest("mids is required".into()));
+        }
+        if mids.len() > max {
+            return Err(BadRequest(format!(
+                "at most {max} mids per request, got {}",
+                mids.len()
+            )));
+        }
+        Ok(mids)
+    }
+
     /// `GET /goim/inbox/state?mids=…`: positive user ids.
     pub(crate) fn inbox_mids(&self, max: usize) -> Result<Vec<i64>, BadRequest> {
         let mut mids = Vec::new();

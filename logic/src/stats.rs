@@ -8,5 +8,34 @@ imgate_shared::counters! {
         /// Client frames with a business op that comets forwarded (goim's upstream, which
         /// logic only logs).
         upstream_frames: Counter,
+        /// Client messages (op 4) the business answered with a 2xx.
+        upstream_ok: Counter,
+        /// Client messages the business refused (non-2xx) or could not be reached for.
+        upstream_failed: Counter,
+        /// Client messages the business did not answer within `logic.upstream_timeout`.
+        upstream_timeout: Counter,
+        /// Business answers over `logic.upstream_max_body`, dropped.
+        upstream_too_large: Counter,
+        /// Client messages answered empty at once: `logic.upstream_concurrency` were waiting.
+        upstream_refused: Counter,
+        /// Client messages answered empty because no `logic.upstream_url` is configured.
+        upstream_unconfigured: Counter,
+        /// Connections the connect hook admitted.
+        connect_hook_ok: Counter,
+        /// Connections the connect hook refused (non-2xx).
+        connect_hook_refused: Counter,
+        /// Connections refused because the connect hook failed (timeout, unreachable, bad
+        /// answer).
+        connect_hook_failed: Counter,
+        /// Connections refused over `comet.max_conns_per_user`.
+        user_limit_refused: Counter,
+        /// Oldest connections closed over `comet.max_conns_per_user` (`comet.kick_oldest`).
+        user_limit_kicked: Counter,
+        /// Connect and disconnect events the events endpoint accepted.
+        events_sent: Counter,
+        /// Events dropped because `logic.events_queue` was full.
+        events_dropped: Counter,
+        /// Failed POSTs of an events batch (each retried with backoff).
+        events_post_failed: Counter,
     }
 }

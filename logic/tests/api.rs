@@ -302,6 +302,7 @@ async fn disconnect_of_another_connection_keeps_the_session() {
             conn: Some(conn(2)),
             mid: 5,
             key: "k5".into(),
+            reason: "client_closed".into(),
         }))
         .await;
     assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
@@ -320,6 +321,7 @@ async fn disconnect_of_another_connection_keeps_the_session() {
             conn: Some(conn(1)),
             mid: 5,
             key: "k5".into(),
+            reason: "client_closed".into(),
         }))
         .await;
     assert!(matches!(reply, Body::Ok(_)), "{reply:?}");

@@ -275,6 +275,10 @@ pub struct Disconnect {
     pub mid: i64,
     #[prost(string, tag = "3")]
     pub key: String,
+    /// Why it closed (`client_closed`, `heartbeat_expired`, `slow`, `replaced`, …), for
+    /// logic's disconnect events; empty from older comets.
+    #[prost(string, tag = "4")]
+    pub reason: String,
 }
 
 /// The session is alive: logic refreshes (or re-creates) its TTL.

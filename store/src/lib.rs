@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 pub use messages::{InboxState, MessageStore, StoredMessage};
 pub use registry::{CometStatus, OnlineReport, RegistryStore};
-pub use sessions::{Claim, KeyPolicy, Session, SessionStore};
+pub use sessions::{Admit, Claim, KeyPolicy, Session, SessionStore, UserConn};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,29 @@ pub enum Claim {
     Refused { holder: i64 },
 }
 
+/// One connection of a user, as presence and the per-user connection limit see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConn {
+    pub key: String,
+    pub conn: ConnRef,
+    /// The platform its auth named (`web`, `android`, …); may be empty.
+    pub platform: String,
+    /// The room it named at auth (its main room then); may be empty.
+    pub room: String,
+    /// When it was admitted, Unix milliseconds (by the store's clock); 0 when asking.
+    pub connected_ms: u64,
+}
+
+/// What [`SessionStore::admit_conn`] decided, in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Recorded. `kicked` are the user's oldest connections that had to go to keep within the
+    /// limit (only when asked to kick the oldest); they are no longer counted.
+    Admitted { kicked: Vec<UserConn> },
+    /// The user already holds `held` connections, the limit; nothing was changed.
+    Refused { held: usize },
+}
+
 /// Sessions: claimed at connect, refreshed by heartbeats, removed at disconnect, looked up by
 /// the pushes to keys and users.
 #[async_trait::async_trait]
@@ -61,4 +84,29 @@ pub trait SessionStore: Send + Sync {
     async fn sessions_by_keys(&self, keys: &[String]) -> Result<Vec<Session>, StoreError>;
     /// The live sessions of these users, every device of each.
     async fn sessions_by_mids(&self, mids: &[i64]) -> Result<Vec<Session>, StoreError>;
+
+    /// Records `conn` among user `mid`'s connections (mid > 0), in one atomic step with the
+    /// check of the user's limit: with `limit` > 0 and that many other live connections
+    /// (another connection with the same key is replaced, not counted), refuses, or with
+    /// `kick_oldest` drops the oldest ones and returns them.
+    async fn admit_conn(
+        &self,
+        mid: i64,
+        conn: &UserConn,
+        limit: usize,
+        kick_oldest: bool,
+    ) -> Result<Admit, StoreError>;
+    /// Extends the lifetime of the user's connection entry for `key` if it names `conn`;
+    /// re-creates it (platform and room unknown) if the user has no entry for `key` (the store
+    /// lost it), so presence and the limit see the connection again.
+    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError>;
+    /// Drops the user's connection entry for `key` if it names `conn`; returns it.
+    async fn remove_conn(
+        &self,
+        mid: i64,
+        key: &str,
+        conn: &ConnRef,
+    ) -> Result<Option<UserConn>, StoreError>;
+    /// The live connection entries of these users, oldest first, in the order of `mids`.
+    async fn user_conns(&self, mids: &[i64]) -> Result<Vec<Vec<UserConn>>, StoreError>;
 }

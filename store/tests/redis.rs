@@ -9,8 +9,8 @@ use imgate_shared::config::{RedisConfig, Retention, StoreBackend, StoreConfig};
 use imgate_shared::link::{CometInfo, ConnRef};
 use imgate_store::redis::RedisStore;
 use imgate_store::{
-    InboxState, MessageStore, OnlineReport, RegistryStore, Session, SessionStore, StoreError,
-    StoredMessage,
+    Admit, InboxState, MessageStore, OnlineReport, RegistryStore, Session, SessionStore,
+    StoreError, StoredMessage, UserConn,
 };
 use imgate_testkit::{Redis, RedisCluster};
 
@@ -659,11 +659,127 @@ async fn log_conformance(urls: Vec<String>, cluster: bool) {
     assert_eq!(seqs(&e.inbox_read(1, 2, 10).await.unwrap()), vec![1]);
 }
 
+fn user_conn(key: &str, id: u64, platform: &str) -> UserConn {
+    UserConn {
+        key: key.into(),
+        conn: conn("c1", id),
+        platform: platform.into(),
+        room: "live://9".into(),
+        connected_ms: 0,
+    }
+}
+
+/// Users' connections: presence, the per-user limit (refuse or kick the oldest), decided in
+/// one step however many connects race, and entries that expire unless refreshed.
+async fn user_conns_conformance(urls: Vec<String>, cluster: bool) {
+    let s = std::sync::Arc::new(connect(&config(urls.clone(), cluster, LONG, LONG)).await);
+    for (i, key) in ["a", "b"].into_iter().enumerate() {
+        assert_eq!(
+            s.admit_conn(7, &user_conn(key, i as u64, "web"), 2, false)
+                .await
+                .unwrap(),
+            Admit::Admitted { kicked: vec![] }
+        );
+    }
+    assert_eq!(
+        s.admit_conn(7, &user_conn("c", 3, "web"), 2, false)
+            .await
+            .unwrap(),
+        Admit::Refused { held: 2 }
+    );
+    // The same key again replaces its entry.
+    assert!(matches!(
+        s.admit_conn(7, &user_conn("a", 4, "ios"), 2, false)
+            .await
+            .unwrap(),
+        Admit::Admitted { .. }
+    ));
+    let Admit::Admitted { kicked } = s
+        .admit_conn(7, &user_conn("c", 5, "web"), 2, true)
+        .await
+        .unwrap()
+    else {
+        panic!("refused although asked to kick");
+    };
+    assert_eq!(kicked.len(), 1);
+    assert_eq!((kicked[0].key.as_str(), kicked[0].conn.conn_id), ("b", 1));
+    let live = s.user_conns(&[7, 8]).await.unwrap();
+    let keys: Vec<(&str, &str, &str)> = live[0]
+        .iter()
+        .map(|c| (c.key.as_str(), c.platform.as_str(), c.room.as_str()))
+        .collect();
+    assert_eq!(keys, [("a", "ios", "live://9"), ("c", "web", "live://9")]);
+    assert!(live[1].is_empty());
+    assert!(live[0][0].connected_ms < live[0][1].connected_ms);
+    // Removal compares the connection.
+    assert_eq!(s.remove_conn(7, "a", &conn("c1", 0)).await.unwrap(), None);
+    assert_eq!(
+        s.remove_conn(7, "a", &conn("c1", 4))
+            .await
+            .unwrap()
+            .map(|c| c.platform),
+        Some("ios".into())
+    );
+
+    // Twenty connects of one user at once, at most three: exactly three get in.
+    let racers: Vec<_> = (0..20u64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.admit_conn(9, &user_conn(&format!("r{i}"), 100 + i, "web"), 3, false)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for r in racers {
+        if matches!(r.await.unwrap(), Admit::Admitted { .. }) {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(s.user_conns(&[9]).await.unwrap()[0].len(), 3);
+
+    // Entries live session_ttl after their admission or last refresh.
+    let short = connect(&config(urls, cluster, Duration::from_millis(300), LONG)).await;
+    short
+        .admit_conn(11, &user_conn("x", 1, "web"), 0, false)
+        .await
+        .unwrap();
+    short
+        .admit_conn(11, &user_conn("y", 2, "web"), 0, false)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        short.refresh_conn(11, "x", &conn("c1", 1)).await.unwrap();
+        // A refresh naming another connection changes nothing.
+        short.refresh_conn(11, "y", &conn("c1", 9)).await.unwrap();
+    }
+    let live = short.user_conns(&[11]).await.unwrap();
+    let keys: Vec<&str> = live[0].iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["x"], "the refreshed one lives, the other expired");
+    // A store that lost an entry gets it back from the connection's next heartbeat.
+    short.refresh_conn(12, "z", &conn("c1", 3)).await.unwrap();
+    let live = short.user_conns(&[12]).await.unwrap();
+    assert_eq!(live[0].len(), 1);
+    assert_eq!(
+        (
+            live[0][0].key.as_str(),
+            live[0][0].conn.conn_id,
+            live[0][0].platform.as_str()
+        ),
+        ("z", 3, "")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_single_node() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
     conformance(vec![redis.url()], false).await;
     log_conformance(vec![redis.url()], false).await;
+    user_conns_conformance(vec![redis.url()], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,6 +789,7 @@ async fn conformance_cluster() {
         .unwrap();
     conformance(cluster.urls(), true).await;
     log_conformance(cluster.urls(), true).await;
+    user_conns_conformance(cluster.urls(), true).await;
 }
 
 /// The documented key schema, read back with a plain client.

@@ -143,7 +143,14 @@ impl Cluster {
             .tempdir()
             .unwrap();
         let config = dir.path().join("cluster.toml");
-        std::fs::write(&config, cluster_toml(&redis, &kafka, timers)).unwrap();
+        std::fs::write(
+            &config,
+            cluster_toml(&redis, &kafka, timers)
+                .replacen("[comet]\n", &format!("[comet]\n{}\n", setup.comet_extra), 1)
+                .replacen("[logic]\n", &format!("[logic]\n{}\n", setup.logic_extra), 1)
+                .replacen("[auth]\n", &format!("[auth]\n{}\n", setup.auth_extra), 1),
+        )
+        .unwrap();
         let mut cluster = Cluster {
             redis,
             kafka,
@@ -316,6 +323,11 @@ pub struct Setup {
     /// The broker stores its log, groups and offsets in PostgreSQL: a restart keeps what it
     /// acknowledged. Otherwise it keeps them in memory and a restart loses them.
     pub durable_broker: bool,
+    /// More `[comet]`, `[logic]` and `[auth]` options, TOML lines (every process reads the
+    /// one config file).
+    pub comet_extra: &'static str,
+    pub logic_extra: &'static str,
+    pub auth_extra: &'static str,
 }
 
 impl Default for Setup {
@@ -324,6 +336,9 @@ impl Default for Setup {
             timers: Timers::RELAXED,
             durable_redis: false,
             durable_broker: false,
+            comet_extra: "",
+            logic_extra: "",
+            auth_extra: "",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod business;
 pub mod cluster;
 
 use std::net::SocketAddr;

@@ -87,6 +87,23 @@ impl Config {
                 return bad("bus.kafka.partitions", "must be at least 1");
             }
         }
+        if self.auth.connect_url.is_some() && self.auth.connect_timeout >= comet.logic_timeout {
+            // Otherwise comet gives up on a connect logic is still admitting, and the session
+            // (and its place under comet.max_conns_per_user) lingers for store.session_ttl.
+            return bad(
+                "auth.connect_timeout",
+                "must be shorter than comet.logic_timeout (how long comet waits for logic)",
+            );
+        }
+        for (option, value) in [
+            ("logic.upstream_timeout", logic.upstream_timeout),
+            ("auth.connect_timeout", self.auth.connect_timeout),
+            ("logic.events_interval", logic.events_interval),
+        ] {
+            if value.is_zero() {
+                return bad(option, "must be positive");
+            }
+        }
         if let StoreBackend::Redis(redis) = &self.store.backend {
             if redis.urls.is_empty() {
                 return bad("store.redis.urls", "must name at least one Redis URL");
@@ -344,6 +361,14 @@ mod tests {
             e.starts_with("store.redis.urls: a single node takes one URL"),
             "{e}"
         );
+        let e = error("[auth]\nconnect_url = \"http://127.0.0.1:1/c\"\nconnect_timeout = \"3s\"");
+        assert!(
+            e.starts_with("auth.connect_timeout: must be shorter than comet.logic_timeout"),
+            "{e}"
+        );
+        Config::from_toml("[auth]\nconnect_url = \"http://127.0.0.1:1/c\"").unwrap();
+        let e = error("[logic]\nupstream_timeout = \"0s\"");
+        assert_eq!(e, "logic.upstream_timeout: must be positive");
         let e = error("[nope]\nx = 1");
         assert!(e.starts_with("nope: unknown field"), "{e}");
         assert_eq!(error("x = "), "x: not valid TOML (line 1, column 5)");

@@ -51,7 +51,7 @@ pub enum LogFormat {
 }
 
 /// Who may connect and who may push.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret: clients must present a JWT signed with it (`IMGATE_JWT_SECRET` overrides).
@@ -66,12 +66,39 @@ pub struct AuthConfig {
     /// Run a configured deployment without tokens and API key (goim's trust model). Without it,
     /// `imgate --config FILE` refuses to start unless a JWT key and an API key are set.
     pub insecure: bool,
+    /// Connect hook: logic POSTs each client's auth JSON (and address) here and the business
+    /// answers who the client is; non-2xx or no answer in `connect_timeout` refuses it. With a
+    /// JWT key too, a client presenting a `token` is verified as a JWT and the hook is skipped.
+    #[serde(deserialize_with = "none_if_empty")]
+    pub connect_url: Option<String>,
+    /// How long the connect hook may take; shorter than `comet.logic_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 impl AuthConfig {
     /// Whether clients must present signed tokens.
     pub fn tokens_required(&self) -> bool {
         self.jwt_secret.is_some() || self.jwt_public_key_file.is_some()
+    }
+
+    /// Whether the business or a token vouches for each client (keys are then protected from
+    /// other users, as with tokens).
+    pub fn clients_verified(&self) -> bool {
+        self.tokens_required() || self.connect_url.is_some()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            api_key: None,
+            insecure: false,
+            connect_url: None,
+            connect_timeout: Duration::from_secs(2),
+        }
     }
 }
 
@@ -162,6 +189,12 @@ pub struct CometConfig {
     pub max_conns: usize,
     /// Most client connections from one source IP address; 0 = no limit.
     pub max_conns_per_ip: usize,
+    /// Most connections one user (mid) may hold across the cluster; 0 = no limit. Enforced by
+    /// logic at auth, atomically in the store, so set it where logic runs.
+    pub max_conns_per_user: usize,
+    /// Over `max_conns_per_user`, close the user's oldest connection instead of refusing the
+    /// new one.
+    pub kick_oldest: bool,
     /// Rooms one connection may be in at once, its main room included (op 24 joins more).
     pub max_rooms_per_conn: usize,
     /// TCP keep-alive on client sockets (goim's `tcp.keepalive`): probes after
@@ -243,6 +276,28 @@ pub struct LogicConfig {
     /// Serve the demo app (built on the JavaScript SDK) at `/demo/` on the HTTP listener. The
     /// binary turns it on in development mode (no config file, no secrets).
     pub demo: bool,
+    /// Where client messages (op 4) are POSTed as JSON; the answer's body goes back in op 5.
+    /// None: clients get an empty op 5.
+    #[serde(deserialize_with = "none_if_empty")]
+    pub upstream_url: Option<String>,
+    /// How long the business may take to answer a client message.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// Largest business answer passed back to a client; a larger one is dropped (empty op 5).
+    pub upstream_max_body: usize,
+    /// Client messages one logic has waiting for the business at once; more are answered
+    /// empty at once.
+    pub upstream_concurrency: usize,
+    /// Where connect and disconnect events are POSTed, in batches; none = not sent.
+    #[serde(deserialize_with = "none_if_empty")]
+    pub events_url: Option<String>,
+    /// Events waiting to be sent, at most; more are dropped and counted.
+    pub events_queue: usize,
+    /// Events in one POST, at most…
+    pub events_batch: usize,
+    /// …and the longest an event waits for its batch.
+    #[serde(with = "humantime_serde")]
+    pub events_interval: Duration,
 }
 
 /// Client reconnect backoff hints (seconds), passed through as goim does.
@@ -499,6 +554,8 @@ impl Default for CometConfig {
             ws_max_header: 8192,
             max_conns: 0,
             max_conns_per_ip: 0,
+            max_conns_per_user: 0,
+            kick_oldest: false,
             max_rooms_per_conn: 16,
             upstream_concurrency: 256,
             tcp_keepalive: false,
@@ -538,6 +595,14 @@ impl Default for LogicConfig {
             wss_port: 0,
             backoff: Backoff::default(),
             demo: false,
+            upstream_url: None,
+            upstream_timeout: Duration::from_secs(5),
+            upstream_max_body: 64 << 10,
+            upstream_concurrency: 1024,
+            events_url: None,
+            events_queue: 10_000,
+            events_batch: 100,
+            events_interval: Duration::from_secs(1),
         }
     }
 }

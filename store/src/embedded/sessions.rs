@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use imgate_shared::link::ConnRef;
 
 use super::lock;
-use crate::{Claim, KeyPolicy, Session, SessionStore, StoreError};
+use crate::{Admit, Claim, KeyPolicy, Session, SessionStore, StoreError, UserConn};
 
 /// Expired sessions are dropped from the maps at most this often (reads skip them anyway).
 const PURGE_EVERY: Duration = Duration::from_secs(5);
@@ -16,6 +16,20 @@ const PURGE_EVERY: Duration = Duration::from_secs(5);
 pub struct EmbeddedSessions {
     ttl: Duration,
     inner: Mutex<Inner>,
+    /// Each user's connections (presence and the per-user limit): key → entry, expiry.
+    conns: Mutex<HashMap<i64, UserConns>>,
+    /// When the users' expired connection entries are next dropped (a user who never comes
+    /// back, on a comet that died without reporting disconnects, leaves nothing behind).
+    next_conns_purge: Mutex<Instant>,
+}
+
+/// One user's connection entries: key → entry and when it expires.
+type UserConns = HashMap<String, (UserConn, Instant)>;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Inner {
@@ -34,6 +48,8 @@ impl EmbeddedSessions {
                 mids: HashMap::new(),
                 next_purge: Instant::now() + PURGE_EVERY,
             }),
+            conns: Mutex::new(HashMap::new()),
+            next_conns_purge: Mutex::new(Instant::now() + PURGE_EVERY),
         }
     }
 }
@@ -169,6 +185,123 @@ impl SessionStore for EmbeddedSessions {
             }
         }
         Ok(out)
+    }
+
+    async fn admit_conn(
+        &self,
+        mid: i64,
+        conn: &UserConn,
+        limit: usize,
+        kick_oldest: bool,
+    ) -> Result<Admit, StoreError> {
+        let now = Instant::now();
+        let mut conns = lock(&self.conns);
+        {
+            let mut next = lock(&self.next_conns_purge);
+            if now >= *next {
+                *next = now + PURGE_EVERY;
+                conns.retain(|_, user| {
+                    user.retain(|_, (_, exp)| *exp > now);
+                    !user.is_empty()
+                });
+            }
+        }
+        let user = conns.entry(mid).or_default();
+        user.retain(|_, (_, exp)| *exp > now);
+        let mut others: Vec<&UserConn> = user
+            .iter()
+            .filter(|(k, _)| **k != conn.key)
+            .map(|(_, (c, _))| c)
+            .collect();
+        let mut kicked = Vec::new();
+        if limit > 0 && others.len() >= limit {
+            if !kick_oldest {
+                return Ok(Admit::Refused { held: others.len() });
+            }
+            others.sort_by_key(|c| c.connected_ms);
+            kicked = others[..others.len() + 1 - limit]
+                .iter()
+                .map(|c| (*c).clone())
+                .collect();
+            for gone in &kicked {
+                user.remove(&gone.key);
+            }
+        }
+        let mut entry = conn.clone();
+        // Strictly increasing per user, so "oldest" is well defined within a millisecond.
+        let newest = user
+            .values()
+            .map(|(c, _)| c.connected_ms)
+            .max()
+            .unwrap_or(0);
+        entry.connected_ms = unix_ms().max(newest + 1);
+        user.insert(conn.key.clone(), (entry, now + self.ttl));
+        Ok(Admit::Admitted { kicked })
+    }
+
+    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError> {
+        let expires = Instant::now() + self.ttl;
+        let mut conns = lock(&self.conns);
+        let user = conns.entry(mid).or_default();
+        match user.get_mut(key) {
+            Some((c, exp)) if &c.conn == conn => *exp = expires,
+            Some(_) => {}
+            None => {
+                let newest = user
+                    .values()
+                    .map(|(c, _)| c.connected_ms)
+                    .max()
+                    .unwrap_or(0);
+                let entry = UserConn {
+                    key: key.to_string(),
+                    conn: conn.clone(),
+                    platform: String::new(),
+                    room: String::new(),
+                    connected_ms: unix_ms().max(newest + 1),
+                };
+                user.insert(key.to_string(), (entry, expires));
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_conn(
+        &self,
+        mid: i64,
+        key: &str,
+        conn: &ConnRef,
+    ) -> Result<Option<UserConn>, StoreError> {
+        let mut conns = lock(&self.conns);
+        let Some(user) = conns.get_mut(&mid) else {
+            return Ok(None);
+        };
+        if !user.get(key).is_some_and(|(c, _)| &c.conn == conn) {
+            return Ok(None);
+        }
+        let removed = user.remove(key).map(|(c, _)| c);
+        if user.is_empty() {
+            conns.remove(&mid);
+        }
+        Ok(removed)
+    }
+
+    async fn user_conns(&self, mids: &[i64]) -> Result<Vec<Vec<UserConn>>, StoreError> {
+        let now = Instant::now();
+        let conns = lock(&self.conns);
+        Ok(mids
+            .iter()
+            .map(|mid| {
+                let mut live: Vec<UserConn> = conns
+                    .get(mid)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, (_, exp))| *exp > now)
+                    .map(|(_, (c, _))| c.clone())
+                    .collect();
+                live.sort_by_key(|c| c.connected_ms);
+                live
+            })
+            .collect())
     }
 }
 
@@ -313,6 +446,55 @@ mod tests {
             }
             assert_eq!(won, 1, "round {round}");
         }
+    }
+
+    fn user_conn(key: &str, id: u64) -> UserConn {
+        UserConn {
+            key: key.into(),
+            conn: conn(id),
+            platform: "web".into(),
+            room: "live://1".into(),
+            connected_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_users_connections_are_limited_and_the_oldest_kicked_when_asked() {
+        let s = store();
+        for (i, key) in ["a", "b"].into_iter().enumerate() {
+            let admitted = s.admit_conn(1, &user_conn(key, i as u64), 2, false).await;
+            assert_eq!(admitted.unwrap(), Admit::Admitted { kicked: vec![] });
+        }
+        assert_eq!(
+            s.admit_conn(1, &user_conn("c", 9), 2, false).await.unwrap(),
+            Admit::Refused { held: 2 }
+        );
+        // The same key reconnecting replaces its entry, it is not one more.
+        assert!(matches!(
+            s.admit_conn(1, &user_conn("a", 5), 2, false).await.unwrap(),
+            Admit::Admitted { .. }
+        ));
+        let Admit::Admitted { kicked } =
+            s.admit_conn(1, &user_conn("c", 6), 2, true).await.unwrap()
+        else {
+            panic!("refused")
+        };
+        assert_eq!(kicked.len(), 1);
+        assert_eq!(kicked[0].key, "b", "the oldest goes");
+        let keys: Vec<String> = s.user_conns(&[1]).await.unwrap()[0]
+            .iter()
+            .map(|c| c.key.clone())
+            .collect();
+        assert_eq!(keys, ["a", "c"]);
+        // Removal compares the connection.
+        assert_eq!(s.remove_conn(1, "a", &conn(0)).await.unwrap(), None);
+        assert_eq!(
+            s.remove_conn(1, "a", &conn(5))
+                .await
+                .unwrap()
+                .map(|c| c.platform),
+            Some("web".into())
+        );
     }
 
     #[tokio::test]

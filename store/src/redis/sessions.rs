@@ -7,7 +7,7 @@ use prost::Message;
 use redis::{RedisResult, Script, Value};
 
 use super::{unavailable, Conn, RedisStore};
-use crate::{Claim, KeyPolicy, Session, SessionStore, StoreError};
+use crate::{Admit, Claim, KeyPolicy, Session, SessionStore, StoreError, UserConn};
 
 /// Compare-and-delete of a key entry: deletes it only if it still names the connection.
 /// KEYS[1] = key entry; ARGV[1] = encoded ConnRef. Returns 1 if deleted.
@@ -73,6 +73,141 @@ end
 return 0
 ";
 
+/// A user's connection entries (`conns:{<mid>}` hash, field = key), values
+/// `<expires ms>|<connected ms>|<hex platform>|<hex room>|<prost ConnRef>`, times by the Redis
+/// server clock. Shared by the scripts below: `parse(v)` → expires, connected, the middle (the
+/// platform and room as they are) and the ConnRef bytes.
+const CONN_PARSE: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function parse(v)
+  local a = string.find(v, '|', 1, true)
+  local b = string.find(v, '|', a + 1, true)
+  local c = string.find(v, '|', b + 1, true)
+  local d = string.find(v, '|', c + 1, true)
+  return tonumber(string.sub(v, 1, a - 1)), tonumber(string.sub(v, a + 1, b - 1)),
+    string.sub(v, b + 1, d - 1), string.sub(v, d + 1)
+end
+";
+
+/// Admission of a connection within the user's limit, in one step.
+/// KEYS[1] = conns hash; ARGV[1] = key; ARGV[2] = ConnRef; ARGV[3] = `<hex platform>|<hex
+/// room>`; ARGV[4] = limit (0 = none); ARGV[5] = '1' to kick the oldest; ARGV[6] = TTL ms.
+/// Returns {0, held} if refused, {1, kicked key, value, key, value...} if admitted.
+const ADMIT_CONN: &str = r"
+local now = now_ms()
+local all = redis.call('HGETALL', KEYS[1])
+local others = {}
+local newest = 0
+for i = 1, #all, 2 do
+  local exp, connected = parse(all[i + 1])
+  if exp <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] ~= ARGV[1] then
+    table.insert(others, {all[i], connected, all[i + 1]})
+    if connected > newest then newest = connected end
+  end
+end
+local limit = tonumber(ARGV[4])
+local out = {1}
+if limit > 0 and #others >= limit then
+  if ARGV[5] ~= '1' then return {0, #others} end
+  table.sort(others, function(x, y) return x[2] < y[2] end)
+  for i = 1, #others - limit + 1 do
+    redis.call('HDEL', KEYS[1], others[i][1])
+    table.insert(out, others[i][1])
+    table.insert(out, others[i][3])
+  end
+end
+local connected = math.max(now, newest + 1)
+redis.call('HSET', KEYS[1], ARGV[1],
+  string.format('%d|%d|%s|', now + tonumber(ARGV[6]), connected, ARGV[3]) .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return out
+";
+
+/// Renewal of a connection entry that still names the connection, or its re-creation (no
+/// platform or room known) when it is missing (a Redis that lost its data).
+/// KEYS[1] = conns hash; ARGV[1] = key; ARGV[2] = ConnRef; ARGV[3] = TTL ms.
+const REFRESH_CONN: &str = r"
+local now = now_ms()
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+local connected, middle = now, '|'
+if v then
+  local exp, c, m, conn = parse(v)
+  if conn ~= ARGV[2] then return 0 end
+  connected, middle = c, m
+end
+redis.call('HSET', KEYS[1], ARGV[1],
+  string.format('%d|%d|%s|', now + tonumber(ARGV[3]), connected, middle) .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Compare-and-delete of a connection entry. KEYS[1] = conns hash; ARGV[1] = key; ARGV[2] =
+/// ConnRef. Returns the removed value, or nil.
+const REMOVE_CONN: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local exp, connected, middle, conn = parse(v)
+if conn ~= ARGV[2] then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return v
+";
+
+/// The live entries of one user. KEYS[1] = conns hash. Returns key, value, key, value...
+const LIVE_CONNS: &str = r"
+local now = now_ms()
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 2, #all, 2 do
+  if parse(all[i]) > now then
+    table.insert(out, all[i - 1])
+    table.insert(out, all[i])
+  end
+end
+return out
+";
+
+/// A connection entry's value back as a [`UserConn`].
+fn decode_conn(key: String, v: &[u8]) -> Option<UserConn> {
+    let mut parts = v.splitn(5, |b| *b == b'|');
+    let _expires = parts.next()?;
+    let connected: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let platform = unhex(parts.next()?)?;
+    let room = unhex(parts.next()?)?;
+    let conn = ConnRef::decode(parts.next()?).ok()?;
+    Some(UserConn {
+        key,
+        conn,
+        platform,
+        room,
+        connected_ms: connected,
+    })
+}
+
+/// Text as lowercase hex, so an entry's separators never occur in it.
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(hex: &[u8]) -> Option<String> {
+    let bytes = hex
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `key, value, key, value...` as connection entries (undecodable ones left out).
+fn decode_pairs(flat: &[Vec<u8>]) -> Vec<UserConn> {
+    flat.chunks_exact(2)
+        .filter_map(|kv| decode_conn(String::from_utf8_lossy(&kv[0]).into_owned(), &kv[1]))
+        .collect()
+}
+
 /// The session scripts, loaded once per store.
 pub(super) struct SessionScripts {
     claim_key: Script,
@@ -80,6 +215,10 @@ pub(super) struct SessionScripts {
     refresh_key: Script,
     set_field: Script,
     remove_field: Script,
+    admit_conn: Script,
+    refresh_conn: Script,
+    remove_conn: Script,
+    live_conns: Script,
 }
 
 impl SessionScripts {
@@ -90,6 +229,10 @@ impl SessionScripts {
             refresh_key: Script::new(REFRESH_KEY),
             set_field: Script::new(SET_FIELD),
             remove_field: Script::new(REMOVE_FIELD),
+            admit_conn: Script::new(&format!("{CONN_PARSE}{ADMIT_CONN}")),
+            refresh_conn: Script::new(&format!("{CONN_PARSE}{REFRESH_CONN}")),
+            remove_conn: Script::new(&format!("{CONN_PARSE}{REMOVE_CONN}")),
+            live_conns: Script::new(&format!("{CONN_PARSE}{LIVE_CONNS}")),
         }
     }
 }
@@ -116,6 +259,10 @@ impl RedisStore {
 
     fn mid_index(&self, mid: i64) -> String {
         format!("{}mid:{{{mid}}}", self.prefix)
+    }
+
+    fn user_conns_key(&self, mid: i64) -> String {
+        format!("{}conns:{{{mid}}}", self.prefix)
     }
 
     async fn set_field(&self, mid: i64, key: &str, conn: &[u8]) -> Result<(), StoreError> {
@@ -371,5 +518,126 @@ impl SessionStore for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn admit_conn(
+        &self,
+        mid: i64,
+        conn: &UserConn,
+        limit: usize,
+        kick_oldest: bool,
+    ) -> Result<Admit, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.admit_conn.prepare_invoke();
+        inv.key(self.user_conns_key(mid))
+            .arg(&conn.key)
+            .arg(conn.conn.encode_to_vec())
+            .arg(format!("{}|{}", hex(&conn.platform), hex(&conn.room)))
+            .arg(limit)
+            .arg(if kick_oldest { "1" } else { "0" })
+            .arg(self.session_ttl_ms);
+        let reply: Vec<Value> = self
+            .run("HSET (user connections)", inv.invoke_async(&mut c))
+            .await?;
+        let mut reply = reply.into_iter();
+        match reply.next() {
+            Some(Value::Int(1)) => {}
+            _ => {
+                let held = match reply.next() {
+                    Some(Value::Int(n)) => n as usize,
+                    _ => limit,
+                };
+                return Ok(Admit::Refused { held });
+            }
+        }
+        let bulk: Vec<Vec<u8>> = reply
+            .filter_map(|v| match v {
+                Value::BulkString(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let kicked = decode_pairs(&bulk);
+        Ok(Admit::Admitted { kicked })
+    }
+
+    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.refresh_conn.prepare_invoke();
+        inv.key(self.user_conns_key(mid))
+            .arg(key)
+            .arg(conn.encode_to_vec())
+            .arg(self.session_ttl_ms);
+        self.run(
+            "HSET (user connection refresh)",
+            inv.invoke_async::<()>(&mut c),
+        )
+        .await
+    }
+
+    async fn remove_conn(
+        &self,
+        mid: i64,
+        key: &str,
+        conn: &ConnRef,
+    ) -> Result<Option<UserConn>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.remove_conn.prepare_invoke();
+        inv.key(self.user_conns_key(mid))
+            .arg(key)
+            .arg(conn.encode_to_vec());
+        let removed: Option<Vec<u8>> = self
+            .run("HDEL (user connection)", inv.invoke_async(&mut c))
+            .await?;
+        Ok(removed.and_then(|v| decode_conn(key.to_string(), &v)))
+    }
+
+    async fn user_conns(&self, mids: &[i64]) -> Result<Vec<Vec<UserConn>>, StoreError> {
+        let reads = mids.iter().map(|mid| {
+            let mut c = self.conn.clone();
+            let mut inv = self.sessions.live_conns.prepare_invoke();
+            inv.key(self.user_conns_key(*mid));
+            async move { inv.invoke_async::<Vec<Vec<u8>>>(&mut c).await }
+        });
+        let all = join_all(reads);
+        let results = self
+            .run("HGETALL (user connections)", async { Ok(all.await) })
+            .await?;
+        let mut out = Vec::with_capacity(mids.len());
+        for values in results {
+            let values = values.map_err(|e| unavailable("HGETALL (user connections)", e))?;
+            let mut conns = decode_pairs(&values);
+            conns.sort_by_key(|c| c.connected_ms);
+            out.push(conns);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_entry_round_trips_whatever_its_platform_and_room_hold() {
+        let conn = ConnRef {
+            comet: "c|1".into(),
+            shard: 2,
+            conn_id: 124, // '|' as a byte of the prost encoding
+        };
+        let value = format!("99|7|{}|{}|", hex("we|b ü"), hex("live://1|2")).into_bytes();
+        let mut value = value;
+        value.extend_from_slice(&conn.encode_to_vec());
+        let got = decode_conn("k".into(), &value).unwrap();
+        assert_eq!(
+            got,
+            UserConn {
+                key: "k".into(),
+                conn,
+                platform: "we|b ü".into(),
+                room: "live://1|2".into(),
+                connected_ms: 7,
+            }
+        );
+        assert!(decode_conn("k".into(), b"garbage").is_none());
     }
 }
