@@ -222,6 +222,8 @@ impl Router {
             .batcher
             .last_paced_flush()
             .is_some_and(|at| at.elapsed() < BUDGET_SPENT_WITHIN);
+        self.budget
+            .pace_every(self.batcher.biggest_paced().map(|(_, _, every)| every));
         let share = self.budget.observe(busy, backlog, spent);
         tracing::trace!(busy, backlog, share, "room pacing look");
         self.batcher.set_share(share);

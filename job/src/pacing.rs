@@ -16,6 +16,8 @@
 //! into the band from either side within a few seconds and do not oscillate across it (the
 //! band is wider than one step moves the load).
 
+use std::time::Duration;
+
 /// The smallest and largest share of `job.room_writes_per_shard` the budget takes.
 pub(crate) const MIN_SHARE: f64 = 0.01;
 /// Four times the nominal budget: about what one core can write (200,000 writes a second at
@@ -30,8 +32,11 @@ const GROW: f64 = 1.1;
 /// The step up while the busiest shard is under half the target: a budget cut to its floor
 /// (by a connect storm, say) comes back within a couple of seconds.
 const FAST_GROW: f64 = 1.25;
-/// Weight of the newest report in the smoothed busy share.
+/// Weight of the newest report in the smoothed busy share, when big rooms flush at least
+/// once a tick; less when they flush less often (see [`Budget::pace_every`]).
 const SMOOTHING: f64 = 0.5;
+/// How often job looks at the comets' load (they report every 100 ms).
+pub(crate) const LOOK: Duration = Duration::from_millis(100);
 
 /// The learned room write budget, as a share of `job.room_writes_per_shard`.
 #[derive(Debug, Clone)]
@@ -39,6 +44,11 @@ pub(crate) struct Budget {
     target: f64,
     share: f64,
     smoothed: Option<f64>,
+    /// Weight of the newest report in `smoothed`.
+    weight: f64,
+    /// Looks to wait after a backlog cut before the next one, and looks waited so far.
+    cut_every: u32,
+    since_cut: u32,
 }
 
 impl Budget {
@@ -49,7 +59,22 @@ impl Budget {
             target: target.clamp(0.0, 1.0),
             share: 1.0,
             smoothed: None,
+            weight: SMOOTHING,
+            cut_every: 1,
+            since_cut: u32::MAX,
         }
+    }
+
+    /// Tells the budget how often the biggest paced room flushes. A shard's report covers
+    /// one 100 ms tick; when a big room flushes every second, one tick in ten holds its
+    /// fan-out and the others are idle, so the reports are averaged over the room's interval
+    /// (smoothing weighted by ticks per interval), and a backlog, which takes that long to
+    /// drain after a cut, is cut for at most once per interval.
+    pub(crate) fn pace_every(&mut self, interval: Option<Duration>) {
+        let looks = interval.map_or(1.0, |every| every.as_secs_f64() / LOOK.as_secs_f64());
+        let looks = looks.clamp(1.0, 20.0);
+        self.weight = (SMOOTHING / looks).max(SMOOTHING / 20.0);
+        self.cut_every = looks.round() as u32;
     }
 
     /// Takes one look at the comets: the busiest shard's busy share over its last tick (0–1),
@@ -61,7 +86,7 @@ impl Budget {
     pub(crate) fn observe(&mut self, busy: f64, backlog: bool, spent: bool) -> f64 {
         let busy = busy.clamp(0.0, 1.0);
         let smoothed = match self.smoothed {
-            Some(before) => before + SMOOTHING * (busy - before),
+            Some(before) => before + self.weight * (busy - before),
             None => busy,
         };
         self.smoothed = Some(smoothed);
@@ -70,8 +95,13 @@ impl Budget {
             if over && !spent {
                 return self.share;
             }
+            self.since_cut = self.since_cut.saturating_add(1);
             if backlog {
-                self.share = (self.share * BACKLOG_CUT).max(MIN_SHARE);
+                // The cut before this one needs an interval to show; meanwhile, hold.
+                if self.since_cut >= self.cut_every {
+                    self.share = (self.share * BACKLOG_CUT).max(MIN_SHARE);
+                    self.since_cut = 0;
+                }
             } else if smoothed > self.target + BAND {
                 self.share = (self.share * CUT).max(MIN_SHARE);
             } else if smoothed < self.target / 2.0 {
@@ -182,6 +212,33 @@ mod tests {
         // Big rooms flushing into a saturated shard: cut.
         let before = budget.observe(1.0, false, false);
         assert!(budget.observe(1.0, false, true) < before);
+    }
+
+    /// A room flushing once a second: the busy share is averaged over the interval (a
+    /// saturated tick between idle ones moves it a little), and a lasting backlog is cut once
+    /// per interval, not at every look.
+    #[test]
+    fn a_slow_flushing_room_is_paced_over_its_interval() {
+        let mut budget = Budget::new(0.75);
+        budget.pace_every(Some(Duration::from_secs(1)));
+        budget.observe(0.5, false, true);
+        budget.observe(1.0, false, true);
+        assert!(budget.busy().unwrap() < 0.6, "{:?}", budget.busy());
+        let mut cuts = 0;
+        let mut share = budget.share();
+        for _ in 0..20 {
+            let next = budget.observe(0.5, true, true);
+            if next < share {
+                cuts += 1;
+            }
+            share = next;
+        }
+        assert_eq!(cuts, 2, "one backlog cut per second over two seconds");
+        // Flushing every tick again: back to the quick response.
+        budget.pace_every(None);
+        let before = budget.share();
+        budget.observe(0.5, true, true);
+        assert!(budget.share() < before);
     }
 
     #[test]
