@@ -1,5 +1,6 @@
 //! Bytes the comet sends to clients: replies to client frames and the two wire variants of a
-//! push (reference §1.6), each encoded once and shared by every recipient.
+//! push (docs/goim-compatibility.md, "Frames and ops"), each encoded once and shared by every
+//! recipient.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use imgate_shared::frame::{self, op, HEADER_LEN, PUSH_VER};
@@ -137,7 +138,7 @@ mod tests {
     use imgate_shared::ws::Role;
 
     #[test]
-    fn ws_variant_matches_reference_batch() {
+    fn ws_variant_is_one_binary_message_holding_an_op9_batch() {
         let mut inner = BytesMut::new();
         frame::encode_into(&mut inner, 1, 1000, 0, b"{\"test\":1}");
         frame::encode_into(&mut inner, 1, 1000, 0, b"{\"test\":2}");
