@@ -189,9 +189,28 @@ impl Query {
 
     /// `GET /goim/online/mids?mids=1&mids=2` or `mids=1,2`: positive user ids, each once.
     pub(crate) fn online_mids(&self, max: usize) -> Result<Vec<i64>, BadRequest> {
+        self.positive_mids(max, true)
+    }
+
+    /// `GET /goim/inbox/state?mids=…`: positive user ids.
+    pub(crate) fn inbox_mids(&self, max: usize) -> Result<Vec<i64>, BadRequest> {
+        self.positive_mids(max, false)
+    }
+
+    /// The `mids` parameters as positive user ids, each once: at least one, at most `max`.
+    /// With `commas`, a value may list several (`mids=1,2`; blanks around them ignored).
+    fn positive_mids(&self, max: usize, commas: bool) -> Result<Vec<i64>, BadRequest> {
         let mut mids = Vec::new();
         for (_, v) in self.pairs.iter().filter(|(k, _)| k == "mids") {
-            for m in v.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let values: Vec<&str> = if commas {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .collect()
+            } else {
+                vec![v.as_str()]
+            };
+            for m in values {
                 match m.parse::<i64>() {
                     Ok(mid) if mid > 0 => mids.push(mid),
                     _ => {
@@ -199,32 +218,6 @@ impl Query {
                             "mids must be positive 64-bit integers, got {m:?}"
                         )))
                     }
-                }
-            }
-        }
-        let mids = distinct(mids);
-        if mids.is_empty() {
-            return Err(BadRequest("mids is required".into()));
-        }
-        if mids.len() > max {
-            return Err(BadRequest(format!(
-                "at most {max} mids per request, got {}",
-                mids.len()
-            )));
-        }
-        Ok(mids)
-    }
-
-    /// `GET /goim/inbox/state?mids=…`: positive user ids.
-    pub(crate) fn inbox_mids(&self, max: usize) -> Result<Vec<i64>, BadRequest> {
-        let mut mids = Vec::new();
-        for (k, v) in self.pairs.iter().filter(|(k, _)| k == "mids") {
-            match v.parse::<i64>() {
-                Ok(mid) if mid > 0 => mids.push(mid),
-                _ => {
-                    return Err(BadRequest(format!(
-                        "{k} must be positive 64-bit integers, got {v:?}"
-                    )))
                 }
             }
         }
