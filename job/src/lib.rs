@@ -139,8 +139,6 @@ struct Router {
     room_accepted: HashMap<String, u64>,
 }
 
-/// How often job looks at the comets' load reports (they come every 100 ms).
-const PACING_TICK: Duration = Duration::from_millis(100);
 /// Reports older than this are not counted (a shard that stopped reporting is not "idle").
 const LOAD_MAX_AGE: Duration = Duration::from_millis(500);
 /// A comet does not keep up, whatever its busy share, when this much waits in job's queue to
@@ -165,7 +163,7 @@ impl Router {
             config.registry_interval.max(Duration::from_millis(10)),
         );
         registry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut pacing_tick = tokio::time::interval(PACING_TICK);
+        let mut pacing_tick = tokio::time::interval(pacing::LOOK);
         pacing_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.batcher.next_deadline();

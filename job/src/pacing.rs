@@ -73,7 +73,7 @@ impl Budget {
     pub(crate) fn pace_every(&mut self, interval: Option<Duration>) {
         let looks = interval.map_or(1.0, |every| every.as_secs_f64() / LOOK.as_secs_f64());
         let looks = looks.clamp(1.0, 20.0);
-        self.weight = (SMOOTHING / looks).max(SMOOTHING / 20.0);
+        self.weight = SMOOTHING / looks;
         self.cut_every = looks.round() as u32;
     }
 
