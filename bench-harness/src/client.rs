@@ -155,6 +155,23 @@ pub(crate) async fn client_task(exec: Rc<Exec>, slot: u32) {
     }
 }
 
+/// Lets an IPv4 socket bound to a source address pick its port at connect time, per
+/// destination, not at bind time: the 4-tuple must be unique, not the port, so one source
+/// address serves many connections. Best effort (an older kernel keeps bind-time ports).
+pub(crate) fn bind_address_no_port(socket: &Socket) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Opens a socket from the worker's source address, starts a non-blocking connect and hands
 /// it to glommio; the first write completes when the connection does.
 fn open(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
@@ -169,19 +186,7 @@ fn open(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
         Some(Protocol::TCP),
     )?;
     if target.is_ipv4() {
-        // Pick the port at connect time, per destination, not at bind time: the 4-tuple
-        // must be unique, not the port.
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket and a c_int option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        bind_address_no_port(&socket);
     }
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.set_nodelay(true)?;

@@ -27,6 +27,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::client::bind_address_no_port;
 use crate::cpus::{self, CpuSet};
 use crate::procstat;
 
@@ -497,18 +498,7 @@ fn connect_all(
             ));
         }
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket and a c_int option value of the right size. The port is
-        // chosen at connect, per destination, so one source address serves many.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        bind_address_no_port(&socket);
         socket.bind(&SocketAddr::new(source, 0).into())?;
         socket.connect_timeout(&addr.into(), left.min(Duration::from_secs(10)))?;
         socket.set_nonblocking(true)?;

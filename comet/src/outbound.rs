@@ -52,12 +52,22 @@ fn finish_batch(websocket: bool, tag: Option<&str>, inner: &[u8]) -> Bytes {
     }
 }
 
+/// A buffer sized for one goim frame of `len` bytes, holding the header of the binary
+/// WebSocket message around it already when `websocket`.
+fn frame_buffer(websocket: bool, len: usize) -> BytesMut {
+    if !websocket {
+        return BytesMut::with_capacity(len);
+    }
+    let mut out = BytesMut::with_capacity(ws::header_len(len, false) + len);
+    ws::put_header(&mut out, opcode::BINARY, len, None);
+    out
+}
+
 /// The WebSocket variant of a push: one binary message holding an `OpRaw` frame whose body is
 /// the inner frame(s), exactly as goim clients unpack it.
 pub(crate) fn ws_variant(inner: &[u8]) -> Bytes {
     let outer = HEADER_LEN + inner.len();
-    let mut out = BytesMut::with_capacity(ws::header_len(outer, false) + outer);
-    ws::put_header(&mut out, opcode::BINARY, outer, None);
+    let mut out = frame_buffer(true, outer);
     frame::put_header(&mut out, outer, PUSH_VER, op::RAW, 0);
     out.put_slice(inner);
     out.freeze()
@@ -69,15 +79,7 @@ pub(crate) fn ws_variant(inner: &[u8]) -> Bytes {
 pub(crate) fn room_tagged(websocket: bool, room: &str, frames: &[u8]) -> Option<Bytes> {
     let name_len = u16::try_from(room.len()).ok()?;
     let len = HEADER_LEN + 2 + room.len() + frames.len();
-    let ws_len = if websocket {
-        ws::header_len(len, false)
-    } else {
-        0
-    };
-    let mut out = BytesMut::with_capacity(ws_len + len);
-    if websocket {
-        ws::put_header(&mut out, opcode::BINARY, len, None);
-    }
+    let mut out = frame_buffer(websocket, len);
     frame::put_header(&mut out, len, PUSH_VER, op::ROOM, 0);
     out.put_u16(name_len);
     out.put_slice(room.as_bytes());
@@ -89,15 +91,7 @@ pub(crate) fn room_tagged(websocket: bool, room: &str, frames: &[u8]) -> Option<
 /// WebSocket.
 pub(crate) fn reply(websocket: bool, ver: i16, op: i32, seq: i32, body: &[u8]) -> Bytes {
     let len = HEADER_LEN + body.len();
-    let ws_len = if websocket {
-        ws::header_len(len, false)
-    } else {
-        0
-    };
-    let mut out = BytesMut::with_capacity(ws_len + len);
-    if websocket {
-        ws::put_header(&mut out, opcode::BINARY, len, None);
-    }
+    let mut out = frame_buffer(websocket, len);
     frame::encode_into(&mut out, ver, op, seq, body);
     out.freeze()
 }
