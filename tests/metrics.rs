@@ -178,6 +178,11 @@ fn metrics_count_connections_messages_writes_and_closes() {
     assert!(value(&m, "process_open_fds") > 0.0);
     assert!(value(&m, "imgate_comet_links") >= 1.0);
     assert_eq!(
+        value(&m, "imgate_room_paced_interval_seconds"),
+        0.0,
+        "no room here is big enough to be paced"
+    );
+    assert_eq!(
         value(&m, "imgate_bus_lag_messages"),
         0.0,
         "job took every push"

@@ -44,6 +44,10 @@ fn a_big_room_gets_few_growing_batches_and_a_lone_push_stays_fast() {
         online.json["data"]["paced"] == 20
     });
     std::thread::sleep(Duration::from_millis(300)); // one more registry read (100 ms)
+                                                    // Operators see how often the room may flush: 20 members / (2 shards x 10) = 1 s.
+    eventually(Duration::from_secs(2), "the paced interval shown", || {
+        g.job().unwrap().stats().paced_interval_ms == 1_000
+    });
 
     // Light load: the room has not flushed for a while, so a lone push goes out at once.
     let sent = Instant::now();

@@ -208,6 +208,10 @@ impl Router {
     /// One look at the comets' load: the budget learns from the busiest shard and from the
     /// links' backlog, and big rooms' intervals follow.
     fn pace(&mut self, writes_per_shard: u64) {
+        let every = self.batcher.biggest_paced().map(|(_, _, every)| every);
+        self.counters
+            .paced_interval_ms
+            .set(every.map_or(0, |every| every.as_millis() as u64));
         let busy = self.registry.busiest_shard(LOAD_MAX_AGE);
         let backlog = self.registry.backlogged(LINK_BACKLOG, FANOUT_LAG);
         let Some(busy) = busy
@@ -220,8 +224,7 @@ impl Router {
             .batcher
             .last_paced_flush()
             .is_some_and(|at| at.elapsed() < BUDGET_SPENT_WITHIN);
-        self.budget
-            .pace_every(self.batcher.biggest_paced().map(|(_, _, every)| every));
+        self.budget.pace_every(every);
         let share = self.budget.observe(busy, backlog, spent);
         tracing::trace!(busy, backlog, share, "room pacing look");
         self.batcher.set_share(share);

@@ -53,6 +53,13 @@ impl Collector for JobCollector {
         )?;
         gauge_family(
             &mut e,
+            "imgate_room_paced_interval_seconds",
+            "How often the biggest paced room flushes (0: no room is paced); at most \
+             job.room_max_interval.",
+            [(none(), s.paced_interval_ms as f64 / 1000.0)],
+        )?;
+        gauge_family(
+            &mut e,
             "imgate_comet_links",
             "job's links to comets connected right now.",
             [(none(), s.connected)],

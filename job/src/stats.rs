@@ -30,6 +30,8 @@ imgate_shared::counters! {
         room_budget_permille: Gauge,
         /// The busiest comet shard's busy share (smoothed), in thousandths.
         busiest_shard_permille: Gauge,
+        /// How often the biggest paced room flushes, in milliseconds (0: no room is paced).
+        paced_interval_ms: Gauge,
         /// Comet links connected right now.
         connected: Gauge,
     }
