@@ -504,33 +504,37 @@ impl Shard {
         self.keys.borrow().get(key).map(|c| c.0.clone())
     }
 
-    /// The members of `room` on this shard.
+    /// The members of `room` on this shard, in the order they connected (see [`in_accept_order`]).
     pub fn room_members(&self, room: &str) -> Vec<Rc<Conn>> {
-        self.rooms
-            .borrow()
-            .members(room)
-            .map(|member| member.0.clone())
-            .collect()
+        in_accept_order(
+            self.rooms.borrow().members(room).map(|m| m.0.clone()),
+            |c| c.id,
+        )
     }
 
-    /// The ids of the connections watching `op`.
+    /// The ids of the connections watching `op`, in the order they connected.
     pub fn watcher_ids(&self, op: i32) -> Vec<u64> {
-        self.conns
+        let mut ids: Vec<u64> = self
+            .conns
             .borrow()
             .iter()
             .filter(|c| c.0.watches(op))
             .map(|c| c.0.id)
-            .collect()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
-    /// The connections watching `op`.
+    /// The connections watching `op`, in the order they connected.
     pub fn watchers(&self, op: i32) -> Vec<Rc<Conn>> {
-        self.conns
-            .borrow()
-            .iter()
-            .filter(|c| c.0.watches(op))
-            .map(|c| c.0.clone())
-            .collect()
+        in_accept_order(
+            self.conns
+                .borrow()
+                .iter()
+                .filter(|c| c.0.watches(op))
+                .map(|c| c.0.clone()),
+            |c| c.id,
+        )
     }
 
     /// Every open connection.
@@ -638,5 +642,36 @@ impl Shard {
             lag_us: self.lag.take_mean_us(),
             busy_permille: self.busy.take_permille(&self.loop_stats),
         }
+    }
+}
+
+/// `items` sorted by connection id, that is in the order the shard accepted them (ids count up
+/// per shard). A fan-out writes in this
+/// order rather than in hash order: the kernel allocated the sockets (and comet their
+/// connections) in accept order, so consecutive writes touch neighbouring memory and pages.
+/// On this box that alone makes a loopback write ~30 % cheaper (BENCHMARKS.md, "Writing in
+/// accept order"). Sorting 10,000 ids costs well under 1 % of writing to them.
+fn in_accept_order<T>(items: impl Iterator<Item = T>, id: impl Fn(&T) -> u64) -> Vec<T> {
+    // Keyed first: comparing ids inside the connections would jump around memory again.
+    let mut keyed: Vec<(u64, T)> = items.map(|item| (id(&item), item)).collect();
+    keyed.sort_unstable_by_key(|(id, _)| *id);
+    keyed.into_iter().map(|(_, item)| item).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fan_outs_go_in_accept_order_whatever_the_hash_order() {
+        let shard = Shard::detached(Default::default());
+        let ids: Vec<u64> = (0..1000).map(|_| shard.next_conn_id()).collect();
+        let hashed: HashSet<u64> = ids.iter().copied().collect();
+        assert_ne!(
+            hashed.iter().copied().collect::<Vec<_>>(),
+            ids,
+            "a set keeps no order"
+        );
+        assert_eq!(in_accept_order(hashed.into_iter(), |id| *id), ids);
     }
 }
