@@ -417,6 +417,7 @@ pub(crate) struct SyncRequest {
 }
 
 /// A connection in a set keyed by its id (the shard's id index, a room's members).
+#[derive(Clone)]
 pub(crate) struct ById(pub Rc<Conn>);
 
 impl Borrow<u64> for ById {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use imgate_runtime::spawn_local;
 use imgate_runtime::time::sleep;
 
-use crate::conn::{Conn, Pushed};
+use crate::conn::{ById, Conn, Pushed};
 use crate::outbound::room_tagged;
 use crate::shard::{Shard, ShardCommand};
 use crate::writer::write_or_queue;
@@ -109,7 +109,7 @@ impl Shard {
                     if i > 0 {
                         futures_lite::future::yield_now().await;
                     }
-                    for conn in slice {
+                    for ById(conn) in slice {
                         let frame = forms.pick(conn);
                         self.count_delivery(write_or_queue(self, conn, frame, None));
                     }

@@ -504,12 +504,10 @@ impl Shard {
         self.keys.borrow().get(key).map(|c| c.0.clone())
     }
 
-    /// The members of `room` on this shard, in the order they connected (see [`in_accept_order`]).
-    pub fn room_members(&self, room: &str) -> Vec<Rc<Conn>> {
-        in_accept_order(
-            self.rooms.borrow().members(room).map(|m| m.0.clone()),
-            |c| c.id,
-        )
+    /// The members of `room` on this shard, in the order they connected (see
+    /// [`Rooms::members`]).
+    pub fn room_members(&self, room: &str) -> Rc<[ById]> {
+        self.rooms.borrow_mut().members(room)
     }
 
     /// The ids of the connections watching `op`, in the order they connected.
@@ -646,11 +644,9 @@ impl Shard {
 }
 
 /// `items` sorted by connection id, that is in the order the shard accepted them (ids count up
-/// per shard). A fan-out writes in this
-/// order rather than in hash order: the kernel allocated the sockets (and comet their
+/// per shard): a broadcast writes in this order rather than in hash order, as a room's
+/// fan-out does (see [`Rooms::members`]). The kernel allocated the sockets (and comet their
 /// connections) in accept order, so consecutive writes touch neighbouring memory and pages.
-/// On this box that alone makes a loopback write ~30 % cheaper (BENCHMARKS.md, "Writing in
-/// accept order"). Sorting 10,000 ids costs well under 1 % of writing to them.
 fn in_accept_order<T>(items: impl Iterator<Item = T>, id: impl Fn(&T) -> u64) -> Vec<T> {
     // Keyed first: comparing ids inside the connections would jump around memory again.
     let mut keyed: Vec<(u64, T)> = items.map(|item| (id(&item), item)).collect();
