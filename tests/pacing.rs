@@ -129,3 +129,39 @@ fn an_idle_gateway_delivers_big_room_pushes_in_tens_of_milliseconds() {
     assert!(took[5] < Duration::from_millis(150), "{took:?}");
     g.shutdown();
 }
+
+/// A room that fills up between two online reports is reported early, so job paces it within
+/// seconds instead of at the next scheduled report (a minute here).
+#[test]
+fn a_room_that_fills_up_is_reported_and_paced_early() {
+    let mut config = test_config();
+    config.comet.online_interval = Duration::from_secs(60);
+    config.comet.online_early_members = 5;
+    // 2 shards x 10 writes/s: once job knows of at least 5 members, the room is paced.
+    config.job.room_writes_per_shard = 10;
+    config.job.room_busy_target = 0.0;
+    config.job.room_max_interval = Duration::from_secs(1);
+    let g = Gateway::start(config).expect("gateway starts");
+    // The start-up report (no rooms yet) is in before the members come.
+    eventually(Duration::from_secs(5), "the comet registered", || {
+        g.job().unwrap().stats().connected >= 1
+    });
+    let _members: Vec<Subscriber> = (0..20)
+        .map(|i| {
+            Subscriber::start(
+                g.tcp_addr(),
+                Transport::Tcp,
+                0,
+                &format!("f{i}"),
+                "live://filling",
+                &[],
+            )
+        })
+        .collect();
+    let joined = Instant::now();
+    eventually(Duration::from_secs(10), "the room paced", || {
+        g.job().unwrap().stats().paced_interval_ms > 0
+    });
+    eprintln!("paced {:?} after the members joined", joined.elapsed());
+    g.shutdown();
+}

@@ -12,6 +12,10 @@ use std::rc::Rc;
 #[derive(Debug)]
 pub(crate) struct Rooms<M> {
     rooms: HashMap<Rc<str>, Room<M>>,
+    /// Members from which a room that doubled since the last report is due early (0: never).
+    early_members: u32,
+    /// A room has outgrown what the last report said of it.
+    outgrown: bool,
 }
 
 /// One room's members, and the list fan-outs walk: the members in id order (the order the
@@ -22,13 +26,30 @@ pub(crate) struct Rooms<M> {
 struct Room<M> {
     members: HashSet<M>,
     ordered: Option<Rc<[M]>>,
+    /// Members at the last report ([`Rooms::counts`]).
+    reported: u32,
 }
 
 impl<M> Default for Rooms<M> {
     fn default() -> Self {
+        Rooms::new(0)
+    }
+}
+
+impl<M> Rooms<M> {
+    /// Rooms whose growth past `early_members` (and past twice their last report) is flagged
+    /// by [`Rooms::outgrown`]; 0 never flags.
+    pub fn new(early_members: u32) -> Self {
         Rooms {
             rooms: HashMap::new(),
+            early_members,
+            outgrown: false,
         }
+    }
+
+    /// Whether a room reached `early_members` and twice what the last report said of it.
+    pub fn outgrown(&self) -> bool {
+        self.outgrown
     }
 }
 
@@ -42,9 +63,17 @@ impl<M: Borrow<u64> + Hash + Eq + Clone> Rooms<M> {
         let entry = self.rooms.entry(key.clone()).or_insert_with(|| Room {
             members: HashSet::new(),
             ordered: None,
+            reported: 0,
         });
         if entry.members.insert(member) {
             entry.ordered = None;
+            let members = entry.members.len() as u32;
+            if self.early_members > 0
+                && members >= self.early_members
+                && members >= entry.reported.saturating_mul(2)
+            {
+                self.outgrown = true;
+            }
         }
         key
     }
@@ -94,11 +123,16 @@ impl<M: Borrow<u64> + Hash + Eq + Clone> Rooms<M> {
             .clone()
     }
 
-    /// Room key → local member count, for the online report (empty rooms never appear).
-    pub fn counts(&self) -> BTreeMap<String, u32> {
+    /// Room key → local member count, for the online report (empty rooms never appear); what
+    /// the next growth is measured against.
+    pub fn counts(&mut self) -> BTreeMap<String, u32> {
+        self.outgrown = false;
         self.rooms
-            .iter()
-            .map(|(k, r)| (k.to_string(), r.members.len() as u32))
+            .iter_mut()
+            .map(|(k, r)| {
+                r.reported = r.members.len() as u32;
+                (k.to_string(), r.reported)
+            })
             .collect()
     }
 }
@@ -149,5 +183,31 @@ mod tests {
         assert_eq!(first.len(), 1000);
         assert!(first.contains(&500));
         assert!(rooms.members("unknown").is_empty());
+    }
+
+    #[test]
+    fn a_room_that_doubles_past_the_threshold_is_flagged_until_reported() {
+        let mut rooms = Rooms::<u64>::new(4);
+        for id in 1..=3 {
+            rooms.join("r", id);
+        }
+        assert!(!rooms.outgrown(), "under the threshold");
+        rooms.join("r", 4);
+        assert!(rooms.outgrown(), "at the threshold, never reported");
+        assert_eq!(rooms.counts().get("r"), Some(&4));
+        assert!(!rooms.outgrown(), "a report clears it");
+        for id in 5..=7 {
+            rooms.join("r", id);
+        }
+        rooms.join("r", 7); // already in
+        assert!(!rooms.outgrown(), "7 is under twice the 4 reported");
+        rooms.join("r", 8);
+        assert!(rooms.outgrown(), "twice the 4 reported");
+        // Off: never flagged.
+        let mut off = Rooms::<u64>::default();
+        for id in 1..=100 {
+            off.join("r", id);
+        }
+        assert!(!off.outgrown());
     }
 }

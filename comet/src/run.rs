@@ -133,8 +133,12 @@ async fn accept_clients(shard: Rc<Shard>, listener: ClientSocket, listen: Listen
     }
 }
 
+/// How often the online report's wait looks whether a room grew enough to be reported early.
+const EARLY_LOOK: Duration = Duration::from_secs(1);
+
 /// Reports this shard to logic right away (retrying quickly until the registry has it), then
-/// every `online_interval`, and keeps the cluster-wide room counts of the reply.
+/// every `online_interval` or, when a room grew past `online_early_members` and twice its
+/// last report, within [`EARLY_LOOK`]; keeps the cluster-wide room counts of the reply.
 async fn renew_online(shard: Rc<Shard>) {
     let config = &shard.comet.config;
     loop {
@@ -159,7 +163,17 @@ async fn renew_online(shard: Rc<Shard>) {
         } else {
             Duration::from_millis(100)
         };
-        sleep(wait).await;
+        let since = Instant::now();
+        loop {
+            let left = wait.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            sleep(left.min(EARLY_LOOK)).await;
+            if shard.rooms_outgrown() {
+                break;
+            }
+        }
     }
 }
 

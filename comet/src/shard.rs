@@ -199,6 +199,7 @@ impl Shard {
         stop: async_channel::Receiver<()>,
         loop_stats: Arc<LoopStats>,
     ) -> Self {
+        let early_members = comet.config.online_early_members;
         Shard {
             index,
             comet,
@@ -212,7 +213,7 @@ impl Shard {
             shadowed: RefCell::new(Vec::new()),
             authenticating: RefCell::new(HashMap::new()),
             heartbeats: RefCell::new(Wheel::new(clock_ms())),
-            rooms: RefCell::new(Rooms::default()),
+            rooms: RefCell::new(Rooms::new(early_members)),
             cluster_rooms: RefCell::new(HashMap::new()),
             drain_waiters: RefCell::new(HashMap::new()),
             syncs: RefCell::new(HashMap::new()),
@@ -428,6 +429,11 @@ impl Shard {
         true
     }
 
+    /// Whether a room grew enough since the last online report to be reported early.
+    pub fn rooms_outgrown(&self) -> bool {
+        self.rooms.borrow().outgrown()
+    }
+
     /// The online count a heartbeat reply reports for `room`.
     pub fn room_online(&self, room: &str) -> u32 {
         let cluster = self.cluster_rooms.borrow().get(room).copied().unwrap_or(0);
@@ -626,7 +632,7 @@ impl Shard {
     }
 
     pub(crate) fn online_report(&self) -> RenewOnline {
-        let rooms = self.rooms.borrow().counts();
+        let rooms = self.rooms.borrow_mut().counts();
         // Refreshed with each report: a scrape reads it, the shard's thread keeps the rooms.
         self.stats.rooms.set(rooms.len() as u64);
         RenewOnline {

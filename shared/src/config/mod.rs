@@ -223,6 +223,10 @@ pub struct CometConfig {
     /// How often each shard reports its connections and rooms to logic.
     #[serde(with = "humantime_serde")]
     pub online_interval: Duration,
+    /// A room that reaches this many members on a shard, and at least twice what the shard
+    /// last reported for it, is reported within a second instead of at the next
+    /// `online_interval`, so job paces a room that fills up quickly. 0 = off.
+    pub online_early_members: u32,
     /// Deadline for a request to logic (connect, heartbeat, online).
     #[serde(with = "humantime_serde")]
     pub logic_timeout: Duration,
@@ -568,6 +572,7 @@ impl Default for CometConfig {
             send_queue: 128,
             send_queue_bytes: 1 << 20,
             online_interval: Duration::from_secs(5),
+            online_early_members: 1000,
             logic_timeout: Duration::from_secs(3),
         }
     }
