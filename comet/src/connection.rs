@@ -22,7 +22,8 @@ use crate::handshake::open;
 use crate::limits::Refused;
 use crate::ops::on_event;
 use crate::reassembly::Flow;
-use crate::shard::{Listen, Shard};
+use crate::setup::Listen;
+use crate::shard::Shard;
 use crate::stream::ClientStream;
 use crate::writer::poll_write_side;
 

@@ -10,7 +10,8 @@ use imgate_runtime::time::sleep;
 
 use crate::conn::{ById, Conn, Pushed};
 use crate::outbound::room_tagged;
-use crate::shard::{Shard, ShardCommand};
+use crate::setup::ShardCommand;
+use crate::shard::Shard;
 use crate::writer::write_or_queue;
 
 /// Connections a fan-out writes to before it lets the shard's other tasks run (a few

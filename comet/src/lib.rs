@@ -27,6 +27,7 @@ mod outbound;
 mod reassembly;
 mod room;
 mod run;
+mod setup;
 mod shard;
 mod socket_io;
 mod stats;
@@ -42,7 +43,7 @@ use imgate_shared::config::CometConfig;
 use imgate_shared::link::CometInfo;
 
 use crate::limits::{ConnLimits, OnlineAddresses};
-use crate::shard::{CometShared, Listen, ShardCommand, ShardSetup, INBOX_CAPACITY};
+use crate::setup::{CometShared, Listen, ShardCommand, ShardSetup, INBOX_CAPACITY};
 use crate::stats::ShardStats;
 
 pub use crate::stats::Stats;

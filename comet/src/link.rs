@@ -27,7 +27,8 @@ use imgate_shared::link::{self, Body, Envelope};
 
 use crate::backlink::LinkBack;
 use crate::outbound::ws_variant;
-use crate::shard::{Shard, ShardCommand};
+use crate::setup::ShardCommand;
+use crate::shard::Shard;
 use crate::socket_io::read_with;
 
 /// Pushes a shard handles from its link before it lets its other tasks run.

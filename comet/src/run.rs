@@ -17,7 +17,8 @@ use crate::conn::CloseReason;
 use crate::connection;
 use crate::heartbeat::{self, clock_ms};
 use crate::link;
-use crate::shard::{Listen, Shard, ShardCommand, ShardSetup, COMMANDS_PER_TURN};
+use crate::setup::{Listen, ShardCommand, ShardSetup, COMMANDS_PER_TURN};
+use crate::shard::Shard;
 
 /// The body of a shard thread: runs until a `Shutdown` command arrives.
 pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {

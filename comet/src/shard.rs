@@ -12,112 +12,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use imgate_runtime::LoopStats;
-use imgate_shared::config::CometConfig;
-use imgate_shared::link::{CometInfo, ConnRef, RenewOnline};
-use socket2::Socket;
+use imgate_shared::link::{ConnRef, RenewOnline};
 
 use crate::backlink::LinkBack;
 use crate::conn::{ById, CloseReason, Conn, QueueLimits, SyncRequest};
 use crate::heartbeat::{clock_ms, Wheel};
-use crate::limits::{ConnLimits, OnlineAddresses};
 use crate::load::{Busy, Lag};
 use crate::logic_client::LogicClient;
 use crate::room::Rooms;
+use crate::setup::{CometShared, ShardCommand};
 use crate::stats::ShardStats;
 
-/// Inbox commands a shard handles before it lets its other tasks run.
-pub(crate) const COMMANDS_PER_TURN: u32 = 32;
-/// Capacity of each shard's inbox.
-pub(crate) const INBOX_CAPACITY: usize = 4096;
 /// Size of the per-shard read scratch and of one coalesced write.
 pub(crate) const SCRATCH_SIZE: usize = 64 << 10;
-
-/// Work sent to a shard by link readers, other shards and the handle.
-pub(crate) enum ShardCommand {
-    /// Deliver to these keys of the shard if their connection watches `op`. A stored push
-    /// (`seq > 0`, the inbox sequence of user `mid`) goes to every connection of that user
-    /// that does not have it yet, watched or not.
-    PushKeys {
-        keys: Vec<String>,
-        op: i32,
-        tcp: Bytes,
-        ws: Bytes,
-        seq: u64,
-        mid: i64,
-    },
-    /// Deliver to every member of `room` on the shard.
-    PushRoom { room: String, tcp: Bytes, ws: Bytes },
-    /// Deliver to every connection watching `op`, about `speed` per second (0 = at once).
-    Broadcast {
-        op: i32,
-        tcp: Bytes,
-        ws: Bytes,
-        speed: u32,
-    },
-    /// Close connection `conn_id` of this shard: a newer connection took its key over. If it
-    /// is still authenticating, it is closed as soon as its handshake ends.
-    CloseReplaced { conn_id: u64 },
-    /// Serve a cluster link job opened for this shard, which another shard accepted (with
-    /// the bytes read past its hello).
-    AdoptLink {
-        fd: std::os::fd::OwnedFd,
-        buffered: bytes::BytesMut,
-        peer: Option<std::net::SocketAddr>,
-    },
-    /// Close everything and let the executor return.
-    Shutdown,
-}
-
-/// What every shard of one comet shares (immutable after start, but for the limit counts).
-pub(crate) struct CometShared {
-    pub id: String,
-    pub config: CometConfig,
-    pub info: CometInfo,
-    pub inboxes: Vec<async_channel::Sender<ShardCommand>>,
-    /// Accepts TLS on the `wss://` and TLS TCP listeners.
-    pub tls: Option<futures_rustls::TlsAcceptor>,
-    pub limits: ConnLimits,
-    /// The addresses of the comet's connections, counted once whichever shard holds them.
-    pub addresses: OnlineAddresses,
-}
-
-/// What a client listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Listen {
-    pub websocket: bool,
-    pub tls: bool,
-}
-
-impl Listen {
-    pub const TCP: Listen = Listen {
-        websocket: false,
-        tls: false,
-    };
-    pub const WS: Listen = Listen {
-        websocket: true,
-        tls: false,
-    };
-    pub const WSS: Listen = Listen {
-        websocket: true,
-        tls: true,
-    };
-    pub const TCP_TLS: Listen = Listen {
-        websocket: false,
-        tls: true,
-    };
-}
-
-/// Everything a shard thread starts from.
-pub(crate) struct ShardSetup {
-    pub index: u32,
-    pub comet: Arc<CometShared>,
-    pub stats: Arc<ShardStats>,
-    pub inbox: async_channel::Receiver<ShardCommand>,
-    /// This shard's socket of every client listener.
-    pub clients: Vec<(Socket, Listen)>,
-    pub link: Socket,
-    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
-}
 
 /// The state one shard owns.
 pub(crate) struct Shard {
@@ -230,15 +137,15 @@ impl Shard {
 
     /// A shard outside any comet, for measuring per-connection state in tests.
     #[cfg(test)]
-    pub fn detached(config: CometConfig) -> Rc<Self> {
+    pub fn detached(config: imgate_shared::config::CometConfig) -> Rc<Self> {
         let comet = Arc::new(CometShared {
             id: "test".into(),
             config,
-            info: CometInfo::default(),
+            info: imgate_shared::link::CometInfo::default(),
             inboxes: Vec::new(),
             tls: None,
-            limits: ConnLimits::new(0, 0),
-            addresses: OnlineAddresses::default(),
+            limits: crate::limits::ConnLimits::new(0, 0),
+            addresses: crate::limits::OnlineAddresses::default(),
         });
         let (_, stop) = async_channel::bounded(1);
         Rc::new(Shard::new(0, comet, Arc::default(), stop, Arc::default()))
