@@ -102,7 +102,7 @@ impl<M: Borrow<u64> + Hash + Eq + Clone> Rooms<M> {
 
     /// The members of `room` in id order (empty if it has none). A fan-out writes in this
     /// order: consecutive writes then touch neighbouring sockets and connections, which on
-    /// this box makes a loopback write about a quarter cheaper than hash order
+    /// this box makes a loopback write a fifth to a quarter cheaper than hash order
     /// (BENCHMARKS.md, "Writing in accept order").
     pub fn members(&mut self, room: &str) -> Rc<[M]> {
         let Some(entry) = self.rooms.get_mut(room) else {
