@@ -207,19 +207,7 @@ impl Gateway {
         }
         if let (Some(_), None, Some(registry)) = (&self.job, &self.logic, registry) {
             // logic checks the store when it runs here; a job process checks it itself.
-            ops.add_check(
-                "store",
-                Arc::new(move || {
-                    let registry = registry.clone();
-                    Box::pin(async move {
-                        registry
-                            .comets()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| format!("unreachable: {e}"))
-                    })
-                }),
-            );
+            ops.add_check("store", imgate_logic::ops::store_check(registry));
         }
         if let Some(job) = &self.job {
             ops.add_collector(job.collector());

@@ -425,6 +425,21 @@ impl Collector for LogicCollector {
     }
 }
 
+/// The readiness check "store": the store answers a registry read. logic adds it, and so does a
+/// job-only process, which has no logic to check the store for it.
+pub fn store_check(registry: Arc<dyn imgate_store::RegistryStore>) -> Check {
+    Arc::new(move || {
+        let registry = registry.clone();
+        Box::pin(async move {
+            registry
+                .comets()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("unreachable: {e}"))
+        })
+    })
+}
+
 /// logic's readiness checks (the store answers; comets are linked, i.e. report to the
 /// registry) and its part of the status figures.
 pub(crate) fn add_logic_checks(
@@ -442,19 +457,7 @@ pub(crate) fn add_logic_checks(
             Box::pin(async move { r })
         }),
     );
-    let r = registry.clone();
-    ops.add_check(
-        "store",
-        Arc::new(move || {
-            let r = r.clone();
-            Box::pin(async move {
-                r.comets()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("unreachable: {e}"))
-            })
-        }),
-    );
+    ops.add_check("store", store_check(registry.clone()));
     let r = registry.clone();
     ops.add_check(
         "comets",
