@@ -111,14 +111,7 @@ impl<M: Borrow<u64> + Hash + Eq + Clone> Rooms<M> {
         entry
             .ordered
             .get_or_insert_with(|| {
-                // Keyed first: comparing through the members would jump around memory again.
-                let mut keyed: Vec<(u64, M)> = entry
-                    .members
-                    .iter()
-                    .map(|m| (*m.borrow(), m.clone()))
-                    .collect();
-                keyed.sort_unstable_by_key(|(id, _)| *id);
-                keyed.into_iter().map(|(_, m)| m).collect()
+                in_accept_order(entry.members.iter().cloned(), |m| *m.borrow()).into()
             })
             .clone()
     }
@@ -135,6 +128,17 @@ impl<M: Borrow<u64> + Hash + Eq + Clone> Rooms<M> {
             })
             .collect()
     }
+}
+
+/// `items` sorted by connection id, that is in the order the shard accepted them (ids count up
+/// per shard): fan-outs write in this order ([`Rooms::members`], the shard's broadcasts). The
+/// kernel allocated the sockets (and comet their connections) in accept order, so
+/// consecutive writes touch neighbouring memory and pages.
+pub(crate) fn in_accept_order<T>(items: impl Iterator<Item = T>, id: impl Fn(&T) -> u64) -> Vec<T> {
+    // Keyed first: comparing ids inside the connections would jump around memory again.
+    let mut keyed: Vec<(u64, T)> = items.map(|item| (id(&item), item)).collect();
+    keyed.sort_unstable_by_key(|(id, _)| *id);
+    keyed.into_iter().map(|(_, item)| item).collect()
 }
 
 #[cfg(test)]

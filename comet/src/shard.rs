@@ -19,7 +19,7 @@ use crate::conn::{ById, CloseReason, Conn, QueueLimits, SyncRequest};
 use crate::heartbeat::{clock_ms, Wheel};
 use crate::load::{Busy, Lag};
 use crate::logic_client::LogicClient;
-use crate::room::Rooms;
+use crate::room::{in_accept_order, Rooms};
 use crate::setup::{CometShared, ShardCommand};
 use crate::stats::ShardStats;
 
@@ -554,17 +554,6 @@ impl Shard {
             busy_permille: self.busy.take_permille(&self.loop_stats),
         }
     }
-}
-
-/// `items` sorted by connection id, that is in the order the shard accepted them (ids count up
-/// per shard): a broadcast writes in this order rather than in hash order, as a room's
-/// fan-out does (see [`Rooms::members`]). The kernel allocated the sockets (and comet their
-/// connections) in accept order, so consecutive writes touch neighbouring memory and pages.
-fn in_accept_order<T>(items: impl Iterator<Item = T>, id: impl Fn(&T) -> u64) -> Vec<T> {
-    // Keyed first: comparing ids inside the connections would jump around memory again.
-    let mut keyed: Vec<(u64, T)> = items.map(|item| (id(&item), item)).collect();
-    keyed.sort_unstable_by_key(|(id, _)| *id);
-    keyed.into_iter().map(|(_, item)| item).collect()
 }
 
 #[cfg(test)]
