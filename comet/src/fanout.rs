@@ -1,5 +1,6 @@
 //! What a shard does with the pushes it is given: to keys, to a room's members, to everyone
-//! watching an op (paced, when asked), and closing replaced connections.
+//! watching an op (paced, when asked), and closing replaced connections. Free functions over
+//! the [`Shard`], whose own methods (its state) all live in `shard.rs`.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -49,121 +50,119 @@ impl<'a> RoomForms<'a> {
     }
 }
 
-impl Shard {
-    fn deliver(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
-        let frame = if conn.websocket { ws } else { tcp };
-        self.count_delivery(write_or_queue(self, conn, frame, None));
-    }
+fn deliver(shard: &Shard, conn: &Conn, tcp: &Bytes, ws: &Bytes) {
+    let frame = if conn.websocket { ws } else { tcp };
+    count_delivery(shard, write_or_queue(shard, conn, frame, None));
+}
 
-    /// A stored push: dropped if the connection already has `seq`.
-    fn deliver_stored(&self, conn: &Conn, tcp: &Bytes, ws: &Bytes, seq: u64) {
-        if conn.is_closing() {
-            return;
-        }
-        let frame = if conn.websocket { ws } else { tcp };
-        match conn.claim_stored(seq) {
-            Some(report) => self.count_delivery(write_or_queue(self, conn, frame, report)),
-            None => self.stats.push_dropped_duplicate.inc(),
-        }
+/// A stored push: dropped if the connection already has `seq`.
+fn deliver_stored(shard: &Shard, conn: &Conn, tcp: &Bytes, ws: &Bytes, seq: u64) {
+    if conn.is_closing() {
+        return;
     }
-
-    fn count_delivery(&self, pushed: Pushed) {
-        match pushed {
-            Pushed::Written => {
-                self.stats.frames_queued.inc();
-                self.stats.frames_written_at_once.inc();
-            }
-            Pushed::Queued => self.stats.frames_queued.inc(),
-            Pushed::Closed | Pushed::Overflow => {}
-        }
+    let frame = if conn.websocket { ws } else { tcp };
+    match conn.claim_stored(seq) {
+        Some(report) => count_delivery(shard, write_or_queue(shard, conn, frame, report)),
+        None => shard.stats.push_dropped_duplicate.inc(),
     }
+}
 
-    /// Does what `command` asks. A fan-out to many connections lets the shard's other tasks
-    /// (timers, heartbeats, reads, load reports) run every [`FANOUT_SLICE`] members, so one
-    /// big room never holds the loop for long; the next command waits until it is done, so
-    /// pushes keep their order.
-    pub(crate) async fn handle(self: &Rc<Self>, command: ShardCommand) {
-        match command {
-            ShardCommand::PushKeys {
-                keys,
-                op,
-                tcp,
-                ws,
-                seq,
-                mid,
-            } => {
-                for key in &keys {
-                    match self.key_holder(key) {
-                        Some(conn) if seq > 0 && mid > 0 && conn.mid == mid => {
-                            self.deliver_stored(&conn, &tcp, &ws, seq)
-                        }
-                        Some(conn) if conn.watches(op) => self.deliver(&conn, &tcp, &ws),
-                        Some(_) => {}
-                        None => self.stats.push_dropped_no_key.inc(),
+fn count_delivery(shard: &Shard, pushed: Pushed) {
+    match pushed {
+        Pushed::Written => {
+            shard.stats.frames_queued.inc();
+            shard.stats.frames_written_at_once.inc();
+        }
+        Pushed::Queued => shard.stats.frames_queued.inc(),
+        Pushed::Closed | Pushed::Overflow => {}
+    }
+}
+
+/// Does what `command` asks. A fan-out to many connections lets the shard's other tasks
+/// (timers, heartbeats, reads, load reports) run every [`FANOUT_SLICE`] members, so one
+/// big room never holds the loop for long; the next command waits until it is done, so
+/// pushes keep their order.
+pub(crate) async fn handle(shard: &Rc<Shard>, command: ShardCommand) {
+    match command {
+        ShardCommand::PushKeys {
+            keys,
+            op,
+            tcp,
+            ws,
+            seq,
+            mid,
+        } => {
+            for key in &keys {
+                match shard.key_holder(key) {
+                    Some(conn) if seq > 0 && mid > 0 && conn.mid == mid => {
+                        deliver_stored(shard, &conn, &tcp, &ws, seq)
                     }
+                    Some(conn) if conn.watches(op) => deliver(shard, &conn, &tcp, &ws),
+                    Some(_) => {}
+                    None => shard.stats.push_dropped_no_key.inc(),
                 }
             }
-            ShardCommand::PushRoom { room, tcp, ws } => {
-                let forms = RoomForms::new(&room, &tcp, &ws);
-                let members = self.room_members(&room);
-                for (i, slice) in members.chunks(FANOUT_SLICE).enumerate() {
-                    if i > 0 {
-                        futures_lite::future::yield_now().await;
-                    }
-                    for ById(conn) in slice {
-                        let frame = forms.pick(conn);
-                        self.count_delivery(write_or_queue(self, conn, frame, None));
-                    }
-                }
-            }
-            ShardCommand::Broadcast { op, tcp, ws, speed } => {
-                self.broadcast(op, tcp, ws, speed).await
-            }
-            ShardCommand::CloseReplaced { conn_id } => self.close_replaced_here(conn_id),
-            // The shard's run loop takes these itself.
-            ShardCommand::AdoptLink { .. } | ShardCommand::Shutdown => {}
         }
-    }
-
-    /// Delivers to every connection of `members`, letting other tasks run between slices.
-    async fn deliver_all(&self, members: &[Rc<Conn>], tcp: &Bytes, ws: &Bytes) {
-        for (i, slice) in members.chunks(FANOUT_SLICE).enumerate() {
-            if i > 0 {
-                futures_lite::future::yield_now().await;
-            }
-            for conn in slice {
-                self.deliver(conn, tcp, ws);
-            }
-        }
-    }
-
-    async fn broadcast(self: &Rc<Self>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
-        if speed == 0 {
-            self.deliver_all(&self.watchers(op), &tcp, &ws).await;
-            return;
-        }
-        // Paced: about `speed` connections per second, in chunks of a twentieth of that. The
-        // task keeps ids, not connections: a connection that closes meanwhile is forgotten at
-        // once instead of being kept alive until the broadcast ends.
-        let targets = self.watcher_ids(op);
-        let shard = self.clone();
-        let chunk = (speed as usize / 20).max(1);
-        let pause = Duration::from_secs_f64(chunk as f64 / speed as f64);
-        spawn_local(async move {
-            for (i, part) in targets.chunks(chunk).enumerate() {
+        ShardCommand::PushRoom { room, tcp, ws } => {
+            let forms = RoomForms::new(&room, &tcp, &ws);
+            let members = shard.room_members(&room);
+            for (i, slice) in members.chunks(FANOUT_SLICE).enumerate() {
                 if i > 0 {
-                    sleep(pause).await;
+                    futures_lite::future::yield_now().await;
                 }
-                if shard.is_stopping() {
-                    return;
-                }
-                for id in part {
-                    if let Some(conn) = shard.conn(*id) {
-                        shard.deliver(&conn, &tcp, &ws);
-                    }
+                for ById(conn) in slice {
+                    let frame = forms.pick(conn);
+                    count_delivery(shard, write_or_queue(shard, conn, frame, None));
                 }
             }
-        })
-        .detach();
+        }
+        ShardCommand::Broadcast { op, tcp, ws, speed } => {
+            broadcast(shard, op, tcp, ws, speed).await
+        }
+        ShardCommand::CloseReplaced { conn_id } => shard.close_replaced_here(conn_id),
+        // The shard's run loop takes these itself.
+        ShardCommand::AdoptLink { .. } | ShardCommand::Shutdown => {}
     }
+}
+
+/// Delivers to every connection of `members`, letting other tasks run between slices.
+async fn deliver_all(shard: &Shard, members: &[Rc<Conn>], tcp: &Bytes, ws: &Bytes) {
+    for (i, slice) in members.chunks(FANOUT_SLICE).enumerate() {
+        if i > 0 {
+            futures_lite::future::yield_now().await;
+        }
+        for conn in slice {
+            deliver(shard, conn, tcp, ws);
+        }
+    }
+}
+
+async fn broadcast(shard: &Rc<Shard>, op: i32, tcp: Bytes, ws: Bytes, speed: u32) {
+    if speed == 0 {
+        deliver_all(shard, &shard.watchers(op), &tcp, &ws).await;
+        return;
+    }
+    // Paced: about `speed` connections per second, in chunks of a twentieth of that. The
+    // task keeps ids, not connections: a connection that closes meanwhile is forgotten at
+    // once instead of being kept alive until the broadcast ends.
+    let targets = shard.watcher_ids(op);
+    let shard = shard.clone();
+    let chunk = (speed as usize / 20).max(1);
+    let pause = Duration::from_secs_f64(chunk as f64 / speed as f64);
+    spawn_local(async move {
+        for (i, part) in targets.chunks(chunk).enumerate() {
+            if i > 0 {
+                sleep(pause).await;
+            }
+            if shard.is_stopping() {
+                return;
+            }
+            for id in part {
+                if let Some(conn) = shard.conn(*id) {
+                    deliver(&shard, &conn, &tcp, &ws);
+                }
+            }
+        }
+    })
+    .detach();
 }

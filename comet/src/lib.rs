@@ -8,6 +8,7 @@ mod backlink;
 mod conn;
 mod connection;
 mod delivery;
+mod error;
 mod fanout;
 /// Fuzz harness bodies shared by `fuzz/` and the corpus replay tests (feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
@@ -46,27 +47,8 @@ use crate::limits::{ConnLimits, OnlineAddresses};
 use crate::setup::{CometShared, Listen, ShardCommand, ShardSetup, INBOX_CAPACITY};
 use crate::stats::ShardStats;
 
+pub use crate::error::CometError;
 pub use crate::stats::Stats;
-
-/// Why a comet could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum CometError {
-    /// An address in the configuration does not parse or resolve.
-    #[error("invalid listen address {0:?}")]
-    Address(String),
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
-    /// The TLS certificate or key could not be used.
-    #[error("{0}")]
-    Tls(#[from] imgate_shared::tls::TlsError),
-    /// A shard's executor could not be created or did not come up.
-    #[error("shard {shard} failed to start: {reason}")]
-    Shard { shard: usize, reason: String },
-}
 
 /// A running comet. Dropping it shuts it down as [`CometHandle::shutdown`] does.
 pub struct CometHandle {

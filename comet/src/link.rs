@@ -26,6 +26,7 @@ use imgate_runtime::time::sleep;
 use imgate_shared::link::{self, Body, Envelope};
 
 use crate::backlink::LinkBack;
+use crate::fanout;
 use crate::outbound::ws_variant;
 use crate::setup::ShardCommand;
 use crate::shard::Shard;
@@ -313,23 +314,27 @@ async fn handle_own(shard: &Rc<Shard>, envelope: Envelope) {
             }
         }
         Some(Body::PushRoom(push)) => {
-            shard
-                .handle(ShardCommand::PushRoom {
+            fanout::handle(
+                shard,
+                ShardCommand::PushRoom {
                     ws: ws_variant(&push.frames),
                     tcp: push.frames,
                     room: push.room,
-                })
-                .await
+                },
+            )
+            .await
         }
         Some(Body::Broadcast(push)) => {
-            shard
-                .handle(ShardCommand::Broadcast {
+            fanout::handle(
+                shard,
+                ShardCommand::Broadcast {
                     op: push.op,
                     ws: ws_variant(&push.frame),
                     tcp: push.frame,
                     speed: push.speed,
-                })
-                .await
+                },
+            )
+            .await
         }
         Some(Body::CloseConn(close)) => close_conn(shard, close).await,
         Some(Body::LinkHello(_)) | Some(Body::Load(_)) => {}
@@ -341,7 +346,7 @@ async fn handle_own(shard: &Rc<Shard>, envelope: Envelope) {
 /// shard's inbox (waiting when it is full, so job's queue absorbs the backpressure).
 async fn to_shard(shard: &Rc<Shard>, index: u32, command: ShardCommand) {
     if index == shard.index {
-        shard.handle(command).await;
+        fanout::handle(shard, command).await;
         return;
     }
     let inboxes = &shard.comet.inboxes;

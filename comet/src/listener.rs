@@ -8,7 +8,7 @@ use std::time::Duration;
 use imgate_shared::config::CometConfig;
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
-use crate::CometError;
+use crate::error::CometError;
 
 /// The sockets of one configured address, one per shard, all bound to `addr`.
 pub(crate) struct BoundGroup {

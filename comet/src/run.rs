@@ -15,6 +15,7 @@ use imgate_shared::link::Body;
 use crate::backlink;
 use crate::conn::CloseReason;
 use crate::connection;
+use crate::fanout;
 use crate::heartbeat::{self, clock_ms};
 use crate::link;
 use crate::setup::{Listen, ShardCommand, ShardSetup, COMMANDS_PER_TURN};
@@ -71,7 +72,7 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
             ShardCommand::AdoptLink { fd, buffered, peer } => {
                 spawn_local(link::serve_adopted(shard.clone(), fd, buffered, peer)).detach()
             }
-            command => shard.handle(command).await,
+            command => fanout::handle(&shard, command).await,
         }
         // Let the connections' writers run between bursts: a full inbox handled in one go
         // would queue more than `send_queue` pushes to a busy connection before its writer
