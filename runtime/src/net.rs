@@ -3,6 +3,7 @@
 //! runtime's thread, and only one that would block leaves the task's waker behind.
 
 use std::io;
+use std::marker::PhantomData;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
@@ -16,10 +17,19 @@ use socket2::{Domain, Protocol, SockAddr, Type};
 use crate::executor::{try_with_core, with_core};
 
 /// A non-blocking socket registered with its runtime's epoll instance. It belongs to the
-/// runtime thread that made it.
+/// runtime thread that made it, and cannot leave it: dropped on another thread, it would free
+/// a slot of that thread's reactor, whose generation may name a live socket there. To hand a
+/// connection to another runtime, take its descriptor out with [`Socket::into_fd`].
+///
+/// ```compile_fail
+/// fn must_be_send<T: Send>() {}
+/// must_be_send::<imgate_runtime::net::Socket>();
+/// ```
 pub struct Socket {
     fd: OwnedFd,
     token: u64,
+    /// `!Send` and `!Sync`: its token names a slot of this thread's reactor.
+    _thread_bound: PhantomData<*const ()>,
 }
 
 impl Socket {
@@ -27,7 +37,11 @@ impl Socket {
     /// sockets are (`accept4` with `SOCK_NONBLOCK`), and so must listening sockets be.
     pub fn new(fd: OwnedFd) -> io::Result<Socket> {
         let token = with_core(|core| core.reactor.register(fd.as_raw_fd()))?;
-        Ok(Socket { fd, token })
+        Ok(Socket {
+            fd,
+            token,
+            _thread_bound: PhantomData,
+        })
     }
 
     /// Connects to `addr`, giving up after `timeout`.
@@ -320,179 +334,225 @@ mod tests {
 
     #[test]
     fn a_waiting_read_and_a_blocked_write_are_woken() {
-        Runtime::new().unwrap().block_on(async {
-            let (mut socket, mut client) = pair();
+        for rt in crate::engine::test_runtimes() {
+            rt.block_on(async {
+                let (mut socket, mut client) = pair();
 
-            // A read that has to wait for the peer.
-            let writer = std::thread::spawn({
-                let mut client = client.try_clone().unwrap();
-                move || {
+                // A read that has to wait for the peer.
+                let writer = std::thread::spawn({
+                    let mut client = client.try_clone().unwrap();
+                    move || {
+                        std::thread::sleep(Duration::from_millis(50));
+                        client.write_all(b"ping").unwrap();
+                    }
+                });
+                let mut buf = [0u8; 16];
+                let n = timeout(Duration::from_secs(5), socket.read(&mut buf))
+                    .await
+                    .expect("the read was never woken")
+                    .unwrap();
+                assert_eq!(&buf[..n], b"ping");
+                writer.join().unwrap();
+
+                // Writes until the socket is full, then one that must wait for the peer to read.
+                client.set_nonblocking(false).unwrap();
+                let chunk = vec![7u8; 64 << 10];
+                let total = 64 << 20;
+                let reader = std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(50));
-                    client.write_all(b"ping").unwrap();
-                }
-            });
-            let mut buf = [0u8; 16];
-            let n = timeout(Duration::from_secs(5), socket.read(&mut buf))
+                    let mut got = 0usize;
+                    let mut buf = vec![0u8; 64 << 10];
+                    while got < total {
+                        let n = client.read(&mut buf).unwrap();
+                        assert!(n > 0, "closed after {got} bytes");
+                        got += n;
+                    }
+                    got
+                });
+                timeout(Duration::from_secs(20), async {
+                    let mut sent = 0;
+                    while sent < total {
+                        socket.write_all(&chunk).await.unwrap();
+                        sent += chunk.len();
+                    }
+                })
                 .await
-                .expect("the read was never woken")
-                .unwrap();
-            assert_eq!(&buf[..n], b"ping");
-            writer.join().unwrap();
-
-            // Writes until the socket is full, then one that must wait for the peer to read.
-            client.set_nonblocking(false).unwrap();
-            let chunk = vec![7u8; 64 << 10];
-            let total = 64 << 20;
-            let reader = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                let mut got = 0usize;
-                let mut buf = vec![0u8; 64 << 10];
-                while got < total {
-                    let n = client.read(&mut buf).unwrap();
-                    assert!(n > 0, "closed after {got} bytes");
-                    got += n;
-                }
-                got
+                .expect("a blocked write was never woken");
+                assert_eq!(reader.join().unwrap(), total);
             });
-            timeout(Duration::from_secs(20), async {
-                let mut sent = 0;
-                while sent < total {
-                    socket.write_all(&chunk).await.unwrap();
-                    sent += chunk.len();
-                }
-            })
-            .await
-            .expect("a blocked write was never woken");
-            assert_eq!(reader.join().unwrap(), total);
-        });
+        }
     }
 
+    /// Counts the wake-ups of the waker made from it.
+    #[derive(Default)]
+    struct WakeCount(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for WakeCount {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The old socket's file stays open (a duplicate descriptor), so the kernel keeps its
+    /// epoll registration and really reports an event under the old token after its slot
+    /// went to a new socket: the reactor must not take it for the new one's.
     #[test]
     fn a_reused_slot_ignores_the_old_sockets_events() {
-        Runtime::new().unwrap().block_on(async {
-            let (first, _c1) = pair();
-            let old = first.token;
-            drop(first);
-            let (second, _c2) = pair();
-            let (old_index, _) = crate::reactor::split(old);
-            assert_eq!(crate::reactor::split(second.token).0, old_index, "reused");
-            assert_ne!(second.token, old);
-            let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-            with_core(|core| {
-                core.reactor.wait_for(second.token, Some(&waker), false);
-                assert!(!core.reactor.ready_or_wait(second.token, &waker, false));
+        for rt in crate::engine::test_runtimes() {
+            rt.block_on(async {
+                let (first, mut old_peer) = pair();
+                let old = first.token;
+                // SAFETY: plain syscall; the duplicate is owned right away.
+                let old_file = unsafe { OwnedFd::from_raw_fd(libc::dup(first.as_raw_fd())) };
+                drop(first);
+                let (second, _c2) = pair();
+                let (old_index, _) = crate::reactor::split(old);
+                assert_eq!(crate::reactor::split(second.token).0, old_index, "reused");
+                assert_ne!(second.token, old);
+                let woken = std::sync::Arc::new(WakeCount::default());
+                let waker = Waker::from(woken.clone());
+                with_core(|core| {
+                    core.reactor.wait_for(second.token, Some(&waker), false);
+                    assert!(!core.reactor.ready_or_wait(second.token, &waker, false));
+                });
+                // The new socket's first (writable) event is not what this test is about.
+                with_core(|core| core.reactor.poll_sockets(true));
+                // The old socket's peer writes: its still-registered file becomes readable.
+                old_peer.write_all(b"x").unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let mut events = 0;
+                while events == 0 && std::time::Instant::now() < deadline {
+                    events = with_core(|core| core.reactor.poll_sockets(false));
+                }
+                assert_eq!(events, 1, "the kernel reported the old token's event");
+                // It changed nothing of the new socket: not readable, its waker not woken.
+                with_core(|core| {
+                    assert!(!core.reactor.ready_or_wait(second.token, &waker, false));
+                });
+                assert_eq!(
+                    woken.0.load(std::sync::atomic::Ordering::SeqCst),
+                    0,
+                    "the new socket's waker was woken"
+                );
+                drop(old_file);
             });
-            // An event for the old token changes nothing of the new socket.
-            with_core(|core| {
-                assert!(!core.reactor.ready_or_wait(second.token, &waker, false));
-            });
-        });
+        }
     }
 
     /// A socket that read EAGAIN makes no read syscall until an input event arrives, and a
     /// blocked read does not stop writes.
     #[test]
     fn a_drained_direction_waits_for_its_event() {
-        Runtime::new().unwrap().block_on(async {
-            let (mut socket, mut client) = pair();
-            let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-            let mut cx = Context::from_waker(&waker);
-            let mut buf = [0u8; 8];
-            assert!(Pin::new(&mut socket)
-                .poll_read(&mut cx, &mut buf)
-                .is_pending());
-            assert!(!socket.ready_or_wait(&waker, false));
-            assert!(socket.ready_or_wait(&waker, true), "writes unaffected");
-            // Data alone does not make it try again; the event does.
-            client.write_all(b"x").unwrap();
-            std::thread::sleep(Duration::from_millis(20));
-            assert!(Pin::new(&mut socket)
-                .poll_read(&mut cx, &mut buf)
-                .is_pending());
-            with_core(|core| core.reactor.poll_sockets(false));
-            match Pin::new(&mut socket).poll_read(&mut cx, &mut buf) {
-                Poll::Ready(Ok(1)) => assert_eq!(buf[0], b'x'),
-                other => panic!("{other:?}"),
-            }
-        });
+        for rt in crate::engine::test_runtimes() {
+            rt.block_on(async {
+                let (mut socket, mut client) = pair();
+                let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+                let mut cx = Context::from_waker(&waker);
+                let mut buf = [0u8; 8];
+                assert!(Pin::new(&mut socket)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending());
+                assert!(!socket.ready_or_wait(&waker, false));
+                assert!(socket.ready_or_wait(&waker, true), "writes unaffected");
+                // Data alone does not make it try again; the event does.
+                client.write_all(b"x").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                assert!(Pin::new(&mut socket)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending());
+                with_core(|core| core.reactor.poll_sockets(false));
+                match Pin::new(&mut socket).poll_read(&mut cx, &mut buf) {
+                    Poll::Ready(Ok(1)) => assert_eq!(buf[0], b'x'),
+                    other => panic!("{other:?}"),
+                }
+            });
+        }
     }
 
     #[test]
     fn accept_reports_the_peer_and_connect_reaches_it() {
-        Runtime::new().unwrap().block_on(async {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.set_nonblocking(true).unwrap();
-            let addr = listener.local_addr().unwrap();
-            let listener = Socket::new(OwnedFd::from(listener)).unwrap();
-            let accepting = crate::spawn_local(async move { listener.accept().await });
-            let mut client = Socket::connect(addr, Duration::from_secs(5)).await.unwrap();
-            let (fd, peer) = timeout(Duration::from_secs(5), accepting)
-                .await
-                .expect("accept was never woken")
-                .unwrap();
-            let local = socket2::SockRef::from(&client.fd)
-                .local_addr()
-                .unwrap()
-                .as_socket();
-            assert_eq!(peer, local);
-            let mut server = Socket::new(fd).unwrap();
-            client.write_all(b"hello").await.unwrap();
-            let mut buf = [0u8; 5];
-            server.read_exact(&mut buf).await.unwrap();
-            assert_eq!(&buf, b"hello");
-            // Nobody listens here (a port just freed): refused, not hung.
-            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let gone = closed.local_addr().unwrap();
-            drop(closed);
-            assert!(Socket::connect(gone, Duration::from_secs(5)).await.is_err());
-        });
+        for rt in crate::engine::test_runtimes() {
+            rt.block_on(async {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let addr = listener.local_addr().unwrap();
+                let listener = Socket::new(OwnedFd::from(listener)).unwrap();
+                let accepting = crate::spawn_local(async move { listener.accept().await });
+                let mut client = Socket::connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (fd, peer) = timeout(Duration::from_secs(5), accepting)
+                    .await
+                    .expect("accept was never woken")
+                    .unwrap();
+                let local = socket2::SockRef::from(&client.fd)
+                    .local_addr()
+                    .unwrap()
+                    .as_socket();
+                assert_eq!(peer, local);
+                let mut server = Socket::new(fd).unwrap();
+                client.write_all(b"hello").await.unwrap();
+                let mut buf = [0u8; 5];
+                server.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"hello");
+                // Nobody listens here (a port just freed): refused, not hung.
+                let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let gone = closed.local_addr().unwrap();
+                drop(closed);
+                assert!(Socket::connect(gone, Duration::from_secs(5)).await.is_err());
+            });
+        }
     }
 
     #[test]
     fn a_socket_handed_to_another_runtime_works_there_and_not_here() {
-        let rt = Runtime::new().unwrap();
-        let (fd, mut client) = rt.block_on(async {
-            let (socket, client) = pair();
-            (socket.into_fd().unwrap(), client)
-        });
-        // Another thread's runtime takes it over and reads what the peer sends.
-        let got = std::thread::spawn(move || {
-            Runtime::new().unwrap().block_on(async move {
-                let mut socket = Socket::new(fd).unwrap();
-                let mut buf = [0u8; 4];
-                timeout(Duration::from_secs(5), socket.read_exact(&mut buf))
-                    .await
-                    .expect("the new runtime was never woken")
-                    .unwrap();
-                buf
-            })
-        });
-        std::thread::sleep(Duration::from_millis(50));
-        client.write_all(b"moved").unwrap();
-        assert_eq!(&got.join().unwrap(), b"move");
-        // The first runtime no longer watches it: its epoll set is empty.
-        rt.block_on(async { assert_eq!(with_core(|core| core.reactor.poll_sockets(false)), 0) });
+        for rt in crate::engine::test_runtimes() {
+            let (fd, mut client) = rt.block_on(async {
+                let (socket, client) = pair();
+                (socket.into_fd().unwrap(), client)
+            });
+            // Another thread's runtime takes it over and reads what the peer sends.
+            let engine = rt.engine();
+            let got = std::thread::spawn(move || {
+                Runtime::with_engine(engine).unwrap().block_on(async move {
+                    let mut socket = Socket::new(fd).unwrap();
+                    let mut buf = [0u8; 4];
+                    timeout(Duration::from_secs(5), socket.read_exact(&mut buf))
+                        .await
+                        .expect("the new runtime was never woken")
+                        .unwrap();
+                    buf
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            client.write_all(b"moved").unwrap();
+            assert_eq!(&got.join().unwrap(), b"move");
+            // The first runtime no longer watches it: its epoll set is empty.
+            rt.block_on(async {
+                assert_eq!(with_core(|core| core.reactor.poll_sockets(false)), 0)
+            });
+        }
     }
 
     #[test]
     fn try_write_takes_what_fits_and_then_says_it_would_block() {
-        Runtime::new().unwrap().block_on(async {
-            let (socket, _client) = pair();
-            let chunk = vec![1u8; 1 << 20];
-            let mut total = 0usize;
-            let blocked = loop {
-                match socket.try_write(&chunk).unwrap() {
-                    Some(n) => total += n,
-                    None => break true,
-                }
-                if total > 256 << 20 {
-                    break false;
-                }
-            };
-            assert!(blocked && total > 0, "wrote {total} bytes without blocking");
-            // Without an event since, it does not even try.
-            assert!(!with_core(|core| core.reactor.is_writable(socket.token)));
-            assert_eq!(socket.try_write(b"x").unwrap(), None);
-        });
+        for rt in crate::engine::test_runtimes() {
+            rt.block_on(async {
+                let (socket, _client) = pair();
+                let chunk = vec![1u8; 1 << 20];
+                let mut total = 0usize;
+                let blocked = loop {
+                    match socket.try_write(&chunk).unwrap() {
+                        Some(n) => total += n,
+                        None => break true,
+                    }
+                    if total > 256 << 20 {
+                        break false;
+                    }
+                };
+                assert!(blocked && total > 0, "wrote {total} bytes without blocking");
+                // Without an event since, it does not even try.
+                assert!(!with_core(|core| core.reactor.is_writable(socket.token)));
+                assert_eq!(socket.try_write(b"x").unwrap(), None);
+            });
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The reactor of one runtime: the epoll instance its sockets wait on, the wakers of the tasks
-//! waiting on them, its timers, and the io_uring the loop parks in.
+//! waiting on them, its timers, and what the loop parks in (an io_uring or epoll itself, see
+//! [`Engine`]).
 //!
 //! Sockets: every socket joins the epoll set once, edge-triggered, for input and output, under
 //! a token (slot index and generation, so an event for a closed socket whose slot was reused is
@@ -7,10 +8,18 @@
 //! EAGAIN until the next event, so a task woken for one direction spends no syscall on the
 //! other.
 //!
-//! Parking: the ring holds one poll on the epoll fd and one on the eventfd other threads write
-//! to wake the loop; the wait's timeout is the next timer's deadline. Both polls stay armed
-//! until they complete and are re-armed at the next park, so a busy loop makes no ring
-//! syscall at all.
+//! Parking on io_uring: the ring holds one poll on the epoll fd and one on the eventfd other
+//! threads write to wake the loop; the wait's timeout is the next timer's deadline. Both polls
+//! stay armed until they complete and are re-armed at the next park, so a busy loop makes no
+//! ring syscall at all. Parking on epoll: the eventfd is in the epoll set under its own token,
+//! and the loop waits in `epoll_wait` with the next timer's deadline (rounded up to the
+//! millisecond) as its timeout.
+//!
+//! What each syscall's failure leads to: `EINTR` is retried by the loop's next turn; a ring
+//! wait that fails otherwise (`EAGAIN`, `ENOMEM`: the kernel short of memory) waits in `poll`
+//! instead, warned about at most every 10 s; an `epoll_wait` that fails otherwise means the
+//! runtime's own descriptors are broken, and ends the loop (a panic: the process's supervisor
+//! restarts it).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -21,25 +30,69 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
+use crate::engine::Engine;
+
 /// Most events one `epoll_wait` returns.
 const MAX_EVENTS: usize = 1024;
 /// Ring entries: two polls in flight, never more.
 const RING_ENTRIES: u32 = 8;
 const EPOLL_POLL: u64 = 1;
 const WAKE_POLL: u64 = 2;
+/// The epoll token of the wake-up eventfd (epoll engine). Socket tokens never reach it: their
+/// slot index would have to be `u32::MAX`.
+const WAKE_TOKEN: u64 = u64::MAX;
+/// Warnings that could repeat on every loop turn are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) const READABLE: u32 =
     (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 pub(crate) const WRITABLE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 pub(crate) struct Reactor {
-    ring: RefCell<IoUring>,
+    parker: Parker,
     epoll: OwnedFd,
+    /// The eventfd other threads write to wake the loop (owned by the executor's shared
+    /// state, which outlives the loop).
+    wake_fd: RawFd,
     slots: RefCell<Slots>,
     events: RefCell<Vec<libc::epoll_event>>,
     timers: RefCell<Timers>,
-    epoll_armed: Cell<bool>,
-    wake_armed: Cell<bool>,
+    park_failures: Limited,
+}
+
+/// What the loop waits in when it has nothing to do. One per thread, so the size of the ring
+/// variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Parker {
+    Ring {
+        ring: RefCell<IoUring>,
+        epoll_armed: Cell<bool>,
+        wake_armed: Cell<bool>,
+    },
+    Epoll,
+}
+
+/// A warning that may repeat: let through at most once per [`WARN_EVERY`], counting the rest.
+#[derive(Default)]
+struct Limited {
+    last: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl Limited {
+    /// `Some(suppressed since the last one)` when a warning may be logged now.
+    fn allow(&self, now: Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(last) if now.duration_since(last) < WARN_EVERY => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,7 +118,9 @@ struct Timers {
 }
 
 impl Reactor {
-    pub(crate) fn new() -> io::Result<Reactor> {
+    /// A reactor parking in `engine`; `wake_fd` is the eventfd other threads write to wake
+    /// the loop.
+    pub(crate) fn new(engine: Engine, wake_fd: RawFd) -> io::Result<Reactor> {
         // SAFETY: plain syscall; the fd is checked and owned right away.
         let epoll = unsafe {
             let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
@@ -74,17 +129,52 @@ impl Reactor {
             }
             OwnedFd::from_raw_fd(fd)
         };
-        let ring = IoUring::new(RING_ENTRIES)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create an io_uring: {e}")))?;
+        let parker = match engine {
+            Engine::IoUring => {
+                let ring = IoUring::new(RING_ENTRIES).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot create an io_uring: {e}"))
+                })?;
+                crate::engine::missing_features(ring.params().is_feature_ext_arg())
+                    .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
+                Parker::Ring {
+                    ring: RefCell::new(ring),
+                    epoll_armed: Cell::new(false),
+                    wake_armed: Cell::new(false),
+                }
+            }
+            Engine::Epoll => {
+                // Level-triggered: it stays ready until the loop reads it.
+                let mut event = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: WAKE_TOKEN,
+                };
+                // SAFETY: `event` is a valid epoll_event for the duration of the call.
+                if unsafe {
+                    libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, wake_fd, &mut event)
+                } < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Parker::Epoll
+            }
+        };
         Ok(Reactor {
-            ring: RefCell::new(ring),
+            parker,
             epoll,
+            wake_fd,
             slots: RefCell::new(Slots::default()),
             events: RefCell::new(vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS]),
             timers: RefCell::new(Timers::default()),
-            epoll_armed: Cell::new(false),
-            wake_armed: Cell::new(false),
+            park_failures: Limited::default(),
         })
+    }
+
+    /// What the loop parks in.
+    pub(crate) fn engine(&self) -> Engine {
+        match self.parker {
+            Parker::Ring { .. } => Engine::IoUring,
+            Parker::Epoll => Engine::Epoll,
+        }
     }
 
     /// Asks the epoll instance what became ready, without waiting, and wakes the tasks that
@@ -93,44 +183,85 @@ impl Reactor {
     pub(crate) fn poll_sockets(&self, drain: bool) -> usize {
         let mut total = 0;
         loop {
-            let mut events = self.events.borrow_mut();
-            // SAFETY: the buffer holds MAX_EVENTS events.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    MAX_EVENTS as libc::c_int,
-                    0,
-                )
-            };
-            if n <= 0 {
-                return total;
-            }
-            // Waking only queues tasks; nothing it does touches the event buffer.
-            for event in &events[..n as usize] {
-                let (token, ready) = (event.u64, event.events);
-                let (read, write) = self.take_wakers(token, ready);
-                if let Some(w) = read {
-                    w.wake();
-                }
-                if let Some(w) = write {
-                    w.wake();
-                }
-            }
-            total += n as usize;
-            if !drain || (n as usize) < MAX_EVENTS {
+            let n = self.wait_epoll(0);
+            total += n;
+            if !drain || n < MAX_EVENTS {
                 return total;
             }
         }
     }
 
-    /// Waits in the ring until a socket is ready, another thread wakes the loop (by writing
-    /// `wake_fd`, an eventfd), or `timeout` passes; then wakes what became ready.
-    pub(crate) fn park(&self, wake_fd: RawFd, timeout: Option<Duration>) {
+    /// One `epoll_wait` of at most `timeout_ms` (-1: no limit); wakes what it reports and
+    /// returns how many events there were.
+    fn wait_epoll(&self, timeout_ms: libc::c_int) -> usize {
+        let mut events = self.events.borrow_mut();
+        // SAFETY: the buffer holds MAX_EVENTS events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                MAX_EVENTS as libc::c_int,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                return 0;
+            }
+            // Only a broken epoll descriptor (EBADF, EINVAL) or buffer (EFAULT) fails here:
+            // the loop cannot go on.
+            panic!("epoll_wait on the runtime's own epoll instance failed: {error}");
+        }
+        // Waking only queues tasks; nothing it does touches the event buffer.
+        for event in &events[..n as usize] {
+            let (token, ready) = (event.u64, event.events);
+            if token == WAKE_TOKEN {
+                self.drain_wake_fd();
+                continue;
+            }
+            let (read, write) = self.take_wakers(token, ready);
+            if let Some(w) = read {
+                w.wake();
+            }
+            if let Some(w) = write {
+                w.wake();
+            }
+        }
+        n as usize
+    }
+
+    /// Waits until a socket is ready, another thread wakes the loop (by writing the eventfd),
+    /// or `timeout` passes; then wakes what became ready.
+    pub(crate) fn park(&self, timeout: Option<Duration>) {
+        match &self.parker {
+            Parker::Epoll => {
+                if self.wait_epoll(epoll_timeout(timeout)) == MAX_EVENTS {
+                    self.poll_sockets(true);
+                }
+            }
+            Parker::Ring {
+                ring,
+                epoll_armed,
+                wake_armed,
+            } => {
+                self.park_in_ring(ring, epoll_armed, wake_armed, timeout);
+                self.poll_sockets(true);
+            }
+        }
+    }
+
+    fn park_in_ring(
+        &self,
+        ring: &RefCell<IoUring>,
+        epoll_armed: &Cell<bool>,
+        wake_armed: &Cell<bool>,
+        timeout: Option<Duration>,
+    ) {
         {
-            let mut ring = self.ring.borrow_mut();
+            let mut ring = ring.borrow_mut();
             let mut sq = ring.submission();
-            if !self.epoll_armed.get() {
+            if !epoll_armed.get() {
                 let poll =
                     opcode::PollAdd::new(types::Fd(self.epoll.as_raw_fd()), libc::POLLIN as u32)
                         .build()
@@ -138,21 +269,21 @@ impl Reactor {
                 // SAFETY: the polled fd outlives the ring (both are fields of this reactor,
                 // and the ring is dropped first).
                 if unsafe { sq.push(&poll) }.is_ok() {
-                    self.epoll_armed.set(true);
+                    epoll_armed.set(true);
                 }
             }
-            if !self.wake_armed.get() {
-                let poll = opcode::PollAdd::new(types::Fd(wake_fd), libc::POLLIN as u32)
+            if !wake_armed.get() {
+                let poll = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
                     .build()
                     .user_data(WAKE_POLL);
                 // SAFETY: the eventfd outlives the runtime's loop (the executor owns it).
                 if unsafe { sq.push(&poll) }.is_ok() {
-                    self.wake_armed.set(true);
+                    wake_armed.set(true);
                 }
             }
         }
         let waited = {
-            let ring = self.ring.borrow();
+            let ring = ring.borrow();
             let submitter = ring.submitter();
             match timeout {
                 Some(timeout) => {
@@ -168,17 +299,24 @@ impl Reactor {
         if let Err(e) = waited {
             match e.raw_os_error() {
                 Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
-                _ => tracing::error!("io_uring wait failed: {e}"),
+                _ => {
+                    // EAGAIN, ENOMEM: the kernel could not take the wait now. Wait in poll
+                    // instead, so the loop neither spins nor stops.
+                    if let Some(suppressed) = self.park_failures.allow(Instant::now()) {
+                        tracing::warn!(suppressed, "io_uring wait failed, waiting in poll: {e}");
+                    }
+                    self.park_in_poll(timeout);
+                }
             }
         }
         let mut woken = false;
         {
-            let mut ring = self.ring.borrow_mut();
+            let mut ring = ring.borrow_mut();
             for cqe in ring.completion() {
                 match cqe.user_data() {
-                    EPOLL_POLL => self.epoll_armed.set(false),
+                    EPOLL_POLL => epoll_armed.set(false),
                     WAKE_POLL => {
-                        self.wake_armed.set(false);
+                        wake_armed.set(false);
                         woken = true;
                     }
                     _ => {}
@@ -186,17 +324,43 @@ impl Reactor {
             }
         }
         if woken {
-            let mut count = 0u64;
-            // SAFETY: reads 8 bytes into a live u64 from the non-blocking eventfd.
-            unsafe {
-                libc::read(
-                    wake_fd,
-                    (&mut count as *mut u64).cast(),
-                    std::mem::size_of::<u64>(),
-                );
-            }
+            self.drain_wake_fd();
         }
-        self.poll_sockets(true);
+    }
+
+    /// `poll` on the epoll instance and the eventfd: the wait when the ring cannot take one.
+    fn park_in_poll(&self, timeout: Option<Duration>) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.epoll.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` holds two valid pollfds for the duration of the call. Its outcome
+        // needs no handling: whatever is ready is read by the caller either way.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, epoll_timeout(timeout)) };
+        if fds[1].revents != 0 {
+            self.drain_wake_fd();
+        }
+    }
+
+    /// Empties the wake-up eventfd (non-blocking: nothing to read is fine).
+    fn drain_wake_fd(&self) {
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from the non-blocking eventfd.
+        unsafe {
+            libc::read(
+                self.wake_fd,
+                (&mut count as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
     }
 
     fn take_wakers(&self, token: u64, events: u32) -> (Option<Waker>, Option<Waker>) {
@@ -385,6 +549,18 @@ impl Reactor {
             .wakers
             .first_key_value()
             .map(|(&(deadline, _), _)| deadline)
+    }
+}
+
+/// A park's timeout in `epoll_wait`'s and `poll`'s milliseconds: rounded up, so a timer is
+/// never woken for early and spun on; -1 waits without limit.
+fn epoll_timeout(timeout: Option<Duration>) -> libc::c_int {
+    match timeout {
+        None => -1,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            ms.min(libc::c_int::MAX as u128) as libc::c_int
+        }
     }
 }
 

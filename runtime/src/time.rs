@@ -1,6 +1,7 @@
 //! Timers on the runtime's thread.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,15 +18,24 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
         deadline,
         timer: None,
+        _thread_bound: PhantomData,
     }
 }
 
 /// The future of [`sleep`]. It holds a timer only while it waits; dropping it cancels the
-/// timer.
+/// timer. Its timer is in the reactor of the thread that polled it, so it stays on that
+/// thread:
+///
+/// ```compile_fail
+/// fn must_be_send<T: Send>() {}
+/// must_be_send::<imgate_runtime::time::Sleep>();
+/// ```
 #[derive(Debug)]
 pub struct Sleep {
     deadline: Instant,
     timer: Option<u64>,
+    /// `!Send` and `!Sync`: its timer id names an entry of this thread's reactor.
+    _thread_bound: PhantomData<*const ()>,
 }
 
 impl Sleep {
@@ -87,44 +97,46 @@ impl std::error::Error for Elapsed {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{spawn_local, Runtime};
+    use crate::spawn_local;
 
     #[test]
     fn sleeps_end_in_deadline_order_and_not_before() {
-        let rt = Runtime::new().unwrap();
-        rt.block_on(async {
-            let start = Instant::now();
-            let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-            let tasks: Vec<_> = [30u64, 10, 20]
-                .into_iter()
-                .map(|ms| {
-                    let order = order.clone();
-                    spawn_local(async move {
-                        sleep(Duration::from_millis(ms)).await;
-                        assert!(start.elapsed() >= Duration::from_millis(ms));
-                        order.borrow_mut().push(ms);
+        for rt in crate::engine::test_runtimes() {
+            rt.block_on(async {
+                let start = Instant::now();
+                let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+                let tasks: Vec<_> = [30u64, 10, 20]
+                    .into_iter()
+                    .map(|ms| {
+                        let order = order.clone();
+                        spawn_local(async move {
+                            sleep(Duration::from_millis(ms)).await;
+                            assert!(start.elapsed() >= Duration::from_millis(ms));
+                            order.borrow_mut().push(ms);
+                        })
                     })
-                })
-                .collect();
-            for t in tasks {
-                t.await;
-            }
-            assert_eq!(*order.borrow(), vec![10, 20, 30]);
-        });
+                    .collect();
+                for t in tasks {
+                    t.await;
+                }
+                assert_eq!(*order.borrow(), vec![10, 20, 30]);
+            });
+        }
     }
 
     #[test]
     fn a_timeout_ends_a_future_that_takes_too_long() {
-        let rt = Runtime::new().unwrap();
-        rt.block_on(async {
-            let slow = timeout(Duration::from_millis(10), sleep(Duration::from_secs(10))).await;
-            assert_eq!(slow, Err(Elapsed(Duration::from_millis(10))));
-            let quick = timeout(Duration::from_secs(10), async { 3 }).await;
-            assert_eq!(quick, Ok(3));
-        });
-        // The abandoned ten-second timer was cancelled, not left to fire.
-        rt.block_on(async {
-            crate::executor::with_core(|core| assert_eq!(core.reactor.next_timer(), None));
-        });
+        for rt in crate::engine::test_runtimes() {
+            rt.block_on(async {
+                let slow = timeout(Duration::from_millis(10), sleep(Duration::from_secs(10))).await;
+                assert_eq!(slow, Err(Elapsed(Duration::from_millis(10))));
+                let quick = timeout(Duration::from_secs(10), async { 3 }).await;
+                assert_eq!(quick, Ok(3));
+            });
+            // The abandoned ten-second timer was cancelled, not left to fire.
+            rt.block_on(async {
+                crate::executor::with_core(|core| assert_eq!(core.reactor.next_timer(), None));
+            });
+        }
     }
 }
