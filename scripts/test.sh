@@ -17,6 +17,13 @@ scripts/install-deps.sh
 
 # Debug builds keep the edit-test loop short; dependencies are optimised (see Cargo.toml).
 cargo test --workspace --all-targets "$@"
+# The runtime's compile-fail examples: a socket and a timer stay on their thread.
+cargo test -p imgate-runtime --doc
+
+# comet's two engines: the run above used `comet.io = "auto"` (io_uring where the kernel and
+# any seccomp profile allow it); every suite that starts a comet runs again on epoll. (The
+# runtime's own tests run on both engines in each run; tests/engines.rs pins what it checks.)
+IMGATE_COMET_IO=epoll cargo test -p imgate -p imgate-comet -p bench-harness --all-targets "$@"
 
 # The JavaScript SDK and the demo app (Node.js, npm and Chromium installed when missing).
 scripts/test-js.sh

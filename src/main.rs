@@ -101,6 +101,10 @@ struct ServiceArgs {
     /// Number of comet shards (0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// What comet's event loops park in: auto, io_uring or epoll (overrides comet.io; the
+    /// environment variable IMGATE_COMET_IO overrides both).
+    #[arg(long)]
+    comet_io: Option<imgate_shared::config::IoEngine>,
     /// HS256 secret clients' tokens are signed with (overrides auth.jwt_secret).
     #[arg(long, env = "IMGATE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -175,6 +179,9 @@ impl ServiceArgs {
         }
         if let Some(shards) = self.shards {
             config.comet.shards = shards;
+        }
+        if let Some(io) = self.comet_io {
+            config.comet.io = io;
         }
         // An empty variable, like an empty option in a file, sets nothing.
         for (value, target) in [
@@ -266,7 +273,37 @@ fn init_logging(format: LogFormat) {
 fn load(args: &ServiceArgs) -> anyhow::Result<Config> {
     let config = args.load()?;
     init_logging(config.log.format);
+    log_panics();
     Ok(config)
+}
+
+/// Panics go to the log, at most one every 10 s (with a count of the ones held back), instead
+/// of the default hook's lines on stderr for each: comet survives a connection's panic and
+/// counts every one (`imgate_task_panics_total`), so a panic that client input can trigger
+/// must not flood the log. A panic that ends the process is logged on its own line too.
+fn log_panics() {
+    use imgate_shared::log_limit::RateLimit;
+    std::panic::set_hook(Box::new(|info| {
+        static LOGGED: RateLimit = RateLimit::per_secs(10);
+        if let Some(suppressed) = LOGGED.check() {
+            let thread = std::thread::current();
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(
+                suppressed,
+                thread = thread.name().unwrap_or("unnamed"),
+                "panic at {at}: {message}"
+            );
+        }
+    }));
 }
 
 fn run() -> anyhow::Result<()> {

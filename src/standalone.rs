@@ -182,6 +182,20 @@ impl Gateway {
         };
         if let Some(comet) = &self.comet {
             ops.add_collector(comet.collector());
+            let stopped = comet.stopped_shards_probe();
+            ops.add_check(
+                "shards",
+                Arc::new(move || {
+                    let stopped = stopped();
+                    Box::pin(async move {
+                        if stopped == 0 {
+                            Ok(())
+                        } else {
+                            Err(format!("{stopped} comet shard(s) stopped"))
+                        }
+                    })
+                }),
+            );
             let linked = comet.logic_link_probe();
             ops.add_check(
                 "logic",

@@ -105,7 +105,8 @@ pub fn render(before: &Value, now: &Value) -> String {
             .unwrap_or(Value::Null);
         let _ = writeln!(
             out,
-            "comet {id}: {} connections, {} rooms, {:.1} writes/s, {:.1} messages/s, push latency p50 <= {} p99 <= {}",
+            "comet {id} ({}): {} connections, {} rooms, {:.1} writes/s, {:.1} messages/s, push latency p50 <= {} p99 <= {}",
+            c["io"].as_str().unwrap_or("?"),
             u(&c["connections"]),
             u(&c["rooms"]),
             rate(u(&old["writes"]), u(&c["writes"])),

@@ -379,7 +379,11 @@ fn imgate_status_prints_the_figures() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("connections   1"), "{text}");
     assert!(
-        text.contains(&format!("comet {}: 1 connections", g.comet().id())),
+        text.contains(&format!(
+            "comet {} ({}): 1 connections",
+            g.comet().id(),
+            g.comet().io_engine()
+        )),
         "{text}"
     );
     g.shutdown();

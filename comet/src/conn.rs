@@ -43,6 +43,9 @@ pub(crate) enum CloseReason {
     /// The TLS handshake failed.
     TlsFailed,
     Shutdown,
+    /// One of the connection's tasks panicked (a bug): the connection is closed, the shard
+    /// goes on.
+    Panic,
 }
 
 /// What a push did.
@@ -78,6 +81,7 @@ impl CloseReason {
             CloseReason::Kicked => s.kicked_duplicate.inc(),
             CloseReason::RateLimited => s.closed_rate_limited.inc(),
             CloseReason::TlsFailed => s.tls_failed.inc(),
+            CloseReason::Panic => s.closed_panic.inc(),
             CloseReason::Quiet | CloseReason::Io | CloseReason::Shutdown => {}
         }
     }
@@ -96,6 +100,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::TlsFailed => "tls_failed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Panic => "panic",
         }
     }
 }

@@ -8,12 +8,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_lite::AsyncRead;
+use futures_lite::{AsyncRead, FutureExt};
 use imgate_runtime::net::Socket;
 use imgate_shared::link::{Body, Disconnect};
 
@@ -21,6 +22,7 @@ use crate::conn::{CloseReason, Conn, Reading};
 use crate::handshake::open;
 use crate::limits::Refused;
 use crate::ops::on_event;
+use crate::panics::caught;
 use crate::reassembly::Flow;
 use crate::setup::Listen;
 use crate::shard::Shard;
@@ -50,9 +52,19 @@ pub(crate) async fn serve(
         }
     };
     // Boxed: the handshake's state is large and short-lived, so it must not size the task
-    // that an idle connection keeps for its whole life.
-    let Some(conn) = Box::pin(open(&shard, accepted, listen, accepted_at)).await else {
-        return;
+    // that an idle connection keeps for its whole life. A panic in it drops what it held
+    // (the socket among it) and is counted; the connection never started.
+    let conn = match AssertUnwindSafe(Box::pin(open(&shard, accepted, listen, accepted_at)))
+        .catch_unwind()
+        .await
+    {
+        Ok(Some(conn)) => conn,
+        Ok(None) => return,
+        Err(panic) => {
+            caught(&shard, None, &*panic);
+            CloseReason::Panic.count(&shard.stats);
+            return;
+        }
     };
     let raced = Connected {
         shard: &shard,
@@ -86,10 +98,19 @@ impl Future for Connected<'_> {
     type Output = CloseReason;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
-        if let Poll::Ready(reason) = poll_read_side(self.shard, self.conn, cx) {
-            return Poll::Ready(reason);
-        }
-        poll_write_side(self.shard, self.conn, cx)
+        let (shard, conn) = (self.shard, self.conn);
+        // A panic while the connection works closes it like any other reason to close. Caught
+        // here, inside the poll, so that catching costs the connection's task no state.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if let Poll::Ready(reason) = poll_read_side(shard, conn, cx) {
+                return Poll::Ready(reason);
+            }
+            poll_write_side(shard, conn, cx)
+        }));
+        polled.unwrap_or_else(|panic| {
+            caught(shard, Some(conn.id), &*panic);
+            Poll::Ready(CloseReason::Panic)
+        })
     }
 }
 

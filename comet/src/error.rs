@@ -15,6 +15,15 @@ pub enum CometError {
     /// The TLS certificate or key could not be used.
     #[error("{0}")]
     Tls(#[from] imgate_shared::tls::TlsError),
+    /// `IMGATE_COMET_IO` names no engine.
+    #[error("{0}")]
+    Io(String),
+    /// `comet.io = "io_uring"`, and io_uring cannot be used here.
+    #[error(
+        "comet.io = \"io_uring\", but this process cannot use io_uring: {0} (set comet.io to \"auto\" \
+         or \"epoll\" to run on epoll)"
+    )]
+    IoUringRefused(String),
     /// A shard's executor could not be created or did not come up.
     #[error("shard {shard} failed to start: {reason}")]
     Shard { shard: usize, reason: String },

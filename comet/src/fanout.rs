@@ -122,6 +122,8 @@ pub(crate) async fn handle(shard: &Rc<Shard>, command: ShardCommand) {
         ShardCommand::CloseReplaced { conn_id } => shard.close_replaced_here(conn_id),
         // The shard's run loop takes these itself.
         ShardCommand::AdoptLink { .. } | ShardCommand::Shutdown => {}
+        #[cfg(debug_assertions)]
+        ShardCommand::TestPanic => {}
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use imgate_runtime::net::Socket;
-use imgate_runtime::spawn_local;
 use imgate_runtime::time::sleep;
 use imgate_shared::frame::op;
 use imgate_shared::link::{Body, ConnRef, Connect, ConnectReply, Disconnect};
@@ -22,6 +21,7 @@ use crate::heartbeat::{clock_ms, stamp, MAX_HEARTBEAT_MS};
 use crate::limits::{now_ms, RateLimit};
 use crate::logic_client::LogicError;
 use crate::outbound::{refusal, reply, stored_batches, ws_control};
+use crate::panics::spawn_for_conn;
 use crate::reassembly::{Event, Flow, Reassembly};
 use crate::setup::Listen;
 use crate::shard::{Shard, SCRATCH_SIZE};
@@ -119,7 +119,7 @@ pub(crate) async fn open(
     let replaced = authed.reply.replaced.take();
     let conn = admit(shard, conn_id, websocket, peer, authed, stream, rx)?;
     if conn.mid > 0 {
-        spawn_local(catch_up(shard.clone(), conn.clone())).detach();
+        spawn_for_conn(shard, &conn, catch_up(shard.clone(), conn.clone()));
     }
     if let Some(replaced) = replaced {
         shard.close_replaced(&replaced).await;

@@ -25,6 +25,7 @@ mod memory_probe;
 mod metrics;
 mod ops;
 mod outbound;
+mod panics;
 mod reassembly;
 mod room;
 mod run;
@@ -40,7 +41,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgate_shared::config::CometConfig;
+use imgate_runtime::Engine;
+use imgate_shared::config::{CometConfig, IoEngine};
 use imgate_shared::link::CometInfo;
 
 use crate::limits::{ConnLimits, OnlineAddresses};
@@ -58,6 +60,7 @@ pub struct CometHandle {
     wss_addrs: Vec<SocketAddr>,
     tcp_tls_addrs: Vec<SocketAddr>,
     link_addr: SocketAddr,
+    engine: Engine,
     stats: Vec<Arc<ShardStats>>,
     inboxes: Vec<async_channel::Sender<ShardCommand>>,
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -113,6 +116,11 @@ impl CometHandle {
         self.metrics().sum().1
     }
 
+    /// What the shards' event loops park in (`comet.io`, resolved at start).
+    pub fn io_engine(&self) -> Engine {
+        self.engine
+    }
+
     /// Whether every shard has its link to logic up now (what a comet process's `/readyz`
     /// asks).
     pub fn linked_to_logic(&self) -> bool {
@@ -123,6 +131,13 @@ impl CometHandle {
     pub fn logic_link_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let stats = self.stats.clone();
         move || stats.iter().all(|s| s.logic_linked.get() == 1)
+    }
+
+    /// How many shards' loops are not running (stopped, or on their way to ending the
+    /// process after a panic), callable from another thread: `/readyz` fails unless 0.
+    pub fn stopped_shards_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let stats = self.stats.clone();
+        move || stats.iter().filter(|s| s.running.get() == 0).count()
     }
 
     /// The fan-out latency histogram (link read to last member), summed over the shards.
@@ -146,6 +161,8 @@ impl CometHandle {
                 "writes": s.writes,
                 "bytes_sent": s.bytes_sent,
                 "heartbeats": s.heartbeats,
+                "io": metrics.engine.name(),
+                "task_panics": metrics.task_panics(),
                 "latency": {
                     "count": latency.count(),
                     "p50": latency.quantile(0.5),
@@ -164,6 +181,7 @@ impl CometHandle {
     fn metrics(&self) -> metrics::CometCollector {
         metrics::CometCollector {
             id: self.id.clone(),
+            engine: self.engine,
             shards: self.stats.clone(),
         }
     }
@@ -212,6 +230,13 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     } else {
         config.shards
     };
+    let io = match std::env::var(IO_ENV) {
+        Ok(value) if !value.is_empty() => value
+            .parse::<IoEngine>()
+            .map_err(|why| CometError::Io(format!("{IO_ENV}: {why}")))?,
+        _ => config.io,
+    };
+    let engine = choose_engine(io, imgate_runtime::probe_io_uring())?;
     let tls = match config.tls_files() {
         None => None,
         Some((cert, key)) => {
@@ -283,6 +308,8 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         tls,
         limits: ConnLimits::new(config.max_conns, config.max_conns_per_ip),
         addresses: OnlineAddresses::default(),
+        #[cfg(debug_assertions)]
+        test_panic_op: panics::test_panic_op(),
     });
     let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
 
@@ -310,6 +337,7 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         wss_addrs,
         tcp_tls_addrs,
         link_addr: link.addr,
+        engine,
         stats: stats.clone(),
         inboxes: senders,
         threads: Vec::with_capacity(shards),
@@ -338,6 +366,8 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
         let cpu = config.pin.then(|| cpus[index % cpus.len()]);
         let spawned = imgate_runtime::Builder::new(format!("comet-shard-{index}"))
             .pin_to(cpu)
+            .engine(engine)
+            .exit_on_loop_panic(true)
             .spawn(move |loop_stats| run::run(setup, loop_stats));
         match spawned {
             Ok(thread) => handle.threads.push(thread),
@@ -360,7 +390,7 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
                 // The runtime ended before running the shard: its thread has the reason.
                 match handle.threads.remove(index).join() {
                     Ok(Err(e)) => format!("its runtime could not start: {e}"),
-                    Err(panic) => format!("its thread panicked: {}", panic_message(&*panic)),
+                    Err(panic) => format!("its thread panicked: {}", panics::message(&*panic)),
                     Ok(Ok(())) => "its runtime ended before it started".into(),
                 }
             }
@@ -373,16 +403,28 @@ pub fn start(config: &CometConfig) -> Result<CometHandle, CometError> {
     Ok(handle)
 }
 
+/// The environment variable that overrides `comet.io` (an operator's switch, and how the
+/// test suite runs on each engine).
+pub const IO_ENV: &str = "IMGATE_COMET_IO";
+
 /// How long a shard may take to report ready.
 const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A panic's own message.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "no message".into())
+/// The engine the shards park in for `comet.io`, given whether io_uring can be used here
+/// (`probe`): `auto` falls back to epoll with one warning line; `io_uring` refuses to start.
+fn choose_engine(io: IoEngine, probe: Result<(), String>) -> Result<Engine, CometError> {
+    match (io, probe) {
+        (IoEngine::Epoll, _) => Ok(Engine::Epoll),
+        (IoEngine::Auto | IoEngine::IoUring, Ok(())) => Ok(Engine::IoUring),
+        (IoEngine::IoUring, Err(why)) => Err(CometError::IoUringRefused(why)),
+        (IoEngine::Auto, Err(why)) => {
+            tracing::warn!(
+                "io_uring cannot be used here ({why}); comet's shards run on epoll \
+                 (comet.io = \"auto\")"
+            );
+            Ok(Engine::Epoll)
+        }
+    }
 }
 
 /// The address clients are told for a bound one: an unspecified address (`0.0.0.0`, `::`)
@@ -438,6 +480,41 @@ mod tests {
             Some(local) => assert_eq!(told.ip(), local.ip()),
             None => assert_eq!(told, any),
         }
+    }
+
+    #[test]
+    fn comet_io_picks_the_engine_and_io_uring_alone_refuses_to_start_without_it() {
+        use super::{choose_engine, CometError, Engine, IoEngine};
+        let refused = || Err("cannot create an io_uring: Operation not permitted".to_string());
+        assert_eq!(
+            choose_engine(IoEngine::Auto, Ok(())).unwrap(),
+            Engine::IoUring
+        );
+        assert_eq!(
+            choose_engine(IoEngine::Auto, refused()).unwrap(),
+            Engine::Epoll
+        );
+        assert_eq!(
+            choose_engine(IoEngine::Epoll, Ok(())).unwrap(),
+            Engine::Epoll
+        );
+        assert_eq!(
+            choose_engine(IoEngine::Epoll, refused()).unwrap(),
+            Engine::Epoll
+        );
+        assert_eq!(
+            choose_engine(IoEngine::IoUring, Ok(())).unwrap(),
+            Engine::IoUring
+        );
+        let error = choose_engine(IoEngine::IoUring, refused()).unwrap_err();
+        assert!(matches!(error, CometError::IoUringRefused(_)));
+        let said = error.to_string();
+        assert!(
+            said.contains("comet.io")
+                && said.contains("io_uring")
+                && said.contains("not permitted"),
+            "{said}"
+        );
     }
 
     #[test]

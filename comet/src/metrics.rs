@@ -12,6 +12,8 @@ use crate::stats::{ShardStats, Stats};
 #[derive(Debug)]
 pub(crate) struct CometCollector {
     pub id: String,
+    /// What every shard's loop parks in.
+    pub engine: imgate_runtime::Engine,
     pub shards: Vec<Arc<ShardStats>>,
 }
 
@@ -27,6 +29,11 @@ impl CometCollector {
             s.fanout_latency.add_to(&mut fanout);
         }
         (total, latency, fanout)
+    }
+
+    /// Panics of the shards' tasks (connections' and others'), summed.
+    pub fn task_panics(&self) -> u64 {
+        self.shards.iter().map(|s| s.task_panics()).sum()
     }
 }
 
@@ -87,6 +94,34 @@ impl Collector for CometCollector {
                 (with("reason", "tls_failed"), s.tls_failed),
                 (with("reason", "conn_limit"), s.refused_conn_limit),
                 (with("reason", "ip_limit"), s.refused_ip_limit),
+                (with("reason", "panic"), s.closed_panic),
+            ],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_task_panics",
+            "Panics of comet's tasks, each caught at its task: a connection's closed that \
+             connection (closes reason panic), another task's dropped that task.",
+            [(comet(), self.task_panics())],
+        )?;
+        let shards = self.shards.len() as u64;
+        let on = |engine: imgate_runtime::Engine| {
+            if engine == self.engine {
+                shards
+            } else {
+                0
+            }
+        };
+        gauge_family(
+            &mut e,
+            "imgate_comet_io_engine",
+            "Comet shards by the engine their event loop parks in (comet.io).",
+            [
+                (
+                    with("engine", "io_uring"),
+                    on(imgate_runtime::Engine::IoUring),
+                ),
+                (with("engine", "epoll"), on(imgate_runtime::Engine::Epoll)),
             ],
         )?;
         counter_family(

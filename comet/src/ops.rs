@@ -4,7 +4,6 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use imgate_runtime::spawn_local;
 use imgate_shared::frame::{op, Header};
 use imgate_shared::link::{Body, Heartbeat, InboxAck, Upstream};
 use imgate_shared::ws::opcode;
@@ -12,6 +11,7 @@ use imgate_shared::ws::opcode;
 use crate::conn::{CloseReason, Conn, SyncRequest};
 use crate::heartbeat::{clock_ms, stamp};
 use crate::outbound::{reply, ws_control};
+use crate::panics::spawn_for_conn;
 use crate::reassembly::{Event, Flow};
 use crate::shard::Shard;
 use crate::sync::serve_syncs;
@@ -99,6 +99,8 @@ pub(crate) fn on_event(shard: &Rc<Shard>, conn: &Rc<Conn>, event: Event<'_>) -> 
 
 /// Handles one client frame; returns the reply to queue now (a SYNC queues its own later).
 fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Option<Bytes> {
+    #[cfg(debug_assertions)]
+    crate::panics::test_hook(shard, h.op, body);
     let ws = conn.websocket;
     let answer = match h.op {
         op::HEARTBEAT => {
@@ -200,7 +202,11 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                 };
                 match shard.enqueue_sync(conn.id, request, MAX_WAITING_SYNCS) {
                     Ok(Some(first)) => {
-                        spawn_local(serve_syncs(shard.clone(), conn.clone(), first)).detach();
+                        spawn_for_conn(
+                            shard,
+                            conn,
+                            serve_syncs(shard.clone(), conn.clone(), first),
+                        );
                     }
                     Ok(None) => {}
                     Err(_) => {
@@ -220,7 +226,11 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                 shard.stats.upstream_refused.inc();
                 return Some(reply(ws, h.ver, op::SEND_MSG_REPLY, h.seq, &[]));
             }
-            spawn_local(send_upstream(shard.clone(), conn.clone(), h, upstream)).detach();
+            spawn_for_conn(
+                shard,
+                conn,
+                send_upstream(shard.clone(), conn.clone(), h, upstream),
+            );
             return None;
         }
         _ => {

@@ -18,6 +18,7 @@ use crate::connection;
 use crate::fanout;
 use crate::heartbeat::{self, clock_ms};
 use crate::link;
+use crate::panics::critical;
 use crate::setup::{Listen, ShardCommand, ShardSetup, COMMANDS_PER_TURN};
 use crate::shard::Shard;
 
@@ -33,6 +34,18 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
         ready,
     } = setup;
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let _ = stats.loop_stats.set(loop_stats.clone());
+    stats.running.set(1);
+    // 0 again when this future ends, however it ends (an orderly stop, or a panic on its way
+    // to ending the process).
+    struct Stopped(Arc<crate::stats::ShardStats>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.running.set(0);
+            self.0.logic_linked.set(0);
+        }
+    }
+    let _stopped = Stopped(stats.clone());
     let shard = Rc::new(Shard::new(index, comet, stats, stop_rx, loop_stats));
 
     let mut listeners: Vec<Task<()>> = Vec::new();
@@ -44,7 +57,11 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
                 return;
             }
         };
-        listeners.push(spawn_local(accept_clients(shard.clone(), listener, listen)));
+        listeners.push(spawn_local(critical(
+            "accept",
+            index,
+            accept_clients(shard.clone(), listener, listen),
+        )));
     }
     let link_listener = match ClientSocket::new(OwnedFd::from(link_socket)) {
         Ok(listener) => listener,
@@ -53,22 +70,37 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
             return;
         }
     };
-    listeners.push(spawn_local(link::accept_links(
-        shard.clone(),
-        link_listener,
+    listeners.push(spawn_local(critical(
+        "link accept",
+        index,
+        link::accept_links(shard.clone(), link_listener),
     )));
-    let logic_task = spawn_local(shard.logic.clone().run(
-        shard.comet.config.logic_addrs.clone(),
-        shard.read_scratch.clone(),
+    let logic_task = spawn_local(critical(
+        "logic link",
+        index,
+        shard.logic.clone().run(
+            shard.comet.config.logic_addrs.clone(),
+            shard.read_scratch.clone(),
+        ),
     ));
-    let renew_task = spawn_local(renew_online(shard.clone()));
-    let heartbeat_task = spawn_local(expire_heartbeats(shard.clone()));
+    let renew_task = spawn_local(critical(
+        "online report",
+        index,
+        renew_online(shard.clone()),
+    ));
+    let heartbeat_task = spawn_local(critical(
+        "heartbeat",
+        index,
+        expire_heartbeats(shard.clone()),
+    ));
     let _ = ready.send(Ok(()));
 
     let mut handled = 0u32;
     while let Ok(command) = inbox.recv().await {
         match command {
             ShardCommand::Shutdown => break,
+            #[cfg(debug_assertions)]
+            ShardCommand::TestPanic => panic!("test panic injected into the shard's loop"),
             ShardCommand::AdoptLink { fd, buffered, peer } => {
                 spawn_local(link::serve_adopted(shard.clone(), fd, buffered, peer)).detach()
             }

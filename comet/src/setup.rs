@@ -51,6 +51,9 @@ pub(crate) enum ShardCommand {
     },
     /// Close everything and let the executor return.
     Shutdown,
+    /// Panic in the shard's loop (the test-only hook, debug builds).
+    #[cfg(debug_assertions)]
+    TestPanic,
 }
 
 /// What every shard of one comet shares (immutable after start, but for the limit counts).
@@ -64,6 +67,9 @@ pub(crate) struct CometShared {
     pub limits: ConnLimits,
     /// The addresses of the comet's connections, counted once whichever shard holds them.
     pub addresses: OnlineAddresses,
+    /// The op of the test-only panic hook (`IMGATE_TEST_PANIC_OP`, debug builds only).
+    #[cfg(debug_assertions)]
+    pub test_panic_op: Option<i32>,
 }
 
 /// What a client listener speaks.

@@ -146,6 +146,8 @@ impl Shard {
             tls: None,
             limits: crate::limits::ConnLimits::new(0, 0),
             addresses: crate::limits::OnlineAddresses::default(),
+            #[cfg(debug_assertions)]
+            test_panic_op: None,
         });
         let (_, stop) = async_channel::bounded(1);
         Rc::new(Shard::new(0, comet, Arc::default(), stop, Arc::default()))

@@ -73,6 +73,12 @@ imgate_shared::counters! {
         rooms: Gauge,
         /// 1 while this shard's link to logic is up.
         logic_linked: Gauge,
+        /// 1 while this shard's loop runs (from its start to its orderly stop).
+        running: Gauge,
+        /// Panics caught in a connection's tasks (each closed that connection).
+        task_panics: Counter,
+        /// Connections closed because one of their tasks panicked.
+        closed_panic: Counter,
     }
 }
 
@@ -86,6 +92,8 @@ pub(crate) struct ShardStats {
     pub push_latency: imgate_shared::metrics::Histogram,
     /// From reading a push off job's link to the same point: the shard's own part.
     pub fanout_latency: imgate_shared::metrics::Histogram,
+    /// The shard's event loop's counters (its tasks' panics among them), once it runs.
+    pub loop_stats: std::sync::OnceLock<std::sync::Arc<imgate_runtime::LoopStats>>,
 }
 
 impl std::ops::Deref for ShardStats {
@@ -97,6 +105,13 @@ impl std::ops::Deref for ShardStats {
 }
 
 impl ShardStats {
+    /// Panics of this shard's tasks: the connections' (caught by comet, each closing its
+    /// connection) and any other task's (caught by the runtime, which dropped that task).
+    pub fn task_panics(&self) -> u64 {
+        let dropped = self.loop_stats.get().map_or(0, |l| l.task_panics());
+        self.counters.task_panics.get() + dropped
+    }
+
     /// Adds this shard's counters to `total`.
     pub fn add_to(&self, total: &mut Stats) {
         self.counters.add_to(total);

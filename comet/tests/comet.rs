@@ -839,3 +839,17 @@ fn each_shard_serves_the_links_opened_for_it() {
     drop(open_links);
     comet.shutdown();
 }
+
+/// `/readyz` of a comet process asks this probe: 0 while every shard's loop runs, and each
+/// shard that stopped counts (a panic on its way to ending the process, or a stop).
+#[test]
+fn the_stopped_shards_probe_counts_shards_whose_loop_ended() {
+    let logic = fake_logic(Seen::default());
+    let mut config = small_config(logic);
+    config.shards = 2;
+    let comet = imgate_comet::start(&config).unwrap();
+    let stopped = comet.stopped_shards_probe();
+    assert_eq!(stopped(), 0);
+    comet.shutdown();
+    assert_eq!(stopped(), 2);
+}

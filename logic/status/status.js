@@ -96,6 +96,7 @@ function render(s) {
       fmt(w),
       fmt(m),
       reg.lag_us !== undefined ? (reg.lag_us / 1000).toFixed(1) + " ms" : "–",
+      here && here.io ? here.io : "–",
     ];
   }));
   rows($("top-rooms"), ((s.logic && s.logic.busiest_rooms) || []).map((r) => [r.room, fmt(r.online)]));

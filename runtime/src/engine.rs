@@ -52,7 +52,19 @@ impl std::fmt::Display for Engine {
 /// with a timeout) and kept.
 pub fn probe_io_uring() -> Result<(), String> {
     static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
-    PROBED.get_or_init(probe).clone()
+    PROBED
+        .get_or_init(|| {
+            // On a thread of its own: a thread that has used a ring keeps an io_uring context,
+            // and the ring's teardown may later interrupt that thread's blocking syscalls
+            // (a socket read with a timeout fails with EINTR). The caller's thread stays clean.
+            std::thread::Builder::new()
+                .name("io_uring-probe".into())
+                .spawn(probe)
+                .map_err(|e| format!("cannot start a thread to probe io_uring: {e}"))?
+                .join()
+                .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+        })
+        .clone()
 }
 
 fn probe() -> Result<(), String> {

@@ -26,7 +26,11 @@ fn a_panic_in_the_loop_ends_the_process() {
         unreachable!("the process should have ended");
     }
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_panic_in_the_loop_ends_the_process", "--nocapture"])
+        .args([
+            "--exact",
+            "a_panic_in_the_loop_ends_the_process",
+            "--nocapture",
+        ])
         .env(CHILD, "1")
         .output()
         .expect("the test binary starts again");
@@ -49,5 +53,8 @@ fn a_panic_in_a_task_leaves_the_thread_running() {
             stats.task_panics()
         })
         .expect("the runtime thread starts");
-    assert_eq!(handle.join().expect("the thread ended normally").unwrap(), 1);
+    assert_eq!(
+        handle.join().expect("the thread ended normally").unwrap(),
+        1
+    );
 }

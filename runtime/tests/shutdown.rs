@@ -53,6 +53,10 @@ fn pending_tasks_release_their_descriptors_at_shutdown() {
             "{engine}: every pending task's socket was closed when block_on returned"
         );
         drop(rt);
-        assert_eq!(open_descriptors(), before, "{engine}: the runtime's own descriptors");
+        assert_eq!(
+            open_descriptors(),
+            before,
+            "{engine}: the runtime's own descriptors"
+        );
     }
 }

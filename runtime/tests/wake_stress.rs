@@ -42,14 +42,19 @@ fn race(engine: Engine) {
         ping_tx.send_blocking(n).expect("the runtime thread left");
         match pong_rx.recv_timeout(DEADLINE) {
             Ok(m) => assert_eq!(m, n),
-            Err(_) => panic!("{engine}: round trip {n} lost its wake-up (no answer in {DEADLINE:?})"),
+            Err(_) => {
+                panic!("{engine}: round trip {n} lost its wake-up (no answer in {DEADLINE:?})")
+            }
         }
     }
     drop(ping_tx);
     let (served, parks) = runtime.join().expect("the runtime thread panicked");
     assert_eq!(served, ROUND_TRIPS);
     // The loop must really have parked (and been woken from there) for the races to happen.
-    assert!(parks > ROUND_TRIPS / 10, "{engine}: parked only {parks} times");
+    assert!(
+        parks > ROUND_TRIPS / 10,
+        "{engine}: parked only {parks} times"
+    );
     eprintln!(
         "{engine}: {ROUND_TRIPS} cross-thread wake-ups, {parks} parks, {:?}",
         started.elapsed()

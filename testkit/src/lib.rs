@@ -6,6 +6,8 @@
 //! install it (`scripts/install-deps.sh`, which `scripts/test.sh` runs, installs them all),
 //! never a skip.
 
+pub mod seccomp;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

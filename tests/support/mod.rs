@@ -5,6 +5,7 @@
 
 pub mod business;
 pub mod cluster;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

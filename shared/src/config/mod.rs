@@ -175,6 +175,9 @@ pub struct CometConfig {
     pub shards: usize,
     /// Pin each shard to one of the CPUs the process may use.
     pub pin: bool,
+    /// What the shards' event loops park in: io_uring where this process may use it
+    /// (`auto`), or always one of the two.
+    pub io: IoEngine,
     /// Listen backlog for client listeners.
     #[serde(rename = "backlog")]
     pub backlog: u32,
@@ -380,6 +383,38 @@ struct BusSection {
     kafka: KafkaConfig,
 }
 
+/// What comet's event loops park in (`comet.io`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum IoEngine {
+    /// io_uring where the process may create a ring with the features the loop uses (probed
+    /// once at start), else epoll with one warning line. Containers' default seccomp profiles
+    /// (Docker 25+, containerd), gVisor and `kernel.io_uring_disabled` refuse io_uring.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// io_uring or nothing: where it is refused, comet does not start.
+    #[serde(rename = "io_uring")]
+    IoUring,
+    /// epoll only (`epoll_wait` parks the loop); needs no io_uring at all.
+    #[serde(rename = "epoll")]
+    Epoll,
+}
+
+impl std::str::FromStr for IoEngine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IoEngine, String> {
+        match s {
+            "auto" => Ok(IoEngine::Auto),
+            "io_uring" => Ok(IoEngine::IoUring),
+            "epoll" => Ok(IoEngine::Epoll),
+            other => Err(format!(
+                "unknown io engine {other:?}, expected auto, io_uring or epoll"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum BusKind {
@@ -552,6 +587,7 @@ impl Default for CometConfig {
             weight: 10,
             shards: 0,
             pin: true,
+            io: IoEngine::Auto,
             backlog: 65535,
             handshake_timeout: Duration::from_secs(8),
             max_body: crate::frame::DEFAULT_MAX_BODY,
