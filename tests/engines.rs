@@ -93,11 +93,72 @@ fn comet_io_epoll_serves_where_io_uring_would_be_allowed() {
         Some(2.0),
         "{metrics}"
     );
-    let mut c = client(imgate.tcp, Transport::Tcp, 7, "", "", &[1000]);
+    let mut c = client(imgate.tcp, Transport::Tcp, 7, "", "live://e", &[1000]);
     push(
         imgate.http,
         "/goim/push/mids?operation=1000&mids=7",
         "on epoll",
     );
     assert_eq!(next_push(&mut c).1, "on epoll");
+    push(
+        imgate.http,
+        "/goim/push/room?operation=1000&type=live&room=e",
+        "room on epoll",
+    );
+    assert_eq!(next_push(&mut c).1, "room on epoll");
+    let metrics = imgate.metrics();
+    assert_eq!(
+        sample(&metrics, "imgate_comet_ring_sends", "comet="),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+/// On io_uring, a fan-out's writes go through the ring, a slice per submission, and keep
+/// their order with what follows them.
+#[test]
+fn comet_io_io_uring_sends_fan_outs_through_the_ring() {
+    let mut imgate = Imgate::start(false, 1, &["--comet-io", "io_uring"], &[]);
+    imgate.wait_log("logic http", Duration::from_secs(30));
+    let subs: Vec<Subscriber> = (1..=3)
+        .map(|mid| {
+            let (addr, transport) = if mid == 2 {
+                (imgate.ws, Transport::WebSocket)
+            } else {
+                (imgate.tcp, Transport::Tcp)
+            };
+            Subscriber::start(
+                addr,
+                transport,
+                mid,
+                &format!("r{mid}"),
+                "live://r",
+                &[1000],
+            )
+        })
+        .collect();
+    for n in 0..20 {
+        push(
+            imgate.http,
+            "/goim/push/room?operation=1000&type=live&room=r",
+            &format!("ring {n}"),
+        );
+    }
+    let want: Vec<String> = (0..20).map(|n| format!("ring {n}")).collect();
+    for sub in &subs {
+        let got: Vec<String> = (0..20)
+            .map(|_| sub.next(Duration::from_secs(5)).1)
+            .collect();
+        assert_eq!(got, want, "in order");
+    }
+    eventually(Duration::from_secs(5), "ring sends counted", || {
+        let metrics = imgate.metrics();
+        sample(&metrics, "imgate_comet_ring_sends", "comet=").unwrap_or(0.0) >= 3.0
+    });
+    let metrics = imgate.metrics();
+    assert_eq!(
+        sample(&metrics, "imgate_comet_io_engine", "engine=\"io_uring\""),
+        Some(1.0),
+        "{metrics}"
+    );
 }

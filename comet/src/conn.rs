@@ -168,6 +168,9 @@ pub(crate) struct Conn {
     pub(crate) close: Cell<Option<CloseReason>>,
     pub(crate) reading: Cell<Reading>,
     pub(crate) flush_then_close: Cell<bool>,
+    /// A frame of it is in the shard's io_uring (submitted or about to be): nothing else is
+    /// written until its completion has been handled, so the order holds.
+    pub(crate) in_ring: Cell<bool>,
     pub websocket: bool,
     /// The client asked for room pushes tagged with their room (op 28).
     pub room_tags: bool,
@@ -274,7 +277,7 @@ impl Conn {
 
     /// Whether everything queued has gone to the socket.
     pub(crate) fn drained(&self) -> bool {
-        self.queue.borrow().is_empty() && {
+        !self.in_ring.get() && self.queue.borrow().is_empty() && {
             let unsent = self.unsent.take();
             let none = unsent.is_none();
             self.unsent.set(unsent);

@@ -13,7 +13,7 @@ use crate::conn::{ById, Conn, Pushed};
 use crate::outbound::room_tagged;
 use crate::setup::ShardCommand;
 use crate::shard::Shard;
-use crate::writer::write_or_queue;
+use crate::writer::{flush_ring, write_or_queue};
 
 /// Connections a fan-out writes to before it lets the shard's other tasks run (a few
 /// milliseconds of socket writes).
@@ -102,6 +102,7 @@ pub(crate) async fn handle(shard: &Rc<Shard>, command: ShardCommand) {
                     None => shard.stats.push_dropped_no_key.inc(),
                 }
             }
+            flush_ring(shard);
         }
         ShardCommand::PushRoom { room, tcp, ws } => {
             let forms = RoomForms::new(&room, &tcp, &ws);
@@ -114,6 +115,8 @@ pub(crate) async fn handle(shard: &Rc<Shard>, command: ShardCommand) {
                     let frame = forms.pick(conn);
                     count_delivery(shard, write_or_queue(shard, conn, frame, None));
                 }
+                // The slice's ring sends go to the kernel in one call.
+                flush_ring(shard);
             }
         }
         ShardCommand::Broadcast { op, tcp, ws, speed } => {
@@ -136,6 +139,7 @@ async fn deliver_all(shard: &Shard, members: &[Rc<Conn>], tcp: &Bytes, ws: &Byte
         for conn in slice {
             deliver(shard, conn, tcp, ws);
         }
+        flush_ring(shard);
     }
 }
 
@@ -164,6 +168,7 @@ async fn broadcast(shard: &Rc<Shard>, op: i32, tcp: Bytes, ws: Bytes, speed: u32
                     deliver(&shard, &conn, &tcp, &ws);
                 }
             }
+            flush_ring(&shard);
         }
     })
     .detach();

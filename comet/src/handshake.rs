@@ -226,6 +226,7 @@ fn admit(
         close: Cell::new(None),
         reading: Cell::new(Reading::Buffered),
         flush_then_close: Cell::new(false),
+        in_ring: Cell::new(false),
         websocket,
         room_tags: r.room_tags,
     });

@@ -21,6 +21,7 @@ use crate::link;
 use crate::panics::critical;
 use crate::setup::{Listen, ShardCommand, ShardSetup, COMMANDS_PER_TURN};
 use crate::shard::Shard;
+use crate::writer::handle_ring_completions;
 
 /// The body of a shard thread: runs until a `Shutdown` command arrives.
 pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
@@ -93,6 +94,13 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
         index,
         expire_heartbeats(shard.clone()),
     ));
+    let ring_task = shard.ring_sends.then(|| {
+        spawn_local(critical(
+            "ring completions",
+            index,
+            ring_completions(shard.clone()),
+        ))
+    });
     let _ = ready.send(Ok(()));
 
     let mut handled = 0u32;
@@ -134,6 +142,9 @@ pub(crate) async fn run(setup: ShardSetup, loop_stats: Arc<LoopStats>) {
     while shard.logic.has_queued() && Instant::now() < deadline {
         sleep(Duration::from_millis(5)).await;
     }
+    if let Some(task) = ring_task {
+        task.cancel().await;
+    }
     renew_task.cancel().await;
     heartbeat_task.cancel().await;
     logic_task.cancel().await;
@@ -164,6 +175,15 @@ async fn accept_clients(shard: Rc<Shard>, listener: ClientSocket, listen: Listen
                 sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// Handles ring sends that completed outside a fan-out's own submission (the loop submits
+/// what a turn queued, and a park submits what is left).
+async fn ring_completions(shard: Rc<Shard>) {
+    loop {
+        imgate_runtime::net::ring_sends_done().await;
+        handle_ring_completions(&shard);
     }
 }
 

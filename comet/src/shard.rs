@@ -40,6 +40,10 @@ pub(crate) struct Shard {
     pub stop: async_channel::Receiver<()>,
     /// The shard's event loop: how much of its time it spends parked.
     pub loop_stats: Arc<LoopStats>,
+    /// Fan-outs send through the shard's io_uring (the io_uring engine).
+    pub ring_sends: bool,
+    /// Completed ring sends being handled (kept, to reuse its buffer).
+    pub ring_done: RefCell<Vec<imgate_runtime::SendDone>>,
     /// The shard's connections by id, and by key (the current holder of each key). Both hold
     /// the connection itself, looked up through its own id and key: 8 bytes an entry.
     conns: RefCell<HashSet<ById>>,
@@ -132,6 +136,8 @@ impl Shard {
             busy: Busy::new(&loop_stats),
             tick_busy: Busy::new(&loop_stats),
             loop_stats,
+            ring_sends: imgate_runtime::net::has_ring(),
+            ring_done: RefCell::new(Vec::new()),
         }
     }
 

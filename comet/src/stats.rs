@@ -37,6 +37,9 @@ imgate_shared::counters! {
         frames_written_at_once: Counter,
         /// Socket writes to clients that sent bytes.
         writes: Counter,
+        /// Of those, sends made through the shard's io_uring (fan-out writes on the io_uring
+        /// engine), submitted a slice at a time.
+        ring_sends: Counter,
         /// Bytes those writes sent.
         bytes_sent: Counter,
         /// Key pushes whose key has no connection on the target shard.

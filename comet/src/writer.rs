@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
+use imgate_runtime::SendDone;
 use imgate_shared::link::{Body, InboxAck};
 
 use crate::conn::{CloseReason, Conn, Pushed, Queued, Unsent};
@@ -28,6 +29,18 @@ pub(crate) fn write_or_queue(
     }
     if conn.is_idle() {
         let attempt = match &*conn.stream.borrow() {
+            // Through the ring: the fan-out submits its slice's sends in one call. Frames
+            // that report stored sequences keep the plain path, which reports them at once.
+            ClientStream::Plain(socket) if shard.ring_sends && report.is_none() => {
+                if !socket.may_write() {
+                    None
+                } else if socket.send_in_ring(frame.clone(), conn.id).is_ok() {
+                    conn.in_ring.set(true);
+                    return Pushed::Written;
+                } else {
+                    Some(socket.try_write(frame))
+                }
+            }
             ClientStream::Plain(socket) => Some(socket.try_write(frame)),
             // TLS needs its records flushed by the writer.
             _ => None,
@@ -63,6 +76,64 @@ pub(crate) fn write_or_queue(
         }),
         shard.queue_limits(),
     )
+}
+
+/// What a send through the ring did ([`write_or_queue`]): counted as a write; what the socket
+/// did not take (all of it, if it was full) goes first to the connection's writer, which is
+/// woken when there is anything to write or someone waits for the queue to drain.
+pub(crate) fn ring_sent(shard: &Shard, done: SendDone) {
+    // A connection closed meanwhile: its frame is dropped with it.
+    let Some(conn) = shard.conn(done.tag) else {
+        return;
+    };
+    conn.in_ring.set(false);
+    let rest = match done.result {
+        Ok(n) => {
+            count_write(shard, n);
+            shard.stats.ring_sends.inc();
+            (n < done.buf.len()).then(|| done.buf.slice(n..))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            if let ClientStream::Plain(socket) = &*conn.stream.borrow() {
+                socket.would_block();
+            }
+            Some(done.buf)
+        }
+        Err(_) => {
+            conn.close(CloseReason::Io);
+            return;
+        }
+    };
+    if let Some(bytes) = rest {
+        conn.unsent.set(Some(Box::new(Unsent {
+            bytes,
+            report: Vec::new(),
+        })));
+    }
+    if !conn.drained() || conn.awaits_drain.get() || conn.flush_then_close.get() {
+        conn.wake_writer();
+    }
+}
+
+/// Submits the ring sends queued so far and handles every completion there is (sends to
+/// sockets with room complete within the submission).
+pub(crate) fn flush_ring(shard: &Shard) {
+    if !shard.ring_sends {
+        return;
+    }
+    imgate_runtime::net::submit_ring_sends();
+    handle_ring_completions(shard);
+}
+
+/// Handles the ring sends that completed.
+pub(crate) fn handle_ring_completions(shard: &Shard) {
+    let mut done = std::mem::take(&mut *shard.ring_done.borrow_mut());
+    imgate_runtime::net::take_ring_sends(&mut done);
+    for sent in done.drain(..) {
+        ring_sent(shard, sent);
+    }
+    // The buffer is kept for the next time (the same size every fan-out).
+    *shard.ring_done.borrow_mut() = done;
 }
 
 /// One socket write of `bytes` bytes to a client.
@@ -117,6 +188,11 @@ pub(crate) fn poll_write_side(
     loop {
         if let Some(reason) = conn.close.get() {
             return Poll::Ready(reason);
+        }
+        if conn.in_ring.get() {
+            // Its completion wakes the writer again when there is something to do.
+            register(&conn.writer, cx.waker());
+            return Poll::Pending;
         }
         if let Some(mut pending) = conn.unsent.take() {
             match poll_write(stream, cx, &pending.bytes) {

@@ -399,6 +399,8 @@ impl Core {
                 }
             }
             let ran = self.run_tasks();
+            // What the turn's tasks queued in the ring goes to the kernel now, in one call.
+            self.reactor.submit_ring();
             let now = Instant::now();
             let fired = self.reactor.fire_timers(now);
             if ran > 0 || fired > 0 {

@@ -25,9 +25,11 @@ mod engine;
 mod executor;
 pub mod net;
 mod reactor;
+mod ring;
 pub mod time;
 
 pub use affinity::{allowed_cpus, pin_current_thread};
 pub use async_task::Task;
 pub use engine::{probe_io_uring, Engine};
 pub use executor::{spawn_local, Builder, LoopStats, Runtime};
+pub use ring::SendDone;

@@ -15,6 +15,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use socket2::{Domain, Protocol, SockAddr, Type};
 
 use crate::executor::{try_with_core, with_core};
+use crate::ring::SendDone;
+use bytes::Bytes;
 
 /// A non-blocking socket registered with its runtime's epoll instance. It belongs to the
 /// runtime thread that made it, and cannot leave it: dropped on another thread, it would free
@@ -114,6 +116,9 @@ impl Socket {
     /// handed to another runtime (`Socket::new` there).
     pub fn into_fd(self) -> io::Result<OwnedFd> {
         let token = self.token;
+        // As in `drop`: queued ring sends reach the kernel while the number is still this
+        // socket's.
+        with_core(|core| core.reactor.submit_ring());
         // SAFETY: `self` is forgotten right after, so the descriptor is moved out exactly once.
         let fd = unsafe { std::ptr::read(&self.fd) };
         std::mem::forget(self);
@@ -151,6 +156,36 @@ impl Socket {
                 },
             }
         }
+    }
+
+    /// Queues a send of `buf` through the runtime's io_uring, to be reported by
+    /// [`take_ring_sends`] with `tag`. It goes to the kernel with the next
+    /// [`submit_ring_sends`], at the end of the loop's turn or when the loop parks, whichever
+    /// is first; it never waits in the kernel for room (`MSG_DONTWAIT`: a full socket reports
+    /// `WouldBlock`, and the socket then waits for its next output event, as after a
+    /// [`Socket::try_write`] that would block; see [`Socket::would_block`]). `Err(buf)` on
+    /// the epoll engine, or when the ring is full.
+    ///
+    /// Order: sends to one socket in flight at once may complete in any order; keep at most
+    /// one in flight per socket.
+    pub fn send_in_ring(&self, buf: Bytes, tag: u64) -> Result<(), Bytes> {
+        with_core(|core| match core.reactor.ring() {
+            Some(ring) => ring.queue_send(self.fd.as_raw_fd(), buf, tag),
+            None => Err(buf),
+        })
+    }
+
+    /// Whether a write syscall (or ring send) may succeed now: false from a `WouldBlock`
+    /// until the socket's next output event.
+    pub fn may_write(&self) -> bool {
+        with_core(|core| core.reactor.is_writable(self.token))
+    }
+
+    /// A write made elsewhere (a ring send) found the socket full: no write is tried until
+    /// its next output event, which wakes whoever then waits in
+    /// [`AsyncWrite::poll_write`].
+    pub fn would_block(&self) {
+        with_core(|core| core.reactor.wait_for(self.token, None, true));
     }
 
     fn ready_or_wait(&self, waker: &Waker, write: bool) -> bool {
@@ -198,10 +233,48 @@ fn send(fd: &OwnedFd, buf: &[u8]) -> Result<usize, ()> {
 impl Drop for Socket {
     fn drop(&mut self) {
         // The fd closes after this (field drop), which takes it out of the epoll set; events
-        // already reported carry this generation and find the slot reused or free.
+        // already reported carry this generation and find the slot reused or free. Sends
+        // queued in the ring go to the kernel first, which takes its own reference to the
+        // file: its number, freed by the close, may name another socket by the next submit.
         let token = self.token;
-        try_with_core(|core| core.reactor.release(token));
+        try_with_core(|core| {
+            core.reactor.submit_ring();
+            core.reactor.release(token)
+        });
     }
+}
+
+/// Submits the sends queued in this runtime's ring ([`Socket::send_in_ring`]) with one
+/// `io_uring_enter`, and reaps what completed meanwhile (a send to a socket with room
+/// completes within the call). Nothing to do on the epoll engine.
+pub fn submit_ring_sends() {
+    with_core(|core| core.reactor.submit_ring());
+}
+
+/// Moves the ring sends that completed into `out`.
+pub fn take_ring_sends(out: &mut Vec<SendDone>) {
+    with_core(|core| {
+        if let Some(ring) = core.reactor.ring() {
+            ring.take_done(out);
+        }
+    });
+}
+
+/// Completes when ring sends have completed (to be taken with [`take_ring_sends`]); never on
+/// the epoll engine.
+pub async fn ring_sends_done() {
+    poll_fn(|cx| {
+        with_core(|core| match core.reactor.ring() {
+            Some(ring) => ring.poll_done(cx),
+            None => Poll::Pending,
+        })
+    })
+    .await
+}
+
+/// Whether this thread runs a runtime that can send through a ring (the io_uring engine).
+pub fn has_ring() -> bool {
+    try_with_core(|core| core.reactor.ring().is_some()).unwrap_or(false)
 }
 
 impl AsFd for Socket {
@@ -554,5 +627,98 @@ mod tests {
                 assert_eq!(socket.try_write(b"x").unwrap(), None);
             });
         }
+    }
+
+    #[test]
+    fn a_ring_send_reaches_the_peer_and_reports_what_it_sent() {
+        Runtime::with_engine(crate::Engine::IoUring)
+            .unwrap()
+            .block_on(async {
+                assert!(has_ring());
+                let (socket, mut client) = pair();
+                socket
+                    .send_in_ring(Bytes::from_static(b"through the ring"), 7)
+                    .unwrap();
+                // A task waiting for completions is woken by them.
+                let waiting = crate::spawn_local(ring_sends_done());
+                submit_ring_sends();
+                timeout(Duration::from_secs(5), waiting)
+                    .await
+                    .expect("the waiting task was woken");
+                let mut done = Vec::new();
+                take_ring_sends(&mut done);
+                assert_eq!(done.len(), 1);
+                assert_eq!(done[0].tag, 7);
+                assert_eq!(done[0].result.as_ref().ok(), Some(&16));
+                assert_eq!(&done[0].buf[..], b"through the ring");
+                let mut buf = [0u8; 16];
+                client.read_exact(&mut buf).unwrap();
+                assert_eq!(&buf, b"through the ring");
+            });
+    }
+
+    #[test]
+    fn a_ring_send_to_a_full_socket_would_block_instead_of_waiting() {
+        Runtime::with_engine(crate::Engine::IoUring)
+            .unwrap()
+            .block_on(async {
+                let (socket, _client) = pair();
+                let chunk = Bytes::from(vec![1u8; 1 << 20]);
+                let mut blocked = false;
+                for _ in 0..512 {
+                    socket.send_in_ring(chunk.clone(), 1).unwrap();
+                    submit_ring_sends();
+                    let mut done = Vec::new();
+                    take_ring_sends(&mut done);
+                    assert_eq!(done.len(), 1, "completed within the submit");
+                    match &done[0].result {
+                        Ok(n) => assert!(*n > 0),
+                        Err(e) => {
+                            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+                            blocked = true;
+                            break;
+                        }
+                    }
+                }
+                assert!(blocked, "512 MiB went into a socket nobody reads");
+                socket.would_block();
+                assert!(!socket.may_write());
+            });
+    }
+
+    /// A send queued and not submitted when its socket is dropped goes to the kernel before
+    /// the descriptor closes (after the close, its number may name another socket): the peer
+    /// gets it, then the end of the stream.
+    #[test]
+    fn queued_ring_sends_are_submitted_before_their_socket_closes() {
+        Runtime::with_engine(crate::Engine::IoUring)
+            .unwrap()
+            .block_on(async {
+                let (socket, mut client) = pair();
+                socket
+                    .send_in_ring(Bytes::from_static(b"last words"), 1)
+                    .unwrap();
+                drop(socket);
+                client
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                client.read_to_end(&mut buf).unwrap();
+                assert_eq!(buf, b"last words");
+            });
+    }
+
+    #[test]
+    fn the_epoll_engine_has_no_ring_to_send_through() {
+        Runtime::with_engine(crate::Engine::Epoll)
+            .unwrap()
+            .block_on(async {
+                let (socket, _client) = pair();
+                assert!(!has_ring());
+                let back = socket
+                    .send_in_ring(Bytes::from_static(b"x"), 1)
+                    .unwrap_err();
+                assert_eq!(&back[..], b"x");
+            });
     }
 }

@@ -28,16 +28,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types, IoUring};
-
 use crate::engine::Engine;
+use crate::ring::Ring;
 
 /// Most events one `epoll_wait` returns.
 const MAX_EVENTS: usize = 1024;
-/// Ring entries: two polls in flight, never more.
-const RING_ENTRIES: u32 = 8;
-const EPOLL_POLL: u64 = 1;
-const WAKE_POLL: u64 = 2;
 /// The epoll token of the wake-up eventfd (epoll engine). Socket tokens never reach it: their
 /// slot index would have to be `u32::MAX`.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -64,11 +59,7 @@ pub(crate) struct Reactor {
 /// variant costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 enum Parker {
-    Ring {
-        ring: RefCell<IoUring>,
-        epoll_armed: Cell<bool>,
-        wake_armed: Cell<bool>,
-    },
+    Ring(Ring),
     Epoll,
 }
 
@@ -130,18 +121,7 @@ impl Reactor {
             OwnedFd::from_raw_fd(fd)
         };
         let parker = match engine {
-            Engine::IoUring => {
-                let ring = IoUring::new(RING_ENTRIES).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot create an io_uring: {e}"))
-                })?;
-                crate::engine::missing_features(ring.params().is_feature_ext_arg())
-                    .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
-                Parker::Ring {
-                    ring: RefCell::new(ring),
-                    epoll_armed: Cell::new(false),
-                    wake_armed: Cell::new(false),
-                }
-            }
+            Engine::IoUring => Parker::Ring(Ring::new()?),
             Engine::Epoll => {
                 // Level-triggered: it stays ready until the loop reads it.
                 let mut event = libc::epoll_event {
@@ -172,7 +152,7 @@ impl Reactor {
     /// What the loop parks in.
     pub(crate) fn engine(&self) -> Engine {
         match self.parker {
-            Parker::Ring { .. } => Engine::IoUring,
+            Parker::Ring(_) => Engine::IoUring,
             Parker::Epoll => Engine::Epoll,
         }
     }
@@ -240,91 +220,46 @@ impl Reactor {
                     self.poll_sockets(true);
                 }
             }
-            Parker::Ring {
-                ring,
-                epoll_armed,
-                wake_armed,
-            } => {
-                self.park_in_ring(ring, epoll_armed, wake_armed, timeout);
+            Parker::Ring(ring) => {
+                let waited = ring.wait(self.epoll.as_raw_fd(), self.wake_fd, timeout);
+                if let Err(e) = waited {
+                    match e.raw_os_error() {
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                        _ => {
+                            // EAGAIN, ENOMEM: the kernel could not take the wait now. Wait
+                            // in poll instead, so the loop neither spins nor stops.
+                            if let Some(suppressed) = self.park_failures.allow(Instant::now()) {
+                                tracing::warn!(
+                                    suppressed,
+                                    "io_uring wait failed, waiting in poll: {e}"
+                                );
+                            }
+                            self.park_in_poll(timeout);
+                        }
+                    }
+                }
+                if ring.reap() {
+                    self.drain_wake_fd();
+                }
                 self.poll_sockets(true);
             }
         }
     }
 
-    fn park_in_ring(
-        &self,
-        ring: &RefCell<IoUring>,
-        epoll_armed: &Cell<bool>,
-        wake_armed: &Cell<bool>,
-        timeout: Option<Duration>,
-    ) {
-        {
-            let mut ring = ring.borrow_mut();
-            let mut sq = ring.submission();
-            if !epoll_armed.get() {
-                let poll =
-                    opcode::PollAdd::new(types::Fd(self.epoll.as_raw_fd()), libc::POLLIN as u32)
-                        .build()
-                        .user_data(EPOLL_POLL);
-                // SAFETY: the polled fd outlives the ring (both are fields of this reactor,
-                // and the ring is dropped first).
-                if unsafe { sq.push(&poll) }.is_ok() {
-                    epoll_armed.set(true);
-                }
-            }
-            if !wake_armed.get() {
-                let poll = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
-                    .build()
-                    .user_data(WAKE_POLL);
-                // SAFETY: the eventfd outlives the runtime's loop (the executor owns it).
-                if unsafe { sq.push(&poll) }.is_ok() {
-                    wake_armed.set(true);
-                }
-            }
+    /// The ring, on the io_uring engine.
+    pub(crate) fn ring(&self) -> Option<&Ring> {
+        match &self.parker {
+            Parker::Ring(ring) => Some(ring),
+            Parker::Epoll => None,
         }
-        let waited = {
-            let ring = ring.borrow();
-            let submitter = ring.submitter();
-            match timeout {
-                Some(timeout) => {
-                    let ts = types::Timespec::new()
-                        .sec(timeout.as_secs())
-                        .nsec(timeout.subsec_nanos());
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    submitter.submit_with_args(1, &args)
-                }
-                None => submitter.submit_and_wait(1),
+    }
+
+    /// Submits the sends queued in the ring during the loop's turn, if any.
+    pub(crate) fn submit_ring(&self) {
+        if let Parker::Ring(ring) = &self.parker {
+            if ring.has_queued() {
+                ring.submit();
             }
-        };
-        if let Err(e) = waited {
-            match e.raw_os_error() {
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
-                _ => {
-                    // EAGAIN, ENOMEM: the kernel could not take the wait now. Wait in poll
-                    // instead, so the loop neither spins nor stops.
-                    if let Some(suppressed) = self.park_failures.allow(Instant::now()) {
-                        tracing::warn!(suppressed, "io_uring wait failed, waiting in poll: {e}");
-                    }
-                    self.park_in_poll(timeout);
-                }
-            }
-        }
-        let mut woken = false;
-        {
-            let mut ring = ring.borrow_mut();
-            for cqe in ring.completion() {
-                match cqe.user_data() {
-                    EPOLL_POLL => epoll_armed.set(false),
-                    WAKE_POLL => {
-                        wake_armed.set(false);
-                        woken = true;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if woken {
-            self.drain_wake_fd();
         }
     }
 

@@ -1,0 +1,234 @@
+//! The io_uring side of a runtime ([`Engine::IoUring`](crate::Engine::IoUring)): the ring the
+//! loop parks in, and the sends made through it.
+//!
+//! Parking: one poll on the epoll instance and one on the wake-up eventfd, each re-armed only
+//! after it completed, and the next timer as the wait's timeout.
+//!
+//! Sends ([`crate::net::Socket::send_in_ring`]): a send is queued as an `IORING_OP_SEND` with
+//! `MSG_DONTWAIT` (a full socket completes at once with `EAGAIN` rather than waiting in the
+//! kernel), keeps its buffer alive in the ring's table until its completion is reaped, and is
+//! submitted with everything else queued by one `io_uring_enter`: when its owner asks
+//! ([`crate::net::submit_ring_sends`]), at the end of the loop's turn, or when the loop
+//! parks. A socket about to be closed first submits what is queued, so a queued send never
+//! reaches a descriptor number that was closed and reused meanwhile (the kernel takes its own
+//! reference to the file when the send is submitted).
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::RawFd;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::{opcode, types, IoUring};
+
+/// Submission entries: a fan-out slice's sends (256) fit several times over.
+const RING_ENTRIES: u32 = 1024;
+const EPOLL_POLL: u64 = 1;
+const WAKE_POLL: u64 = 2;
+/// A send's user data: this bit, and its slot in the table of sends in flight.
+const SEND: u64 = 1 << 63;
+
+/// What became of a send made through the ring.
+#[derive(Debug)]
+pub struct SendDone {
+    /// The tag the send was queued with.
+    pub tag: u64,
+    /// Bytes sent (possibly fewer than the buffer holds), or why none were: `WouldBlock` when
+    /// the socket was full.
+    pub result: io::Result<usize>,
+    /// The buffer, given back.
+    pub buf: Bytes,
+}
+
+pub(crate) struct Ring {
+    ring: RefCell<IoUring>,
+    epoll_armed: Cell<bool>,
+    wake_armed: Cell<bool>,
+    sends: RefCell<Sends>,
+}
+
+#[derive(Default)]
+struct Sends {
+    /// Buffers and tags of the sends queued or in the kernel, by slot.
+    in_flight: Vec<Option<(Bytes, u64)>>,
+    free: Vec<u32>,
+    /// Completed sends not taken yet.
+    done: Vec<SendDone>,
+    /// Who waits for completions.
+    waker: Option<Waker>,
+}
+
+impl Ring {
+    pub(crate) fn new() -> io::Result<Ring> {
+        let ring = IoUring::new(RING_ENTRIES)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create an io_uring: {e}")))?;
+        crate::engine::missing_features(ring.params().is_feature_ext_arg())
+            .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
+        Ok(Ring {
+            ring: RefCell::new(ring),
+            epoll_armed: Cell::new(false),
+            wake_armed: Cell::new(false),
+            sends: RefCell::default(),
+        })
+    }
+
+    /// Arms the polls the loop parks on (those that completed since), then waits until one
+    /// completes or `timeout` passes, submitting whatever else is queued on the way.
+    pub(crate) fn wait(
+        &self,
+        epoll_fd: RawFd,
+        wake_fd: RawFd,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        {
+            let mut ring = self.ring.borrow_mut();
+            let mut sq = ring.submission();
+            if !self.epoll_armed.get() {
+                let poll = opcode::PollAdd::new(types::Fd(epoll_fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(EPOLL_POLL);
+                // SAFETY: the polled fd outlives the ring (the reactor drops the ring first).
+                if unsafe { sq.push(&poll) }.is_ok() {
+                    self.epoll_armed.set(true);
+                }
+            }
+            if !self.wake_armed.get() {
+                let poll = opcode::PollAdd::new(types::Fd(wake_fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(WAKE_POLL);
+                // SAFETY: the eventfd outlives the runtime's loop (the executor owns it).
+                if unsafe { sq.push(&poll) }.is_ok() {
+                    self.wake_armed.set(true);
+                }
+            }
+        }
+        let ring = self.ring.borrow();
+        let submitter = ring.submitter();
+        match timeout {
+            Some(timeout) => {
+                let ts = types::Timespec::new()
+                    .sec(timeout.as_secs())
+                    .nsec(timeout.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                submitter.submit_with_args(1, &args)
+            }
+            None => submitter.submit_and_wait(1),
+        }
+    }
+
+    /// Takes what completed: the park's polls (returns whether the wake-up eventfd's did) and
+    /// the sends, which wait in `done` for their owner, woken.
+    pub(crate) fn reap(&self) -> bool {
+        let mut woken = false;
+        let mut sends = self.sends.borrow_mut();
+        let mut any_send = false;
+        {
+            let mut ring = self.ring.borrow_mut();
+            for cqe in ring.completion() {
+                match cqe.user_data() {
+                    EPOLL_POLL => self.epoll_armed.set(false),
+                    WAKE_POLL => {
+                        self.wake_armed.set(false);
+                        woken = true;
+                    }
+                    data if data & SEND != 0 => {
+                        let slot = (data & !SEND) as u32;
+                        let taken = sends
+                            .in_flight
+                            .get_mut(slot as usize)
+                            .and_then(Option::take);
+                        if let Some((buf, tag)) = taken {
+                            sends.free.push(slot);
+                            let result = match cqe.result() {
+                                n if n >= 0 => Ok(n as usize),
+                                errno => Err(io::Error::from_raw_os_error(-errno)),
+                            };
+                            sends.done.push(SendDone { tag, result, buf });
+                            any_send = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if any_send {
+            if let Some(waker) = sends.waker.take() {
+                drop(sends);
+                waker.wake();
+            }
+        }
+        woken
+    }
+
+    /// Queues a send of `buf` on `fd`, reported with `tag`. `Err(buf)` when the submission
+    /// queue is full even after submitting what it held.
+    pub(crate) fn queue_send(&self, fd: RawFd, buf: Bytes, tag: u64) -> Result<(), Bytes> {
+        let Ok(len) = u32::try_from(buf.len()) else {
+            return Err(buf);
+        };
+        let mut sends = self.sends.borrow_mut();
+        let slot = match sends.free.pop() {
+            Some(slot) => slot,
+            None => {
+                sends.in_flight.push(None);
+                (sends.in_flight.len() - 1) as u32
+            }
+        };
+        let entry = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(SEND | u64::from(slot));
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the buffer stays alive (and unmoved: `Bytes` never moves its bytes) in
+        // `in_flight` until the completion for this slot is reaped.
+        let mut pushed = unsafe { ring.submission().push(&entry) }.is_ok();
+        if !pushed {
+            // Full: submit what is there, then try once more.
+            if ring.submit().is_ok() {
+                // SAFETY: as above.
+                pushed = unsafe { ring.submission().push(&entry) }.is_ok();
+            }
+        }
+        if !pushed {
+            sends.free.push(slot);
+            return Err(buf);
+        }
+        sends.in_flight[slot as usize] = Some((buf, tag));
+        Ok(())
+    }
+
+    /// Whether entries wait in the submission queue (the kernel has not taken them yet).
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.ring.borrow_mut().submission().is_empty()
+    }
+
+    /// Submits what is queued (one `io_uring_enter`, no wait) and reaps what completed (sends
+    /// on a socket with room complete within the call). A submission the kernel refuses now
+    /// (`EBUSY`, `EAGAIN`: completions to reap first) stays queued for the next one.
+    pub(crate) fn submit(&self) {
+        if self.has_queued() {
+            // Refused now: the entries stay in the queue for the next submission.
+            let _ = self.ring.borrow().submit();
+        }
+        self.reap();
+    }
+
+    /// Moves the completed sends into `out`.
+    pub(crate) fn take_done(&self, out: &mut Vec<SendDone>) {
+        out.append(&mut self.sends.borrow_mut().done);
+    }
+
+    /// Ready when completed sends wait; else leaves `cx`'s waker for the next completion.
+    pub(crate) fn poll_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut sends = self.sends.borrow_mut();
+        if !sends.done.is_empty() {
+            return Poll::Ready(());
+        }
+        match &sends.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => sends.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
