@@ -366,6 +366,9 @@ impl Reactor {
 
     /// Frees a socket's slot (its fd is about to close, which takes it out of the epoll set).
     pub(crate) fn release(&self, token: u64) {
+        if let Parker::Ring(ring) = &self.parker {
+            ring.forget_listener(token);
+        }
         let mut slots = self.slots.borrow_mut();
         let (index, generation) = split(token);
         if let Some(slot) = slots.entries.get_mut(index as usize) {

@@ -12,6 +12,12 @@
 //! parks. A socket about to be closed first submits what is queued, so a queued send never
 //! reaches a descriptor number that was closed and reused meanwhile (the kernel takes its own
 //! reference to the file when the send is submitted).
+//!
+//! Accepts ([`crate::net::Socket::accept`] on a listening socket): one multishot accept per
+//! listener (Linux 5.19) hands every new connection's descriptor to the ring's queue for that
+//! listener, re-armed when the kernel ends it; a listener dropped cancels it (the request holds
+//! the listening socket open until then), and descriptors that arrive after are closed. A
+//! kernel that refuses multishot accepts leaves that listener on `accept4`.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -28,6 +34,10 @@ const EPOLL_POLL: u64 = 1;
 const WAKE_POLL: u64 = 2;
 /// A send's user data: this bit, and its slot in the table of sends in flight.
 const SEND: u64 = 1 << 63;
+/// A multishot accept's user data: this bit, and its listener's place in `accepts`.
+const ACCEPT: u64 = 1 << 62;
+/// A cancellation's own completion (nothing to do with it).
+const CANCEL: u64 = 3;
 
 /// What became of a send made through the ring.
 #[derive(Debug)]
@@ -46,6 +56,29 @@ pub(crate) struct Ring {
     epoll_armed: Cell<bool>,
     wake_armed: Cell<bool>,
     sends: RefCell<Sends>,
+    /// The listeners accepting through the ring (a few per thread).
+    accepts: RefCell<Vec<Option<Accepting>>>,
+}
+
+/// A listener's multishot accept.
+struct Accepting {
+    /// The listening socket's token (its reactor slot).
+    token: u64,
+    /// Connections accepted and not taken yet, or the error the accept ended with.
+    ready: std::collections::VecDeque<io::Result<std::os::fd::OwnedFd>>,
+    /// Whether the kernel holds a multishot accept for it now.
+    armed: bool,
+    /// The kernel refused multishot accepts: `accept4` instead.
+    unsupported: bool,
+    waker: Option<Waker>,
+}
+
+/// What [`Ring::poll_accept`] found.
+pub(crate) enum Accepted {
+    Ready(io::Result<std::os::fd::OwnedFd>),
+    Pending,
+    /// Multishot accepts are not available: accept with a syscall.
+    Unsupported,
 }
 
 #[derive(Default)]
@@ -70,6 +103,7 @@ impl Ring {
             epoll_armed: Cell::new(false),
             wake_armed: Cell::new(false),
             sends: RefCell::default(),
+            accepts: RefCell::default(),
         })
     }
 
@@ -132,6 +166,9 @@ impl Ring {
                         self.wake_armed.set(false);
                         woken = true;
                     }
+                    data if data & ACCEPT != 0 => {
+                        self.accepted((data & !ACCEPT) as usize, cqe.result(), cqe.flags());
+                    }
                     data if data & SEND != 0 => {
                         let slot = (data & !SEND) as u32;
                         let taken = sends
@@ -159,6 +196,123 @@ impl Ring {
             }
         }
         woken
+    }
+
+    /// A multishot accept's completion: a new connection (`result` its descriptor), or the
+    /// end of the request (without `IORING_CQE_F_MORE`), with an error or cancelled.
+    fn accepted(&self, place: usize, result: i32, flags: u32) {
+        let mut accepts = self.accepts.borrow_mut();
+        let Some(Some(listener)) = accepts.get_mut(place) else {
+            if result >= 0 {
+                // SAFETY: the kernel made this descriptor for us; nobody else knows it.
+                drop(unsafe {
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(result)
+                });
+            }
+            return;
+        };
+        if !io_uring::cqueue::more(flags) {
+            listener.armed = false;
+        }
+        match result {
+            fd if fd >= 0 => listener.ready.push_back(Ok(
+                // SAFETY: as above.
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+            )),
+            errno if errno == -libc::EINVAL || errno == -libc::EOPNOTSUPP => {
+                listener.unsupported = true
+            }
+            // The request ended by cancellation: the listener is going away.
+            errno if errno == -libc::ECANCELED => {}
+            errno => listener
+                .ready
+                .push_back(Err(io::Error::from_raw_os_error(-errno))),
+        }
+        if let Some(waker) = listener.waker.take() {
+            drop(accepts);
+            waker.wake();
+        }
+    }
+
+    /// The next connection the listener `fd` (reactor token `token`) accepted through the
+    /// ring, arming its multishot accept the first time and whenever the kernel ended it.
+    pub(crate) fn poll_accept(&self, token: u64, fd: RawFd, cx: &mut Context<'_>) -> Accepted {
+        let mut accepts = self.accepts.borrow_mut();
+        let place = match accepts
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| a.token == token))
+        {
+            Some(place) => place,
+            None => {
+                // A place is never reused: a cancelled accept's last completions may still
+                // come, and must not be taken for another listener's.
+                accepts.push(Some(Accepting {
+                    token,
+                    ready: Default::default(),
+                    armed: false,
+                    unsupported: false,
+                    waker: None,
+                }));
+                accepts.len() - 1
+            }
+        };
+        let Some(listener) = accepts[place].as_mut() else {
+            return Accepted::Unsupported;
+        };
+        if let Some(next) = listener.ready.pop_front() {
+            return Accepted::Ready(next);
+        }
+        if listener.unsupported {
+            return Accepted::Unsupported;
+        }
+        match &listener.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => listener.waker = Some(cx.waker().clone()),
+        }
+        if !listener.armed {
+            let entry = opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ACCEPT | place as u64);
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: the request refers to no memory of ours; the listener is cancelled
+            // before its descriptor closes ([`Ring::forget_listener`]).
+            let pushed = unsafe { ring.submission().push(&entry) }.is_ok()
+                || (ring.submit().is_ok() && unsafe { ring.submission().push(&entry) }.is_ok());
+            if !pushed {
+                return Accepted::Unsupported;
+            }
+            listener.armed = true;
+        }
+        Accepted::Pending
+    }
+
+    /// The listener with reactor token `token` is about to close: its multishot accept is
+    /// cancelled (queued with what is submitted next, before the close), and what it accepted
+    /// and nobody took is closed.
+    pub(crate) fn forget_listener(&self, token: u64) {
+        let mut accepts = self.accepts.borrow_mut();
+        let Some(place) = accepts
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| a.token == token))
+        else {
+            return;
+        };
+        let listener = accepts[place].take();
+        if listener.as_ref().is_some_and(|l| l.armed) {
+            let cancel = opcode::AsyncCancel::new(ACCEPT | place as u64)
+                .build()
+                .user_data(CANCEL);
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: a cancellation refers to no memory.
+            if unsafe { ring.submission().push(&cancel) }.is_err() {
+                let _ = ring.submit();
+                // SAFETY: as above.
+                let _ = unsafe { ring.submission().push(&cancel) };
+            }
+        }
+        drop(accepts);
+        drop(listener);
     }
 
     /// Queues a send of `buf` on `fd`, reported with `tag`. `Err(buf)` when the submission
