@@ -100,4 +100,10 @@ pub trait BusConsumer: Send {
 
     /// The next event, or `None` once the bus is closed and drained.
     async fn recv(&mut self) -> Option<BusEvent>;
+
+    /// Records what is delivered and leaves the group (a broker's: bounded), so the other
+    /// consumers take over at once; nothing is received after. job calls it at shutdown, once
+    /// its links have written what they held. Dropping a consumer does the same without
+    /// waiting.
+    async fn close(&mut self) {}
 }

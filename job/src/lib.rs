@@ -212,6 +212,8 @@ impl Router {
             self.send_room(batch);
         }
         self.registry.close().await;
+        // The links wrote what they could: the bus records it and lets the other jobs take over.
+        consumer.close().await;
     }
 
     /// One look at the comets' load: the budget learns from the busiest shard and from the

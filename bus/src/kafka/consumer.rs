@@ -262,11 +262,7 @@ impl KafkaConsumer {
     /// Commits what is delivered, leaves the group and waits for the poll thread to end.
     /// Dropping the consumer does the same without waiting.
     pub async fn close(mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.events.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        BusConsumer::close(&mut self).await;
     }
 }
 
@@ -280,6 +276,14 @@ impl Drop for KafkaConsumer {
 impl BusConsumer for KafkaConsumer {
     async fn recv(&mut self) -> Option<BusEvent> {
         self.events.recv().await
+    }
+
+    async fn close(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.events.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     /// A metadata request for the topic, with a timeout.

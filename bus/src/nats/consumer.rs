@@ -120,6 +120,8 @@ impl NatsConsumer {
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let (stop, stopped) = watch::channel(false);
         let coordinator = Coordinator {
+            tick: (config.session_timeout / 3)
+                .clamp(Duration::from_millis(100), Duration::from_secs(1)),
             shared: shared.clone(),
             js: js.clone(),
             events: tx,
@@ -147,11 +149,7 @@ impl NatsConsumer {
     /// jobs take them at once) and waits for that (bounded). Dropping the consumer does the
     /// same without waiting.
     pub async fn close(mut self) {
-        let _ = self.stop.send(true);
-        self.events.close();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(REVOKE_WAIT * 2, task).await;
-        }
+        BusConsumer::close(&mut self).await;
     }
 
     /// Stops at once, as a job that dies would: nothing more is acknowledged and nothing is
@@ -176,6 +174,14 @@ impl Drop for NatsConsumer {
 impl BusConsumer for NatsConsumer {
     async fn recv(&mut self) -> Option<BusEvent> {
         self.events.recv().await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.stop.send(true);
+        self.events.close();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(REVOKE_WAIT * 2, task).await;
+        }
     }
 
     fn lag_probe(&self) -> Option<crate::LagProbe> {
@@ -247,6 +253,8 @@ struct Setup {
 
 struct Coordinator {
     shared: Arc<Shared>,
+    /// How often memberships and leases are renewed.
+    tick: Duration,
     js: jetstream::Context,
     events: mpsc::Sender<BusEvent>,
     held: BTreeMap<u32, Held>,
@@ -274,9 +282,7 @@ fn share(partitions: u32, members: usize, index: usize) -> usize {
 
 impl Coordinator {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let config = &self.shared.config;
-        let tick =
-            (config.session_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let tick = self.tick;
         let mut next_lag = Instant::now();
         while !*stop.borrow() && !self.events.is_closed() {
             self.round().await;
@@ -318,43 +324,13 @@ impl Coordinator {
                 }
             }
         }
+        if !self.renew().await {
+            return;
+        }
         let Some(kv) = self.setup.as_ref().map(|s| s.kv.clone()) else {
             return;
         };
         let member = self.shared.member.clone();
-        if let Err(e) = kv.put(member_key(&member), Bytes::new()).await {
-            self.shared
-                .warn(&format!("nats consumer: cannot renew its membership: {e}"));
-            // The bucket may be gone with a server that lost its store.
-            self.setup = None;
-            return;
-        }
-        let mut lost = Vec::new();
-        for (&partition, held) in self.held.iter_mut() {
-            match kv
-                .update(
-                    lease_key(partition),
-                    Bytes::from(member.clone()),
-                    held.revision,
-                )
-                .await
-            {
-                Ok(revision) => held.revision = revision,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    lost.push(partition)
-                }
-                Err(e) => self.shared.warn(&format!(
-                    "nats consumer: cannot renew the lease of partition {partition}: {e}"
-                )),
-            }
-        }
-        for partition in lost {
-            tracing::warn!(
-                partition,
-                "nats: lease lost (not renewed within bus.nats.session_timeout); another job may hold the partition"
-            );
-            self.let_go(partition, false).await;
-        }
         let members = match self.members(&kv).await {
             Ok(members) => members,
             Err(e) => {
@@ -401,6 +377,70 @@ impl Coordinator {
                         ));
                         break;
                     }
+                }
+            }
+        }
+    }
+
+    /// Renews this job's membership and the lease of every partition it holds; a lease that
+    /// expired and was taken by another job is lost, and its partition stops at once. False
+    /// if the membership could not be renewed (the server is down or lost its store).
+    async fn renew(&mut self) -> bool {
+        let Some(kv) = self.setup.as_ref().map(|s| s.kv.clone()) else {
+            return false;
+        };
+        let member = self.shared.member.clone();
+        if let Err(e) = kv.put(member_key(&member), Bytes::new()).await {
+            self.shared
+                .warn(&format!("nats consumer: cannot renew its membership: {e}"));
+            // The bucket may be gone with a server that lost its store.
+            self.setup = None;
+            return false;
+        }
+        let mut lost = Vec::new();
+        for (&partition, held) in self.held.iter_mut() {
+            match kv
+                .update(
+                    lease_key(partition),
+                    Bytes::from(member.clone()),
+                    held.revision,
+                )
+                .await
+            {
+                Ok(revision) => held.revision = revision,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    lost.push(partition)
+                }
+                Err(e) => self.shared.warn(&format!(
+                    "nats consumer: cannot renew the lease of partition {partition}: {e}"
+                )),
+            }
+        }
+        for partition in lost {
+            tracing::warn!(
+                partition,
+                "nats: lease lost (not renewed within bus.nats.session_timeout); another job may hold the partition"
+            );
+            self.let_go(partition, false).await;
+        }
+        true
+    }
+
+    /// Waits for `wait` until `deadline`, renewing every tick meanwhile: a long hand-over must
+    /// not let the other partitions' leases expire. `None` if the deadline came first.
+    async fn renewing<T>(
+        &mut self,
+        wait: impl std::future::Future<Output = T>,
+        deadline: tokio::time::Instant,
+    ) -> Option<T> {
+        tokio::pin!(wait);
+        loop {
+            let slice = deadline.min(tokio::time::Instant::now() + self.tick);
+            match tokio::time::timeout_at(slice, &mut wait).await {
+                Ok(done) => return Some(done),
+                Err(_) if tokio::time::Instant::now() >= deadline => return None,
+                Err(_) => {
+                    self.renew().await;
                 }
             }
         }
@@ -577,15 +617,15 @@ impl Coordinator {
             partitions: partitions.iter().map(|&p| p as i32).collect(),
             done,
         };
-        let sent = tokio::time::timeout_at(deadline, self.events.send(event)).await;
-        if matches!(sent, Ok(Ok(()))) && tokio::time::timeout_at(deadline, answered).await.is_err()
-        {
+        let events = self.events.clone();
+        let sent = self.renewing(events.send(event), deadline).await;
+        if matches!(sent, Some(Ok(()))) && self.renewing(answered, deadline).await.is_none() {
             tracing::warn!("nats: job did not answer a revoke within {REVOKE_WAIT:?}");
         }
         let deadline = tokio::time::Instant::now() + REVOKE_WAIT;
         for &partition in &partitions {
-            if let Some(held) = self.held.get(&partition) {
-                if !held.track.drained(deadline).await {
+            if let Some(track) = self.held.get(&partition).map(|h| h.track.clone()) {
+                if self.renewing(track.drained(deadline), deadline).await != Some(true) {
                     tracing::warn!(
                         partition,
                         "nats: messages of a partition given up still undelivered after {REVOKE_WAIT:?}; its next holder consumes them again"
