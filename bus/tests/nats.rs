@@ -320,3 +320,62 @@ async fn a_server_that_comes_back_empty_is_set_up_again() {
     );
     consumer.close().await;
 }
+
+/// Credentials in the URL and TLS with a private CA (`bus.nats.tls_ca_file`): the producer
+/// connects and publishes; a wrong password, or no CA to trust the server's certificate,
+/// is a clear error at connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_and_tls_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let args = [
+        "--user".to_string(),
+        "imgate".to_string(),
+        "--pass".to_string(),
+        "s3cret".to_string(),
+        "--tls".to_string(),
+        "--tlscert".to_string(),
+        cert.display().to_string(),
+        "--tlskey".to_string(),
+        key.display().to_string(),
+    ];
+    let nats = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Nats::start_with(&args)
+    })
+    .await
+    .unwrap();
+    let at = |credentials: &str| format!("tls://{credentials}@127.0.0.1:{}", nats.port());
+    let config = NatsConfig {
+        url: at("imgate:s3cret"),
+        tls_ca_file: Some(cert.clone()),
+        connect_timeout: Duration::from_secs(3),
+        ..nats_config(&nats, 1)
+    };
+    let producer = producer(&config).await;
+    producer.publish(room("r://1", "over TLS")).await.unwrap();
+    producer.ready().await.expect("ready over TLS");
+
+    let wrong_password = NatsConfig {
+        url: at("imgate:wrong"),
+        ..config.clone()
+    };
+    let refused = NatsProducer::connect(&wrong_password).await;
+    assert!(refused.is_err(), "a wrong password is refused");
+    let untrusted = NatsConfig {
+        tls_ca_file: None,
+        ..config.clone()
+    };
+    let refused = NatsProducer::connect(&untrusted).await;
+    let error = refused
+        .err()
+        .expect("an untrusted certificate is refused")
+        .to_string();
+    assert!(error.contains("nats: connecting to"), "{error}");
+}

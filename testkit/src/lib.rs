@@ -412,16 +412,24 @@ pub struct Nats {
     port: u16,
     monitor_port: u16,
     dir: TempDir,
+    /// More options, kept for restarts.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Nats {
     /// Starts a server with JetStream enabled.
     pub fn start() -> Nats {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with JetStream enabled and these more options (`--user`, `--tls`, …).
+    pub fn start_with(args: &[&str]) -> Nats {
         let mut n = Nats {
             port: free_port(),
             monitor_port: free_port(),
             dir: temp_dir("nats"),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         // As for Redis: a taken port makes the server exit at once; try others.
@@ -462,6 +470,7 @@ impl Nats {
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-sd")
             .arg(self.dir.path().join("store"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

@@ -86,10 +86,20 @@ async fn connect(config: &NatsConfig, name: &str, in_background: bool) -> Result
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<ServerAddr>()
-                .map_err(|e| unavailable(&format!("bus.nats.url {s:?}"), e))
+                .map_err(|e| unavailable(&format!("bus.nats.url {:?}", redacted(s)), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut options = ConnectOptions::new()
+    let mut options = ConnectOptions::new();
+    // async-nats reads no credentials from a URL: the first URL's user and password (or
+    // token, a user without a password) go into the options.
+    if let Some(server) = servers.iter().find(|s| s.username().is_some()) {
+        let user = percent_decoded(server.username().unwrap_or_default());
+        options = match server.password() {
+            Some(password) => options.user_and_password(user, percent_decoded(password)),
+            None => options.token(user),
+        };
+    }
+    options = options
         .name(name)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.publish_timeout))
@@ -118,7 +128,42 @@ async fn connect(config: &NatsConfig, name: &str, in_background: bool) -> Result
     options
         .connect(servers)
         .await
-        .map_err(|e| unavailable(&format!("nats: connecting to {}", config.url), e))
+        .map_err(|e| unavailable(&format!("nats: connecting to {}", redacted(&config.url)), e))
+}
+
+/// `url` (or a comma-separated list of them) with any credentials replaced by `***`, for logs
+/// and errors.
+pub fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(str::trim)
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &one[..scheme + 3], &one[at..])
+            }
+            _ => one.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A URL's user or password, `%XX` escapes decoded.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(high << 4 | low);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A JetStream context whose requests (and publish acknowledgements) are bounded by
@@ -180,6 +225,16 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
         assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn credentials_never_show_and_are_decoded() {
+        assert_eq!(
+            redacted("nats://u:p%40ss@a:4222, tls://tok@b:4222,nats://c:4222"),
+            "nats://***@a:4222,tls://***@b:4222,nats://c:4222"
+        );
+        assert_eq!(percent_decoded("p%40ss%2"), "p@ss%2");
+        assert_eq!(percent_decoded("plain"), "plain");
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl BusProducer for NatsProducer {
         if self.client.connection_state() != State::Connected {
             return Err(BusError::Unavailable(format!(
                 "nats: not connected to {} (reconnecting)",
-                self.config.url
+                super::redacted(&self.config.url)
             )));
         }
         let partition = partition_of(&msg.partition_key(), self.config.partitions);
