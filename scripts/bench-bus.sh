@@ -13,8 +13,9 @@
 #   pushes/s      the peak phase's accepted pushes per second (imgate on SERVER_CPUS, one core
 #                 by default: the messages per second one logic core carries, with job and comet
 #                 beside it)
-#   imgate us/push, broker us/push   CPU time per push of the imgate process and of the broker
-#                 over that phase (utime + stime from /proc)
+#   imgate us/push, broker us/push   CPU time per push of the imgate process (over the peak
+#                 phase) and of the broker (over the whole run), utime + stime from /proc
+#   per core      pushes per second one fully busy imgate core would carry: 1 s / imgate us/push
 #   p50/p99 ms    from a push sent to its arrival at the client, in the phase at half the peak
 #                 rate (accepted to written, plus the HTTP answer and the client's read)
 #
@@ -169,7 +170,7 @@ if command -v python3 >/dev/null; then
   python3 - "$(getconf CLK_TCK)" "${summary[@]}" <<'EOF'
 import json, sys
 tck = float(sys.argv[1])
-print(f"{'bus':10} {'pushes/s':>9} {'imgate us/push':>15} {'broker us/push':>15} {'p50 ms':>7} {'p99 ms':>7}")
+print(f"{'bus':10} {'pushes/s':>9} {'imgate us/push':>15} {'per core':>9} {'broker us/push':>15} {'p50 ms':>7} {'p99 ms':>7}")
 for row in sys.argv[2:]:
     bus, path, broker_ticks = row.split()
     report = json.load(open(path))
@@ -184,8 +185,10 @@ for row in sys.argv[2:]:
     p50 = lat.get("p50")
     p99 = lat.get("p99")
     fmt = lambda v, d=1: f"{v:.{d}f}" if isinstance(v, (int, float)) else "-"
+    per_core = 1e9 / cpu_ns if cpu_ns else None
     print(f"{bus:10} {fmt(rate, 0):>9} {fmt(cpu_ns / 1000 if cpu_ns else None):>15} "
-          f"{fmt(broker_us):>15} {fmt(p50 / 1000 if p50 else None, 2):>7} {fmt(p99 / 1000 if p99 else None, 2):>7}")
+          f"{fmt(per_core, 0):>9} {fmt(broker_us):>15} "
+          f"{fmt(p50 / 1000 if p50 else None, 2):>7} {fmt(p99 / 1000 if p99 else None, 2):>7}")
 EOF
 else
   printf '%s\n' "${summary[@]}"
