@@ -520,7 +520,7 @@ impl Nats {
     }
 
     /// Stops the server as `systemctl stop` does: SIGTERM, then SIGKILL if it has not exited
-    /// within 10 s. A stopped server has written everything it acknowledged to its store.
+    /// within 10 s; a server stopped this way has written out its store.
     pub fn stop(&mut self) {
         let Some(child) = self.child.as_mut() else {
             return;

@@ -100,8 +100,8 @@ pub enum Broker {
 
 impl Broker {
     /// Stops the broker: the Kafka one with SIGKILL; nats-server as `systemctl stop` does
-    /// (SIGTERM), which writes out what it acknowledged (2.9's file store acknowledges a
-    /// message before its write reaches the OS).
+    /// (SIGTERM, then SIGKILL after 10 s). A nats-server killed mid-write is not what these
+    /// tests cover: JetStream's file store writes asynchronously to its acknowledgements.
     pub fn stop(&mut self) {
         match self {
             Broker::Kafka { kafka, .. } => kafka.stop(),
