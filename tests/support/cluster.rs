@@ -100,8 +100,8 @@ pub enum Broker {
 
 impl Broker {
     /// Stops the broker: the Kafka one with SIGKILL; nats-server as `systemctl stop` does
-    /// (SIGTERM, then SIGKILL after 10 s). A nats-server killed mid-write is not what these
-    /// tests cover: JetStream's file store writes asynchronously to its acknowledgements.
+    /// (SIGTERM, then SIGKILL after 10 s). A nats-server killed with SIGKILL is not what these
+    /// tests cover.
     pub fn stop(&mut self) {
         match self {
             Broker::Kafka { kafka, .. } => kafka.stop(),
