@@ -5,7 +5,8 @@
 #   broker-restart fault test; the tests run their own server, never a system-wide one),
 #   nisshi, a Kafka-protocol broker with in-memory and PostgreSQL storage (built from crates.io
 #   once per machine, ~15 minutes on 2 cores, into ~/.local/imgate-tools; Apache Kafka itself
-#   needs a JVM, and librdkafka's mock cluster lacks the admin API the tests use).
+#   needs a JVM, and librdkafka's mock cluster lacks the admin API the tests use),
+#   nats-server, NATS with JetStream (Debian package; the tests run their own servers).
 # Idempotent: a second run does nothing.
 set -euo pipefail
 
@@ -32,6 +33,14 @@ if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bi
   # Debian's package creates and starts a cluster on 5432; the tests start their own.
   apt_install postgresql
   (systemctl disable --now postgresql >/dev/null 2>&1 || service postgresql stop >/dev/null 2>&1 || true)
+fi
+
+# Debian puts nats-server in /usr/sbin, which is not on every user's PATH.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  echo "install-deps: installing nats-server" >&2
+  apt_install nats-server
+  # Should a package start a system-wide server, stop it: the tests start their own.
+  (systemctl disable --now nats-server >/dev/null 2>&1 || service nats-server stop >/dev/null 2>&1 || true)
 fi
 
 # A nisshi built before the PostgreSQL storage was needed lacks it: its help lists the engines.

@@ -11,8 +11,8 @@ if ! need cc; then
   apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
 fi
 
-# Redis, PostgreSQL and a Kafka-protocol broker for the cluster and fault tests (installed
-# once per machine).
+# Redis, PostgreSQL, a Kafka-protocol broker and nats-server for the cluster and fault tests
+# (installed once per machine).
 scripts/install-deps.sh
 
 # Debug builds keep the edit-test loop short; dependencies are optimised (see Cargo.toml).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use imgate_bus::kafka::{KafkaConsumer, KafkaProducer};
+use imgate_bus::nats::{NatsConsumer, NatsProducer};
 use imgate_bus::{BusConsumer, BusProducer};
 use imgate_comet::CometHandle;
 use imgate_job::JobHandle;
@@ -58,7 +59,7 @@ async fn connect_store(config: &StoreConfig) -> anyhow::Result<Stores> {
 }
 
 /// The bus ends this process needs: the embedded bus only exists within one process, so its
-/// two ends are made together; Kafka ends are made independently.
+/// two ends are made together; Kafka and NATS ends are made independently.
 async fn connect_bus(
     config: &BusConfig,
     producer: bool,
@@ -84,11 +85,33 @@ async fn connect_bus(
             };
             Ok((p, c))
         }
+        BusConfig::Nats(nats) => {
+            let p: Option<Arc<dyn BusProducer>> = if producer {
+                Some(Arc::new(
+                    NatsProducer::connect(nats)
+                        .await
+                        .context("connecting the NATS producer")?,
+                ))
+            } else {
+                None
+            };
+            let c: Option<Box<dyn BusConsumer>> = if consumer {
+                Some(Box::new(
+                    NatsConsumer::connect(nats)
+                        .await
+                        .context("connecting the NATS consumer")?,
+                ))
+            } else {
+                None
+            };
+            Ok((p, c))
+        }
         BusConfig::Embedded(embedded) => {
             if producer != consumer {
                 bail!(
                     "with bus.kind = \"embedded\" logic and job must run in the same process \
-                     (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\")"
+                     (use `imgate logic`, which runs job beside it, or bus.kind = \"kafka\" or \
+                     \"nats\")"
                 );
             }
             let (p, c) = imgate_bus::embedded(embedded.capacity, embedded.publish_timeout);
@@ -219,9 +242,13 @@ impl Gateway {
                 }),
             );
         }
-        if let (Some(_), None, Some(registry)) = (&self.job, &self.logic, registry) {
-            // logic checks the store when it runs here; a job process checks it itself.
+        if let (Some(job), None, Some(registry)) = (&self.job, &self.logic, registry) {
+            // logic checks the store and the bus when it runs here; a job process checks them
+            // itself (the bus: a broker's round trip, bounded).
             ops.add_check("store", imgate_logic::ops::store_check(registry));
+            if let Some(probe) = job.bus_probe() {
+                ops.add_check("bus", probe);
+            }
         }
         if let Some(job) = &self.job {
             ops.add_collector(job.collector());

@@ -1,5 +1,6 @@
 //! Cluster mode end to end: separate `imgate comet`, `imgate logic` and `imgate job`
-//! processes on a real Redis and a real Kafka-protocol broker, real clients, real HTTP, and
+//! processes on a real Redis and a real broker (a Kafka-protocol broker; the pushes across
+//! comets and logics on nats-server with JetStream too), real clients, real HTTP, and
 //! processes killed with SIGKILL. Restarts and kills of every service, with every push
 //! counted, are in `faults.rs`.
 
@@ -8,14 +9,35 @@ mod support;
 use std::time::Duration;
 
 use imgate::client::Transport;
-use support::cluster::{Cluster, Timers};
+use support::cluster::{Bus, Cluster, Setup, Timers};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn a_push_through_one_logic_reaches_a_client_on_another_comet_via_kafka() {
-    let c = Cluster::start(2, 2, 1);
+    a_push_through_one_logic_reaches_a_client_on_another_comet(Bus::Kafka);
+}
+
+#[test]
+fn a_push_through_one_logic_reaches_a_client_on_another_comet_via_nats() {
+    a_push_through_one_logic_reaches_a_client_on_another_comet(Bus::Nats);
+}
+
+fn on(bus: Bus, comets: usize, logics: usize, jobs: usize) -> Cluster {
+    Cluster::start_setup(
+        comets,
+        logics,
+        jobs,
+        Setup {
+            bus,
+            ..Setup::default()
+        },
+    )
+}
+
+fn a_push_through_one_logic_reaches_a_client_on_another_comet(bus: Bus) {
+    let c = on(bus, 2, 2, 1);
     let a = Subscriber::start(c.comets[0].tcp, Transport::Tcp, 1, "", "", &[1000]);
     let b = Subscriber::start(
         c.comets[1].ws,
@@ -43,7 +65,17 @@ fn a_push_through_one_logic_reaches_a_client_on_another_comet_via_kafka() {
 
 #[test]
 fn room_messages_reach_members_on_both_comets_exactly_once_and_in_order() {
-    let c = Cluster::start(2, 2, 1);
+    room_messages_reach_members_on_both_comets(Bus::Kafka);
+}
+
+/// Through two logics and two jobs sharing the partitions.
+#[test]
+fn room_messages_reach_members_on_both_comets_exactly_once_and_in_order_via_nats() {
+    room_messages_reach_members_on_both_comets(Bus::Nats);
+}
+
+fn room_messages_reach_members_on_both_comets(bus: Bus) {
+    let c = on(bus, 2, 2, if bus == Bus::Nats { 2 } else { 1 });
     let members: Vec<Subscriber> = (0..4)
         .map(|i| {
             let comet = &c.comets[i % 2];

@@ -1,5 +1,6 @@
-//! Faults in cluster mode, with real processes: Redis restarted, the Kafka broker restarted, a
-//! comet killed with SIGKILL, a job killed mid-batch, logic restarted.
+//! Faults in cluster mode, with real processes: Redis restarted, the broker restarted (Kafka, and
+//! nats-server in `on_nats`), a comet killed with SIGKILL, a job killed mid-batch (on either
+//! bus), logic restarted.
 //!
 //! Every test counts the same way. A [`Pusher`] sends a numbered stream of pushes throughout
 //! the fault and records every answer; a push answered HTTP 200 with code 0 is *acknowledged*
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use imgate::client::{Client, ClientError, Transport};
 use imgate_shared::frame::op;
-use support::cluster::{try_http, Cluster, Setup, Timers};
+use support::cluster::{try_http, Bus, Cluster, Setup, Timers};
 use support::{eventually, http, push, Subscriber};
 
 /// The business op every test pushes.
@@ -751,12 +752,17 @@ fn redis_restarted_loses_no_acknowledged_push() {
 /// Room pushes are at least once: duplicates are counted.
 #[test]
 fn broker_restarted_loses_no_acknowledged_push() {
+    broker_restarted(Bus::Kafka);
+}
+
+fn broker_restarted(bus: Bus) {
     let mut c = Cluster::start_setup(
         1,
         1,
         1,
         Setup {
             durable_broker: true,
+            bus,
             ..Setup::default()
         },
     );
@@ -767,14 +773,14 @@ fn broker_restarted_loses_no_acknowledged_push() {
     room.wait_acked(10, &c);
 
     // 1. Restarted under a consuming job.
-    c.kafka.stop();
+    c.broker.stop();
     let first = mids.wait_more(2, "are refused", &c, is_refused);
     let Answered::Refused { status, code, .. } = &first.answered else {
         unreachable!()
     };
     assert_eq!((*status, *code), (503, -500), "{first:?}");
     room.wait_more(2, "are refused", &c, is_refused);
-    c.kafka.restart();
+    c.broker.restart();
     mids.wait_acked(10, &c);
     room.wait_acked(10, &c);
 
@@ -782,9 +788,9 @@ fn broker_restarted_loses_no_acknowledged_push() {
     c.jobs[0].kill();
     mids.wait_acked(10, &c);
     room.wait_acked(10, &c);
-    c.kafka.stop();
+    c.broker.stop();
     mids.wait_more(1, "are refused", &c, is_refused);
-    c.kafka.restart();
+    c.broker.restart();
     c.jobs[0].start();
     mids.wait_acked(10, &c);
     room.wait_acked(10, &c);
@@ -861,7 +867,19 @@ fn a_comet_killed_with_sigkill_loses_no_acknowledged_push() {
 /// room pushes are at least once and are counted.
 #[test]
 fn a_job_killed_mid_batch_loses_no_acknowledged_push() {
-    let mut c = Cluster::start(1, 1, 1);
+    a_job_killed_mid_batch(Bus::Kafka);
+}
+
+fn a_job_killed_mid_batch(bus: Bus) {
+    let mut c = Cluster::start_setup(
+        1,
+        1,
+        1,
+        Setup {
+            bus,
+            ..Setup::default()
+        },
+    );
     let device = Device::start(&tcp_addrs(&c), 1, "live://5");
     let mids = Pusher::start("m", vec![c.http(0)], |_| mids_path(&[1]));
     let room = Pusher::start("r", vec![c.http(0)], |_| room_path(5));
@@ -904,8 +922,20 @@ fn a_job_killed_mid_batch_loses_no_acknowledged_push() {
 /// (at least once) and are counted.
 #[test]
 fn a_killed_job_s_rooms_move_to_the_other_job_without_loss() {
+    a_killed_job_s_rooms_move(Bus::Kafka);
+}
+
+fn a_killed_job_s_rooms_move(bus: Bus) {
     const ROOMS: u32 = 8;
-    let mut c = Cluster::start(1, 1, 2);
+    let mut c = Cluster::start_setup(
+        1,
+        1,
+        2,
+        Setup {
+            bus,
+            ..Setup::default()
+        },
+    );
     let members: Vec<Device> = (0..ROOMS)
         .map(|r| Device::start(&tcp_addrs(&c), r as i64 + 1, &format!("live://{r}")))
         .collect();
@@ -1055,7 +1085,7 @@ fn a_broker_that_comes_back_empty_fails_pushes_clearly_and_then_recovers() {
         "before",
     );
     assert_eq!(sub.next(WAIT).1, "before");
-    c.kafka.stop();
+    c.broker.stop();
     let started = Instant::now();
     let a = http(
         c.http(0),
@@ -1072,7 +1102,7 @@ fn a_broker_that_comes_back_empty_fails_pushes_clearly_and_then_recovers() {
         started.elapsed() < Duration::from_secs(15),
         "the failure came without hanging"
     );
-    c.kafka.restart();
+    c.broker.restart();
     // The test broker keeps its log in memory, so it comes back with an empty topic while the
     // consumer still holds its old position; the first messages of the new log can fall below
     // that position (a durable broker keeps offsets across restarts). So: push until one push
@@ -1118,4 +1148,120 @@ fn a_broker_that_comes_back_empty_fails_pushes_clearly_and_then_recovers() {
         finals,
         (0..5).map(|n| format!("final-{n}")).collect::<Vec<_>>()
     );
+}
+
+/// The same faults with the bus on NATS JetStream (a real `nats-server -js`, its store kept
+/// across restarts). A job killed there keeps its partitions' leases until they expire
+/// (`bus.nats.session_timeout`, 3 s here); the next holder starts a fresh consumer at the
+/// acknowledged floor, so what the dead job had not delivered comes again, in order.
+mod on_nats {
+    use super::*;
+
+    /// As [`super::broker_restarted_loses_no_acknowledged_push`]: nats-server stopped (and
+    /// started again on its store) twice, once under a consuming job, once while job is down.
+    #[test]
+    fn broker_restarted_loses_no_acknowledged_push() {
+        broker_restarted(Bus::Nats);
+    }
+
+    /// As [`super::a_job_killed_mid_batch_loses_no_acknowledged_push`].
+    #[test]
+    fn a_job_killed_mid_batch_loses_no_acknowledged_push() {
+        a_job_killed_mid_batch(Bus::Nats);
+    }
+
+    /// As [`super::a_killed_job_s_rooms_move_to_the_other_job_without_loss`]: the other job
+    /// takes the dead one's partitions once their leases expire.
+    #[test]
+    fn a_killed_job_s_rooms_move_to_the_other_job_without_loss() {
+        a_killed_job_s_rooms_move(Bus::Nats);
+    }
+
+    /// What an operator checks from outside: room and user pushes arrive and JetStream's
+    /// message count grows (they went through NATS); with nats-server stopped a push answers
+    /// HTTP 5xx within 3 s; once it is started again on its store, pushes arrive again within
+    /// 15 s, with no imgate process restarted.
+    #[test]
+    fn pushes_go_through_jetstream_fail_fast_while_it_is_down_and_flow_again_after() {
+        let mut c = Cluster::start_setup(
+            1,
+            1,
+            1,
+            Setup {
+                bus: Bus::Nats,
+                ..Setup::default()
+            },
+        );
+        let stream_messages = |c: &Cluster| -> u64 {
+            let jsz: serde_json::Value =
+                serde_json::from_str(&c.broker.nats().jsz().expect("/jsz answers")).unwrap();
+            jsz["messages"].as_u64().expect("a message count")
+        };
+        let before = stream_messages(&c);
+        let user = Subscriber::start(c.comets[0].tcp, Transport::Tcp, 1, "", "live://7", &[OP]);
+        push(c.http(0), &mids_path(&[1]), "to user 1");
+        assert_eq!(user.next(WAIT).1, "to user 1");
+        push(c.http(0), &room_path(7), "to room 7");
+        assert_eq!(user.next(WAIT).1, "to room 7");
+        assert!(
+            stream_messages(&c) >= before + 2,
+            "JetStream holds the pushes: {} then {}",
+            before,
+            stream_messages(&c)
+        );
+
+        c.broker.stop();
+        for path in [mids_path(&[1]), room_path(7)] {
+            let started = Instant::now();
+            let a = http(c.http(0), "POST", &path, b"while down");
+            assert!(
+                a.status >= 500,
+                "{path}: a 5xx while NATS is down: {:?}",
+                a.json
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{path}: refused within 3 s, took {:?}",
+                started.elapsed()
+            );
+        }
+
+        c.broker.restart();
+        let back = Instant::now();
+        let http_addr = c.http(0);
+        eventually(
+            Duration::from_secs(15),
+            "a room push to be accepted again",
+            || try_http(http_addr, "POST", &room_path(7), b"after").is_ok_and(|a| a.status == 200),
+        );
+        // Pushes the user may have stored while NATS was down arrive too; wait for ours.
+        let deadline = back + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((_, body)) = user.pushes.recv_timeout(left) else {
+                panic!("no push arrived within 15 s of the restart\n{}", c.logs());
+            };
+            if body == "after" {
+                break;
+            }
+        }
+        push(c.http(0), &mids_path(&[1]), "user again");
+        let deadline = back + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((_, body)) = user.pushes.recv_timeout(left) else {
+                panic!(
+                    "the user push did not arrive within 15 s of the restart\n{}",
+                    c.logs()
+                );
+            };
+            if body == "user again" {
+                break;
+            }
+        }
+        eprintln!(
+            "pushes flowed again {:?} after nats-server restarted",
+            back.elapsed()
+        );
+    }
 }

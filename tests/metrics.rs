@@ -547,6 +547,10 @@ fn a_job_process_serves_its_metrics_and_readiness_on_metrics_bind() {
     let body = String::from_utf8_lossy(&ready.body).to_string();
     assert!(body.contains("job: job has no link to a comet"), "{body}");
     assert!(body.contains("store: ok"), "{body}");
+    assert!(
+        body.contains("bus: ok"),
+        "the broker answers a metadata request: {body}"
+    );
     // librdkafka's statistics give the consumer lag once the job holds its partitions.
     eventually(20 * SECOND, "the Kafka consumer lag", || {
         scrape(addr, &[]).get("imgate_bus_lag_messages") == Some(&0.0)
@@ -554,6 +558,121 @@ fn a_job_process_serves_its_metrics_and_readiness_on_metrics_bind() {
     redis.stop();
     eventually(10 * SECOND, "the store check to fail", || {
         String::from_utf8_lossy(&get(addr, "/readyz", &[]).body).contains("store: unreachable")
+    });
+    drop(kafka);
+    let body = String::from_utf8_lossy(&get(addr, "/readyz", &[]).body).to_string();
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("bus: ") && l != "bus: ok"),
+        "the bus check fails with the broker gone: {body}"
+    );
+    job.shutdown();
+}
+
+/// `imgate job` on NATS: `imgate_bus_lag_messages` is its consumer's pending count (a job that
+/// may hold two unacknowledged messages, whose comet is down, leaves the rest pending), and
+/// `/readyz` asks NATS.
+#[test]
+fn a_job_process_on_nats_reports_its_pending_messages_and_asks_nats_if_ready() {
+    use imgate_bus::BusProducer;
+    use imgate_shared::config::{BusConfig, NatsConfig};
+    let mut nats = imgate_testkit::Nats::start();
+    let redis = Redis::start();
+    let mut config = test_config();
+    let unique = imgate_testkit::free_port();
+    let nats_config = NatsConfig {
+        url: nats.url(),
+        stream: format!("metrics-{unique}"),
+        subjects: format!("metrics{unique}.push.*"),
+        durable: format!("metrics-{unique}"),
+        partitions: 1,
+        max_ack_pending: 2,
+        session_timeout: Duration::from_secs(2),
+        ..NatsConfig::default()
+    };
+    config.bus = BusConfig::Nats(nats_config.clone());
+    config.store.backend = StoreBackend::Redis(RedisConfig {
+        urls: vec![redis.url()],
+        timeout: Duration::from_millis(300),
+        prefix: format!("m{unique}:"),
+        ..RedisConfig::default()
+    });
+    config.job.metrics_bind = Some(([127, 0, 0, 1], 0).into());
+    let config_store = config.store.clone();
+    let job = Gateway::run(
+        config,
+        Services {
+            comet: false,
+            logic: false,
+            job: true,
+        },
+    )
+    .unwrap();
+    let addr = job.metrics_addr().expect("metrics_bind is served");
+    eventually(20 * SECOND, "the lag of a job with nothing to take", || {
+        scrape(addr, &[]).get("imgate_bus_lag_messages") == Some(&0.0)
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // A comet in the registry whose link nobody answers: job holds what it takes for it.
+        use imgate_store::RegistryStore;
+        let store = imgate_store::redis::RedisStore::connect(
+            match &config_store.backend {
+                StoreBackend::Redis(redis) => redis,
+                StoreBackend::Embedded => unreachable!(),
+            },
+            &config_store,
+        )
+        .await
+        .unwrap();
+        store
+            .report_online(imgate_store::OnlineReport {
+                comet: imgate_shared::link::CometInfo {
+                    id: "c1".into(),
+                    link_addr: format!("127.0.0.1:{}", imgate_testkit::free_port()),
+                    shards: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let producer = imgate_bus::nats::NatsProducer::connect(&nats_config)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await; // job reads the registry
+        for i in 0..5 {
+            let push = imgate_bus::Push::Keys(imgate_bus::KeysPush {
+                comet: "c1".into(),
+                targets: vec![imgate_shared::link::ShardKeys {
+                    shard: 0,
+                    keys: vec!["k".into()],
+                }],
+                body: format!("m{i}").into(),
+                ..Default::default()
+            });
+            producer
+                .publish(imgate_bus::BusMessage::new(push))
+                .await
+                .unwrap();
+        }
+    });
+    eventually(
+        20 * SECOND,
+        "the NATS consumer's pending count as the lag",
+        || scrape(addr, &[]).get("imgate_bus_lag_messages") == Some(&3.0),
+    );
+    let body = String::from_utf8_lossy(&get(addr, "/readyz", &[]).body).to_string();
+    assert!(body.contains("bus: ok"), "{body}");
+    nats.stop();
+    let body = String::from_utf8_lossy(&get(addr, "/readyz", &[]).body).to_string();
+    assert!(
+        body.lines().any(|l| l.starts_with("bus: nats")),
+        "the bus check fails with NATS stopped: {body}"
+    );
+    nats.restart();
+    eventually(20 * SECOND, "the bus check to pass again", || {
+        String::from_utf8_lossy(&get(addr, "/readyz", &[]).body).contains("bus: ok")
     });
     job.shutdown();
 }

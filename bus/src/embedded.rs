@@ -40,7 +40,7 @@ impl BusProducer for EmbeddedProducer {
         Some((self.tx.max_capacity() - self.tx.capacity()) as u64)
     }
 
-    fn check(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), String> {
         if self.tx.is_closed() {
             return Err("no consumer (job) is running".into());
         }

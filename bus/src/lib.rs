@@ -5,17 +5,22 @@
 //! | --- | --- | --- |
 //! | [`embedded`] | `embedded.rs` | a bounded in-process queue: logic and job in one process |
 //! | [`kafka`] | `kafka/` | any Kafka-protocol broker, at least once, in order per room |
+//! | [`nats`] | `nats/` | NATS JetStream, at least once, in order per room |
 //!
-//! A new bus (NATS JetStream, say) is one more file: a producer implementing [`BusProducer`]
-//! and a consumer implementing [`BusConsumer`] that hands out [`BusEvent`]s with a
-//! [`DeliveryGuard`] per message. Messages are prost-encoded ([`BusMessage`]), so every bus
-//! carries the same bytes. A full bus is an error the caller reports, never a silent drop.
+//! A new bus is one more module: a producer implementing [`BusProducer`] and a consumer
+//! implementing [`BusConsumer`] that hands out [`BusEvent`]s with a [`DeliveryGuard`] per
+//! message. Messages are prost-encoded ([`BusMessage`]), so every bus carries the same bytes. A
+//! full bus is an error the caller reports, never a silent drop. The contract every bus keeps
+//! is written once, in `bus/tests/conformance.rs`, and run against each of them.
 
 mod delivery;
 pub mod embedded;
 pub mod kafka;
 mod message;
+pub mod nats;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 pub use delivery::{DeliveryGuard, DeliveryTracker};
@@ -45,11 +50,20 @@ pub trait BusProducer: Send + Sync {
         None
     }
 
-    /// Whether a publish can succeed now, as far as the producer knows without a round trip.
-    fn check(&self) -> Result<(), String> {
+    /// Whether a publish can succeed now: the embedded bus looks at its queue, a broker is
+    /// asked (one round trip, bounded by [`READY_TIMEOUT`]). `Err` says why not.
+    async fn ready(&self) -> Result<(), String> {
         Ok(())
     }
 }
+
+/// The longest a broker's readiness probe waits for its answer.
+pub const READY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Asks the bus, from any thread, whether a consumer can consume now (`Err` says why not).
+pub type ReadyProbe = std::sync::Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
 
 /// What a consumer hands job.
 #[derive(Debug)]
@@ -77,6 +91,19 @@ pub trait BusConsumer: Send {
         None
     }
 
+    /// How to ask the bus whether this consumer can consume, from another thread (a broker's
+    /// is a round trip bounded by [`READY_TIMEOUT`]); `None` when there is nothing to ask (the
+    /// embedded bus: its producer's [`BusProducer::ready`] sees the queue).
+    fn ready_probe(&self) -> Option<ReadyProbe> {
+        None
+    }
+
     /// The next event, or `None` once the bus is closed and drained.
     async fn recv(&mut self) -> Option<BusEvent>;
+
+    /// Records what is delivered and leaves the group (a broker's: bounded), so the other
+    /// consumers take over at once; nothing is received after. job calls it at shutdown, once
+    /// its links have written what they held. Dropping a consumer does the same without
+    /// waiting.
+    async fn close(&mut self) {}
 }

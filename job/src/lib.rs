@@ -7,7 +7,7 @@
 //! queue ([`comet_link`]), so a slow comet fills its own queue (counted) instead of stalling the
 //! others.
 //!
-//! Delivery is tracked end to end for the Kafka bus: every bus message's
+//! Delivery is tracked end to end for the Kafka and NATS buses: every bus message's
 //! [`DeliveryGuard`] travels with the link frames it became and is dropped only once every
 //! comet it was for wrote it to its socket (or it was given up on, counted), so the bus commits
 //! nothing before it was delivered (at least once). With the embedded bus the guards are
@@ -49,6 +49,8 @@ pub struct JobHandle {
     counters: Arc<Counters>,
     /// The bus consumer's lag, when its bus can tell.
     lag: Option<imgate_bus::LagProbe>,
+    /// Asks the consumer's bus whether it can consume, when there is a broker to ask.
+    ready: Option<imgate_bus::ReadyProbe>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -57,6 +59,11 @@ impl JobHandle {
     /// Comets with an open (connected) link right now.
     pub fn comet_count(&self) -> usize {
         self.counters.connected.get() as usize
+    }
+
+    /// The readiness probe of the bus job consumes (a broker's round trip), when it has one.
+    pub fn bus_probe(&self) -> Option<imgate_bus::ReadyProbe> {
+        self.ready.clone()
     }
 
     /// Counters since start.
@@ -96,6 +103,7 @@ pub async fn start(
 ) -> JobHandle {
     let job = config.job.clone();
     let lag = consumer.lag_probe();
+    let ready = consumer.ready_probe();
     let counters = Arc::new(Counters::default());
     counters.room_budget_permille.set(1000);
     let limits = comet_link::QueueLimits {
@@ -122,6 +130,7 @@ pub async fn start(
     JobHandle {
         counters,
         lag,
+        ready,
         shutdown,
         task,
     }
@@ -203,6 +212,8 @@ impl Router {
             self.send_room(batch);
         }
         self.registry.close().await;
+        // The links wrote what they could: the bus records it and lets the other jobs take over.
+        consumer.close().await;
     }
 
     /// One look at the comets' load: the budget learns from the busiest shard and from the

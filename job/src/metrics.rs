@@ -26,8 +26,9 @@ impl Collector for JobCollector {
             gauge_family(
                 &mut e,
                 "imgate_bus_lag_messages",
-                "Messages on this job's Kafka partitions it has not taken yet (librdkafka's \
-                 consumer lag, refreshed every 2 s).",
+                "Messages on this job's bus partitions it has not taken yet (Kafka: \
+                 librdkafka's consumer lag; NATS: its consumers' pending counts; refreshed \
+                 every 2 s).",
                 [(none(), lag)],
             )?;
         }

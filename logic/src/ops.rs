@@ -440,8 +440,8 @@ pub fn store_check(registry: Arc<dyn imgate_store::RegistryStore>) -> Check {
     })
 }
 
-/// logic's readiness checks (the store answers; comets are linked, i.e. report to the
-/// registry) and its part of the status figures.
+/// logic's readiness checks (the bus takes pushes: a broker answers; the store answers;
+/// comets are linked, i.e. report to the registry) and its part of the status figures.
 pub(crate) fn add_logic_checks(
     ops: &Arc<Ops>,
     bus: &Arc<dyn imgate_bus::BusProducer>,
@@ -453,8 +453,8 @@ pub(crate) fn add_logic_checks(
     ops.add_check(
         "bus",
         Arc::new(move || {
-            let r = b.check();
-            Box::pin(async move { r })
+            let b = b.clone();
+            Box::pin(async move { b.ready().await })
         }),
     );
     ops.add_check("store", store_check(registry.clone()));

@@ -8,7 +8,8 @@
 //! | [`MessageStore`] | users' inboxes and rooms' recent histories | `embedded/messages.rs` | `redis/messages.rs` |
 //!
 //! A new backend (NATS JetStream's key-value and stream stores, say) is one file per seam, and
-//! the seams need not share a backend: [`Stores`] holds one of each. Every session names the
+//! the seams need not share a backend: [`Stores`] holds one of each. The contract of every seam
+//! is written once, in `store/tests/conformance.rs`, and run against each backend. Every session names the
 //! exact connection that owns it ([`ConnRef`](imgate_shared::link::ConnRef)), so a late
 //! disconnect of a replaced connection can never delete its successor's session (goim's race:
 //! docs/goim-compatibility.md, "Duplicate keys").

@@ -1,81 +1,43 @@
-//! The Redis store against real Redis servers over TCP: one conformance suite run on a single node
-//! and on a 3-node Redis Cluster, plus outage and recovery on a single node.
+//! What only the Redis store does, against real Redis servers over TCP: its documented key
+//! schema and expiries, no key for what was only read, outages and stalls on a single node and
+//! on a Redis Cluster, bounded and recovered from. The contract every store keeps is in
+//! `conformance.rs` (run on Redis and Redis Cluster there too).
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::*;
 use imgate_shared::config::{RedisConfig, Retention, StoreBackend, StoreConfig};
-use imgate_shared::link::{CometInfo, ConnRef};
 use imgate_store::redis::RedisStore;
 use imgate_store::{
-    Admit, InboxState, MessageStore, OnlineReport, RegistryStore, Session, SessionStore,
-    StoreError, StoredMessage, UserConn,
+    InboxState, MessageStore, OnlineReport, RegistryStore, Session, SessionStore, StoreError,
 };
 use imgate_testkit::{Redis, RedisCluster};
 
-const LONG: Duration = Duration::from_secs(60);
-
-fn conn(comet: &str, id: u64) -> ConnRef {
-    ConnRef {
-        comet: comet.into(),
-        shard: (id % 4) as u32,
-        conn_id: id,
-    }
-}
-
-fn session(mid: i64, key: &str, id: u64) -> Session {
-    Session {
-        mid,
-        key: key.into(),
-        conn: conn("c1", id),
-    }
-}
-
-fn info(id: &str, weight: u32) -> CometInfo {
-    CometInfo {
-        id: id.into(),
-        link_addr: format!("{id}:3109"),
-        weight,
-        shards: 2,
-        ..Default::default()
-    }
-}
-
-fn report(comet: CometInfo, shard: u32, conns: u32, rooms: &[(&str, u32)]) -> OnlineReport {
-    OnlineReport {
-        comet,
-        shard,
-        conn_count: conns,
-        ip_count: 1,
-        rooms: rooms.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
-        lag_us: conns * 10,
-    }
-}
-
-/// A store config with a prefix of its own, so stores sharing a server never see each other.
-fn config(
+/// A Redis store config (a key prefix of its own) with these lifetimes.
+fn redis_config(
     urls: Vec<String>,
     cluster: bool,
     session_ttl: Duration,
     online_ttl: Duration,
 ) -> StoreConfig {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    StoreConfig {
-        session_ttl,
-        online_ttl,
-        backend: StoreBackend::Redis(RedisConfig {
-            urls,
-            cluster,
-            prefix: format!(
-                "t{}-{}:",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ),
-            timeout: Duration::from_millis(500),
-        }),
-        ..StoreConfig::default()
-    }
+    let mut cfg = config(session_ttl, online_ttl);
+    cfg.backend = StoreBackend::Redis(redis_options(urls, cluster));
+    cfg
+}
+
+/// A Redis store config (a key prefix of its own) with these retentions.
+fn redis_log_config(
+    urls: Vec<String>,
+    cluster: bool,
+    inbox: Retention,
+    history: Retention,
+) -> StoreConfig {
+    let mut cfg = log_config(inbox, history);
+    cfg.backend = StoreBackend::Redis(redis_options(urls, cluster));
+    cfg
 }
 
 /// The Redis options of a test config.
@@ -86,717 +48,17 @@ fn redis_of(config: &StoreConfig) -> &RedisConfig {
     }
 }
 
-/// A store config (own prefix) with these inbox and room-history retentions.
-fn log_config(
-    urls: Vec<String>,
-    cluster: bool,
-    inbox: Retention,
-    history: Retention,
-) -> StoreConfig {
-    let mut cfg = config(urls, cluster, LONG, LONG);
-    cfg.inbox_max_messages = inbox.max_messages;
-    cfg.inbox_ttl = inbox.ttl;
-    cfg.room_history_max_messages = history.max_messages;
-    cfg.room_history_ttl = history.ttl;
-    cfg
-}
-
 async fn connect(config: &StoreConfig) -> RedisStore {
     RedisStore::connect(redis_of(config), config)
         .await
         .unwrap_or_else(|e| panic!("connect to {:?}: {e}", redis_of(config).urls))
 }
 
-fn sorted(mut v: Vec<Session>) -> Vec<Session> {
-    v.sort_by(|a, b| a.key.cmp(&b.key));
-    v
-}
-
-/// The store contract, run against any Redis deployment.
-async fn conformance(urls: Vec<String>, cluster: bool) {
-    let s = connect(&config(urls.clone(), cluster, LONG, LONG)).await;
-
-    // Lookup by key and by user, two devices of one user and a guest (mid 0).
-    let a = session(1, "dev-a", 1);
-    let b = session(1, "dev-b", 2);
-    let guest = session(0, "guest", 3);
-    for x in [&a, &b, &guest] {
-        s.add_session(x).await.unwrap();
-    }
-    assert_eq!(
-        s.sessions_by_keys(&["dev-b".into(), "nope".into(), "dev-a".into()])
-            .await
-            .unwrap(),
-        vec![b.clone(), a.clone()],
-        "by key: known keys in order, unknown left out"
-    );
-    assert_eq!(
-        sorted(s.sessions_by_mids(&[1]).await.unwrap()),
-        vec![a.clone(), b.clone()]
-    );
-    assert_eq!(
-        s.sessions_by_keys(&["guest".into()]).await.unwrap(),
-        vec![guest.clone()]
-    );
-    assert!(s.sessions_by_mids(&[0, 99]).await.unwrap().is_empty());
-    assert!(s.sessions_by_keys(&[]).await.unwrap().is_empty());
-    assert!(s.sessions_by_mids(&[]).await.unwrap().is_empty());
-
-    // A replaced connection's late disconnect keeps its successor's session.
-    let a2 = session(1, "dev-a", 11);
-    s.add_session(&a2).await.unwrap();
-    assert!(!s.remove_session(1, "dev-a", &a.conn).await.unwrap());
-    assert_eq!(
-        s.sessions_by_keys(&["dev-a".into()]).await.unwrap(),
-        vec![a2.clone()]
-    );
-    assert_eq!(
-        sorted(s.sessions_by_mids(&[1]).await.unwrap()),
-        vec![a2.clone(), b.clone()]
-    );
-    assert!(s.remove_session(1, "dev-a", &a2.conn).await.unwrap());
-    assert!(s
-        .sessions_by_keys(&["dev-a".into()])
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(s.sessions_by_mids(&[1]).await.unwrap(), vec![b.clone()]);
-    assert!(
-        !s.remove_session(1, "dev-a", &a2.conn).await.unwrap(),
-        "second remove"
-    );
-
-    // A key taken by another user leaves the first user's index.
-    let taken = session(2, "dev-b", 21);
-    s.add_session(&taken).await.unwrap();
-    assert!(s.sessions_by_mids(&[1]).await.unwrap().is_empty());
-    assert_eq!(s.sessions_by_mids(&[2]).await.unwrap(), vec![taken.clone()]);
-    assert_eq!(
-        s.sessions_by_mids(&[1, 2]).await.unwrap(),
-        vec![taken.clone()]
-    );
-    // The first user's late disconnect does not remove it either.
-    assert!(!s.remove_session(1, "dev-b", &b.conn).await.unwrap());
-    assert_eq!(
-        s.sessions_by_keys(&["dev-b".into()]).await.unwrap(),
-        vec![taken.clone()]
-    );
-
-    // Racing disconnect of the old connection and connect of the new one: the new one survives.
-    for round in 0..30u64 {
-        let key = format!("race-{round}");
-        let old = session(5, &key, 100 + round);
-        let new = session(5, &key, 200 + round);
-        s.add_session(&old).await.unwrap();
-        let (removed, added) =
-            tokio::join!(s.remove_session(5, &key, &old.conn), s.add_session(&new));
-        removed.unwrap();
-        added.unwrap();
-        assert_eq!(
-            s.sessions_by_keys(std::slice::from_ref(&key))
-                .await
-                .unwrap(),
-            vec![new.clone()]
-        );
-        assert!(
-            s.sessions_by_mids(&[5]).await.unwrap().contains(&new),
-            "round {round}"
-        );
-    }
-
-    // Refresh of a live session by its own connection keeps it; by a replaced one changes nothing.
-    s.refresh_session(&taken).await.unwrap();
-    s.refresh_session(&b).await.unwrap();
-    assert_eq!(
-        s.sessions_by_keys(&["dev-b".into()]).await.unwrap(),
-        vec![taken.clone()]
-    );
-    assert!(s.sessions_by_mids(&[1]).await.unwrap().is_empty());
-
-    // Expiry and refresh, with a short session TTL.
-    let short = connect(&config(
-        urls.clone(),
-        cluster,
-        Duration::from_millis(800),
-        LONG,
-    ))
-    .await;
-    let e = session(3, "k3", 31);
-    short.add_session(&e).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    short.refresh_session(&e).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        short.sessions_by_mids(&[3]).await.unwrap(),
-        vec![e.clone()],
-        "refresh extends"
-    );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        short
-            .sessions_by_keys(&["k3".into()])
-            .await
-            .unwrap()
-            .is_empty(),
-        "expired"
-    );
-    assert!(
-        short.sessions_by_mids(&[3]).await.unwrap().is_empty(),
-        "expired"
-    );
-    short.refresh_session(&e).await.unwrap();
-    assert_eq!(
-        short.sessions_by_mids(&[3]).await.unwrap(),
-        vec![e.clone()],
-        "re-created"
-    );
-    assert_eq!(
-        short.sessions_by_keys(&["k3".into()]).await.unwrap(),
-        vec![e.clone()]
-    );
-    // It expires again and another user's connection takes the key: refresh must not steal it.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let thief = session(4, "k3", 41);
-    short.add_session(&thief).await.unwrap();
-    short.refresh_session(&e).await.unwrap();
-    assert_eq!(
-        short.sessions_by_keys(&["k3".into()]).await.unwrap(),
-        vec![thief.clone()]
-    );
-    assert!(short.sessions_by_mids(&[3]).await.unwrap().is_empty());
-    assert_eq!(
-        short.sessions_by_mids(&[4]).await.unwrap(),
-        vec![thief.clone()]
-    );
-
-    // Room counts summed across shards and comets; comets grouped.
-    let o = connect(&config(urls.clone(), cluster, LONG, LONG)).await;
-    assert!(o.room_counts().await.unwrap().is_empty());
-    assert!(o.comets().await.unwrap().is_empty());
-    o.report_online(report(
-        info("a", 1),
-        0,
-        2,
-        &[("live://1", 2), ("live://2", 7)],
-    ))
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    o.report_online(report(info("b", 1), 0, 4, &[("live://1", 4)]))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    o.report_online(report(info("a", 2), 1, 3, &[("live://1", 3)]))
-        .await
-        .unwrap();
-    let counts = o.room_counts().await.unwrap();
-    assert_eq!(counts.len(), 2, "{counts:?}");
-    assert_eq!(counts["live://1"], 9);
-    assert_eq!(counts["live://2"], 7);
-    let comets = o.comets().await.unwrap();
-    assert_eq!(comets.len(), 2);
-    assert_eq!(
-        comets[0].info,
-        info("a", 2),
-        "the newest report's info wins"
-    );
-    // Every shard reports its comet's distinct addresses: not summed.
-    assert_eq!((comets[0].conn_count, comets[0].ip_count), (5, 1));
-    assert_eq!(comets[1].info, info("b", 1));
-    assert_eq!((comets[1].conn_count, comets[1].ip_count), (4, 1));
-    assert_eq!(
-        (comets[0].lag_us, comets[1].lag_us),
-        (30, 40),
-        "a comet's lag is its busiest shard's"
-    );
-    assert!(comets[0].updated_ms >= comets[1].updated_ms);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    assert!(
-        comets[0].updated_ms.abs_diff(now_ms) < 10_000,
-        "updated_ms is unix ms"
-    );
-
-    // A shard's report replaces its previous one: the emptied room disappears.
-    o.report_online(report(info("a", 2), 0, 1, &[]))
-        .await
-        .unwrap();
-    let counts = o.room_counts().await.unwrap();
-    assert_eq!(counts.get("live://2"), None, "{counts:?}");
-    assert_eq!(counts["live://1"], 7);
-    assert_eq!(o.comets().await.unwrap()[0].conn_count, 4);
-
-    // Reports older than online_ttl are ignored.
-    let ol = connect(&config(urls, cluster, LONG, Duration::from_millis(600))).await;
-    ol.report_online(report(info("gone", 1), 0, 5, &[("r", 5)]))
-        .await
-        .unwrap();
-    ol.report_online(report(info("gone", 1), 1, 5, &[("r", 5)]))
-        .await
-        .unwrap();
-    assert_eq!(ol.room_counts().await.unwrap()["r"], 10);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    ol.report_online(report(info("gone", 1), 1, 5, &[("r", 5)]))
-        .await
-        .unwrap();
-    ol.report_online(report(info("alive", 1), 0, 1, &[("r", 1)]))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // gone/0 is 700 ms old, gone/1 and alive/0 300 ms.
-    assert_eq!(ol.room_counts().await.unwrap()["r"], 6);
-    let comets = ol.comets().await.unwrap();
-    assert_eq!(comets.len(), 2);
-    assert_eq!(comets[0].info.id, "alive");
-    assert_eq!(comets[1].conn_count, 5);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        ol.room_counts().await.unwrap().is_empty(),
-        "every report is stale"
-    );
-    assert!(ol.comets().await.unwrap().is_empty());
-}
-
-fn seqs(v: &[StoredMessage]) -> Vec<u64> {
-    v.iter().map(|m| m.seq).collect()
-}
-
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// Every key under `prefix` on every node (each node asked with a plain inline KEYS).
-fn keys_under(urls: &[String], prefix: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for url in urls {
-        let reply =
-            imgate_testkit::redis_command(port_of(url), &format!("KEYS {prefix}*")).unwrap();
-        assert!(reply.starts_with('*'), "KEYS: {reply}");
-        out.extend(
-            reply
-                .split("\r\n")
-                .filter(|l| l.starts_with(prefix))
-                .map(str::to_owned),
-        );
-    }
-    out.sort();
-    out
-}
-
-/// The inbox and room-history contract (the same as the embedded store's), run against any
-/// Redis deployment.
-async fn log_conformance(urls: Vec<String>, cluster: bool) {
-    let keep3 = Retention {
-        max_messages: 3,
-        ttl: LONG,
-    };
-    let keep2 = Retention {
-        max_messages: 2,
-        ttl: LONG,
-    };
-    let s = connect(&log_config(urls.clone(), cluster, keep3, keep2)).await;
-
-    // Sequences 1..n; the inbox keeps the newest 3.
-    for i in 1..=5u64 {
-        let seq = s
-            .inbox_append(7, 1000 + i as i32, bytes::Bytes::from(format!("m{i}")))
-            .await
-            .unwrap();
-        assert_eq!(seq, i);
-    }
-    let all = s.inbox_read(7, 0, 10).await.unwrap();
-    assert_eq!(
-        all,
-        (3..=5u64)
-            .map(|i| StoredMessage {
-                seq: i,
-                op: 1000 + i as i32,
-                body: bytes::Bytes::from(format!("m{i}")),
-            })
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(seqs(&s.inbox_read(7, 3, 1).await.unwrap()), vec![4]);
-    assert_eq!(seqs(&s.inbox_read(7, 1, 2).await.unwrap()), vec![3, 4]);
-    assert_eq!(seqs(&s.inbox_read(7, 4, 10).await.unwrap()), vec![5]);
-    assert!(s.inbox_read(7, 5, 10).await.unwrap().is_empty());
-    assert!(s.inbox_read(7, 0, 0).await.unwrap().is_empty());
-    assert_eq!(
-        s.inbox_state(7).await.unwrap(),
-        InboxState {
-            last_seq: 5,
-            acked_seq: 0,
-            pending: 3
-        }
-    );
-    // Acks never move back and drop what they acknowledge.
-    s.inbox_ack(7, 4).await.unwrap();
-    s.inbox_ack(7, 2).await.unwrap();
-    assert_eq!(
-        s.inbox_state(7).await.unwrap(),
-        InboxState {
-            last_seq: 5,
-            acked_seq: 4,
-            pending: 1
-        }
-    );
-    assert_eq!(seqs(&s.inbox_read(7, 0, 10).await.unwrap()), vec![5]);
-    // An `after` past the end (the inbox started again) reads from the start.
-    assert_eq!(seqs(&s.inbox_read(7, 99, 10).await.unwrap()), vec![5]);
-    assert_eq!(seqs(&s.inbox_read(7, u64::MAX, 10).await.unwrap()), vec![5]);
-    // An ack beyond the last sequence acknowledges up to the last only.
-    s.inbox_ack(7, 100).await.unwrap();
-    assert_eq!(
-        s.inbox_state(7).await.unwrap(),
-        InboxState {
-            last_seq: 5,
-            acked_seq: 5,
-            pending: 0
-        }
-    );
-    assert!(s.inbox_read(7, 0, 10).await.unwrap().is_empty());
-    assert_eq!(s.inbox_append(7, 1, bytes::Bytes::new()).await.unwrap(), 6);
-    assert_eq!(
-        s.inbox_state(7).await.unwrap(),
-        InboxState {
-            last_seq: 6,
-            acked_seq: 5,
-            pending: 1
-        }
-    );
-    assert_eq!(seqs(&s.inbox_read(7, 5, 10).await.unwrap()), vec![6]);
-
-    // Binary bodies survive, with any op.
-    let every_byte: Vec<u8> = (0..=255u8).collect();
-    for (op, body) in [
-        (i32::MIN, bytes::Bytes::from(every_byte.clone())),
-        (-1, bytes::Bytes::new()),
-        (i32::MAX, bytes::Bytes::from_static(b"1:2:3:\r\n\0")),
-    ] {
-        let seq = s.inbox_append(70, op, body.clone()).await.unwrap();
-        let got = s.inbox_read(70, seq - 1, 1).await.unwrap();
-        assert_eq!(got, vec![StoredMessage { seq, op, body }]);
-    }
-
-    // Room histories: independent per room, their own retention, no acks.
-    let rooms = ["live://1", "live://2", "odd}{room"];
-    for (n, room) in rooms.iter().enumerate() {
-        for i in 1..=(n as u64 + 1) * 2 {
-            assert_eq!(
-                s.room_history_append(room, 9, bytes::Bytes::from(format!("{room}#{i}")))
-                    .await
-                    .unwrap(),
-                i,
-                "{room}"
-            );
-        }
-    }
-    assert_eq!(
-        s.room_history_read("live://1", 0, 10).await.unwrap(),
-        vec![
-            StoredMessage {
-                seq: 1,
-                op: 9,
-                body: bytes::Bytes::from("live://1#1")
-            },
-            StoredMessage {
-                seq: 2,
-                op: 9,
-                body: bytes::Bytes::from("live://1#2")
-            }
-        ]
-    );
-    assert_eq!(
-        seqs(&s.room_history_read("live://2", 0, 10).await.unwrap()),
-        vec![3, 4]
-    );
-    assert_eq!(
-        seqs(&s.room_history_read("odd}{room", 4, 10).await.unwrap()),
-        vec![5, 6]
-    );
-    assert_eq!(
-        seqs(&s.room_history_read("odd}{room", 5, 10).await.unwrap()),
-        vec![6]
-    );
-    assert_eq!(
-        seqs(&s.room_history_read("live://2", 99, 1).await.unwrap()),
-        vec![3]
-    );
-    assert!(s.room_history_read("", 0, 10).await.unwrap().is_empty());
-    // A room and a user with the same id do not share anything.
-    assert_eq!(
-        s.room_history_append("7", 1, bytes::Bytes::new())
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(s.inbox_state(7).await.unwrap().last_seq, 6);
-
-    // Unknown users and rooms cost nothing: no key is created by reading, acking or asking.
-    let ucfg = log_config(urls.clone(), cluster, keep3, keep2);
-    let prefix = redis_of(&ucfg).prefix.clone();
-    let u = connect(&ucfg).await;
-    assert_eq!(u.inbox_state(8).await.unwrap(), InboxState::default());
-    assert!(u.inbox_read(8, 0, 10).await.unwrap().is_empty());
-    assert!(u.inbox_read(8, 5, 10).await.unwrap().is_empty());
-    u.inbox_ack(8, 10).await.unwrap();
-    assert_eq!(u.inbox_state(8).await.unwrap(), InboxState::default());
-    assert!(u
-        .room_history_read("live://nobody", 0, 10)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(keys_under(&urls, &prefix), Vec::<String>::new());
-    assert_eq!(u.inbox_append(8, 1, bytes::Bytes::new()).await.unwrap(), 1);
-    assert_eq!(
-        keys_under(&urls, &prefix),
-        vec![
-            format!("{prefix}inbox:{{8}}"),
-            format!("{prefix}inbox:{{8}}:m")
-        ]
-    );
-
-    // Concurrent appends from several tasks get distinct consecutive sequences.
-    let big = Retention {
-        max_messages: 1000,
-        ttl: LONG,
-    };
-    let c = std::sync::Arc::new(connect(&log_config(urls.clone(), cluster, big, big)).await);
-    let tasks: Vec<_> = (0..4)
-        .map(|t| {
-            let c = c.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                for i in 0..25u8 {
-                    got.push(
-                        c.inbox_append(11, t, bytes::Bytes::from(vec![i]))
-                            .await
-                            .unwrap(),
-                    );
-                    got.push(
-                        c.room_history_append("live://busy", t, bytes::Bytes::from(vec![i]))
-                            .await
-                            .unwrap(),
-                    );
-                }
-                got
-            })
-        })
-        .collect();
-    let mut inbox_seqs = Vec::new();
-    let mut room_seqs = Vec::new();
-    for t in tasks {
-        let got = t.await.unwrap();
-        for pair in got.chunks(2) {
-            inbox_seqs.push(pair[0]);
-            room_seqs.push(pair[1]);
-        }
-    }
-    inbox_seqs.sort_unstable();
-    room_seqs.sort_unstable();
-    assert_eq!(inbox_seqs, (1..=100).collect::<Vec<u64>>());
-    assert_eq!(room_seqs, (1..=100).collect::<Vec<u64>>());
-    let stored = c.inbox_read(11, 0, 1000).await.unwrap();
-    assert_eq!(seqs(&stored), (1..=100).collect::<Vec<u64>>());
-    assert_eq!(
-        seqs(&c.room_history_read("live://busy", 0, 1000).await.unwrap()),
-        (1..=100).collect::<Vec<u64>>()
-    );
-    assert_eq!(c.inbox_state(11).await.unwrap().pending, 100);
-
-    // Age: messages older than the TTL are dropped; the whole log (and its sequence) expires
-    // a TTL after its last append.
-    let short = Retention {
-        max_messages: 10,
-        ttl: Duration::from_millis(1000),
-    };
-    let ecfg = log_config(urls.clone(), cluster, short, short);
-    let eprefix = redis_of(&ecfg).prefix.clone();
-    let e = connect(&ecfg).await;
-    let t0 = Instant::now();
-    assert_eq!(e.inbox_append(1, 1, "a".into()).await.unwrap(), 1);
-    assert_eq!(e.room_history_append("r", 1, "a".into()).await.unwrap(), 1);
-    tokio::time::sleep(Duration::from_millis(500).saturating_sub(t0.elapsed())).await;
-    let t1 = Instant::now();
-    assert_eq!(e.inbox_append(1, 1, "b".into()).await.unwrap(), 2);
-    assert_eq!(e.room_history_append("r", 1, "b".into()).await.unwrap(), 2);
-    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(t0.elapsed())).await;
-    // "a" is over 1 s old, "b" about 0.6 s.
-    assert!(t1.elapsed() < Duration::from_millis(950), "test too slow");
-    assert_eq!(
-        e.inbox_read(1, 0, 10).await.unwrap(),
-        vec![StoredMessage {
-            seq: 2,
-            op: 1,
-            body: "b".into()
-        }]
-    );
-    assert_eq!(
-        e.inbox_state(1).await.unwrap(),
-        InboxState {
-            last_seq: 2,
-            acked_seq: 0,
-            pending: 1
-        }
-    );
-    assert_eq!(
-        seqs(&e.room_history_read("r", 0, 10).await.unwrap()),
-        vec![2]
-    );
-    assert!(t1.elapsed() < Duration::from_millis(950), "test too slow");
-    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(t1.elapsed())).await;
-    assert_eq!(e.inbox_state(1).await.unwrap(), InboxState::default());
-    assert!(e.inbox_read(1, 0, 10).await.unwrap().is_empty());
-    assert!(e.room_history_read("r", 0, 10).await.unwrap().is_empty());
-    assert_eq!(keys_under(&urls, &eprefix), Vec::<String>::new(), "expired");
-    assert_eq!(
-        e.inbox_append(1, 1, "c".into()).await.unwrap(),
-        1,
-        "restarts"
-    );
-    assert_eq!(e.room_history_append("r", 1, "c".into()).await.unwrap(), 1);
-    assert_eq!(seqs(&e.inbox_read(1, 2, 10).await.unwrap()), vec![1]);
-}
-
-fn user_conn(key: &str, id: u64, platform: &str) -> UserConn {
-    UserConn {
-        key: key.into(),
-        conn: conn("c1", id),
-        platform: platform.into(),
-        room: "live://9".into(),
-        connected_ms: 0,
-    }
-}
-
-/// Users' connections: presence, the per-user limit (refuse or kick the oldest), decided in
-/// one step however many connects race, and entries that expire unless refreshed.
-async fn user_conns_conformance(urls: Vec<String>, cluster: bool) {
-    let s = std::sync::Arc::new(connect(&config(urls.clone(), cluster, LONG, LONG)).await);
-    for (i, key) in ["a", "b"].into_iter().enumerate() {
-        assert_eq!(
-            s.admit_conn(7, &user_conn(key, i as u64, "web"), 2, false)
-                .await
-                .unwrap(),
-            Admit::Admitted { kicked: vec![] }
-        );
-    }
-    assert_eq!(
-        s.admit_conn(7, &user_conn("c", 3, "web"), 2, false)
-            .await
-            .unwrap(),
-        Admit::Refused { held: 2 }
-    );
-    // The same key again replaces its entry.
-    assert!(matches!(
-        s.admit_conn(7, &user_conn("a", 4, "ios"), 2, false)
-            .await
-            .unwrap(),
-        Admit::Admitted { .. }
-    ));
-    let Admit::Admitted { kicked } = s
-        .admit_conn(7, &user_conn("c", 5, "web"), 2, true)
-        .await
-        .unwrap()
-    else {
-        panic!("refused although asked to kick");
-    };
-    assert_eq!(kicked.len(), 1);
-    assert_eq!((kicked[0].key.as_str(), kicked[0].conn.conn_id), ("b", 1));
-    let live = s.user_conns(&[7, 8]).await.unwrap();
-    let keys: Vec<(&str, &str, &str)> = live[0]
-        .iter()
-        .map(|c| (c.key.as_str(), c.platform.as_str(), c.room.as_str()))
-        .collect();
-    assert_eq!(keys, [("a", "ios", "live://9"), ("c", "web", "live://9")]);
-    assert!(live[1].is_empty());
-    assert!(live[0][0].connected_ms < live[0][1].connected_ms);
-    // Removal compares the connection.
-    assert_eq!(s.remove_conn(7, "a", &conn("c1", 0)).await.unwrap(), None);
-    assert_eq!(
-        s.remove_conn(7, "a", &conn("c1", 4))
-            .await
-            .unwrap()
-            .map(|c| c.platform),
-        Some("ios".into())
-    );
-
-    // Twenty connects of one user at once, at most three: exactly three get in.
-    let racers: Vec<_> = (0..20u64)
-        .map(|i| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.admit_conn(9, &user_conn(&format!("r{i}"), 100 + i, "web"), 3, false)
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    for r in racers {
-        if matches!(r.await.unwrap(), Admit::Admitted { .. }) {
-            admitted += 1;
-        }
-    }
-    assert_eq!(admitted, 3);
-    assert_eq!(s.user_conns(&[9]).await.unwrap()[0].len(), 3);
-
-    // Entries live session_ttl after their admission or last refresh.
-    let short = connect(&config(urls, cluster, Duration::from_millis(300), LONG)).await;
-    short
-        .admit_conn(11, &user_conn("x", 1, "web"), 0, false)
-        .await
-        .unwrap();
-    short
-        .admit_conn(11, &user_conn("y", 2, "web"), 0, false)
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        short.refresh_conn(11, "x", &conn("c1", 1)).await.unwrap();
-        // A refresh naming another connection changes nothing.
-        short.refresh_conn(11, "y", &conn("c1", 9)).await.unwrap();
-    }
-    let live = short.user_conns(&[11]).await.unwrap();
-    let keys: Vec<&str> = live[0].iter().map(|c| c.key.as_str()).collect();
-    assert_eq!(keys, ["x"], "the refreshed one lives, the other expired");
-    // A store that lost an entry gets it back from the connection's next heartbeat.
-    short.refresh_conn(12, "z", &conn("c1", 3)).await.unwrap();
-    let live = short.user_conns(&[12]).await.unwrap();
-    assert_eq!(live[0].len(), 1);
-    assert_eq!(
-        (
-            live[0][0].key.as_str(),
-            live[0][0].conn.conn_id,
-            live[0][0].platform.as_str()
-        ),
-        ("z", 3, "")
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_single_node() {
-    let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
-    conformance(vec![redis.url()], false).await;
-    log_conformance(vec![redis.url()], false).await;
-    user_conns_conformance(vec![redis.url()], false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_cluster() {
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
-        .await
-        .unwrap();
-    conformance(cluster.urls(), true).await;
-    log_conformance(cluster.urls(), true).await;
-    user_conns_conformance(cluster.urls(), true).await;
-}
-
 /// The documented key schema, read back with a plain client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_schema_and_ttls() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
-    let cfg = config(
+    let cfg = redis_config(
         vec![redis.url()],
         false,
         Duration::from_secs(100),
@@ -918,7 +180,7 @@ async fn key_schema_and_ttls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_key_schema_and_ttls() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
-    let cfg = log_config(
+    let cfg = redis_log_config(
         vec![redis.url()],
         false,
         Retention {
@@ -1058,7 +320,7 @@ async fn connect_fails_clearly_when_redis_is_unreachable() {
     let port = imgate_testkit::free_port();
     let started = Instant::now();
     for cluster in [false, true] {
-        let cfg = config(
+        let cfg = redis_config(
             vec![format!("redis://127.0.0.1:{port}")],
             cluster,
             LONG,
@@ -1108,7 +370,7 @@ async fn expect_unavailable<T: std::fmt::Debug>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fails_fast_and_recovers_without_a_new_store() {
     let mut redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
-    let cfg = config(vec![redis.url()], false, LONG, LONG);
+    let cfg = redis_config(vec![redis.url()], false, LONG, LONG);
     let timeout = redis_of(&cfg).timeout;
     let s = connect(&cfg).await;
     let a = session(1, "k", 1);
@@ -1201,7 +463,7 @@ async fn outage_fails_fast_and_recovers_without_a_new_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_rooms_round_trip() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
-    let s = connect(&config(vec![redis.url()], false, LONG, LONG)).await;
+    let s = connect(&redis_config(vec![redis.url()], false, LONG, LONG)).await;
     let rooms: BTreeMap<String, u32> = (0..5000)
         .map(|i| (format!("live://{i}"), i % 7 + 1))
         .collect();
@@ -1227,7 +489,7 @@ async fn many_rooms_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_server_times_out_then_answers_correctly() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
-    let cfg = config(vec![redis.url()], false, LONG, LONG);
+    let cfg = redis_config(vec![redis.url()], false, LONG, LONG);
     let timeout = redis_of(&cfg).timeout;
     let s = connect(&cfg).await;
     let a = session(1, "a", 1);
@@ -1272,7 +534,7 @@ async fn cluster_node_outage_is_bounded_and_recovers() {
     let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
         .await
         .unwrap();
-    let cfg = config(cluster.urls(), true, LONG, LONG);
+    let cfg = redis_config(cluster.urls(), true, LONG, LONG);
     let timeout = redis_of(&cfg).timeout;
     let s = connect(&cfg).await;
     let sessions: Vec<Session> = (0..30)
@@ -1333,4 +595,81 @@ async fn cluster_node_outage_is_bounded_and_recovers() {
     }
     assert_eq!(s.sessions_by_keys(&keys).await.unwrap(), sessions);
     drop(node);
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Every key under `prefix` on every node (each node asked with a plain inline KEYS).
+fn keys_under(urls: &[String], prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for url in urls {
+        let reply =
+            imgate_testkit::redis_command(port_of(url), &format!("KEYS {prefix}*")).unwrap();
+        assert!(reply.starts_with('*'), "KEYS: {reply}");
+        out.extend(
+            reply
+                .split("\r\n")
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_owned),
+        );
+    }
+    out.sort();
+    out
+}
+
+/// Reading, acknowledging or asking about unknown users and rooms creates no key; a log that
+/// expired leaves none behind. On a single node and on a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_only_read_or_has_expired_leaves_no_key() {
+    let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    for (urls, is_cluster) in [(vec![redis.url()], false), (cluster.urls(), true)] {
+        let keep = Retention {
+            max_messages: 3,
+            ttl: LONG,
+        };
+        let cfg = redis_log_config(urls.clone(), is_cluster, keep, keep);
+        let prefix = redis_of(&cfg).prefix.clone();
+        let u = connect(&cfg).await;
+        assert_eq!(u.inbox_state(8).await.unwrap(), InboxState::default());
+        assert!(u.inbox_read(8, 5, 10).await.unwrap().is_empty());
+        u.inbox_ack(8, 10).await.unwrap();
+        assert!(u
+            .room_history_read("live://nobody", 0, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(keys_under(&urls, &prefix), Vec::<String>::new());
+        assert_eq!(u.inbox_append(8, 1, bytes::Bytes::new()).await.unwrap(), 1);
+        assert_eq!(
+            keys_under(&urls, &prefix),
+            vec![
+                format!("{prefix}inbox:{{8}}"),
+                format!("{prefix}inbox:{{8}}:m")
+            ]
+        );
+        let short = Retention {
+            max_messages: 10,
+            ttl: Duration::from_millis(300),
+        };
+        let cfg = redis_log_config(urls.clone(), is_cluster, short, short);
+        let prefix = redis_of(&cfg).prefix.clone();
+        let e = connect(&cfg).await;
+        e.inbox_append(1, 1, "a".into()).await.unwrap();
+        e.room_history_append("r", 1, "a".into()).await.unwrap();
+        assert_eq!(keys_under(&urls, &prefix).len(), 4);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !keys_under(&urls, &prefix).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                keys_under(&urls, &prefix)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

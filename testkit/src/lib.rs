@@ -1,11 +1,13 @@
 //! Real servers for tests: a Redis server, a Redis Cluster, a Kafka-protocol broker (nisshi),
-//! and a PostgreSQL server to give that broker durable storage.
+//! a PostgreSQL server to give that broker durable storage, and nats-server with JetStream.
 //!
 //! Each starts on a free loopback port in its own temporary directory, waits until it answers,
 //! and is killed when dropped. A missing binary is a test failure with a message saying how to
 //! install it (`scripts/install-deps.sh`, which `scripts/test.sh` runs, installs them all),
 //! never a skip.
 
+#[cfg(feature = "bus")]
+pub mod bus;
 pub mod seccomp;
 
 use std::io::{Read, Write};
@@ -404,6 +406,193 @@ impl Drop for Kafka {
     }
 }
 
+/// nats-server with JetStream on a loopback port, storing in a directory of its own that
+/// survives [`Nats::restart`] (so a restart comes back with its streams, consumers and
+/// key-value buckets), with its monitoring endpoint on a second port ([`Nats::jsz`]).
+pub struct Nats {
+    port: u16,
+    monitor_port: u16,
+    dir: TempDir,
+    /// More options, kept for restarts.
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Nats {
+    /// Starts a server with JetStream enabled.
+    pub fn start() -> Nats {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with JetStream enabled and these more options (`--user`, `--tls`, …).
+    pub fn start_with(args: &[&str]) -> Nats {
+        let mut n = Nats {
+            port: free_port(),
+            monitor_port: free_port(),
+            dir: temp_dir("nats"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+        };
+        // As for Redis: a taken port makes the server exit at once; try others.
+        for _ in 0..5 {
+            if n.spawn() {
+                return n;
+            }
+            n.port = free_port();
+            n.monitor_port = free_port();
+        }
+        panic!(
+            "nats-server did not start on any of five free ports; its log:\n{}",
+            n.log()
+        );
+    }
+
+    /// `IMGATE_NATS_SERVER`, else on `PATH`, else where Debian's package puts it (`/usr/sbin`,
+    /// which is not on every user's `PATH`).
+    fn binary() -> PathBuf {
+        find_binary(
+            "nats-server",
+            "IMGATE_NATS_SERVER",
+            &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+            "run scripts/install-deps.sh or `apt-get install nats-server`",
+        )
+    }
+
+    /// Starts the server; false if it exited before listening (a port was taken).
+    fn spawn(&mut self) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(Self::binary())
+            .current_dir(self.dir.path())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
+            .arg("-sd")
+            .arg(self.dir.path().join("store"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Ready once the monitoring endpoint says JetStream is enabled (the client port may
+        // open before JetStream has recovered its store).
+        while !self.jsz().is_ok_and(|j| j.contains("\"config\"")) {
+            if exited(&mut self.child) {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on port {} did not enable JetStream within 20 s; its log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_for_port(self.port, Duration::from_secs(10), "nats-server");
+        true
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The JetStream report of the monitoring endpoint (`/jsz`, with streams and consumers),
+    /// as JSON text: what an operator's `curl` sees.
+    pub fn jsz(&self) -> std::io::Result<String> {
+        http_get(self.monitor_port, "/jsz?streams=true&consumers=true")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    /// The server's log (every run of it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Stops the server as `systemctl stop` does: SIGTERM, then SIGKILL if it has not exited
+    /// within 10 s; a server stopped this way has written out its store.
+    pub fn stop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(&mut self.child);
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients).
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts the server again on the same ports, without its store: every stream, consumer
+    /// and key-value bucket is gone, as on a new machine.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.dir.path().join("store"));
+        assert!(
+            self.spawn(),
+            "nats-server could not start again on port {}; its log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// Starts the server again on the same ports and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(),
+            "nats-server could not start again on port {}; its log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// One plain HTTP/1.0 GET on a loopback port; the body.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(std::io::Error::other(format!("GET {path}: {answer:?}"))),
+    }
+}
+
 /// A PostgreSQL server on a loopback port (no Unix socket), in a data directory of its own
 /// that survives [`Postgres::restart`]; trust authentication for the `postgres` user.
 ///
@@ -760,6 +949,18 @@ mod tests {
             topics.contains("kept"),
             "topics after the restart: {topics}"
         );
+    }
+
+    #[test]
+    fn nats_keeps_its_store_across_a_restart() {
+        let mut n = Nats::start();
+        let jsz = n.jsz().unwrap();
+        assert!(jsz.contains("\"streams\": 0"), "{jsz}");
+        n.restart();
+        assert!(TcpStream::connect(("127.0.0.1", n.port())).is_ok());
+        assert!(n.jsz().is_ok(), "monitoring answers after the restart");
+        n.kill();
+        assert!(TcpStream::connect(("127.0.0.1", n.port())).is_err());
     }
 
     #[test]

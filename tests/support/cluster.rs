@@ -1,5 +1,6 @@
-//! A cluster of real `imgate comet|logic|job` processes on a real Redis and a real
-//! Kafka-protocol broker, all on free loopback ports, for the cluster and fault tests.
+//! A cluster of real `imgate comet|logic|job` processes on a real Redis and a real broker (a
+//! Kafka-protocol broker, or nats-server with JetStream), all on free loopback ports, for the
+//! cluster and fault tests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use imgate::client::http::HttpClient;
-use imgate_testkit::{free_port, Kafka, Postgres, Redis};
+use imgate_testkit::{free_port, Kafka, Nats, Postgres, Redis};
 
 use super::{eventually, http, Answer};
 
@@ -86,12 +87,101 @@ pub struct LogicProc {
     pub link: SocketAddr,
 }
 
+/// The bus's broker of a test cluster.
+pub enum Broker {
+    Kafka {
+        kafka: Kafka,
+        /// The broker's storage when it is durable (declared after `kafka`: dropped after it).
+        postgres: Option<Postgres>,
+    },
+    /// nats-server with JetStream, on a store of its own (durable across its restarts).
+    Nats(Nats),
+}
+
+impl Broker {
+    /// Stops the broker: the Kafka one with SIGKILL; nats-server as `systemctl stop` does
+    /// (SIGTERM, then SIGKILL after 10 s). A nats-server killed with SIGKILL is not what these
+    /// tests cover.
+    pub fn stop(&mut self) {
+        match self {
+            Broker::Kafka { kafka, .. } => kafka.stop(),
+            Broker::Nats(nats) => nats.stop(),
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        match self {
+            Broker::Kafka { kafka, .. } => kafka.restart(),
+            Broker::Nats(nats) => nats.restart(),
+        }
+    }
+
+    /// The NATS server, for JetStream checks.
+    pub fn nats(&self) -> &Nats {
+        match self {
+            Broker::Nats(nats) => nats,
+            Broker::Kafka { .. } => panic!("this cluster runs on Kafka"),
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Broker::Kafka { kafka, .. } => kafka.log(),
+            Broker::Nats(nats) => nats.log(),
+        }
+    }
+
+    /// The `[bus]` sections: a topic or stream, group or durable, of their own.
+    fn toml(&self, unique: u16) -> String {
+        match self {
+            Broker::Kafka { kafka, .. } => format!(
+                r#"
+[bus]
+kind = "kafka"
+publish_timeout = "2s"
+
+[bus.kafka]
+brokers = "{bootstrap}"
+topic = "imgate-test-{unique}"
+group = "imgate-test-{unique}"
+partitions = 4
+commit_interval = "100ms"
+session_timeout = "3s"
+"#,
+                bootstrap = kafka.bootstrap()
+            ),
+            Broker::Nats(nats) => format!(
+                r#"
+[bus]
+kind = "nats"
+
+[bus.nats]
+url = "{url}"
+stream = "imgate-test-{unique}"
+subjects = "imgate{unique}.push.*"
+durable = "imgate-test-{unique}"
+partitions = 4
+commit_interval = "100ms"
+session_timeout = "3s"
+"#,
+                url = nats.url()
+            ),
+        }
+    }
+}
+
+/// Which bus a test cluster runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    Kafka,
+    Nats,
+}
+
 /// Redis, a broker, and imgate processes.
 pub struct Cluster {
     pub redis: Redis,
-    pub kafka: Kafka,
-    /// The broker's storage when it is durable (declared after `kafka`: dropped after it).
-    pub postgres: Option<Postgres>,
+    pub broker: Broker,
     /// The processes' logs; kept when a test fails.
     pub dir: tempfile::TempDir,
     pub logics: Vec<LogicProc>,
@@ -131,11 +221,19 @@ impl Cluster {
         } else {
             Redis::start()
         };
-        let (kafka, postgres) = if setup.durable_broker {
-            let postgres = Postgres::start();
-            (Kafka::start_durable(&postgres), Some(postgres))
-        } else {
-            (Kafka::start(), None)
+        let broker = match (setup.bus, setup.durable_broker) {
+            (Bus::Kafka, true) => {
+                let postgres = Postgres::start();
+                Broker::Kafka {
+                    kafka: Kafka::start_durable(&postgres),
+                    postgres: Some(postgres),
+                }
+            }
+            (Bus::Kafka, false) => Broker::Kafka {
+                kafka: Kafka::start(),
+                postgres: None,
+            },
+            (Bus::Nats, _) => Broker::Nats(Nats::start()),
         };
         let timers = setup.timers;
         let dir = tempfile::Builder::new()
@@ -145,7 +243,7 @@ impl Cluster {
         let config = dir.path().join("cluster.toml");
         std::fs::write(
             &config,
-            cluster_toml(&redis, &kafka, timers)
+            cluster_toml(&redis, &broker, timers)
                 .replacen("[comet]\n", &format!("[comet]\n{}\n", setup.comet_extra), 1)
                 .replacen("[logic]\n", &format!("[logic]\n{}\n", setup.logic_extra), 1)
                 .replacen("[auth]\n", &format!("[auth]\n{}\n", setup.auth_extra), 1),
@@ -153,8 +251,7 @@ impl Cluster {
         .unwrap();
         let mut cluster = Cluster {
             redis,
-            kafka,
-            postgres,
+            broker,
             dir,
             logics: Vec::new(),
             comets: Vec::new(),
@@ -269,7 +366,7 @@ impl Cluster {
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        let broker = self.kafka.log();
+        let broker = self.broker.log();
         let tail: Vec<&str> = broker.lines().rev().take(10).collect();
         out.push_str("--- broker (last lines)\n");
         for line in tail.iter().rev() {
@@ -317,11 +414,13 @@ impl Drop for Cluster {
 #[derive(Debug, Clone, Copy)]
 pub struct Setup {
     pub timers: Timers,
+    pub bus: Bus,
     /// Redis with an append-only file fsynced on every write: a restart keeps sessions and
     /// inboxes, as a production Redis does. Otherwise a restart comes back empty.
     pub durable_redis: bool,
-    /// The broker stores its log, groups and offsets in PostgreSQL: a restart keeps what it
-    /// acknowledged. Otherwise it keeps them in memory and a restart loses them.
+    /// The Kafka broker stores its log, groups and offsets in PostgreSQL: a restart keeps what
+    /// it acknowledged. Otherwise it keeps them in memory and a restart loses them. (NATS
+    /// always keeps its store across a restart.)
     pub durable_broker: bool,
     /// More `[comet]`, `[logic]` and `[auth]` options, TOML lines (every process reads the
     /// one config file).
@@ -334,6 +433,7 @@ impl Default for Setup {
     fn default() -> Self {
         Setup {
             timers: Timers::RELAXED,
+            bus: Bus::Kafka,
             durable_redis: false,
             durable_broker: false,
             comet_extra: "",
@@ -384,9 +484,10 @@ impl Timers {
 }
 
 /// The shared configuration: short timers so reports, expiries and rebalances happen within
-/// a test's patience; a topic and key prefix of its own.
-fn cluster_toml(redis: &Redis, kafka: &Kafka, timers: Timers) -> String {
+/// a test's patience; a topic (or stream) and key prefix of its own.
+fn cluster_toml(redis: &Redis, broker: &Broker, timers: Timers) -> String {
     let unique = free_port();
+    let bus = broker.toml(unique);
     format!(
         r#"
 [comet]
@@ -403,19 +504,7 @@ online_refresh = "100ms"
 
 [job]
 registry_interval = "100ms"
-
-[bus]
-kind = "kafka"
-publish_timeout = "2s"
-
-[bus.kafka]
-brokers = "{bootstrap}"
-topic = "imgate-test-{unique}"
-group = "imgate-test-{unique}"
-partitions = 4
-commit_interval = "100ms"
-session_timeout = "3s"
-
+{bus}
 [store]
 kind = "redis"
 session_ttl = "{session_ttl}"
@@ -431,7 +520,6 @@ urls = ["{redis}"]
 prefix = "t{unique}:"
 timeout = "500ms"
 "#,
-        bootstrap = kafka.bootstrap(),
         redis = redis.url(),
         heartbeat = timers.heartbeat,
         session_ttl = timers.session_ttl,

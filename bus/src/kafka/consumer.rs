@@ -191,6 +191,8 @@ fn recv_bounded(mut answer: oneshot::Receiver<()>, deadline: Instant) -> bool {
 pub struct KafkaConsumer {
     events: mpsc::Receiver<BusEvent>,
     shared: Arc<Shared>,
+    /// The client, for the readiness probe's metadata requests (the poll thread owns it).
+    client: std::sync::Weak<BaseConsumer<Context>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -236,6 +238,8 @@ impl KafkaConsumer {
                 events: tx.clone(),
             })
             .map_err(|e| unavailable("kafka consumer", e))?;
+        let consumer = Arc::new(consumer);
+        let client = Arc::downgrade(&consumer);
         let config = config.clone();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -245,6 +249,7 @@ impl KafkaConsumer {
         Ok(KafkaConsumer {
             events,
             shared,
+            client,
             thread: Some(thread),
         })
     }
@@ -257,11 +262,7 @@ impl KafkaConsumer {
     /// Commits what is delivered, leaves the group and waits for the poll thread to end.
     /// Dropping the consumer does the same without waiting.
     pub async fn close(mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.events.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        BusConsumer::close(&mut self).await;
     }
 }
 
@@ -277,6 +278,32 @@ impl BusConsumer for KafkaConsumer {
         self.events.recv().await
     }
 
+    async fn close(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.events.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// A metadata request for the topic, with a timeout.
+    fn ready_probe(&self) -> Option<crate::ReadyProbe> {
+        let client = self.client.clone();
+        let topic = self.shared.topic.clone();
+        Some(Arc::new(move || {
+            let (client, topic) = (client.clone(), topic.clone());
+            Box::pin(super::topic_ready(topic, move |topic| {
+                let consumer = client
+                    .upgrade()
+                    .ok_or_else(|| "the Kafka consumer is closed".to_string())?;
+                consumer
+                    .client()
+                    .fetch_metadata(Some(topic), crate::READY_TIMEOUT)
+                    .map_err(|e| format!("the Kafka broker does not answer: {e}"))
+            }))
+        }))
+    }
+
     fn lag_probe(&self) -> Option<crate::LagProbe> {
         let shared = self.shared.clone();
         Some(Arc::new(move || {
@@ -287,7 +314,7 @@ impl BusConsumer for KafkaConsumer {
 }
 
 fn poll_loop(
-    consumer: BaseConsumer<Context>,
+    consumer: Arc<BaseConsumer<Context>>,
     config: KafkaConfig,
     shared: Arc<Shared>,
     events: mpsc::Sender<BusEvent>,
@@ -370,7 +397,8 @@ fn poll_loop(
         }
     }
     // Commit what is delivered; dropping the consumer then leaves the group (its revoke
-    // callback commits again, sends job nothing: job is gone or going).
+    // callback commits again, sends job nothing: job is gone or going). A readiness probe may
+    // hold it for one metadata request more; the last holder drops it.
     shared.stop.store(true, Ordering::Relaxed);
     shared.commit(&consumer, None);
     drop(consumer);

@@ -49,6 +49,29 @@ pub use producer::{KafkaProducer, MESSAGE_TIMEOUT, PUBLISH_TIMEOUT};
 /// Bound on topic creation at connect.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The readiness probe of either end: `fetch` makes one metadata request for the topic
+/// (blocking, so on a blocking thread), bounded by [`crate::READY_TIMEOUT`]. Ready when the
+/// broker answers and the topic has partitions.
+async fn topic_ready(
+    topic: String,
+    fetch: impl FnOnce(&str) -> Result<rdkafka::metadata::Metadata, String> + Send + 'static,
+) -> Result<(), String> {
+    let asked = tokio::task::spawn_blocking(move || {
+        let metadata = fetch(&topic)?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            Some(t) => Err(match t.error() {
+                Some(e) => format!("topic {topic}: {:?}", RDKafkaErrorCode::from(e)),
+                None => format!("topic {topic} has no partitions"),
+            }),
+            None => Err(format!("topic {topic} is missing")),
+        }
+    });
+    asked
+        .await
+        .unwrap_or_else(|e| Err(format!("the readiness probe failed: {e}")))
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("{what}: {e}"))
 }

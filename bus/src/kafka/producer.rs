@@ -128,6 +128,18 @@ impl KafkaProducer {
 
 #[async_trait::async_trait]
 impl BusProducer for KafkaProducer {
+    /// A metadata request for the topic, with a timeout.
+    async fn ready(&self) -> Result<(), String> {
+        let producer = self.current();
+        super::topic_ready(self.config.topic.clone(), move |topic| {
+            producer
+                .client()
+                .fetch_metadata(Some(topic), crate::READY_TIMEOUT)
+                .map_err(|e| format!("the Kafka broker does not answer: {e}"))
+        })
+        .await
+    }
+
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
         let payload = msg.encode_to_vec();
         let key = msg.partition_key();

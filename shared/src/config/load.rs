@@ -87,6 +87,15 @@ impl Config {
                 return bad("bus.kafka.partitions", "must be at least 1");
             }
         }
+        if let BusConfig::Nats(nats) = &self.bus {
+            if self.store.backend == StoreBackend::Embedded {
+                return bad(
+                    "bus.kind",
+                    "\"nats\" needs store.kind = \"redis\": the processes share sessions there",
+                );
+            }
+            validate_nats(nats)?;
+        }
         if self.auth.connect_url.is_some() && self.auth.connect_timeout >= comet.logic_timeout {
             // Otherwise comet gives up on a connect logic is still admitting, and the session
             // (and its place under comet.max_conns_per_user) lingers for store.session_ttl.
@@ -178,6 +187,75 @@ impl Config {
             return bad("comet.upstream_burst", "must be between 1 and 1000000");
         }
         Ok(())
+    }
+}
+
+/// The NATS bus's options: names JetStream accepts, a subject pattern with one partition
+/// wildcard, positive timeouts.
+fn validate_nats(nats: &super::NatsConfig) -> Result<(), ConfigError> {
+    let bad = |option: &str, reason: &str| Err(ConfigError::invalid(option, reason));
+    if nats.url.trim().is_empty() {
+        return bad("bus.nats.url", "must name at least one server");
+    }
+    // Stream, consumer and bucket names: JetStream refuses dots, wildcards and spaces, and a
+    // key-value bucket takes only these characters.
+    let name_ok = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !name_ok(&nats.stream) {
+        return bad(
+            "bus.nats.stream",
+            "must be 1 to 64 letters, digits, '-' or '_'",
+        );
+    }
+    if !name_ok(&nats.durable) {
+        return bad(
+            "bus.nats.durable",
+            "must be 1 to 64 letters, digits, '-' or '_'",
+        );
+    }
+    let prefix = nats.subjects.strip_suffix(".*").unwrap_or("");
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| !c.is_whitespace() && c != '*' && c != '>' && c != '.')
+    };
+    if prefix.is_empty() || !prefix.split('.').all(token_ok) {
+        return bad(
+            "bus.nats.subjects",
+            "must be a subject pattern ending in \".*\" with no other wildcard (e.g. \"imgate.push.*\")",
+        );
+    }
+    if !(1..=1024).contains(&nats.partitions) {
+        return bad("bus.nats.partitions", "must be between 1 and 1024");
+    }
+    if !(1..=5).contains(&nats.replicas) {
+        return bad("bus.nats.replicas", "must be between 1 and 5");
+    }
+    if nats.max_ack_pending == 0 {
+        return bad("bus.nats.max_ack_pending", "must be greater than 0");
+    }
+    for (option, value) in [
+        ("bus.nats.max_age", nats.max_age),
+        ("bus.nats.publish_timeout", nats.publish_timeout),
+        ("bus.nats.connect_timeout", nats.connect_timeout),
+        ("bus.nats.commit_interval", nats.commit_interval),
+    ] {
+        if value.is_zero() {
+            return bad(option, "must be positive");
+        }
+    }
+    if nats.session_timeout < Duration::from_secs(1) {
+        return bad("bus.nats.session_timeout", "must be at least 1s");
+    }
+    match (&nats.tls_cert_file, &nats.tls_key_file) {
+        (Some(_), None) => bad("bus.nats.tls_key_file", "must be set with tls_cert_file"),
+        (None, Some(_)) => bad("bus.nats.tls_cert_file", "must be set with tls_key_file"),
+        _ => Ok(()),
     }
 }
 
@@ -308,6 +386,15 @@ mod tests {
                 on_kafka,
                 "{name}'s bus"
             );
+            if on_kafka {
+                // `BUS=nats scripts/cluster.sh up` runs the same file with kind = "nats".
+                let nats = text.replacen("kind = \"kafka\"", "kind = \"nats\"", 1);
+                let config = Config::from_toml(&nats).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(
+                    matches!(&config.bus, BusConfig::Nats(n) if n.subjects == "imgate.push.*"),
+                    "{name} on NATS"
+                );
+            }
         }
     }
 
@@ -343,8 +430,47 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("line 4"), "{e}");
+        let e = error("[bus]\nkind = \"pulsar\"");
+        assert!(e.starts_with("bus.kind: unknown variant `pulsar`"), "{e}");
         let e = error("[bus]\nkind = \"nats\"");
-        assert!(e.starts_with("bus.kind: unknown variant `nats`"), "{e}");
+        assert!(e.starts_with("bus.kind: \"nats\" needs store.kind"), "{e}");
+        let nats = |options: &str| {
+            error(&format!(
+                "[bus]\nkind = \"nats\"\n[bus.nats]\n{options}\n[store]\nkind = \"redis\""
+            ))
+        };
+        for (options, expected) in [
+            (
+                "subjects = \"imgate.push\"",
+                "bus.nats.subjects: must be a subject pattern",
+            ),
+            (
+                "subjects = \"a.>.*\"",
+                "bus.nats.subjects: must be a subject pattern",
+            ),
+            ("stream = \"a.b\"", "bus.nats.stream: must be"),
+            ("durable = \"\"", "bus.nats.durable: must be"),
+            ("partitions = 0", "bus.nats.partitions: must be between"),
+            (
+                "publish_timeout = \"0s\"",
+                "bus.nats.publish_timeout: must be positive",
+            ),
+            (
+                "tls_cert_file = \"c.pem\"",
+                "bus.nats.tls_key_file: must be set",
+            ),
+        ] {
+            let e = nats(options);
+            assert!(e.starts_with(expected), "{options}: {e}");
+        }
+        let config = Config::from_toml(
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nstream = \"s\"\nsubjects = \"x.y.*\"\n\
+             [store]\nkind = \"redis\"",
+        )
+        .unwrap();
+        assert!(
+            matches!(&config.bus, BusConfig::Nats(n) if n.stream == "s" && n.subjects == "x.y.*")
+        );
         let e = error("[bus]\nkind = \"kafka\"");
         assert!(e.starts_with("bus.kind: \"kafka\" needs store.kind"), "{e}");
         Config::from_toml("[bus]\nkind = \"kafka\"\n[store]\nkind = \"redis\"").unwrap();

@@ -352,8 +352,9 @@ pub struct JobConfig {
 }
 
 /// Which bus carries pushes from logic to job, with its options. In TOML: `[bus]` with
-/// `kind = "embedded"` (and `capacity`, `publish_timeout`) or `kind = "kafka"` (and
-/// `[bus.kafka]`); the options of the kind not chosen may be present and are ignored.
+/// `kind = "embedded"` (and `capacity`, `publish_timeout`), `kind = "kafka"` (and
+/// `[bus.kafka]`) or `kind = "nats"` (and `[bus.nats]`); the options of the kinds not chosen
+/// may be present and are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(from = "BusSection")]
 pub enum BusConfig {
@@ -361,6 +362,8 @@ pub enum BusConfig {
     Embedded(EmbeddedBusConfig),
     /// A Kafka-protocol broker shared by every logic and job.
     Kafka(KafkaConfig),
+    /// A NATS JetStream stream shared by every logic and job.
+    Nats(NatsConfig),
 }
 
 /// The embedded bus.
@@ -381,6 +384,7 @@ struct BusSection {
     #[serde(with = "humantime_serde")]
     publish_timeout: Duration,
     kafka: KafkaConfig,
+    nats: NatsConfig,
 }
 
 /// What comet's event loops park in (`comet.io`).
@@ -421,6 +425,7 @@ enum BusKind {
     #[default]
     Embedded,
     Kafka,
+    Nats,
 }
 
 impl From<BusSection> for BusConfig {
@@ -431,6 +436,7 @@ impl From<BusSection> for BusConfig {
                 publish_timeout: section.publish_timeout,
             }),
             BusKind::Kafka => BusConfig::Kafka(section.kafka),
+            BusKind::Nats => BusConfig::Nats(section.nats),
         }
     }
 }
@@ -452,6 +458,56 @@ pub struct KafkaConfig {
     /// Consumer group session timeout: a job silent this long is replaced.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+}
+
+/// The NATS JetStream bus. Pushes go to one of `partitions` subjects, chosen by the push's
+/// ordering key (its room, its comet, or "all"); each partition has its own durable consumer,
+/// and one job at a time holds it (a lease in a key-value bucket), so a room's pushes keep
+/// their order, as on one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Servers, comma-separated (`nats://host:4222`, `tls://host:4222`); credentials may be in
+    /// the URL (`nats://user:password@host:4222`, `nats://token@host:4222`).
+    pub url: String,
+    /// The JetStream stream imgate publishes to (created with `subjects` if missing).
+    pub stream: String,
+    /// The stream's subjects, a pattern ending in `.*`: partition `p` publishes to the
+    /// pattern with `*` replaced by `p`.
+    pub subjects: String,
+    /// Partition subjects (and consumers); one room always lands on one partition.
+    pub partitions: u32,
+    /// Replicas of the stream, its consumers and the lease bucket (a JetStream cluster).
+    pub replicas: usize,
+    /// Stored pushes older than this are dropped from the stream, consumed or not.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Name prefix of the jobs' durable consumers (`<durable>-<partition>-<generation>`) and of
+    /// the key-value bucket holding their leases (`<durable>-<stream>`).
+    pub durable: String,
+    /// How long a push waits for JetStream's acknowledgement (and any other request to
+    /// JetStream) before it is refused with 503.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// How long connecting to a server may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often job acknowledges the messages it has delivered to the comets.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// A job silent this long loses its partitions (their leases expire) to the others.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Messages a job may hold unacknowledged per partition (JetStream's `max_ack_pending`).
+    pub max_ack_pending: u32,
+    /// A CA certificate (PEM) to trust for the servers' TLS; setting it requires TLS.
+    #[serde(deserialize_with = "none_if_empty")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), for servers that verify clients.
+    #[serde(deserialize_with = "none_if_empty")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "none_if_empty")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Where sessions, online counts, the comet registry and stored messages live.
@@ -682,6 +738,7 @@ impl Default for BusSection {
             capacity: 65536,
             publish_timeout: Duration::from_secs(1),
             kafka: KafkaConfig::default(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -701,6 +758,28 @@ impl Default for KafkaConfig {
             partitions: 8,
             commit_interval: Duration::from_millis(200),
             session_timeout: Duration::from_secs(6),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "imgate-push".into(),
+            subjects: "imgate.push.*".into(),
+            partitions: 8,
+            replicas: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            durable: "imgate-job".into(),
+            publish_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            commit_interval: Duration::from_millis(200),
+            session_timeout: Duration::from_secs(6),
+            max_ack_pending: 10_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

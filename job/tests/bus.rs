@@ -1,65 +1,25 @@
-//! job over the Kafka bus, against a real broker (nisshi, started by imgate-testkit) over TCP:
-//! job commits a message only once it was written to the comet it was for. The bus alone is
-//! tested in `bus/tests/kafka.rs`.
+//! job over a real bus, Kafka (nisshi) and NATS JetStream (nats-server), both started by
+//! imgate-testkit and reached over TCP: job has a message recorded as consumed (a Kafka commit,
+//! a JetStream acknowledgement) only once it was written to the comet it was for. The buses
+//! alone are tested in `bus/tests/`.
 //!
-//! A missing nisshi fails these tests with a message saying how to install it; nothing skips.
+//! A missing broker fails these tests with a message saying how to install it; nothing skips.
 
 mod common;
 
 use common::register;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use imgate_bus::kafka::{ConsumerProgress, KafkaConsumer, KafkaProducer};
-use imgate_bus::{BusMessage, BusProducer, KeysPush, Push, RoomPush};
-use imgate_shared::config::{Config, KafkaConfig};
+use bytes::BytesMut;
+use imgate_bus::BusConsumer;
+use imgate_shared::config::Config;
 use imgate_shared::frame;
-use imgate_shared::link::{self, Body, Envelope, ShardKeys};
+use imgate_shared::link::{self, Body, Envelope};
 use imgate_store::embedded::EmbeddedRegistry;
-use imgate_testkit::Kafka;
+use imgate_testkit::bus::{keys, room, wait_until, Bus, WAIT};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A topic and group of their own for every test.
-fn kafka_config(kafka: &Kafka, partitions: i32) -> KafkaConfig {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{}-{n}", std::process::id());
-    KafkaConfig {
-        brokers: kafka.bootstrap(),
-        topic: format!("imgate-job-test-{id}"),
-        group: format!("imgate-job-test-group-{id}"),
-        partitions,
-        commit_interval: Duration::from_millis(100),
-        session_timeout: Duration::from_secs(3),
-    }
-}
-
-fn room(room: &str, body: String) -> BusMessage {
-    BusMessage::new(Push::Room(RoomPush {
-        room: room.into(),
-        op: 1000,
-        body: Bytes::from(body),
-        ..Default::default()
-    }))
-}
-
-async fn wait_until(what: &str, wait: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + wait;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn committed_total(progress: &ConsumerProgress) -> i64 {
-    progress.committed_all().values().sum()
-}
 
 fn store() -> Arc<EmbeddedRegistry> {
     Arc::new(EmbeddedRegistry::new(Duration::from_secs(60)))
@@ -84,15 +44,11 @@ async fn next_body(stream: &mut TcpStream, buf: &mut BytesMut) -> Body {
     env.body.expect("a body")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_commits_only_what_reached_the_comet() {
-    let kafka = Kafka::start();
-    let kafka_config = kafka_config(&kafka, 2);
-    let producer = tokio::time::timeout(WAIT, KafkaProducer::connect(&kafka_config))
-        .await
-        .expect("the producer connects within the deadline")
-        .expect("the producer connects");
-
+/// Keys pushes and room pushes wait on the bus while the comet they are for is down: job
+/// consumes them but records nothing; once the comet is up, job writes them, in order, and
+/// only then has them recorded.
+async fn job_records_only_what_reached_the_comet(mut bus: Bus) {
+    let producer = bus.producer().await;
     // The comet's link address, with nothing listening yet: job cannot deliver.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -104,23 +60,19 @@ async fn job_commits_only_what_reached_the_comet() {
     config.job.room_batch = 20;
     config.job.room_max_delay = Duration::from_millis(50);
     config.job.registry_interval = Duration::from_millis(100);
-    let consumer = KafkaConsumer::connect(&kafka_config).unwrap();
+    let consumer = bus.consumer().await;
     let progress = consumer.progress();
+    assert!(
+        consumer.ready_probe().is_some(),
+        "a broker's consumer has a readiness probe"
+    );
     let job = imgate_job::start(&config, store, Box::new(consumer)).await;
+    let ready = job.bus_probe().expect("job exposes its bus's readiness");
+    ready().await.expect("the broker answers");
 
-    let targets = vec![ShardKeys {
-        shard: 0,
-        keys: vec!["k1".into()],
-    }];
     for i in 0..5 {
         producer
-            .publish(BusMessage::new(Push::Keys(KeysPush {
-                comet: "c1".into(),
-                targets: targets.clone(),
-                op: 1000,
-                body: Bytes::from(format!("keys{i}")),
-                ..Default::default()
-            })))
+            .publish(keys("c1", format!("keys{i}")))
             .await
             .unwrap();
     }
@@ -131,18 +83,18 @@ async fn job_commits_only_what_reached_the_comet() {
             .unwrap();
     }
     wait_until("job consumed all 8", WAIT, || job.stats().consumed == 8).await;
-    // Several commit intervals pass: nothing was written to the comet, nothing is committed.
+    // Several commit intervals pass: nothing was written to the comet, nothing is recorded.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(job.comet_count(), 0);
     assert_eq!(
-        committed_total(&progress),
+        progress.committed(),
         0,
-        "nothing committed before delivery: {:?}",
-        progress.committed_all()
+        "{:?}: nothing recorded before delivery",
+        bus.kind()
     );
     assert_eq!(progress.outstanding(), 8);
 
-    // The comet comes up: job connects, writes, and only then commits.
+    // The comet comes up: job connects, writes, and only then has them recorded.
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let (mut stream, _) = tokio::time::timeout(WAIT, listener.accept())
         .await
@@ -168,10 +120,22 @@ async fn job_commits_only_what_reached_the_comet() {
     }
     assert_eq!(keys, ["keys0", "keys1", "keys2", "keys3", "keys4"]);
     assert_eq!(room_bodies, ["room0", "room1", "room2"]);
-    wait_until("all 8 committed after delivery", WAIT, || {
-        committed_total(&progress) == 8
+    wait_until("all 8 recorded after delivery", WAIT, || {
+        progress.committed() == 8
     })
     .await;
     assert_eq!(progress.outstanding(), 0);
     job.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_job_commits_only_what_reached_the_comet() {
+    let bus = tokio::task::spawn_blocking(|| Bus::kafka(2)).await.unwrap();
+    job_records_only_what_reached_the_comet(bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_job_acknowledges_only_what_reached_the_comet() {
+    let bus = tokio::task::spawn_blocking(|| Bus::nats(2)).await.unwrap();
+    job_records_only_what_reached_the_comet(bus).await;
 }
