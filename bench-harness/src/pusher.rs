@@ -1,6 +1,7 @@
 //! Drives pushes through logic's HTTP API at a fixed rate (or as fast as answers come), over a
 //! few HTTP/1.1 keep-alive connections ([`HttpClient`]) on plain blocking sockets, one thread
-//! each.
+//! each. For a peer the same pushes are a Redis `PUBLISH` ([`resp::Publisher`]) or a NATS
+//! `PUB` ([`nats::Publisher`]) on the room's channel, paced the same way.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,8 +12,10 @@ use hdrhistogram::Histogram;
 use imgate_client::http::{HttpClient, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::System;
 use crate::payload::{self, Stamp};
 use crate::tally;
+use crate::{nats, resp};
 
 /// Which push API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -32,7 +35,12 @@ pub enum PushKind {
 #[derive(Debug, Clone)]
 pub struct PushPlan {
     pub kind: PushKind,
+    /// Where pushes go: imgate's HTTP API at `http`, or a peer's server at `peer`, on
+    /// `channel`.
+    pub system: System,
     pub http: SocketAddr,
+    pub peer: SocketAddr,
+    pub channel: String,
     pub op: i32,
     pub room_type: String,
     pub room_id: String,
@@ -84,10 +92,52 @@ impl PushPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PushResult {
     pub seq: u32,
-    /// HTTP 200 with `code` 0.
+    /// HTTP 200 with `code` 0 (a peer: the publish was answered without an error).
     pub accepted: bool,
-    /// `data.connections` of a keys or mids answer: how many connections logic routed it to.
+    /// `data.connections` of a keys or mids answer: how many connections logic routed it to
+    /// (Redis: the subscribers `PUBLISH` says it reached).
     pub routed: Option<u32>,
+}
+
+/// One pushing connection, in the protocol of the system under test.
+enum Publisher {
+    Http(HttpClient),
+    Redis(resp::Publisher),
+    Nats(nats::Publisher),
+}
+
+impl Publisher {
+    fn new(plan: &PushPlan) -> Publisher {
+        match plan.system {
+            System::Imgate => Publisher::Http(HttpClient::new(plan.http)),
+            System::Redis => Publisher::Redis(resp::Publisher::new(plan.peer)),
+            System::Nats => Publisher::Nats(nats::Publisher::new(plan.peer)),
+        }
+    }
+
+    /// Sends push `seq`: `Ok(routed)` when accepted, else why not.
+    fn push(&mut self, plan: &PushPlan, seq: u32, body: &[u8]) -> Result<Option<u32>, String> {
+        match self {
+            Publisher::Http(client) => match client.post(&plan.path(seq), body) {
+                Ok(Response { status: 200, body }) if code_is_zero(&body) => {
+                    Ok(connections(&body))
+                }
+                Ok(Response { status, body }) => Err(format!(
+                    "HTTP {status} {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            Publisher::Redis(p) => p
+                .publish(&plan.channel, body)
+                .map(|n| Some(n.min(u64::from(u32::MAX)) as u32))
+                .map_err(|e| format!("PUBLISH: {e}")),
+            Publisher::Nats(p) => p
+                .publish(&plan.channel, body)
+                .map(|()| None)
+                .map_err(|e| format!("PUB: {e}")),
+        }
+    }
 }
 
 /// A phase's pushes.
@@ -123,7 +173,7 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
     std::thread::scope(|scope| {
         for _ in 0..plan.connections.max(1) {
             scope.spawn(|| {
-                let mut client = HttpClient::new(plan.http);
+                let mut publisher = Publisher::new(plan);
                 let mut results = Vec::new();
                 let mut http_us = tally::new_histogram();
                 let mut errors = Vec::new();
@@ -155,27 +205,14 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
                         plan.body_bytes,
                     );
                     let t0 = Instant::now();
-                    let answer = client.post(&plan.path(seq), &body);
+                    let answer = publisher.push(plan, seq, &body);
                     tally::record(&mut http_us, t0.elapsed().as_micros() as u64);
                     let result = match answer {
-                        Ok(Response { status: 200, body }) if code_is_zero(&body) => PushResult {
+                        Ok(routed) => PushResult {
                             seq,
                             accepted: true,
-                            routed: connections(&body),
+                            routed,
                         },
-                        Ok(Response { status, body }) => {
-                            if errors.len() < 5 {
-                                errors.push(format!(
-                                    "push {seq}: HTTP {status} {}",
-                                    String::from_utf8_lossy(&body[..body.len().min(200)])
-                                ));
-                            }
-                            PushResult {
-                                seq,
-                                accepted: false,
-                                routed: None,
-                            }
-                        }
                         Err(e) => {
                             if errors.len() < 5 {
                                 errors.push(format!("push {seq}: {e}"));
@@ -230,7 +267,10 @@ mod tests {
     fn plan(kind: PushKind) -> PushPlan {
         PushPlan {
             kind,
+            system: System::Imgate,
             http: "127.0.0.1:1".parse().unwrap(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            channel: "live.1000".into(),
             op: 1000,
             room_type: "live".into(),
             room_id: "1000".into(),
