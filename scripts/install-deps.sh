@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the cluster scripts need, when it is missing:
-#   redis-server and redis-cli (Debian packages),
+#   redis-server and redis-cli (Debian packages), nats-server (Debian package),
 #   PostgreSQL server binaries (Debian package; the durable storage of the broker in the
 #   broker-restart fault test; the tests run their own server, never a system-wide one),
 #   nisshi, a Kafka-protocol broker with in-memory and PostgreSQL storage (built from crates.io
@@ -24,6 +24,13 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   apt_install redis-server redis-tools
   # The package starts a system-wide server on 6379; the tests start their own.
   (systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true)
+fi
+
+# The NATS tests and `scripts/bench.sh peers` run their own nats-server.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  echo "install-deps: installing nats-server" >&2
+  apt_install nats-server
+  (systemctl disable --now nats-server >/dev/null 2>&1 || service nats-server stop >/dev/null 2>&1 || true)
 fi
 
 # testkit looks for initdb and pg_ctl on PATH, then under /usr/lib/postgresql/*/bin.

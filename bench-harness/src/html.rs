@@ -173,7 +173,10 @@ fn line_svg(l: &Lines<'_>) -> Result<String, String> {
         for (s, (name, points)) in l.series.iter().enumerate() {
             let colour = COLOURS[s % COLOURS.len()];
             chart
-                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour.stroke_width(2),
+                ))
                 .map_err(chart_error)?
                 .label(name.as_str())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], colour));
@@ -375,15 +378,21 @@ fn render_peers(r: &Value) -> String {
         .iter()
         .map(|row| row["system"].as_str().unwrap_or("?").to_string())
         .collect();
-    let pick = |key: &str| -> Vec<Option<f64>> { rows.iter().map(|row| row[key].as_f64()).collect() };
+    let pick =
+        |key: &str| -> Vec<Option<f64>> { rows.iter().map(|row| row[key].as_f64()).collect() };
     let latency = Bars {
         title: "End-to-end latency (publish to subscriber)",
         y_label: "ms",
         groups: systems.clone(),
-        series: [("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms")]
-            .iter()
-            .map(|(name, key)| (name.to_string(), pick(key)))
-            .collect(),
+        series: [
+            ("p50", "p50_ms"),
+            ("p90", "p90_ms"),
+            ("p99", "p99_ms"),
+            ("p99.9", "p999_ms"),
+        ]
+        .iter()
+        .map(|(name, key)| (name.to_string(), pick(key)))
+        .collect(),
         line: None,
     };
     figure(&mut out, bar_svg(&latency), "Latency percentiles per system, from the stamp each message carries (CLOCK_MONOTONIC at publish) to the subscriber's read.");
@@ -395,7 +404,10 @@ fn render_peers(r: &Value) -> String {
         series: vec![("server".into(), pick("server_cpu_ns_per_delivery"))],
         line: floor.map(|f| {
             (
-                format!("socket floor: one {}-byte write", cell(&r["floor"]["frame_bytes"])),
+                format!(
+                    "socket floor: one {}-byte write",
+                    cell(&r["floor"]["frame_bytes"])
+                ),
                 f,
             )
         }),
@@ -445,47 +457,102 @@ fn render_run(r: &Value) -> String {
     let mut rows = vec![
         vec![
             "connected".into(),
-            format!("{} of {} in {} s", cell(&c["connected"]), cell(&c["attempted"]), cell(&c["seconds"])),
+            format!(
+                "{} of {} in {} s",
+                cell(&c["connected"]),
+                cell(&c["attempted"]),
+                cell(&c["seconds"])
+            ),
         ],
-        vec!["expected / delivered".into(), format!("{} / {}", cell(&r["expected"]), cell(&r["delivered"]))],
-        vec!["lost / duplicated".into(), format!("{} / {}", cell(&r["lost"]), cell(&r["duplicated"]))],
+        vec![
+            "expected / delivered".into(),
+            format!("{} / {}", cell(&r["expected"]), cell(&r["delivered"])),
+        ],
+        vec![
+            "lost / duplicated".into(),
+            format!("{} / {}", cell(&r["lost"]), cell(&r["duplicated"])),
+        ],
         vec!["messages / s".into(), cell(&r["msgs_per_sec"])],
-        vec!["server CPU ns / message (process)".into(), cell(&r["server_cpu_ns_per_msg"])],
-        vec!["server CPU ns / message (its cores)".into(), cell(&r["server_core_cpu_ns_per_msg"])],
-        vec!["server CPU ns / write".into(), cell(&r["server_cpu_ns_per_write"])],
-        vec!["floor ratio per write".into(), cell(&r["floor_ratio_per_write"])],
-        vec!["server RSS B / connection".into(), cell(&r["rss_bytes_per_conn"])],
+        vec![
+            "server CPU ns / message (process)".into(),
+            cell(&r["server_cpu_ns_per_msg"]),
+        ],
+        vec![
+            "server CPU ns / message (its cores)".into(),
+            cell(&r["server_core_cpu_ns_per_msg"]),
+        ],
+        vec![
+            "server CPU ns / write".into(),
+            cell(&r["server_cpu_ns_per_write"]),
+        ],
+        vec![
+            "floor ratio per write".into(),
+            cell(&r["floor_ratio_per_write"]),
+        ],
+        vec![
+            "server RSS B / connection".into(),
+            cell(&r["rss_bytes_per_conn"]),
+        ],
         vec!["errors".into(), cell(&r["errors"]["total"])],
     ];
     if let Some(idle) = r.get("idle") {
-        rows.push(vec!["held (s), fewest connected".into(), format!("{}, {}", cell(&idle["seconds"]), cell(&idle["min_connected"]))]);
-        rows.push(vec!["server CPU % while idle".into(), cell(&idle["server_cpu_percent"])]);
+        rows.push(vec![
+            "held (s), fewest connected".into(),
+            format!(
+                "{}, {}",
+                cell(&idle["seconds"]),
+                cell(&idle["min_connected"])
+            ),
+        ]);
+        rows.push(vec![
+            "server CPU % while idle".into(),
+            cell(&idle["server_cpu_percent"]),
+        ]);
     }
     table(&mut out, &["figure", "value"], &rows);
 
     let phases = r["phases"].as_array().cloned().unwrap_or_default();
     if !phases.is_empty() {
-        let names: Vec<String> = phases.iter().map(|p| p["name"].as_str().unwrap_or("?").to_string()).collect();
+        let names: Vec<String> = phases
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or("?").to_string())
+            .collect();
         let latency = Bars {
             title: "End-to-end latency per phase",
             y_label: "ms",
             groups: names,
-            series: [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999")]
-                .iter()
-                .map(|(name, key)| (name.to_string(), phases.iter().map(|p| ms(&p["latency_us"][key])).collect()))
-                .collect(),
+            series: [
+                ("p50", "p50"),
+                ("p90", "p90"),
+                ("p99", "p99"),
+                ("p99.9", "p999"),
+            ]
+            .iter()
+            .map(|(name, key)| {
+                (
+                    name.to_string(),
+                    phases.iter().map(|p| ms(&p["latency_us"][key])).collect(),
+                )
+            })
+            .collect(),
             line: None,
         };
         figure(&mut out, bar_svg(&latency), "From the stamp each push carries (CLOCK_MONOTONIC when it was sent) to the client's read.");
     }
-    if let Some(points) = r["connections_over_time"].as_array().filter(|p| p.len() > 1) {
+    if let Some(points) = r["connections_over_time"]
+        .as_array()
+        .filter(|p| p.len() > 1)
+    {
         let line = Lines {
             title: "Connected clients over time",
             x_label: "seconds since the first connect",
             y_label: "connected",
             series: vec![(
                 "connected".into(),
-                points.iter().filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?))).collect(),
+                points
+                    .iter()
+                    .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                    .collect(),
             )],
         };
         figure(&mut out, line_svg(&line), "Authenticated connections open, sampled about once a second through the connects, the hold (idle) or the pushes.");
@@ -493,9 +560,18 @@ fn render_run(r: &Value) -> String {
     let floor = &r["floor"];
     let floor_at = |label: &str| floor[label]["cpu_ns_per_write"].as_f64();
     let cpu_bars: Vec<(String, Option<f64>)> = vec![
-        ("server per message".into(), r["server_cpu_ns_per_msg"].as_f64()),
-        ("server per write".into(), r["server_cpu_ns_per_write"].as_f64()),
-        ("floor, message size".into(), floor_at("message").or(floor_at("given"))),
+        (
+            "server per message".into(),
+            r["server_cpu_ns_per_msg"].as_f64(),
+        ),
+        (
+            "server per write".into(),
+            r["server_cpu_ns_per_write"].as_f64(),
+        ),
+        (
+            "floor, message size".into(),
+            floor_at("message").or(floor_at("given")),
+        ),
         ("floor, write size".into(), floor_at("write")),
     ]
     .into_iter()
@@ -530,7 +606,11 @@ fn render_run(r: &Value) -> String {
                 })
                 .collect(),
         };
-        figure(&mut out, line_svg(&rate), "What the clients read each second of each push phase.");
+        figure(
+            &mut out,
+            line_svg(&rate),
+            "What the clients read each second of each push phase.",
+        );
     }
     out.push_str("</body></html>\n");
     out

@@ -37,6 +37,10 @@ fn write(path: &Path, report: &Value) -> anyhow::Result<()> {
     let page = html::path_beside(path);
     std::fs::write(&page, html::render(report))
         .with_context(|| format!("writing the HTML report to {}", page.display()))?;
-    eprintln!("report written to {} and {}", path.display(), page.display());
+    eprintln!(
+        "report written to {} and {}",
+        path.display(),
+        page.display()
+    );
     Ok(())
 }

@@ -20,7 +20,8 @@ use crate::peer::{self, Event, PeerError, MAX_PEER_REPLY};
 const MAX_LINE: usize = 64 * 1024;
 
 /// `CONNECT` without acknowledgements (`verbose` off: no `+OK` per command).
-const CONNECT: &str = "CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"bench-harness\"}\r\n";
+const CONNECT: &str =
+    "CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"bench-harness\"}\r\n";
 
 /// What a subscriber sends first: connect, subscribe with sid 1, and a `PING` whose `PONG`
 /// says the subscription is in place.
@@ -79,7 +80,7 @@ pub fn decode(buf: &[u8], mut on_event: impl FnMut(Event<'_>)) -> Result<usize, 
         } else if line == b"+OK" || line.starts_with(b"INFO ") {
             (Event::Other, took)
         } else if let Some(text) = line.strip_prefix(b"-ERR") {
-return Err(peer::server_error(text));
+            return Err(peer::server_error(text));
         } else {
             return Err(invalid("MSG, PING, PONG, INFO, +OK or -ERR", line));
         };
@@ -175,7 +176,10 @@ mod tests {
     fn a_subscriber_says_hello_in_one_write() {
         let hello = String::from_utf8(hello("live.1000")).unwrap();
         assert!(hello.starts_with("CONNECT {\"verbose\":false"), "{hello}");
-        assert!(hello.ends_with("\r\nSUB live.1000 1\r\nPING\r\n"), "{hello}");
+        assert!(
+            hello.ends_with("\r\nSUB live.1000 1\r\nPING\r\n"),
+            "{hello}"
+        );
     }
 
     #[test]

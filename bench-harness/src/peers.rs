@@ -119,7 +119,9 @@ pub fn merge_reports(reports: &[Value], names: &[String]) -> Value {
     });
     if let Some(f) = floor {
         out["floor"] = Value::Object(f);
-        let floor_ns = out["floor"]["cpu_ns_per_write"].as_f64().filter(|f| *f > 0.0);
+        let floor_ns = out["floor"]["cpu_ns_per_write"]
+            .as_f64()
+            .filter(|f| *f > 0.0);
         if let (Some(floor_ns), Some(rows)) = (floor_ns, out["rows"].as_array_mut()) {
             for row in rows {
                 let ratio = row["server_cpu_ns_per_delivery"]
@@ -188,7 +190,10 @@ mod tests {
     #[test]
     fn rows_take_the_core_figure_only_when_every_run_has_it() {
         let names = ["a.json".to_string(), "b.json".into()];
-        let r = merge_reports(&[run("imgate", Some(2000.0)), run("redis", Some(4500.0))], &names);
+        let r = merge_reports(
+            &[run("imgate", Some(2000.0)), run("redis", Some(4500.0))],
+            &names,
+        );
         assert_eq!(r["server_cpu_source"], "core");
         let rows = r["rows"].as_array().unwrap();
         assert_eq!(rows[0]["server_cpu_ns_per_delivery"], 2000.0);

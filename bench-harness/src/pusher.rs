@@ -119,9 +119,7 @@ impl Publisher {
     fn push(&mut self, plan: &PushPlan, seq: u32, body: &[u8]) -> Result<Option<u32>, String> {
         match self {
             Publisher::Http(client) => match client.post(&plan.path(seq), body) {
-                Ok(Response { status: 200, body }) if code_is_zero(&body) => {
-                    Ok(connections(&body))
-                }
+                Ok(Response { status: 200, body }) if code_is_zero(&body) => Ok(connections(&body)),
                 Ok(Response { status, body }) => Err(format!(
                     "HTTP {status} {}",
                     String::from_utf8_lossy(&body[..body.len().min(200)])

@@ -149,7 +149,7 @@ pub fn decode(buf: &[u8], mut on_event: impl FnMut(Event<'_>)) -> Result<usize, 
                 len: 2,
             } => Event::Pong,
             Reply::Error(text) => {
-return Err(peer::server_error(text));
+                return Err(peer::server_error(text));
             }
             _ => {
                 return Err(invalid(
