@@ -256,9 +256,9 @@ fn figure(out: &mut String, svg: Result<String, String>, caption: &str) {
             // Inline in HTML the SVG namespace is implied: leave the attribute out, so the
             // page names no address at all.
             let svg = svg.replacen(" xmlns=\"http://www.w3.org/2000/svg\"", "", 1);
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<figure>{svg}<figcaption>{}</figcaption></figure>\n",
+                "<figure>{svg}<figcaption>{}</figcaption></figure>",
                 esc(caption)
             );
         }

@@ -705,7 +705,7 @@ fn a_peers_comparison_has_a_row_per_system_and_its_charts() {
         assert_eq!(row["delivered"], row["expected"], "{row:#}");
         assert!(row["p50_ms"].as_f64().unwrap() > 0.0);
         assert!(row["p99_ms"].as_f64().unwrap() >= row["p50_ms"].as_f64().unwrap());
-        assert_eq!(row["backlog_at_push_end"].as_u64().is_some(), true);
+        assert!(row["backlog_at_push_end"].as_u64().is_some(), "{row:#}");
     }
     assert_eq!(r["server_cpu_source"], "process");
     assert_eq!(r["settings"]["clients"], 60);
