@@ -24,6 +24,7 @@
 # Debian packages are installed when missing. Writes one report per system (OUT with
 # -imgate, -redis, -nats before .json) and OUT itself with a row per system, each with an
 # HTML page beside it. The imgate run also measures the socket floor (PEERS_FLOOR=0: not).
+# Each run waits up to 30 s (--drain) for messages still on their way after the last push.
 # Each process may hold at most the hard open-file limit (20,000 here): imgate spreads more
 # clients over extra comets (COMETS, by default clients / 19,000 rounded up); Redis and NATS
 # are one process each, so the run says how many subscribers they could take (Redis:
@@ -260,6 +261,10 @@ if [ "$scenario" = peers ]; then
     prev=$a
   done
   [ -z "${COMETS:-}" ] && comets=$(((clients + 18999) / 19000))
+  # A server that falls behind still owes its subscribers what it accepted: wait up to 30 s
+  # for it (unless --drain says otherwise), so late counts as late, not lost.
+  drain=()
+  [[ " $* " != *" --drain"* ]] && drain=(--drain 30)
   systems=(${PEERS:-imgate redis nats})
   reports=()
   i=0
@@ -277,7 +282,7 @@ if [ "$scenario" = peers ]; then
       nats) start_nats ;;
       *) echo "bench.sh: unknown system $system (imgate, redis, nats)" >&2; exit 1 ;;
     esac
-    run_harness "$report" --preset goim --system "$system" "${extra[@]}" "$@"
+    run_harness "$report" --preset goim --system "$system" "${drain[@]}" "${extra[@]}" "$@"
     stop_servers
     reports+=("$report")
   done
