@@ -47,6 +47,8 @@
 #   HARNESS_CPUS=0   run the harness (its workers, pusher and the floor's readers) on these
 #                    CPUs (--floor-reader-cpus). Unset: no taskset, as before.
 #   PEERS="imgate redis nats"  the systems a peers run measures, in order
+#   RUNS=3           peers: measure every system 3 times, alternating (imgate, redis, nats,
+#                    imgate, …); OUT's rows are the medians, each run's figures kept beside
 #   Extra comets (COMETS=n) serve their metrics on 127.0.0.1:BASE+8+100*i when
 #   `imgate comet --help` lists --metrics-bind; without it their writes cannot be read, and
 #   with COMETS > 1 the harness counts client reads (--no-metrics).
@@ -266,27 +268,36 @@ if [ "$scenario" = peers ]; then
   drain=()
   [[ " $* " != *" --drain"* ]] && drain=(--drain 30)
   systems=(${PEERS:-imgate redis nats})
+  runs=${RUNS:-1}
   reports=()
   i=0
-  for system in "${systems[@]}"; do
-    i=$((i + 1))
-    report="${out%.json}-$system.json"
-    echo "bench.sh: peers $i of ${#systems[@]}: $system, $clients subscribers" >&2
-    extra=()
-    case $system in
-      imgate)
-        start_imgate
-        [ "${PEERS_FLOOR:-1}" != 0 ] && extra+=(--floor)
-        ;;
-      redis) start_redis ;;
-      nats) start_nats ;;
-      *) echo "bench.sh: unknown system $system (imgate, redis, nats)" >&2; exit 1 ;;
-    esac
-    run_harness "$report" --preset goim --system "$system" "${drain[@]}" "${extra[@]}" "$@"
-    stop_servers
-    reports+=("$report")
+  for run in $(seq 1 "$runs"); do
+    for system in "${systems[@]}"; do
+      i=$((i + 1))
+      report="${out%.json}-$system.json"
+      [ "$runs" -gt 1 ] && report="${out%.json}-$system-$run.json"
+      echo "bench.sh: peers $i of $((runs * ${#systems[@]})): $system, $clients subscribers" >&2
+      extra=()
+      case $system in
+        imgate)
+          start_imgate
+          [ "${PEERS_FLOOR:-1}" != 0 ] && extra+=(--floor)
+          ;;
+        redis) start_redis ;;
+        nats) start_nats ;;
+        *) echo "bench.sh: unknown system $system (imgate, redis, nats)" >&2; exit 1 ;;
+      esac
+      run_harness "$report" --preset goim --system "$system" "${drain[@]}" "${extra[@]}" "$@"
+      stop_servers
+      reports+=("$report")
+    done
   done
-  BENCH_PEERS_COMMAND="scripts/bench.sh peers $*" "$harness" \
+  # The command as one would type it again, with the variables that change the case.
+  command=
+  for var in NICE SERVER_CPUS HARNESS_CPUS COMETS RUNS PEERS PEERS_FLOOR IMGATE_CONFIG; do
+    [ -n "${!var:-}" ] && command+="$var=${!var} "
+  done
+  BENCH_PEERS_COMMAND="${command}scripts/bench.sh peers $*" "$harness" \
     --merge-peers "$(IFS=,; echo "${reports[*]}")" --json "$out"
   echo "bench.sh: peers report in $out and ${out%.json}.html, server logs in $log" >&2
   exit 0

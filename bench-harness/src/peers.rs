@@ -8,6 +8,11 @@
 //! subscribers dropped, the deliveries still owed when the last publish was answered
 //! (`backlog_at_push_end`) and how long the drain took. `settings` are the first run's (the
 //! script gives every run the same).
+//!
+//! Several runs of a system (`RUNS=3 scripts/bench.sh peers`) make one row of medians: each
+//! number is the median over the runs (the middle one of an odd count, the lower middle of
+//! an even one), `runs` says how many, and `per_run` keeps every run's value of the figures
+//! the headline quotes.
 
 use std::path::PathBuf;
 
@@ -86,17 +91,81 @@ pub fn merge(paths: &[PathBuf]) -> anyhow::Result<Value> {
     Ok(merge_reports(&reports, &names))
 }
 
-/// Merges run reports (one per system) into the peers report.
+/// The figures whose every run's value a row of medians keeps.
+const PER_RUN: [&str; 8] = [
+    "delivered",
+    "expected",
+    "server_cpu_ns_per_delivery",
+    "server_process_cpu_ns_per_delivery",
+    "p50_ms",
+    "p99_ms",
+    "backlog_at_push_end",
+    "server_rss_bytes_per_conn",
+];
+
+/// The median of the numbers among `values` (the lower middle of an even count).
+fn median(values: &[&Value]) -> Value {
+    let mut numbers: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
+    if numbers.is_empty() {
+        return Value::Null;
+    }
+    numbers.sort_by(f64::total_cmp);
+    let m = numbers[(numbers.len() - 1) / 2];
+    if m.fract() == 0.0 && m.abs() < 9e15 {
+        json!(m as i64)
+    } else {
+        json!(m)
+    }
+}
+
+/// One row from the rows of a system's runs: numbers are medians, the rest the first run's.
+fn combine(rows: &[Value]) -> Value {
+    let Some(first) = rows.first() else {
+        return Value::Null;
+    };
+    if rows.len() == 1 {
+        return first.clone();
+    }
+    let mut out = first.clone();
+    if let Some(fields) = out.as_object_mut() {
+        for (key, value) in fields.iter_mut() {
+            if value.is_number() {
+                let all: Vec<&Value> = rows.iter().map(|r| &r[key.as_str()]).collect();
+                *value = median(&all);
+            }
+        }
+        fields.insert("runs".into(), json!(rows.len()));
+        let per_run: serde_json::Map<String, Value> = PER_RUN
+            .iter()
+            .map(|k| {
+                let all: Vec<Value> = rows.iter().map(|r| r[*k].clone()).collect();
+                (k.to_string(), Value::Array(all))
+            })
+            .collect();
+        fields.insert("per_run".into(), Value::Object(per_run));
+        let reports: Vec<Value> = rows.iter().map(|r| r["report"].clone()).collect();
+        fields.insert("report".into(), Value::Array(reports));
+    }
+    out
+}
+
+/// Merges run reports (one or more per system, in the order the systems first appear) into
+/// the peers report.
 pub fn merge_reports(reports: &[Value], names: &[String]) -> Value {
     let use_core = !reports.is_empty()
         && reports
             .iter()
             .all(|r| r["server_core_cpu_ns_per_msg"].is_number());
-    let rows: Vec<Value> = reports
-        .iter()
-        .zip(names)
-        .map(|(r, name)| row(r, name, use_core))
-        .collect();
+    let mut systems: Vec<(String, Vec<Value>)> = Vec::new();
+    for (r, name) in reports.iter().zip(names) {
+        let system = r["system"].as_str().unwrap_or("?").to_string();
+        let row = row(r, name, use_core);
+        match systems.iter_mut().find(|(s, _)| *s == system) {
+            Some((_, rows)) => rows.push(row),
+            None => systems.push((system, vec![row])),
+        }
+    }
+    let rows: Vec<Value> = systems.iter().map(|(_, rows)| combine(rows)).collect();
     let first = reports.first().cloned().unwrap_or(Value::Null);
     // The floor, from whichever run measured it (the script asks the imgate run).
     let floor = reports
@@ -208,5 +277,37 @@ mod tests {
         assert_eq!(r["server_cpu_source"], "process");
         assert_eq!(r["rows"][0]["server_cpu_ns_per_delivery"], 3000.0);
         assert_eq!(r["rows"][1]["server_core_cpu_ns_per_delivery"], Value::Null);
+    }
+
+    #[test]
+    fn several_runs_of_a_system_make_one_row_of_medians_with_every_run_kept() {
+        let mut runs = Vec::new();
+        for (system, core, p50) in [
+            ("imgate", 2000.0, 1000),
+            ("redis", 4000.0, 3000),
+            ("imgate", 1800.0, 5000),
+            ("redis", 4200.0, 2000),
+            ("imgate", 2600.0, 3000),
+        ] {
+            let mut r = run(system, Some(core));
+            r["latency_us"]["p50"] = json!(p50);
+            runs.push(r);
+        }
+        let names: Vec<String> = (1..=5).map(|i| format!("{i}.json")).collect();
+        let r = merge_reports(&runs, &names);
+        let rows = r["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "one row per system");
+        assert_eq!(rows[0]["system"], "imgate");
+        assert_eq!(rows[0]["runs"], 3);
+        assert_eq!(rows[0]["server_cpu_ns_per_delivery"], 2000);
+        assert_eq!(rows[0]["p50_ms"], 3.0);
+        assert_eq!(
+            rows[0]["per_run"]["server_cpu_ns_per_delivery"],
+            json!([2000.0, 1800.0, 2600.0])
+        );
+        assert_eq!(rows[0]["report"], json!(["1.json", "3.json", "5.json"]));
+        // Two runs: the lower middle.
+        assert_eq!(rows[1]["server_cpu_ns_per_delivery"], 4000);
+        assert_eq!(rows[1]["p50_ms"], 2.0);
     }
 }

@@ -548,7 +548,9 @@ fn machine() -> Value {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
     json!({
-        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // The host's, not this process's share of it (the harness may run under taskset).
+        // SAFETY: sysconf has no preconditions.
+        "cpus": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1),
         "cpu_model": model,
         "memory_bytes": mem_kb.map(|k| k * 1024),
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
