@@ -396,7 +396,7 @@ fn render_peers(r: &Value) -> String {
         line: None,
     };
     figure(&mut out, bar_svg(&latency), "Latency percentiles per system, from the stamp each message carries (CLOCK_MONOTONIC at publish) to the subscriber's read.");
-    let floor = r["floor"]["cpu_ns_per_write"].as_f64();
+    let floor = r["floor_cpu_ns_per_write"].as_f64();
     let cpu = Bars {
         title: "Server CPU per delivered message",
         y_label: "ns",
@@ -641,6 +641,7 @@ mod tests {
         let r = json!({"rows": [row("imgate", 3.0), row("redis", 4.0), row("nats", 5.0)],
                        "settings": {"clients": 10, "rate": 40.0, "duration_s": 1.0},
                        "floor": {"cpu_ns_per_write": 900.0, "frame_bytes": 76},
+                       "floor_cpu_ns_per_write": 900.0,
                        "command": "bench.sh peers <x>"});
         let html = render(&r);
         assert_eq!(html.matches("<svg").count(), 4, "{html}");

@@ -188,9 +188,14 @@ pub fn merge_reports(reports: &[Value], names: &[String]) -> Value {
     });
     if let Some(f) = floor {
         out["floor"] = Value::Object(f);
-        let floor_ns = out["floor"]["cpu_ns_per_write"]
-            .as_f64()
-            .filter(|f| *f > 0.0);
+        // The floor on the rows' basis: its writers' core, or their own CPU time.
+        let basis = if use_core {
+            "core_cpu_ns_per_write"
+        } else {
+            "cpu_ns_per_write"
+        };
+        let floor_ns = out["floor"][basis].as_f64().filter(|f| *f > 0.0);
+        out["floor_cpu_ns_per_write"] = json!(floor_ns);
         if let (Some(floor_ns), Some(rows)) = (floor_ns, out["rows"].as_array_mut()) {
             for row in rows {
                 let ratio = row["server_cpu_ns_per_delivery"]
@@ -252,7 +257,11 @@ mod tests {
             "latency_us": {"p50": 1234, "p99": 9876, "max": 20000},
             "phases": [{"backlog_at_push_end": 7, "samples_msgs_per_sec": [4000]}],
             "errors": {"total": 2},
-            "floor": if system == "imgate" { json!({"message": {"cpu_ns_per_write": 1500.0}}) } else { Value::Null },
+            "floor": if system == "imgate" {
+                json!({"message": {"cpu_ns_per_write": 1500.0, "core_cpu_ns_per_write": 1000.0}})
+            } else {
+                Value::Null
+            },
         })
     }
 
@@ -270,7 +279,11 @@ mod tests {
         assert_eq!(rows[0]["p50_ms"], 1.23);
         assert_eq!(rows[0]["connect_failed"], 2);
         assert_eq!(rows[1]["backlog_at_push_end"], 7);
-        assert_eq!(rows[1]["vs_floor"], 3.0);
+        assert_eq!(
+            r["floor_cpu_ns_per_write"], 1000.0,
+            "the core's floor for core rows"
+        );
+        assert_eq!(rows[1]["vs_floor"], 4.5);
         assert_eq!(rows[1]["report"], "b.json");
 
         let r = merge_reports(&[run("imgate", Some(2000.0)), run("nats", None)], &names);
