@@ -352,6 +352,7 @@ fn render_peers(r: &Value) -> String {
                 cell(&row["p50_ms"]),
                 cell(&row["p99_ms"]),
                 cell(&row["max_ms"]),
+                cell(&row["publish_rate"]),
                 cell(&row["backlog_at_push_end"]),
                 cell(&row["server_rss_bytes_per_conn"]),
             ]
@@ -369,6 +370,7 @@ fn render_peers(r: &Value) -> String {
             "p50 ms",
             "p99 ms",
             "max ms",
+            "publishes / s",
             "behind at push end",
             "server RSS B / conn",
         ],

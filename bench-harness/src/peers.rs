@@ -5,8 +5,9 @@
 //! server's cores when every run measured them, `--server-cpus`, else from its processes:
 //! `server_cpu_source` says which; both are in the row), `p50_ms`, `p99_ms`,
 //! `server_rss_bytes_per_conn`, and what shows a server falling behind: connects refused,
-//! subscribers dropped, the deliveries still owed when the last publish was answered
-//! (`backlog_at_push_end`) and how long the drain took. `settings` are the first run's (the
+//! subscribers dropped, the publish rate reached (`publish_rate`, `push_seconds`: a server
+//! slow to answer slows its publisher), the deliveries still owed when the last publish was
+//! answered (`backlog_at_push_end`) and how long the drain took. `settings` are the first run's (the
 //! script gives every run the same).
 //!
 //! Several runs of a system (`RUNS=3 scripts/bench.sh peers`) make one row of medians: each
@@ -44,6 +45,10 @@ fn row(report: &Value, file: &str, use_core: bool) -> Value {
         "lost": report["lost"],
         "duplicated": report["duplicated"],
         "pushes_accepted": phase["pushes_accepted"],
+        // A server slow to answer publishes slows the publisher: the rate it reached and how
+        // long the pushes took, against the rate and duration asked.
+        "publish_rate": phase["pushes_per_sec"],
+        "push_seconds": phase["seconds"],
         "msgs_per_sec": report["msgs_per_sec"],
         "server_cpu_ns_per_delivery": if use_core { core.clone() } else { process.clone() },
         "server_core_cpu_ns_per_delivery": core,
