@@ -133,6 +133,7 @@ comet_metrics=
 
 # Starts imgate (and COMETS-1 extra comets) on the server's CPUs and waits until it is ready.
 start_imgate() {
+  local i
   metrics=("http://127.0.0.1:$((base + 11))/metrics")
   "${nice[@]}" "${server_pin[@]}" "$imgate" "${config[@]}" \
     --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \

@@ -122,6 +122,20 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
         start: connect_started,
         points: vec![(0.0, 0)],
     };
+    // A peer's publisher connects before its subscribers, so it has its place at a server
+    // that fills up.
+    let ready = match args.push_kind() {
+        Some(kind) => {
+            pusher::Ready::connect(&base_plan(args, kind, run_id)).with_context(|| {
+                format!(
+                    "connecting the publisher to {} at {}",
+                    args.system.name(),
+                    args.targets()[0]
+                )
+            })?
+        }
+        None => pusher::Ready::default(),
+    };
     let mut workers = Workers::spawn(&configs)?;
     let connect = wait_for_connects(&workers, args, clients, &mut timeline);
     let connect_seconds = connect_started.elapsed().as_secs_f64();
@@ -143,6 +157,7 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
             let connected = after_connect.connected;
             let mut next_seq = 0u32;
             let mut plan = base_plan(args, kind, run_id);
+            plan.ready = ready.clone();
             let plans: Vec<(&str, Option<f64>)> = match args.fixed_rate() {
                 Some(rate) => vec![("push", Some(rate))],
                 None if args.preset == Preset::SinglePush => {
@@ -256,6 +271,7 @@ fn base_plan(args: &Args, kind: PushKind, run_id: u32) -> PushPlan {
         http: args.http,
         peer: args.targets()[0],
         channel: args.channel(),
+        ready: pusher::Ready::default(),
         op: args.op,
         room_type: args.room_type.clone(),
         room_id: args.room_id.clone(),

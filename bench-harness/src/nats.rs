@@ -107,9 +107,22 @@ impl Publisher {
         }
     }
 
+    /// Connects now and waits for the server's `PONG`.
+    pub fn connect(&mut self) -> io::Result<()> {
+        self.round_trip(PING)
+    }
+
     /// Publishes `body` on `subject` and waits until the server has handled it.
     pub fn publish(&mut self, subject: &str, body: &[u8]) -> io::Result<()> {
-        let result = self.try_publish(subject, body);
+        let mut out = format!("PUB {subject} {}\r\n", body.len()).into_bytes();
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\nPING\r\n");
+        self.round_trip(&out)
+    }
+
+    /// Sends `out`, which ends with a `PING`, and waits for the `PONG`.
+    fn round_trip(&mut self, out: &[u8]) -> io::Result<()> {
+        let result = self.try_round_trip(out);
         if result.is_err() {
             self.stream = None;
             self.buf.clear();
@@ -117,7 +130,7 @@ impl Publisher {
         result
     }
 
-    fn try_publish(&mut self, subject: &str, body: &[u8]) -> io::Result<()> {
+    fn try_round_trip(&mut self, out: &[u8]) -> io::Result<()> {
         let stream = match &mut self.stream {
             Some(s) => s,
             None => {
@@ -128,10 +141,7 @@ impl Publisher {
                 self.stream.insert(s)
             }
         };
-        let mut out = format!("PUB {subject} {}\r\n", body.len()).into_bytes();
-        out.extend_from_slice(body);
-        out.extend_from_slice(b"\r\nPING\r\n");
-        stream.write_all(&out)?;
+        stream.write_all(out)?;
         let mut chunk = [0u8; 4096];
         loop {
             let (mut pongs, mut pings) = (0, 0);

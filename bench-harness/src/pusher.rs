@@ -3,9 +3,10 @@
 //! each. For a peer the same pushes are a Redis `PUBLISH` ([`resp::Publisher`]) or a NATS
 //! `PUB` ([`nats::Publisher`]) on the room's channel, paced the same way.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -41,6 +42,8 @@ pub struct PushPlan {
     pub http: SocketAddr,
     pub peer: SocketAddr,
     pub channel: String,
+    /// Publishers connected before the clients (peers only).
+    pub ready: Ready,
     pub op: i32,
     pub room_type: String,
     pub room_id: String,
@@ -99,6 +102,58 @@ pub struct PushResult {
     pub routed: Option<u32>,
 }
 
+/// Publishers connected before the clients. A peer that takes as many connections as its
+/// open files allow (Redis's `maxclients`) would refuse the publisher once the subscribers
+/// hold them all; connected first, it keeps its place. Empty for imgate (HTTP connects as
+/// it goes).
+#[derive(Clone, Default)]
+pub struct Ready(Arc<Mutex<Vec<Publisher>>>);
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |v| v.len());
+        write!(f, "Ready({n} publishers)")
+    }
+}
+
+impl Ready {
+    /// Connects the plan's publishers now, if it goes to a peer.
+    pub fn connect(plan: &PushPlan) -> io::Result<Ready> {
+        let ready = Ready::default();
+        if plan.system != System::Imgate {
+            let mut all = Vec::new();
+            for _ in 0..plan.connections.max(1) {
+                let mut publisher = Publisher::new(plan);
+                publisher.check()?;
+                all.push(publisher);
+            }
+            *ready.0.lock().unwrap_or_else(|e| e.into_inner()) = all;
+        }
+        Ok(ready)
+    }
+
+    /// A publisher for a pushing thread: a ready one that still answers (a NATS server drops
+    /// a connection that left its pings unanswered while the clients connected), else a new
+    /// one.
+    fn take(&self, plan: &PushPlan) -> Publisher {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match taken {
+            Some(mut publisher) => match publisher.check() {
+                Ok(()) => publisher,
+                Err(_) => Publisher::new(plan),
+            },
+            None => Publisher::new(plan),
+        }
+    }
+
+    fn give_back(&self, publisher: Publisher) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(publisher);
+    }
+}
+
 /// One pushing connection, in the protocol of the system under test.
 enum Publisher {
     Http(HttpClient),
@@ -112,6 +167,16 @@ impl Publisher {
             System::Imgate => Publisher::Http(HttpClient::new(plan.http)),
             System::Redis => Publisher::Redis(resp::Publisher::new(plan.peer)),
             System::Nats => Publisher::Nats(nats::Publisher::new(plan.peer)),
+        }
+    }
+
+    /// Connects if need be and checks the server answers (a peer's `PING`; nothing for HTTP,
+    /// which connects as it goes).
+    fn check(&mut self) -> io::Result<()> {
+        match self {
+            Publisher::Http(_) => Ok(()),
+            Publisher::Redis(p) => p.connect(),
+            Publisher::Nats(p) => p.connect(),
         }
     }
 
@@ -171,7 +236,7 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
     std::thread::scope(|scope| {
         for _ in 0..plan.connections.max(1) {
             scope.spawn(|| {
-                let mut publisher = Publisher::new(plan);
+                let mut publisher = plan.ready.take(plan);
                 let mut results = Vec::new();
                 let mut http_us = tally::new_histogram();
                 let mut errors = Vec::new();
@@ -224,6 +289,7 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
                     };
                     results.push(result);
                 }
+                plan.ready.give_back(publisher);
                 let mut all = shared.lock().unwrap_or_else(|e| e.into_inner());
                 all.0.extend(results);
                 let _ = all.1.add(&http_us);
@@ -269,6 +335,7 @@ mod tests {
             http: "127.0.0.1:1".parse().unwrap(),
             peer: "127.0.0.1:1".parse().unwrap(),
             channel: "live.1000".into(),
+            ready: Ready::default(),
             op: 1000,
             room_type: "live".into(),
             room_id: "1000".into(),

@@ -181,9 +181,19 @@ impl Publisher {
         }
     }
 
-    /// Publishes `body` on `channel`; returns the subscribers Redis gave it to.
-    pub fn publish(&mut self, channel: &str, body: &[u8]) -> io::Result<u64> {
-        let result = self.try_publish(channel, body);
+    /// Connects now and checks Redis took the connection (`PING`, `+PONG`): a server at
+    /// `maxclients` accepts and then refuses with an error.
+    pub fn connect(&mut self) -> io::Result<()> {
+        let result = self.call(&ping(), |answer| match answer {
+            Reply::Simple(b"PONG") => Ok(()),
+            Reply::Error(text) => Err(io::Error::other(format!(
+                "PING: {}",
+                String::from_utf8_lossy(text)
+            ))),
+            other => Err(io::Error::other(format!(
+                "PING: expected +PONG, got {other:?}"
+            ))),
+        });
         if result.is_err() {
             self.stream = None;
             self.buf.clear();
@@ -191,7 +201,32 @@ impl Publisher {
         result
     }
 
-    fn try_publish(&mut self, channel: &str, body: &[u8]) -> io::Result<u64> {
+    /// Publishes `body` on `channel`; returns the subscribers Redis gave it to.
+    pub fn publish(&mut self, channel: &str, body: &[u8]) -> io::Result<u64> {
+        let command = command(&[b"PUBLISH", channel.as_bytes(), body]);
+        let result = self.call(&command, |answer| match answer {
+            Reply::Int(n) if n >= 0 => Ok(n as u64),
+            Reply::Error(text) => Err(io::Error::other(format!(
+                "PUBLISH: {}",
+                String::from_utf8_lossy(text)
+            ))),
+            other => Err(io::Error::other(format!(
+                "PUBLISH: expected an integer reply, got {other:?}"
+            ))),
+        });
+        if result.is_err() {
+            self.stream = None;
+            self.buf.clear();
+        }
+        result
+    }
+
+    /// Sends `command` (connecting first if need be) and hands its reply to `answer`.
+    fn call<T>(
+        &mut self,
+        command: &[u8],
+        answer: impl FnOnce(Reply<'_>) -> io::Result<T>,
+    ) -> io::Result<T> {
         let stream = match &mut self.stream {
             Some(s) => s,
             None => {
@@ -202,20 +237,11 @@ impl Publisher {
                 self.stream.insert(s)
             }
         };
-        stream.write_all(&command(&[b"PUBLISH", channel.as_bytes(), body]))?;
+        stream.write_all(command)?;
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some((answer, took)) = reply(&self.buf).map_err(io::Error::other)? {
-                let result = match answer {
-                    Reply::Int(n) if n >= 0 => Ok(n as u64),
-                    Reply::Error(text) => Err(io::Error::other(format!(
-                        "PUBLISH: {}",
-                        String::from_utf8_lossy(text)
-                    ))),
-                    other => Err(io::Error::other(format!(
-                        "PUBLISH: expected an integer reply, got {other:?}"
-                    ))),
-                };
+            if let Some((got, took)) = reply(&self.buf).map_err(io::Error::other)? {
+                let result = answer(got);
                 self.buf.drain(..took);
                 return result;
             }

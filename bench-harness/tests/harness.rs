@@ -606,6 +606,8 @@ fn redis_subscribers_count_every_publish_once_and_their_heartbeats() {
 #[test]
 fn nats_subscribers_count_every_publish_once_and_answer_the_server_s_pings() {
     // The server pings each client every 300 ms and drops one that leaves a ping unanswered.
+    // The clients connect over 1.5 s: the publisher, connected before them and idle, is
+    // dropped meanwhile and must be replaced before the first push.
     let nats = nats_server("ping_interval: \"300ms\"\nping_max: 1\n");
     let args = peer_args(
         "nats",
@@ -615,6 +617,8 @@ fn nats_subscribers_count_every_publish_once_and_answer_the_server_s_pings() {
             "goim",
             "--clients",
             "150",
+            "--connect-rate",
+            "100",
             "--duration",
             "2",
             "--heartbeat",
@@ -654,20 +658,25 @@ fn nats_subscribers_count_every_publish_once_and_answer_the_server_s_pings() {
 }
 
 #[test]
-fn subscribers_beyond_redis_maxclients_are_refused_and_counted() {
+fn subscribers_beyond_redis_maxclients_are_refused_and_the_publisher_keeps_its_place() {
     let redis = imgate_testkit::Redis::start();
     let set = imgate_testkit::redis_command(redis.port(), "CONFIG SET maxclients 5").unwrap();
     assert!(set.starts_with("+OK"), "{set}");
     let args = peer_args(
         "redis",
         redis.port(),
-        &["--preset", "idle", "--clients", "8", "--duration", "0.5"],
+        &["--preset", "goim", "--clients", "8", "--duration", "0.5"],
     );
     let r = harness("redis-full", &args);
-    assert_eq!(r["connect"]["connected"], 5, "{:#}", r["connect"]);
-    assert_eq!(r["connect"]["auth_failed"], 3, "{:#}", r["connect"]);
+    // The publisher connected first and holds one of the five places.
+    assert_eq!(r["connect"]["connected"], 4, "{:#}", r["connect"]);
+    assert_eq!(r["connect"]["auth_failed"], 4, "{:#}", r["connect"]);
     let messages = r["errors"]["messages"].to_string();
     assert!(messages.contains("max number of clients"), "{messages}");
+    let pushes = r["phases"][0]["pushes_accepted"].as_u64().unwrap();
+    assert!(pushes >= 15, "40/s for 0.5 s: {pushes}");
+    assert_eq!(r["expected"].as_u64(), Some(4 * pushes));
+    assert_eq!(r["delivered"], r["expected"]);
 }
 
 #[test]
