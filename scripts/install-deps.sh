@@ -35,7 +35,8 @@ if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bi
   (systemctl disable --now postgresql >/dev/null 2>&1 || service postgresql stop >/dev/null 2>&1 || true)
 fi
 
-# Debian puts nats-server in /usr/sbin, which is not on every user's PATH.
+# The NATS tests and `scripts/bench.sh peers` run their own nats-server. Debian puts it in
+# /usr/sbin, which is not on every user's PATH.
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   echo "install-deps: installing nats-server" >&2
   apt_install nats-server

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use crate::cpus::{self, CpuSet};
 use crate::metrics::Endpoint;
@@ -32,6 +33,28 @@ pub enum Preset {
     All,
     /// Only the socket floor (see --floor).
     Floor,
+}
+
+/// Which server the clients talk to, in its own protocol: imgate (goim's protocol, pushes
+/// through logic's HTTP API), Redis pub/sub (RESP `SUBSCRIBE`, `PUBLISH`) or NATS core (`SUB`,
+/// `PUB`). The peers answer only the one-channel case (`goim`, `room`) and `idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    #[default]
+    Imgate,
+    Redis,
+    Nats,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Imgate => "imgate",
+            System::Redis => "redis",
+            System::Nats => "nats",
+        }
+    }
 }
 
 impl Preset {
@@ -79,10 +102,16 @@ pub struct Args {
     /// Server process(es) whose CPU time and memory to sample (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
+    /// Server the clients talk to: imgate, or a peer on the same case, Redis pub/sub or NATS
+    /// core, at --tcp-addr (the publisher connects there too). Peers take `goim`, `room` and
+    /// `idle`, over TCP; the channel (Redis) or subject (NATS) is `ROOM_TYPE.ROOM_ID`.
+    #[arg(long, value_enum, default_value = "imgate")]
+    pub system: System,
     /// Transport the clients speak.
     #[arg(long, value_enum, default_value = "tcp")]
     pub transport: Transport,
-    /// comet TCP address(es); client g uses the (g mod n)-th [default: 127.0.0.1:3101].
+    /// comet TCP address(es), or the Redis or NATS server's; client g uses the (g mod n)-th
+    /// [default: 127.0.0.1:3101].
     #[arg(long, value_delimiter = ',')]
     pub tcp_addr: Vec<SocketAddr>,
     /// comet WebSocket address(es) [default: 127.0.0.1:3102].
@@ -170,6 +199,16 @@ pub struct Args {
     /// answer, writes are counted as client reads; the report's `writes_source` says which.
     #[arg(long, value_delimiter = ',', value_name = "URL")]
     pub metrics: Vec<Endpoint>,
+    /// CPUs the server runs on (`taskset -c` list): their busy time in /proc/stat (user,
+    /// system, irq and softirq, whoever ran there) over each push window is the server's CPU
+    /// measured at the core (`server_core_cpu_ns_per_msg`), beside its processes' own.
+    #[arg(long, value_name = "LIST")]
+    pub server_cpus: Option<CpuSet>,
+    /// Merge the JSON reports of a `scripts/bench.sh peers` run (one per system) into one
+    /// report with a row per system, written with --json (and its HTML beside it); runs
+    /// nothing.
+    #[arg(long, value_delimiter = ',', value_name = "REPORT")]
+    pub merge_peers: Vec<PathBuf>,
     /// Do not read metrics endpoints: count writes as client reads.
     #[arg(long, conflicts_with = "metrics")]
     pub no_metrics: bool,
@@ -255,6 +294,28 @@ impl Args {
         })
     }
 
+    /// The Redis channel or NATS subject of the room: `ROOM_TYPE.ROOM_ID`.
+    pub fn channel(&self) -> String {
+        format!("{}.{}", self.room_type, self.room_id)
+    }
+
+    /// Why this run cannot go to a peer, if it cannot.
+    pub fn peer_problem(&self) -> Option<String> {
+        if self.system == System::Imgate {
+            return None;
+        }
+        if self.transport != Transport::Tcp {
+            return Some(format!("{} clients speak TCP only", self.system.name()));
+        }
+        match self.push_kind() {
+            None | Some(PushKind::Room) => None,
+            Some(kind) => Some(format!(
+                "{} has one channel per room here: {kind:?} pushes are imgate's only (use goim, room or idle)",
+                self.system.name()
+            )),
+        }
+    }
+
     /// Whether every client gets every push, in order, so each client's sequence is checked.
     pub fn ordered(&self) -> bool {
         self.concurrency() == 1
@@ -294,9 +355,9 @@ impl Args {
         )
     }
 
-    /// The metrics endpoints to read comet's write counters from.
+    /// The metrics endpoints to read comet's write counters from (none for a peer).
     pub fn metrics_endpoints(&self) -> Vec<Endpoint> {
-        if self.no_metrics {
+        if self.no_metrics || self.system != System::Imgate {
             Vec::new()
         } else if self.metrics.is_empty() {
             vec![Endpoint::at(self.http)]

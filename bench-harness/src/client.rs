@@ -1,7 +1,8 @@
-//! One simulated client: connect, upgrade (WebSocket), authenticate, then read and count
-//! until the run ends, reconnecting when the server closes it. Every read lands in the
-//! executor's scratch buffer and is decoded there ([`codec::feed`]); only an unfinished frame
-//! is kept.
+//! One simulated client: connect, upgrade (WebSocket), authenticate (a peer's client
+//! subscribes instead), then read and count until the run ends, reconnecting when the server
+//! closes it. Every read lands in the executor's scratch buffer and is decoded there
+//! ([`codec::feed`], or a peer's decoder through [`peer::feed`]); only an unfinished frame is
+//! kept.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,10 +21,13 @@ use imgate_client::upgrade;
 use imgate_shared::frame::op;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::cli::System;
 use crate::exec::{bump, Exec};
 use crate::messages::{Counters, MAX_PHASES};
 use crate::payload;
+use crate::peer::{self, Event, PeerError};
 use crate::tally::{self, Order, SeqTrack};
+use crate::{nats, resp};
 
 /// One simulated client's connection, owned by its task (no `Rc`, nothing else points at it).
 pub(crate) struct Conn {
@@ -75,7 +79,22 @@ enum ConnectFailure {
 enum Ended {
     Eof,
     Io(io::Error),
-    Protocol(WireError),
+    Protocol(ReadError),
+}
+
+/// Bytes from the server that cannot be read any further.
+pub(crate) enum ReadError {
+    Goim(WireError),
+    Peer(PeerError),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Goim(e) => e.fmt(f),
+            ReadError::Peer(e) => e.fmt(f),
+        }
+    }
 }
 
 /// One client from connect to the end of the run. Its task is the client's whole state:
@@ -233,6 +252,17 @@ async fn connect(exec: &Exec, index: u64, conn: &mut Conn) -> Result<(), Connect
             }
         }
 
+        // A peer's client subscribes; its confirmation stands for goim's auth reply.
+        let hello = match config.system {
+            System::Imgate => None,
+            System::Redis => Some(resp::subscribe(&config.channel)),
+            System::Nats => Some(nats::hello(&config.channel)),
+        };
+        if let Some(hello) = hello {
+            write_all(conn, &hello).await.map_err(connect_err)?;
+            return wait_for_auth(exec, conn, "the subscription").await;
+        }
+
         let g = index as i64;
         let auth = serde_json::json!({
             "mid": config.mid_base + g,
@@ -244,17 +274,7 @@ async fn connect(exec: &Exec, index: u64, conn: &mut Conn) -> Result<(), Connect
         .to_string();
         let frame = codec::client_frame(config.transport, op::AUTH, 1, auth.as_bytes());
         write_all(conn, &frame).await.map_err(connect_err)?;
-        while !conn.authed {
-            let got = read_once(exec, conn, |conn, bytes| deliver(exec, conn, bytes))
-                .await
-                .map_err(|e| ConnectFailure::Auth(format!("waiting for op 8: {e}")))?;
-            match got {
-                None => return Err(ConnectFailure::Auth("closed before op 8".into())),
-                Some(Err(e)) => return Err(ConnectFailure::Auth(e.to_string())),
-                Some(Ok(())) => {}
-            }
-        }
-        Ok(())
+        wait_for_auth(exec, conn, "op 8").await
     };
     future::or(attempt, async {
         sleep(timeout).await;
@@ -263,6 +283,21 @@ async fn connect(exec: &Exec, index: u64, conn: &mut Conn) -> Result<(), Connect
         )))
     })
     .await
+}
+
+/// Reads until the server confirmed the auth (or the subscription): `what` it waits for.
+async fn wait_for_auth(exec: &Exec, conn: &mut Conn, what: &str) -> Result<(), ConnectFailure> {
+    while !conn.authed {
+        let got = read_once(exec, conn, |conn, bytes| deliver(exec, conn, bytes))
+            .await
+            .map_err(|e| ConnectFailure::Auth(format!("waiting for {what}: {e}")))?;
+        match got {
+            None => return Err(ConnectFailure::Auth(format!("closed before {what}"))),
+            Some(Err(e)) => return Err(ConnectFailure::Auth(e.to_string())),
+            Some(Ok(())) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reads and delivers until the connection ends. Hand-written rather than an `async fn` so
@@ -343,7 +378,7 @@ async fn write_all(conn: &mut Conn, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Decodes one read's bytes and counts what they hold.
-fn deliver(exec: &Exec, conn: &mut Conn, bytes: &mut [u8]) -> Result<(), WireError> {
+fn deliver(exec: &Exec, conn: &mut Conn, bytes: &mut [u8]) -> Result<(), ReadError> {
     let mut pending = std::mem::take(&mut conn.pending);
     let mut counting = Counting {
         exec,
@@ -352,7 +387,18 @@ fn deliver(exec: &Exec, conn: &mut Conn, bytes: &mut [u8]) -> Result<(), WireErr
         counts: Counters::default(),
         messages_at_last_outer: 0,
     };
-    let result = codec::feed(exec.config.transport, &mut pending, bytes, &mut counting);
+    let result = match exec.config.system {
+        System::Imgate => codec::feed(exec.config.transport, &mut pending, bytes, &mut counting)
+            .map_err(ReadError::Goim),
+        System::Redis => peer::feed(&mut pending, bytes, |buf| {
+            resp::decode(buf, |e| counting.event(e))
+        })
+        .map_err(ReadError::Peer),
+        System::Nats => peer::feed(&mut pending, bytes, |buf| {
+            nats::decode(buf, |e| counting.event(e))
+        })
+        .map_err(ReadError::Peer),
+    };
     let c = counting.counts;
     conn.pending = pending;
     let s = &exec.shared;
@@ -379,6 +425,27 @@ struct Counting<'a> {
     now_ns: u64,
     counts: Counters,
     messages_at_last_outer: u64,
+}
+
+impl Counting<'_> {
+    /// A peer's event, counted as its goim counterpart: the subscription is the auth reply,
+    /// a message is a push of the run's op written alone, a pong is a heartbeat reply.
+    fn event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Subscribed => self.conn.authed = true,
+            // NATS confirms the SUB with the PONG to the PING sent after it.
+            Event::Pong if !self.conn.authed => self.conn.authed = true,
+            Event::Pong => self.counts.heartbeat_replies += 1,
+            Event::Message(payload) => {
+                self.frame(1, self.exec.config.push_op, 0, payload);
+                self.outer();
+            }
+            Event::Ping => {
+                send_now(self.conn.fd(), nats::PONG);
+            }
+            Event::Other => {}
+        }
+    }
 }
 
 impl Sink for Counting<'_> {

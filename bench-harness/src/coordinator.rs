@@ -19,6 +19,7 @@ use crate::messages::{Counters, Report, WorkerConfig, MAX_PHASES};
 use crate::metrics;
 use crate::payload;
 use crate::procstat::{self, ProcSample};
+use crate::progress::Progress;
 use crate::pusher::{self, PushKind, PushPlan};
 use crate::report;
 use crate::results::{Final, HoldData, Merged, PhaseData, PhaseWrites, WriteCost};
@@ -39,6 +40,9 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
     let clients = args.clients();
     if clients == 0 {
         bail!("--clients must be at least 1");
+    }
+    if let Some(problem) = args.peer_problem() {
+        bail!("{problem}");
     }
     // The CPUs this process may use (`taskset`): workers are pinned within them.
     let allowed = cpus::allowed();
@@ -79,6 +83,8 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
                 source_ip: args.source_ip(i),
                 targets: args.targets(),
                 transport: args.transport,
+                system: args.system,
+                channel: args.channel(),
                 connect_rate: if args.staggered {
                     args.connect_rate
                 } else {
@@ -103,16 +109,35 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
         })
         .collect();
     eprintln!(
-        "bench-harness {}: {clients} {:?} clients in {workers_n} worker(s) x {executors} executor(s), run {run_id}",
+        "bench-harness {} on {}: {clients} {:?} clients in {workers_n} worker(s) x {executors} executor(s), run {run_id}",
         args.preset.name(),
+        args.system.name(),
         args.transport
     );
 
     let pids = &args.server_pid;
     let server_before = procstat::sample_all(pids);
     let connect_started = Instant::now();
+    let mut timeline = Timeline {
+        start: connect_started,
+        points: vec![(0.0, 0)],
+    };
+    // A peer's publisher connects before its subscribers, so it has its place at a server
+    // that fills up.
+    let ready = match args.push_kind() {
+        Some(kind) => {
+            pusher::Ready::connect(&base_plan(args, kind, run_id)).with_context(|| {
+                format!(
+                    "connecting the publisher to {} at {}",
+                    args.system.name(),
+                    args.targets()[0]
+                )
+            })?
+        }
+        None => pusher::Ready::default(),
+    };
     let mut workers = Workers::spawn(&configs)?;
-    let connect = wait_for_connects(&workers, args, clients, connect_started);
+    let connect = wait_for_connects(&workers, args, clients, &mut timeline);
     let connect_seconds = connect_started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(args.settle));
     let after_connect = workers.sample();
@@ -127,11 +152,12 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
     let mut phases = Vec::new();
     let mut hold = None;
     match args.push_kind() {
-        None => hold = Some(hold_idle(&mut workers, args, pids)),
+        None => hold = Some(hold_idle(&mut workers, args, pids, &mut timeline)),
         Some(kind) => {
             let connected = after_connect.connected;
             let mut next_seq = 0u32;
             let mut plan = base_plan(args, kind, run_id);
+            plan.ready = ready.clone();
             let plans: Vec<(&str, Option<f64>)> = match args.fixed_rate() {
                 Some(rate) => vec![("push", Some(rate))],
                 None if args.preset == Preset::SinglePush => {
@@ -162,7 +188,7 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
                     args.duration,
                     plan.connections
                 );
-                let data = run_phase(&mut workers, args, name, &plan, connected)?;
+                let data = run_phase(&mut workers, args, name, &plan, connected, &mut timeline)?;
                 next_seq = plan.first_seq
                     + data
                         .outcome
@@ -220,14 +246,32 @@ pub fn run(args: &Args) -> anyhow::Result<Value> {
         merged: &merged,
         metrics: args.metrics_endpoints(),
         floor,
+        timeline: &timeline.points,
     }))
+}
+
+/// Connected clients over the run: (seconds since the first connect, connected).
+struct Timeline {
+    start: Instant,
+    points: Vec<(f64, u64)>,
+}
+
+impl Timeline {
+    fn add(&mut self, connected: u64) {
+        self.points
+            .push((self.start.elapsed().as_secs_f64(), connected));
+    }
 }
 
 /// Everything the pushes and phases need, except rate, phase and first sequence.
 fn base_plan(args: &Args, kind: PushKind, run_id: u32) -> PushPlan {
     PushPlan {
         kind,
+        system: args.system,
         http: args.http,
+        peer: args.targets()[0],
+        channel: args.channel(),
+        ready: pusher::Ready::default(),
         op: args.op,
         room_type: args.room_type.clone(),
         room_id: args.room_id.clone(),
@@ -276,39 +320,57 @@ fn run_floor(args: &Args, connections: usize, bytes: usize) -> anyhow::Result<Fl
 
 /// Waits until every client connected or gave up (or the connect phase's deadline passed);
 /// returns the counters then.
-fn wait_for_connects(workers: &Workers, args: &Args, clients: u64, started: Instant) -> Counters {
+fn wait_for_connects(
+    workers: &Workers,
+    args: &Args,
+    clients: u64,
+    timeline: &mut Timeline,
+) -> Counters {
+    let started = timeline.start;
     let budget = if args.connect_rate > 0.0 {
         clients as f64 / args.connect_rate
     } else {
         clients as f64 / 5000.0
     };
     let deadline = started + Duration::from_secs_f64(budget + args.connect_timeout + 30.0);
-    let mut last_print = Instant::now();
+    let mut last_point = Instant::now();
+    let mut progress = Progress::on_stderr();
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let c = workers.totals();
         let tried = c.connects + c.connect_failed + c.auth_failed;
         if (tried >= clients && c.connecting == 0) || workers.all_exited() {
+            timeline.add(c.connected);
             return c;
         }
         if Instant::now() > deadline {
+            progress.done();
             eprintln!("connect phase deadline passed with {tried} of {clients} tried");
+            timeline.add(c.connected);
             return c;
         }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            eprintln!(
-                "  connected {} of {clients} ({} in progress, {} failed)",
-                c.connected,
-                c.connecting,
-                c.connect_failed + c.auth_failed
-            );
+        if last_point.elapsed() >= Duration::from_secs(1) {
+            last_point = Instant::now();
+            timeline.add(c.connected);
         }
+        let secs = started.elapsed().as_secs_f64();
+        progress.show(&format!(
+            "connecting: {} of {clients} connected, {:.0}/s, {} in progress, {} failed, {secs:.0} s",
+            c.connected,
+            c.connects as f64 / secs.max(0.001),
+            c.connecting,
+            c.connect_failed + c.auth_failed
+        ));
     }
 }
 
 /// Idle: hold the connections for the duration, sampling once per second.
-fn hold_idle(workers: &mut Workers, args: &Args, pids: &[u32]) -> HoldData {
+fn hold_idle(
+    workers: &mut Workers,
+    args: &Args,
+    pids: &[u32],
+    timeline: &mut Timeline,
+) -> HoldData {
     let start = workers.sample();
     let cpu0 = procstat::sample_all(pids);
     let worker_pids = workers.pids();
@@ -316,18 +378,23 @@ fn hold_idle(workers: &mut Workers, args: &Args, pids: &[u32]) -> HoldData {
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(args.duration);
     let mut min_connected = start.connected;
+    let mut progress = Progress::on_stderr();
+    timeline.add(start.connected);
     while Instant::now() < end {
         std::thread::sleep((end - Instant::now()).min(Duration::from_secs(1)));
         let c = workers.sample();
+        timeline.add(c.connected);
         min_connected = min_connected.min(c.connected);
-        eprintln!(
-            "  {:>4.0} s: {} connected, {} heartbeats sent, {} answered",
-            t0.elapsed().as_secs_f64(),
+        progress.show(&format!(
+            "holding: {} connected, {} heartbeats sent, {} answered, {:.0} of {:.0} s",
             c.connected,
             c.heartbeats - start.heartbeats,
-            c.heartbeat_replies - start.heartbeat_replies
-        );
+            c.heartbeat_replies - start.heartbeat_replies,
+            t0.elapsed().as_secs_f64(),
+            args.duration
+        ));
     }
+    progress.done();
     let endc = workers.sample();
     HoldData {
         seconds: t0.elapsed().as_secs_f64(),
@@ -352,12 +419,18 @@ fn comet_cpu(args: &Args) -> Option<u64> {
     procstat::threads_cpu_ns(&args.server_pid, &args.server_threads)
 }
 
+/// Busy time of the server's cores (`--server-cpus`), if given.
+fn core_busy(args: &Args) -> Option<u64> {
+    procstat::cores_busy_ns(args.server_cpus.as_ref()?.cpus())
+}
+
 fn run_phase(
     workers: &mut Workers,
     args: &Args,
     name: &str,
     plan: &PushPlan,
     connected: u64,
+    timeline: &mut Timeline,
 ) -> anyhow::Result<PhaseData> {
     let pids = &args.server_pid;
     let endpoints = args.metrics_endpoints();
@@ -365,6 +438,7 @@ fn run_phase(
     let written0 = metrics::scrape(&endpoints);
     let cpu0 = procstat::sample_all(pids);
     let comet0 = comet_cpu(args);
+    let core0 = core_busy(args);
     let worker_pids = workers.pids();
     let me = [std::process::id()];
     let (workers0, pusher0) = (
@@ -374,6 +448,7 @@ fn run_phase(
     let t0 = Instant::now();
     let stop = AtomicBool::new(false);
     let mut samples = Vec::new();
+    let mut progress = Progress::on_stderr();
     let outcome = std::thread::scope(|scope| {
         let pushing = scope.spawn(|| pusher::run(plan, &stop));
         let mut last = before;
@@ -385,17 +460,20 @@ fn run_phase(
                 let c = workers.sample();
                 let got = c.messages - last.messages;
                 samples.push(got);
-                eprintln!(
-                    "  {:>4.0} s: {got} messages/s, {} frames/s, {} connected",
-                    t0.elapsed().as_secs_f64(),
+                timeline.add(c.connected);
+                progress.show(&format!(
+                    "phase {name}: {got} messages/s, {} frames/s, {} connected, {:.0} of {:.0} s",
                     c.frames - last.frames,
-                    c.connected
-                );
+                    c.connected,
+                    t0.elapsed().as_secs_f64(),
+                    plan.duration.as_secs_f64()
+                ));
                 last = c;
             }
         }
         pushing.join().expect("pusher thread")
     });
+    progress.done();
     let at_push_end = workers.sample();
     for e in &outcome.errors {
         eprintln!("  push error: {e}");
@@ -414,6 +492,8 @@ fn run_phase(
         samples: Vec::new(),
         drain_seconds: 0.0,
         server_cpu_ns: None,
+        server_core_cpu_ns: None,
+        backlog_at_push_end: 0,
         comet_cpu_ns: None,
         comet_writes: metrics::Window::default(),
         server_seconds: 0.0,
@@ -424,6 +504,10 @@ fn run_phase(
         .seqs()
         .map(|s| u64::from(probe.expected(s, true).unwrap_or(0)))
         .sum();
+    // Messages the pushes answered so far owe the clients and they have not read yet: the
+    // server's (or the clients') lag when the last push was answered.
+    let backlog_at_push_end =
+        expected.saturating_sub(at_push_end.stamped.saturating_sub(before.stamped));
     let drain_start = Instant::now();
     let drain_end = drain_start + Duration::from_secs_f64(args.drain);
     let mut after = at_push_end;
@@ -441,6 +525,8 @@ fn run_phase(
     }
     let cpu1 = procstat::sample_all(pids);
     let comet1 = comet_cpu(args);
+    let core1 = core_busy(args);
+    timeline.add(after.connected);
     let written1 = metrics::scrape(&endpoints);
     let (workers1, pusher1) = (
         procstat::sample_all(&worker_pids),
@@ -453,6 +539,8 @@ fn run_phase(
         after,
         drain_seconds: drain_start.elapsed().as_secs_f64(),
         server_cpu_ns: diff(cpu0, cpu1),
+        server_core_cpu_ns: core0.zip(core1).map(|(a, b)| b.saturating_sub(a)),
+        backlog_at_push_end,
         comet_cpu_ns: comet0.zip(comet1).map(|(a, b)| b.saturating_sub(a)),
         comet_writes: metrics::Window::between(&endpoints, &written0, &written1),
         server_seconds: t0.elapsed().as_secs_f64(),

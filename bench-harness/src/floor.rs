@@ -67,6 +67,10 @@ pub struct FloorResult {
     pub cpu_ns_per_write: f64,
     /// Readers' CPU / writes.
     pub reader_cpu_ns_per_write: f64,
+    /// Busy time of the writers' CPUs (/proc/stat, softirq included) over the writes / writes:
+    /// the floor on the basis a server's core is measured on. `None` when the writers are not
+    /// pinned.
+    pub core_cpu_ns_per_write: Option<f64>,
     /// Writer processes, and as many readers, the connections were split over.
     pub processes: usize,
     pub writer_cpus: CpuSet,
@@ -141,6 +145,7 @@ pub fn run(config: &FloorConfig) -> anyhow::Result<FloorResult> {
             other => bail!("floor {} said {other:?} instead of ready", part.name),
         }
     }
+    let core0 = procstat::cores_busy_ns(config.writer_cpus.cpus());
     for part in readers.iter_mut().chain(writers.iter_mut()) {
         part.send("go")?;
     }
@@ -173,6 +178,9 @@ pub fn run(config: &FloorConfig) -> anyhow::Result<FloorResult> {
             other => bail!("floor {} said {other:?} instead of its writes", part.name),
         }
     }
+    let core_ns = core0
+        .zip(procstat::cores_busy_ns(config.writer_cpus.cpus()))
+        .map(|(a, b)| b.saturating_sub(a));
     let mut reader_cpu_ns = 0u64;
     for (part, bytes) in readers.iter_mut().zip(&written) {
         part.send(&format!("target {bytes}"))?;
@@ -195,6 +203,7 @@ pub fn run(config: &FloorConfig) -> anyhow::Result<FloorResult> {
     total.writes_per_sec = round(total.writes as f64 / total.seconds.max(1e-9));
     total.cpu_ns_per_write = round(writer_cpu_ns as f64 / writes);
     total.reader_cpu_ns_per_write = round(reader_cpu_ns as f64 / writes);
+    total.core_cpu_ns_per_write = core_ns.map(|ns| round(ns as f64 / writes));
     Ok(total)
 }
 

@@ -7,6 +7,11 @@
 //! phase measured ([`results`]) and writes the report ([`report`]) from it. comet's own count
 //! of its socket writes comes from imgate's metrics endpoints ([`metrics`]); [`floor`] measures
 //! what plain loopback socket writes cost, in processes pinned with [`cpus`].
+//!
+//! The same case runs against Redis pub/sub and NATS core ([`resp`], [`nats`], on what
+//! [`peer`] shares; `--system`), and [`peers`] merges those runs into one comparison. Every
+//! JSON report gets an HTML page beside it with its charts ([`html`]); long runs show their
+//! progress on a terminal ([`progress`]).
 
 pub mod cli;
 mod client;
@@ -14,12 +19,18 @@ pub mod coordinator;
 pub mod cpus;
 mod exec;
 pub mod floor;
+pub mod html;
 pub mod messages;
 pub mod metrics;
+pub mod nats;
 pub mod payload;
+pub mod peer;
+pub mod peers;
 pub mod procstat;
+pub mod progress;
 pub mod pusher;
 pub mod report;
+pub mod resp;
 pub mod results;
 pub mod tally;
 pub mod worker;

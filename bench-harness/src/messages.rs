@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use imgate_client::Transport;
+
+use crate::cli::System;
 use serde::{Deserialize, Serialize};
 
 /// Most push phases one run has (a histogram each).
@@ -27,6 +29,12 @@ pub struct WorkerConfig {
     /// Client `g` connects to `targets[g % len]`.
     pub targets: Vec<SocketAddr>,
     pub transport: Transport,
+    /// The server and protocol the clients speak.
+    #[serde(default)]
+    pub system: System,
+    /// Redis channel or NATS subject the peers' clients subscribe to.
+    #[serde(default)]
+    pub channel: String,
     /// This worker's connects per second; 0: as fast as the in-flight limit allows.
     pub connect_rate: f64,
     /// Milliseconds to wait before the first connect (`--staggered`: the workers before this

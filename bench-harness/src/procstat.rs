@@ -69,6 +69,40 @@ pub fn threads_cpu_ns(pids: &[u32], prefix: &str) -> Option<u64> {
     total
 }
 
+/// Busy time of `cpus` since boot, from /proc/stat: user, nice, system, irq and softirq of
+/// each, whoever ran there (idle, iowait and steal are not busy; guest time is inside user).
+/// On loopback the receive side's softirq work runs on the sender's core, so this is what the
+/// server's core paid, not only its threads. `None` if a CPU is missing or /proc/stat unread.
+pub fn cores_busy_ns(cpus: &[usize]) -> Option<u64> {
+    if cpus.is_empty() {
+        return None;
+    }
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cores_busy(&stat, cpus, clock_ticks_per_sec())
+}
+
+fn parse_cores_busy(stat: &str, cpus: &[usize], ticks_per_sec: u64) -> Option<u64> {
+    let mut total = 0;
+    for cpu in cpus {
+        let name = format!("cpu{cpu}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal ...
+        let busy = [0, 1, 2, 5, 6]
+            .iter()
+            .map(|&i| fields.get(i).copied())
+            .sum::<Option<u64>>()?;
+        total += busy * (1_000_000_000 / ticks_per_sec);
+    }
+    Some(total)
+}
+
 /// This process's resident set size.
 pub fn self_rss() -> u64 {
     sample(std::process::id()).map_or(0, |s| s.rss_bytes)
@@ -134,6 +168,20 @@ fn parse(stat: &str, status: &str, ticks_per_sec: u64) -> Option<ProcSample> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_core_s_busy_time_counts_softirq_and_not_idle_or_steal() {
+        let stat = "cpu  10 0 10 1000 0 0 5 0 0 0\n\
+            cpu0 1 0 2 500 7 0 0 9 0 0\n\
+            cpu1 100 3 20 400 8 4 50 9 0 0\n\
+            intr 1 2 3\n";
+        // cpu1: 100 + 3 + 20 + 4 + 50 ticks.
+        assert_eq!(parse_cores_busy(stat, &[1], 100), Some(177 * 10_000_000));
+        assert_eq!(parse_cores_busy(stat, &[0, 1], 100), Some(180 * 10_000_000));
+        assert_eq!(parse_cores_busy(stat, &[2], 100), None);
+        assert!(cores_busy_ns(&[0]).is_some_and(|ns| ns > 0));
+        assert_eq!(cores_busy_ns(&[]), None);
+    }
 
     #[test]
     fn parses_names_with_spaces_and_parentheses() {

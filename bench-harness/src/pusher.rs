@@ -1,18 +1,22 @@
 //! Drives pushes through logic's HTTP API at a fixed rate (or as fast as answers come), over a
 //! few HTTP/1.1 keep-alive connections ([`HttpClient`]) on plain blocking sockets, one thread
-//! each.
+//! each. For a peer the same pushes are a Redis `PUBLISH` ([`resp::Publisher`]) or a NATS
+//! `PUB` ([`nats::Publisher`]) on the room's channel, paced the same way.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use imgate_client::http::{HttpClient, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::System;
 use crate::payload::{self, Stamp};
 use crate::tally;
+use crate::{nats, resp};
 
 /// Which push API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -32,7 +36,14 @@ pub enum PushKind {
 #[derive(Debug, Clone)]
 pub struct PushPlan {
     pub kind: PushKind,
+    /// Where pushes go: imgate's HTTP API at `http`, or a peer's server at `peer`, on
+    /// `channel`.
+    pub system: System,
     pub http: SocketAddr,
+    pub peer: SocketAddr,
+    pub channel: String,
+    /// Publishers connected before the clients (peers only).
+    pub ready: Ready,
     pub op: i32,
     pub room_type: String,
     pub room_id: String,
@@ -84,10 +95,112 @@ impl PushPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PushResult {
     pub seq: u32,
-    /// HTTP 200 with `code` 0.
+    /// HTTP 200 with `code` 0 (a peer: the publish was answered without an error).
     pub accepted: bool,
-    /// `data.connections` of a keys or mids answer: how many connections logic routed it to.
+    /// `data.connections` of a keys or mids answer: how many connections logic routed it to
+    /// (Redis: the subscribers `PUBLISH` says it reached).
     pub routed: Option<u32>,
+}
+
+/// Publishers connected before the clients. A peer that takes as many connections as its
+/// open files allow (Redis's `maxclients`) would refuse the publisher once the subscribers
+/// hold them all; connected first, it keeps its place. Empty for imgate (HTTP connects as
+/// it goes).
+#[derive(Clone, Default)]
+pub struct Ready(Arc<Mutex<Vec<Publisher>>>);
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |v| v.len());
+        write!(f, "Ready({n} publishers)")
+    }
+}
+
+impl Ready {
+    /// Connects the plan's publishers now, if it goes to a peer.
+    pub fn connect(plan: &PushPlan) -> io::Result<Ready> {
+        let ready = Ready::default();
+        if plan.system != System::Imgate {
+            let mut all = Vec::new();
+            for _ in 0..plan.connections.max(1) {
+                let mut publisher = Publisher::new(plan);
+                publisher.check()?;
+                all.push(publisher);
+            }
+            *ready.0.lock().unwrap_or_else(|e| e.into_inner()) = all;
+        }
+        Ok(ready)
+    }
+
+    /// A publisher for a pushing thread: a ready one that still answers (a NATS server drops
+    /// a connection that left its pings unanswered while the clients connected), else a new
+    /// one.
+    fn take(&self, plan: &PushPlan) -> Publisher {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match taken {
+            Some(mut publisher) => match publisher.check() {
+                Ok(()) => publisher,
+                Err(_) => Publisher::new(plan),
+            },
+            None => Publisher::new(plan),
+        }
+    }
+
+    fn give_back(&self, publisher: Publisher) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(publisher);
+    }
+}
+
+/// One pushing connection, in the protocol of the system under test.
+enum Publisher {
+    Http(HttpClient),
+    Redis(resp::Publisher),
+    Nats(nats::Publisher),
+}
+
+impl Publisher {
+    fn new(plan: &PushPlan) -> Publisher {
+        match plan.system {
+            System::Imgate => Publisher::Http(HttpClient::new(plan.http)),
+            System::Redis => Publisher::Redis(resp::Publisher::new(plan.peer)),
+            System::Nats => Publisher::Nats(nats::Publisher::new(plan.peer)),
+        }
+    }
+
+    /// Connects if need be and checks the server answers (a peer's `PING`; nothing for HTTP,
+    /// which connects as it goes).
+    fn check(&mut self) -> io::Result<()> {
+        match self {
+            Publisher::Http(_) => Ok(()),
+            Publisher::Redis(p) => p.connect(),
+            Publisher::Nats(p) => p.connect(),
+        }
+    }
+
+    /// Sends push `seq`: `Ok(routed)` when accepted, else why not.
+    fn push(&mut self, plan: &PushPlan, seq: u32, body: &[u8]) -> Result<Option<u32>, String> {
+        match self {
+            Publisher::Http(client) => match client.post(&plan.path(seq), body) {
+                Ok(Response { status: 200, body }) if code_is_zero(&body) => Ok(connections(&body)),
+                Ok(Response { status, body }) => Err(format!(
+                    "HTTP {status} {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            Publisher::Redis(p) => p
+                .publish(&plan.channel, body)
+                .map(|n| Some(n.min(u64::from(u32::MAX)) as u32))
+                .map_err(|e| format!("PUBLISH: {e}")),
+            Publisher::Nats(p) => p
+                .publish(&plan.channel, body)
+                .map(|()| None)
+                .map_err(|e| format!("PUB: {e}")),
+        }
+    }
 }
 
 /// A phase's pushes.
@@ -123,7 +236,7 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
     std::thread::scope(|scope| {
         for _ in 0..plan.connections.max(1) {
             scope.spawn(|| {
-                let mut client = HttpClient::new(plan.http);
+                let mut publisher = plan.ready.take(plan);
                 let mut results = Vec::new();
                 let mut http_us = tally::new_histogram();
                 let mut errors = Vec::new();
@@ -155,27 +268,14 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
                         plan.body_bytes,
                     );
                     let t0 = Instant::now();
-                    let answer = client.post(&plan.path(seq), &body);
+                    let answer = publisher.push(plan, seq, &body);
                     tally::record(&mut http_us, t0.elapsed().as_micros() as u64);
                     let result = match answer {
-                        Ok(Response { status: 200, body }) if code_is_zero(&body) => PushResult {
+                        Ok(routed) => PushResult {
                             seq,
                             accepted: true,
-                            routed: connections(&body),
+                            routed,
                         },
-                        Ok(Response { status, body }) => {
-                            if errors.len() < 5 {
-                                errors.push(format!(
-                                    "push {seq}: HTTP {status} {}",
-                                    String::from_utf8_lossy(&body[..body.len().min(200)])
-                                ));
-                            }
-                            PushResult {
-                                seq,
-                                accepted: false,
-                                routed: None,
-                            }
-                        }
                         Err(e) => {
                             if errors.len() < 5 {
                                 errors.push(format!("push {seq}: {e}"));
@@ -189,6 +289,7 @@ pub fn run(plan: &PushPlan, stop: &AtomicBool) -> PushOutcome {
                     };
                     results.push(result);
                 }
+                plan.ready.give_back(publisher);
                 let mut all = shared.lock().unwrap_or_else(|e| e.into_inner());
                 all.0.extend(results);
                 let _ = all.1.add(&http_us);
@@ -230,7 +331,11 @@ mod tests {
     fn plan(kind: PushKind) -> PushPlan {
         PushPlan {
             kind,
+            system: System::Imgate,
             http: "127.0.0.1:1".parse().unwrap(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            channel: "live.1000".into(),
+            ready: Ready::default(),
             op: 1000,
             room_type: "live".into(),
             room_id: "1000".into(),

@@ -42,15 +42,37 @@ pub struct Inputs<'a> {
     pub metrics: Vec<Endpoint>,
     /// Floor measurements by label (`message`, `write` or `given` size).
     pub floor: Vec<(String, FloorResult)>,
+    /// Connected clients over the run: (seconds since the first connect, connected).
+    pub timeline: &'a [(f64, u64)],
 }
 
-/// What every report starts with: the scenario, the command, the machine, the date.
+/// What every report starts with: the scenario, the system, the command, the machine, the
+/// date, and the commit measured (`BENCH_COMMIT`, which scripts/bench.sh sets).
 pub fn header(args: &Args) -> Value {
     json!({
         "scenario": args.preset.name(),
+        "system": args.system.name(),
         "date": utc_now(),
+        "commit": std::env::var("BENCH_COMMIT").ok(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "machine": machine(),
+    })
+}
+
+/// The settings a run was made with, as a peers comparison lists them.
+fn settings(args: &Args) -> Value {
+    json!({
+        "clients": args.clients(),
+        "push": args.push_kind(),
+        "rate": args.fixed_rate(),
+        "duration_s": args.duration,
+        "body_bytes": args.body_bytes,
+        "heartbeat_s": args.heartbeat,
+        "transport": args.transport,
+        "room": format!("{}://{}", args.room_type, args.room_id),
+        "channel": args.channel(),
+        "server_cpus": args.server_cpus.as_ref().map(|c| c.to_string()),
+        "harness_cpus": crate::cpus::allowed().to_string(),
     })
 }
 
@@ -76,6 +98,7 @@ pub fn build(i: Inputs<'_>) -> Value {
 
     let mut out = header(args);
     let connect_time = Percentiles::of(&m.connect);
+    out["settings"] = settings(args);
     out["run_id"] = json!(i.run_id);
     out["clients"] = json!(i.clients);
     out["transport"] = json!(args.transport);
@@ -102,6 +125,7 @@ pub fn build(i: Inputs<'_>) -> Value {
     out["rss_bytes_per_conn"] = json!(rss_per_conn);
     out["server"] = json!({
         "pids": args.server_pid,
+        "cpus": args.server_cpus.as_ref().map(|c| c.to_string()),
         "rss_bytes_before": i.server_before.map(|s| s.rss_bytes),
         "rss_bytes_after_connect": i.server_after_connect.map(|s| s.rss_bytes),
     });
@@ -130,6 +154,7 @@ pub fn build(i: Inputs<'_>) -> Value {
         };
         (cpu, acc.1 + d.stamped, acc.2 + d.reads)
     });
+    let core_ns: Option<u64> = i.phases.iter().map(|p| p.server_core_cpu_ns).sum();
     out["expected"] = json!(check.expected);
     out["delivered"] = json!(check.delivered);
     out["lost"] = json!(check.lost);
@@ -157,6 +182,14 @@ pub fn build(i: Inputs<'_>) -> Value {
     out["server_cpu_ns_per_msg"] = json!(cpu_ns
         .filter(|_| stamped > 0)
         .map(|c| round1(c as f64 / stamped as f64)));
+    out["server_core_cpu_ns_per_msg"] = json!(core_ns
+        .filter(|_| stamped > 0)
+        .map(|c| round1(c as f64 / stamped as f64)));
+    out["connections_over_time"] = json!(i
+        .timeline
+        .iter()
+        .map(|&(t, n)| json!([round2(t), n]))
+        .collect::<Vec<_>>());
     out["server_cpu_ns_per_client_read"] = json!(cpu_ns
         .filter(|_| reads > 0)
         .map(|c| round1(c as f64 / reads as f64)));
@@ -325,6 +358,10 @@ fn phase_json(n: usize, p: &PhaseData, m: &Merged, exact_targets: bool) -> Value
         "samples_msgs_per_sec": p.samples,
         "samples_median": sorted.get(sorted.len() / 2),
         "drain_seconds": round2(p.drain_seconds),
+        "backlog_at_push_end": p.backlog_at_push_end,
+        "server_core_cpu_percent": p.server_core_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
+        "server_core_cpu_ns_per_msg": p.server_core_cpu_ns.filter(|_| all.stamped > 0)
+            .map(|c| round1(c as f64 / all.stamped as f64)),
         "server_cpu_percent": p.server_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
         "harness_cpu_percent": p.workers_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
         "pusher_cpu_percent": p.pusher_cpu_ns.map(|c| round1(c as f64 / 1e7 / p.server_seconds)),
@@ -350,8 +387,9 @@ fn print_table(r: &Value) {
     };
     println!();
     println!(
-        "{} | {} {} clients, {} worker(s) x {} executor(s) | {}",
+        "{} on {} | {} {} clients, {} worker(s) x {} executor(s) | {}",
         r["scenario"].as_str().unwrap_or_default(),
+        r["system"].as_str().unwrap_or_default(),
         num(&r["clients"]),
         r["transport"].as_str().unwrap_or_default(),
         r["workers"],
@@ -422,11 +460,12 @@ fn print_table(r: &Value) {
         num(&r["duplicated"])
     );
     println!(
-        "{:<12} server {} B/conn, harness {} B/conn; server {} ns/msg",
+        "{:<12} server {} B/conn, harness {} B/conn; server {} ns/msg (its core {})",
         "memory/cpu",
         num(&r["rss_bytes_per_conn"]),
         num(&r["harness"]["rss_bytes_per_conn"]),
-        num(&r["server_cpu_ns_per_msg"])
+        num(&r["server_cpu_ns_per_msg"]),
+        num(&r["server_core_cpu_ns_per_msg"])
     );
     let w = &r["writes"];
     if w["writes"].is_u64() {
@@ -509,7 +548,9 @@ fn machine() -> Value {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
     json!({
-        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // The host's, not this process's share of it (the harness may run under taskset).
+        // SAFETY: sysconf has no preconditions.
+        "cpus": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1),
         "cpu_model": model,
         "memory_bytes": mem_kb.map(|k| k * 1024),
         "kernel": read("/proc/sys/kernel/osrelease").trim(),

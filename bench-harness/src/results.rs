@@ -37,6 +37,10 @@ pub struct PhaseData {
     pub drain_seconds: f64,
     /// Server CPU over the push window and the drain.
     pub server_cpu_ns: Option<u64>,
+    /// Busy time of the server's cores (`--server-cpus`) over the same window.
+    pub server_core_cpu_ns: Option<u64>,
+    /// Deliveries the answered pushes owed that had not arrived when the last was answered.
+    pub backlog_at_push_end: u64,
     /// CPU of the server's threads named `--server-threads` (comet's) over the same window.
     pub comet_cpu_ns: Option<u64>,
     /// comet's own count of its writes over the same window, from its metrics.

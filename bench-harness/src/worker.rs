@@ -24,11 +24,13 @@ use hdrhistogram::Histogram;
 use imgate_client::codec;
 use imgate_shared::frame::op;
 
+use crate::cli::System;
 use crate::client::{client_task, send_now};
 use crate::exec::{bump, Exec, ExecSetup, SCRATCH_SIZE};
 use crate::messages::{Counters, Report, Shared, WorkerConfig};
 use crate::procstat;
 use crate::tally::{self, PushCounts};
+use crate::{nats, resp};
 
 /// io_uring depth of each executor (see where it is used).
 const RING_DEPTH: usize = 4096;
@@ -181,7 +183,11 @@ fn emit(out: &Mutex<io::Stdout>, report: &Report) {
 async fn executor_main(setup: ExecSetup) -> ExecResult {
     let config = setup.config;
     let exec = Rc::new(Exec {
-        heartbeat: codec::client_frame(config.transport, op::HEARTBEAT, 0, &[]),
+        heartbeat: match config.system {
+            System::Imgate => codec::client_frame(config.transport, op::HEARTBEAT, 0, &[]),
+            System::Redis => resp::ping(),
+            System::Nats => nats::PING.to_vec(),
+        },
         config: config.clone(),
         shared: setup.shared,
         first: setup.first,

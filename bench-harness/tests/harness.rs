@@ -1,9 +1,11 @@
 //! The harness against real servers: a real imgate gateway (in this process, on free ports),
-//! and a fake gateway that loses and duplicates pushes on purpose, which the harness must
-//! report.
+//! a real redis-server and a real nats-server (the peers, in their own protocols), and a fake
+//! gateway that loses and duplicates pushes on purpose, which the harness must report. Every
+//! report has its HTML page beside it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,12 @@ fn gateway() -> Gateway {
 
 /// Runs the harness with `args` and returns its JSON report.
 fn harness(name: &str, args: &[String]) -> Value {
-    let dir = tempfile::tempdir().unwrap();
+    harness_in(&tempfile::tempdir().unwrap(), name, args).0
+}
+
+/// Runs the harness with `args`, its report in `dir`; returns the report and its HTML page.
+/// Its stderr is not a terminal, so it must show no progress line.
+fn harness_in(dir: &tempfile::TempDir, name: &str, args: &[String]) -> (Value, String) {
     let json = dir.path().join(format!("{name}.json"));
     let out = Command::new(HARNESS)
         .args(args)
@@ -45,10 +52,29 @@ fn harness(name: &str, args: &[String]) -> Value {
         out.status.success(),
         "bench-harness failed\n{stdout}\n{stderr}"
     );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("connecting:"),
+        "progress lines on a stderr that is not a terminal:\n{stderr}"
+    );
     let text = std::fs::read_to_string(&json).expect("report written");
     let report: Value = serde_json::from_str(&text).expect("report is JSON");
+    let html = std::fs::read_to_string(dir.path().join(format!("{name}.html")))
+        .expect("HTML report written beside the JSON");
+    assert_opens_offline(&html);
     eprintln!("{stdout}");
-    report
+    (report, html)
+}
+
+/// The page has its charts inline and nothing that would fetch: no script, stylesheet, image
+/// or font from an address.
+fn assert_opens_offline(html: &str) {
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    assert!(html.contains("<svg"), "no inline chart:\n{html}");
+    for fetch in [
+        "src=", "href=", "<script", "<link", "url(", "@import", "<img", "<iframe",
+    ] {
+        assert!(!html.contains(fetch), "the page has {fetch}");
+    }
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -166,7 +192,10 @@ fn websocket_user_pushes_and_idle_heartbeats_reach_a_real_gateway() {
         "idle-",
     ]);
     idle.extend(["--ws-addr".into(), ws, "--server-pid".into(), pid]);
-    let r = harness("idle", &idle);
+    let (r, html) = harness_in(&tempfile::tempdir().unwrap(), "idle", &idle);
+    assert!(html.contains("Connected clients over time"), "{html}");
+    let timeline = r["connections_over_time"].as_array().unwrap();
+    assert_eq!(timeline.last().unwrap()[1], 400, "{timeline:?}");
     assert_eq!(r["connect"]["connected"], 400);
     assert!(r["connect"]["time_us"]["p50"].as_u64().unwrap() > 0);
     let sent = r["idle"]["heartbeats_sent"].as_u64().unwrap();
@@ -458,4 +487,201 @@ fn a_floor_larger_than_one_process_s_open_files_splits_over_processes() {
     let f = &r["floor"]["given"];
     assert_eq!(f["processes"], 2, "{f:#}");
     assert_eq!(f["bytes_read"], f["bytes_written"]);
+}
+
+/// Options of a peers run against the server at `port`: clients connect from 127.0.0.1 (a
+/// Redis in protected mode refuses other sources).
+fn peer_args(system: &str, port: u16, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["--system", system, "--source-ips", "127.0.0.1"]);
+    args.extend(["--tcp-addr".into(), format!("127.0.0.1:{port}")]);
+    args.extend(strings(extra));
+    args
+}
+
+/// The redis-server's process id, from `INFO server`.
+fn redis_pid(port: u16) -> String {
+    let info = imgate_testkit::redis_command(port, "INFO server").unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("INFO server has process_id")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn redis_subscribers_count_every_publish_once_and_their_heartbeats() {
+    let redis = imgate_testkit::Redis::start();
+    let args = peer_args(
+        "redis",
+        redis.port(),
+        &[
+            "--preset",
+            "goim",
+            "--clients",
+            "150",
+            "--duration",
+            "1.5",
+            "--heartbeat",
+            "0.5",
+        ],
+    );
+    let mut args = args;
+    args.extend(["--server-pid".into(), redis_pid(redis.port())]);
+    let (r, html) = harness_in(&tempfile::tempdir().unwrap(), "redis", &args);
+    assert_eq!(r["system"], "redis");
+    assert_eq!(r["settings"]["channel"], "live.1000");
+    assert_eq!(r["connect"]["connected"], 150);
+    let pushes = r["phases"][0]["pushes_accepted"].as_u64().unwrap();
+    assert!((50..=70).contains(&pushes), "40/s for 1.5 s: {pushes}");
+    assert_eq!(r["expected"].as_u64(), Some(150 * pushes));
+    assert_eq!(r["delivered"], r["expected"]);
+    assert_eq!(r["errors"]["total"], 0, "{:#}", r["errors"]);
+    assert_eq!(r["counters"]["seq_gaps"], 0);
+    assert!(r["counters"]["heartbeat_replies"].as_u64().unwrap() >= 150);
+    assert!(r["latency_us"]["p99"].as_u64().unwrap() > 0);
+    assert!(r["server_cpu_ns_per_msg"].as_f64().is_some());
+    assert!(html.contains("goim on redis"), "{html}");
+}
+
+#[test]
+fn nats_subscribers_count_every_publish_once_and_answer_the_server_s_pings() {
+    // The server pings each client every 300 ms and drops one that leaves a ping unanswered.
+    // The clients connect over 1.5 s: the publisher, connected before them and idle, is
+    // dropped meanwhile and must be replaced before the first push.
+    let nats = imgate_testkit::Nats::start_with_config("ping_interval: \"300ms\"\nping_max: 1\n");
+    let args = peer_args(
+        "nats",
+        nats.port(),
+        &[
+            "--preset",
+            "goim",
+            "--clients",
+            "150",
+            "--connect-rate",
+            "100",
+            "--duration",
+            "2",
+            "--heartbeat",
+            "0",
+        ],
+    );
+    let mut args = args;
+    args.extend([
+        "--server-pid".into(),
+        nats.pid().expect("nats-server runs").to_string(),
+    ]);
+    let r = harness("nats", &args);
+    assert_eq!(r["system"], "nats");
+    assert_eq!(r["connect"]["connected"], 150);
+    let pushes = r["phases"][0]["pushes_accepted"].as_u64().unwrap();
+    assert!((70..=90).contains(&pushes), "40/s for 2 s: {pushes}");
+    assert_eq!(r["expected"].as_u64(), Some(150 * pushes));
+    assert_eq!(r["delivered"], r["expected"]);
+    assert_eq!(r["counters"]["disconnected"], 0, "{:#}", r["errors"]);
+    assert_eq!(r["errors"]["total"], 0, "{:#}", r["errors"]);
+    assert!(r["rss_bytes_per_conn"].as_i64().is_some());
+    // Idle subscribers get the server's pings (busy ones may not): still there after 1.5 s.
+    let idle = peer_args(
+        "nats",
+        nats.port(),
+        &[
+            "--preset",
+            "idle",
+            "--clients",
+            "50",
+            "--duration",
+            "1.5",
+            "--heartbeat",
+            "0",
+        ],
+    );
+    let r = harness("nats-idle", &idle);
+    assert_eq!(r["idle"]["min_connected"], 50, "{:#}", r["errors"]);
+    assert_eq!(r["errors"]["total"], 0, "{:#}", r["errors"]);
+}
+
+#[test]
+fn subscribers_beyond_redis_maxclients_are_refused_and_the_publisher_keeps_its_place() {
+    let redis = imgate_testkit::Redis::start();
+    let set = imgate_testkit::redis_command(redis.port(), "CONFIG SET maxclients 5").unwrap();
+    assert!(set.starts_with("+OK"), "{set}");
+    let args = peer_args(
+        "redis",
+        redis.port(),
+        &["--preset", "goim", "--clients", "8", "--duration", "0.5"],
+    );
+    let r = harness("redis-full", &args);
+    // The publisher connected first and holds one of the five places.
+    assert_eq!(r["connect"]["connected"], 4, "{:#}", r["connect"]);
+    assert_eq!(r["connect"]["auth_failed"], 4, "{:#}", r["connect"]);
+    let messages = r["errors"]["messages"].to_string();
+    assert!(messages.contains("max number of clients"), "{messages}");
+    let pushes = r["phases"][0]["pushes_accepted"].as_u64().unwrap();
+    assert!(pushes >= 15, "40/s for 0.5 s: {pushes}");
+    assert_eq!(r["expected"].as_u64(), Some(4 * pushes));
+    assert_eq!(r["delivered"], r["expected"]);
+}
+
+#[test]
+fn a_peers_comparison_has_a_row_per_system_and_its_charts() {
+    let redis = imgate_testkit::Redis::start();
+    let nats = imgate_testkit::Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let case = ["--preset", "goim", "--clients", "60", "--duration", "1"];
+    harness_in(
+        &dir,
+        "peers-redis",
+        &peer_args("redis", redis.port(), &case),
+    );
+    harness_in(&dir, "peers-nats", &peer_args("nats", nats.port(), &case));
+    let reports = ["peers-redis.json", "peers-nats.json"].map(|f| dir.path().join(f));
+    let out = Command::new(HARNESS)
+        .arg("--merge-peers")
+        .arg(format!("{},{}", reports[0].display(), reports[1].display()))
+        .arg("--json")
+        .arg(dir.path().join("peers.json"))
+        .output()
+        .expect("bench-harness runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("peers.json")).unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, system) in rows.iter().zip(["redis", "nats"]) {
+        assert_eq!(row["system"], system);
+        assert!(row["expected"].as_u64().unwrap() >= 60 * 30, "{row:#}");
+        assert_eq!(row["delivered"], row["expected"], "{row:#}");
+        assert!(row["p50_ms"].as_f64().unwrap() > 0.0);
+        assert!(row["p99_ms"].as_f64().unwrap() >= row["p50_ms"].as_f64().unwrap());
+        assert!(row["backlog_at_push_end"].as_u64().is_some(), "{row:#}");
+    }
+    assert_eq!(r["server_cpu_source"], "process");
+    assert_eq!(r["settings"]["clients"], 60);
+    let html = std::fs::read_to_string(dir.path().join("peers.html")).unwrap();
+    assert_opens_offline(&html);
+    assert!(html.matches("<svg").count() >= 3, "{html}");
+    assert!(html.contains("redis") && html.contains("nats"));
+}
+
+#[test]
+fn a_peer_refuses_what_it_has_no_counterpart_for() {
+    for (args, why) in [
+        (
+            &["--system", "redis", "--preset", "keys"][..],
+            "imgate's only",
+        ),
+        (&["--system", "nats", "--transport", "ws"][..], "TCP only"),
+    ] {
+        let out = Command::new(HARNESS)
+            .args(args)
+            .args(["--tcp-addr", "127.0.0.1:1"])
+            .output()
+            .expect("bench-harness runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{stderr}");
+    }
 }

@@ -426,11 +426,27 @@ impl Nats {
 
     /// Starts a server with JetStream enabled and these more options (`--user`, `--tls`, …).
     pub fn start_with(args: &[&str]) -> Nats {
+        Self::start_in(
+            temp_dir("nats"),
+            args.iter().map(|a| a.to_string()).collect(),
+        )
+    }
+
+    /// Starts a server with JetStream enabled and `config` (nats-server's configuration
+    /// format: `ping_interval`, limits, …) as its configuration file.
+    pub fn start_with_config(config: &str) -> Nats {
+        let dir = temp_dir("nats");
+        let file = dir.path().join("nats.conf");
+        std::fs::write(&file, config).expect("nats-server configuration written");
+        Self::start_in(dir, vec!["-c".into(), file.display().to_string()])
+    }
+
+    fn start_in(dir: TempDir, args: Vec<String>) -> Nats {
         let mut n = Nats {
             port: free_port(),
             monitor_port: free_port(),
-            dir: temp_dir("nats"),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            dir,
+            args,
             child: None,
         };
         // As for Redis: a taken port makes the server exit at once; try others.
@@ -494,6 +510,11 @@ impl Nats {
         }
         wait_for_port(self.port, Duration::from_secs(10), "nats-server");
         true
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn port(&self) -> u16 {
