@@ -5,7 +5,11 @@
 //! `rss_bytes_per_conn`, `errors`, and comet's socket writes: `writes` (count, bytes, where
 //! they were counted: `writes_source`), `server_cpu_ns_per_write` (whose CPU:
 //! `server_cpu_source`). With `--floor`, `floor_ratio_per_write` is that CPU per write over
-//! the floor writer's at comet's mean write size, both from this run. With several phases
+//! the floor writer's at comet's mean write size, both from this run. With `--server-cpus`,
+//! `server_core_ns_per_write` is the busy time of those CPUs (softirq included) per comet
+//! write, and with `--floor` too, `core_ratio_per_write` is that over the floor writers' core
+//! time per write on the same CPUs (the honest comparison on loopback, where the receivers'
+//! kernel work may land on the server's core). With several phases
 //! (single-push: `peak`, then `latency`) `msgs_per_sec` is the fastest phase's and
 //! `latency_us` the last phase's; `phases` has each.
 
@@ -213,6 +217,14 @@ pub fn build(i: Inputs<'_>) -> Value {
         out["server_cpu_source"] = json!(c.server_cpu_source);
         out["server_cpu_ns_per_write"] = json!(c.cpu_ns_per_write().map(round1));
     }
+    // The whole server core per write (`--server-cpus`: /proc/stat's user, nice, system, irq
+    // and softirq of those CPUs over the same windows): what the kernel's receive work and
+    // any thread on them cost too, which a thread's own CPU time leaves out.
+    let core_ns_per_write = match (&cost, core_ns) {
+        (Some(c), Some(ns)) if c.writes > 0 => Some(ns as f64 / c.writes as f64),
+        _ => None,
+    };
+    out["server_core_ns_per_write"] = json!(core_ns_per_write.map(round1));
     out["writes"] = json!({
         "source": cost.map(|c| c.writes_source),
         "writes": cost.map(|c| c.writes),
@@ -307,6 +319,12 @@ pub fn build(i: Inputs<'_>) -> Value {
             .iter()
             .find(|(l, _)| l == "write" || l == "given")
             .map(|(_, f)| f);
+        // The same on the core: the server's core per write over the floor writers' core
+        // per write, both from /proc/stat of the same CPUs.
+        out["core_ratio_per_write"] = json!(at_write_size.and_then(|f| {
+            let floor = f.core_cpu_ns_per_write.filter(|ns| *ns > 0.0)?;
+            Some(round2(core_ns_per_write? / floor))
+        }));
         if let (Some(c), Some(f)) = (&cost, at_write_size) {
             let ratio = c.floor_ratio(f).map(round2);
             out["floor_ratio_per_write"] = json!(ratio);

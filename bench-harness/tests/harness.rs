@@ -97,6 +97,11 @@ fn room_pushes_to_a_real_gateway_are_all_counted_once_with_latency_and_server_fi
         "--floor".into(),
         "--floor-seconds".into(),
         "0.2".into(),
+        // The gateway runs in this process, anywhere: its "cores" are all of them.
+        "--server-cpus".into(),
+        online_cpus(),
+        "--floor-writer-cpus".into(),
+        online_cpus(),
     ]);
     let r = harness("room", &args);
     let pushes = r["phases"][0]["pushes_accepted"].as_u64().unwrap();
@@ -142,7 +147,22 @@ fn room_pushes_to_a_real_gateway_are_all_counted_once_with_latency_and_server_fi
         r["floor"]["write"]["bytes_written"]
     );
     assert!(r["floor_ratio_per_write"].as_f64().unwrap() > 0.0);
+    // The same on the cores, from /proc/stat: per comet write, and over the floor's.
+    assert!(
+        r["server_core_ns_per_write"].as_f64().unwrap() > 0.0,
+        "{:#}",
+        r["server_core_ns_per_write"]
+    );
+    assert!(r["core_ratio_per_write"].as_f64().unwrap() > 0.0);
     gw.shutdown();
+}
+
+/// The CPUs the kernel runs (`0-1`), as `--server-cpus` takes them.
+fn online_cpus() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .expect("/sys/devices/system/cpu/online")
+        .trim()
+        .to_string()
 }
 
 #[test]
