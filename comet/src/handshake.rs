@@ -284,7 +284,7 @@ impl HandshakeFrames {
             }
             Event::Close(payload) => {
                 self.control
-                    .push(ws_control(opcode::CLOSE, payload.get(..2).unwrap_or(&[])));
+                    .push(ws_control(opcode::CLOSE, &ws::close_answer(payload)));
                 self.closing = true;
                 Flow::Stop
             }

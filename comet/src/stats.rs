@@ -45,7 +45,7 @@ imgate_shared::counters! {
         /// backlog or a sync carried them).
         push_dropped_duplicate: Counter,
         /// Room changes, joins and room-history syncs refused because the connection's token
-        /// does not allow that room (or its name is too long).
+        /// does not allow that room (or its name is too long, or not UTF-8).
         room_refused: Counter,
         /// Connections closed at accept because the comet holds `max_conns`.
         refused_conn_limit: Counter,

@@ -237,6 +237,73 @@ async fn bad_requests_are_400_with_a_reason() {
     h.logic.shutdown().await;
 }
 
+/// Found by probing: `/goim/inbox/state` with 60 KB of bad mids echoed all of them in its 400.
+/// Every reason is bounded where answers are made, whatever parameter or body it echoes.
+#[tokio::test]
+async fn a_huge_bad_parameter_is_not_echoed_whole() {
+    let h = start_logic().await;
+    let bad = "x".repeat(60 << 10);
+    let control = "\u{1}".repeat(20 << 10);
+    let cases = [
+        format!("GET /goim/inbox/state?mids={bad} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("GET /goim/online/mids?mids=1,{bad} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("POST /goim/push/keys?operation={bad}&keys=k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"),
+        // Characters JSON has to escape: the bound is on what goes out, not on the text.
+        format!(
+            "GET /goim/inbox/state?mids={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            control.replace('\u{1}', "%01")
+        ),
+    ];
+    for request in cases {
+        let mut s = TcpStream::connect(h.logic.http_addr()).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The whole answer: its head, then as many body bytes as it announced.
+        let done = |a: &[u8]| {
+            let text = String::from_utf8_lossy(a);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                return false;
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            body.len() >= length
+        };
+        while !done(&answer) {
+            let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed early: {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(answer.len() <= 512, "{} bytes: {text}", answer.len());
+        let body: Value = serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("must be"),
+            "still says what is wrong: {message}"
+        );
+        assert!(
+            message.ends_with(" bytes)"),
+            "and that it was cut: {message}"
+        );
+    }
+    h.logic.shutdown().await;
+}
+
 #[tokio::test]
 async fn room_and_broadcast_pushes_are_published() {
     let mut h = start_logic().await;
