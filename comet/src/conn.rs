@@ -18,9 +18,7 @@ use crate::limits::{now_ms, RateLimit};
 use crate::reassembly::Reassembly;
 use crate::stats::ShardStats;
 use crate::stream::ClientStream;
-
-/// Most ops one connection may watch; further subscriptions are ignored.
-const MAX_WATCHED_OPS: usize = 1024;
+use crate::watch::Watched;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,8 +140,8 @@ pub(crate) struct Conn {
     /// Boxed: a thin pointer costs every connection 8 bytes, the list itself is rare.
     #[allow(clippy::box_collection)]
     pub allowed_rooms: Option<Box<Vec<String>>>,
-    /// The ops this connection watches (rarely changed, so an exact-size slice).
-    pub(crate) watch: RefCell<Box<[i32]>>,
+    /// The ops this connection watches.
+    pub(crate) watch: Watched,
     pub(crate) delivery: Delivery,
     pub(crate) queue: RefCell<VecDeque<Queued>>,
     /// Bytes of the entries in `queue`.
@@ -171,7 +169,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// Whether key pushes and broadcasts with `op` reach this connection.
     pub fn watches(&self, op: i32) -> bool {
-        self.watch.borrow().contains(&op)
+        self.watch.contains(op)
     }
 
     /// Queues `frame`, or closes the connection as too slow if its queue is over `limits`.
@@ -362,30 +360,6 @@ impl Conn {
     pub(crate) fn wake_writer(&self) {
         if let Some(w) = self.writer.take() {
             w.wake();
-        }
-    }
-
-    pub(crate) fn subscribe(&self, ops: &[i32]) {
-        let mut watch = self.watch.borrow_mut();
-        let mut grown = watch.to_vec();
-        for op in ops {
-            if !grown.contains(op) && grown.len() < MAX_WATCHED_OPS {
-                grown.push(*op);
-            }
-        }
-        if grown.len() != watch.len() {
-            *watch = grown.into_boxed_slice();
-        }
-    }
-
-    pub(crate) fn unsubscribe(&self, ops: &[i32]) {
-        let mut watch = self.watch.borrow_mut();
-        if watch.iter().any(|op| ops.contains(op)) {
-            *watch = watch
-                .iter()
-                .filter(|op| !ops.contains(op))
-                .copied()
-                .collect();
         }
     }
 

@@ -28,6 +28,7 @@ use crate::shard::{Shard, SCRATCH_SIZE};
 use crate::socket_io::{read_with, write_all};
 use crate::stream::ClientStream;
 use crate::sync::catch_up;
+use crate::watch::Watched;
 
 /// Heartbeat expiry used when logic returns none (goim's 4 min × 2), in milliseconds.
 const DEFAULT_HEARTBEAT_MS: u32 = 480_000;
@@ -210,7 +211,7 @@ fn admit(
         allowed_rooms: r
             .rooms_limited
             .then(|| Box::new(std::mem::take(&mut r.allowed_rooms))),
-        watch: RefCell::new(Box::default()),
+        watch: Watched::default(),
         delivery: Delivery::new(!r.acks && r.mid > 0, r.inbox_floor),
         queue: RefCell::new(VecDeque::new()),
         queued_bytes: Cell::new(0),
@@ -229,7 +230,7 @@ fn admit(
         websocket,
         room_tags: r.room_tags,
     });
-    conn.subscribe(&r.accepts);
+    conn.watch.subscribe(&mut r.accepts);
     shard.register(&conn, &r.room);
     shard.reply(&conn, reply(websocket, ver, op::AUTH_REPLY, seq, &[]));
     // The user's unacknowledged stored messages follow the auth reply.

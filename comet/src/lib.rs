@@ -34,6 +34,7 @@ mod socket_io;
 mod stats;
 mod stream;
 mod sync;
+mod watch;
 mod writer;
 
 use std::net::SocketAddr;

@@ -162,14 +162,16 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             reply(ws, h.ver, op::LEAVE_REPLY, h.seq, echoed)
         }
         op::SUB => {
-            if let Some(ops) = parse_ops(body) {
-                conn.subscribe(&ops);
+            if !conn.watch.is_full() {
+                if let Some(mut ops) = parse_ops(body) {
+                    conn.watch.subscribe(&mut ops);
+                }
             }
             reply(ws, h.ver, op::SUB_REPLY, h.seq, body)
         }
         op::UNSUB => {
-            if let Some(ops) = parse_ops(body) {
-                conn.unsubscribe(&ops);
+            if let Some(mut ops) = parse_ops(body) {
+                conn.watch.unsubscribe(&mut ops);
             }
             reply(ws, h.ver, op::UNSUB_REPLY, h.seq, body)
         }
