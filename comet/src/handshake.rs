@@ -13,7 +13,7 @@ use imgate_runtime::net::Socket;
 use imgate_runtime::spawn_local;
 use imgate_runtime::time::sleep;
 use imgate_shared::frame::op;
-use imgate_shared::link::{Body, ConnRef, Connect, ConnectReply, Disconnect};
+use imgate_shared::link::{failure_cause, Body, ConnRef, Connect, ConnectReply, Disconnect};
 use imgate_shared::ws::{self, opcode, WsError};
 
 use crate::conn::{CloseReason, Conn, Reading};
@@ -394,9 +394,17 @@ async fn handshake(
             shard.stats.auth_unavailable.inc();
             "auth could not be checked".to_string()
         }
-        Err(LogicError::Refused(reason)) => {
-            tracing::debug!(conn_id, "auth refused: {reason}");
-            reason
+        Err(LogicError::Refused { message, cause }) => {
+            tracing::debug!(conn_id, cause, "auth refused: {message}");
+            let stats = &shard.stats;
+            match cause.as_str() {
+                failure_cause::HOOK_TIMEOUT => stats.auth_hook_timeout.inc(),
+                failure_cause::HOOK_UNREACHABLE => stats.auth_hook_unreachable.inc(),
+                failure_cause::HOOK_BAD_ANSWER => stats.auth_hook_bad_answer.inc(),
+                failure_cause::HOOK_BUSY => stats.auth_hook_busy.inc(),
+                _ => {}
+            }
+            message
         }
         Err(e) => {
             tracing::debug!(conn_id, "auth failed: {e}");

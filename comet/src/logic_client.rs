@@ -35,8 +35,10 @@ pub(crate) enum LogicError {
     Timeout(Duration),
     #[error("the connection to logic was lost")]
     Disconnected,
-    #[error("logic refused: {0}")]
-    Refused(String),
+    /// Logic answered with a failure: its message, and what failed
+    /// ([`link::failure_cause`]; empty: refused).
+    #[error("logic refused: {message}")]
+    Refused { message: String, cause: String },
 }
 
 #[derive(Default)]
@@ -159,7 +161,10 @@ impl LogicClient {
         })
         .await;
         match result {
-            Ok(Body::Error(failure)) => Err(LogicError::Refused(failure.message)),
+            Ok(Body::Error(failure)) => Err(LogicError::Refused {
+                message: failure.message,
+                cause: failure.cause,
+            }),
             other => other,
         }
     }

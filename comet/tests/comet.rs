@@ -79,6 +79,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                 if token == "bad" {
                                     Body::Error(Failure {
                                         message: "refused".into(),
+                                        ..Default::default()
                                     })
                                 } else {
                                     let mut reply = ConnectReply {
@@ -138,6 +139,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                 if r.room == "fail" {
                                     Body::Error(Failure {
                                         message: "no such room".into(),
+                                        ..Default::default()
                                     })
                                 } else if r.room.is_empty() {
                                     Body::InboxMessages(InboxMessages {

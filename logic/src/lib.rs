@@ -200,6 +200,7 @@ pub async fn start_with_auth(
         link_server::ConnectHook {
             endpoint,
             timeout: config.auth.connect_timeout,
+            permits: Arc::new(tokio::sync::Semaphore::new(config.auth.connect_concurrency)),
         }
     });
     let events = match endpoint("logic.events_url", &logic.events_url)? {

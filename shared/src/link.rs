@@ -192,10 +192,30 @@ pub fn cut_to_page(messages: &mut Vec<Stored>, max_bytes: u32) -> bool {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Empty {}
 
+/// A request logic did not serve, and why.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Failure {
+    /// Why, for the client (a refused connect's op 6 carries it).
     #[prost(string, tag = "1")]
     pub message: String,
+    /// What failed, as a label comets count refused connects by (one of [`failure_cause`]);
+    /// empty: the request was refused (a bad token, a key held by another user, the connect
+    /// hook answering non-2xx, …). An older logic never sets it.
+    #[prost(string, tag = "2")]
+    pub cause: String,
+}
+
+/// The labels of [`Failure::cause`] that say something other than "refused".
+pub mod failure_cause {
+    /// The connect hook did not answer within `auth.connect_timeout`.
+    pub const HOOK_TIMEOUT: &str = "hook_timeout";
+    /// The connect hook could not be reached (connection refused, no route, …).
+    pub const HOOK_UNREACHABLE: &str = "hook_unreachable";
+    /// The connect hook answered 2xx with something that is not a valid answer (not a JSON
+    /// object, no canonical positive mid, too large, a broken HTTP exchange).
+    pub const HOOK_BAD_ANSWER: &str = "hook_bad_answer";
+    /// `auth.connect_concurrency` connects were waiting for the hook already.
+    pub const HOOK_BUSY: &str = "hook_busy";
 }
 
 /// Identifies one connection cluster-wide: which comet, which shard, which connection there.
@@ -547,6 +567,7 @@ mod tests {
             Body::Ok(Empty {}),
             Body::Error(Failure {
                 message: "no".into(),
+                cause: failure_cause::HOOK_BUSY.into(),
             }),
             Body::PushKeys(PushKeys::default()),
             Body::PushRoom(PushRoom::default()),

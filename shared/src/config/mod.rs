@@ -74,6 +74,9 @@ pub struct AuthConfig {
     /// How long the connect hook may take; shorter than `comet.logic_timeout`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Connects one logic may have waiting for the connect hook at once (each holds a
+    /// connection to it); more are refused at once with op 6 "connect hook busy", counted.
+    pub connect_concurrency: usize,
 }
 
 impl AuthConfig {
@@ -98,6 +101,7 @@ impl Default for AuthConfig {
             insecure: false,
             connect_url: None,
             connect_timeout: Duration::from_secs(2),
+            connect_concurrency: 1024,
         }
     }
 }
