@@ -207,7 +207,10 @@ pub async fn start_with_auth(
         Some(endpoint) => {
             let (events, task) = events::start(
                 endpoint,
-                logic.events_queue,
+                events::QueueLimits {
+                    events: logic.events_queue,
+                    bytes: logic.events_queue_bytes,
+                },
                 logic.events_batch,
                 logic.events_interval,
                 counters.clone(),

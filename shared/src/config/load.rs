@@ -129,6 +129,7 @@ impl Config {
             ("comet.send_queue", comet.send_queue),
             ("comet.send_queue_bytes", comet.send_queue_bytes),
             ("auth.connect_concurrency", self.auth.connect_concurrency),
+            ("logic.events_queue_bytes", logic.events_queue_bytes),
             ("job.room_batch", job.room_batch),
             ("job.comet_queue", job.comet_queue),
             ("job.comet_queue_bytes", job.comet_queue_bytes),

@@ -301,6 +301,10 @@ pub struct LogicConfig {
     pub events_url: Option<String>,
     /// Events waiting to be sent, at most; more are dropped and counted.
     pub events_queue: usize,
+    /// Bytes of events waiting to be sent (their keys and names, and the batch being sent),
+    /// at most; more are dropped and counted. An event's key is the client's, so the count
+    /// alone does not bound the memory.
+    pub events_queue_bytes: usize,
     /// Events in one POST, at most…
     pub events_batch: usize,
     /// …and the longest an event waits for its batch.
@@ -610,6 +614,8 @@ impl Default for LogicConfig {
             upstream_concurrency: 1024,
             events_url: None,
             events_queue: 10_000,
+            // 10,000 events of ordinary keys take about 2 MB.
+            events_queue_bytes: 4 << 20,
             events_batch: 100,
             events_interval: Duration::from_secs(1),
         }
