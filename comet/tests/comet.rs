@@ -1,7 +1,6 @@
 //! Starts a real comet on port 0 against a tiny in-test logic responder and talks to it over
 //! real sockets: goim TCP and WebSocket clients, and a job-style link connection.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -159,7 +158,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                             }
                             Some(Body::RenewOnline(_)) => {
                                 Body::RenewOnlineReply(link::RenewOnlineReply {
-                                    rooms: BTreeMap::from([("live://1".to_string(), 42)]),
+                                    rooms: vec![link::RoomCount::new("live://1".into(), 42)],
                                 })
                             }
                             Some(Body::Disconnect(d)) => {

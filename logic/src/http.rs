@@ -507,7 +507,7 @@ async fn online_room(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Ap
         .into_iter()
         .map(|id| {
             let n = counts
-                .get(&crate::query::room_key(&query.room_type, &id))
+                .get(crate::query::room_key(&query.room_type, &id).as_str())
                 .copied()
                 .unwrap_or(0);
             (id, json!(n))

@@ -236,6 +236,7 @@ pub async fn start_with_auth(
         user_limit: config.comet.max_conns_per_user,
         kick_oldest: config.comet.kick_oldest,
         events,
+        partial_reports: Default::default(),
     });
     tasks.push(tokio::spawn(link_server::serve(
         link_listener,

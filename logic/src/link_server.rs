@@ -5,6 +5,7 @@
 //! pipelined and independent), and the replies, each carrying its request's id, go out through
 //! one writer task that coalesces whatever is ready into one write.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use imgate_bus::{BusMessage, BusProducer, Push};
 use imgate_shared::counters::Counter;
 use imgate_shared::link::{
     self, failure_cause, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure,
-    InboxMessages, RenewOnlineReply, Stored,
+    InboxMessages, RenewOnlineReply, RoomCount, Stored,
 };
 use imgate_store::{
     Admit, Claim, KeyPolicy, OnlineReport, Session, StoredMessage, Stores, UserConn,
@@ -66,6 +67,15 @@ pub(crate) struct LinkHandler {
     pub kick_oldest: bool,
     /// Connect and disconnect events for the business.
     pub events: Option<Events>,
+    /// The rooms of online reports whose parts are still arriving, by comet and shard.
+    pub partial_reports: std::sync::Mutex<HashMap<(String, u32), PartialRooms>>,
+}
+
+/// Rooms of an online report as the registry keeps them.
+pub(crate) type PartialRooms = std::collections::BTreeMap<std::sync::Arc<str>, u32>;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `logic.upstream_url` and its bounds.
@@ -350,29 +360,58 @@ impl LinkHandler {
             Some(Body::RenewOnline(req)) => {
                 let comet = req.comet.ok_or("renew_online without comet")?;
                 let cached = self.rooms.snapshot();
-                // The cache lags the report just received; the cluster holds at least what this
-                // shard reports.
+                // The registry keeps the process's one copy of each name. The answer names only
+                // the rooms with members elsewhere too, taking the decoded names themselves: for
+                // the others the shard's own count is the cluster's (a heartbeat answers the
+                // larger of the two), and a shard of many small rooms is not sent them all
+                // back. The cache lags the report just received; the cluster holds at least
+                // what this shard reports.
+                let mut reported = PartialRooms::new();
                 let rooms = req
                     .rooms
-                    .iter()
-                    .map(|(room, &here)| {
-                        let total = cached.get(room).copied().unwrap_or(0);
-                        let total = u32::try_from(total).unwrap_or(u32::MAX).max(here);
-                        (room.clone(), total)
+                    .into_iter()
+                    .filter_map(|room| {
+                        let name = room.name()?;
+                        reported.insert(imgate_shared::intern::room(name), room.count);
+                        let total = cached.get(name).copied().unwrap_or(0);
+                        let total = u32::try_from(total).unwrap_or(u32::MAX);
+                        (total > room.count).then_some(RoomCount {
+                            name: room.name,
+                            count: total,
+                        })
                     })
                     .collect();
-                self.stores
-                    .registry
-                    .report_online(OnlineReport {
-                        comet,
-                        shard: req.shard,
-                        conn_count: req.conn_count,
-                        ip_count: req.ip_count,
-                        rooms: req.rooms,
-                        lag_us: req.lag_us,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // A report in parts is stored whole, with its last part (a comet sends the
+                // next part once this one is answered).
+                let whole = {
+                    let mut partial = lock(&self.partial_reports);
+                    let key = (comet.id.clone(), req.shard);
+                    let mut whole = match partial.remove(&key) {
+                        Some(earlier) if req.part > 0 => earlier,
+                        _ => PartialRooms::new(),
+                    };
+                    whole.extend(reported);
+                    if req.more {
+                        partial.insert(key, whole);
+                        None
+                    } else {
+                        Some(whole)
+                    }
+                };
+                if let Some(rooms) = whole {
+                    self.stores
+                        .registry
+                        .report_online(OnlineReport {
+                            comet,
+                            shard: req.shard,
+                            conn_count: req.conn_count,
+                            ip_count: req.ip_count,
+                            rooms,
+                            lag_us: req.lag_us,
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 Ok(Body::RenewOnlineReply(RenewOnlineReply { rooms }))
             }
             Some(Body::Upstream(req)) => {
@@ -840,6 +879,16 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<Re
     let mut batch = BytesMut::new();
     let mut budget = Vec::new();
     while let Some((first, cost)) = queued.recv().await {
+        if first.len() >= MAX_WRITE_BATCH {
+            // As large as a whole batch (an online report's answer with many rooms): written
+            // as it is rather than copied into one.
+            if let Err(e) = writer.write_all(&first).await {
+                tracing::debug!(error = %e, "link reply write failed");
+                return;
+            }
+            drop((first, cost));
+            continue;
+        }
         batch.extend_from_slice(&first);
         budget.push(cost);
         while batch.len() < MAX_WRITE_BATCH {

@@ -48,7 +48,7 @@ fn report(comet: CometInfo, shard: u32, conns: u32, rooms: &[(&str, u32)]) -> On
         shard,
         conn_count: conns,
         ip_count: 1,
-        rooms: rooms.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        rooms: rooms.iter().map(|(r, n)| ((*r).into(), *n)).collect(),
         lag_us: conns * 10,
     }
 }
@@ -1202,8 +1202,8 @@ async fn outage_fails_fast_and_recovers_without_a_new_store() {
 async fn many_rooms_round_trip() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
     let s = connect(&config(vec![redis.url()], false, LONG, LONG)).await;
-    let rooms: BTreeMap<String, u32> = (0..5000)
-        .map(|i| (format!("live://{i}"), i % 7 + 1))
+    let rooms: BTreeMap<std::sync::Arc<str>, u32> = (0..5000)
+        .map(|i| (format!("live://{i}").into(), i % 7 + 1))
         .collect();
     s.report_online(OnlineReport {
         comet: info("big", 1),

@@ -1,12 +1,12 @@
 //! The registry in process: each shard's last online report, with its expiry and stamp.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::lock;
 use crate::registry::{comet_statuses, room_totals};
-use crate::{CometStatus, OnlineReport, RegistryStore, StoreError};
+use crate::{CometStatus, OnlineReport, RegistryStore, RoomTotals, StoreError};
 
 /// The embedded [`RegistryStore`].
 pub struct EmbeddedRegistry {
@@ -14,6 +14,10 @@ pub struct EmbeddedRegistry {
     ttl: Duration,
     /// (comet id, shard) → its last report.
     reports: Mutex<HashMap<(String, u32), Kept>>,
+    /// The room counts as last summed, until a report arrives or one it counted expires:
+    /// logic and job read them every second, and summing anew each time made a table of
+    /// every room each time.
+    totals: Mutex<Option<(RoomTotals, Instant)>>,
 }
 
 /// A report as kept: when it expires, and the Unix ms it was stored at.
@@ -29,6 +33,7 @@ impl EmbeddedRegistry {
         EmbeddedRegistry {
             ttl,
             reports: Mutex::default(),
+            totals: Mutex::default(),
         }
     }
 }
@@ -52,18 +57,26 @@ impl RegistryStore for EmbeddedRegistry {
             stored_ms: unix_ms(),
         };
         reports.insert(id, kept);
+        *lock(&self.totals) = None;
         Ok(())
     }
 
-    async fn room_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+    async fn room_counts(&self) -> Result<RoomTotals, StoreError> {
         let now = Instant::now();
         let reports = lock(&self.reports);
-        Ok(room_totals(
-            reports
-                .values()
-                .filter(|kept| kept.expires > now)
-                .map(|kept| &kept.report),
-        ))
+        let mut totals = lock(&self.totals);
+        if let Some((counts, _)) = totals.as_ref().filter(|(_, until)| now < *until) {
+            return Ok(counts.clone());
+        }
+        let live = || reports.values().filter(|kept| kept.expires > now);
+        let counts = Arc::new(room_totals(live().map(|kept| &kept.report)));
+        // Valid until the first of the reports counted expires (or a report arrives).
+        let until = live()
+            .map(|kept| kept.expires)
+            .min()
+            .unwrap_or(now + self.ttl);
+        *totals = Some((counts.clone(), until));
+        Ok(counts)
     }
 
     async fn comets(&self) -> Result<Vec<CometStatus>, StoreError> {
@@ -103,13 +116,25 @@ mod tests {
                 shard,
                 conn_count: n,
                 ip_count: 1,
-                rooms: BTreeMap::from([("live://1".to_string(), n)]),
+                rooms: BTreeMap::from([("live://1".into(), n)]),
                 lag_us: n * 100,
             })
             .await
             .unwrap();
         }
-        assert_eq!(s.room_counts().await.unwrap()["live://1"], 9);
+        let counts = s.room_counts().await.unwrap();
+        assert_eq!(counts["live://1"], 9);
+        // Handed out again while nothing changed, summed again once a report arrives.
+        assert!(Arc::ptr_eq(&counts, &s.room_counts().await.unwrap()));
+        s.report_online(OnlineReport {
+            comet: info("b"),
+            shard: 0,
+            rooms: BTreeMap::from([("live://1".into(), 1)]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.room_counts().await.unwrap()["live://1"], 6);
         let comets = s.comets().await.unwrap();
         assert_eq!(comets.len(), 2);
         assert_eq!(comets[0].conn_count, 5);
@@ -122,5 +147,19 @@ mod tests {
             (300, 400),
             "a comet's lag is its busiest shard's"
         );
+    }
+
+    #[tokio::test]
+    async fn counts_forget_a_report_once_it_expires() {
+        let s = EmbeddedRegistry::new(Duration::from_millis(100));
+        s.report_online(OnlineReport {
+            rooms: BTreeMap::from([("live://1".into(), 2)]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.room_counts().await.unwrap()["live://1"], 2);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(s.room_counts().await.unwrap().is_empty());
     }
 }
