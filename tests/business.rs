@@ -211,13 +211,16 @@ fn the_connect_hook_decides_who_connects() {
     };
     assert!(refused(r#"{"token": "bad"}"#).contains("refused by the connect hook (HTTP 403)"));
     let sent = Instant::now();
-    assert!(refused(r#"{"token": "slow"}"#).contains("connect hook unavailable"));
+    assert!(refused(r#"{"token": "slow"}"#).contains("connect hook unavailable: no answer"));
     assert!(sent.elapsed() < Duration::from_secs(3));
     assert!(refused(r#"{"token": "good-5", "room_id": "live://2"}"#).contains("not allowed"));
     let stats = g.logic_stats();
     assert_eq!(stats.connect_hook_ok, 1);
     assert_eq!(stats.connect_hook_refused, 2);
-    assert_eq!(stats.connect_hook_failed, 1);
+    assert_eq!(stats.connect_hook_timeout, 1);
+    // comet counts the refusals by what failed: the timeout is the hook's, not a refusal.
+    let comet = g.comet().stats();
+    assert_eq!((comet.auth_failed, comet.auth_hook_timeout), (3, 1));
     // The platform the business named is the connection's.
     let a = http(g.http_addr(), "GET", "/goim/online/mids?mids=77", b"");
     assert_eq!(a.json["data"]["77"][0]["platform"], "ios", "{:?}", a.json);
@@ -252,6 +255,136 @@ fn a_jwt_is_verified_without_the_hook_and_anything_else_goes_to_the_hook() {
         refusal(c.auth(&serde_json::json!({"token": forged}).to_string())).contains("signature")
     );
     assert_eq!(hook.received().len(), 1);
+    g.shutdown();
+}
+
+/// Found by probing: `[7]` was read as `{"mid": 7}`, and `"+7"` and `"007"` as mid 7. The hook's
+/// answer is trusted like a token, so only a JSON object with a canonical positive mid is.
+#[test]
+fn a_connect_hook_answer_is_read_strictly() {
+    let hook = Business::start(|r| {
+        let token = r.json()["auth"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Reply::With(200, token.into_bytes())
+    });
+    let g = Gateway::start(hook_config(&hook)).unwrap();
+    let auth = |answer: &str| {
+        let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+        c.auth(&serde_json::json!({ "token": answer }).to_string())
+    };
+    let bad = [
+        "[7]",
+        r#"{"mid":"+7"}"#,
+        r#"{"mid":"007"}"#,
+        r#"{"mid":" 7"}"#,
+        r#"{"mid":"7 "}"#,
+        r#"{"mid":"-7"}"#,
+        r#"{"mid":"0"}"#,
+        r#"{"mid":7.0}"#,
+        r#"{"mid":-7}"#,
+        r#"{"mid":"9223372036854775808"}"#,
+        r#"{"mid":[7]}"#,
+        r#"{"mid":7,"rooms":"live://1"}"#,
+        r#""7""#,
+        "7",
+        "",
+    ];
+    for answer in bad {
+        let reason = refusal(auth(answer));
+        assert!(
+            reason.contains("connect hook answered badly"),
+            "{answer}: {reason}"
+        );
+    }
+    auth(r#"{"mid":7}"#).expect("a number");
+    auth(r#"{"mid":"7","extra":true}"#).expect("a canonical decimal string");
+    auth(r#"{"mid":"9223372036854775807"}"#).expect("the largest mid");
+    let stats = g.logic_stats();
+    assert_eq!(stats.connect_hook_bad_answer, bad.len() as u64);
+    assert_eq!(stats.connect_hook_ok, 3);
+    assert_eq!(g.comet().stats().auth_hook_bad_answer, bad.len() as u64);
+    g.shutdown();
+}
+
+/// Found by probing: 3,000 auths against a hook that never answers opened 2,158 connections
+/// to it at once and were counted "refused" and "unavailable". The hook's waiters are bounded
+/// by `auth.connect_concurrency`: beyond it a connect is refused at once as busy, and every
+/// failure is counted by what failed.
+#[test]
+fn connects_waiting_for_the_hook_are_bounded_and_failures_counted_by_cause() {
+    const BOUND: usize = 4;
+    const CLIENTS: usize = 10;
+    let hook = Business::start(|_| Reply::Never);
+    let mut config = hook_config(&hook);
+    config.auth.connect_concurrency = BOUND;
+    config.auth.connect_timeout = Duration::from_secs(2);
+    config.comet.handshake_timeout = Duration::from_secs(5);
+    let g = Gateway::start(config).unwrap();
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+            let auth = serde_json::json!({ "token": format!("t{i}") }).to_string();
+            c.send(1, op::AUTH, 1, auth.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    // Refused without waiting for the hook: before any of the waiting ones times out.
+    eventually(Duration::from_millis(1500), "the busy refusals", || {
+        g.logic_stats().connect_hook_busy == (CLIENTS - BOUND) as u64
+    });
+    eventually(WAIT, "the bounded ones at the hook", || {
+        hook.received().len() == BOUND
+    });
+    let mut busy = 0;
+    let mut timed_out = 0;
+    for c in &mut clients {
+        let reply = c.recv(WAIT).expect("an answer");
+        assert_eq!(reply.op, op::DISCONNECT_REPLY);
+        match String::from_utf8_lossy(&reply.body).as_ref() {
+            "connect hook busy" => busy += 1,
+            r if r.starts_with("connect hook unavailable: no answer") => timed_out += 1,
+            other => panic!("unexpected refusal {other:?}"),
+        }
+        assert!(c.wait_closed(WAIT));
+    }
+    assert_eq!((busy, timed_out), (CLIENTS - BOUND, BOUND));
+    let stats = g.logic_stats();
+    assert_eq!(
+        (stats.connect_hook_busy, stats.connect_hook_timeout),
+        ((CLIENTS - BOUND) as u64, BOUND as u64)
+    );
+    let comet = g.comet().stats();
+    assert_eq!(
+        (
+            comet.auth_hook_busy,
+            comet.auth_hook_timeout,
+            comet.auth_unavailable
+        ),
+        ((CLIENTS - BOUND) as u64, BOUND as u64, 0)
+    );
+    // The bound is given back: the next connect reaches the hook again.
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    let reason = refusal(c.auth(r#"{"token": "again"}"#));
+    assert!(reason.contains("no answer"), "{reason}");
+    assert_eq!(hook.received().len(), BOUND + 1);
+    g.shutdown();
+}
+
+#[test]
+fn an_unreachable_connect_hook_is_counted_as_unreachable() {
+    let mut config = test_config();
+    config.auth.connect_url = Some(format!(
+        "http://127.0.0.1:{}/connect",
+        imgate_testkit::free_port()
+    ));
+    let g = Gateway::start(config).unwrap();
+    let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+    let reason = refusal(c.auth(r#"{"token": "x"}"#));
+    assert!(reason.contains("unreachable"), "{reason}");
+    assert_eq!(g.logic_stats().connect_hook_unreachable, 1);
+    assert_eq!(g.comet().stats().auth_hook_unreachable, 1);
     g.shutdown();
 }
 

@@ -183,6 +183,88 @@ fn joins_are_bounded_by_the_limit_and_the_name_and_wait_for_auth() {
     g.shutdown();
 }
 
+/// Found by probing: op 12 read its name lossily, so `\xff\xfeabc` and `\xfd\xfcabc` landed
+/// in one room. A name that is not UTF-8 is refused like op 24's: an empty op 13, counted,
+/// and the connection stays in its room.
+#[test]
+fn a_room_change_to_a_name_that_is_not_utf8_is_refused() {
+    let g = gateway();
+    let mut a = client(g.tcp_addr(), Transport::Tcp, 0, "", "live://m", &[]);
+    let mut b = client(g.tcp_addr(), Transport::Tcp, 0, "", "live://m", &[]);
+    assert_eq!(
+        ask(
+            &mut a,
+            op::CHANGE_ROOM,
+            op::CHANGE_ROOM_REPLY,
+            2,
+            b"\xff\xfeabc"
+        ),
+        b""
+    );
+    assert_eq!(
+        ask(
+            &mut b,
+            op::CHANGE_ROOM,
+            op::CHANGE_ROOM_REPLY,
+            2,
+            b"\xfd\xfcabc"
+        ),
+        b""
+    );
+    assert_eq!(g.comet().stats().room_refused, 2);
+    // Both are still in their room, and a valid change still works.
+    room_push(&g, "m", "still here");
+    assert_eq!(next_push(&mut a).1, "still here");
+    assert_eq!(next_push(&mut b).1, "still here");
+    assert_eq!(
+        ask(
+            &mut a,
+            op::CHANGE_ROOM,
+            op::CHANGE_ROOM_REPLY,
+            3,
+            b"live://n"
+        ),
+        b"live://n"
+    );
+    eventually(WAIT, "one in each room", || {
+        let data = online(&g, &["m", "n"]);
+        data["m"] == 1 && data["n"] == 1
+    });
+    g.shutdown();
+}
+
+/// A shard of many rooms reports them in parts (a report of one frame had no bound: past 16 MiB
+/// of room names the link refused it, every report); logic counts every room either way.
+#[test]
+fn a_shard_with_many_rooms_reports_them_all() {
+    const ROOMS: usize = 600;
+    let mut config = test_config();
+    config.comet.max_rooms_per_conn = ROOMS;
+    config.comet.upstream_burst = 2 * ROOMS as u32;
+    config.comet.upstream_rate = 10 * ROOMS as u32;
+    let g = imgate::standalone::Gateway::start(config).expect("gateway starts");
+    let mut c = client(g.tcp_addr(), Transport::Tcp, 0, "", "", &[]);
+    // 600 rooms of 256-byte names: ~160 KB of report, three parts.
+    let name = |i: usize| format!("{i:0>249}");
+    for i in 0..ROOMS {
+        let room = format!("live://{}", name(i));
+        assert_eq!(
+            ask(&mut c, op::JOIN, op::JOIN_REPLY, i as i32, room.as_bytes()),
+            room.as_bytes()
+        );
+    }
+    let sample = [0, 1, ROOMS / 2, ROOMS - 2, ROOMS - 1].map(name);
+    eventually(WAIT, "every part counted", || {
+        let data = online(&g, &sample.iter().map(String::as_str).collect::<Vec<_>>());
+        sample.iter().all(|r| data[r] == 1)
+    });
+    eventually(WAIT, "all the rooms counted", || {
+        let a = http(g.http_addr(), "GET", "/status.json", b"");
+        a.json["logic"]["rooms"] == ROOMS
+    });
+    g.shutdown();
+}
+
 /// Splits an op-28 body into its room and its frames (op, seq, body).
 fn tagged(body: &[u8]) -> (String, Vec<(i32, i32, String)>) {
     let len = u16::from_be_bytes([body[0], body[1]]) as usize;

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -18,9 +19,7 @@ use crate::limits::{now_ms, RateLimit};
 use crate::reassembly::Reassembly;
 use crate::stats::ShardStats;
 use crate::stream::ClientStream;
-
-/// Most ops one connection may watch; further subscriptions are ignored.
-const MAX_WATCHED_OPS: usize = 1024;
+use crate::watch::Watched;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,16 +138,16 @@ pub(crate) struct Conn {
     pub key: Rc<str>,
     pub peer_ip: Option<IpAddr>,
     /// Its main room (goim's one room: op 12, the heartbeat reply's count).
-    pub(crate) room: Cell<Option<Rc<str>>>,
+    pub(crate) room: Cell<Option<Arc<str>>>,
     /// The other rooms it joined (op 24); rare, so boxed.
     #[allow(clippy::box_collection)]
-    pub(crate) joined: RefCell<Option<Box<Vec<Rc<str>>>>>,
+    pub(crate) joined: RefCell<Option<Box<Vec<Arc<str>>>>>,
     /// The rooms this connection may change to (its token's `rooms` claim); `None`: any.
     /// Boxed: a thin pointer costs every connection 8 bytes, the list itself is rare.
     #[allow(clippy::box_collection)]
     pub allowed_rooms: Option<Box<Vec<String>>>,
-    /// The ops this connection watches (rarely changed, so an exact-size slice).
-    pub(crate) watch: RefCell<Box<[i32]>>,
+    /// The ops this connection watches.
+    pub(crate) watch: Watched,
     pub(crate) delivery: Delivery,
     pub(crate) queue: RefCell<VecDeque<Queued>>,
     /// Bytes of the entries in `queue`.
@@ -179,7 +178,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// Whether key pushes and broadcasts with `op` reach this connection.
     pub fn watches(&self, op: i32) -> bool {
-        self.watch.borrow().contains(&op)
+        self.watch.contains(op)
     }
 
     /// Queues `frame`, or closes the connection as too slow if its queue is over `limits`.
@@ -332,7 +331,7 @@ impl Conn {
     }
 
     /// Remembers joined room `room` (the shard's key for it).
-    pub fn add_joined(&self, room: Rc<str>) {
+    pub fn add_joined(&self, room: Arc<str>) {
         self.joined
             .borrow_mut()
             .get_or_insert_with(Default::default)
@@ -340,7 +339,7 @@ impl Conn {
     }
 
     /// Every joined room (besides the main one), forgotten.
-    pub fn take_joined(&self) -> Vec<Rc<str>> {
+    pub fn take_joined(&self) -> Vec<Arc<str>> {
         self.joined
             .borrow_mut()
             .take()
@@ -349,7 +348,7 @@ impl Conn {
     }
 
     /// The room this connection is in.
-    pub fn room(&self) -> Option<Rc<str>> {
+    pub fn room(&self) -> Option<Arc<str>> {
         let room = self.room.take();
         self.room.set(room.clone());
         room
@@ -357,7 +356,7 @@ impl Conn {
 
     /// Puts the connection in `room` (the shard's key for it) or none; returns the room it
     /// was in.
-    pub fn set_room(&self, room: Option<Rc<str>>) -> Option<Rc<str>> {
+    pub fn set_room(&self, room: Option<Arc<str>>) -> Option<Arc<str>> {
         self.room.replace(room)
     }
 
@@ -370,30 +369,6 @@ impl Conn {
     pub(crate) fn wake_writer(&self) {
         if let Some(w) = self.writer.take() {
             w.wake();
-        }
-    }
-
-    pub(crate) fn subscribe(&self, ops: &[i32]) {
-        let mut watch = self.watch.borrow_mut();
-        let mut grown = watch.to_vec();
-        for op in ops {
-            if !grown.contains(op) && grown.len() < MAX_WATCHED_OPS {
-                grown.push(*op);
-            }
-        }
-        if grown.len() != watch.len() {
-            *watch = grown.into_boxed_slice();
-        }
-    }
-
-    pub(crate) fn unsubscribe(&self, ops: &[i32]) {
-        let mut watch = self.watch.borrow_mut();
-        if watch.iter().any(|op| ops.contains(op)) {
-            *watch = watch
-                .iter()
-                .filter(|op| !ops.contains(op))
-                .copied()
-                .collect();
         }
     }
 
@@ -447,3 +422,38 @@ impl PartialEq for ById {
 }
 
 impl Eq for ById {}
+
+#[cfg(test)]
+impl ById {
+    /// A connection with id `id` and no socket, for tests of what holds connections.
+    pub fn for_test(id: u64) -> ById {
+        ById(Rc::new(Conn {
+            id,
+            mid: 0,
+            key: Rc::from(""),
+            peer_ip: None,
+            room: Cell::new(None),
+            joined: RefCell::new(None),
+            allowed_rooms: None,
+            watch: Watched::default(),
+            delivery: Delivery::new(false, 0),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            awaits_drain: Cell::new(false),
+            unsent: Cell::new(None),
+            writer: Cell::new(None),
+            stream: RefCell::new(ClientStream::Closed),
+            rx: RefCell::new(Reassembly::new(false, 4096)),
+            upstream: Cell::new(RateLimit::new(1, 0)),
+            heartbeat_ms: 1000,
+            last_heartbeat: Cell::new(0),
+            last_logic_heartbeat: Cell::new(0),
+            close: Cell::new(None),
+            reading: Cell::new(Reading::Open),
+            flush_then_close: Cell::new(false),
+            in_ring: Cell::new(false),
+            websocket: false,
+            room_tags: false,
+        }))
+    }
+}

@@ -12,7 +12,7 @@ use futures_lite::future;
 use imgate_runtime::net::Socket;
 use imgate_runtime::time::sleep;
 use imgate_shared::frame::op;
-use imgate_shared::link::{Body, ConnRef, Connect, ConnectReply, Disconnect};
+use imgate_shared::link::{failure_cause, Body, ConnRef, Connect, ConnectReply, Disconnect};
 use imgate_shared::ws::{self, opcode, WsError};
 
 use crate::conn::{CloseReason, Conn, Reading};
@@ -28,6 +28,7 @@ use crate::shard::{Shard, SCRATCH_SIZE};
 use crate::socket_io::{read_with, write_all};
 use crate::stream::ClientStream;
 use crate::sync::catch_up;
+use crate::watch::Watched;
 
 /// Heartbeat expiry used when logic returns none (goim's 4 min × 2), in milliseconds.
 const DEFAULT_HEARTBEAT_MS: u32 = 480_000;
@@ -210,7 +211,7 @@ fn admit(
         allowed_rooms: r
             .rooms_limited
             .then(|| Box::new(std::mem::take(&mut r.allowed_rooms))),
-        watch: RefCell::new(Box::default()),
+        watch: Watched::default(),
         delivery: Delivery::new(!r.acks && r.mid > 0, r.inbox_floor),
         queue: RefCell::new(VecDeque::new()),
         queued_bytes: Cell::new(0),
@@ -230,7 +231,7 @@ fn admit(
         websocket,
         room_tags: r.room_tags,
     });
-    conn.subscribe(&r.accepts);
+    conn.watch.subscribe(&mut r.accepts);
     shard.register(&conn, &r.room);
     shard.reply(&conn, reply(websocket, ver, op::AUTH_REPLY, seq, &[]));
     // The user's unacknowledged stored messages follow the auth reply.
@@ -285,7 +286,7 @@ impl HandshakeFrames {
             }
             Event::Close(payload) => {
                 self.control
-                    .push(ws_control(opcode::CLOSE, payload.get(..2).unwrap_or(&[])));
+                    .push(ws_control(opcode::CLOSE, &ws::close_answer(payload)));
                 self.closing = true;
                 Flow::Stop
             }
@@ -394,9 +395,17 @@ async fn handshake(
             shard.stats.auth_unavailable.inc();
             "auth could not be checked".to_string()
         }
-        Err(LogicError::Refused(reason)) => {
-            tracing::debug!(conn_id, "auth refused: {reason}");
-            reason
+        Err(LogicError::Refused { message, cause }) => {
+            tracing::debug!(conn_id, cause, "auth refused: {message}");
+            let stats = &shard.stats;
+            match cause.as_str() {
+                failure_cause::HOOK_TIMEOUT => stats.auth_hook_timeout.inc(),
+                failure_cause::HOOK_UNREACHABLE => stats.auth_hook_unreachable.inc(),
+                failure_cause::HOOK_BAD_ANSWER => stats.auth_hook_bad_answer.inc(),
+                failure_cause::HOOK_BUSY => stats.auth_hook_busy.inc(),
+                _ => {}
+            }
+            message
         }
         Err(e) => {
             tracing::debug!(conn_id, "auth failed: {e}");

@@ -35,6 +35,7 @@ mod socket_io;
 mod stats;
 mod stream;
 mod sync;
+mod watch;
 mod writer;
 
 use std::net::SocketAddr;

@@ -35,8 +35,10 @@ pub(crate) enum LogicError {
     Timeout(Duration),
     #[error("the connection to logic was lost")]
     Disconnected,
-    #[error("logic refused: {0}")]
-    Refused(String),
+    /// Logic answered with a failure: its message, and what failed
+    /// ([`link::failure_cause`]; empty: refused).
+    #[error("logic refused: {message}")]
+    Refused { message: String, cause: String },
 }
 
 #[derive(Default)]
@@ -159,7 +161,10 @@ impl LogicClient {
         })
         .await;
         match result {
-            Ok(Body::Error(failure)) => Err(LogicError::Refused(failure.message)),
+            Ok(Body::Error(failure)) => Err(LogicError::Refused {
+                message: failure.message,
+                cause: failure.cause,
+            }),
             other => other,
         }
     }
@@ -229,12 +234,27 @@ impl LogicClient {
     async fn write_loop(&self, stream: &RefCell<Socket>) -> String {
         let mut batch: Vec<u8> = Vec::new();
         loop {
+            // A frame as large as a whole batch goes out as it is, not copied into one (an
+            // online report with many rooms is megabytes).
+            let mut alone: Option<Bytes> = None;
             poll_fn(|cx| {
                 let mut queue = self.outgoing.borrow_mut();
                 let pending = self.pending.borrow();
                 while let Some(item) = queue.front() {
                     if !batch.is_empty() && batch.len() + item.frame.len() > WRITE_BATCH {
                         break;
+                    }
+                    if batch.is_empty() && item.frame.len() >= WRITE_BATCH {
+                        if !item.awaited || pending.contains_key(&item.id) {
+                            alone = Some(item.frame.clone());
+                        }
+                        self.outgoing_bytes
+                            .set(self.outgoing_bytes.get() - item.frame.len());
+                        queue.pop_front();
+                        if alone.is_some() {
+                            break;
+                        }
+                        continue;
                     }
                     if !item.awaited || pending.contains_key(&item.id) {
                         batch.extend_from_slice(&item.frame);
@@ -243,7 +263,7 @@ impl LogicClient {
                         .set(self.outgoing_bytes.get() - item.frame.len());
                     queue.pop_front();
                 }
-                if batch.is_empty() {
+                if batch.is_empty() && alone.is_none() {
                     *self.writer.borrow_mut() = Some(cx.waker().clone());
                     Poll::Pending
                 } else {
@@ -251,7 +271,8 @@ impl LogicClient {
                 }
             })
             .await;
-            if let Err(e) = write_all(stream, &batch).await {
+            let out: &[u8] = alone.as_deref().unwrap_or(&batch);
+            if let Err(e) = write_all(stream, out).await {
                 return format!("write error: {e}");
             }
             batch.clear();

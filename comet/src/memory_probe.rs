@@ -27,6 +27,13 @@ static LIVE_COUNT: [AtomicI64; SIZES] = [const { AtomicI64::new(0) }; SIZES];
 thread_local! {
     /// 0: not decided yet, 1: a comet shard thread (counted), 2: any other thread.
     static COUNTED: Cell<u8> = const { Cell::new(0) };
+    /// Bytes this thread holds (allocated minus freed by it), whatever the thread.
+    static THREAD_BYTES: Cell<i64> = const { Cell::new(0) };
+}
+
+/// Bytes the calling thread holds: what it allocated and did not free, by requested size.
+pub(crate) fn thread_bytes() -> i64 {
+    THREAD_BYTES.with(Cell::get)
 }
 
 fn counted() -> bool {
@@ -45,6 +52,7 @@ fn counted() -> bool {
 }
 
 fn record(size: usize, sign: i64) {
+    THREAD_BYTES.with(|b| b.set(b.get() + sign * size as i64));
     if counted() {
         let slot = size.min(SIZES - 1);
         LIVE_BYTES[slot].fetch_add(sign * size as i64, Ordering::Relaxed);

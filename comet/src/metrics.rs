@@ -70,13 +70,24 @@ impl Collector for CometCollector {
         counter_family(
             &mut e,
             "imgate_auth_failures",
-            "Connections closed because logic refused their auth or could not answer.",
+            "Connections closed because their auth failed: refused (by logic or the connect \
+             hook), logic unavailable, or the connect hook timed out, unreachable, answered \
+             badly or busy.",
             [
                 (
                     with("reason", "refused"),
-                    s.auth_failed.saturating_sub(s.auth_unavailable),
+                    s.auth_failed
+                        .saturating_sub(s.auth_unavailable)
+                        .saturating_sub(s.auth_hook_timeout)
+                        .saturating_sub(s.auth_hook_unreachable)
+                        .saturating_sub(s.auth_hook_bad_answer)
+                        .saturating_sub(s.auth_hook_busy),
                 ),
                 (with("reason", "unavailable"), s.auth_unavailable),
+                (with("reason", "hook_timeout"), s.auth_hook_timeout),
+                (with("reason", "hook_unreachable"), s.auth_hook_unreachable),
+                (with("reason", "hook_bad_answer"), s.auth_hook_bad_answer),
+                (with("reason", "hook_busy"), s.auth_hook_busy),
             ],
         )?;
         counter_family(

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use imgate_shared::frame::{op, Header};
 use imgate_shared::link::{Body, Heartbeat, InboxAck, Upstream};
-use imgate_shared::ws::opcode;
+use imgate_shared::ws::{self, opcode};
 
 use crate::conn::{CloseReason, Conn, SyncRequest};
 use crate::heartbeat::{clock_ms, stamp};
@@ -89,8 +89,7 @@ pub(crate) fn on_event(shard: &Rc<Shard>, conn: &Rc<Conn>, event: Event<'_>) -> 
             Flow::Continue
         }
         Event::Close(payload) => {
-            let code = payload.get(..2).unwrap_or(&[]);
-            shard.reply(conn, ws_control(opcode::CLOSE, code));
+            shard.reply(conn, ws_control(opcode::CLOSE, &ws::close_answer(payload)));
             Flow::Stop
         }
         Event::Partial => Flow::Continue,
@@ -123,17 +122,21 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             reply(ws, h.ver, op::HEARTBEAT_REPLY, h.seq, &online.to_be_bytes())
         }
         op::CHANGE_ROOM => {
-            let room = String::from_utf8_lossy(body);
-            if room.len() > MAX_ROOM_LEN {
-                shard.stats.room_refused.inc();
-                return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
-            }
-            if !room.is_empty() && !conn.may_enter(&room) {
+            // Empty: leave the main room. A name that is not UTF-8 is refused like op 24's
+            // (read lossily, two different names would land in one room).
+            let room = match std::str::from_utf8(body) {
+                Ok(room) if room.len() <= MAX_ROOM_LEN => room,
+                _ => {
+                    shard.stats.room_refused.inc();
+                    return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
+                }
+            };
+            if !room.is_empty() && !conn.may_enter(room) {
                 // Refused: the connection stays where it is; the empty reply says so.
                 shard.stats.room_refused.inc();
                 return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
             }
-            shard.change_room(conn, &room);
+            shard.change_room(conn, room);
             reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, body)
         }
         op::JOIN => {
@@ -161,14 +164,16 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             reply(ws, h.ver, op::LEAVE_REPLY, h.seq, echoed)
         }
         op::SUB => {
-            if let Some(ops) = parse_ops(body) {
-                conn.subscribe(&ops);
+            if !conn.watch.is_full() {
+                if let Some(mut ops) = parse_ops(body) {
+                    conn.watch.subscribe(&mut ops);
+                }
             }
             reply(ws, h.ver, op::SUB_REPLY, h.seq, body)
         }
         op::UNSUB => {
-            if let Some(ops) = parse_ops(body) {
-                conn.unsubscribe(&ops);
+            if let Some(mut ops) = parse_ops(body) {
+                conn.watch.unsubscribe(&mut ops);
             }
             reply(ws, h.ver, op::UNSUB_REPLY, h.seq, body)
         }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use imgate_runtime::net::Socket as ClientSocket;
 use imgate_runtime::time::sleep;
 use imgate_runtime::{spawn_local, LoopStats, Task};
-use imgate_shared::link::Body;
 
 use crate::backlink;
 use crate::conn::CloseReason;
@@ -196,22 +195,7 @@ const EARLY_LOOK: Duration = Duration::from_secs(1);
 async fn renew_online(shard: Rc<Shard>) {
     let config = &shard.comet.config;
     loop {
-        let report = shard.online_report();
-        let ok = match shard
-            .logic
-            .request(Body::RenewOnline(report), config.logic_timeout)
-            .await
-        {
-            Ok(Body::RenewOnlineReply(reply)) => {
-                shard.set_cluster_rooms(reply.rooms.into_iter().collect());
-                true
-            }
-            Ok(_) => true,
-            Err(e) => {
-                tracing::debug!(shard = shard.index, "online report failed: {e}");
-                false
-            }
-        };
+        let ok = shard.report_online().await;
         let wait = if ok {
             config.online_interval
         } else {

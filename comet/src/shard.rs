@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use imgate_runtime::LoopStats;
-use imgate_shared::link::{ConnRef, RenewOnline};
+use imgate_shared::link::{Body, ConnRef, RenewOnline, RoomCount, REPORT_PART_BYTES};
 
 use crate::backlink::LinkBack;
 use crate::conn::{ById, CloseReason, Conn, QueueLimits, SyncRequest};
@@ -59,7 +59,6 @@ pub(crate) struct Shard {
     /// Heartbeat deadlines of the connections in `conns`.
     heartbeats: RefCell<Wheel>,
     rooms: RefCell<Rooms<ById>>,
-    cluster_rooms: RefCell<HashMap<String, u32>>,
     /// Tasks waiting for a connection's queue to empty (stored messages are sent a page at a
     /// time), by connection id; few at once, so kept here rather than in every connection.
     drain_waiters: RefCell<HashMap<u64, Waker>>,
@@ -125,7 +124,6 @@ impl Shard {
             authenticating: RefCell::new(HashMap::new()),
             heartbeats: RefCell::new(Wheel::new(clock_ms())),
             rooms: RefCell::new(Rooms::new(early_members)),
-            cluster_rooms: RefCell::new(HashMap::new()),
             drain_waiters: RefCell::new(HashMap::new()),
             syncs: RefCell::new(HashMap::new()),
             job_links: RefCell::new(Vec::new()),
@@ -351,8 +349,7 @@ impl Shard {
 
     /// The online count a heartbeat reply reports for `room`.
     pub fn room_online(&self, room: &str) -> u32 {
-        let cluster = self.cluster_rooms.borrow().get(room).copied().unwrap_or(0);
-        cluster.max(self.rooms.borrow().count(room))
+        self.rooms.borrow().online(room)
     }
 
     /// A connection starts waiting for logic's answer to its auth.
@@ -471,9 +468,12 @@ impl Shard {
         self.stopping.set(true);
     }
 
-    /// Keeps the cluster-wide room counts logic answered the last online report with.
-    pub fn set_cluster_rooms(&self, rooms: HashMap<String, u32>) {
-        *self.cluster_rooms.borrow_mut() = rooms;
+    /// Keeps the cluster-wide room counts logic answered the last online report with, in the
+    /// rooms themselves (no second copy of their names).
+    pub fn set_cluster_rooms(&self, rooms: Vec<RoomCount>) {
+        self.rooms
+            .borrow_mut()
+            .set_cluster_counts(rooms.iter().filter_map(|r| Some((r.name()?, r.count))));
     }
 
     /// How late a heartbeat tick ran (the shard's lag, reported to logic).
@@ -546,27 +546,101 @@ impl Shard {
         }
     }
 
-    pub(crate) fn online_report(&self) -> RenewOnline {
+    /// Reports this shard to logic (its rooms in parts, [`report_parts`]) and keeps the
+    /// cluster-wide room counts of the answers; false if logic did not answer every part.
+    pub(crate) async fn report_online(&self) -> bool {
+        if self.index == 0 {
+            // Names of rooms that emptied since, unless another service of the process holds
+            // them (one shard sweeps for the comet; logic sweeps its own).
+            imgate_shared::intern::sweep();
+        }
         let rooms = self.rooms.borrow_mut().counts();
         // Refreshed with each report: a scrape reads it, the shard's thread keeps the rooms.
         self.stats.rooms.set(rooms.len() as u64);
-        RenewOnline {
-            comet: Some(self.comet.info.clone()),
-            shard: self.index,
-            conn_count: self.conns.borrow().len() as u32,
-            rooms,
-            // Comet-wide: every shard reports the same figure, and the registry keeps one per
-            // comet rather than summing shards.
-            ip_count: self.comet.addresses.distinct() as u32,
-            lag_us: self.lag.take_mean_us(),
-            busy_permille: self.busy.take_permille(&self.loop_stats),
+        let parts = report_parts(rooms, REPORT_PART_BYTES);
+        let last = parts.len() - 1;
+        let mut cluster = Vec::new();
+        for (i, rooms) in parts.into_iter().enumerate() {
+            let part = RenewOnline {
+                comet: Some(self.comet.info.clone()),
+                shard: self.index,
+                conn_count: self.conns.borrow().len() as u32,
+                // The names themselves, not copies.
+                rooms: rooms
+                    .into_iter()
+                    .map(|(name, count)| RoomCount::new(name, count))
+                    .collect(),
+                // Comet-wide: every shard reports the same figure, and the registry keeps one
+                // per comet rather than summing shards.
+                ip_count: self.comet.addresses.distinct() as u32,
+                lag_us: if i == last {
+                    self.lag.take_mean_us()
+                } else {
+                    0
+                },
+                busy_permille: if i == last {
+                    self.busy.take_permille(&self.loop_stats)
+                } else {
+                    0
+                },
+                part: i as u32,
+                more: i < last,
+            };
+            let timeout = self.comet.config.logic_timeout;
+            match self.logic.request(Body::RenewOnline(part), timeout).await {
+                Ok(Body::RenewOnlineReply(reply)) => cluster.extend(reply.rooms),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(shard = self.index, "online report failed: {e}");
+                    return false;
+                }
+            }
+        }
+        self.set_cluster_rooms(cluster);
+        true
+    }
+}
+
+/// `rooms` in parts of at most `budget` bytes of report each (a room larger than that alone
+/// in its part); one empty part when there are none, so a report always reaches logic.
+fn report_parts(rooms: Vec<(Arc<str>, u32)>, budget: usize) -> Vec<Vec<(Arc<str>, u32)>> {
+    let mut parts = vec![Vec::new()];
+    let mut used = 0;
+    for (name, count) in rooms {
+        let len = RoomCount::report_len(&name);
+        if used + len > budget && used > 0 {
+            parts.push(Vec::new());
+            used = 0;
+        }
+        used += len;
+        if let Some(part) = parts.last_mut() {
+            part.push((name, count));
         }
     }
+    parts
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_comes_in_parts_of_a_bounded_size() {
+        let room = |i: usize, len: usize| -> (Arc<str>, u32) { (format!("{i:0>len$}").into(), 1) };
+        assert_eq!(
+            report_parts(Vec::new(), 100),
+            [Vec::new()],
+            "one empty part"
+        );
+        let rooms: Vec<_> = (0..10).map(|i| room(i, 38)).collect(); // 50 bytes each
+        let parts = report_parts(rooms.clone(), 100);
+        assert_eq!(parts.len(), 5);
+        assert!(parts.iter().all(|p| p.len() == 2));
+        assert_eq!(parts.concat(), rooms, "all of them, in order");
+        // A room larger than a part goes alone.
+        let parts = report_parts(vec![room(1, 10), room(2, 500), room(3, 10)], 100);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
+    }
 
     #[test]
     fn fan_outs_go_in_accept_order_whatever_the_hash_order() {

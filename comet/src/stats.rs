@@ -20,6 +20,15 @@ imgate_shared::counters! {
         auth_failed: Counter,
         /// Of those, the ones logic could not answer (unreachable, too slow).
         auth_unavailable: Counter,
+        /// Of those, the ones refused because the connect hook did not answer in time.
+        auth_hook_timeout: Counter,
+        /// Of those, the ones refused because the connect hook could not be reached.
+        auth_hook_unreachable: Counter,
+        /// Of those, the ones refused because the connect hook's answer was not a valid one.
+        auth_hook_bad_answer: Counter,
+        /// Of those, the ones refused at once because `auth.connect_concurrency` connects
+        /// waited for the connect hook already.
+        auth_hook_busy: Counter,
         /// Connections closed for a protocol error (bad frame, bad upgrade, bad WebSocket
         /// framing).
         closed_malformed: Counter,
@@ -48,7 +57,7 @@ imgate_shared::counters! {
         /// backlog or a sync carried them).
         push_dropped_duplicate: Counter,
         /// Room changes, joins and room-history syncs refused because the connection's token
-        /// does not allow that room (or its name is too long).
+        /// does not allow that room (or its name is too long, or not UTF-8).
         room_refused: Counter,
         /// Connections closed at accept because the comet holds `max_conns`.
         refused_conn_limit: Counter,

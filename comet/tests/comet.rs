@@ -1,7 +1,6 @@
 //! Starts a real comet on port 0 against a tiny in-test logic responder and talks to it over
 //! real sockets: goim TCP and WebSocket clients, and a job-style link connection.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -79,6 +78,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                 if token == "bad" {
                                     Body::Error(Failure {
                                         message: "refused".into(),
+                                        ..Default::default()
                                     })
                                 } else {
                                     let mut reply = ConnectReply {
@@ -138,6 +138,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                 if r.room == "fail" {
                                     Body::Error(Failure {
                                         message: "no such room".into(),
+                                        ..Default::default()
                                     })
                                 } else if r.room.is_empty() {
                                     Body::InboxMessages(InboxMessages {
@@ -157,7 +158,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                             }
                             Some(Body::RenewOnline(_)) => {
                                 Body::RenewOnlineReply(link::RenewOnlineReply {
-                                    rooms: BTreeMap::from([("live://1".to_string(), 42)]),
+                                    rooms: vec![link::RoomCount::new("live://1".into(), 42)],
                                 })
                             }
                             Some(Body::Disconnect(d)) => {
@@ -198,6 +199,19 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<(i32, i32, Vec<u8>)> {
 }
 
 fn ws_client(addr: SocketAddr, token: &str) -> TcpStream {
+    let mut s = ws_upgraded(addr);
+    let auth = frame::encode(1, op::AUTH, 1, token.as_bytes());
+    s.write_all(&ws::encode_client_frame(
+        opcode::BINARY,
+        &auth,
+        [7, 7, 7, 7],
+    ))
+    .unwrap();
+    s
+}
+
+/// A WebSocket connection past its upgrade, not authenticated.
+fn ws_upgraded(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(b"GET /sub HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
@@ -212,13 +226,6 @@ fn ws_client(addr: SocketAddr, token: &str) -> TcpStream {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    let auth = frame::encode(1, op::AUTH, 1, token.as_bytes());
-    s.write_all(&ws::encode_client_frame(
-        opcode::BINARY,
-        &auth,
-        [7, 7, 7, 7],
-    ))
-    .unwrap();
     s
 }
 
@@ -440,6 +447,65 @@ fn comet_serves_tcp_and_websocket_clients() {
     // The ports are free again.
     TcpListener::bind(tcp).unwrap();
     TcpListener::bind(wsa).unwrap();
+}
+
+/// Found by probing: a close frame no peer may send (code 999, a one-byte payload) was echoed
+/// back; RFC 6455 asks for 1002, and 1007 for a reason that is not UTF-8. Before auth as after.
+#[test]
+fn a_close_frame_no_peer_may_send_is_answered_with_a_protocol_error() {
+    let logic = fake_logic(Seen::default());
+    let comet = imgate_comet::start(&small_config(logic)).unwrap();
+    let addr = comet.ws_addrs()[0];
+    let cases: [(&[u8], u16); 4] = [
+        (&999u16.to_be_bytes(), 1002),
+        (&[3], 1002),
+        (&[0x03, 0xe8, 0xff, 0xfe], 1007),
+        (&[0x0f, 0xa0, b'o', b'k'], 4000),
+    ];
+    for (authenticated, (payload, answer)) in [false, true]
+        .into_iter()
+        .flat_map(|a| cases.iter().map(move |c| (a, c)))
+    {
+        let mut s = if authenticated {
+            let mut s = ws_client(addr, "closer");
+            assert_eq!(read_ws_message(&mut s).unwrap().0, opcode::BINARY);
+            s
+        } else {
+            ws_upgraded(addr)
+        };
+        s.write_all(&ws::encode_client_frame(
+            opcode::CLOSE,
+            payload,
+            [9, 8, 7, 6],
+        ))
+        .unwrap();
+        assert_eq!(
+            read_ws_message(&mut s).unwrap(),
+            (opcode::CLOSE, answer.to_be_bytes().to_vec()),
+            "{payload:?}, authenticated: {authenticated}"
+        );
+        expect_closed(&mut s);
+    }
+    comet.shutdown();
+}
+
+/// Found by probing: an HTTP/1.0 upgrade was answered 101; RFC 6455 needs HTTP/1.1.
+#[test]
+fn an_http_1_0_upgrade_gets_400() {
+    let logic = fake_logic(Seen::default());
+    let comet = imgate_comet::start(&small_config(logic)).unwrap();
+    let mut s = TcpStream::connect(comet.ws_addrs()[0]).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /sub HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("HTTP/1.1"), "says why: {answer}");
+    wait_for("the malformed close counted", || {
+        comet.stats().closed_malformed == 1
+    });
+    comet.shutdown();
 }
 
 fn small_config(logic: SocketAddr) -> CometConfig {

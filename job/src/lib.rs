@@ -189,7 +189,7 @@ impl Router {
                 _ = registry_tick.tick() => {
                     self.registry.refresh().await;
                     if let Some((sizes, shards)) = self.registry.room_sizes().await {
-                        self.batcher.set_sizes(&sizes, shards);
+                        self.batcher.set_sizes(sizes, shards);
                     }
                 }
                 event = consumer.recv() => match event {

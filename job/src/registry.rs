@@ -160,7 +160,7 @@ impl Registry {
 
     /// Members per room across the cluster and the comets' total shard count, from the
     /// online reports (None when the store cannot be read).
-    pub(crate) async fn room_sizes(&self) -> Option<(HashMap<String, u64>, u64)> {
+    pub(crate) async fn room_sizes(&self) -> Option<(imgate_store::RoomTotals, u64)> {
         let sizes = match self.store.room_counts().await {
             Ok(sizes) => sizes,
             Err(e) => {

@@ -21,6 +21,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -72,8 +73,9 @@ pub(crate) struct RoomBatcher {
     last_flush: HashMap<String, Instant>,
     /// The share of `writes_per_shard` in use ([`crate::pacing::Budget`]).
     share: f64,
-    /// The room sizes and shard count of the last [`RoomBatcher::set_sizes`].
-    sizes: HashMap<String, u64>,
+    /// The room sizes and shard count of the last [`RoomBatcher::set_sizes`] (the names
+    /// shared with the registry's, not copied).
+    sizes: Arc<HashMap<Arc<str>, u64>>,
     shards: u64,
     last_paced_flush: Option<Instant>,
 }
@@ -91,7 +93,7 @@ impl RoomBatcher {
             intervals: HashMap::new(),
             last_flush: HashMap::new(),
             share: 1.0,
-            sizes: HashMap::new(),
+            sizes: Arc::default(),
             shards: 1,
             last_paced_flush: None,
         }
@@ -113,7 +115,7 @@ impl RoomBatcher {
             .map(|(room, interval)| {
                 (
                     room.as_str(),
-                    self.sizes.get(room).copied().unwrap_or(0),
+                    self.sizes.get(room.as_str()).copied().unwrap_or(0),
                     *interval,
                 )
             })
@@ -122,8 +124,8 @@ impl RoomBatcher {
 
     /// Takes the cluster's room sizes (members per room) and its number of comet shards, and
     /// works out which rooms are paced and how.
-    pub(crate) fn set_sizes(&mut self, sizes: &HashMap<String, u64>, shards: u64) {
-        self.sizes = sizes.clone();
+    pub(crate) fn set_sizes(&mut self, sizes: Arc<HashMap<Arc<str>, u64>>, shards: u64) {
+        self.sizes = sizes;
         self.shards = shards.max(1);
         self.pace();
     }
@@ -133,10 +135,10 @@ impl RoomBatcher {
         self.intervals.clear();
         if p.writes_per_shard > 0 {
             let rate = (self.shards * p.writes_per_shard) as f64 * self.share;
-            for (room, members) in &self.sizes {
+            for (room, members) in self.sizes.iter() {
                 let interval = Duration::from_secs_f64(*members as f64 / rate).min(p.max_interval);
                 if interval > p.max_delay {
-                    self.intervals.insert(room.clone(), interval);
+                    self.intervals.insert(room.to_string(), interval);
                 }
             }
         }
@@ -288,8 +290,8 @@ mod tests {
     fn the_learned_share_sets_the_intervals_of_big_rooms() {
         let ms = Duration::from_millis;
         let mut b = RoomBatcher::new(pacing(20, 10));
-        let sizes: HashMap<String, u64> = [("room".to_string(), 10_000)].into();
-        b.set_sizes(&sizes, 2);
+        let sizes: HashMap<Arc<str>, u64> = [("room".into(), 10_000)].into();
+        b.set_sizes(sizes.into(), 2);
         assert_eq!(b.interval("room"), Some(ms(100)), "the nominal budget");
         // Half the budget: twice the interval; ten times: below the usual delay, not paced.
         b.set_share(0.5);
@@ -304,7 +306,7 @@ mod tests {
             Some(("room", 10_000, Duration::from_secs(1)))
         );
         // New sizes keep the share.
-        b.set_sizes(&[("room".to_string(), 500)].into(), 2);
+        b.set_sizes(Arc::new([("room".into(), 500)].into()), 2);
         assert_eq!(b.interval("room"), Some(ms(500)));
     }
 
@@ -342,15 +344,15 @@ mod tests {
     fn big_rooms_are_paced_and_small_ones_are_not() {
         let ms = Duration::from_millis;
         let mut b = RoomBatcher::new(pacing(20, 10));
-        let sizes: HashMap<String, u64> = [
-            ("big".to_string(), 100_000),
-            ("mid".to_string(), 10_000),
-            ("small".to_string(), 500),
+        let sizes: HashMap<Arc<str>, u64> = [
+            ("big".into(), 100_000),
+            ("mid".into(), 10_000),
+            ("small".into(), 500),
         ]
         .into();
         // Two shards at 50k writes/s each: 100k members get a flush a second, 10k members
         // one every 100 ms; 500 members (5 ms) are not paced beyond the 10 ms delay.
-        b.set_sizes(&sizes, 2);
+        b.set_sizes(sizes.into(), 2);
         assert_eq!(b.interval("big"), Some(Duration::from_secs(1)));
         assert_eq!(b.interval("mid"), Some(ms(100)));
         assert_eq!(b.interval("small"), None);
@@ -385,7 +387,7 @@ mod tests {
         assert_eq!(big[0].push.count, 40);
 
         // The room shrinks: it is no longer held back.
-        b.set_sizes(&HashMap::new(), 2);
+        b.set_sizes(Arc::default(), 2);
         assert_eq!(b.interval("big"), None);
         let t1 = t0 + ms(1020);
         assert!(b.push("big", 1, 0, b"x", g(), t1).is_none());
@@ -395,7 +397,7 @@ mod tests {
     #[test]
     fn pacing_caps_at_max_interval_and_batch_bytes() {
         let mut b = RoomBatcher::new(pacing(20, 10));
-        b.set_sizes(&[("huge".to_string(), 10_000_000)].into(), 1);
+        b.set_sizes(Arc::new([("huge".into(), 10_000_000)].into()), 1);
         assert_eq!(b.interval("huge"), Some(Duration::from_secs(1)));
         let t0 = Instant::now();
         b.push("huge", 1, 0, b"a", g(), t0);
@@ -417,7 +419,7 @@ mod tests {
             writes_per_shard: 0,
             ..pacing(20, 10)
         });
-        off.set_sizes(&[("huge".to_string(), 10_000_000)].into(), 1);
+        off.set_sizes(Arc::new([("huge".into(), 10_000_000)].into()), 1);
         assert_eq!(off.interval("huge"), None);
     }
 

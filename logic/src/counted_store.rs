@@ -2,7 +2,6 @@
 //! inbox traffic by message (`imgate_store_errors_total{op}`, `imgate_inbox_stored_total`,
 //! `imgate_inbox_resent_total`). The wrappers only count; they change no result.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -150,7 +149,7 @@ impl RegistryStore for Counted<dyn RegistryStore> {
         let r = self.inner.report_online(report).await;
         self.counters.count("report_online", r)
     }
-    async fn room_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+    async fn room_counts(&self) -> Result<imgate_store::RoomTotals, StoreError> {
         let r = self.inner.room_counts().await;
         self.counters.count("room_counts", r)
     }

@@ -53,14 +53,14 @@ impl Endpoint {
                 None => break,
             }
         }
-        let failed = |e: &dyn std::fmt::Display| PostError::Failed(e.to_string());
+        let unreachable = |e: &dyn std::fmt::Display| PostError::Unreachable(e.to_string());
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| unreachable(&e))?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| unreachable(&e))?;
         let conn = AbortOnDrop(tokio::spawn(async move {
             let _ = conn.await;
         }));
@@ -122,6 +122,10 @@ pub(crate) enum PostError {
     Status(u16),
     #[error("answer larger than {0} bytes")]
     TooLarge(usize),
+    /// No connection could be opened (refused, no route, …).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The exchange broke off (reset, not HTTP, …).
     #[error("{0}")]
     Failed(String),
 }

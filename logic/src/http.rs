@@ -118,14 +118,46 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `{"code", "message", "data"}` with `data` left out when there is none.
+/// Longest `message` an answer carries, in bytes once written as a JSON string. Reasons echo
+/// what the client sent (a bad mid, a field name, a JSON value); this bounds every echo in one
+/// place, so 60 KB of bad parameters cost a 400 of a few hundred bytes, not their echo.
+const MAX_MESSAGE_JSON: usize = 300;
+
+/// `message`, cut where its JSON form would pass [`MAX_MESSAGE_JSON`] bytes (what was cut is
+/// said, with its length).
+fn bounded_message(message: String) -> String {
+    // Bytes each character takes inside a JSON string.
+    let json_len = |c: char| match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    };
+    if message.chars().map(json_len).sum::<usize>() <= MAX_MESSAGE_JSON {
+        return message;
+    }
+    let tail = format!("… ({} bytes)", message.len());
+    let room = MAX_MESSAGE_JSON - tail.len();
+    let mut used = 0;
+    let end = message
+        .char_indices()
+        .find(|&(_, c)| {
+            used += json_len(c);
+            used > room
+        })
+        .map_or(message.len(), |(i, _)| i);
+    format!("{}{tail}", &message[..end])
+}
+
+/// `{"code", "message", "data"}` with `data` left out when there is none; the message is
+/// bounded ([`MAX_MESSAGE_JSON`]).
 fn envelope(
     status: StatusCode,
     code: i32,
     message: impl Into<String>,
     data: Option<Value>,
 ) -> Response {
-    let mut body = json!({ "code": code, "message": message.into() });
+    let message = bounded_message(message.into());
+    let mut body = json!({ "code": code, "message": message });
     if let Some(data) = data {
         body["data"] = data;
     }
@@ -475,7 +507,7 @@ async fn online_room(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Ap
         .into_iter()
         .map(|id| {
             let n = counts
-                .get(&crate::query::room_key(&query.room_type, &id))
+                .get(crate::query::room_key(&query.room_type, &id).as_str())
                 .copied()
                 .unwrap_or(0);
             (id, json!(n))
@@ -548,4 +580,26 @@ async fn nodes_instances(State(api): State<Arc<Api>>) -> ApiResult {
         })
         .collect();
     Ok(ok("", Some(Value::Array(data))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_bounded_in_json_bytes_and_cut_between_characters() {
+        assert_eq!(bounded_message("short".into()), "short");
+        for unit in ["x", "é", "\u{1}", "\"", "😀"] {
+            let long = unit.repeat(10_000);
+            let cut = bounded_message(long.clone());
+            let json = serde_json::to_string(&cut).unwrap();
+            assert!(
+                json.len() <= MAX_MESSAGE_JSON + 2,
+                "{unit:?}: {}",
+                json.len()
+            );
+            assert!(cut.ends_with(&format!("… ({} bytes)", long.len())), "{cut}");
+            assert!(cut.starts_with(unit));
+        }
+    }
 }

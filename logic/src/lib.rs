@@ -200,13 +200,17 @@ pub async fn start_with_auth(
         link_server::ConnectHook {
             endpoint,
             timeout: config.auth.connect_timeout,
+            permits: Arc::new(tokio::sync::Semaphore::new(config.auth.connect_concurrency)),
         }
     });
     let events = match endpoint("logic.events_url", &logic.events_url)? {
         Some(endpoint) => {
             let (events, task) = events::start(
                 endpoint,
-                logic.events_queue,
+                events::QueueLimits {
+                    events: logic.events_queue,
+                    bytes: logic.events_queue_bytes,
+                },
                 logic.events_batch,
                 logic.events_interval,
                 counters.clone(),
@@ -232,6 +236,7 @@ pub async fn start_with_auth(
         user_limit: config.comet.max_conns_per_user,
         kick_oldest: config.comet.kick_oldest,
         events,
+        partial_reports: Default::default(),
     });
     tasks.push(tokio::spawn(link_server::serve(
         link_listener,

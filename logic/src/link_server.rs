@@ -5,14 +5,16 @@
 //! pipelined and independent), and the replies, each carrying its request's id, go out through
 //! one writer task that coalesces whatever is ready into one write.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use imgate_bus::{BusMessage, BusProducer, Push};
+use imgate_shared::counters::Counter;
 use imgate_shared::link::{
-    self, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure, InboxMessages,
-    RenewOnlineReply, Stored,
+    self, failure_cause, Body, CloseConn, ConnRef, ConnectReply, Empty, Envelope, Failure,
+    InboxMessages, RenewOnlineReply, RoomCount, Stored,
 };
 use imgate_store::{
     Admit, Claim, KeyPolicy, OnlineReport, Session, StoredMessage, Stores, UserConn,
@@ -65,6 +67,15 @@ pub(crate) struct LinkHandler {
     pub kick_oldest: bool,
     /// Connect and disconnect events for the business.
     pub events: Option<Events>,
+    /// The rooms of online reports whose parts are still arriving, by comet and shard.
+    pub partial_reports: std::sync::Mutex<HashMap<(String, u32), PartialRooms>>,
+}
+
+/// Rooms of an online report as the registry keeps them.
+pub(crate) type PartialRooms = std::collections::BTreeMap<std::sync::Arc<str>, u32>;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `logic.upstream_url` and its bounds.
@@ -75,16 +86,39 @@ pub(crate) struct UpstreamHook {
     pub permits: Arc<Semaphore>,
 }
 
-/// `auth.connect_url` and its deadline.
+/// `auth.connect_url`, its deadline and its bound.
 pub(crate) struct ConnectHook {
     pub endpoint: Endpoint,
     pub timeout: Duration,
+    /// One per connect waiting for the hook (`auth.connect_concurrency`); none left: the
+    /// connect is refused at once as busy.
+    pub permits: Arc<Semaphore>,
 }
 
-/// The business's answer to the connect hook.
+/// A request logic does not serve: what the client is told, and what failed
+/// ([`link::failure_cause`]; empty: refused).
+#[derive(Debug)]
+struct Refusal {
+    message: String,
+    cause: &'static str,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal { message, cause: "" }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Self {
+        Refusal::from(message.to_string())
+    }
+}
+
+/// The business's answer to the connect hook (a JSON object; see [`parse_hook_answer`]).
 #[derive(serde::Deserialize)]
 struct HookAnswer {
-    /// A number or a decimal string.
+    /// A number or a decimal string (checked by [`canonical_mid`]).
     mid: serde_json::Value,
     #[serde(default)]
     key: Option<String>,
@@ -125,11 +159,14 @@ impl LinkHandler {
     pub(crate) async fn handle(&self, body: Option<Body>) -> Body {
         match self.dispatch(body).await {
             Ok(body) => body,
-            Err(message) => Body::Error(Failure { message }),
+            Err(Refusal { message, cause }) => Body::Error(Failure {
+                message,
+                cause: cause.to_string(),
+            }),
         }
     }
 
-    async fn dispatch(&self, body: Option<Body>) -> Result<Body, String> {
+    async fn dispatch(&self, body: Option<Body>) -> Result<Body, Refusal> {
         match body {
             Some(Body::Connect(req)) => {
                 let conn = req.conn.ok_or("connect without conn")?;
@@ -157,7 +194,7 @@ impl LinkHandler {
                     Ok(claim) => claim,
                     Err(e) => {
                         self.unadmit(&session, &kicked).await;
-                        return Err(e.to_string());
+                        return Err(e.to_string().into());
                     }
                 };
                 let replaced = match claim {
@@ -167,7 +204,8 @@ impl LinkHandler {
                         return Err(format!(
                             "connection key {:?} is held by another user's connection",
                             session.key
-                        ));
+                        )
+                        .into());
                     }
                 };
                 if let Some(old) = replaced
@@ -322,29 +360,58 @@ impl LinkHandler {
             Some(Body::RenewOnline(req)) => {
                 let comet = req.comet.ok_or("renew_online without comet")?;
                 let cached = self.rooms.snapshot();
-                // The cache lags the report just received; the cluster holds at least what this
-                // shard reports.
+                // The registry keeps the process's one copy of each name. The answer names only
+                // the rooms with members elsewhere too, taking the decoded names themselves: for
+                // the others the shard's own count is the cluster's (a heartbeat answers the
+                // larger of the two), and a shard of many small rooms is not sent them all
+                // back. The cache lags the report just received; the cluster holds at least
+                // what this shard reports.
+                let mut reported = PartialRooms::new();
                 let rooms = req
                     .rooms
-                    .iter()
-                    .map(|(room, &here)| {
-                        let total = cached.get(room).copied().unwrap_or(0);
-                        let total = u32::try_from(total).unwrap_or(u32::MAX).max(here);
-                        (room.clone(), total)
+                    .into_iter()
+                    .filter_map(|room| {
+                        let name = room.name()?;
+                        reported.insert(imgate_shared::intern::room(name), room.count);
+                        let total = cached.get(name).copied().unwrap_or(0);
+                        let total = u32::try_from(total).unwrap_or(u32::MAX);
+                        (total > room.count).then_some(RoomCount {
+                            name: room.name,
+                            count: total,
+                        })
                     })
                     .collect();
-                self.stores
-                    .registry
-                    .report_online(OnlineReport {
-                        comet,
-                        shard: req.shard,
-                        conn_count: req.conn_count,
-                        ip_count: req.ip_count,
-                        rooms: req.rooms,
-                        lag_us: req.lag_us,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // A report in parts is stored whole, with its last part (a comet sends the
+                // next part once this one is answered).
+                let whole = {
+                    let mut partial = lock(&self.partial_reports);
+                    let key = (comet.id.clone(), req.shard);
+                    let mut whole = match partial.remove(&key) {
+                        Some(earlier) if req.part > 0 => earlier,
+                        _ => PartialRooms::new(),
+                    };
+                    whole.extend(reported);
+                    if req.more {
+                        partial.insert(key, whole);
+                        None
+                    } else {
+                        Some(whole)
+                    }
+                };
+                if let Some(rooms) = whole {
+                    self.stores
+                        .registry
+                        .report_online(OnlineReport {
+                            comet,
+                            shard: req.shard,
+                            conn_count: req.conn_count,
+                            ip_count: req.ip_count,
+                            rooms,
+                            lag_us: req.lag_us,
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 Ok(Body::RenewOnlineReply(RenewOnlineReply { rooms }))
             }
             Some(Body::Upstream(req)) => {
@@ -398,10 +465,9 @@ impl LinkHandler {
                     more: cut || full,
                 }))
             }
-            Some(other) => Err(format!(
-                "logic does not accept {} on its link",
-                body_name(&other)
-            )),
+            Some(other) => {
+                Err(format!("logic does not accept {} on its link", body_name(&other)).into())
+            }
             None => Err("empty link message".into()),
         }
     }
@@ -416,12 +482,12 @@ impl LinkHandler {
         cookie: &str,
         remote_addr: &str,
         conn: &ConnRef,
-    ) -> Result<Identity, String> {
+    ) -> Result<Identity, Refusal> {
         let Some(hook) = &self.connect_hook else {
             return self
                 .auth
                 .authenticate(token, cookie)
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string().into());
         };
         let auth: serde_json::Value = serde_json::from_slice(token)
             .ok()
@@ -441,53 +507,68 @@ impl LinkHandler {
             return self
                 .auth
                 .authenticate(token, cookie)
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string().into());
         }
         // The client's own choices (room, accepts, acks…) as goim's JSON gives them; the
         // business decides the user and may override the rest.
         let mut identity = crate::auth::GoimJsonAuth
             .authenticate(token, cookie)
             .map_err(|e| e.to_string())?;
+        // Bounded: a hook that stops answering holds at most this many connects (and
+        // connections to it); the rest are refused at once rather than queued behind them.
+        let Ok(_permit) = hook.permits.clone().try_acquire_owned() else {
+            self.counters.connect_hook_busy.inc();
+            return Err(Refusal {
+                message: "connect hook busy".into(),
+                cause: failure_cause::HOOK_BUSY,
+            });
+        };
         let request = serde_json::json!({
             "auth": auth,
             "remote_addr": remote_addr,
             "comet": conn.comet,
         });
         let body = serde_json::to_vec(&request).unwrap_or_default();
+        let failed = |counter: &Counter, cause: &'static str, message: String| {
+            counter.inc();
+            Refusal { message, cause }
+        };
+        let c = &self.counters;
         let answer = match hooks::post_json(&hook.endpoint, body, hook.timeout, 64 << 10).await {
             Ok(answer) => answer,
             Err(PostError::Status(status)) => {
-                self.counters.connect_hook_refused.inc();
-                return Err(format!("refused by the connect hook (HTTP {status})"));
+                c.connect_hook_refused.inc();
+                return Err(format!("refused by the connect hook (HTTP {status})").into());
             }
             Err(e) => {
-                self.counters.connect_hook_failed.inc();
                 tracing::warn!(error = %e, "connect hook failed");
-                return Err(format!("connect hook unavailable: {e}"));
+                let message = format!("connect hook unavailable: {e}");
+                return Err(match e {
+                    PostError::Timeout(_) => failed(
+                        &c.connect_hook_timeout,
+                        failure_cause::HOOK_TIMEOUT,
+                        message,
+                    ),
+                    PostError::Unreachable(_) => failed(
+                        &c.connect_hook_unreachable,
+                        failure_cause::HOOK_UNREACHABLE,
+                        message,
+                    ),
+                    PostError::TooLarge(_) | PostError::Failed(_) | PostError::Status(_) => failed(
+                        &c.connect_hook_bad_answer,
+                        failure_cause::HOOK_BAD_ANSWER,
+                        format!("connect hook answered badly: {e}"),
+                    ),
+                });
             }
         };
-        let positive = |mid: &serde_json::Value| {
-            match mid {
-                serde_json::Value::Number(n) => n.as_i64(),
-                serde_json::Value::String(s) => s.parse::<i64>().ok(),
-                _ => None,
-            }
-            .filter(|m| *m > 0)
-        };
-        let (answer, mid) = match serde_json::from_slice::<HookAnswer>(&answer) {
-            Ok(a) if positive(&a.mid).is_some() => {
-                let mid = positive(&a.mid).unwrap_or_default();
-                (a, mid)
-            }
-            Ok(_) => {
-                self.counters.connect_hook_failed.inc();
-                return Err("connect hook answered no positive mid".into());
-            }
-            Err(e) => {
-                self.counters.connect_hook_failed.inc();
-                return Err(format!("connect hook answered unreadable JSON: {e}"));
-            }
-        };
+        let (answer, mid) = parse_hook_answer(&answer).map_err(|why| {
+            failed(
+                &c.connect_hook_bad_answer,
+                failure_cause::HOOK_BAD_ANSWER,
+                format!("connect hook answered badly: {why}"),
+            )
+        })?;
         identity.mid = mid;
         if let Some(key) = answer.key.filter(|k| !k.is_empty()) {
             identity.key = Some(key);
@@ -500,15 +581,16 @@ impl LinkHandler {
         }
         if let Some(rooms) = answer.rooms {
             if !identity.room.is_empty() && !rooms.contains(&identity.room) {
-                self.counters.connect_hook_refused.inc();
+                c.connect_hook_refused.inc();
                 return Err(format!(
                     "room {:?} is not allowed by the connect hook",
                     identity.room
-                ));
+                )
+                .into());
             }
             identity.allowed_rooms = Some(rooms);
         }
-        self.counters.connect_hook_ok.inc();
+        c.connect_hook_ok.inc();
         Ok(identity)
     }
 
@@ -627,7 +709,7 @@ impl LinkHandler {
                 match e {
                     PostError::Timeout(_) => self.counters.upstream_timeout.inc(),
                     PostError::TooLarge(_) => self.counters.upstream_too_large.inc(),
-                    PostError::Status(_) | PostError::Failed(_) => {
+                    PostError::Status(_) | PostError::Unreachable(_) | PostError::Failed(_) => {
                         self.counters.upstream_failed.inc()
                     }
                 }
@@ -636,6 +718,37 @@ impl LinkHandler {
             }
         }
     }
+}
+
+/// Reads a connect hook's answer strictly: a JSON object (serde would read `[7]` as a struct
+/// too) whose `mid` is a canonical positive user id ([`canonical_mid`]); the optional fields
+/// must have their types. The answer is trusted like a token, so anything else is refused.
+fn parse_hook_answer(answer: &[u8]) -> Result<(HookAnswer, i64), String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(answer).map_err(|e| format!("not JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let answer: HookAnswer =
+        serde_json::from_value(value).map_err(|e| format!("unexpected JSON: {e}"))?;
+    let mid = canonical_mid(&answer.mid)
+        .ok_or("no positive mid (a number or a decimal string without sign or leading zeros)")?;
+    Ok((answer, mid))
+}
+
+/// A user id as a positive integer, either a JSON integer or a decimal string in canonical form
+/// (digits only, no sign, no leading zero, no blanks): `"+7"` and `"007"` are not user 7.
+fn canonical_mid(mid: &serde_json::Value) -> Option<i64> {
+    let mid = match mid {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => {
+            let canonical =
+                !s.is_empty() && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit());
+            canonical.then(|| s.parse::<i64>().ok()).flatten()
+        }
+        _ => None,
+    };
+    mid.filter(|m| *m > 0)
 }
 
 fn body_name(body: &Body) -> &'static str {
@@ -766,6 +879,16 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<Re
     let mut batch = BytesMut::new();
     let mut budget = Vec::new();
     while let Some((first, cost)) = queued.recv().await {
+        if first.len() >= MAX_WRITE_BATCH {
+            // As large as a whole batch (an online report's answer with many rooms): written
+            // as it is rather than copied into one.
+            if let Err(e) = writer.write_all(&first).await {
+                tracing::debug!(error = %e, "link reply write failed");
+                return;
+            }
+            drop((first, cost));
+            continue;
+        }
         batch.extend_from_slice(&first);
         budget.push(cost);
         while batch.len() < MAX_WRITE_BATCH {
@@ -788,4 +911,38 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut queued: mpsc::Receiver<Re
         }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_answer_is_a_json_object_with_a_canonical_positive_mid() {
+        let mid = |answer: &str| parse_hook_answer(answer.as_bytes()).map(|(_, mid)| mid);
+        assert_eq!(mid(r#"{"mid": 7}"#), Ok(7));
+        assert_eq!(mid(r#"{"mid": "7", "platform": "web"}"#), Ok(7));
+        assert_eq!(mid(r#"{"mid": "9223372036854775807"}"#), Ok(i64::MAX));
+        for bad in [
+            "[7]",
+            "7",
+            r#""7""#,
+            r#"{"mid": "+7"}"#,
+            r#"{"mid": "007"}"#,
+            r#"{"mid": "0"}"#,
+            r#"{"mid": 0}"#,
+            r#"{"mid": -1}"#,
+            r#"{"mid": 7.5}"#,
+            r#"{"mid": 7e0}"#,
+            r#"{"mid": "7e0"}"#,
+            r#"{"mid": ""}"#,
+            r#"{"mid": "9223372036854775808"}"#,
+            r#"{"mid": null}"#,
+            r#"{"key": "k"}"#,
+            r#"{"mid": 7, "accepts": "1000"}"#,
+            "not json",
+        ] {
+            assert!(mid(bad).is_err(), "{bad} was accepted");
+        }
+    }
 }

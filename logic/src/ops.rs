@@ -496,7 +496,7 @@ pub(crate) fn add_logic_checks(
                     Err(_) => Vec::new(),
                 };
                 let counts = rooms.snapshot();
-                let mut top: Vec<(&String, &u64)> = counts.iter().collect();
+                let mut top: Vec<(&std::sync::Arc<str>, &u64)> = counts.iter().collect();
                 top.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
                 top.truncate(10);
                 let pushes: serde_json::Map<String, Value> = pushes
@@ -509,7 +509,7 @@ pub(crate) fn add_logic_checks(
                     "rooms": counts.len(),
                     "busiest_rooms": top
                         .into_iter()
-                        .map(|(room, n)| json!({ "room": room, "online": n }))
+                        .map(|(room, n)| json!({ "room": &**room, "online": n }))
                         .collect::<Vec<_>>(),
                     "pushes": pushes,
                 })

@@ -22,11 +22,21 @@ imgate_shared::counters! {
         upstream_unconfigured: Counter,
         /// Connections the connect hook admitted.
         connect_hook_ok: Counter,
-        /// Connections the connect hook refused (non-2xx).
+        /// Connections the connect hook refused (non-2xx, or a room outside the `rooms` it
+        /// answered).
         connect_hook_refused: Counter,
-        /// Connections refused because the connect hook failed (timeout, unreachable, bad
-        /// answer).
-        connect_hook_failed: Counter,
+        /// Connections refused because the connect hook did not answer within
+        /// `auth.connect_timeout`.
+        connect_hook_timeout: Counter,
+        /// Connections refused because the connect hook could not be reached (connection
+        /// refused, no route).
+        connect_hook_unreachable: Counter,
+        /// Connections refused because the connect hook's 2xx answer was not a valid one (not
+        /// a JSON object, no canonical positive mid, too large, a broken HTTP exchange).
+        connect_hook_bad_answer: Counter,
+        /// Connections refused at once because `auth.connect_concurrency` connects were
+        /// waiting for the hook.
+        connect_hook_busy: Counter,
         /// Connections refused over `comet.max_conns_per_user`.
         user_limit_refused: Counter,
         /// Oldest connections closed over `comet.max_conns_per_user` (`comet.kick_oldest`).

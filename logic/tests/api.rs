@@ -237,6 +237,73 @@ async fn bad_requests_are_400_with_a_reason() {
     h.logic.shutdown().await;
 }
 
+/// Found by probing: `/goim/inbox/state` with 60 KB of bad mids echoed all of them in its 400.
+/// Every reason is bounded where answers are made, whatever parameter or body it echoes.
+#[tokio::test]
+async fn a_huge_bad_parameter_is_not_echoed_whole() {
+    let h = start_logic().await;
+    let bad = "x".repeat(60 << 10);
+    let control = "\u{1}".repeat(20 << 10);
+    let cases = [
+        format!("GET /goim/inbox/state?mids={bad} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("GET /goim/online/mids?mids=1,{bad} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("POST /goim/push/keys?operation={bad}&keys=k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"),
+        // Characters JSON has to escape: the bound is on what goes out, not on the text.
+        format!(
+            "GET /goim/inbox/state?mids={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            control.replace('\u{1}', "%01")
+        ),
+    ];
+    for request in cases {
+        let mut s = TcpStream::connect(h.logic.http_addr()).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The whole answer: its head, then as many body bytes as it announced.
+        let done = |a: &[u8]| {
+            let text = String::from_utf8_lossy(a);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                return false;
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            body.len() >= length
+        };
+        while !done(&answer) {
+            let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed early: {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(answer.len() <= 512, "{} bytes: {text}", answer.len());
+        let body: Value = serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("must be"),
+            "still says what is wrong: {message}"
+        );
+        assert!(
+            message.ends_with(" bytes)"),
+            "and that it was cut: {message}"
+        );
+    }
+    h.logic.shutdown().await;
+}
+
 #[tokio::test]
 async fn room_and_broadcast_pushes_are_published() {
     let mut h = start_logic().await;
@@ -374,26 +441,34 @@ async fn online_reports_feed_the_counts_and_the_node_list() {
         weight: 10,
         shards: 1,
     };
-    let reply = comet
-        .request(Body::RenewOnline(RenewOnline {
-            comet: Some(info),
-            shard: 0,
-            conn_count: 7,
-            rooms: [
-                ("live://1".to_string(), 5),
-                ("live://2".to_string(), 2),
-                ("livex://9".to_string(), 9),
-            ]
-            .into(),
+    let report = |shard: u32, conn_count: u32, rooms: &[(&str, u32)]| {
+        Body::RenewOnline(RenewOnline {
+            comet: Some(info.clone()),
+            shard,
+            conn_count,
+            rooms: rooms
+                .iter()
+                .map(|&(name, n)| link::RoomCount::new(name.into(), n))
+                .collect(),
             ip_count: 3,
             ..Default::default()
-        }))
-        .await;
-    let Body::RenewOnlineReply(reply) = reply else {
-        panic!("expected RenewOnlineReply, got {reply:?}");
+        })
     };
-    assert_eq!(reply.rooms.len(), 3);
-    assert_eq!(reply.rooms["live://1"], 5);
+    let reply_rooms = |reply: Body| {
+        let Body::RenewOnlineReply(reply) = reply else {
+            panic!("expected RenewOnlineReply, got {reply:?}");
+        };
+        reply
+            .rooms
+            .iter()
+            .map(|r| (r.name().unwrap().to_string(), r.count))
+            .collect::<Vec<_>>()
+    };
+    let shard_0 = [("live://1", 5), ("live://2", 2), ("livex://9", 9)];
+    let reply = comet.request(report(0, 7, &shard_0)).await;
+    // Nobody else has members in them: the shard's own counts are the cluster's, and the
+    // answer does not repeat them.
+    assert_eq!(reply_rooms(reply), []);
 
     // The cache refreshes every 20 ms; poll until it shows the report.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -447,6 +522,69 @@ async fn online_reports_feed_the_counts_and_the_node_list() {
     let (_, json) = http(&h.logic, "GET", "/goim/nodes/instances", b"").await;
     assert_eq!(json["data"][0]["hostname"], "comet-a");
     assert_eq!(json["data"][0]["metadata"]["conn_count"], "7");
+
+    // Another shard with members in live://1 hears of shard 0's (the cache lags its own
+    // report), and shard 0 then hears of both, and only of that room.
+    let reply = comet.request(report(1, 0, &[("live://1", 3)])).await;
+    assert_eq!(reply_rooms(reply), [("live://1".to_string(), 5)]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, json) = http(&h.logic, "GET", "/goim/online/room?type=live&rooms=1", b"").await;
+        if json["data"]["1"] == 8 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reply = comet.request(report(0, 7, &shard_0)).await;
+    assert_eq!(reply_rooms(reply), [("live://1".to_string(), 8)]);
+    h.logic.shutdown().await;
+}
+
+/// A shard with many rooms reports them in parts (each a small frame); logic keeps the parts
+/// and stores the report whole with the last one.
+#[tokio::test]
+async fn a_report_in_parts_is_stored_whole() {
+    let h = start_logic().await;
+    let mut comet = LinkClient::connect(&h.logic).await;
+    let part = |part: u32, more: bool, rooms: &[(&str, u32)]| {
+        Body::RenewOnline(RenewOnline {
+            comet: Some(CometInfo {
+                id: "comet-p".into(),
+                ..Default::default()
+            }),
+            shard: 3,
+            rooms: rooms
+                .iter()
+                .map(|&(name, n)| link::RoomCount::new(name.into(), n))
+                .collect(),
+            part,
+            more,
+            ..Default::default()
+        })
+    };
+    let stored = || async {
+        let counts = h.stores.registry.room_counts().await.unwrap();
+        let mut rooms: Vec<(String, u64)> =
+            counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        rooms.sort();
+        rooms
+    };
+    comet.request(part(0, true, &[("live://p1", 1)])).await;
+    assert_eq!(stored().await, [], "not stored before its last part");
+    comet.request(part(1, false, &[("live://p2", 2)])).await;
+    let whole = [("live://p1".to_string(), 1), ("live://p2".to_string(), 2)];
+    assert_eq!(stored().await, whole);
+    // A report that starts again (the comet restarted it) leaves the unfinished one behind.
+    comet.request(part(0, true, &[("live://stale", 1)])).await;
+    comet.request(part(0, true, &[("live://p3", 3)])).await;
+    assert_eq!(
+        stored().await,
+        whole,
+        "the last whole report until the next is whole"
+    );
+    comet.request(part(1, false, &[])).await;
+    assert_eq!(stored().await, [("live://p3".to_string(), 3)]);
     h.logic.shutdown().await;
 }
 

@@ -22,6 +22,14 @@ pub mod opcode {
     pub const PONG: u8 = 0xA;
 }
 
+/// Close status codes (RFC 6455 §7.4.1) a server sends of its own.
+pub mod close_code {
+    /// The peer broke the protocol (here: a close frame no peer may send).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A close reason that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+}
+
 /// Why an upgrade request or a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WsError {
@@ -86,6 +94,11 @@ pub fn parse_upgrade(buf: &[u8], max_header: usize) -> Result<Option<Upgrade>, W
     };
     if !window[..consumed].ends_with(b"\r\n\r\n") {
         return Err(WsError::BadRequest("lines must end with CRLF"));
+    }
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET; an HTTP/1.0 client
+    // cannot have asked for an upgrade.
+    if request.version != Some(1) {
+        return Err(WsError::BadRequest("the upgrade must be HTTP/1.1"));
     }
     if request.method != Some("GET") {
         return Err(WsError::BadRequest("method must be GET"));
@@ -161,6 +174,33 @@ pub fn error_response(status: &str, reason: &str) -> String {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}",
         reason.len()
     )
+}
+
+/// The payload of the close frame answering a client's close frame whose payload was `payload`
+/// (RFC 6455 §5.5.1, §7.4): its status code echoed when it is one a peer may send; nothing when
+/// it carried none; [`close_code::PROTOCOL_ERROR`] when it cannot be a close payload (one byte,
+/// or a code reserved or out of range); [`close_code::INVALID_PAYLOAD`] when its reason is not
+/// UTF-8.
+pub fn close_answer(payload: &[u8]) -> Vec<u8> {
+    let code = match payload {
+        [] => return Vec::new(),
+        [_] => close_code::PROTOCOL_ERROR,
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            // 1004-1006 and 1015 are never sent on the wire; 1016-2999 are reserved for the
+            // protocol; 3000-4999 belong to libraries and applications. 1012-1014 were
+            // registered with IANA after the RFC.
+            let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !sendable {
+                close_code::PROTOCOL_ERROR
+            } else if std::str::from_utf8(reason).is_err() {
+                close_code::INVALID_PAYLOAD
+            } else {
+                code
+            }
+        }
+    };
+    code.to_be_bytes().to_vec()
 }
 
 /// A WebSocket frame located in a buffer; its payload is already unmasked in place.
@@ -371,6 +411,36 @@ mod tests {
             parse_upgrade(&[b'a'; 5000], 4096),
             Err(WsError::HeadersTooLarge(4096))
         );
+    }
+
+    /// Found by probing: an HTTP/1.0 request was upgraded (RFC 6455 needs HTTP/1.1).
+    #[test]
+    fn an_http_1_0_upgrade_is_refused() {
+        let old = REQUEST.replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(
+            parse_upgrade(old.as_bytes(), 4096),
+            Err(WsError::BadRequest("the upgrade must be HTTP/1.1"))
+        );
+    }
+
+    /// Found by probing: a close with code 999 or a one-byte payload was echoed back; RFC
+    /// 6455 asks for 1002 (and 1007 for a reason that is not UTF-8).
+    #[test]
+    fn a_close_is_answered_with_its_code_only_when_a_peer_may_send_it() {
+        let close = |code: u16, reason: &[u8]| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            close_answer(&payload)
+        };
+        assert_eq!(close_answer(b""), b"");
+        for valid in [1000, 1001, 1003, 1008, 1011, 1014, 3000, 4999] {
+            assert_eq!(close(valid, b"bye"), valid.to_be_bytes(), "{valid}");
+        }
+        for invalid in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(close(invalid, b""), 1002u16.to_be_bytes(), "{invalid}");
+        }
+        assert_eq!(close_answer(&[3]), 1002u16.to_be_bytes());
+        assert_eq!(close(1000, &[0xff, 0xfe]), 1007u16.to_be_bytes());
     }
 
     #[test]

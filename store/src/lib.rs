@@ -23,7 +23,7 @@ mod sessions;
 use std::sync::Arc;
 
 pub use messages::{InboxState, MessageStore, StoredMessage};
-pub use registry::{CometStatus, OnlineReport, RegistryStore};
+pub use registry::{CometStatus, OnlineReport, RegistryStore, RoomTotals};
 pub use sessions::{Admit, Claim, KeyPolicy, Session, SessionStore, UserConn};
 
 /// Why a store operation failed.

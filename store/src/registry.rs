@@ -3,10 +3,14 @@
 //! registered while its shards report.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use imgate_shared::link::CometInfo;
 
 use crate::StoreError;
+
+/// Room → connections across the cluster.
+pub type RoomTotals = Arc<HashMap<Arc<str>, u64>>;
 
 /// One shard's online report.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -16,7 +20,9 @@ pub struct OnlineReport {
     pub conn_count: u32,
     /// Distinct client addresses of the whole comet (the same in each of its shards' reports).
     pub ip_count: u32,
-    pub rooms: BTreeMap<String, u32>,
+    /// Room → the shard's members in it. Names are shared, not copied: logic keeps the
+    /// process's one copy of each ([`imgate_shared::intern`]).
+    pub rooms: BTreeMap<Arc<str>, u32>,
     /// The shard's mean tick lag, in microseconds (`RenewOnline::lag_us`).
     pub lag_us: u32,
 }
@@ -39,8 +45,10 @@ pub trait RegistryStore: Send + Sync {
     /// Stores a shard's report, replacing its previous one; it also keeps the comet in the
     /// registry until the report is older than the store's online TTL.
     async fn report_online(&self, report: OnlineReport) -> Result<(), StoreError>;
-    /// Cluster-wide count of every non-empty room.
-    async fn room_counts(&self) -> Result<HashMap<String, u64>, StoreError>;
+    /// Cluster-wide count of every non-empty room. Shared: readers that look often (logic's
+    /// count cache, job's pacing) hold one table between them, and a store may hand out the
+    /// same one until a report changes it.
+    async fn room_counts(&self) -> Result<RoomTotals, StoreError>;
     /// Comets that reported recently.
     async fn comets(&self) -> Result<Vec<CometStatus>, StoreError>;
 }
@@ -70,10 +78,10 @@ pub(crate) fn comet_statuses<'a>(
     by_id.into_values().collect()
 }
 
-/// Sums live reports' rooms into cluster-wide counts.
+/// Sums live reports' rooms into cluster-wide counts (the names shared with the reports).
 pub(crate) fn room_totals<'a>(
     reports: impl IntoIterator<Item = &'a OnlineReport>,
-) -> HashMap<String, u64> {
+) -> HashMap<Arc<str>, u64> {
     let mut counts = HashMap::new();
     for report in reports {
         for (room, n) in &report.rooms {

@@ -464,8 +464,8 @@ async fn outage_fails_fast_and_recovers_without_a_new_store() {
 async fn many_rooms_round_trip() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
     let s = connect(&redis_config(vec![redis.url()], false, LONG, LONG)).await;
-    let rooms: BTreeMap<String, u32> = (0..5000)
-        .map(|i| (format!("live://{i}"), i % 7 + 1))
+    let rooms: BTreeMap<std::sync::Arc<str>, u32> = (0..5000)
+        .map(|i| (format!("live://{i}").into(), i % 7 + 1))
         .collect();
     s.report_online(OnlineReport {
         comet: info("big", 1),

@@ -137,6 +137,8 @@ impl Config {
         for (option, value) in [
             ("comet.send_queue", comet.send_queue),
             ("comet.send_queue_bytes", comet.send_queue_bytes),
+            ("auth.connect_concurrency", self.auth.connect_concurrency),
+            ("logic.events_queue_bytes", logic.events_queue_bytes),
             ("job.room_batch", job.room_batch),
             ("job.comet_queue", job.comet_queue),
             ("job.comet_queue_bytes", job.comet_queue_bytes),
@@ -493,6 +495,8 @@ mod tests {
             "{e}"
         );
         Config::from_toml("[auth]\nconnect_url = \"http://127.0.0.1:1/c\"").unwrap();
+        let e = error("[auth]\nconnect_concurrency = 0");
+        assert_eq!(e, "auth.connect_concurrency: must be greater than 0");
         let e = error("[logic]\nupstream_timeout = \"0s\"");
         assert_eq!(e, "logic.upstream_timeout: must be positive");
         let e = error("[nope]\nx = 1");

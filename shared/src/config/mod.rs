@@ -74,6 +74,9 @@ pub struct AuthConfig {
     /// How long the connect hook may take; shorter than `comet.logic_timeout`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Connects one logic may have waiting for the connect hook at once (each holds a
+    /// connection to it); more are refused at once with op 6 "connect hook busy", counted.
+    pub connect_concurrency: usize,
 }
 
 impl AuthConfig {
@@ -98,6 +101,7 @@ impl Default for AuthConfig {
             insecure: false,
             connect_url: None,
             connect_timeout: Duration::from_secs(2),
+            connect_concurrency: 1024,
         }
     }
 }
@@ -300,6 +304,10 @@ pub struct LogicConfig {
     pub events_url: Option<String>,
     /// Events waiting to be sent, at most; more are dropped and counted.
     pub events_queue: usize,
+    /// Bytes of events waiting to be sent (their keys and names, and the batch being sent),
+    /// at most; more are dropped and counted. An event's key is the client's, so the count
+    /// alone does not bound the memory.
+    pub events_queue_bytes: usize,
     /// Events in one POST, at most…
     pub events_batch: usize,
     /// …and the longest an event waits for its batch.
@@ -698,6 +706,8 @@ impl Default for LogicConfig {
             upstream_concurrency: 1024,
             events_url: None,
             events_queue: 10_000,
+            // 10,000 events of ordinary keys take about 2 MB.
+            events_queue_bytes: 4 << 20,
             events_batch: 100,
             events_interval: Duration::from_secs(1),
         }

@@ -1,15 +1,13 @@
 //! The registry in Redis: one `online` hash, field `<comet>/<shard>`, each report stamped with
 //! the Redis server's clock; see the key schema in [`super`].
 
-use std::collections::HashMap;
-
-use imgate_shared::link::RenewOnline;
+use imgate_shared::link::{RenewOnline, RoomCount};
 use prost::Message;
 use redis::Script;
 
 use super::RedisStore;
 use crate::registry::{comet_statuses, room_totals};
-use crate::{CometStatus, OnlineReport, RegistryStore, StoreError};
+use crate::{CometStatus, OnlineReport, RegistryStore, RoomTotals, StoreError};
 
 /// Stores a shard's report stamped with the server clock; keeps the hash for `online_ttl`.
 /// KEYS[1] = online hash; ARGV[1] = field; ARGV[2] = encoded report; ARGV[3] = TTL ms.
@@ -69,7 +67,12 @@ fn decode_report(v: &[u8]) -> Option<(u64, OnlineReport)> {
             shard: r.shard,
             conn_count: r.conn_count,
             ip_count: r.ip_count,
-            rooms: r.rooms,
+            // Not interned: read again at every refresh, they live until the next one.
+            rooms: r
+                .rooms
+                .iter()
+                .filter_map(|room| Some((room.name()?.into(), room.count)))
+                .collect(),
             lag_us: r.lag_us,
         },
     ))
@@ -109,7 +112,11 @@ impl RegistryStore for RedisStore {
             comet: Some(report.comet),
             shard: report.shard,
             conn_count: report.conn_count,
-            rooms: report.rooms,
+            rooms: report
+                .rooms
+                .into_iter()
+                .map(|(name, count)| RoomCount::new(name, count))
+                .collect(),
             ip_count: report.ip_count,
             lag_us: report.lag_us,
             ..Default::default()
@@ -125,9 +132,11 @@ impl RegistryStore for RedisStore {
             .await
     }
 
-    async fn room_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+    async fn room_counts(&self) -> Result<RoomTotals, StoreError> {
         let reports = self.live_reports().await?;
-        Ok(room_totals(reports.iter().map(|(_, r)| r)))
+        Ok(std::sync::Arc::new(room_totals(
+            reports.iter().map(|(_, r)| r),
+        )))
     }
 
     async fn comets(&self) -> Result<Vec<CometStatus>, StoreError> {

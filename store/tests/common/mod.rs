@@ -48,7 +48,7 @@ pub fn report(comet: CometInfo, shard: u32, conns: u32, rooms: &[(&str, u32)]) -
         shard,
         conn_count: conns,
         ip_count: 1,
-        rooms: rooms.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        rooms: rooms.iter().map(|(r, n)| ((*r).into(), *n)).collect(),
         lag_us: conns * 10,
     }
 }
