@@ -5,6 +5,11 @@
 /// its position. Called once per message, in any order.
 pub trait DeliveryTracker: Send + Sync {
     fn delivered(&self, partition: i32, offset: i64);
+
+    /// The message was never handed on and this consumer will not deliver it (it stops): its
+    /// position, and everything after it, must not be committed, so that whoever consumes the
+    /// partition next delivers it. It no longer counts as waiting for delivery.
+    fn abandoned(&self, partition: i32, offset: i64);
 }
 
 /// Travels with a consumed message until job has written it to every comet it was for;
@@ -38,6 +43,25 @@ impl DeliveryGuard {
     /// Partition and offset of the message (0, 0 when untracked).
     pub fn position(&self) -> (i32, i64) {
         (self.partition, self.offset)
+    }
+
+    /// The message was not delivered and will not be by this consumer: unlike a drop, which
+    /// reports it delivered, this keeps the commit below it (a consumer that stops with
+    /// messages it never handed on gives them to the next one).
+    pub fn abandon(mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.abandoned(self.partition, self.offset);
+        }
+    }
+}
+
+impl crate::BusEvent {
+    /// Abandons the guard of a message event that will never be handed on (see
+    /// [`DeliveryGuard::abandon`]); other events are simply dropped.
+    pub fn abandon(self) {
+        if let crate::BusEvent::Message(_, guard) = self {
+            guard.abandon();
+        }
     }
 }
 

@@ -192,6 +192,52 @@ async fn a_dead_consumer_s_messages_come_again(mut bus: Bus) {
     second.close().await;
 }
 
+/// A consumer takes two messages, delivers them and is dropped while the rest still wait in
+/// its queue, never handed on: the next consumer gets exactly the rest, in order. (A queued
+/// message's guard, dropped, would report it delivered and let the record pass it.)
+async fn what_a_dropped_consumer_never_handed_on_comes_again(mut bus: Bus) {
+    const N: usize = 12;
+    const TAKEN: usize = 2;
+    let producer = bus.producer().await;
+    for i in 0..N {
+        producer
+            .publish(room("r://4", format!("r://4#{i}")))
+            .await
+            .unwrap();
+    }
+    let mut first = bus.consumer().await;
+    let progress = first.progress();
+    for i in 0..TAKEN {
+        let (msg, guard) = next_message(&mut first, WAIT).await.expect("a message");
+        assert_eq!(key_and_index(&msg).1, i as u32);
+        drop(guard);
+    }
+    wait_until("the taken messages recorded", WAIT, || {
+        progress.committed() >= TAKEN as u64
+    })
+    .await;
+    // Dropped, not closed: its queue goes with it while its poll loop makes the last record.
+    drop(first);
+    let mut second = bus.consumer().await;
+    for i in TAKEN..N {
+        let (msg, guard) = next_message(&mut second, WAIT)
+            .await
+            .expect("what the first consumer never handed on comes again");
+        assert_eq!(
+            key_and_index(&msg).1,
+            i as u32,
+            "{:?}: in order",
+            bus.kind()
+        );
+        drop(guard);
+    }
+    assert!(
+        next_message(&mut second, QUIET).await.is_none(),
+        "nothing after N"
+    );
+    second.close().await;
+}
+
 type Seen = Arc<Mutex<Vec<(usize, String)>>>;
 
 /// Consumes in the background, delivering at once; records (member, body).
@@ -473,6 +519,11 @@ mod on_kafka {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_dropped_consumer_never_handed_on_comes_again() {
+        super::what_a_dropped_consumer_never_handed_on_comes_again(kafka(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn order_per_key() {
         super::order_per_key(kafka(4).await).await;
     }
@@ -500,6 +551,11 @@ mod on_kafka {
 
 mod on_nats {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_dropped_consumer_never_handed_on_comes_again() {
+        super::what_a_dropped_consumer_never_handed_on_comes_again(nats(1).await).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn order_per_key() {

@@ -266,8 +266,20 @@ impl KafkaConsumer {
     }
 }
 
+impl KafkaConsumer {
+    /// Abandons the events job never took: dropped, their guards would report them
+    /// delivered, and the last commit would pass them.
+    fn abandon_unread(&mut self) {
+        self.events.close();
+        while let Ok(event) = self.events.try_recv() {
+            event.abandon();
+        }
+    }
+}
+
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
+        self.abandon_unread();
         self.shared.stop.store(true, Ordering::Relaxed);
     }
 }
@@ -280,7 +292,7 @@ impl BusConsumer for KafkaConsumer {
 
     async fn close(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        self.events.close();
+        self.abandon_unread();
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -351,15 +363,20 @@ fn poll_loop(
                         let tracker: Arc<dyn DeliveryTracker> = track;
                         let guard = DeliveryGuard::new(tracker, partition, offset);
                         let event = BusEvent::Message(decoded, guard);
-                        // Backpressure: a job that does not keep up stops the poll loop (the
-                        // guard of an event that is never sent drops and releases the offset).
+                        // Backpressure: a job that does not keep up stops the poll loop. An
+                        // event never sent is abandoned: nothing from its offset on is
+                        // committed, so the partition's next consumer delivers it.
                         let mut event = Some(event);
                         while let Some(e) = event.take() {
                             match events.try_send(e) {
                                 Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Closed(_)) => break,
+                                Err(mpsc::error::TrySendError::Closed(unsent)) => {
+                                    unsent.abandon();
+                                    break;
+                                }
                                 Err(mpsc::error::TrySendError::Full(back)) => {
                                     if shared.stop.load(Ordering::Relaxed) {
+                                        back.abandon();
                                         break;
                                     }
                                     if last_commit.elapsed() >= interval {

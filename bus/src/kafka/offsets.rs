@@ -19,12 +19,19 @@ struct TrackState {
     next: Option<i64>,
     /// The offset last committed (or being committed) for this partition.
     committed: Option<i64>,
+    /// The lowest offset the consumer gave up on undelivered (it stops): nothing from it on
+    /// is committed.
+    abandoned: Option<i64>,
 }
 
 impl TrackState {
     /// The offset to commit: everything below it is delivered.
     fn commit_point(&self) -> Option<i64> {
-        self.outstanding.first().copied().or(self.next)
+        let below = self.outstanding.first().copied().or(self.next);
+        match (below, self.abandoned) {
+            (Some(b), Some(a)) => Some(b.min(a)),
+            (below, abandoned) => below.or(abandoned),
+        }
     }
 }
 
@@ -74,6 +81,15 @@ impl DeliveryTracker for PartitionTrack {
     fn delivered(&self, _partition: i32, offset: i64) {
         let mut state = self.lock();
         state.outstanding.remove(&offset);
+        if state.outstanding.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    fn abandoned(&self, _partition: i32, offset: i64) {
+        let mut state = self.lock();
+        state.outstanding.remove(&offset);
+        state.abandoned = Some(state.abandoned.map_or(offset, |a| a.min(offset)));
         if state.outstanding.is_empty() {
             self.drained.notify_all();
         }

@@ -39,6 +39,9 @@ struct TrackState {
     highest: u64,
     /// Messages acknowledged (confirmed by the server) since this partition was taken.
     acked: u64,
+    /// The lowest sequence given up on undelivered (the holder stops): nothing from it on is
+    /// acknowledged, so the next holder delivers it.
+    abandoned: Option<u64>,
 }
 
 /// Delivery tracking of one partition, for one holding of it: a partition taken again gets a
@@ -89,7 +92,12 @@ impl Track {
     /// delivered, with how many messages that acknowledges.
     fn ack_point(&self) -> Option<(u64, Subject, u64)> {
         let state = self.lock();
-        let bound = state.outstanding.first().copied().unwrap_or(u64::MAX);
+        let bound = state
+            .outstanding
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(state.abandoned.unwrap_or(u64::MAX));
         let (&seq, subject) = state.unacked.range(..bound).next_back()?;
         let count = state.unacked.range(..=seq).count() as u64;
         Some((seq, subject.clone(), count))
@@ -135,6 +143,16 @@ impl DeliveryTracker for Track {
         }
         if state.unacked.len() - state.outstanding.len() >= self.ack_early {
             self.ack_now.notify_one();
+        }
+    }
+
+    fn abandoned(&self, _partition: i32, offset: i64) {
+        let mut state = self.lock();
+        let seq = offset as u64;
+        state.outstanding.remove(&seq);
+        state.abandoned = Some(state.abandoned.map_or(seq, |a| a.min(seq)));
+        if state.outstanding.is_empty() {
+            self.drained.notify_waiters();
         }
     }
 }
@@ -263,7 +281,11 @@ pub(super) async fn run(
             },
         }
     };
-    drop(waiting); // its guard drops: the message counts as delivered only if job has it
+    // Never handed on: abandoned, so the last acknowledgement stops below it and the next
+    // holder delivers it (a drop would report it delivered).
+    if let Some(event) = waiting {
+        event.abandon();
+    }
     acknowledge(&shared, &track).await;
     ended
 }
