@@ -8,6 +8,9 @@
 # Needs perf (apt-get install linux-perf) and inferno (installed with `cargo install inferno`
 # when missing). Environment: OUT_DIR (default target/flamegraph), FREQ (samples per second,
 # default 199); PORT_BASE, BIN_DIR, NO_BUILD, NICE and IMGATE_CONFIG as in bench.sh.
+# SERVER_CPUS pins imgate (taskset) and then records those whole CPUs instead of the process,
+# so the loopback softirq and kernel work a core does for imgate's sends is in the picture
+# ("measure the core, not the thread"); HARNESS_CPUS pins bench-harness.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,10 +32,14 @@ nice=()
 [ -n "${NICE:-}" ] && nice=(nice -n "$NICE")
 config=()
 [ -n "${IMGATE_CONFIG:-}" ] && config=(--config "$IMGATE_CONFIG")
+server_pin=()
+[ -n "${SERVER_CPUS:-}" ] && server_pin=(taskset -c "$SERVER_CPUS")
+harness_pin=()
+[ -n "${HARNESS_CPUS:-}" ] && harness_pin=(taskset -c "$HARNESS_CPUS")
 
 log=$out_dir/imgate-$stamp.log
 data=$out_dir/perf-$stamp.data
-"${nice[@]}" "$bin/imgate" "${config[@]}" \
+"${server_pin[@]}" "${nice[@]}" "$bin/imgate" "${config[@]}" \
   --tcp-bind "127.0.0.1:$((base + 1))" --ws-bind "127.0.0.1:$((base + 2))" \
   --http-bind "127.0.0.1:$((base + 11))" \
   --comet-link-bind "127.0.0.1:$((base + 9))" --logic-link-bind "127.0.0.1:$((base + 19))" \
@@ -52,10 +59,12 @@ done
 sleep 1
 
 # DWARF unwinding: the release profile keeps line tables but no frame pointers.
-perf record -F "$freq" --call-graph dwarf,8192 -p "$imgate" -o "$data" 2>"$out_dir/perf-$stamp.log" &
+target=(-p "$imgate")
+[ -n "${SERVER_CPUS:-}" ] && target=(-a -C "$SERVER_CPUS")
+perf record -F "$freq" --call-graph dwarf,8192 "${target[@]}" -o "$data" 2>"$out_dir/perf-$stamp.log" &
 perf_pid=$!
 sleep 0.5
-"${nice[@]}" "$bin/bench-harness" --preset "$scenario" --server-pid "$imgate" \
+"${harness_pin[@]}" "${nice[@]}" "$bin/bench-harness" --preset "$scenario" --server-pid "$imgate" \
   --tcp-addr "127.0.0.1:$((base + 1))" --ws-addr "127.0.0.1:$((base + 2))" \
   --http "127.0.0.1:$((base + 11))" --json "$out_dir/$scenario-$stamp.json" "$@"
 kill -INT "$perf_pid"
