@@ -396,22 +396,18 @@ async fn push_mids(
 /// `GET /goim/online/mids?mids=1&mids=2` (or `mids=1,2`): each user's connections online now.
 async fn online_mids(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> ApiResult {
     let mids = Query::parse(raw.as_deref())?.online_mids(api.config.max_push_targets)?;
+    // Only connections whose key's session still names them (not replaced).
     let conns = api.stores.sessions.user_conns(&mids).await?;
-    // A connection counts only while its key's session still names it (not replaced).
-    let sessions = api.stores.sessions.sessions_by_mids(&mids).await?;
-    let live: std::collections::HashSet<(&str, &imgate_shared::link::ConnRef)> =
-        sessions.iter().map(|s| (s.key.as_str(), &s.conn)).collect();
     let mut out = serde_json::Map::new();
     for (mid, conns) in mids.iter().zip(conns) {
         let list: Vec<Value> = conns
             .iter()
-            .filter(|c| live.contains(&(c.key.as_str(), &c.conn)))
             .map(|c| {
                 json!({
                     "key": c.key,
                     "platform": c.platform,
-                    // The room it named at auth: comets do not report later changes.
-                    "rooms": if c.room.is_empty() { vec![] } else { vec![c.room.clone()] },
+                    // Every room it is in, as its comet reported them.
+                    "rooms": c.rooms,
                     "comet": c.conn.comet,
                     "shard": c.conn.shard,
                     "connected_at": c.connected_ms,
