@@ -223,6 +223,26 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                 return None;
             }
         },
+        op::REFRESH => {
+            // Counted with the client's messages waiting for logic: a client sending fresh
+            // tokens in a loop holds a few requests, not one each.
+            if !shard.start_upstream(conn.id, MAX_UPSTREAM_PER_CONN) {
+                shard.stats.upstream_refused.inc();
+                return Some(reply(ws, h.ver, op::REFRESH_REPLY, h.seq, &[]));
+            }
+            spawn_for_conn(
+                shard,
+                conn,
+                crate::control::refresh(
+                    shard.clone(),
+                    conn.clone(),
+                    h.ver,
+                    h.seq,
+                    Bytes::copy_from_slice(body),
+                ),
+            );
+            return None;
+        }
         op::SEND_MSG => {
             let upstream = upstream(shard, conn, h, body);
             if !shard.start_upstream(conn.id, MAX_UPSTREAM_PER_CONN) {

@@ -20,6 +20,7 @@ use imgate_store::{Session, StoreError, Stores};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::control;
 use crate::nodes;
 use crate::online::RoomCounts;
 use crate::query::{body_targets, BadRequest, MidsQuery, Query};
@@ -49,6 +50,9 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/goim/push/mids", post(push_mids))
         .route("/goim/push/room", post(push_room))
         .route("/goim/push/all", post(push_all))
+        .route("/goim/rooms/join", post(control::join))
+        .route("/goim/rooms/leave", post(control::leave))
+        .route("/goim/kick", post(control::kick))
         .route("/goim/online/top", get(online_top))
         .route("/goim/online/room", get(online_room))
         .route("/goim/online/total", get(online_total))
@@ -174,7 +178,7 @@ fn ok(message: impl Into<String>, data: Option<Value>) -> Response {
     envelope(StatusCode::OK, 0, message, data)
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 async fn timeout(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
@@ -232,7 +236,10 @@ fn push_body(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
 }
 
 /// The body, refused with 413 beyond `limit` bytes.
-fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     match body {
         Ok(body) if body.len() > limit => Err(ApiError::TooLarge(limit)),
         Ok(body) => Ok(body),
@@ -311,7 +318,7 @@ async fn publish_to_sessions(
     Ok(connections)
 }
 
-fn connections_reply(connections: usize, what: &str) -> Response {
+pub(crate) fn connections_reply(connections: usize, what: &str) -> Response {
     let message = if connections == 0 {
         format!("no online connection for these {what}")
     } else {

@@ -2,7 +2,7 @@
 //! session, claimed within the per-user limit, and its stored backlog.
 
 use imgate_shared::counters::Counter;
-use imgate_shared::link::{self, failure_cause, Body, ConnRef, ConnectReply, Stored};
+use imgate_shared::link::{self, failure_cause, Body, ConnRef, ConnectReply, RefreshReply, Stored};
 use imgate_store::{Connected, KeyPolicy, Rules, Session, StoredMessage};
 
 use super::{bare_conn, LinkError, LinkHandler};
@@ -23,6 +23,10 @@ struct HookAnswer {
     accepts: Option<Vec<i32>>,
     #[serde(default)]
     platform: Option<String>,
+    /// When the connection expires, Unix seconds (closed `auth.leeway` later unless the
+    /// client sends a fresh token, op 30, which goes through the hook too).
+    #[serde(default)]
+    expire_at: Option<u64>,
 }
 
 impl LinkHandler {
@@ -114,6 +118,64 @@ impl LinkHandler {
             rooms_limited: identity.allowed_rooms.is_some(),
             allowed_rooms: identity.allowed_rooms.unwrap_or_default(),
             replaced: replaced.map(|s| s.conn),
+            expire_at: self.expire_at(identity.exp),
+        }))
+    }
+
+    /// When a connection whose identity expires at `exp` is closed as expired: `auth.leeway`
+    /// later; 0 (never) for an identity that does not expire.
+    fn expire_at(&self, exp: u64) -> u64 {
+        match exp {
+            0 => 0,
+            exp => exp.saturating_add(self.leeway.as_secs()),
+        }
+    }
+
+    /// A client's fresh token (op 30): verified as at connect (a JWT, or the connect hook with
+    /// `{"token": …}` as the auth JSON), it must name the connection's user. The connection
+    /// takes its expiry and rooms claim; its session is renewed.
+    pub(super) async fn refresh(&self, req: link::Refresh) -> Result<Body, LinkError> {
+        let conn = req.conn.ok_or(LinkError::missing("Refresh", "conn"))?;
+        if !self.tokens && self.connect_hook.is_none() {
+            return Err(LinkError::Refused(
+                "token refresh needs signed tokens or the connect hook".into(),
+            ));
+        }
+        let token = std::str::from_utf8(&req.token)
+            .map_err(|_| LinkError::Refused("the fresh token is not UTF-8".into()))?
+            .trim();
+        if token.is_empty() {
+            return Err(LinkError::Refused("the fresh token is empty".into()));
+        }
+        let auth = serde_json::json!({ "token": token }).to_string();
+        let identity = self
+            .identify(auth.as_bytes(), "", &req.remote_addr, &conn)
+            .await
+            .map_err(|e| match e {
+                LinkError::Refused(why) => {
+                    let why = why.strip_prefix("invalid auth body: ").unwrap_or(&why);
+                    LinkError::Refused(format!("fresh token refused: {why}"))
+                }
+                other => other,
+            })?;
+        if identity.mid != req.mid {
+            return Err(LinkError::Refused(format!(
+                "fresh token refused: it is for user {}, not {}",
+                identity.mid, req.mid
+            )));
+        }
+        let session = Session {
+            mid: req.mid,
+            key: req.key,
+            conn,
+        };
+        self.stores.sessions.refresh(&session).await?;
+        tracing::debug!(mid = session.mid, key = %session.key, exp = identity.exp, "token refreshed");
+        Ok(Body::RefreshReply(RefreshReply {
+            exp: identity.exp,
+            expire_at: self.expire_at(identity.exp),
+            rooms_limited: identity.allowed_rooms.is_some(),
+            allowed_rooms: identity.allowed_rooms.unwrap_or_default(),
         }))
     }
 
@@ -248,6 +310,7 @@ impl LinkHandler {
         if let Some(platform) = answer.platform {
             identity.platform = platform;
         }
+        identity.exp = answer.expire_at.unwrap_or(0);
         if let Some(rooms) = answer.rooms {
             if !identity.room.is_empty() && !rooms.contains(&identity.room) {
                 c.connect_hook_refused.inc();

@@ -8,7 +8,7 @@
 //!
 //! | file | messages |
 //! | --- | --- |
-//! | `connect.rs` | `Connect` (who the client is: token, connect hook; the session and its limits) |
+//! | `connect.rs` | `Connect` (who the client is: token, connect hook; the session and its limits), `Refresh` (a fresh token, op 30) |
 //! | `conns.rs` | `Disconnect`, `Heartbeat`, `RoomsChanged` (a connection's life after connect) |
 //! | `online.rs` | `RenewOnline` (the shards' online reports) |
 //! | `inbox.rs` | `InboxAck`, `InboxRead` (stored messages) |
@@ -71,6 +71,8 @@ pub(crate) struct LinkHandler {
     /// Most connections per user (0 = none), and whether the oldest is closed instead.
     pub user_limit: usize,
     pub kick_oldest: bool,
+    /// How long after its `exp` a connection is closed as expired (`auth.leeway`).
+    pub leeway: Duration,
     /// Connect and disconnect events for the business.
     pub events: Option<Events>,
     /// The rooms of online reports whose parts are still arriving, by comet and shard.
@@ -141,6 +143,7 @@ impl LinkError {
     fn cause(&self) -> &'static str {
         match self {
             LinkError::Hook { cause, .. } => cause,
+            LinkError::Store(_) => link::failure_cause::UNAVAILABLE,
             _ => "",
         }
     }
@@ -163,6 +166,7 @@ impl LinkHandler {
             Some(Body::Upstream(req)) => Ok(self.upstream(req).await),
             Some(Body::InboxAck(req)) => self.inbox_ack(req).await,
             Some(Body::InboxRead(req)) => self.inbox_read(req).await,
+            Some(Body::Refresh(req)) => self.refresh(req).await,
             Some(other) => Err(LinkError::Unexpected(body_name(&other))),
             None => Err(LinkError::Empty),
         };
@@ -232,6 +236,10 @@ fn body_name(body: &Body) -> &'static str {
         Body::LinkHello(_) => "LinkHello",
         Body::Load(_) => "Load",
         Body::UpstreamReply(_) => "UpstreamReply",
+        Body::Control(_) => "Control",
+        Body::RoomsChanged(_) => "RoomsChanged",
+        Body::Refresh(_) => "Refresh",
+        Body::RefreshReply(_) => "RefreshReply",
     }
 }
 
