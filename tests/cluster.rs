@@ -331,6 +331,11 @@ fn the_business_joins_leaves_and_kicks_connections_on_other_comets() {
     assert_eq!(answer["data"]["connections"], 2, "{}", c.logs());
     assert_eq!(a.next(WAIT), (25, "live://c1".into()), "{}", c.logs());
     assert_eq!(b.next(WAIT), (25, "live://c1".into()), "{}", c.logs());
+    // Presence lists the joined room, from the store any logic reads (Redis here).
+    eventually(WAIT, "presence to list the joined room", || {
+        let a = http(c.http(0), "GET", "/goim/online/mids?mids=71", b"");
+        a.json["data"]["71"][0]["rooms"] == serde_json::json!(["live://c-home", "live://c1"])
+    });
     push(
         c.http(0),
         "/goim/push/room?operation=1000&type=live&room=c1",

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use imgate::client::http::HttpClient;
 use imgate::client::{Client, Transport};
 use imgate::standalone::Gateway;
+use imgate_shared::config::Config;
 use imgate_shared::frame::op;
+use support::business::{Business, Reply};
 use support::process::sample;
 use support::*;
 
@@ -22,11 +24,16 @@ const API_KEY: &str = "control-api-key";
 const WAIT: Duration = Duration::from_secs(5);
 
 fn secure_gateway(max_rooms: usize) -> Gateway {
+    secure_gateway_with(max_rooms, |_| {})
+}
+
+fn secure_gateway_with(max_rooms: usize, more: impl FnOnce(&mut Config)) -> Gateway {
     let mut config = test_config();
     config.auth.jwt_secret = Some(SECRET.into());
     config.auth.api_key = Some(API_KEY.into());
     config.auth.leeway = Duration::from_secs(1);
     config.comet.max_rooms_per_conn = max_rooms;
+    more(&mut config);
     Gateway::start(config).expect("secure gateway starts")
 }
 
@@ -406,5 +413,119 @@ fn a_forged_expired_or_other_users_fresh_token_gets_op_6_then_the_close() {
     eventually(WAIT, "the refusals to be counted", || {
         g.comet().stats().closed_refresh_refused >= 4
     });
+    g.shutdown();
+}
+
+/// Every room of `mid`'s first connection, as presence lists them.
+fn presence_rooms(g: &Gateway, mid: i64) -> Vec<String> {
+    let bearer = format!("Bearer {API_KEY}");
+    let a = request(
+        g.http_addr(),
+        "GET",
+        &format!("/goim/online/mids?mids={mid}"),
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{:?}", a.json);
+    a.json["data"][mid.to_string()][0]["rooms"]
+        .as_array()
+        .map(|rooms| {
+            rooms
+                .iter()
+                .map(|r| r.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn presence_lists_every_room_joined_by_the_client_or_the_server_and_events_say_so() {
+    let business = Business::start(|_| Reply::With(204, Vec::new()));
+    let g = secure_gateway_with(4, |config| {
+        config.logic.events_url = Some(business.url("/events"));
+        config.logic.events_interval = Duration::from_millis(100);
+    });
+    let http = g.http_addr();
+    let mut c = connect(&g, Transport::Tcp, &token(71, 600), "pres", "live://p-main");
+    assert_eq!(presence_rooms(&g, 71), vec!["live://p-main"]);
+    // The client joins one room (op 24), the server another.
+    c.send(1, op::JOIN, 2, b"live://p-client").unwrap();
+    assert_eq!(
+        c.recv_op(op::JOIN_REPLY, WAIT).unwrap().body,
+        b"live://p-client"
+    );
+    post(
+        http,
+        "/goim/rooms/join?type=live&room=p-server&mids=71",
+        None,
+        "",
+    );
+    assert_eq!(
+        next_frame(&mut c),
+        (op::JOIN_REPLY, 0, "live://p-server".into())
+    );
+    eventually(WAIT, "presence to list every room", || {
+        presence_rooms(&g, 71) == ["live://p-main", "live://p-client", "live://p-server"]
+    });
+    // Online counts count the joined members.
+    eventually(WAIT, "the joined rooms to be counted", || {
+        let bearer = format!("Bearer {API_KEY}");
+        let a = request(
+            http,
+            "GET",
+            "/goim/online/room?type=live&rooms=p-client&rooms=p-server",
+            &[("Authorization", &bearer)],
+            b"",
+        );
+        a.json["data"]["p-client"] == 1 && a.json["data"]["p-server"] == 1
+    });
+    // The client leaves its main room (op 26), the server takes the other one away.
+    c.send(1, op::LEAVE, 3, b"live://p-main").unwrap();
+    assert_eq!(
+        c.recv_op(op::LEAVE_REPLY, WAIT).unwrap().body,
+        b"live://p-main"
+    );
+    post(
+        http,
+        "/goim/rooms/leave?type=live&room=p-server&keys=pres",
+        None,
+        "",
+    );
+    assert_eq!(
+        next_frame(&mut c),
+        (op::LEAVE_REPLY, 0, "live://p-server".into())
+    );
+    eventually(WAIT, "presence to follow the leaves", || {
+        presence_rooms(&g, 71) == ["live://p-client"]
+    });
+    let mut rooms = Vec::new();
+    eventually(WAIT, "the join and leave events", || {
+        rooms = business
+            .received()
+            .iter()
+            .flat_map(|r| r.json().as_array().unwrap().clone())
+            .filter(|e| e["event"] == "join" || e["event"] == "leave")
+            .map(|e| {
+                assert_eq!(e["mid"], 71);
+                assert_eq!(e["key"], "pres");
+                format!(
+                    "{} {} {}",
+                    e["event"].as_str().unwrap(),
+                    e["room"].as_str().unwrap(),
+                    e["reason"].as_str().unwrap()
+                )
+            })
+            .collect();
+        rooms.len() >= 4
+    });
+    assert_eq!(
+        rooms,
+        [
+            "join live://p-client client",
+            "join live://p-server server",
+            "leave live://p-main client",
+            "leave live://p-server server",
+        ]
+    );
     g.shutdown();
 }

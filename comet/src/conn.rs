@@ -339,6 +339,15 @@ impl Conn {
         main.is_some() as usize + self.joined.borrow().as_ref().map_or(0, |j| j.len())
     }
 
+    /// Every room it is in, its main room first.
+    pub fn rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self.room().iter().map(|r| r.to_string()).collect();
+        if let Some(joined) = self.joined.borrow().as_ref() {
+            rooms.extend(joined.iter().map(|r| r.to_string()));
+        }
+        rooms
+    }
+
     /// Whether it is in `room`, as its main room or a joined one.
     pub fn in_room(&self, room: &str) -> bool {
         self.room().as_deref() == Some(room) || self.is_joined(room)

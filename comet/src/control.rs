@@ -33,16 +33,20 @@ pub(crate) fn control(shard: &Shard, action: ControlAction, room: &str, reason: 
         match action {
             ControlAction::Join => {
                 // Logic checks the name too; a link message is not trusted blindly.
+                let before = Shard::rooms_before(&conn);
                 if parse_room(room.as_bytes()).is_none() {
                     shard.stats.room_refused.inc();
                 } else if shard.join_room(&conn, room) {
+                    shard.rooms_changed(&conn, before, true);
                     tell(shard, &conn, op::JOIN_REPLY, room.as_bytes());
                 } else {
                     shard.stats.room_limit.inc();
                 }
             }
             ControlAction::Leave => {
+                let before = Shard::rooms_before(&conn);
                 if shard.leave_room(&conn, room) {
+                    shard.rooms_changed(&conn, before, true);
                     tell(shard, &conn, op::LEAVE_REPLY, room.as_bytes());
                 }
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use imgate_runtime::LoopStats;
-use imgate_shared::link::{Body, ConnRef, RenewOnline, RoomCount, REPORT_PART_BYTES};
+use imgate_shared::link::{Body, ConnRef, RenewOnline, RoomCount, RoomsChanged, REPORT_PART_BYTES};
 
 use crate::backlink::LinkBack;
 use crate::conn::{ById, CloseReason, Conn, QueueLimits, SyncRequest};
@@ -343,6 +343,45 @@ impl Shard {
         }
         self.rooms.borrow_mut().leave(room, conn.id);
         true
+    }
+
+    /// A user's connection's rooms before a change, for [`Shard::rooms_changed`]; `None` for
+    /// an anonymous connection (mid 0), which has no presence: nothing is reported for it.
+    pub fn rooms_before(conn: &Conn) -> Option<Vec<String>> {
+        (conn.mid > 0).then(|| conn.rooms())
+    }
+
+    /// Tells logic that a user's connection's rooms changed from `before` (from
+    /// [`Shard::rooms_before`]) to what they are now, so presence lists every room and the
+    /// business gets join and leave events; `by_server`: the business's join or leave asked
+    /// for it, not the client. Nothing is sent when nothing changed.
+    pub fn rooms_changed(&self, conn: &Conn, before: Option<Vec<String>>, by_server: bool) {
+        let Some(before) = before else {
+            return;
+        };
+        let rooms = conn.rooms();
+        let joined: Vec<String> = rooms
+            .iter()
+            .filter(|r| !before.contains(r))
+            .cloned()
+            .collect();
+        let left: Vec<String> = before
+            .iter()
+            .filter(|r| !rooms.contains(r))
+            .cloned()
+            .collect();
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        self.logic.notify(Body::RoomsChanged(RoomsChanged {
+            conn: self.conn_ref(conn),
+            mid: conn.mid,
+            key: conn.key.to_string(),
+            rooms,
+            joined,
+            left,
+            by_server,
+        }));
     }
 
     /// Whether a room grew enough since the last online report to be reported early.

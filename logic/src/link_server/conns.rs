@@ -1,4 +1,4 @@
-//! A connection's life after its connect: `Disconnect` and `Heartbeat`.
+//! A connection's life after its connect: `Disconnect`, `Heartbeat` and `RoomsChanged`.
 
 use imgate_shared::link::{self, Body, Empty};
 use imgate_store::Session;
@@ -24,6 +24,29 @@ impl LinkHandler {
             self.event("disconnect", session.mid, gone, reason);
         }
         tracing::debug!(mid = session.mid, key = %session.key, removed = gone.is_some(), "disconnect");
+        Ok(Body::Ok(Empty {}))
+    }
+
+    /// Records every room the connection is in now (presence) and tells the business what it
+    /// joined and left. A connection the store no longer names (closed, replaced) is left
+    /// alone, and no event is sent for it.
+    pub(super) async fn rooms_changed(&self, req: link::RoomsChanged) -> Result<Body, LinkError> {
+        let conn = req.conn.ok_or(LinkError::missing("RoomsChanged", "conn"))?;
+        let session = Session {
+            mid: req.mid,
+            key: req.key,
+            conn,
+        };
+        let Some(now) = self.stores.sessions.set_rooms(&session, &req.rooms).await? else {
+            return Ok(Body::Ok(Empty {}));
+        };
+        let reason = if req.by_server { "server" } else { "client" };
+        for room in &req.left {
+            self.room_event("leave", session.mid, &now, reason, room);
+        }
+        for room in &req.joined {
+            self.room_event("join", session.mid, &now, reason, room);
+        }
         Ok(Body::Ok(Empty {}))
     }
 

@@ -167,6 +167,7 @@ impl LinkHandler {
             Some(Body::InboxAck(req)) => self.inbox_ack(req).await,
             Some(Body::InboxRead(req)) => self.inbox_read(req).await,
             Some(Body::Refresh(req)) => self.refresh(req).await,
+            Some(Body::RoomsChanged(req)) => self.rooms_changed(req).await,
             Some(other) => Err(LinkError::Unexpected(body_name(&other))),
             None => Err(LinkError::Empty),
         };
@@ -199,6 +200,23 @@ impl LinkHandler {
                 platform: conn.platform.clone(),
                 time: unix_ms(),
                 reason: reason.to_string(),
+                room: String::new(),
+            });
+        }
+    }
+
+    /// Queues a join or leave event for the business, if it wants them.
+    fn room_event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str, room: &str) {
+        if let Some(events) = &self.events {
+            events.send(Event {
+                event,
+                mid,
+                key: conn.key.clone(),
+                comet: conn.conn.comet.clone(),
+                platform: conn.platform.clone(),
+                time: unix_ms(),
+                reason: reason.to_string(),
+                room: room.to_string(),
             });
         }
     }
@@ -283,6 +301,15 @@ async fn connection(
     let writer = tokio::spawn(write_replies(writer, queued));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let reply_bytes = Arc::new(Semaphore::new(MAX_QUEUED_REPLY_BYTES));
+    // Each report of a connection's rooms carries all of them, so they must be applied in the
+    // order they were sent: one task takes them in turn (a connection stays on one link).
+    let (in_order, ordered) = mpsc::channel::<(Envelope, OwnedSemaphorePermit)>(MAX_IN_FLIGHT);
+    let ordered_task = tokio::spawn(handle_in_order(
+        ordered,
+        handler.clone(),
+        replies.clone(),
+        reply_bytes.clone(),
+    ));
     let mut buf = BytesMut::with_capacity(8 << 10);
     'read: loop {
         loop {
@@ -291,19 +318,18 @@ async fn connection(
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         break 'read;
                     };
+                    if matches!(envelope.body, Some(Body::RoomsChanged(_))) {
+                        // Never waits: the channel has room for every permit.
+                        let _ = in_order.send((envelope, permit)).await;
+                        continue;
+                    }
                     let handler = handler.clone();
                     let replies = replies.clone();
                     let reply_bytes = reply_bytes.clone();
                     tokio::spawn(async move {
                         let id = envelope.id;
                         let body = handler.handle(envelope.body).await;
-                        let frame = Envelope::new(id, body).to_frame();
-                        // Waits while the comet has too much unwritten; one reply larger than
-                        // the whole budget takes all of it.
-                        let cost = frame.len().clamp(1, MAX_QUEUED_REPLY_BYTES) as u32;
-                        if let Ok(budget) = reply_bytes.acquire_many_owned(cost).await {
-                            let _ = replies.send((frame, budget)).await;
-                        }
+                        send_reply(id, body, &replies, &reply_bytes).await;
                         drop(permit);
                     });
                 }
@@ -327,9 +353,40 @@ async fn connection(
         }
     }
     // The writer ends once every in-flight request has replied and dropped its sender.
+    drop(in_order);
+    let _ = ordered_task.await;
     drop(replies);
     let _ = writer.await;
     tracing::debug!(%peer, "comet link closed");
+}
+
+/// Handles the requests that must be applied in the order they came, one after the other.
+async fn handle_in_order(
+    mut ordered: mpsc::Receiver<(Envelope, OwnedSemaphorePermit)>,
+    handler: Arc<LinkHandler>,
+    replies: mpsc::Sender<Reply>,
+    reply_bytes: Arc<Semaphore>,
+) {
+    while let Some((envelope, permit)) = ordered.recv().await {
+        let body = handler.handle(envelope.body).await;
+        send_reply(envelope.id, body, &replies, &reply_bytes).await;
+        drop(permit);
+    }
+}
+
+/// Queues the reply to request `id` for the writer. Waits while the comet has too much
+/// unwritten; one reply larger than the whole budget takes all of it.
+async fn send_reply(
+    id: u64,
+    body: Body,
+    replies: &mpsc::Sender<Reply>,
+    reply_bytes: &Arc<Semaphore>,
+) {
+    let frame = Envelope::new(id, body).to_frame();
+    let cost = frame.len().clamp(1, MAX_QUEUED_REPLY_BYTES) as u32;
+    if let Ok(budget) = reply_bytes.clone().acquire_many_owned(cost).await {
+        let _ = replies.send((frame, budget)).await;
+    }
 }
 
 /// A reply frame and its share of the connection's reply-byte budget, given back once written.

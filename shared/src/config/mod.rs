@@ -304,7 +304,8 @@ pub struct LogicConfig {
     /// Client messages one logic has waiting for the business at once; more are answered
     /// empty at once.
     pub upstream_concurrency: usize,
-    /// Where connect and disconnect events are POSTed, in batches; none = not sent.
+    /// Where connect, disconnect, join and leave events are POSTed, in batches; none = not
+    /// sent.
     #[serde(deserialize_with = "none_if_empty")]
     pub events_url: Option<String>,
     /// Events waiting to be sent, at most; more are dropped and counted.
