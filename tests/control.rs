@@ -529,3 +529,75 @@ fn presence_lists_every_room_joined_by_the_client_or_the_server_and_events_say_s
     );
     g.shutdown();
 }
+
+#[test]
+fn the_connect_hooks_expire_at_expires_a_connection_and_refresh_goes_through_the_hook() {
+    let soon = unix_now() + 3;
+    let later = unix_now() + 600;
+    let business = Business::start(move |r| {
+        let answer = match r.json()["auth"]["token"].as_str().unwrap_or_default() {
+            "session-soon" => serde_json::json!({"mid": 81, "expire_at": soon}),
+            "session-later" => serde_json::json!({"mid": 81, "expire_at": later}),
+            "session-other" => serde_json::json!({"mid": 82}),
+            _ => return Reply::With(403, Vec::new()),
+        };
+        Reply::With(200, answer.to_string().into_bytes())
+    });
+    let mut config = test_config();
+    config.auth.connect_url = Some(business.url("/connect"));
+    config.auth.api_key = Some(API_KEY.into());
+    config.auth.leeway = Duration::from_secs(1);
+    let g = Gateway::start(config).expect("gateway starts");
+    let hook_client = |token: &str| {
+        let mut c = Client::connect(g.tcp_addr(), Transport::Tcp).unwrap();
+        c.auth(&serde_json::json!({ "token": token }).to_string())
+            .expect("admitted by the hook");
+        c
+    };
+    let mut refreshed = hook_client("session-soon");
+    let mut expiring = hook_client("session-soon");
+    let mut refused = hook_client("session-soon");
+    // Through the hook: the same user, a later expire_at.
+    refreshed.send(1, op::REFRESH, 3, b"session-later").unwrap();
+    let reply = refreshed.recv_op(op::REFRESH_REPLY, WAIT).expect("op 31");
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body, serde_json::json!({ "exp": later }));
+    // Another user, and a token the hook refuses.
+    refused.send(1, op::REFRESH, 4, b"session-other").unwrap();
+    let (op_got, _, why) = next_frame(&mut refused);
+    assert_eq!(op_got, op::DISCONNECT_REPLY);
+    assert!(why.contains("user 82"), "{why}");
+    assert!(refused.wait_closed(WAIT));
+    // Without a fresh token, the hook's expire_at (and the leeway) closes it.
+    let f = expiring
+        .recv(Duration::from_secs(10))
+        .expect("op 6 within 10 s");
+    assert_eq!(
+        (f.op, String::from_utf8_lossy(&f.body).into_owned()),
+        (op::DISCONNECT_REPLY, "token expired".into())
+    );
+    assert!(expiring.wait_closed(WAIT));
+    // The refreshed one outlives it and still gets pushes.
+    while unix_now() <= soon + 2 {
+        assert!(refreshed.heartbeat(1).is_ok(), "closed after a fresh token");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let a = post(
+        g.http_addr(),
+        "/goim/push/mids?operation=1000&mids=81",
+        None,
+        "alive",
+    );
+    assert_eq!(a["data"]["connections"], 1);
+    assert_eq!(next_push(&mut refreshed), (1000, "alive".into()));
+    let hook_calls = business
+        .received()
+        .iter()
+        .filter(|r| r.path == "/connect")
+        .count();
+    assert_eq!(
+        hook_calls, 5,
+        "three connects and two refreshes went through the hook"
+    );
+    g.shutdown();
+}
