@@ -124,8 +124,10 @@ pub struct ConnControl {
     /// The comet they are on (for the bus; the link reaches that comet already).
     #[prost(string, tag = "1")]
     pub comet: String,
+    /// Its connections, by shard.
     #[prost(message, repeated, tag = "2")]
     pub targets: Vec<ShardConns>,
+    /// A [`ControlAction`].
     #[prost(enumeration = "ControlAction", tag = "3")]
     pub action: i32,
     /// The room joined or left.
@@ -141,6 +143,7 @@ pub struct ConnControl {
 pub struct ShardConns {
     #[prost(uint32, tag = "1")]
     pub shard: u32,
+    /// [`ConnRef::conn_id`]s on that shard.
     #[prost(uint64, repeated, tag = "2")]
     pub conn_ids: Vec<u64>,
 }
@@ -149,6 +152,7 @@ pub struct ShardConns {
 /// join or leave. Logic records `rooms` (presence) and tells the business (events).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RoomsChanged {
+    /// The connection, with its user and key (its session).
     #[prost(message, optional, tag = "1")]
     pub conn: Option<ConnRef>,
     #[prost(int64, tag = "2")]
@@ -158,8 +162,10 @@ pub struct RoomsChanged {
     /// Every room the connection is in now, its main room first.
     #[prost(string, repeated, tag = "4")]
     pub rooms: Vec<String>,
+    /// The rooms it entered with this change (a `join` event each).
     #[prost(string, repeated, tag = "5")]
     pub joined: Vec<String>,
+    /// The rooms it left with this change (a `leave` event each).
     #[prost(string, repeated, tag = "6")]
     pub left: Vec<String>,
     /// The business asked for it (its join and leave API), not the client.
@@ -170,6 +176,7 @@ pub struct RoomsChanged {
 /// A client's fresh token (op 30) for its connection.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Refresh {
+    /// The connection, with its user and key: the token must be that user's.
     #[prost(message, optional, tag = "1")]
     pub conn: Option<ConnRef>,
     #[prost(int64, tag = "2")]
@@ -179,6 +186,7 @@ pub struct Refresh {
     /// The op-30 body: the token, as the client would put it in its auth JSON.
     #[prost(bytes = "bytes", tag = "4")]
     pub token: Bytes,
+    /// The client's address, for the connect hook.
     #[prost(string, tag = "5")]
     pub remote_addr: String,
 }
@@ -194,8 +202,10 @@ pub struct RefreshReply {
     /// 0: never.
     #[prost(uint64, tag = "2")]
     pub expire_at: u64,
+    /// The rooms the fresh token allows (when `rooms_limited`).
     #[prost(string, repeated, tag = "3")]
     pub allowed_rooms: Vec<String>,
+    /// The fresh token limits the rooms; otherwise any room.
     #[prost(bool, tag = "4")]
     pub rooms_limited: bool,
 }
