@@ -301,3 +301,77 @@ fn the_business_hooks_work_across_logics() {
             && events.iter().filter(|e| e["event"] == "disconnect").count() == 2
     });
 }
+
+/// The business's join, leave and kick in cluster mode: asked of either logic, they travel
+/// logic → Kafka → job → the comet holding each connection, like pushes.
+#[test]
+fn the_business_joins_leaves_and_kicks_connections_on_other_comets() {
+    let c = Cluster::start(2, 2, 1);
+    let a = Subscriber::start(
+        c.comets[0].tcp,
+        Transport::Tcp,
+        71,
+        "ck-a",
+        "live://c-home",
+        &[1000],
+    );
+    let b = Subscriber::start(
+        c.comets[1].ws,
+        Transport::WebSocket,
+        72,
+        "ck-b",
+        "",
+        &[1000],
+    );
+    let answer = push(
+        c.http(1),
+        "/goim/rooms/join?type=live&room=c1&mids=71&mids=72",
+        "",
+    );
+    assert_eq!(answer["data"]["connections"], 2, "{}", c.logs());
+    assert_eq!(a.next(WAIT), (25, "live://c1".into()), "{}", c.logs());
+    assert_eq!(b.next(WAIT), (25, "live://c1".into()), "{}", c.logs());
+    // Presence lists the joined room, from the store any logic reads (Redis here).
+    eventually(WAIT, "presence to list the joined room", || {
+        let a = http(c.http(0), "GET", "/goim/online/mids?mids=71", b"");
+        a.json["data"]["71"][0]["rooms"] == serde_json::json!(["live://c-home", "live://c1"])
+    });
+    push(
+        c.http(0),
+        "/goim/push/room?operation=1000&type=live&room=c1",
+        "both",
+    );
+    assert_eq!(a.next(WAIT), (1000, "both".into()));
+    assert_eq!(b.next(WAIT), (1000, "both".into()));
+
+    let answer = push(
+        c.http(0),
+        "/goim/rooms/leave?type=live&room=c1&keys=ck-a",
+        "",
+    );
+    assert_eq!(answer["data"]["connections"], 1);
+    assert_eq!(a.next(WAIT), (27, "live://c1".into()));
+    push(
+        c.http(0),
+        "/goim/push/room?operation=1000&type=live&room=c1",
+        "only b",
+    );
+    assert_eq!(b.next(WAIT), (1000, "only b".into()));
+    push(
+        c.http(1),
+        "/goim/push/room?operation=1000&type=live&room=c-home",
+        "sentinel",
+    );
+    assert_eq!(a.next(WAIT), (1000, "sentinel".into()), "a still got c1");
+
+    let answer = push(c.http(0), "/goim/kick?mids=72&reason=bye", "");
+    assert_eq!(answer["data"]["connections"], 1);
+    assert_eq!(b.next(WAIT), (6, "bye".into()), "{}", c.logs());
+    assert!(
+        matches!(
+            b.pushes.recv_timeout(WAIT),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ),
+        "the kicked connection stays open"
+    );
+}

@@ -1,12 +1,12 @@
 //! What travels on the bus: one push (or one connection to close) per [`BusMessage`].
 
 use bytes::Bytes;
-use imgate_shared::link::{CloseConn, ShardKeys};
+use imgate_shared::link::{CloseConn, ConnControl, ShardKeys};
 
 /// One push, as logic publishes it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BusMessage {
-    #[prost(oneof = "Push", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Push", tags = "1, 2, 3, 4, 6")]
     pub push: Option<Push>,
     /// When logic accepted the push, Unix time in microseconds (0: unknown): comet measures
     /// `imgate_push_latency_seconds` from it.
@@ -26,6 +26,11 @@ pub enum Push {
     /// connection's claim on another comet).
     #[prost(message, tag = "4")]
     Close(CloseConn),
+    // Tag 5 is `BusMessage::accepted_us`.
+    /// Not a push: the business joins, leaves or kicks connections of one comet (keyed by
+    /// that comet, so it keeps its order with the comet's keys pushes).
+    #[prost(message, tag = "6")]
+    Control(ConnControl),
 }
 
 /// Connections on one comet, grouped by shard.
@@ -87,6 +92,7 @@ impl BusMessage {
             Some(Push::Keys(k)) => format!("comet:{}", k.comet),
             Some(Push::Room(r)) => format!("room:{}", r.room),
             Some(Push::Close(c)) => format!("comet:{}", c.conn.as_ref().map_or("", |c| &c.comet)),
+            Some(Push::Control(c)) => format!("comet:{}", c.comet),
             Some(Push::All(_)) | None => "all".to_string(),
         }
     }

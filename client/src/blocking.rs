@@ -326,6 +326,7 @@ impl Client {
     /// Moves complete frames from the buffer to `pending` (answering pings); says whether
     /// it found any.
     fn parse_buffered(&mut self) -> Result<bool, ClientError> {
+        let before = self.pending.len();
         let mut found = Received {
             frames: &mut self.pending,
             count: &mut self.received,
@@ -337,7 +338,15 @@ impl Client {
             other => ClientError::Protocol(other.to_string()),
         });
         let (any, pongs) = (found.any, found.pongs);
-        let used = used?;
+        let used = match used {
+            // A WebSocket close right after frames (op 6, then the close): the frames are
+            // handed out first; the socket's end comes with the next read.
+            Err(ClientError::Closed) if self.pending.len() > before => {
+                self.buf.clear();
+                return Ok(true);
+            }
+            used => used?,
+        };
         self.buf.drain(..used);
         for pong in pongs {
             self.write_out(&pong)?;

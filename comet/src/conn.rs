@@ -37,6 +37,12 @@ pub(crate) enum CloseReason {
     /// A newer connection authenticated with the same key (logic named this one as the
     /// connection it replaced).
     Kicked,
+    /// The business kicked it (`POST /goim/kick`).
+    KickedByBusiness,
+    /// Its token's `exp` (and `auth.leeway`) passed without a fresh token (op 30).
+    TokenExpired,
+    /// The fresh token it sent (op 30) was refused.
+    RefreshRefused,
     /// The client sent frames faster than `upstream_rate` / `upstream_burst`.
     RateLimited,
     /// The TLS handshake failed.
@@ -78,6 +84,9 @@ impl CloseReason {
             CloseReason::HeartbeatExpired => s.heartbeat_expired.inc(),
             CloseReason::Slow => s.closed_slow.inc(),
             CloseReason::Kicked => s.kicked_duplicate.inc(),
+            CloseReason::KickedByBusiness => s.closed_kicked.inc(),
+            CloseReason::TokenExpired => s.closed_token_expired.inc(),
+            CloseReason::RefreshRefused => s.closed_refresh_refused.inc(),
             CloseReason::RateLimited => s.closed_rate_limited.inc(),
             CloseReason::TlsFailed => s.tls_failed.inc(),
             CloseReason::Panic => s.closed_panic.inc(),
@@ -96,6 +105,9 @@ impl CloseReason {
             CloseReason::HeartbeatExpired => "heartbeat_expired",
             CloseReason::Slow => "slow",
             CloseReason::Kicked => "replaced",
+            CloseReason::KickedByBusiness => "kicked",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::RefreshRefused => "refresh_refused",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::TlsFailed => "tls_failed",
             CloseReason::Shutdown => "shutdown",
@@ -143,9 +155,13 @@ pub(crate) struct Conn {
     #[allow(clippy::box_collection)]
     pub(crate) joined: RefCell<Option<Box<Vec<Arc<str>>>>>,
     /// The rooms this connection may change to (its token's `rooms` claim); `None`: any.
-    /// Boxed: a thin pointer costs every connection 8 bytes, the list itself is rare.
+    /// Boxed: a thin pointer costs every connection 8 bytes, the list itself is rare. A fresh
+    /// token (op 30) replaces it.
     #[allow(clippy::box_collection)]
-    pub allowed_rooms: Option<Box<Vec<String>>>,
+    pub(crate) allowed_rooms: Cell<Option<Box<Vec<String>>>>,
+    /// When its token expires (its `exp` and `auth.leeway`), Unix seconds; 0: never. Looked
+    /// at on the heartbeat wheel; a fresh token (op 30) moves it.
+    pub(crate) expire_at: Cell<u32>,
     /// The ops this connection watches.
     pub(crate) watch: Watched,
     pub(crate) delivery: Delivery,
@@ -166,7 +182,9 @@ pub(crate) struct Conn {
     pub(crate) last_logic_heartbeat: Cell<u32>,
     pub(crate) close: Cell<Option<CloseReason>>,
     pub(crate) reading: Cell<Reading>,
-    pub(crate) flush_then_close: Cell<bool>,
+    /// Close with this reason once everything queued is written (a WebSocket close answered,
+    /// an op 6 told): nothing more is queued meanwhile.
+    pub(crate) flush_then_close: Cell<Option<CloseReason>>,
     /// A frame of it is in the shard's io_uring (submitted or about to be): nothing else is
     /// written until its completion has been handled, so the order holds.
     pub(crate) in_ring: Cell<bool>,
@@ -233,7 +251,7 @@ impl Conn {
         items: impl Iterator<Item = Queued>,
         limits: QueueLimits,
     ) -> Pushed {
-        if self.close.get().is_some() {
+        if self.is_closing() {
             return Pushed::Closed;
         }
         let mut queue = self.queue.borrow_mut();
@@ -259,9 +277,29 @@ impl Conn {
         Pushed::Queued
     }
 
-    /// Whether the connection is closing.
+    /// Whether the connection is closing (at once, or once what is queued is written).
     pub fn is_closing(&self) -> bool {
-        self.close.get().is_some()
+        self.close.get().is_some() || self.flush_then_close.get().is_some()
+    }
+
+    /// Stops reading, lets what is queued (a last word to the client) be written, then closes
+    /// for `reason`; nothing more is queued meanwhile.
+    pub fn close_after_flush(&self, reason: CloseReason) {
+        if self.is_closing() {
+            return;
+        }
+        self.reading.set(Reading::Closed);
+        self.flush_then_close.set(Some(reason));
+        self.wake_writer();
+    }
+
+    /// When its token expires, in milliseconds from `unix_now_ms`: `None` for never, 0 when
+    /// it has.
+    pub fn token_left_ms(&self, unix_now_ms: u64) -> Option<u64> {
+        match self.expire_at.get() {
+            0 => None,
+            at => Some((u64::from(at) * 1000).saturating_sub(unix_now_ms)),
+        }
     }
 
     /// Asks the connection task to close (the first reason wins).
@@ -299,6 +337,15 @@ impl Conn {
     pub fn room_count(&self) -> usize {
         let main = self.room();
         main.is_some() as usize + self.joined.borrow().as_ref().map_or(0, |j| j.len())
+    }
+
+    /// Every room it is in, its main room first.
+    pub fn rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self.room().iter().map(|r| r.to_string()).collect();
+        if let Some(joined) = self.joined.borrow().as_ref() {
+            rooms.extend(joined.iter().map(|r| r.to_string()));
+        }
+        rooms
     }
 
     /// Whether it is in `room`, as its main room or a joined one.
@@ -374,9 +421,12 @@ impl Conn {
 
     /// Whether this connection's token lets it into `room` (join it, or read its history).
     pub fn may_enter(&self, room: &str) -> bool {
-        self.allowed_rooms
+        let allowed = self.allowed_rooms.take();
+        let may = allowed
             .as_ref()
-            .is_none_or(|rooms| rooms.iter().any(|r| r == room))
+            .is_none_or(|rooms| rooms.iter().any(|r| r == room));
+        self.allowed_rooms.set(allowed);
+        may
     }
 
     /// Counts one frame from the client against its rate (`rate` per second, `burst` at
@@ -434,7 +484,8 @@ impl ById {
             peer_ip: None,
             room: Cell::new(None),
             joined: RefCell::new(None),
-            allowed_rooms: None,
+            allowed_rooms: Cell::new(None),
+            expire_at: Cell::new(0),
             watch: Watched::default(),
             delivery: Delivery::new(false, 0),
             queue: RefCell::new(VecDeque::new()),
@@ -450,7 +501,7 @@ impl ById {
             last_logic_heartbeat: Cell::new(0),
             close: Cell::new(None),
             reading: Cell::new(Reading::Open),
-            flush_then_close: Cell::new(false),
+            flush_then_close: Cell::new(None),
             in_ring: Cell::new(false),
             websocket: false,
             room_tags: false,

@@ -154,7 +154,7 @@ fn poll_read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, cx: &mut Context<'_>) -> P
             Ok(Flow::Stop) => {
                 // A WebSocket close: the writer sends the answer, then the connection ends.
                 conn.reading.set(Reading::Closed);
-                conn.flush_then_close.set(true);
+                conn.flush_then_close.set(Some(CloseReason::Quiet));
                 conn.wake_writer();
                 return Poll::Pending;
             }

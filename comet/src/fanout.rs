@@ -123,6 +123,12 @@ pub(crate) async fn handle(shard: &Rc<Shard>, command: ShardCommand) {
             broadcast(shard, op, tcp, ws, speed).await
         }
         ShardCommand::CloseReplaced { conn_id } => shard.close_replaced_here(conn_id),
+        ShardCommand::Control {
+            action,
+            room,
+            reason,
+            conn_ids,
+        } => crate::control::control(shard, action, &room, &reason, &conn_ids),
         // The shard's run loop takes these itself.
         ShardCommand::AdoptLink { .. } | ShardCommand::Shutdown => {}
         #[cfg(debug_assertions)]

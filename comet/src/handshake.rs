@@ -208,9 +208,11 @@ fn admit(
         peer_ip: peer.map(|p| p.ip()),
         room: Cell::new(None),
         joined: RefCell::new(None),
-        allowed_rooms: r
-            .rooms_limited
-            .then(|| Box::new(std::mem::take(&mut r.allowed_rooms))),
+        allowed_rooms: Cell::new(
+            r.rooms_limited
+                .then(|| Box::new(std::mem::take(&mut r.allowed_rooms))),
+        ),
+        expire_at: Cell::new(u32::try_from(r.expire_at).unwrap_or(u32::MAX)),
         watch: Watched::default(),
         delivery: Delivery::new(!r.acks && r.mid > 0, r.inbox_floor),
         queue: RefCell::new(VecDeque::new()),
@@ -226,7 +228,7 @@ fn admit(
         last_logic_heartbeat: Cell::new(now),
         close: Cell::new(None),
         reading: Cell::new(Reading::Buffered),
-        flush_then_close: Cell::new(false),
+        flush_then_close: Cell::new(None),
         in_ring: Cell::new(false),
         websocket,
         room_tags: r.room_tags,
@@ -403,6 +405,7 @@ async fn handshake(
                 failure_cause::HOOK_UNREACHABLE => stats.auth_hook_unreachable.inc(),
                 failure_cause::HOOK_BAD_ANSWER => stats.auth_hook_bad_answer.inc(),
                 failure_cause::HOOK_BUSY => stats.auth_hook_busy.inc(),
+                failure_cause::UNAVAILABLE => stats.auth_unavailable.inc(),
                 _ => {}
             }
             message

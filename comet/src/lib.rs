@@ -7,6 +7,7 @@
 mod backlink;
 mod conn;
 mod connection;
+mod control;
 mod delivery;
 mod error;
 mod fanout;

@@ -337,6 +337,23 @@ async fn handle_own(shard: &Rc<Shard>, envelope: Envelope) {
             .await
         }
         Some(Body::CloseConn(close)) => close_conn(shard, close).await,
+        Some(Body::Control(control)) => {
+            // Meant for another comet (a registry that named this address for it): ignored.
+            if !control.comet.is_empty() && control.comet != shard.comet.id {
+                return;
+            }
+            let action = link::ControlAction::try_from(control.action)
+                .unwrap_or(link::ControlAction::Unknown);
+            for target in control.targets {
+                let command = ShardCommand::Control {
+                    action,
+                    room: control.room.clone(),
+                    reason: control.reason.clone(),
+                    conn_ids: target.conn_ids,
+                };
+                to_shard(shard, target.shard, command).await;
+            }
+        }
         Some(Body::LinkHello(_)) | Some(Body::Load(_)) => {}
         other => tracing::debug!("ignoring unexpected link message {:?}", other.is_some()),
     }
@@ -382,7 +399,9 @@ async fn close_conn(shard: &Rc<Shard>, close: link::CloseConn) {
 async fn split(shard: &Rc<Shard>, envelope: Envelope) {
     let inboxes = &shard.comet.inboxes;
     match envelope.body {
-        Some(Body::PushKeys(_)) | Some(Body::CloseConn(_)) => handle_own(shard, envelope).await,
+        Some(Body::PushKeys(_)) | Some(Body::CloseConn(_)) | Some(Body::Control(_)) => {
+            handle_own(shard, envelope).await
+        }
         Some(Body::PushRoom(push)) => {
             let ws = ws_variant(&push.frames);
             for inbox in inboxes {

@@ -136,7 +136,9 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                 shard.stats.room_refused.inc();
                 return Some(reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, &[]));
             }
+            let before = Shard::rooms_before(conn);
             shard.change_room(conn, room);
+            shard.rooms_changed(conn, before, false);
             reply(ws, h.ver, op::CHANGE_ROOM_REPLY, h.seq, body)
         }
         op::JOIN => {
@@ -148,8 +150,11 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                     false
                 }
                 Some(room) => {
+                    let before = Shard::rooms_before(conn);
                     let joined = shard.join_room(conn, room);
-                    if !joined {
+                    if joined {
+                        shard.rooms_changed(conn, before, false);
+                    } else {
                         shard.stats.room_limit.inc();
                     }
                     joined
@@ -159,7 +164,11 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
             reply(ws, h.ver, op::JOIN_REPLY, h.seq, echoed)
         }
         op::LEAVE => {
+            let before = Shard::rooms_before(conn);
             let left = parse_room(body).is_some_and(|room| shard.leave_room(conn, room));
+            if left {
+                shard.rooms_changed(conn, before, false);
+            }
             let echoed: &[u8] = if left { body } else { &[] };
             reply(ws, h.ver, op::LEAVE_REPLY, h.seq, echoed)
         }
@@ -223,6 +232,26 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, h: Header, body: &[u8]) -> Optio
                 return None;
             }
         },
+        op::REFRESH => {
+            // Counted with the client's messages waiting for logic: a client sending fresh
+            // tokens in a loop holds a few requests, not one each.
+            if !shard.start_upstream(conn.id, MAX_UPSTREAM_PER_CONN) {
+                shard.stats.upstream_refused.inc();
+                return Some(reply(ws, h.ver, op::REFRESH_REPLY, h.seq, &[]));
+            }
+            spawn_for_conn(
+                shard,
+                conn,
+                crate::control::refresh(
+                    shard.clone(),
+                    conn.clone(),
+                    h.ver,
+                    h.seq,
+                    Bytes::copy_from_slice(body),
+                ),
+            );
+            return None;
+        }
         op::SEND_MSG => {
             let upstream = upstream(shard, conn, h, body);
             if !shard.start_upstream(conn.id, MAX_UPSTREAM_PER_CONN) {

@@ -42,6 +42,13 @@ pub(crate) enum ShardCommand {
     /// Close connection `conn_id` of this shard: a newer connection took its key over. If it
     /// is still authenticating, it is closed as soon as its handshake ends.
     CloseReplaced { conn_id: u64 },
+    /// The business joins, leaves or kicks these connections of this shard.
+    Control {
+        action: imgate_shared::link::ControlAction,
+        room: String,
+        reason: String,
+        conn_ids: Vec<u64>,
+    },
     /// Serve a cluster link job opened for this shard, which another shard accepted (with
     /// the bytes read past its hello).
     AdoptLink {

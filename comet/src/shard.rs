@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use imgate_runtime::LoopStats;
-use imgate_shared::link::{Body, ConnRef, RenewOnline, RoomCount, REPORT_PART_BYTES};
+use imgate_shared::link::{Body, ConnRef, RenewOnline, RoomCount, RoomsChanged, REPORT_PART_BYTES};
 
 use crate::backlink::LinkBack;
 use crate::conn::{ById, CloseReason, Conn, QueueLimits, SyncRequest};
@@ -239,7 +239,10 @@ impl Shard {
         }
         self.conns.borrow_mut().insert(ById(conn.clone()));
         let now = clock_ms();
-        let deadline = conn.heartbeat_deadline(now).unwrap_or(now);
+        let mut deadline = conn.heartbeat_deadline(now).unwrap_or(now);
+        if let Some(left) = conn.token_left_ms(crate::control::unix_now_ms()) {
+            deadline = deadline.min(now + left);
+        }
         self.heartbeats.borrow_mut().insert(conn.id, deadline);
         if !room.is_empty() {
             let key = self.rooms.borrow_mut().join(room, ById(conn.clone()));
@@ -340,6 +343,45 @@ impl Shard {
         }
         self.rooms.borrow_mut().leave(room, conn.id);
         true
+    }
+
+    /// A user's connection's rooms before a change, for [`Shard::rooms_changed`]; `None` for
+    /// an anonymous connection (mid 0), which has no presence: nothing is reported for it.
+    pub fn rooms_before(conn: &Conn) -> Option<Vec<String>> {
+        (conn.mid > 0).then(|| conn.rooms())
+    }
+
+    /// Tells logic that a user's connection's rooms changed from `before` (from
+    /// [`Shard::rooms_before`]) to what they are now, so presence lists every room and the
+    /// business gets join and leave events; `by_server`: the business's join or leave asked
+    /// for it, not the client. Nothing is sent when nothing changed.
+    pub fn rooms_changed(&self, conn: &Conn, before: Option<Vec<String>>, by_server: bool) {
+        let Some(before) = before else {
+            return;
+        };
+        let rooms = conn.rooms();
+        let joined: Vec<String> = rooms
+            .iter()
+            .filter(|r| !before.contains(r))
+            .cloned()
+            .collect();
+        let left: Vec<String> = before
+            .iter()
+            .filter(|r| !rooms.contains(r))
+            .cloned()
+            .collect();
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        self.logic.notify(Body::RoomsChanged(RoomsChanged {
+            conn: self.conn_ref(conn),
+            mid: conn.mid,
+            key: conn.key.to_string(),
+            rooms,
+            joined,
+            left,
+            by_server,
+        }));
     }
 
     /// Whether a room grew enough since the last online report to be reported early.
@@ -526,22 +568,34 @@ impl Shard {
         links.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Closes the connections whose heartbeat expired by `now_ms`, and files the others that
-    /// came due under their new deadline.
+    /// Closes the connections whose heartbeat expired by `now_ms`, tells those whose token
+    /// expired (op 6, then the close), and files the others that came due under their next
+    /// deadline (the heartbeat's or the token's, whichever comes first). A connection closing
+    /// after its last word stays filed: if its client never takes that word in, its heartbeat
+    /// expiry closes it.
     pub fn expire_heartbeats(&self, now_ms: u64) {
         let due = self.heartbeats.borrow_mut().due(now_ms);
         if due.is_empty() {
             return;
         }
+        let unix_ms = crate::control::unix_now_ms();
         let conns = self.conns.borrow();
         let mut wheel = self.heartbeats.borrow_mut();
         for id in due {
             // Connections that left since are skipped (ids are never reused).
             if let Some(ById(conn)) = conns.get(&id) {
-                match conn.heartbeat_deadline(now_ms) {
-                    Some(later) => wheel.insert(id, later),
-                    None => conn.close(CloseReason::HeartbeatExpired),
+                let Some(mut later) = conn.heartbeat_deadline(now_ms) else {
+                    conn.close(CloseReason::HeartbeatExpired);
+                    continue;
+                };
+                if !conn.is_closing() {
+                    match conn.token_left_ms(unix_ms) {
+                        Some(0) => crate::control::expire(self, conn),
+                        Some(left) => later = later.min(now_ms + left),
+                        None => {}
+                    }
                 }
+                wheel.insert(id, later);
             }
         }
     }

@@ -40,6 +40,14 @@ imgate_shared::counters! {
         heartbeat_expired: Counter,
         /// Connections closed because a newer connection authenticated with the same key.
         kicked_duplicate: Counter,
+        /// Connections the business kicked (`POST /goim/kick`): told with op 6, then closed.
+        closed_kicked: Counter,
+        /// Connections closed because their token expired (`exp` and `auth.leeway`).
+        closed_token_expired: Counter,
+        /// Connections closed because the fresh token they sent (op 30) was refused.
+        closed_refresh_refused: Counter,
+        /// Business joins, leaves and kicks for a connection that had closed already.
+        control_missed: Counter,
         /// Pushes handed to connections (written at once or queued).
         frames_queued: Counter,
         /// Of those, pushes a fan-out wrote to the socket at once, whole.

@@ -110,7 +110,7 @@ pub(crate) fn ring_sent(shard: &Shard, done: SendDone) {
             report: Vec::new(),
         })));
     }
-    if !conn.drained() || conn.awaits_drain.get() || conn.flush_then_close.get() {
+    if !conn.drained() || conn.awaits_drain.get() || conn.flush_then_close.get().is_some() {
         conn.wake_writer();
     }
 }
@@ -232,8 +232,8 @@ pub(crate) fn poll_write_side(
                         return Poll::Pending;
                     }
                 }
-                if conn.flush_then_close.get() {
-                    return Poll::Ready(CloseReason::Quiet);
+                if let Some(reason) = conn.flush_then_close.get() {
+                    return Poll::Ready(reason);
                 }
                 register(&conn.writer, cx.waker());
                 return Poll::Pending;

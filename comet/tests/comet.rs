@@ -94,6 +94,7 @@ fn fake_logic(seen: Seen) -> SocketAddr {
                                         rooms_limited: false,
                                         replaced: None,
                                         room_tags: false,
+                                        expire_at: 0,
                                     };
                                     if let Some(conn) = c.conn.clone() {
                                         reply.replaced = seen

@@ -27,7 +27,7 @@ use std::time::Duration;
 use imgate_bus::{BusConsumer, BusEvent, BusMessage, DeliveryGuard, Push};
 use imgate_shared::config::{Config, JobConfig};
 use imgate_shared::frame;
-use imgate_shared::link::{Body, Broadcast, PushKeys};
+use imgate_shared::link::{Body, Broadcast, ConnControl, PushKeys};
 use imgate_store::RegistryStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -361,6 +361,40 @@ impl Router {
                 let link_frame = LinkFrame::new(Body::CloseConn(close));
                 self.registry
                     .send_to(&comet, shard, &link_frame, Arc::new(vec![guard]));
+            }
+            Some(Push::Control(control)) => {
+                // Like a keys push: each shard's part on that shard's link, in the comet's
+                // order (a join then a push to the room arrive in that order).
+                if !self.registry.contains(&control.comet) {
+                    self.registry
+                        .refresh_unless_fresh(ON_DEMAND_REFRESH_GAP)
+                        .await;
+                }
+                if !self.registry.contains(&control.comet) {
+                    self.counters.undeliverable.add(1);
+                    tracing::warn!(comet = %control.comet, "connection control for an unknown comet is undeliverable");
+                    return;
+                }
+                let guards: Guards = Arc::new(vec![guard]);
+                let ConnControl {
+                    comet,
+                    targets,
+                    action,
+                    room,
+                    reason,
+                } = control;
+                for target in targets {
+                    let shard = target.shard;
+                    let link_frame = LinkFrame::new(Body::Control(ConnControl {
+                        comet: comet.clone(),
+                        targets: vec![target],
+                        action,
+                        room: room.clone(),
+                        reason: reason.clone(),
+                    }));
+                    self.registry
+                        .send_to(&comet, shard, &link_frame, guards.clone());
+                }
             }
             None => {
                 self.counters.undeliverable.add(1);

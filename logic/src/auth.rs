@@ -24,6 +24,9 @@ pub struct Identity {
     pub room_tags: bool,
     /// The rooms the connection may join (a token's `rooms` claim); `None`: any room.
     pub allowed_rooms: Option<Vec<String>>,
+    /// When the identity expires, Unix seconds (a token's `exp`, the connect hook's
+    /// `expire_at`); 0: never.
+    pub exp: u64,
 }
 
 /// Why an auth frame was refused.
@@ -78,6 +81,7 @@ impl AuthBody {
             acks: self.acks.unwrap_or(false),
             room_tags: self.room_tags.unwrap_or(false),
             allowed_rooms,
+            exp: 0,
         }
     }
 }
@@ -96,14 +100,16 @@ impl Authenticator for GoimJsonAuth {
 
 /// Verifies signed tokens (JWT, HS256 with a shared secret or RS256/ES256 with a public key):
 /// the user is the token's `sub`, never the JSON's `mid`; an `exp` claim is required and an
-/// `nbf` claim, when present, is honoured (both with [`CLOCK_LEEWAY_SECS`]); a `rooms` claim,
-/// when present, lists the rooms the connection may join.
+/// `nbf` claim, when present, is honoured (both with [`CLOCK_LEEWAY_SECS`], or the leeway
+/// [`JwtAuth::with_leeway`] sets); a `rooms` claim, when present, lists the rooms the
+/// connection may join.
 pub struct JwtAuth {
     key: jsonwebtoken::DecodingKey,
     validation: jsonwebtoken::Validation,
 }
 
-/// Clock skew tolerated between the token issuer and logic, for `exp` and `nbf` alike.
+/// Clock skew tolerated between the token issuer and logic, for `exp` and `nbf` alike, unless
+/// `auth.leeway` says otherwise (its default is the same).
 pub const CLOCK_LEEWAY_SECS: u64 = 60;
 
 /// What every token must satisfy: the algorithm of the key, `exp` required and in the future,
@@ -119,11 +125,19 @@ fn validation(algorithm: jsonwebtoken::Algorithm) -> jsonwebtoken::Validation {
 #[derive(Deserialize)]
 struct Claims {
     sub: serde_json::Value,
+    /// Required and checked by the validation.
+    exp: u64,
     #[serde(default)]
     rooms: Option<Vec<String>>,
 }
 
 impl JwtAuth {
+    /// The clock skew tolerated for `exp` and `nbf` (`auth.leeway`), whole seconds.
+    pub fn with_leeway(mut self, leeway: std::time::Duration) -> JwtAuth {
+        self.validation.leeway = leeway.as_secs();
+        self
+    }
+
     /// Tokens signed with HS256 and this secret.
     pub fn hs256(secret: &[u8]) -> JwtAuth {
         JwtAuth {
@@ -183,7 +197,8 @@ impl Authenticator for JwtAuth {
         }
         .filter(|m| *m > 0)
         .ok_or_else(|| AuthError::Invalid("token sub must be a positive user id".into()))?;
-        let identity = body.into_identity(mid, claims.rooms);
+        let mut identity = body.into_identity(mid, claims.rooms);
+        identity.exp = claims.exp;
         if let Some(allowed) = &identity.allowed_rooms {
             if !identity.room.is_empty() && !allowed.contains(&identity.room) {
                 return Err(AuthError::Invalid(format!(
@@ -242,6 +257,7 @@ mod tests {
                 acks: false,
                 room_tags: false,
                 allowed_rooms: None,
+                exp: 0,
             }
         );
     }

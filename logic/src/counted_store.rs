@@ -6,23 +6,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use imgate_shared::counters::Counter;
-use imgate_shared::link::ConnRef;
 use imgate_store::{
-    Admit, Claim, CometStatus, InboxState, KeyPolicy, MessageStore, OnlineReport, RegistryStore,
-    Session, SessionStore, StoreError, StoredMessage, Stores, UserConn,
+    CometStatus, Connected, InboxState, MessageStore, OnlineReport, RegistryStore, Rules, Session,
+    SessionStore, StoreError, StoredMessage, Stores, UserConn,
 };
 
 /// The store operations logic calls, in the order of [`StoreCounters::errors`].
-pub(crate) const OPS: [&str; 18] = [
-    "claim_session",
-    "add_session",
-    "remove_session",
-    "refresh_session",
+pub(crate) const OPS: [&str; 15] = [
+    "connect",
+    "disconnect",
+    "refresh",
+    "set_rooms",
     "sessions_by_keys",
     "sessions_by_mids",
-    "admit_conn",
-    "refresh_conn",
-    "remove_conn",
     "user_conns",
     "report_online",
     "room_counts",
@@ -81,30 +77,31 @@ pub(crate) fn wrap(stores: Stores, counters: &Arc<StoreCounters>) -> Stores {
 
 #[async_trait::async_trait]
 impl SessionStore for Counted<dyn SessionStore> {
-    async fn claim_session(
+    async fn connect(
         &self,
         session: &Session,
-        policy: KeyPolicy,
-    ) -> Result<Claim, StoreError> {
-        let r = self.inner.claim_session(session, policy).await;
-        self.counters.count("claim_session", r)
+        platform: &str,
+        room: &str,
+        rules: Rules,
+    ) -> Result<Connected, StoreError> {
+        let r = self.inner.connect(session, platform, room, rules).await;
+        self.counters.count("connect", r)
     }
-    async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
-        let r = self.inner.add_session(session).await;
-        self.counters.count("add_session", r)
+    async fn disconnect(&self, session: &Session) -> Result<Option<UserConn>, StoreError> {
+        let r = self.inner.disconnect(session).await;
+        self.counters.count("disconnect", r)
     }
-    async fn remove_session(
+    async fn refresh(&self, session: &Session) -> Result<(), StoreError> {
+        let r = self.inner.refresh(session).await;
+        self.counters.count("refresh", r)
+    }
+    async fn set_rooms(
         &self,
-        mid: i64,
-        key: &str,
-        conn: &ConnRef,
-    ) -> Result<bool, StoreError> {
-        let r = self.inner.remove_session(mid, key, conn).await;
-        self.counters.count("remove_session", r)
-    }
-    async fn refresh_session(&self, session: &Session) -> Result<(), StoreError> {
-        let r = self.inner.refresh_session(session).await;
-        self.counters.count("refresh_session", r)
+        session: &Session,
+        rooms: &[String],
+    ) -> Result<Option<UserConn>, StoreError> {
+        let r = self.inner.set_rooms(session, rooms).await;
+        self.counters.count("set_rooms", r)
     }
     async fn sessions_by_keys(&self, keys: &[String]) -> Result<Vec<Session>, StoreError> {
         let r = self.inner.sessions_by_keys(keys).await;
@@ -113,29 +110,6 @@ impl SessionStore for Counted<dyn SessionStore> {
     async fn sessions_by_mids(&self, mids: &[i64]) -> Result<Vec<Session>, StoreError> {
         let r = self.inner.sessions_by_mids(mids).await;
         self.counters.count("sessions_by_mids", r)
-    }
-    async fn admit_conn(
-        &self,
-        mid: i64,
-        conn: &UserConn,
-        limit: usize,
-        kick_oldest: bool,
-    ) -> Result<Admit, StoreError> {
-        let r = self.inner.admit_conn(mid, conn, limit, kick_oldest).await;
-        self.counters.count("admit_conn", r)
-    }
-    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError> {
-        let r = self.inner.refresh_conn(mid, key, conn).await;
-        self.counters.count("refresh_conn", r)
-    }
-    async fn remove_conn(
-        &self,
-        mid: i64,
-        key: &str,
-        conn: &ConnRef,
-    ) -> Result<Option<UserConn>, StoreError> {
-        let r = self.inner.remove_conn(mid, key, conn).await;
-        self.counters.count("remove_conn", r)
     }
     async fn user_conns(&self, mids: &[i64]) -> Result<Vec<Vec<UserConn>>, StoreError> {
         let r = self.inner.user_conns(mids).await;

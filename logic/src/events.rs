@@ -1,4 +1,4 @@
-//! Connect and disconnect events for the business (`logic.events_url`): queued without waiting
+//! Connect, disconnect, join and leave events for the business (`logic.events_url`): queued without waiting
 //! (a full queue drops the event and counts it), POSTed as a JSON array in batches of up to
 //! `logic.events_batch` or every `logic.events_interval`, and retried with backoff while the
 //! endpoint fails. Clients never wait for any of it.
@@ -23,10 +23,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest one POST of a batch may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One connect or disconnect, as the business receives it.
+/// One connect, disconnect, join or leave, as the business receives it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Event {
-    /// `connect` or `disconnect`.
+    /// `connect`, `disconnect`, `join` or `leave`.
     pub event: &'static str,
     pub mid: i64,
     pub key: String,
@@ -36,8 +36,12 @@ pub(crate) struct Event {
     pub time: u64,
     /// Why: `auth` for a connect; for a disconnect, `replaced` (a newer connection took its
     /// key), `kicked` (over the user's connection limit), or the reason comet gave
-    /// (`client_closed`, `heartbeat_expired`, `slow`, …; `closed` when it gave none).
+    /// (`client_closed`, `heartbeat_expired`, `slow`, …; `closed` when it gave none); for a
+    /// join or leave, `client` (op 12, 24, 26) or `server` (the business's join or leave).
     pub reason: String,
+    /// The room joined or left (join and leave only).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub room: String,
 }
 
 impl Event {
@@ -48,6 +52,7 @@ impl Event {
             + self.comet.len()
             + self.platform.len()
             + self.reason.len()
+            + self.room.len()
     }
 }
 
@@ -193,6 +198,7 @@ mod tests {
             platform: String::new(),
             time: 0,
             reason: "auth".into(),
+            room: String::new(),
         }
     }
 

@@ -20,6 +20,7 @@ use imgate_store::{Session, StoreError, Stores};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::control;
 use crate::nodes;
 use crate::online::RoomCounts;
 use crate::query::{body_targets, BadRequest, MidsQuery, Query};
@@ -49,6 +50,9 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/goim/push/mids", post(push_mids))
         .route("/goim/push/room", post(push_room))
         .route("/goim/push/all", post(push_all))
+        .route("/goim/rooms/join", post(control::join))
+        .route("/goim/rooms/leave", post(control::leave))
+        .route("/goim/kick", post(control::kick))
         .route("/goim/online/top", get(online_top))
         .route("/goim/online/room", get(online_room))
         .route("/goim/online/total", get(online_total))
@@ -174,7 +178,7 @@ fn ok(message: impl Into<String>, data: Option<Value>) -> Response {
     envelope(StatusCode::OK, 0, message, data)
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 async fn timeout(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
@@ -232,7 +236,10 @@ fn push_body(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
 }
 
 /// The body, refused with 413 beyond `limit` bytes.
-fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     match body {
         Ok(body) if body.len() > limit => Err(ApiError::TooLarge(limit)),
         Ok(body) => Ok(body),
@@ -311,7 +318,7 @@ async fn publish_to_sessions(
     Ok(connections)
 }
 
-fn connections_reply(connections: usize, what: &str) -> Response {
+pub(crate) fn connections_reply(connections: usize, what: &str) -> Response {
     let message = if connections == 0 {
         format!("no online connection for these {what}")
     } else {
@@ -396,22 +403,18 @@ async fn push_mids(
 /// `GET /goim/online/mids?mids=1&mids=2` (or `mids=1,2`): each user's connections online now.
 async fn online_mids(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> ApiResult {
     let mids = Query::parse(raw.as_deref())?.online_mids(api.config.max_push_targets)?;
+    // Only connections whose key's session still names them (not replaced).
     let conns = api.stores.sessions.user_conns(&mids).await?;
-    // A connection counts only while its key's session still names it (not replaced).
-    let sessions = api.stores.sessions.sessions_by_mids(&mids).await?;
-    let live: std::collections::HashSet<(&str, &imgate_shared::link::ConnRef)> =
-        sessions.iter().map(|s| (s.key.as_str(), &s.conn)).collect();
     let mut out = serde_json::Map::new();
     for (mid, conns) in mids.iter().zip(conns) {
         let list: Vec<Value> = conns
             .iter()
-            .filter(|c| live.contains(&(c.key.as_str(), &c.conn)))
             .map(|c| {
                 json!({
                     "key": c.key,
                     "platform": c.platform,
-                    // The room it named at auth: comets do not report later changes.
-                    "rooms": if c.room.is_empty() { vec![] } else { vec![c.room.clone()] },
+                    // Every room it is in, as its comet reported them.
+                    "rooms": c.rooms,
                     "comet": c.conn.comet,
                     "shard": c.conn.shard,
                     "connected_at": c.connected_ms,

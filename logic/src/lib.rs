@@ -5,6 +5,7 @@
 //! online counts live in the store.
 
 mod auth;
+mod control;
 mod counted_store;
 mod demo;
 mod events;
@@ -128,13 +129,17 @@ pub async fn start(
 ) -> Result<LogicHandle, LogicError> {
     let auth: Arc<dyn Authenticator> =
         match (&config.auth.jwt_secret, &config.auth.jwt_public_key_file) {
-            (Some(secret), _) => Arc::new(JwtAuth::hs256(secret.as_bytes())),
+            (Some(secret), _) => {
+                Arc::new(JwtAuth::hs256(secret.as_bytes()).with_leeway(config.auth.leeway))
+            }
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| {
                     LogicError::Auth(format!("cannot read {}: {e}", path.display()))
                 })?;
                 Arc::new(
-                    JwtAuth::public_key_pem(&pem).map_err(|e| LogicError::Auth(e.to_string()))?,
+                    JwtAuth::public_key_pem(&pem)
+                        .map_err(|e| LogicError::Auth(e.to_string()))?
+                        .with_leeway(config.auth.leeway),
                 )
             }
             (None, None) => Arc::new(GoimJsonAuth),
@@ -235,6 +240,7 @@ pub async fn start_with_auth(
         tokens: config.auth.tokens_required(),
         user_limit: config.comet.max_conns_per_user,
         kick_oldest: config.comet.kick_oldest,
+        leeway: config.auth.leeway,
         events,
         partial_reports: Default::default(),
     });

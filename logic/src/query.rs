@@ -389,6 +389,142 @@ fn json_targets(body: &[u8], list: &str) -> Result<(Pairs, Option<bytes::Bytes>)
     Ok((pairs, message))
 }
 
+/// Longest room name the business may join connections to or take them out of, in bytes
+/// (what a client may name with op 24).
+pub(crate) const MAX_ROOM_LEN: usize = 256;
+/// Longest kick reason, in bytes: what a WebSocket close frame carries beside its status.
+pub(crate) const MAX_REASON_LEN: usize = 123;
+/// The fields a join, leave or kick body may carry.
+const CONTROL_FIELDS: [&str; 5] = ["keys", "mids", "type", "room", "reason"];
+
+/// Whose connections a join, leave or kick names.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Targets {
+    Keys(Vec<String>),
+    Mids(Vec<i64>),
+}
+
+impl Targets {
+    /// What the answer calls them when none is online.
+    pub(crate) fn noun(&self) -> &'static str {
+        match self {
+            Targets::Keys(_) => "keys",
+            Targets::Mids(_) => "mids",
+        }
+    }
+}
+
+/// The parameters of `POST /goim/rooms/join`, `/goim/rooms/leave` and `/goim/kick`: the query's,
+/// and those of a form or JSON body (`{"mids": [1, 2], "type": "live", "room": "1"}`; lists
+/// repeated in a form as in the query). Unknown body fields are refused, so a misspelt one
+/// is not silently ignored.
+pub(crate) fn control_params(
+    query: Query,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Query, BadRequest> {
+    let mut pairs = query.pairs;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Query { pairs });
+    }
+    let media = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let unexpected = |name: &str| {
+        BadRequest(format!(
+            "unexpected field {name:?}: the body may carry {}",
+            CONTROL_FIELDS.join(", ")
+        ))
+    };
+    match media.as_str() {
+        "application/x-www-form-urlencoded" => {
+            let fields = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+                .map_err(|e| BadRequest(format!("malformed form body: {e}")))?;
+            for (name, value) in fields {
+                if !CONTROL_FIELDS.contains(&name.as_str()) {
+                    return Err(unexpected(&name));
+                }
+                pairs.push((name, value));
+            }
+        }
+        "application/json" => {
+            use serde_json::Value;
+            let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+                return Err(BadRequest("the body must be a JSON object".into()));
+            };
+            for (name, value) in fields {
+                if !CONTROL_FIELDS.contains(&name.as_str()) {
+                    return Err(unexpected(&name));
+                }
+                let items = match value {
+                    Value::Array(items) => items,
+                    one => vec![one],
+                };
+                for item in items {
+                    let text = match item {
+                        Value::String(text) => text,
+                        Value::Number(n) => n.to_string(),
+                        other => {
+                            return Err(BadRequest(format!(
+                                "{name} must hold strings or numbers, got {other}"
+                            )))
+                        }
+                    };
+                    pairs.push((name.clone(), text));
+                }
+            }
+        }
+        _ => {
+            return Err(BadRequest(
+                "the body must be application/x-www-form-urlencoded or application/json \
+                 (or empty, the parameters in the query)"
+                    .into(),
+            ))
+        }
+    }
+    Ok(Query { pairs })
+}
+
+impl Query {
+    /// `keys` or `mids` (one of them) of a join, leave or kick, at most `max`.
+    pub(crate) fn targets(&self, max: usize) -> Result<Targets, BadRequest> {
+        match (self.has("keys"), self.has("mids")) {
+            (true, true) => Err(BadRequest("give keys or mids, not both".into())),
+            (true, false) => Ok(Targets::Keys(self.keys(max)?)),
+            (false, true) => Ok(Targets::Mids(self.mids(max)?)),
+            (false, false) => Err(BadRequest(
+                "keys or mids is required, in the query or in a form or JSON body".into(),
+            )),
+        }
+    }
+
+    /// The room (`type` and `room`) of a join or leave, as `type://room`.
+    pub(crate) fn control_room(&self) -> Result<String, BadRequest> {
+        let room = room_key(self.required_str("type")?, self.required_str("room")?);
+        if room.len() > MAX_ROOM_LEN {
+            return Err(BadRequest(format!(
+                "the room {:?}… is {} bytes long, at most {MAX_ROOM_LEN} allowed",
+                room.chars().take(32).collect::<String>(),
+                room.len()
+            )));
+        }
+        Ok(room)
+    }
+
+    /// A kick's `reason` (optional: "kicked"), what the client's op 6 says.
+    pub(crate) fn kick_reason(&self) -> Result<String, BadRequest> {
+        match self.first("reason") {
+            None | Some("") => Ok("kicked".into()),
+            Some(r) if r.len() > MAX_REASON_LEN => Err(BadRequest(format!(
+                "reason is {} bytes long, at most {MAX_REASON_LEN} allowed",
+                r.len()
+            ))),
+            Some(r) => Ok(r.to_string()),
+        }
+    }
+}
+
 /// `values` without repeats, first occurrences in order.
 fn distinct(values: Vec<i64>) -> Vec<i64> {
     let mut seen = std::collections::HashSet::with_capacity(values.len());
@@ -575,6 +711,51 @@ mod tests {
             bad(body(FORM, "mids=1&keys=a&message=x", "mids")).contains("unexpected form field")
         );
         assert!(bad(body(FORM, "mids=1&message=a&message=b", "mids")).contains("twice"));
+    }
+
+    #[test]
+    fn control_parameters_come_from_the_query_or_a_form_or_json_body() {
+        let params = |raw: &str, content_type: Option<&str>, body: &str| {
+            control_params(q(raw), content_type, body.as_bytes())
+        };
+        let p = params("type=live&room=1&keys=a&keys=b", None, "").unwrap();
+        assert_eq!(
+            p.targets(10),
+            Ok(Targets::Keys(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(p.control_room().unwrap(), "live://1");
+        let p = params(
+            "type=live",
+            Some("application/json; charset=utf-8"),
+            r#"{"mids": [1, "2", 1], "room": 7, "reason": "bye"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.targets(10), Ok(Targets::Mids(vec![1, 2])));
+        assert_eq!(p.control_room().unwrap(), "live://7");
+        assert_eq!(p.kick_reason().unwrap(), "bye");
+        let p = params(
+            "",
+            Some("application/x-www-form-urlencoded"),
+            "mids=3&mids=4",
+        )
+        .unwrap();
+        assert_eq!(p.targets(10), Ok(Targets::Mids(vec![3, 4])));
+        assert_eq!(p.kick_reason().unwrap(), "kicked");
+        assert!(err(p.targets(1)).contains("too many mids"));
+        assert!(err(params("", None, "").unwrap().targets(10)).contains("keys or mids"));
+        assert!(err(params("keys=a&mids=1", None, "").unwrap().targets(10)).contains("not both"));
+        assert!(err(params("", Some("application/json"), "[1]")).contains("JSON object"));
+        assert!(
+            err(params("", Some("application/json"), r#"{"mids": [null]}"#))
+                .contains("strings or numbers")
+        );
+        assert!(err(params("", Some("application/json"), r#"{"mid": [1]}"#))
+            .contains("unexpected field"));
+        assert!(err(params("", Some("text/plain"), "mids=1")).contains("form"));
+        let long = format!("type=live&room={}", "r".repeat(MAX_ROOM_LEN));
+        assert!(err(params(&long, None, "").unwrap().control_room()).contains("at most"));
+        let long = format!("reason={}", "r".repeat(MAX_REASON_LEN + 1));
+        assert!(err(params(&long, None, "").unwrap().kick_reason()).contains("at most"));
     }
 
     #[test]

@@ -59,6 +59,13 @@ pub mod op {
     /// room. Body: the room name's length (2 bytes, big-endian), the name, then the pushed
     /// frames (each with its room sequence in `seq` when the room keeps history).
     pub const ROOM: i32 = 28;
+    /// imgate, C→S: a fresh token for this connection (body: the token, UTF-8), sent before
+    /// the current one expires; S→C op 31 echoes the seq with `{"exp": <unix seconds>}`. A
+    /// token refused is op 6 saying why, then the connection closes.
+    pub const REFRESH: i32 = 30;
+    /// imgate, S→C: a fresh token accepted (body `{"exp": <unix seconds>}`), or not checked
+    /// (empty body: logic unavailable, nothing changed).
+    pub const REFRESH_REPLY: i32 = 31;
 }
 
 /// Why a byte sequence is not a valid goim frame.

@@ -1,4 +1,4 @@
-//! Room names, held once per process.
+//! Room names (and short labels: comet names, platforms), held once per process.
 //!
 //! A room's name is the client's to choose (256 bytes at most, up to `comet.max_rooms_per_conn`
 //! rooms a connection), and every service kept its own copy: a comet shard's room, the
@@ -29,6 +29,10 @@ pub struct Interner {
 /// The process's room names.
 static ROOMS: LazyLock<Interner> = LazyLock::new(Interner::new);
 
+/// The process's short labels: comet names and client platforms, which a store holds for
+/// every connection.
+static LABELS: LazyLock<Interner> = LazyLock::new(Interner::new);
+
 /// The process's one copy of room name `name`.
 pub fn room(name: &str) -> Arc<str> {
     ROOMS.intern(name)
@@ -37,6 +41,17 @@ pub fn room(name: &str) -> Arc<str> {
 /// Forgets the room names nothing but the table holds any more.
 pub fn sweep() {
     ROOMS.sweep();
+}
+
+/// The process's one copy of label `name` (a comet's name, a client's platform).
+pub fn label(name: &str) -> Arc<str> {
+    LABELS.intern(name)
+}
+
+/// Forgets the labels nothing but the table holds any more (the embedded session store
+/// sweeps them when it drops expired connections).
+pub fn sweep_labels() {
+    LABELS.sweep();
 }
 
 impl Default for Interner {

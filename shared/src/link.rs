@@ -1,8 +1,9 @@
 //! The cluster link: prost messages in length-prefixed frames over TCP.
 //!
-//! comet → logic: `Connect`, `Disconnect`, `Heartbeat`, `RenewOnline`, `Upstream` (requests carry
-//! an id and get a reply with the same id). job → comet: `PushKeys`, `PushRoom`, `Broadcast`,
-//! `CloseConn` (pipelined, id 0, no reply). The messages are declared here with prost's derive macros, so
+//! comet → logic: `Connect`, `Disconnect`, `Heartbeat`, `RenewOnline`, `Upstream`,
+//! `RoomsChanged`, `Refresh` (requests carry an id and get a reply with the same id). job →
+//! comet: `PushKeys`, `PushRoom`, `Broadcast`, `CloseConn`, `Control` (pipelined, id 0, no
+//! reply). The messages are declared here with prost's derive macros, so
 //! the build needs no `protoc`; the field tags are the schema and must never be reused.
 //!
 //! Wire framing: a 4-byte big-endian length, then that many bytes of an encoded [`Envelope`].
@@ -21,7 +22,7 @@ pub struct Envelope {
     pub id: u64,
     #[prost(
         oneof = "Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25"
     )]
     pub body: Option<Body>,
     /// For pushes: when logic accepted the push (the oldest one of a room batch), Unix time in
@@ -87,6 +88,126 @@ pub enum Body {
     /// logic → comet: the answer to an `Upstream` request (a client's op 4).
     #[prost(message, tag = "20")]
     UpstreamReply(UpstreamReply),
+    // Tag 21 is `Envelope::accepted_us`.
+    /// job → comet: the business joins, leaves or kicks connections of this comet.
+    #[prost(message, tag = "22")]
+    Control(ConnControl),
+    /// comet → logic: the rooms of a user's connection changed.
+    #[prost(message, tag = "23")]
+    RoomsChanged(RoomsChanged),
+    /// comet → logic: a client presents a fresh token (op 30).
+    #[prost(message, tag = "24")]
+    Refresh(Refresh),
+    /// logic → comet: the answer to a `Refresh` it accepted.
+    #[prost(message, tag = "25")]
+    RefreshReply(RefreshReply),
+}
+
+/// What the business asks of connections ([`ConnControl::action`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ControlAction {
+    /// Nothing (what a message from a newer peer decodes to): ignored.
+    Unknown = 0,
+    /// Make them members of `room` (each is told with an op-25 frame, seq 0).
+    Join = 1,
+    /// Take them out of `room` (op 27, seq 0).
+    Leave = 2,
+    /// Send op 6 with `reason`, then close them.
+    Kick = 3,
+}
+
+/// The business's join, leave or kick of some connections of one comet (logic publishes one
+/// per comet on the bus; job sends each shard its part).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnControl {
+    /// The comet they are on (for the bus; the link reaches that comet already).
+    #[prost(string, tag = "1")]
+    pub comet: String,
+    /// Its connections, by shard.
+    #[prost(message, repeated, tag = "2")]
+    pub targets: Vec<ShardConns>,
+    /// A [`ControlAction`].
+    #[prost(enumeration = "ControlAction", tag = "3")]
+    pub action: i32,
+    /// The room joined or left.
+    #[prost(string, tag = "4")]
+    pub room: String,
+    /// A kick's op-6 body.
+    #[prost(string, tag = "5")]
+    pub reason: String,
+}
+
+/// Connections of one shard, by id.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ShardConns {
+    #[prost(uint32, tag = "1")]
+    pub shard: u32,
+    /// [`ConnRef::conn_id`]s on that shard.
+    #[prost(uint64, repeated, tag = "2")]
+    pub conn_ids: Vec<u64>,
+}
+
+/// The rooms of a user's connection changed: a client's op 12, 24 or 26, or the business's
+/// join or leave. Logic records `rooms` (presence) and tells the business (events).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoomsChanged {
+    /// The connection, with its user and key (its session).
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    #[prost(int64, tag = "2")]
+    pub mid: i64,
+    #[prost(string, tag = "3")]
+    pub key: String,
+    /// Every room the connection is in now, its main room first.
+    #[prost(string, repeated, tag = "4")]
+    pub rooms: Vec<String>,
+    /// The rooms it entered with this change (a `join` event each).
+    #[prost(string, repeated, tag = "5")]
+    pub joined: Vec<String>,
+    /// The rooms it left with this change (a `leave` event each).
+    #[prost(string, repeated, tag = "6")]
+    pub left: Vec<String>,
+    /// The business asked for it (its join and leave API), not the client.
+    #[prost(bool, tag = "7")]
+    pub by_server: bool,
+}
+
+/// A client's fresh token (op 30) for its connection.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Refresh {
+    /// The connection, with its user and key: the token must be that user's.
+    #[prost(message, optional, tag = "1")]
+    pub conn: Option<ConnRef>,
+    #[prost(int64, tag = "2")]
+    pub mid: i64,
+    #[prost(string, tag = "3")]
+    pub key: String,
+    /// The op-30 body: the token, as the client would put it in its auth JSON.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub token: Bytes,
+    /// The client's address, for the connect hook.
+    #[prost(string, tag = "5")]
+    pub remote_addr: String,
+}
+
+/// A fresh token accepted: the connection's new expiry and rooms claim.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RefreshReply {
+    /// The token's `exp` (or the connect hook's `expire_at`), Unix seconds; 0: none. The
+    /// client's op 31 says it.
+    #[prost(uint64, tag = "1")]
+    pub exp: u64,
+    /// When the connection is closed as expired, Unix seconds (`exp` and `auth.leeway`);
+    /// 0: never.
+    #[prost(uint64, tag = "2")]
+    pub expire_at: u64,
+    /// The rooms the fresh token allows (when `rooms_limited`).
+    #[prost(string, repeated, tag = "3")]
+    pub allowed_rooms: Vec<String>,
+    /// The fresh token limits the rooms; otherwise any room.
+    #[prost(bool, tag = "4")]
+    pub rooms_limited: bool,
 }
 
 /// How loaded a comet shard was over its last tick, as it tells each job linked to it (job
@@ -216,6 +337,9 @@ pub mod failure_cause {
     pub const HOOK_BAD_ANSWER: &str = "hook_bad_answer";
     /// `auth.connect_concurrency` connects were waiting for the hook already.
     pub const HOOK_BUSY: &str = "hook_busy";
+    /// Logic could not decide (its store failed): nothing was refused, the request may be
+    /// asked again.
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// Identifies one connection cluster-wide: which comet, which shard, which connection there.
@@ -284,6 +408,10 @@ pub struct ConnectReply {
     /// The client asked for room pushes tagged with their room (op 28).
     #[prost(bool, tag = "12")]
     pub room_tags: bool,
+    /// When the connection is closed as expired (its token's `exp` and `auth.leeway`, or the
+    /// connect hook's `expire_at` and the leeway), Unix seconds; 0: never.
+    #[prost(uint64, tag = "13")]
+    pub expire_at: u64,
 }
 
 /// The connection closed; logic removes its session if it still belongs to this connection.
@@ -746,6 +874,31 @@ mod tests {
             Body::UpstreamReply(UpstreamReply {
                 body: Bytes::from_static(b"ok"),
                 delivered: true,
+            }),
+            Body::Control(ConnControl {
+                comet: "c".into(),
+                targets: vec![ShardConns {
+                    shard: 1,
+                    conn_ids: vec![5, 6],
+                }],
+                action: ControlAction::Kick as i32,
+                room: String::new(),
+                reason: "bye".into(),
+            }),
+            Body::RoomsChanged(RoomsChanged {
+                rooms: vec!["a://1".into()],
+                joined: vec!["a://1".into()],
+                by_server: true,
+                ..Default::default()
+            }),
+            Body::Refresh(Refresh {
+                token: Bytes::from_static(b"t"),
+                ..Default::default()
+            }),
+            Body::RefreshReply(RefreshReply {
+                exp: 9,
+                expire_at: 10,
+                ..Default::default()
             }),
         ];
         for body in bodies {

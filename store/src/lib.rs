@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use messages::{InboxState, MessageStore, StoredMessage};
 pub use registry::{CometStatus, OnlineReport, RegistryStore, RoomTotals};
-pub use sessions::{Admit, Claim, KeyPolicy, Session, SessionStore, UserConn};
+pub use sessions::{Connected, KeyPolicy, Rules, Session, SessionStore, UserConn};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,18 @@
-//! The session seam: which connection holds which connection key, for which user.
+//! The session seam: which connection holds which connection key, for which user, on which
+//! platform and in which rooms.
+//!
+//! A connection is one record as far as logic is concerned: [`SessionStore::connect`] claims its
+//! key and counts it among its user's connections (within the per-user limit) in one call,
+//! heartbeats [`refresh`](SessionStore::refresh) it, room changes
+//! [`set_rooms`](SessionStore::set_rooms) on it, and [`disconnect`](SessionStore::disconnect)
+//! removes it. The embedded store keeps exactly one entry per connection; Redis keeps a key
+//! entry and a field of the user's hash, each changed by its own script (one cluster slot each).
 
 use imgate_shared::link::ConnRef;
 
 use crate::StoreError;
 
-/// One authenticated connection.
+/// One authenticated connection: the key it holds, its user (0: anonymous) and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub mid: i64,
@@ -22,15 +30,43 @@ pub enum KeyPolicy {
     SameUser,
 }
 
-/// What [`SessionStore::claim_session`] did, decided in one atomic step.
+/// The rules a connect is admitted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub policy: KeyPolicy,
+    /// Most connections one user (mid > 0) may hold (`comet.max_conns_per_user`); 0: no limit.
+    pub limit: usize,
+    /// Over the limit, the user's oldest connections are dropped instead of refusing the new
+    /// one (`comet.kick_oldest`).
+    pub kick_oldest: bool,
+}
+
+impl Rules {
+    /// goim's rules: any user takes a key over, no limit per user.
+    pub const GOIM: Rules = Rules {
+        policy: KeyPolicy::AnyUser,
+        limit: 0,
+        kick_oldest: false,
+    };
+}
+
+/// What [`SessionStore::connect`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// The session now holds the key. `replaced` is the session that held it until now (the
-    /// same connection re-claiming its key is not a replacement): that connection must be
-    /// closed, as nothing will reach it under this key any more.
-    Claimed { replaced: Option<Session> },
-    /// A live session of another user (`holder`) holds the key; nothing was changed.
-    Refused { holder: i64 },
+pub enum Connected {
+    /// Recorded. `replaced` is the session that held the key until now (the same connection
+    /// claiming its key again is not a replacement): that connection must be closed, as
+    /// nothing reaches it under this key any more. `kicked` are the user's oldest connections
+    /// dropped to keep within the limit (only with `kick_oldest`): their sessions are gone
+    /// too, and they must be closed.
+    Admitted {
+        replaced: Option<Session>,
+        kicked: Vec<UserConn>,
+    },
+    /// A live session of another user (`holder`) holds the key ([`KeyPolicy::SameUser`]);
+    /// nothing was changed.
+    KeyHeld { holder: i64 },
+    /// The user already holds `held` connections, the limit; nothing was changed.
+    UserFull { held: usize },
 }
 
 /// One connection of a user, as presence and the per-user connection limit see it.
@@ -40,73 +76,57 @@ pub struct UserConn {
     pub conn: ConnRef,
     /// The platform its auth named (`web`, `android`, …); may be empty.
     pub platform: String,
-    /// The room it named at auth (its main room then); may be empty.
-    pub room: String,
-    /// When it was admitted, Unix milliseconds (by the store's clock); 0 when asking.
+    /// Every room it is in: the one it named at auth, then as its comet reports changes
+    /// (ops 12, 24, 26 and the business's joins and leaves).
+    pub rooms: Vec<String>,
+    /// When it was admitted, Unix milliseconds (by the store's clock).
     pub connected_ms: u64,
 }
 
-/// What [`SessionStore::admit_conn`] decided, in one atomic step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admit {
-    /// Recorded. `kicked` are the user's oldest connections that had to go to keep within the
-    /// limit (only when asked to kick the oldest); they are no longer counted.
-    Admitted { kicked: Vec<UserConn> },
-    /// The user already holds `held` connections, the limit; nothing was changed.
-    Refused { held: usize },
-}
-
-/// Sessions: claimed at connect, refreshed by heartbeats, removed at disconnect, looked up by
-/// the pushes to keys and users.
+/// Sessions: recorded at connect, refreshed by heartbeats, removed at disconnect, looked up by
+/// the pushes to keys and users, and read by presence.
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Claims `session.key` for `session` in one atomic step: when a live session of another
-    /// user holds the key and `policy` is [`KeyPolicy::SameUser`], refuses and changes
-    /// nothing; otherwise records `session` and returns the session it replaced.
-    async fn claim_session(
+    /// Records a new connection: claims `session.key` (with [`KeyPolicy::SameUser`], a live
+    /// session of another user refuses it) and, for a user (mid > 0), counts it among the
+    /// user's connections within `rules.limit` (a connection with the same key is replaced,
+    /// not counted). Decided atomically: two connects racing for one key, or for a user's
+    /// last place, never both win. `platform` and `room` (the room it named at auth, may be
+    /// empty) are what presence shows.
+    async fn connect(
         &self,
         session: &Session,
-        policy: KeyPolicy,
-    ) -> Result<Claim, StoreError>;
-    /// Records `session`, replacing whoever held the key ([`KeyPolicy::AnyUser`]).
-    async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
-        self.claim_session(session, KeyPolicy::AnyUser)
-            .await
-            .map(|_| ())
-    }
-    /// Removes the session for `key` if it still belongs to `conn`; says whether it did.
-    async fn remove_session(&self, mid: i64, key: &str, conn: &ConnRef)
-        -> Result<bool, StoreError>;
-    /// Extends the session's lifetime; re-creates it if it expired, unless another connection
-    /// took the key in the meantime.
-    async fn refresh_session(&self, session: &Session) -> Result<(), StoreError>;
+        platform: &str,
+        room: &str,
+        rules: Rules,
+    ) -> Result<Connected, StoreError>;
+
+    /// Removes the connection if its key still names it (a replaced connection's late
+    /// disconnect leaves its successor alone); returns what was recorded of it, `None` if
+    /// nothing named it any more.
+    async fn disconnect(&self, session: &Session) -> Result<Option<UserConn>, StoreError>;
+
+    /// Extends the connection's lifetime (a heartbeat). When the store lost it (expired, or a
+    /// Redis restarted without its data) it is recorded again, platform and rooms unknown,
+    /// unless another connection holds the key now.
+    async fn refresh(&self, session: &Session) -> Result<(), StoreError>;
+
+    /// Replaces the rooms the connection is in (its comet reports every change); returns the
+    /// connection's entry as it is now, `None` when the store keeps none naming it (a
+    /// replaced connection; in Redis, an anonymous one: only users have entries there).
+    async fn set_rooms(
+        &self,
+        session: &Session,
+        rooms: &[String],
+    ) -> Result<Option<UserConn>, StoreError>;
+
     /// The live sessions for these keys (unknown keys are left out).
     async fn sessions_by_keys(&self, keys: &[String]) -> Result<Vec<Session>, StoreError>;
+
     /// The live sessions of these users, every device of each.
     async fn sessions_by_mids(&self, mids: &[i64]) -> Result<Vec<Session>, StoreError>;
 
-    /// Records `conn` among user `mid`'s connections (mid > 0), in one atomic step with the
-    /// check of the user's limit: with `limit` > 0 and that many other live connections
-    /// (another connection with the same key is replaced, not counted), refuses, or with
-    /// `kick_oldest` drops the oldest ones and returns them.
-    async fn admit_conn(
-        &self,
-        mid: i64,
-        conn: &UserConn,
-        limit: usize,
-        kick_oldest: bool,
-    ) -> Result<Admit, StoreError>;
-    /// Extends the lifetime of the user's connection entry for `key` if it names `conn`;
-    /// re-creates it (platform and room unknown) if the user has no entry for `key` (the store
-    /// lost it), so presence and the limit see the connection again.
-    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError>;
-    /// Drops the user's connection entry for `key` if it names `conn`; returns it.
-    async fn remove_conn(
-        &self,
-        mid: i64,
-        key: &str,
-        conn: &ConnRef,
-    ) -> Result<Option<UserConn>, StoreError>;
-    /// The live connection entries of these users, oldest first, in the order of `mids`.
+    /// The live connections of these users whose key still names them, oldest first, in
+    /// the order of `mids`.
     async fn user_conns(&self, mids: &[i64]) -> Result<Vec<Vec<UserConn>>, StoreError>;
 }

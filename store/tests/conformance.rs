@@ -20,7 +20,72 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use imgate_shared::config::Retention;
-use imgate_store::{Admit, Claim, InboxState, KeyPolicy, StoredMessage};
+use imgate_shared::link::ConnRef;
+use imgate_store::{Connected, InboxState, KeyPolicy, Rules, Session, StoredMessage, Stores};
+
+/// Records `session` as goim would (any user takes the key, no limit).
+async fn add(s: &Stores, session: &Session) {
+    add_result(s, session).await.unwrap();
+}
+
+async fn add_result(s: &Stores, session: &Session) -> Result<Connected, imgate_store::StoreError> {
+    s.sessions.connect(session, "", "", Rules::GOIM).await
+}
+
+/// Claims `session`'s key under `policy` (no limit per user).
+async fn claim_key(s: &Stores, session: &Session, policy: KeyPolicy) -> Connected {
+    let rules = Rules {
+        policy,
+        ..Rules::GOIM
+    };
+    s.sessions.connect(session, "", "", rules).await.unwrap()
+}
+
+/// Disconnects user `mid`'s connection `conn` holding `key`; whether the store had it.
+async fn remove(s: &Stores, mid: i64, key: &str, conn: &ConnRef) -> bool {
+    remove_result(s, mid, key, conn).await.unwrap()
+}
+
+async fn remove_result(
+    s: &Stores,
+    mid: i64,
+    key: &str,
+    conn: &ConnRef,
+) -> Result<bool, imgate_store::StoreError> {
+    let session = Session {
+        mid,
+        key: key.into(),
+        conn: conn.clone(),
+    };
+    s.sessions.disconnect(&session).await.map(|r| r.is_some())
+}
+
+/// Connects user `mid` with `key` on connection `id` from `platform`, in room live://9, within
+/// `limit` connections per user (0: none).
+async fn admit(
+    s: &Stores,
+    mid: i64,
+    key: &str,
+    id: u64,
+    platform: &str,
+    limit: usize,
+    kick_oldest: bool,
+) -> Connected {
+    let session = Session {
+        mid,
+        key: key.into(),
+        conn: conn("c1", id),
+    };
+    let rules = Rules {
+        policy: KeyPolicy::AnyUser,
+        limit,
+        kick_oldest,
+    };
+    s.sessions
+        .connect(&session, platform, "live://9", rules)
+        .await
+        .unwrap()
+}
 
 fn sorted(mut v: Vec<imgate_store::Session>) -> Vec<imgate_store::Session> {
     v.sort_by(|a, b| a.key.cmp(&b.key));
@@ -33,27 +98,22 @@ async fn key_claims(backend: &Backend) {
     let s = backend.stores(config(LONG, LONG)).await;
     let claim = |mid, id| session(mid, "k", id);
     assert_eq!(
-        s.sessions
-            .claim_session(&claim(1, 1), KeyPolicy::SameUser)
-            .await
-            .unwrap(),
-        Claim::Claimed { replaced: None }
-    );
-    assert_eq!(
-        s.sessions
-            .claim_session(&claim(1, 2), KeyPolicy::SameUser)
-            .await
-            .unwrap(),
-        Claim::Claimed {
-            replaced: Some(claim(1, 1))
+        claim_key(&s, &claim(1, 1), KeyPolicy::SameUser).await,
+        Connected::Admitted {
+            replaced: None,
+            kicked: vec![]
         }
     );
     assert_eq!(
-        s.sessions
-            .claim_session(&claim(2, 3), KeyPolicy::SameUser)
-            .await
-            .unwrap(),
-        Claim::Refused { holder: 1 }
+        claim_key(&s, &claim(1, 2), KeyPolicy::SameUser).await,
+        Connected::Admitted {
+            replaced: Some(claim(1, 1)),
+            kicked: vec![]
+        }
+    );
+    assert_eq!(
+        claim_key(&s, &claim(2, 3), KeyPolicy::SameUser).await,
+        Connected::KeyHeld { holder: 1 }
     );
     assert_eq!(
         s.sessions.sessions_by_keys(&["k".into()]).await.unwrap(),
@@ -62,22 +122,20 @@ async fn key_claims(backend: &Backend) {
     );
     // goim's model: another user takes the key over, and is told whom it replaced.
     assert_eq!(
-        s.sessions
-            .claim_session(&claim(2, 3), KeyPolicy::AnyUser)
-            .await
-            .unwrap(),
-        Claim::Claimed {
-            replaced: Some(claim(1, 2))
+        claim_key(&s, &claim(2, 3), KeyPolicy::AnyUser).await,
+        Connected::Admitted {
+            replaced: Some(claim(1, 2)),
+            kicked: vec![]
         }
     );
     assert!(s.sessions.sessions_by_mids(&[1]).await.unwrap().is_empty());
     // Re-claiming with the same connection replaces nobody.
     assert_eq!(
-        s.sessions
-            .claim_session(&claim(2, 3), KeyPolicy::SameUser)
-            .await
-            .unwrap(),
-        Claim::Claimed { replaced: None }
+        claim_key(&s, &claim(2, 3), KeyPolicy::SameUser).await,
+        Connected::Admitted {
+            replaced: None,
+            kicked: vec![]
+        }
     );
 
     // Two users claim one fresh key at the same instant: exactly one gets it, every round.
@@ -91,17 +149,12 @@ async fn key_claims(backend: &Backend) {
                     key: key.clone(),
                     conn: conn("c1", 1000 + round * 2 + user),
                 };
-                tokio::spawn(async move {
-                    s.sessions
-                        .claim_session(&session, KeyPolicy::SameUser)
-                        .await
-                        .unwrap()
-                })
+                tokio::spawn(async move { claim_key(&s, &session, KeyPolicy::SameUser).await })
             })
             .collect();
         let mut won = 0;
         for claim in claims {
-            if let Claim::Claimed { replaced } = claim.await.unwrap() {
+            if let Connected::Admitted { replaced, .. } = claim.await.unwrap() {
                 assert_eq!(replaced, None);
                 won += 1;
             }
@@ -120,7 +173,7 @@ async fn sessions_and_registry(backend: &Backend) {
     let b = session(1, "dev-b", 2);
     let guest = session(0, "guest", 3);
     for x in [&a, &b, &guest] {
-        s.sessions.add_session(x).await.unwrap();
+        add(&s, x).await;
     }
     assert_eq!(
         s.sessions
@@ -152,12 +205,8 @@ async fn sessions_and_registry(backend: &Backend) {
 
     // A replaced connection's late disconnect keeps its successor's session.
     let a2 = session(1, "dev-a", 11);
-    s.sessions.add_session(&a2).await.unwrap();
-    assert!(!s
-        .sessions
-        .remove_session(1, "dev-a", &a.conn)
-        .await
-        .unwrap());
+    add(&s, &a2).await;
+    assert!(!remove(&s, 1, "dev-a", &a.conn).await);
     assert_eq!(
         s.sessions
             .sessions_by_keys(&["dev-a".into()])
@@ -169,11 +218,7 @@ async fn sessions_and_registry(backend: &Backend) {
         sorted(s.sessions.sessions_by_mids(&[1]).await.unwrap()),
         vec![a2.clone(), b.clone()]
     );
-    assert!(s
-        .sessions
-        .remove_session(1, "dev-a", &a2.conn)
-        .await
-        .unwrap());
+    assert!(remove(&s, 1, "dev-a", &a2.conn).await);
     assert!(s
         .sessions
         .sessions_by_keys(&["dev-a".into()])
@@ -184,17 +229,11 @@ async fn sessions_and_registry(backend: &Backend) {
         s.sessions.sessions_by_mids(&[1]).await.unwrap(),
         vec![b.clone()]
     );
-    assert!(
-        !s.sessions
-            .remove_session(1, "dev-a", &a2.conn)
-            .await
-            .unwrap(),
-        "second remove"
-    );
+    assert!(!remove(&s, 1, "dev-a", &a2.conn).await, "second remove");
 
     // A key taken by another user leaves the first user's index.
     let taken = session(2, "dev-b", 21);
-    s.sessions.add_session(&taken).await.unwrap();
+    add(&s, &taken).await;
     assert!(s.sessions.sessions_by_mids(&[1]).await.unwrap().is_empty());
     assert_eq!(
         s.sessions.sessions_by_mids(&[2]).await.unwrap(),
@@ -204,12 +243,9 @@ async fn sessions_and_registry(backend: &Backend) {
         s.sessions.sessions_by_mids(&[1, 2]).await.unwrap(),
         vec![taken.clone()]
     );
-    // The first user's late disconnect does not remove it either.
-    assert!(!s
-        .sessions
-        .remove_session(1, "dev-b", &b.conn)
-        .await
-        .unwrap());
+    // The first user's late disconnect does not remove it either (whether the store still
+    // had something of the first connection to drop is the backend's business).
+    remove(&s, 1, "dev-b", &b.conn).await;
     assert_eq!(
         s.sessions
             .sessions_by_keys(&["dev-b".into()])
@@ -223,11 +259,9 @@ async fn sessions_and_registry(backend: &Backend) {
         let key = format!("race-{round}");
         let old = session(5, &key, 100 + round);
         let new = session(5, &key, 200 + round);
-        s.sessions.add_session(&old).await.unwrap();
-        let (removed, added) = tokio::join!(
-            s.sessions.remove_session(5, &key, &old.conn),
-            s.sessions.add_session(&new)
-        );
+        add(&s, &old).await;
+        let (removed, added) =
+            tokio::join!(remove_result(&s, 5, &key, &old.conn), add_result(&s, &new));
         removed.unwrap();
         added.unwrap();
         assert_eq!(
@@ -248,8 +282,8 @@ async fn sessions_and_registry(backend: &Backend) {
     }
 
     // Refresh of a live session by its own connection keeps it; by a replaced one changes nothing.
-    s.sessions.refresh_session(&taken).await.unwrap();
-    s.sessions.refresh_session(&b).await.unwrap();
+    s.sessions.refresh(&taken).await.unwrap();
+    s.sessions.refresh(&b).await.unwrap();
     assert_eq!(
         s.sessions
             .sessions_by_keys(&["dev-b".into()])
@@ -264,9 +298,9 @@ async fn sessions_and_registry(backend: &Backend) {
         .stores(config(Duration::from_millis(800), LONG))
         .await;
     let e = session(3, "k3", 31);
-    short.sessions.add_session(&e).await.unwrap();
+    add(&short, &e).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    short.sessions.refresh_session(&e).await.unwrap();
+    short.sessions.refresh(&e).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         short.sessions.sessions_by_mids(&[3]).await.unwrap(),
@@ -292,7 +326,7 @@ async fn sessions_and_registry(backend: &Backend) {
             .is_empty(),
         "expired"
     );
-    short.sessions.refresh_session(&e).await.unwrap();
+    short.sessions.refresh(&e).await.unwrap();
     assert_eq!(
         short.sessions.sessions_by_mids(&[3]).await.unwrap(),
         vec![e.clone()],
@@ -309,8 +343,8 @@ async fn sessions_and_registry(backend: &Backend) {
     // It expires again and another user's connection takes the key: refresh must not steal it.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let thief = session(4, "k3", 41);
-    short.sessions.add_session(&thief).await.unwrap();
-    short.sessions.refresh_session(&e).await.unwrap();
+    add(&short, &thief).await;
+    short.sessions.refresh(&e).await.unwrap();
     assert_eq!(
         short
             .sessions
@@ -804,42 +838,39 @@ async fn user_connections(backend: &Backend) {
     let s = backend.stores(config(LONG, LONG)).await;
     for (i, key) in ["a", "b"].into_iter().enumerate() {
         assert_eq!(
-            s.sessions
-                .admit_conn(7, &user_conn(key, i as u64, "web"), 2, false)
-                .await
-                .unwrap(),
-            Admit::Admitted { kicked: vec![] }
+            admit(&s, 7, key, i as u64, "web", 2, false).await,
+            Connected::Admitted {
+                replaced: None,
+                kicked: vec![]
+            }
         );
     }
     assert_eq!(
-        s.sessions
-            .admit_conn(7, &user_conn("c", 3, "web"), 2, false)
-            .await
-            .unwrap(),
-        Admit::Refused { held: 2 }
+        admit(&s, 7, "c", 3, "web", 2, false).await,
+        Connected::UserFull { held: 2 }
     );
     // The same key again replaces its entry.
     assert!(matches!(
-        s.sessions
-            .admit_conn(7, &user_conn("a", 4, "ios"), 2, false)
-            .await
-            .unwrap(),
-        Admit::Admitted { .. }
+        admit(&s, 7, "a", 4, "ios", 2, false).await,
+        Connected::Admitted { .. }
     ));
-    let Admit::Admitted { kicked } = s
-        .sessions
-        .admit_conn(7, &user_conn("c", 5, "web"), 2, true)
-        .await
-        .unwrap()
-    else {
+    let Connected::Admitted { kicked, .. } = admit(&s, 7, "c", 5, "web", 2, true).await else {
         panic!("refused although asked to kick");
     };
     assert_eq!(kicked.len(), 1);
     assert_eq!((kicked[0].key.as_str(), kicked[0].conn.conn_id), ("b", 1));
+    assert!(
+        s.sessions
+            .sessions_by_keys(&["b".into()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a kicked connection's session is gone with it"
+    );
     let live = s.sessions.user_conns(&[7, 8]).await.unwrap();
     let keys: Vec<(&str, &str, &str)> = live[0]
         .iter()
-        .map(|c| (c.key.as_str(), c.platform.as_str(), c.room.as_str()))
+        .map(|c| (c.key.as_str(), c.platform.as_str(), c.rooms[0].as_str()))
         .collect();
     assert_eq!(keys, [("a", "ios", "live://9"), ("c", "web", "live://9")]);
     assert!(live[1].is_empty());
@@ -847,14 +878,22 @@ async fn user_connections(backend: &Backend) {
     // Removal compares the connection.
     assert_eq!(
         s.sessions
-            .remove_conn(7, "a", &conn("c1", 0))
+            .disconnect(&imgate_store::Session {
+                mid: 7,
+                key: "a".into(),
+                conn: conn("c1", 0)
+            })
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         s.sessions
-            .remove_conn(7, "a", &conn("c1", 4))
+            .disconnect(&imgate_store::Session {
+                mid: 7,
+                key: "a".into(),
+                conn: conn("c1", 4)
+            })
             .await
             .unwrap()
             .map(|c| c.platform),
@@ -865,17 +904,14 @@ async fn user_connections(backend: &Backend) {
     let racers: Vec<_> = (0..20u64)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move {
-                s.sessions
-                    .admit_conn(9, &user_conn(&format!("r{i}"), 100 + i, "web"), 3, false)
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(
+                async move { admit(&s, 9, &format!("r{i}"), 100 + i, "web", 3, false).await },
+            )
         })
         .collect();
     let mut admitted = 0;
     for r in racers {
-        if matches!(r.await.unwrap(), Admit::Admitted { .. }) {
+        if matches!(r.await.unwrap(), Connected::Admitted { .. }) {
             admitted += 1;
         }
     }
@@ -886,27 +922,27 @@ async fn user_connections(backend: &Backend) {
     let short = backend
         .stores(config(Duration::from_millis(300), LONG))
         .await;
-    short
-        .sessions
-        .admit_conn(11, &user_conn("x", 1, "web"), 0, false)
-        .await
-        .unwrap();
-    short
-        .sessions
-        .admit_conn(11, &user_conn("y", 2, "web"), 0, false)
-        .await
-        .unwrap();
+    admit(&short, 11, "x", 1, "web", 0, false).await;
+    admit(&short, 11, "y", 2, "web", 0, false).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         short
             .sessions
-            .refresh_conn(11, "x", &conn("c1", 1))
+            .refresh(&imgate_store::Session {
+                mid: 11,
+                key: "x".into(),
+                conn: conn("c1", 1),
+            })
             .await
             .unwrap();
         // A refresh naming another connection changes nothing.
         short
             .sessions
-            .refresh_conn(11, "y", &conn("c1", 9))
+            .refresh(&imgate_store::Session {
+                mid: 11,
+                key: "y".into(),
+                conn: conn("c1", 9),
+            })
             .await
             .unwrap();
     }
@@ -916,7 +952,11 @@ async fn user_connections(backend: &Backend) {
     // A store that lost an entry gets it back from the connection's next heartbeat.
     short
         .sessions
-        .refresh_conn(12, "z", &conn("c1", 3))
+        .refresh(&imgate_store::Session {
+            mid: 12,
+            key: "z".into(),
+            conn: conn("c1", 3),
+        })
         .await
         .unwrap();
     let live = short.sessions.user_conns(&[12]).await.unwrap();
@@ -931,12 +971,84 @@ async fn user_connections(backend: &Backend) {
     );
 }
 
+/// Every room of a connection (presence): replaced as its comet reports them, kept only by the
+/// connection its key names, and given back when it disconnects. A key another user holds is
+/// refused without counting against the user's limit.
+async fn connection_rooms(backend: &Backend) {
+    let s = backend.stores(config(LONG, LONG)).await;
+    let a = session(21, "ra", 1);
+    s.sessions
+        .connect(&a, "web", "live://1", Rules::GOIM)
+        .await
+        .unwrap();
+    let rooms = |v: &[String]| v.to_vec();
+    let set = vec!["live://1".to_string(), "chat://é, x|y".to_string()];
+    let entry = s.sessions.set_rooms(&a, &set).await.unwrap().unwrap();
+    assert_eq!(
+        (entry.platform.as_str(), rooms(&entry.rooms)),
+        ("web", set.clone())
+    );
+    let listed = s.sessions.user_conns(&[21]).await.unwrap();
+    assert_eq!(listed[0][0].rooms, set);
+    // Left every room.
+    let entry = s.sessions.set_rooms(&a, &[]).await.unwrap().unwrap();
+    assert!(entry.rooms.is_empty());
+    // A connection the key no longer names changes nothing.
+    let a2 = session(21, "ra", 2);
+    add(&s, &a2).await;
+    assert_eq!(s.sessions.set_rooms(&a, &set).await.unwrap(), None);
+    assert!(s.sessions.user_conns(&[21]).await.unwrap()[0][0]
+        .rooms
+        .is_empty());
+    let entry = s.sessions.set_rooms(&a2, &set[1..]).await.unwrap().unwrap();
+    assert_eq!(entry.rooms, set[1..]);
+    let gone = s.sessions.disconnect(&a2).await.unwrap().unwrap();
+    assert_eq!(gone.rooms, set[1..]);
+    assert!(s.sessions.user_conns(&[21]).await.unwrap()[0].is_empty());
+
+    // A key held by another user is refused and leaves the user's count alone.
+    let rules = Rules {
+        policy: KeyPolicy::SameUser,
+        limit: 1,
+        kick_oldest: false,
+    };
+    s.sessions
+        .connect(&session(22, "held", 10), "", "", rules)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sessions
+            .connect(&session(23, "held", 11), "", "", rules)
+            .await
+            .unwrap(),
+        Connected::KeyHeld { holder: 22 }
+    );
+    assert_eq!(
+        s.sessions
+            .connect(&session(23, "own", 12), "", "", rules)
+            .await
+            .unwrap(),
+        Connected::Admitted {
+            replaced: None,
+            kicked: vec![]
+        }
+    );
+    assert_eq!(
+        s.sessions
+            .connect(&session(23, "more", 13), "", "", rules)
+            .await
+            .unwrap(),
+        Connected::UserFull { held: 1 }
+    );
+}
+
 /// Every part of the contract, against one backend.
 async fn contract(backend: Backend) {
     key_claims(&backend).await;
     sessions_and_registry(&backend).await;
     inboxes_and_room_histories(&backend).await;
     user_connections(&backend).await;
+    connection_rooms(&backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,7 +94,9 @@ pub fn body_of(msg: &BusMessage) -> String {
         Some(Push::Room(r)) => &r.body,
         Some(Push::Keys(k)) => &k.body,
         Some(Push::All(b)) => &b.body,
-        Some(Push::Close(_)) | None => panic!("a message without a push body: {msg:?}"),
+        Some(Push::Close(_)) | Some(Push::Control(_)) | None => {
+            panic!("a message without a push body: {msg:?}")
+        }
     };
     String::from_utf8(body.to_vec()).expect("a text body")
 }

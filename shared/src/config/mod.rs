@@ -77,6 +77,10 @@ pub struct AuthConfig {
     /// Connects one logic may have waiting for the connect hook at once (each holds a
     /// connection to it); more are refused at once with op 6 "connect hook busy", counted.
     pub connect_concurrency: usize,
+    /// Clock skew tolerated for a token's `exp` and `nbf`; a connection is closed as expired
+    /// this long after its token's `exp` (or the connect hook's `expire_at`).
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
 }
 
 impl AuthConfig {
@@ -102,6 +106,7 @@ impl Default for AuthConfig {
             connect_url: None,
             connect_timeout: Duration::from_secs(2),
             connect_concurrency: 1024,
+            leeway: Duration::from_secs(60),
         }
     }
 }
@@ -299,7 +304,8 @@ pub struct LogicConfig {
     /// Client messages one logic has waiting for the business at once; more are answered
     /// empty at once.
     pub upstream_concurrency: usize,
-    /// Where connect and disconnect events are POSTed, in batches; none = not sent.
+    /// Where connect, disconnect, join and leave events are POSTed, in batches; none = not
+    /// sent.
     #[serde(deserialize_with = "none_if_empty")]
     pub events_url: Option<String>,
     /// Events waiting to be sent, at most; more are dropped and counted.

@@ -7,7 +7,7 @@
 //! | :--- | :--- | :--- | :--- |
 //! | `key:{<key>}` | string | `<mid>|<prost ConnRef>`: the connection holding the key | `session_ttl` |
 //! | `mid:{<mid>}` | hash | `<key>` → prost `ConnRef` (only for mid > 0) | `session_ttl`, renewed by any device |
-//! | `conns:{<mid>}` | hash | `<key>` → `<expires ms>|<connected ms>|<platform>|<prost ConnRef>` (mid > 0): presence and the per-user limit; one script admits a connection within the limit | `session_ttl`, renewed by heartbeats |
+//! | `conns:{<mid>}` | hash | `<key>` → `<expires ms>|<connected ms>|<hex platform>|<hex rooms, comma-separated>|<prost ConnRef>` (mid > 0): presence (every room the connection is in) and the per-user limit; one script admits a connection within the limit | `session_ttl`, renewed by heartbeats |
 //! | `online` | hash | `<comet>/<shard>` → `<unix ms>|<prost RenewOnline>` | `online_ttl` after the last report |
 //! | `inbox:{<mid>}` | hash | `last` (newest sequence), `acked` (acknowledged up to) | `inbox_ttl` after the last append |
 //! | `inbox:{<mid>}:m` | list | kept messages, oldest first: `<seq>:<unix ms>:<op, 4 bytes BE><body>` | `inbox_ttl` after the last append |

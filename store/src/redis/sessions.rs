@@ -7,7 +7,7 @@ use prost::Message;
 use redis::{RedisResult, Script, Value};
 
 use super::{unavailable, Conn, RedisStore};
-use crate::{Admit, Claim, KeyPolicy, Session, SessionStore, StoreError, UserConn};
+use crate::{Connected, KeyPolicy, Rules, Session, SessionStore, StoreError, UserConn};
 
 /// Compare-and-delete of a key entry: deletes it only if it still names the connection.
 /// KEYS[1] = key entry; ARGV[1] = encoded ConnRef. Returns 1 if deleted.
@@ -74,7 +74,8 @@ return 0
 ";
 
 /// A user's connection entries (`conns:{<mid>}` hash, field = key), values
-/// `<expires ms>|<connected ms>|<hex platform>|<hex room>|<prost ConnRef>`, times by the Redis
+/// `<expires ms>|<connected ms>|<hex platform>|<hex rooms, comma-separated>|<prost ConnRef>`
+/// (an entry written before rooms were lists holds one room there), times by the Redis
 /// server clock. Shared by the scripts below: `parse(v)` → expires, connected, the middle (the
 /// platform and room as they are) and the ConnRef bytes.
 const CONN_PARSE: &str = r"
@@ -157,6 +158,20 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 return v
 ";
 
+/// Replacement of a connection entry's rooms, if it names the connection.
+/// KEYS[1] = conns hash; ARGV[1] = key; ARGV[2] = ConnRef; ARGV[3] = hex rooms, comma-separated.
+/// Returns the new value, or nil.
+const SET_ROOMS: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local exp, connected, middle, conn = parse(v)
+if conn ~= ARGV[2] then return false end
+local sep = string.find(middle, '|', 1, true)
+local nv = string.format('%d|%d|%s|%s|', exp, connected, string.sub(middle, 1, sep - 1), ARGV[3]) .. conn
+redis.call('HSET', KEYS[1], ARGV[1], nv)
+return nv
+";
+
 /// The live entries of one user. KEYS[1] = conns hash. Returns key, value, key, value...
 const LIVE_CONNS: &str = r"
 local now = now_ms()
@@ -177,13 +192,18 @@ fn decode_conn(key: String, v: &[u8]) -> Option<UserConn> {
     let _expires = parts.next()?;
     let connected: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let platform = unhex(parts.next()?)?;
-    let room = unhex(parts.next()?)?;
+    let rooms = parts
+        .next()?
+        .split(|b| *b == b',')
+        .filter(|r| !r.is_empty())
+        .map(unhex)
+        .collect::<Option<Vec<String>>>()?;
     let conn = ConnRef::decode(parts.next()?).ok()?;
     Some(UserConn {
         key,
         conn,
         platform,
-        room,
+        rooms,
         connected_ms: connected,
     })
 }
@@ -191,6 +211,16 @@ fn decode_conn(key: String, v: &[u8]) -> Option<UserConn> {
 /// Text as lowercase hex, so an entry's separators never occur in it.
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Rooms as an entry holds them: each in hex, comma-separated.
+fn hex_rooms(rooms: &[String]) -> String {
+    rooms
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| hex(r))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn unhex(hex: &[u8]) -> Option<String> {
@@ -218,6 +248,7 @@ pub(super) struct SessionScripts {
     admit_conn: Script,
     refresh_conn: Script,
     remove_conn: Script,
+    set_rooms: Script,
     live_conns: Script,
 }
 
@@ -232,6 +263,7 @@ impl SessionScripts {
             admit_conn: Script::new(&format!("{CONN_PARSE}{ADMIT_CONN}")),
             refresh_conn: Script::new(&format!("{CONN_PARSE}{REFRESH_CONN}")),
             remove_conn: Script::new(&format!("{CONN_PARSE}{REMOVE_CONN}")),
+            set_rooms: Script::new(&format!("{CONN_PARSE}{SET_ROOMS}")),
             live_conns: Script::new(&format!("{CONN_PARSE}{LIVE_CONNS}")),
         }
     }
@@ -371,8 +403,23 @@ impl RedisStore {
     }
 }
 
-#[async_trait::async_trait]
-impl SessionStore for RedisStore {
+/// What a claim of a key entry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Claim {
+    Claimed { replaced: Option<Session> },
+    Refused { holder: i64 },
+}
+
+/// What an admission into a user's entries did.
+enum Admit {
+    Admitted { kicked: Vec<UserConn> },
+    Refused { held: usize },
+}
+
+/// The steps a connection's life is made of, each one script on one key (one cluster slot).
+/// The tests of the key schema call them one at a time.
+impl RedisStore {
+    /// Claims a key entry for `session` (see [`KeyPolicy`]) and indexes it under its user.
     async fn claim_session(
         &self,
         session: &Session,
@@ -414,7 +461,17 @@ impl SessionStore for RedisStore {
         Ok(Claim::Claimed { replaced })
     }
 
-    async fn remove_session(
+    /// Records `session`, replacing whoever held its key (the key entry and the index only,
+    /// no user entry): what the key schema's tests start from.
+    pub async fn add_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.claim_session(session, KeyPolicy::AnyUser)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes the key entry if it still names `conn`, and its index field; says whether it
+    /// removed the entry.
+    pub async fn remove_session(
         &self,
         mid: i64,
         key: &str,
@@ -446,7 +503,8 @@ impl SessionStore for RedisStore {
         Ok(removed)
     }
 
-    async fn refresh_session(&self, session: &Session) -> Result<(), StoreError> {
+    /// Renews (or re-creates) the key entry unless another connection holds it.
+    pub async fn refresh_session(&self, session: &Session) -> Result<(), StoreError> {
         let conn = session.conn.encode_to_vec();
         let mut c = self.conn.clone();
         let mut inv = self.sessions.refresh_key.prepare_invoke();
@@ -471,6 +529,218 @@ impl SessionStore for RedisStore {
             self.set_field(session.mid, &session.key, &conn).await?;
         }
         Ok(())
+    }
+
+    /// Records a user's connection entry within the limit, in one script.
+    async fn admit_conn(
+        &self,
+        mid: i64,
+        conn: &UserConn,
+        limit: usize,
+        kick_oldest: bool,
+    ) -> Result<Admit, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.admit_conn.prepare_invoke();
+        inv.key(self.user_conns_key(mid))
+            .arg(&conn.key)
+            .arg(conn.conn.encode_to_vec())
+            .arg(format!(
+                "{}|{}",
+                hex(&conn.platform),
+                hex_rooms(&conn.rooms)
+            ))
+            .arg(limit)
+            .arg(if kick_oldest { "1" } else { "0" })
+            .arg(self.session_ttl_ms);
+        let reply: Vec<Value> = self
+            .run("HSET (user connections)", inv.invoke_async(&mut c))
+            .await?;
+        let mut reply = reply.into_iter();
+        match reply.next() {
+            Some(Value::Int(1)) => {}
+            _ => {
+                let held = match reply.next() {
+                    Some(Value::Int(n)) => n as usize,
+                    _ => limit,
+                };
+                return Ok(Admit::Refused { held });
+            }
+        }
+        let bulk: Vec<Vec<u8>> = reply
+            .filter_map(|v| match v {
+                Value::BulkString(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let kicked = decode_pairs(&bulk);
+        Ok(Admit::Admitted { kicked })
+    }
+
+    /// Renews the user's connection entry naming `conn` (re-creates it when missing).
+    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.refresh_conn.prepare_invoke();
+        inv.key(self.user_conns_key(mid))
+            .arg(key)
+            .arg(conn.encode_to_vec())
+            .arg(self.session_ttl_ms);
+        self.run(
+            "HSET (user connection refresh)",
+            inv.invoke_async::<()>(&mut c),
+        )
+        .await
+    }
+
+    /// Removes the user's connection entry if it names `conn`; returns it.
+    async fn remove_conn(
+        &self,
+        mid: i64,
+        key: &str,
+        conn: &ConnRef,
+    ) -> Result<Option<UserConn>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.remove_conn.prepare_invoke();
+        inv.key(self.user_conns_key(mid))
+            .arg(key)
+            .arg(conn.encode_to_vec());
+        let removed: Option<Vec<u8>> = self
+            .run("HDEL (user connection)", inv.invoke_async(&mut c))
+            .await?;
+        Ok(removed.and_then(|v| decode_conn(key.to_string(), &v)))
+    }
+
+    /// Takes back an admission whose key claim failed, and puts back the entries it had
+    /// pushed out (nothing was done to them yet), so they stay counted.
+    async fn unadmit(&self, session: &Session, kicked: &[UserConn]) {
+        if session.mid <= 0 {
+            return;
+        }
+        let mut undone = self
+            .remove_conn(session.mid, &session.key, &session.conn)
+            .await
+            .map(|_| ());
+        for gone in kicked {
+            if undone.is_ok() {
+                undone = self
+                    .admit_conn(session.mid, gone, 0, false)
+                    .await
+                    .map(|_| ());
+            }
+        }
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, "cannot take back a connection's admission");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for RedisStore {
+    /// The user's entry first (its script applies the limit), then the key (its script
+    /// applies the policy); a refused key takes the admission back, putting back the entries
+    /// it had pushed out. Kicked connections lose their sessions once the key is claimed.
+    async fn connect(
+        &self,
+        session: &Session,
+        platform: &str,
+        room: &str,
+        rules: Rules,
+    ) -> Result<Connected, StoreError> {
+        let entry = UserConn {
+            key: session.key.clone(),
+            conn: session.conn.clone(),
+            platform: platform.to_string(),
+            rooms: if room.is_empty() {
+                Vec::new()
+            } else {
+                vec![room.to_string()]
+            },
+            connected_ms: 0,
+        };
+        let kicked = if session.mid > 0 {
+            match self
+                .admit_conn(session.mid, &entry, rules.limit, rules.kick_oldest)
+                .await?
+            {
+                Admit::Admitted { kicked } => kicked,
+                Admit::Refused { held } => return Ok(Connected::UserFull { held }),
+            }
+        } else {
+            Vec::new()
+        };
+        let claim = match self.claim_session(session, rules.policy).await {
+            Ok(claim) => claim,
+            Err(e) => {
+                self.unadmit(session, &kicked).await;
+                return Err(e);
+            }
+        };
+        let replaced = match claim {
+            Claim::Claimed { replaced } => replaced,
+            Claim::Refused { holder } => {
+                self.unadmit(session, &kicked).await;
+                return Ok(Connected::KeyHeld { holder });
+            }
+        };
+        for gone in &kicked {
+            // Nothing by key or user reaches it from now on, before it is closed.
+            if let Err(e) = self
+                .remove_session(session.mid, &gone.key, &gone.conn)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot remove a kicked connection's session");
+            }
+        }
+        Ok(Connected::Admitted { replaced, kicked })
+    }
+
+    async fn disconnect(&self, session: &Session) -> Result<Option<UserConn>, StoreError> {
+        let removed = self
+            .remove_session(session.mid, &session.key, &session.conn)
+            .await?;
+        let entry = if session.mid > 0 {
+            self.remove_conn(session.mid, &session.key, &session.conn)
+                .await?
+        } else {
+            None
+        };
+        Ok(entry.or_else(|| {
+            removed.then(|| UserConn {
+                key: session.key.clone(),
+                conn: session.conn.clone(),
+                platform: String::new(),
+                rooms: Vec::new(),
+                connected_ms: 0,
+            })
+        }))
+    }
+
+    async fn refresh(&self, session: &Session) -> Result<(), StoreError> {
+        self.refresh_session(session).await?;
+        if session.mid > 0 {
+            self.refresh_conn(session.mid, &session.key, &session.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_rooms(
+        &self,
+        session: &Session,
+        rooms: &[String],
+    ) -> Result<Option<UserConn>, StoreError> {
+        if session.mid <= 0 {
+            return Ok(None);
+        }
+        let mut c = self.conn.clone();
+        let mut inv = self.sessions.set_rooms.prepare_invoke();
+        inv.key(self.user_conns_key(session.mid))
+            .arg(&session.key)
+            .arg(session.conn.encode_to_vec())
+            .arg(hex_rooms(rooms));
+        let value: Option<Vec<u8>> = self
+            .run("HSET (user connection rooms)", inv.invoke_async(&mut c))
+            .await?;
+        Ok(value.and_then(|v| decode_conn(session.key.clone(), &v)))
     }
 
     async fn sessions_by_keys(&self, keys: &[String]) -> Result<Vec<Session>, StoreError> {
@@ -520,77 +790,6 @@ impl SessionStore for RedisStore {
         Ok(out)
     }
 
-    async fn admit_conn(
-        &self,
-        mid: i64,
-        conn: &UserConn,
-        limit: usize,
-        kick_oldest: bool,
-    ) -> Result<Admit, StoreError> {
-        let mut c = self.conn.clone();
-        let mut inv = self.sessions.admit_conn.prepare_invoke();
-        inv.key(self.user_conns_key(mid))
-            .arg(&conn.key)
-            .arg(conn.conn.encode_to_vec())
-            .arg(format!("{}|{}", hex(&conn.platform), hex(&conn.room)))
-            .arg(limit)
-            .arg(if kick_oldest { "1" } else { "0" })
-            .arg(self.session_ttl_ms);
-        let reply: Vec<Value> = self
-            .run("HSET (user connections)", inv.invoke_async(&mut c))
-            .await?;
-        let mut reply = reply.into_iter();
-        match reply.next() {
-            Some(Value::Int(1)) => {}
-            _ => {
-                let held = match reply.next() {
-                    Some(Value::Int(n)) => n as usize,
-                    _ => limit,
-                };
-                return Ok(Admit::Refused { held });
-            }
-        }
-        let bulk: Vec<Vec<u8>> = reply
-            .filter_map(|v| match v {
-                Value::BulkString(v) => Some(v),
-                _ => None,
-            })
-            .collect();
-        let kicked = decode_pairs(&bulk);
-        Ok(Admit::Admitted { kicked })
-    }
-
-    async fn refresh_conn(&self, mid: i64, key: &str, conn: &ConnRef) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let mut inv = self.sessions.refresh_conn.prepare_invoke();
-        inv.key(self.user_conns_key(mid))
-            .arg(key)
-            .arg(conn.encode_to_vec())
-            .arg(self.session_ttl_ms);
-        self.run(
-            "HSET (user connection refresh)",
-            inv.invoke_async::<()>(&mut c),
-        )
-        .await
-    }
-
-    async fn remove_conn(
-        &self,
-        mid: i64,
-        key: &str,
-        conn: &ConnRef,
-    ) -> Result<Option<UserConn>, StoreError> {
-        let mut c = self.conn.clone();
-        let mut inv = self.sessions.remove_conn.prepare_invoke();
-        inv.key(self.user_conns_key(mid))
-            .arg(key)
-            .arg(conn.encode_to_vec());
-        let removed: Option<Vec<u8>> = self
-            .run("HDEL (user connection)", inv.invoke_async(&mut c))
-            .await?;
-        Ok(removed.and_then(|v| decode_conn(key.to_string(), &v)))
-    }
-
     async fn user_conns(&self, mids: &[i64]) -> Result<Vec<Vec<UserConn>>, StoreError> {
         let reads = mids.iter().map(|mid| {
             let mut c = self.conn.clone();
@@ -605,9 +804,27 @@ impl SessionStore for RedisStore {
         let mut out = Vec::with_capacity(mids.len());
         for values in results {
             let values = values.map_err(|e| unavailable("HGETALL (user connections)", e))?;
-            let mut conns = decode_pairs(&values);
+            out.push(decode_pairs(&values));
+        }
+        // An entry counts only while its key's session still names it (not replaced by
+        // another user's connection taking the key).
+        let keys: Vec<String> = out.iter().flatten().map(|c| c.key.clone()).collect();
+        let mut entries = self.get_entries(&keys).await?.into_iter();
+        for (mid, conns) in mids.iter().zip(out.iter_mut()) {
+            let held: Vec<bool> = conns
+                .iter()
+                .map(|c| {
+                    entries
+                        .next()
+                        .flatten()
+                        .as_deref()
+                        .and_then(decode_entry)
+                        .is_some_and(|(owner, conn)| owner == *mid && conn == c.conn)
+                })
+                .collect();
+            let mut held = held.into_iter();
+            conns.retain(|_| held.next().unwrap_or(false));
             conns.sort_by_key(|c| c.connected_ms);
-            out.push(conns);
         }
         Ok(out)
     }
@@ -618,26 +835,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_entry_round_trips_whatever_its_platform_and_room_hold() {
+    fn a_connection_entry_round_trips_whatever_its_platform_and_rooms_hold() {
         let conn = ConnRef {
             comet: "c|1".into(),
             shard: 2,
             conn_id: 124, // '|' as a byte of the prost encoding
         };
-        let value = format!("99|7|{}|{}|", hex("we|b ü"), hex("live://1|2")).into_bytes();
-        let mut value = value;
-        value.extend_from_slice(&conn.encode_to_vec());
-        let got = decode_conn("k".into(), &value).unwrap();
-        assert_eq!(
-            got,
-            UserConn {
-                key: "k".into(),
-                conn,
-                platform: "we|b ü".into(),
-                room: "live://1|2".into(),
-                connected_ms: 7,
-            }
-        );
+        let rooms = vec!["live://1|2".to_string(), "chat://a,b".to_string()];
+        for rooms in [rooms.clone(), rooms[..1].to_vec(), Vec::new()] {
+            let value = format!("99|7|{}|{}|", hex("we|b ü"), hex_rooms(&rooms));
+            let mut value = value.into_bytes();
+            value.extend_from_slice(&conn.encode_to_vec());
+            let got = decode_conn("k".into(), &value).unwrap();
+            assert_eq!(
+                got,
+                UserConn {
+                    key: "k".into(),
+                    conn: conn.clone(),
+                    platform: "we|b ü".into(),
+                    rooms,
+                    connected_ms: 7,
+                }
+            );
+        }
         assert!(decode_conn("k".into(), b"garbage").is_none());
     }
 }

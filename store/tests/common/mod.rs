@@ -10,7 +10,7 @@ use std::time::Duration;
 use imgate_shared::config::{RedisConfig, Retention, StoreBackend, StoreConfig};
 use imgate_shared::link::{CometInfo, ConnRef};
 use imgate_store::redis::RedisStore;
-use imgate_store::{OnlineReport, Session, StoredMessage, Stores, UserConn};
+use imgate_store::{OnlineReport, Session, StoredMessage, Stores};
 use imgate_testkit::{Redis, RedisCluster};
 
 /// Long enough to never expire within a test.
@@ -50,16 +50,6 @@ pub fn report(comet: CometInfo, shard: u32, conns: u32, rooms: &[(&str, u32)]) -
         ip_count: 1,
         rooms: rooms.iter().map(|(r, n)| ((*r).into(), *n)).collect(),
         lag_us: conns * 10,
-    }
-}
-
-pub fn user_conn(key: &str, id: u64, platform: &str) -> UserConn {
-    UserConn {
-        key: key.into(),
-        conn: conn("c1", id),
-        platform: platform.into(),
-        room: "live://9".into(),
-        connected_ms: 0,
     }
 }
 
