@@ -3,31 +3,48 @@
 //! `logic.events_batch` or every `logic.events_interval`, and retried with backoff while the
 //! endpoint fails. Clients never wait for any of it.
 //!
-//! The queue is full at `logic.events_queue` events or at `logic.events_queue_bytes` of them,
-//! whichever comes first: an event carries the client's key, which the client chooses (up to a
-//! frame's size), so a count alone let 10,000 events with 3,800-byte keys hold ~40 MB while the
-//! endpoint was down. An event's bytes count from its queueing until its batch is delivered.
+//! **Not lost.** One task sends the batches, one at a time: a batch the endpoint fails (5xx,
+//! 408, 429, no answer, refused) is tried again with backoff until it answers 2xx, and nothing
+//! queued after it is sent meanwhile, so a user's later event never overtakes an earlier one.
+//! Another 4xx is the business refusing those events: retrying would not change the answer, so
+//! the batch is dropped, counted and logged. On a graceful stop the task keeps delivering what is
+//! queued until `logic.events_drain_timeout`, then drops the rest, counted.
+//!
+//! **Bounded.** The queue is full at `logic.events_queue` events or at
+//! `logic.events_queue_bytes` of them, whichever comes first: an event carries the client's key,
+//! which the client chooses (up to a frame's size), so a count alone let 10,000 events with
+//! 3,800-byte keys hold ~40 MB while the endpoint was down. An event's bytes count from its
+//! queueing until its batch is delivered.
+//!
+//! Every drop is counted by reason (`imgate_events_dropped_total{reason}`, [`Drops`]) and
+//! logged, at most once per [`DROP_LOG_EVERY`].
+//!
+//! In cluster mode the same events travel through the bus instead ([`BusEvents`]), and the
+//! process running job POSTs them ([`consume`]), with the same retries.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use crate::hooks::{self, Endpoint};
+use crate::hooks::{self, Endpoint, PostError};
 use crate::stats::Counters;
 
 /// Longest a failing batch waits before it is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest one POST of a batch may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Drops are logged at most this often (each line says how many since the last one).
+pub(crate) const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// One connect, disconnect, join or leave, as the business receives it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Event {
     /// `connect`, `disconnect`, `join` or `leave`.
-    pub event: &'static str,
+    pub event: String,
     pub mid: i64,
     pub key: String,
     pub comet: String,
@@ -40,7 +57,7 @@ pub(crate) struct Event {
     /// join or leave, `client` (op 12, 24, 26) or `server` (the business's join or leave).
     pub reason: String,
     /// The room joined or left (join and leave only).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub room: String,
 }
 
@@ -48,6 +65,7 @@ impl Event {
     /// The memory it holds, as the queue's byte bound counts it.
     fn size(&self) -> usize {
         std::mem::size_of::<Event>()
+            + self.event.len()
             + self.key.len()
             + self.comet.len()
             + self.platform.len()
@@ -62,11 +80,88 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Why events were dropped: the `reason` label of `imgate_events_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// The queue was full (`logic.events_queue` events or `logic.events_queue_bytes`).
+    QueueFull,
+    /// The endpoint answered a 4xx other than 408 and 429: the business refuses them.
+    Rejected,
+    /// Still undelivered when a graceful stop's `logic.events_drain_timeout` passed.
+    Shutdown,
+    /// Cluster mode: the bus did not take the event.
+    Bus,
+}
+
+impl DropReason {
+    /// Every reason, in the order of [`Drops`]' counts.
+    pub(crate) const ALL: [DropReason; 4] = [
+        DropReason::QueueFull,
+        DropReason::Rejected,
+        DropReason::Shutdown,
+        DropReason::Bus,
+    ];
+
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Rejected => "rejected",
+            DropReason::Shutdown => "shutdown",
+            DropReason::Bus => "bus",
+        }
+    }
+}
+
+/// Dropped events by reason, and the rate-limited log of them.
+#[derive(Default)]
+pub(crate) struct Drops {
+    counts: [AtomicU64; 4],
+    /// When a drop was last logged, and the drops since then by reason.
+    log: Mutex<(Option<Instant>, [u64; 4])>,
+}
+
+impl Drops {
+    /// Counts `n` events dropped for `reason` (also in logic's `events_dropped` total) and logs
+    /// them, unless a drop was logged less than [`DROP_LOG_EVERY`] ago (the next line then
+    /// includes them).
+    pub(crate) fn record(&self, reason: DropReason, n: u64, counters: &Counters) {
+        if n == 0 {
+            return;
+        }
+        counters.events_dropped.add(n);
+        self.counts[reason as usize].fetch_add(n, Ordering::Relaxed);
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.1[reason as usize] += n;
+        let now = Instant::now();
+        if log
+            .0
+            .is_none_or(|at| now.duration_since(at) >= DROP_LOG_EVERY)
+        {
+            let since = std::mem::take(&mut log.1);
+            log.0 = Some(now);
+            tracing::warn!(
+                queue_full = since[0],
+                rejected = since[1],
+                shutdown = since[2],
+                bus = since[3],
+                "events for logic.events_url dropped (logged at most every {DROP_LOG_EVERY:?})"
+            );
+        }
+    }
+
+    /// Events dropped so far, by reason.
+    pub(crate) fn snapshot(&self) -> [(DropReason, u64); 4] {
+        DropReason::ALL.map(|r| (r, self.counts[r as usize].load(Ordering::Relaxed)))
+    }
+}
+
 /// Where events are queued; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Events {
     queue: mpsc::Sender<Event>,
     counters: Arc<Counters>,
+    drops: Arc<Drops>,
     /// Bytes of the events queued or in the batch being sent ([`Event::size`]).
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
@@ -84,12 +179,17 @@ impl Events {
             })
             .is_ok();
         if !reserved {
-            self.counters.events_dropped.inc();
+            self.drops.record(DropReason::QueueFull, 1, &self.counters);
             return;
         }
-        if self.queue.try_send(event).is_err() {
+        if let Err(e) = self.queue.try_send(event) {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
-            self.counters.events_dropped.inc();
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => DropReason::QueueFull,
+                // The sending task ended: logic is stopping.
+                mpsc::error::TrySendError::Closed(_) => DropReason::Shutdown,
+            };
+            self.drops.record(reason, 1, &self.counters);
         }
     }
 }
@@ -101,13 +201,22 @@ pub(crate) struct QueueLimits {
     pub bytes: usize,
 }
 
+/// How the sending task batches: `logic.events_batch`, `logic.events_interval`, and how long it
+/// keeps delivering once logic stops (`logic.events_drain_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batching {
+    pub batch: usize,
+    pub interval: Duration,
+    pub drain: Duration,
+}
+
 /// The queue and the task that drains it into `endpoint`.
 pub(crate) fn start(
     endpoint: Endpoint,
     limits: QueueLimits,
-    batch: usize,
-    interval: Duration,
+    batching: Batching,
     counters: Arc<Counters>,
+    drops: Arc<Drops>,
     shutdown: watch::Receiver<bool>,
 ) -> (Events, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(limits.events.max(1));
@@ -115,73 +224,201 @@ pub(crate) fn start(
     let events = Events {
         queue: tx,
         counters: counters.clone(),
+        drops: drops.clone(),
         bytes: bytes.clone(),
         max_bytes: limits.bytes,
     };
-    let task = tokio::spawn(run(
+    let sender = Sender {
         endpoint,
-        rx,
-        bytes,
-        batch.max(1),
-        interval,
         counters,
-        shutdown,
-    ));
+        drops,
+        stop: Stop::new(shutdown, batching.drain),
+    };
+    let task = tokio::spawn(sender.run(rx, bytes, batching.batch.max(1), batching.interval));
     (events, task)
 }
 
-async fn run(
-    endpoint: Endpoint,
-    mut queue: mpsc::Receiver<Event>,
-    bytes: Arc<AtomicUsize>,
-    batch_max: usize,
-    interval: Duration,
-    counters: Arc<Counters>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut batch: Vec<Event> = Vec::with_capacity(batch_max);
-    loop {
-        // The first event of a batch, then whatever arrives until it is full or due.
-        tokio::select! {
-            event = queue.recv() => match event {
-                Some(e) => batch.push(e),
-                None => return,
-            },
-            _ = shutdown.changed() => return,
+/// The stop of the task delivering events: it notices the shutdown signal, and from then on
+/// has until the drain deadline.
+struct Stop {
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+    deadline: Option<Instant>,
+}
+
+impl Stop {
+    fn new(shutdown: watch::Receiver<bool>, drain: Duration) -> Stop {
+        let mut stop = Stop {
+            shutdown,
+            drain,
+            deadline: None,
+        };
+        if *stop.shutdown.borrow_and_update() {
+            stop.deadline = Some(Instant::now() + drain);
         }
-        let due = tokio::time::Instant::now() + interval;
-        while batch.len() < batch_max {
-            tokio::select! {
-                event = queue.recv() => match event {
-                    Some(e) => batch.push(e),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(due) => break,
-                _ = shutdown.changed() => return,
+        stop
+    }
+
+    /// Whether logic is stopping (the task then only drains).
+    fn stopping(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Resolves when the stop begins (at once if it has).
+    async fn begun(&mut self) {
+        while self.deadline.is_none() {
+            // A dropped sender is a stop too.
+            let _ = self.shutdown.changed().await;
+            if self.shutdown.has_changed().is_err() || *self.shutdown.borrow_and_update() {
+                self.deadline = Some(Instant::now() + self.drain);
             }
         }
-        let body = serde_json::to_vec(&batch).unwrap_or_default();
+    }
+
+    /// Resolves when the drain deadline has passed.
+    async fn expired(&mut self) {
+        self.begun().await;
+        if let Some(deadline) = self.deadline {
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// What became of one batch.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    /// Answered 2xx.
+    Delivered,
+    /// Answered this 4xx: the business does not want them.
+    Rejected(u16),
+    /// The stop's drain deadline passed first.
+    GaveUp,
+}
+
+/// POSTs one batch until `endpoint` answers it.
+struct Sender {
+    endpoint: Endpoint,
+    counters: Arc<Counters>,
+    drops: Arc<Drops>,
+    stop: Stop,
+}
+
+impl Sender {
+    /// POSTs `body` until the endpoint answers 2xx, retrying with backoff whatever may succeed
+    /// later (5xx, 408, 429, no answer, refused, a broken exchange); until the stop's drain
+    /// deadline at most.
+    async fn deliver(&mut self, body: Vec<u8>, events: usize) -> Outcome {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match hooks::post_json(&endpoint, body.clone(), POST_TIMEOUT, 64 << 10).await {
-                Ok(_) => {
-                    counters.events_sent.add(batch.len() as u64);
-                    break;
+            let attempt = hooks::post_json(&self.endpoint, body.clone(), POST_TIMEOUT, 64 << 10);
+            let answer = tokio::select! {
+                answer = attempt => answer,
+                _ = self.stop.expired() => return Outcome::GaveUp,
+            };
+            match answer {
+                // A 2xx whose answer is over the cap still took the events.
+                Ok(_) | Err(PostError::TooLarge(_)) => {
+                    self.counters.events_sent.add(events as u64);
+                    return Outcome::Delivered;
+                }
+                Err(PostError::Status(status))
+                    if (400..500).contains(&status) && status != 408 && status != 429 =>
+                {
+                    return Outcome::Rejected(status)
                 }
                 Err(e) => {
-                    counters.events_post_failed.inc();
-                    tracing::debug!(error = %e, events = batch.len(), "events POST failed; retrying");
+                    self.counters.events_post_failed.inc();
+                    tracing::debug!(error = %e, events, ?backoff, "events POST failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return,
+                        _ = self.stop.expired() => return Outcome::GaveUp,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
-        // Delivered: its bytes leave the queue's account.
-        let delivered: usize = batch.drain(..).map(|e| e.size()).sum();
-        bytes.fetch_sub(delivered, Ordering::AcqRel);
+    }
+
+    /// Counts what became of a batch of `n` events that was not delivered.
+    fn lost(&self, outcome: &Outcome, n: usize) {
+        match outcome {
+            Outcome::Delivered => {}
+            Outcome::Rejected(status) => {
+                tracing::warn!(
+                    status,
+                    events = n,
+                    "logic.events_url refused a batch of events"
+                );
+                self.drops
+                    .record(DropReason::Rejected, n as u64, &self.counters);
+            }
+            Outcome::GaveUp => self
+                .drops
+                .record(DropReason::Shutdown, n as u64, &self.counters),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Event>,
+        bytes: Arc<AtomicUsize>,
+        batch_max: usize,
+        interval: Duration,
+    ) {
+        let mut batch: Vec<Event> = Vec::with_capacity(batch_max);
+        loop {
+            // The first event of a batch, then whatever arrives until it is full or due; once
+            // stopping, only what is queued already.
+            if self.stop.stopping() {
+                match queue.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    event = queue.recv() => match event {
+                        Some(e) => batch.push(e),
+                        None => return,
+                    },
+                    _ = self.stop.begun() => continue,
+                }
+            }
+            let due = Instant::now() + interval;
+            while batch.len() < batch_max {
+                if self.stop.stopping() {
+                    match queue.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    event = queue.recv() => match event {
+                        Some(e) => batch.push(e),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(due) => break,
+                    _ = self.stop.begun() => {}
+                }
+            }
+            let body = serde_json::to_vec(&batch).unwrap_or_default();
+            let outcome = self.deliver(body, batch.len()).await;
+            self.lost(&outcome, batch.len());
+            // Delivered or dropped: its bytes leave the queue's account.
+            let done: usize = batch.drain(..).map(|e| e.size()).sum();
+            bytes.fetch_sub(done, Ordering::AcqRel);
+            if outcome == Outcome::GaveUp {
+                // The deadline passed: what is still queued is dropped, counted.
+                queue.close();
+                let mut left = 0u64;
+                while queue.try_recv().is_ok() {
+                    left += 1;
+                }
+                self.drops
+                    .record(DropReason::Shutdown, left, &self.counters);
+                return;
+            }
+        }
     }
 }
 
@@ -191,7 +428,7 @@ mod tests {
 
     fn event(key_len: usize) -> Event {
         Event {
-            event: "connect",
+            event: "connect".into(),
             mid: 1,
             key: "k".repeat(key_len),
             comet: "c".into(),
@@ -270,9 +507,13 @@ mod tests {
                 events: 1000,
                 bytes: 3 * big + big / 2,
             },
-            100,
-            Duration::from_millis(10),
+            Batching {
+                batch: 100,
+                interval: Duration::from_millis(10),
+                drain: Duration::from_secs(1),
+            },
             counters.clone(),
+            Arc::new(Drops::default()),
             shutdown,
         );
         // The endpoint holds its answer: nothing is delivered, three fit, the rest are dropped.

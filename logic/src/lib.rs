@@ -65,6 +65,9 @@ pub struct LogicHandle {
     link_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The task delivering events, and its drain deadline (`logic.events_drain_timeout`): it
+    /// may outlast [`SHUTDOWN_GRACE`].
+    events_task: Option<(JoinHandle<()>, Duration)>,
 }
 
 impl LogicHandle {
@@ -89,14 +92,20 @@ impl LogicHandle {
         self.ops.clone()
     }
 
-    /// Stops accepting, lets in-flight requests finish (bounded) and ends every task.
+    /// Stops accepting, lets in-flight requests finish (bounded), delivers the queued events
+    /// (within `logic.events_drain_timeout`) and ends every task.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for mut task in self.tasks {
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
-                .await
-                .is_err()
-            {
+        let events = self
+            .events_task
+            .map(|(task, drain)| (task, drain + Duration::from_secs(1)));
+        for (mut task, grace) in self
+            .tasks
+            .into_iter()
+            .map(|t| (t, SHUTDOWN_GRACE))
+            .chain(events)
+        {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
                 task.abort();
             }
         }
@@ -208,6 +217,8 @@ pub async fn start_with_auth(
             permits: Arc::new(tokio::sync::Semaphore::new(config.auth.connect_concurrency)),
         }
     });
+    let drops = Arc::new(events::Drops::default());
+    let mut events_task = None;
     let events = match endpoint("logic.events_url", &logic.events_url)? {
         Some(endpoint) => {
             let (events, task) = events::start(
@@ -216,12 +227,16 @@ pub async fn start_with_auth(
                     events: logic.events_queue,
                     bytes: logic.events_queue_bytes,
                 },
-                logic.events_batch,
-                logic.events_interval,
+                events::Batching {
+                    batch: logic.events_batch,
+                    interval: logic.events_interval,
+                    drain: logic.events_drain_timeout,
+                },
                 counters.clone(),
+                drops.clone(),
                 shutdown_rx.clone(),
             );
-            tasks.push(task);
+            events_task = Some((task, logic.events_drain_timeout));
             Some(events)
         }
         None => None,
@@ -259,6 +274,7 @@ pub async fn start_with_auth(
         store: store_counters,
         rooms: rooms.clone(),
         counters: counters.clone(),
+        event_drops: drops,
     }));
     ops::add_logic_checks(&ops, &bus, &registry, &rooms, &push_counters);
     let api = Arc::new(http::Api {
@@ -311,5 +327,6 @@ pub async fn start_with_auth(
         link_addr,
         shutdown,
         tasks,
+        events_task,
     })
 }

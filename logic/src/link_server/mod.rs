@@ -193,7 +193,7 @@ impl LinkHandler {
     fn event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str) {
         if let Some(events) = &self.events {
             events.send(Event {
-                event,
+                event: event.to_string(),
                 mid,
                 key: conn.key.clone(),
                 comet: conn.conn.comet.clone(),
@@ -209,7 +209,7 @@ impl LinkHandler {
     fn room_event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str, room: &str) {
         if let Some(events) = &self.events {
             events.send(Event {
-                event,
+                event: event.to_string(),
                 mid,
                 key: conn.key.clone(),
                 comet: conn.conn.comet.clone(),

@@ -319,6 +319,10 @@ pub struct LogicConfig {
     /// …and the longest an event waits for its batch.
     #[serde(with = "humantime_serde")]
     pub events_interval: Duration,
+    /// On a graceful stop, how long logic keeps delivering the events it holds before it
+    /// gives up on the rest (dropped and counted, reason `shutdown`).
+    #[serde(with = "humantime_serde")]
+    pub events_drain_timeout: Duration,
 }
 
 /// Client reconnect backoff hints (seconds), passed through as goim does.
@@ -716,6 +720,7 @@ impl Default for LogicConfig {
             events_queue_bytes: 4 << 20,
             events_batch: 100,
             events_interval: Duration::from_secs(1),
+            events_drain_timeout: Duration::from_secs(5),
         }
     }
 }
