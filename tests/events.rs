@@ -222,3 +222,49 @@ fn sigterm_delivers_the_queued_events() {
         );
     }
 }
+
+/// A 4xx other than 408 and 429 is the business refusing the batch: retrying would not change
+/// it, so it is dropped, counted (`reason="rejected"`), and the events after it still go.
+#[test]
+fn a_batch_the_business_refuses_is_dropped_and_counted() {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let business = {
+        let answered = answered.clone();
+        Business::start(move |_| {
+            let status = if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+                400
+            } else {
+                200
+            };
+            Reply::With(status, b"{}".to_vec())
+        })
+    };
+    let mut config = test_config();
+    config.logic.events_url = Some(business.url("/events"));
+    config.logic.events_batch = 1;
+    config.logic.events_interval = Duration::from_millis(10);
+    let g = Gateway::start(config).unwrap();
+    let _refused = client(g.tcp_addr(), Transport::Tcp, 81, "", "", &[]);
+    eventually(WAIT, "the first batch answered", || {
+        answered.load(Ordering::SeqCst) >= 1
+    });
+    let _taken = client(g.tcp_addr(), Transport::Tcp, 82, "", "", &[]);
+    eventually(WAIT, "the next batch answered", || {
+        answered.load(Ordering::SeqCst) >= 2
+    });
+    let batches: Vec<Value> = business.received().iter().map(|r| r.json()).collect();
+    assert_eq!(batches[0][0]["mid"], 81);
+    assert_eq!(batches[1][0]["mid"], 82);
+    assert_eq!(batches.len(), 2, "the refused batch is not sent again");
+    let answer = imgate::client::http::HttpClient::new(g.http_addr())
+        .request("GET", "/metrics", &[], b"")
+        .expect("/metrics answers");
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    assert_eq!(
+        sample(&text, "imgate_events_dropped_total", "reason=\"rejected\""),
+        Some(1.0)
+    );
+    let stats = g.logic_stats();
+    assert_eq!((stats.events_dropped, stats.events_sent), (1, 1));
+    g.shutdown();
+}

@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use imgate_bus::{BusConsumer, BusEvent, BusMessage, BusProducer, ConnEvent, DeliveryGuard, Push};
+
 use crate::hooks::{self, Endpoint, PostError};
 use crate::stats::Counters;
 
@@ -419,6 +421,243 @@ impl Sender {
                 return;
             }
         }
+    }
+}
+
+/// Where the link handler puts events: logic's queue, or (cluster mode) the bus.
+#[derive(Clone)]
+pub(crate) enum EventSink {
+    Queue(Events),
+    Bus(BusEvents),
+}
+
+impl EventSink {
+    /// Queues `event` (never waits), or publishes it to the bus and returns once the bus took
+    /// it or refused it (counted, reason `bus`).
+    pub(crate) async fn send(&self, event: Event) {
+        match self {
+            EventSink::Queue(events) => events.send(event),
+            EventSink::Bus(bus) => bus.send(event).await,
+        }
+    }
+}
+
+/// Cluster mode: events are published to the events topic ([`BusConfig::events`]), keyed by
+/// their user, and whichever process runs job POSTs them ([`consume`]).
+///
+/// [`BusConfig::events`]: imgate_shared::config::BusConfig::events
+#[derive(Clone)]
+pub(crate) struct BusEvents {
+    pub bus: Arc<dyn BusProducer>,
+    pub counters: Arc<Counters>,
+    pub drops: Arc<Drops>,
+}
+
+impl BusEvents {
+    async fn send(&self, event: Event) {
+        let json = match serde_json::to_vec(&event) {
+            Ok(json) => json,
+            Err(_) => return,
+        };
+        let message = BusMessage::new(Push::Event(ConnEvent {
+            mid: event.mid,
+            key: event.key,
+            json: json.into(),
+        }));
+        if let Err(e) = self.bus.publish(message).await {
+            tracing::debug!(error = %e, "the bus did not take an event");
+            self.drops.record(DropReason::Bus, 1, &self.counters);
+        }
+    }
+}
+
+/// Delivers the events logics published to the bus (cluster mode) to `logic.events_url`, run
+/// by the process that runs job. A message is acknowledged (its guard dropped, so the bus may
+/// commit it) only once the business answered its batch 2xx (or refused it with a 4xx,
+/// counted): an events poster that dies or stops leaves the rest to the next one.
+pub struct EventsConsumer {
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    counters: Arc<Counters>,
+    drops: Arc<Drops>,
+    abandoned: Arc<AtomicU64>,
+    drain: Duration,
+}
+
+impl EventsConsumer {
+    /// Stops taking events, gives the batch in hand until `logic.events_drain_timeout`, hands
+    /// back what was not delivered (the next consumer delivers it) and leaves the group.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(self.drain + Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+
+    /// A Prometheus collector of what it delivered.
+    pub fn collector(&self) -> Arc<dyn imgate_shared::metrics::Collector> {
+        Arc::new(EventsCollector {
+            counters: self.counters.clone(),
+            drops: self.drops.clone(),
+            abandoned: self.abandoned.clone(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct EventsCollector {
+    counters: Arc<Counters>,
+    drops: Arc<Drops>,
+    abandoned: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Drops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Drops")
+    }
+}
+
+impl imgate_shared::metrics::Collector for EventsCollector {
+    fn encode(&self, mut e: imgate_shared::metrics::Encoder) -> std::fmt::Result {
+        use std::borrow::Cow;
+        let outcome = |o: &'static str, n: u64| (vec![("outcome", Cow::Borrowed(o))], n);
+        imgate_shared::metrics::counter_family(
+            &mut e,
+            "imgate_bus_events",
+            "Events taken from the bus and POSTed to logic.events_url, by outcome (delivered: \
+             answered 2xx; rejected: answered 4xx, dropped; abandoned: undelivered at a stop, \
+             left on the bus for the next consumer).",
+            [
+                outcome("delivered", self.counters.events_sent.get()),
+                outcome("rejected", self.drops.snapshot()[1].1),
+                outcome("abandoned", self.abandoned.load(Ordering::Relaxed)),
+            ],
+        )?;
+        imgate_shared::metrics::counter_family(
+            &mut e,
+            "imgate_bus_events_post_failed",
+            "POSTs of a batch of bus events that failed (each retried with backoff).",
+            [(Vec::new(), self.counters.events_post_failed.get())],
+        )
+    }
+}
+
+/// Starts delivering the events on `consumer` (the events topic, [`BusConfig::events`]) to
+/// `logic.events_url`, batched and retried as logic's own queue is.
+///
+/// [`BusConfig::events`]: imgate_shared::config::BusConfig::events
+pub fn consume(
+    config: &imgate_shared::config::Config,
+    consumer: Box<dyn BusConsumer>,
+) -> Result<EventsConsumer, crate::LogicError> {
+    let logic = &config.logic;
+    let url = logic
+        .events_url
+        .as_deref()
+        .ok_or_else(|| crate::LogicError::Hook("logic.events_url is not set".into()))?;
+    let endpoint = Endpoint::parse("logic.events_url", url).map_err(crate::LogicError::Hook)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let drops = Arc::new(Drops::default());
+    let abandoned = Arc::new(AtomicU64::new(0));
+    let sender = Sender {
+        endpoint,
+        counters: counters.clone(),
+        drops: drops.clone(),
+        stop: Stop::new(shutdown_rx, logic.events_drain_timeout),
+    };
+    let task = tokio::spawn(sender.consume(
+        consumer,
+        logic.events_batch.max(1),
+        logic.events_interval,
+        abandoned.clone(),
+    ));
+    Ok(EventsConsumer {
+        shutdown,
+        task,
+        counters,
+        drops,
+        abandoned,
+        drain: logic.events_drain_timeout,
+    })
+}
+
+/// Takes one bus event into `batch`; answers a rebalance at once (the bus waits, bounded, for
+/// the guards of the partitions it takes away). Returns false once the bus is closed.
+fn take(event: Option<BusEvent>, batch: &mut Vec<(bytes::Bytes, DeliveryGuard)>) -> bool {
+    match event {
+        Some(BusEvent::Message(message, guard)) => match message.push {
+            Some(Push::Event(event)) => batch.push((event.json, guard)),
+            // Not an event: nothing to deliver here (the guard's drop acknowledges it).
+            _ => tracing::warn!("a bus message that is not an event on the events topic; skipped"),
+        },
+        Some(BusEvent::Revoking { done, .. }) => {
+            let _ = done.send(());
+        }
+        None => return false,
+    }
+    true
+}
+
+impl Sender {
+    /// The loop of [`consume`]: a batch at a time, each retried until answered, its guards
+    /// dropped only then.
+    async fn consume(
+        mut self,
+        mut consumer: Box<dyn BusConsumer>,
+        batch_max: usize,
+        interval: Duration,
+        abandoned: Arc<AtomicU64>,
+    ) {
+        let mut batch: Vec<(bytes::Bytes, DeliveryGuard)> = Vec::with_capacity(batch_max);
+        let mut open = true;
+        while open && !self.stop.stopping() {
+            tokio::select! {
+                event = consumer.recv() => open = take(event, &mut batch),
+                _ = self.stop.begun() => break,
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let due = Instant::now() + interval;
+            while open && batch.len() < batch_max && !self.stop.stopping() {
+                tokio::select! {
+                    event = consumer.recv() => open = take(event, &mut batch),
+                    _ = tokio::time::sleep_until(due) => break,
+                    _ = self.stop.begun() => {}
+                }
+            }
+            let mut body =
+                Vec::with_capacity(batch.iter().map(|(j, _)| j.len() + 1).sum::<usize>() + 2);
+            body.push(b'[');
+            for (i, (json, _)) in batch.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(json);
+            }
+            body.push(b']');
+            let outcome = self.deliver(body, batch.len()).await;
+            self.lost(&outcome, batch.len());
+            if outcome == Outcome::GaveUp {
+                // Not delivered: the bus keeps them for whoever consumes next.
+                abandoned.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (_, guard) in batch.drain(..) {
+                    guard.abandon();
+                }
+                break;
+            }
+            // Answered: acknowledged.
+            batch.clear();
+        }
+        for (_, guard) in batch.drain(..) {
+            guard.abandon();
+        }
+        consumer.close().await;
     }
 }
 

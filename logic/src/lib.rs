@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{mint_hs256, AuthError, Authenticator, GoimJsonAuth, Identity, JwtAuth};
+pub use events::{consume as consume_events, EventsConsumer};
 pub use stats::LogicStats;
 
 /// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
@@ -136,6 +137,18 @@ pub async fn start(
     stores: Stores,
     bus: Arc<dyn BusProducer>,
 ) -> Result<LogicHandle, LogicError> {
+    start_with_events_bus(config, stores, bus, None).await
+}
+
+/// [`start`], publishing the events for `logic.events_url` to `events_bus` (cluster mode: the
+/// events topic, [`imgate_shared::config::BusConfig::events`]) instead of POSTing them itself.
+/// A link request that produced an event is answered only once the bus has it.
+pub async fn start_with_events_bus(
+    config: &Config,
+    stores: Stores,
+    bus: Arc<dyn BusProducer>,
+    events_bus: Option<Arc<dyn BusProducer>>,
+) -> Result<LogicHandle, LogicError> {
     let auth: Arc<dyn Authenticator> =
         match (&config.auth.jwt_secret, &config.auth.jwt_public_key_file) {
             (Some(secret), _) => {
@@ -153,7 +166,7 @@ pub async fn start(
             }
             (None, None) => Arc::new(GoimJsonAuth),
         };
-    start_with_auth(config, stores, bus, auth).await
+    start_inner(config, stores, bus, auth, events_bus).await
 }
 
 /// [`start`] with another [`Authenticator`].
@@ -162,6 +175,16 @@ pub async fn start_with_auth(
     stores: Stores,
     bus: Arc<dyn BusProducer>,
     auth: Arc<dyn Authenticator>,
+) -> Result<LogicHandle, LogicError> {
+    start_inner(config, stores, bus, auth, None).await
+}
+
+async fn start_inner(
+    config: &Config,
+    stores: Stores,
+    bus: Arc<dyn BusProducer>,
+    auth: Arc<dyn Authenticator>,
+    events_bus: Option<Arc<dyn BusProducer>>,
 ) -> Result<LogicHandle, LogicError> {
     let logic = &config.logic;
     // Read the certificate before anything starts, so a bad one fails cleanly.
@@ -220,6 +243,13 @@ pub async fn start_with_auth(
     let drops = Arc::new(events::Drops::default());
     let mut events_task = None;
     let events = match endpoint("logic.events_url", &logic.events_url)? {
+        Some(_) if events_bus.is_some() => events_bus.map(|bus| {
+            events::EventSink::Bus(events::BusEvents {
+                bus,
+                counters: counters.clone(),
+                drops: drops.clone(),
+            })
+        }),
         Some(endpoint) => {
             let (events, task) = events::start(
                 endpoint,
@@ -237,7 +267,7 @@ pub async fn start_with_auth(
                 shutdown_rx.clone(),
             );
             events_task = Some((task, logic.events_drain_timeout));
-            Some(events)
+            Some(events::EventSink::Queue(events))
         }
         None => None,
     };
