@@ -377,20 +377,20 @@ fn the_business_joins_leaves_and_kicks_connections_on_other_comets() {
 }
 
 #[test]
-fn events_survive_a_logic_killed_while_the_business_fails_via_kafka() {
-    events_survive_a_logic_killed_while_the_business_fails(Bus::Kafka);
+fn events_survive_a_logic_and_a_job_killed_while_the_business_fails_via_kafka() {
+    events_survive_a_logic_and_a_job_killed_while_the_business_fails(Bus::Kafka);
 }
 
 #[test]
-fn events_survive_a_logic_killed_while_the_business_fails_via_nats() {
-    events_survive_a_logic_killed_while_the_business_fails(Bus::Nats);
+fn events_survive_a_logic_and_a_job_killed_while_the_business_fails_via_nats() {
+    events_survive_a_logic_and_a_job_killed_while_the_business_fails(Bus::Nats);
 }
 
 /// Cluster mode: logic publishes each event to the bus before it answers the comet, and the
 /// job process POSTs them, acknowledging each only once the business answered 2xx. So events
-/// taken while the business fails outlive the logic that took them (SIGKILL), and every user's
-/// arrive in order once the business recovers.
-fn events_survive_a_logic_killed_while_the_business_fails(bus: Bus) {
+/// taken while the business fails outlive the logic that took them and the job that was posting
+/// them (both SIGKILL), and every user's arrive in order once the business recovers.
+fn events_survive_a_logic_and_a_job_killed_while_the_business_fails(bus: Bus) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use support::business::{Business, Reply};
@@ -438,6 +438,14 @@ fn events_survive_a_logic_killed_while_the_business_fails(bus: Bus) {
         failed.load(Ordering::SeqCst) >= 1
     });
     c.logics[0].proc.kill();
+    // The job process posting them dies too, before any was answered 2xx: the next one takes
+    // them from the bus.
+    let failed_before = failed.load(Ordering::SeqCst);
+    c.jobs[0].kill();
+    c.jobs[0].start();
+    eventually(WAIT * 2, "the restarted job posting the events", || {
+        failed.load(Ordering::SeqCst) > failed_before
+    });
     failing.store(false, Ordering::SeqCst);
     let of = |mid: i64| -> Vec<String> {
         accepted

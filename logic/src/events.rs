@@ -39,6 +39,10 @@ use crate::stats::Counters;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest one POST of a batch may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a link request waits for the bus to take one of its events (cluster mode): a broker
+/// that is down must not make connects outlast `comet.logic_timeout` (3 s), so past this the
+/// event counts as dropped (`bus`; the broker may still take it later, so it may yet arrive).
+const BUS_WAIT: Duration = Duration::from_secs(1);
 /// Drops are logged at most this often (each line says how many since the last one).
 pub(crate) const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -464,10 +468,13 @@ impl BusEvents {
             key: event.key,
             json: json.into(),
         }));
-        if let Err(e) = self.bus.publish(message).await {
-            tracing::debug!(error = %e, "the bus did not take an event");
-            self.drops.record(DropReason::Bus, 1, &self.counters);
-        }
+        let error = match tokio::time::timeout(BUS_WAIT, self.bus.publish(message)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no acknowledgement within {BUS_WAIT:?}"),
+        };
+        tracing::debug!(%error, "the bus did not take an event");
+        self.drops.record(DropReason::Bus, 1, &self.counters);
     }
 }
 
