@@ -779,4 +779,53 @@ mod tests {
         assert_eq!(counters.events_dropped.get(), 7);
         assert_eq!(counters.events_sent.get(), 3);
     }
+
+    /// A stop gives the queue `logic.events_drain_timeout` and no more: against an endpoint
+    /// that refuses every connection, the task ends soon after the deadline and every event it
+    /// held is counted as dropped at shutdown.
+    #[tokio::test]
+    async fn a_stop_drops_what_the_drain_deadline_leaves_counted() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let counters = Arc::new(Counters::default());
+        let drops = Arc::new(Drops::default());
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (events, task) = start(
+            Endpoint::parse("events", &format!("http://127.0.0.1:{port}/events")).unwrap(),
+            QueueLimits {
+                events: 100,
+                bytes: 1 << 20,
+            },
+            Batching {
+                batch: 2,
+                interval: Duration::from_millis(5),
+                drain: Duration::from_millis(300),
+            },
+            counters.clone(),
+            drops.clone(),
+            shutdown,
+        );
+        for _ in 0..5 {
+            events.send(event(10));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(counters.events_post_failed.get() >= 1, "retrying");
+        let stopped = tokio::time::Instant::now();
+        shutdown_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("the task ends after the drain deadline")
+            .unwrap();
+        assert!(
+            stopped.elapsed() >= Duration::from_millis(300),
+            "drained until the deadline"
+        );
+        assert_eq!(drops.snapshot()[2], (DropReason::Shutdown, 5));
+        assert_eq!(counters.events_dropped.get(), 5);
+        // Events after the stop are counted too.
+        events.send(event(10));
+        assert_eq!(drops.snapshot()[2], (DropReason::Shutdown, 6));
+    }
 }
