@@ -24,6 +24,9 @@ pub struct Gateway {
     logic: Option<LogicHandle>,
     job: Option<JobHandle>,
     comet: Option<CometHandle>,
+    /// Cluster mode with `logic.events_url`, in the process running job: delivers the events
+    /// logics published to the bus.
+    events: Option<imgate_logic::EventsConsumer>,
     /// Metrics, readiness and status of every service here: on logic's HTTP listener, or on
     /// `metrics_addr` in a comet or job process.
     ops: Option<Arc<Ops>>,
@@ -153,18 +156,36 @@ impl Gateway {
         } else {
             (None, None)
         };
+        // Cluster mode: events for the business travel on their own topic (stream), so a logic
+        // that dies has acknowledged none it could lose.
+        let events_bus = config
+            .bus
+            .events()
+            .filter(|_| needs_store && config.logic.events_url.is_some());
+        let (events_producer, events_consumer) = match &events_bus {
+            Some(bus) => runtime
+                .block_on(connect_bus(bus, services.logic, services.job))
+                .context("connecting the events topic")?,
+            None => (None, None),
+        };
         let mut gateway = Gateway {
             runtime,
             logic: None,
             job: None,
             comet: None,
+            events: None,
             ops: None,
             metrics: None,
         };
         if let (Some(stores), Some(producer)) = (&stores, producer) {
             let logic = gateway
                 .runtime
-                .block_on(imgate_logic::start(&config, stores.clone(), producer))
+                .block_on(imgate_logic::start_with_events_bus(
+                    &config,
+                    stores.clone(),
+                    producer,
+                    events_producer,
+                ))
                 .context("starting logic")?;
             config.comet.logic_addrs = vec![logic.link_addr().to_string()];
             gateway.logic = Some(logic);
@@ -176,6 +197,13 @@ impl Gateway {
                     .runtime
                     .block_on(imgate_job::start(&config, stores.registry, consumer));
             gateway.job = Some(job);
+        }
+        if let Some(consumer) = events_consumer {
+            let _guard = gateway.runtime.enter();
+            gateway.events = Some(
+                imgate_logic::consume_events(&config, consumer)
+                    .context("starting the events poster")?,
+            );
         }
         if services.comet {
             gateway.comet = Some(imgate_comet::start(&config.comet).context("starting comet")?);
@@ -249,6 +277,9 @@ impl Gateway {
             if let Some(probe) = job.bus_probe() {
                 ops.add_check("bus", probe);
             }
+        }
+        if let Some(events) = &self.events {
+            ops.add_collector(events.collector());
         }
         if let Some(job) = &self.job {
             ops.add_collector(job.collector());
@@ -402,6 +433,9 @@ impl Gateway {
         }
         if let Some(job) = self.job.take() {
             self.runtime.block_on(job.shutdown());
+        }
+        if let Some(events) = self.events.take() {
+            self.runtime.block_on(events.shutdown());
         }
         if let Some(logic) = self.logic.take() {
             self.runtime.block_on(logic.shutdown());

@@ -375,3 +375,103 @@ fn the_business_joins_leaves_and_kicks_connections_on_other_comets() {
         "the kicked connection stays open"
     );
 }
+
+#[test]
+fn events_survive_a_logic_and_a_job_killed_while_the_business_fails_via_kafka() {
+    events_survive_a_logic_and_a_job_killed_while_the_business_fails(Bus::Kafka);
+}
+
+#[test]
+fn events_survive_a_logic_and_a_job_killed_while_the_business_fails_via_nats() {
+    events_survive_a_logic_and_a_job_killed_while_the_business_fails(Bus::Nats);
+}
+
+/// Cluster mode: logic publishes each event to the bus before it answers the comet, and the
+/// job process POSTs them, acknowledging each only once the business answered 2xx. So events
+/// taken while the business fails outlive the logic that took them and the job that was posting
+/// them (both SIGKILL), and every user's arrive in order once the business recovers.
+fn events_survive_a_logic_and_a_job_killed_while_the_business_fails(bus: Bus) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use support::business::{Business, Reply};
+    let failing = Arc::new(AtomicBool::new(true));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let business = {
+        let (failing, failed, accepted) = (failing.clone(), failed.clone(), accepted.clone());
+        Business::start(move |r| {
+            if failing.load(Ordering::SeqCst) {
+                failed.fetch_add(1, Ordering::SeqCst);
+                return Reply::With(503, Vec::new());
+            }
+            accepted
+                .lock()
+                .unwrap()
+                .extend(r.json().as_array().cloned().unwrap_or_default());
+            Reply::With(200, Vec::new())
+        })
+    };
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut c = Cluster::start_setup(
+        1,
+        1,
+        1,
+        Setup {
+            bus,
+            logic_extra: leak(format!(
+                "events_url = \"{}\"\nevents_interval = \"50ms\"\nevents_batch = 2",
+                business.url("/events")
+            )),
+            ..Setup::default()
+        },
+    );
+    let mids = [71, 72, 73];
+    let clients: Vec<_> = mids
+        .iter()
+        .map(|&mid| {
+            let key = format!("ev-{mid}");
+            client(c.comets[0].tcp, Transport::Tcp, mid, &key, "", &[])
+        })
+        .collect();
+    // Each connect was answered, so its event is on the bus; the business fails them.
+    eventually(WAIT, "a failed POST of events", || {
+        failed.load(Ordering::SeqCst) >= 1
+    });
+    c.logics[0].proc.kill();
+    // The job process posting them dies too, before any was answered 2xx: the next one takes
+    // them from the bus.
+    let failed_before = failed.load(Ordering::SeqCst);
+    c.jobs[0].kill();
+    c.jobs[0].start();
+    eventually(WAIT * 2, "the restarted job posting the events", || {
+        failed.load(Ordering::SeqCst) > failed_before
+    });
+    failing.store(false, Ordering::SeqCst);
+    let of = |mid: i64| -> Vec<String> {
+        accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["mid"] == mid)
+            .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    eventually(WAIT * 2, "the connects taken by the killed logic", || {
+        mids.iter().all(|&mid| of(mid) == ["connect"])
+    });
+    // A new logic takes the disconnects; each user's events stay in order.
+    c.logics[0].proc.start();
+    imgate_testkit::wait_for_port(c.logics[0].http.port(), WAIT, "logic");
+    drop(clients);
+    eventually(WAIT * 2, "the disconnects", || {
+        mids.iter().all(|&mid| of(mid).len() >= 2)
+    });
+    for mid in mids {
+        assert_eq!(
+            of(mid),
+            ["connect", "disconnect"],
+            "user {mid}\n{}",
+            c.logs()
+        );
+    }
+}

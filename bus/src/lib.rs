@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use delivery::{DeliveryGuard, DeliveryTracker};
 pub use embedded::{embedded, EmbeddedConsumer, EmbeddedProducer};
-pub use message::{BroadcastPush, BusMessage, KeysPush, Push, RoomPush};
+pub use message::{BroadcastPush, BusMessage, ConnEvent, KeysPush, Push, RoomPush};
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use imgate_shared::link::{CloseConn, ConnControl, ShardKeys};
 /// One push, as logic publishes it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BusMessage {
-    #[prost(oneof = "Push", tags = "1, 2, 3, 4, 6")]
+    #[prost(oneof = "Push", tags = "1, 2, 3, 4, 6, 7")]
     pub push: Option<Push>,
     /// When logic accepted the push, Unix time in microseconds (0: unknown): comet measures
     /// `imgate_push_latency_seconds` from it.
@@ -31,6 +31,25 @@ pub enum Push {
     /// that comet, so it keeps its order with the comet's keys pushes).
     #[prost(message, tag = "6")]
     Control(ConnControl),
+    /// Not a push: one connect, disconnect, join or leave for the business's
+    /// `logic.events_url`. It travels on the events topic (stream), never among the pushes, so
+    /// a business that is down holds back only events.
+    #[prost(message, tag = "7")]
+    Event(ConnEvent),
+}
+
+/// One event for the business, as logic publishes it in cluster mode.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnEvent {
+    /// The user; one user's events keep their order (one partition).
+    #[prost(int64, tag = "1")]
+    pub mid: i64,
+    /// The connection's key: anonymous connections' (mid 0) events are ordered by it.
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// The event as the business receives it: one JSON object.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub json: Bytes,
 }
 
 /// Connections on one comet, grouped by shard.
@@ -86,13 +105,16 @@ impl BusMessage {
         }
     }
 
-    /// The ordering key: one comet's, one room's and the broadcasts' messages keep their order.
+    /// The ordering key: one comet's, one room's, one user's events and the broadcasts'
+    /// messages keep their order.
     pub fn partition_key(&self) -> String {
         match &self.push {
             Some(Push::Keys(k)) => format!("comet:{}", k.comet),
             Some(Push::Room(r)) => format!("room:{}", r.room),
             Some(Push::Close(c)) => format!("comet:{}", c.conn.as_ref().map_or("", |c| &c.comet)),
             Some(Push::Control(c)) => format!("comet:{}", c.comet),
+            Some(Push::Event(e)) if e.mid > 0 => format!("user:{}", e.mid),
+            Some(Push::Event(e)) => format!("key:{}", e.key),
             Some(Push::All(_)) | None => "all".to_string(),
         }
     }

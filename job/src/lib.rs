@@ -396,6 +396,12 @@ impl Router {
                         .send_to(&comet, shard, &link_frame, guards.clone());
                 }
             }
+            Some(Push::Event(_)) => {
+                // Events travel on their own topic, consumed by the events poster; one here
+                // was published by something else.
+                self.counters.undeliverable.add(1);
+                tracing::warn!("an event for the business among the pushes; skipped");
+            }
             None => {
                 self.counters.undeliverable.add(1);
                 tracing::warn!("bus message without a push; skipped");

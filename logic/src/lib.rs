@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{mint_hs256, AuthError, Authenticator, GoimJsonAuth, Identity, JwtAuth};
+pub use events::{consume as consume_events, EventsConsumer};
 pub use stats::LogicStats;
 
 /// How long [`LogicHandle::shutdown`] waits for in-flight work before abandoning it.
@@ -65,6 +66,9 @@ pub struct LogicHandle {
     link_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The task delivering events, and its drain deadline (`logic.events_drain_timeout`): it
+    /// may outlast [`SHUTDOWN_GRACE`].
+    events_task: Option<(JoinHandle<()>, Duration)>,
 }
 
 impl LogicHandle {
@@ -89,14 +93,20 @@ impl LogicHandle {
         self.ops.clone()
     }
 
-    /// Stops accepting, lets in-flight requests finish (bounded) and ends every task.
+    /// Stops accepting, lets in-flight requests finish (bounded), delivers the queued events
+    /// (within `logic.events_drain_timeout`) and ends every task.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for mut task in self.tasks {
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
-                .await
-                .is_err()
-            {
+        let events = self
+            .events_task
+            .map(|(task, drain)| (task, drain + Duration::from_secs(1)));
+        for (mut task, grace) in self
+            .tasks
+            .into_iter()
+            .map(|t| (t, SHUTDOWN_GRACE))
+            .chain(events)
+        {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
                 task.abort();
             }
         }
@@ -127,6 +137,18 @@ pub async fn start(
     stores: Stores,
     bus: Arc<dyn BusProducer>,
 ) -> Result<LogicHandle, LogicError> {
+    start_with_events_bus(config, stores, bus, None).await
+}
+
+/// [`start`], publishing the events for `logic.events_url` to `events_bus` (cluster mode: the
+/// events topic, [`imgate_shared::config::BusConfig::events`]) instead of POSTing them itself.
+/// A link request that produced an event is answered only once the bus has it.
+pub async fn start_with_events_bus(
+    config: &Config,
+    stores: Stores,
+    bus: Arc<dyn BusProducer>,
+    events_bus: Option<Arc<dyn BusProducer>>,
+) -> Result<LogicHandle, LogicError> {
     let auth: Arc<dyn Authenticator> =
         match (&config.auth.jwt_secret, &config.auth.jwt_public_key_file) {
             (Some(secret), _) => {
@@ -144,7 +166,7 @@ pub async fn start(
             }
             (None, None) => Arc::new(GoimJsonAuth),
         };
-    start_with_auth(config, stores, bus, auth).await
+    start_inner(config, stores, bus, auth, events_bus).await
 }
 
 /// [`start`] with another [`Authenticator`].
@@ -153,6 +175,16 @@ pub async fn start_with_auth(
     stores: Stores,
     bus: Arc<dyn BusProducer>,
     auth: Arc<dyn Authenticator>,
+) -> Result<LogicHandle, LogicError> {
+    start_inner(config, stores, bus, auth, None).await
+}
+
+async fn start_inner(
+    config: &Config,
+    stores: Stores,
+    bus: Arc<dyn BusProducer>,
+    auth: Arc<dyn Authenticator>,
+    events_bus: Option<Arc<dyn BusProducer>>,
 ) -> Result<LogicHandle, LogicError> {
     let logic = &config.logic;
     // Read the certificate before anything starts, so a bad one fails cleanly.
@@ -208,7 +240,16 @@ pub async fn start_with_auth(
             permits: Arc::new(tokio::sync::Semaphore::new(config.auth.connect_concurrency)),
         }
     });
+    let drops = Arc::new(events::Drops::default());
+    let mut events_task = None;
     let events = match endpoint("logic.events_url", &logic.events_url)? {
+        Some(_) if events_bus.is_some() => events_bus.map(|bus| {
+            events::EventSink::Bus(events::BusEvents {
+                bus,
+                counters: counters.clone(),
+                drops: drops.clone(),
+            })
+        }),
         Some(endpoint) => {
             let (events, task) = events::start(
                 endpoint,
@@ -216,13 +257,17 @@ pub async fn start_with_auth(
                     events: logic.events_queue,
                     bytes: logic.events_queue_bytes,
                 },
-                logic.events_batch,
-                logic.events_interval,
+                events::Batching {
+                    batch: logic.events_batch,
+                    interval: logic.events_interval,
+                    drain: logic.events_drain_timeout,
+                },
                 counters.clone(),
+                drops.clone(),
                 shutdown_rx.clone(),
             );
-            tasks.push(task);
-            Some(events)
+            events_task = Some((task, logic.events_drain_timeout));
+            Some(events::EventSink::Queue(events))
         }
         None => None,
     };
@@ -259,6 +304,7 @@ pub async fn start_with_auth(
         store: store_counters,
         rooms: rooms.clone(),
         counters: counters.clone(),
+        event_drops: drops,
     }));
     ops::add_logic_checks(&ops, &bus, &registry, &rooms, &push_counters);
     let api = Arc::new(http::Api {
@@ -311,5 +357,6 @@ pub async fn start_with_auth(
         link_addr,
         shutdown,
         tasks,
+        events_task,
     })
 }

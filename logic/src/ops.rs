@@ -347,6 +347,8 @@ pub(crate) struct LogicCollector {
     pub store: Arc<StoreCounters>,
     pub rooms: RoomCounts,
     pub counters: Arc<crate::stats::Counters>,
+    /// Events for the business dropped, by reason.
+    pub event_drops: Arc<crate::events::Drops>,
 }
 
 impl std::fmt::Debug for LogicCollector {
@@ -415,6 +417,16 @@ impl Collector for LogicCollector {
             "imgate_inbox_resent",
             "Stored messages read back (inboxes and room histories) to send to clients.",
             [(Vec::new(), self.store.inbox_resent.get())],
+        )?;
+        counter_family(
+            &mut e,
+            "imgate_events_dropped",
+            "Events for logic.events_url dropped, by reason (queue_full: the queue's bound; \
+             rejected: the endpoint answered 4xx; shutdown: undelivered at a stop's drain \
+             deadline; bus: the bus did not take it, cluster mode).",
+            self.event_drops
+                .snapshot()
+                .map(|(r, n)| (vec![("reason", Cow::Borrowed(r.label()))], n)),
         )?;
         imgate_shared::metrics::snapshot_samples(
             &mut e,

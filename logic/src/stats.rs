@@ -41,9 +41,9 @@ imgate_shared::counters! {
         user_limit_refused: Counter,
         /// Oldest connections closed over `comet.max_conns_per_user` (`comet.kick_oldest`).
         user_limit_kicked: Counter,
-        /// Connect and disconnect events the events endpoint accepted.
+        /// Events the events endpoint accepted (answered 2xx).
         events_sent: Counter,
-        /// Events dropped because `logic.events_queue` was full.
+        /// Events dropped, whatever the reason (`imgate_events_dropped_total{reason}` splits them).
         events_dropped: Counter,
         /// Failed POSTs of an events batch (each retried with backoff).
         events_post_failed: Counter,

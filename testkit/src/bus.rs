@@ -94,7 +94,7 @@ pub fn body_of(msg: &BusMessage) -> String {
         Some(Push::Room(r)) => &r.body,
         Some(Push::Keys(k)) => &k.body,
         Some(Push::All(b)) => &b.body,
-        Some(Push::Close(_)) | Some(Push::Control(_)) | None => {
+        Some(Push::Close(_)) | Some(Push::Control(_)) | Some(Push::Event(_)) | None => {
             panic!("a message without a push body: {msg:?}")
         }
     };

@@ -113,6 +113,13 @@ impl Imgate {
         (status, self.seen.join("\n"))
     }
 
+    /// Sends SIGTERM: a graceful stop.
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    }
+
     /// `/readyz`: its status and text.
     pub fn readyz(&self) -> (u16, String) {
         let answer = imgate::client::http::HttpClient::new(self.http)

@@ -89,7 +89,7 @@ impl LinkHandler {
             // Whichever comet holds it, through the bus (job delivers it to that one). The
             // store removed its session already: nothing by key or user reaches it any more.
             self.counters.user_limit_kicked.inc();
-            self.event("disconnect", session.mid, &gone, "kicked");
+            self.event("disconnect", session.mid, &gone, "kicked").await;
             self.close_elsewhere(gone.conn).await;
         }
         if let Some(old) = &replaced {
@@ -98,11 +98,12 @@ impl LinkHandler {
                 old.mid,
                 &bare_conn(&old.key, &old.conn),
                 "replaced",
-            );
+            )
+            .await;
         }
         let mut joined = bare_conn(&session.key, &session.conn);
         joined.platform = identity.platform.clone();
-        self.event("connect", session.mid, &joined, "auth");
+        self.event("connect", session.mid, &joined, "auth").await;
         let (backlog, inbox_floor) = self.backlog(session.mid).await?;
         tracing::debug!(mid = session.mid, key = %session.key, remote = %req.remote_addr, "connect");
         Ok(Body::ConnectReply(ConnectReply {

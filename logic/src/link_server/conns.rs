@@ -21,7 +21,7 @@ impl LinkHandler {
             } else {
                 req.reason.as_str()
             };
-            self.event("disconnect", session.mid, gone, reason);
+            self.event("disconnect", session.mid, gone, reason).await;
         }
         tracing::debug!(mid = session.mid, key = %session.key, removed = gone.is_some(), "disconnect");
         Ok(Body::Ok(Empty {}))
@@ -42,10 +42,12 @@ impl LinkHandler {
         };
         let reason = if req.by_server { "server" } else { "client" };
         for room in &req.left {
-            self.room_event("leave", session.mid, &now, reason, room);
+            self.room_event("leave", session.mid, &now, reason, room)
+                .await;
         }
         for room in &req.joined {
-            self.room_event("join", session.mid, &now, reason, room);
+            self.room_event("join", session.mid, &now, reason, room)
+                .await;
         }
         Ok(Body::Ok(Empty {}))
     }

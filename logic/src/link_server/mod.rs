@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{AuthError, Authenticator};
-use crate::events::{unix_ms, Event, Events};
+use crate::events::{unix_ms, Event, EventSink};
 use crate::hooks::Endpoint;
 use crate::online::RoomCounts;
 use crate::stats::Counters;
@@ -73,8 +73,9 @@ pub(crate) struct LinkHandler {
     pub kick_oldest: bool,
     /// How long after its `exp` a connection is closed as expired (`auth.leeway`).
     pub leeway: Duration,
-    /// Connect and disconnect events for the business.
-    pub events: Option<Events>,
+    /// Connect, disconnect, join and leave events for the business: logic's queue, or the bus
+    /// in cluster mode.
+    pub events: Option<EventSink>,
     /// The rooms of online reports whose parts are still arriving, by comet and shard.
     pub partial_reports: std::sync::Mutex<HashMap<(String, u32), PartialRooms>>,
 }
@@ -189,35 +190,48 @@ impl LinkHandler {
         }
     }
 
-    /// Queues an event for the business, if it wants them.
-    fn event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str) {
+    /// Queues an event for the business, if it wants them; in cluster mode, returns once the
+    /// bus has it (the request is answered after, so a logic that dies has taken nothing it
+    /// could lose).
+    async fn event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str) {
         if let Some(events) = &self.events {
-            events.send(Event {
-                event,
-                mid,
-                key: conn.key.clone(),
-                comet: conn.conn.comet.clone(),
-                platform: conn.platform.clone(),
-                time: unix_ms(),
-                reason: reason.to_string(),
-                room: String::new(),
-            });
+            events
+                .send(Event {
+                    event: event.to_string(),
+                    mid,
+                    key: conn.key.clone(),
+                    comet: conn.conn.comet.clone(),
+                    platform: conn.platform.clone(),
+                    time: unix_ms(),
+                    reason: reason.to_string(),
+                    room: String::new(),
+                })
+                .await;
         }
     }
 
-    /// Queues a join or leave event for the business, if it wants them.
-    fn room_event(&self, event: &'static str, mid: i64, conn: &UserConn, reason: &str, room: &str) {
+    /// Queues a join or leave event for the business, if it wants them (as [`Self::event`]).
+    async fn room_event(
+        &self,
+        event: &'static str,
+        mid: i64,
+        conn: &UserConn,
+        reason: &str,
+        room: &str,
+    ) {
         if let Some(events) = &self.events {
-            events.send(Event {
-                event,
-                mid,
-                key: conn.key.clone(),
-                comet: conn.conn.comet.clone(),
-                platform: conn.platform.clone(),
-                time: unix_ms(),
-                reason: reason.to_string(),
-                room: room.to_string(),
-            });
+            events
+                .send(Event {
+                    event: event.to_string(),
+                    mid,
+                    key: conn.key.clone(),
+                    comet: conn.conn.comet.clone(),
+                    platform: conn.platform.clone(),
+                    time: unix_ms(),
+                    reason: reason.to_string(),
+                    room: room.to_string(),
+                })
+                .await;
         }
     }
 }

@@ -473,9 +473,23 @@ mod tests {
         assert!(
             matches!(&config.bus, BusConfig::Nats(n) if n.stream == "s" && n.subjects == "x.y.*")
         );
+        // Events for the business get a stream of their own, whose subjects the pushes'
+        // pattern does not match.
+        assert!(matches!(
+            config.bus.events(),
+            Some(BusConfig::Nats(n)) if n.stream == "s-events"
+                && n.subjects == "x.y-events.*"
+                && n.durable == "imgate-job-events"
+        ));
         let e = error("[bus]\nkind = \"kafka\"");
         assert!(e.starts_with("bus.kind: \"kafka\" needs store.kind"), "{e}");
-        Config::from_toml("[bus]\nkind = \"kafka\"\n[store]\nkind = \"redis\"").unwrap();
+        let config =
+            Config::from_toml("[bus]\nkind = \"kafka\"\n[store]\nkind = \"redis\"").unwrap();
+        assert!(matches!(
+            config.bus.events(),
+            Some(BusConfig::Kafka(k)) if k.topic == "imgate-push-events" && k.group == "imgate-job-events"
+        ));
+        assert_eq!(Config::default().bus.events(), None);
         let e = error("[comet]\ntls_cert_file = \"c.pem\"");
         assert_eq!(e, "comet.tls_key_file: must be set with tls_cert_file");
         let e = error("[logic]\ntls_key_file = \"k.pem\"");

@@ -305,7 +305,8 @@ pub struct LogicConfig {
     /// empty at once.
     pub upstream_concurrency: usize,
     /// Where connect, disconnect, join and leave events are POSTed, in batches; none = not
-    /// sent.
+    /// sent. In cluster mode (a Kafka or NATS bus) logic publishes them to the bus
+    /// ([`BusConfig::events`]) and the process running job POSTs them.
     #[serde(deserialize_with = "none_if_empty")]
     pub events_url: Option<String>,
     /// Events waiting to be sent, at most; more are dropped and counted.
@@ -319,6 +320,10 @@ pub struct LogicConfig {
     /// …and the longest an event waits for its batch.
     #[serde(with = "humantime_serde")]
     pub events_interval: Duration,
+    /// On a graceful stop, how long logic keeps delivering the events it holds before it
+    /// gives up on the rest (dropped and counted, reason `shutdown`).
+    #[serde(with = "humantime_serde")]
+    pub events_drain_timeout: Duration,
 }
 
 /// Client reconnect backoff hints (seconds), passed through as goim does.
@@ -378,6 +383,33 @@ pub enum BusConfig {
     Kafka(KafkaConfig),
     /// A NATS JetStream stream shared by every logic and job.
     Nats(NatsConfig),
+}
+
+impl BusConfig {
+    /// Where events for the business (`logic.events_url`) travel in cluster mode: the same
+    /// broker, on their own topic (`<topic>-events`, consumer group `<group>-events`) or stream
+    /// (`<stream>-events`, subjects `<prefix>-events.*`, durables `<durable>-events`), so a
+    /// business that is down holds back events and never pushes. None with the embedded bus:
+    /// logic and job share one process, and logic's own queue delivers them.
+    pub fn events(&self) -> Option<BusConfig> {
+        match self {
+            BusConfig::Embedded(_) => None,
+            BusConfig::Kafka(kafka) => Some(BusConfig::Kafka(KafkaConfig {
+                topic: format!("{}-events", kafka.topic),
+                group: format!("{}-events", kafka.group),
+                ..kafka.clone()
+            })),
+            BusConfig::Nats(nats) => {
+                let prefix = nats.subjects.strip_suffix(".*").unwrap_or(&nats.subjects);
+                Some(BusConfig::Nats(NatsConfig {
+                    stream: format!("{}-events", nats.stream),
+                    subjects: format!("{prefix}-events.*"),
+                    durable: format!("{}-events", nats.durable),
+                    ..nats.clone()
+                }))
+            }
+        }
+    }
 }
 
 /// The embedded bus.
@@ -716,6 +748,7 @@ impl Default for LogicConfig {
             events_queue_bytes: 4 << 20,
             events_batch: 100,
             events_interval: Duration::from_secs(1),
+            events_drain_timeout: Duration::from_secs(5),
         }
     }
 }
