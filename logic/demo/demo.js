@@ -107,7 +107,7 @@ function savedState(mid) {
 
 function saveState(mid) {
   try {
-    localStorage.setItem(`imgate-demo:${mid}`, JSON.stringify(client.state));
+    localStorage.setItem(`imgate-demo:${mid}`, JSON.stringify(client.checkpoint));
   } catch {
     // Storage may be off; the demo works without it.
   }

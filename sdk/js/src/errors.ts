@@ -12,6 +12,8 @@ export type ImgateErrorCode =
   | "not_connected"
   /** `close()` was called. */
   | "closed"
+  /** `getToken` failed, gave something that is not a token, or gave none. */
+  | "token"
   /**
    * The server said no with an empty reply: a room the token does not allow, a join past the
    * gateway's rooms per connection, a leave of a room the connection is not in, a sync it

@@ -4,12 +4,15 @@
  */
 export {
   ImgateClient,
+  type ConnectionState,
   type ImgateClientOptions,
   type ImgateEvents,
   type ReconnectOptions,
-  type WebSocketConstructor,
-  type WebSocketLike,
+  type RoomChangeBy,
+  type TokenSource,
 } from "./client.js";
+export { tokenExp } from "./codec.js";
+export type { Checkpoint } from "./delivery.js";
 export { ImgateError, type ImgateErrorCode } from "./errors.js";
 export {
   decodeFrames,
@@ -22,5 +25,7 @@ export {
   type Frame,
   type RoomFrames,
 } from "./frame.js";
+export { afterKick, RECONNECT_PREFIX, type KickOutcome } from "./kick.js";
 export { ImgateMessage, type MessageKind } from "./message.js";
 export { SequenceLog } from "./sequence.js";
+export { type WebSocketConstructor, type WebSocketLike } from "./transport.js";
