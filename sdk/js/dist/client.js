@@ -16,6 +16,8 @@ import { Transport } from "./transport.js";
 const LAST_PROTOCOL_OP = 31;
 /** A connection authenticated this long counts as good: the next reconnect starts over. */
 const STABLE_MS = 10000;
+/** Renewals of the token are at least this far apart (ms). */
+const MIN_REFRESH_MS = 1000;
 /** setTimeout's longest delay; a longer one would fire at once. */
 const MAX_TIMER_MS = 0x7fffffff;
 const noop = () => { };
@@ -388,10 +390,9 @@ export class ImgateClient {
             return;
         }
         const left = this.tokenExpiry * 1000 - Date.now();
-        // A retry (op 31 empty: not checked; getToken failed) comes sooner, but not in a loop.
-        const delay = retry
-            ? Math.max(500, Math.min(30000, left / 4))
-            : Math.max(0, (left * 3) / 4);
+        // A retry (op 31 empty: not checked; getToken failed or gave no fresher token) comes
+        // sooner; neither comes in a loop, even past `exp` (the gateway's leeway runs then).
+        const delay = Math.max(MIN_REFRESH_MS, retry ? Math.min(30000, left / 4) : (left * 3) / 4);
         const due = Date.now() + delay;
         const arm = () => {
             const wait = due - Date.now();
@@ -416,6 +417,7 @@ export class ImgateClient {
                 // Nothing to renew with: the connection lasts until its token expires.
                 return undefined;
             }
+            const before = this.tokenExpiry ?? 0;
             return this.request(Op.Refresh, token, Op.RefreshReply, (reply) => {
                 const exp = refreshedExp(reply);
                 if (exp !== undefined) {
@@ -429,10 +431,15 @@ export class ImgateClient {
                 if (exp === undefined) {
                     this.report("refused", "the gateway could not check the fresh token now; trying again");
                     this.scheduleRefresh(true);
-                    return;
                 }
-                this.emit("token", { exp });
-                this.scheduleRefresh();
+                else if (exp <= before) {
+                    this.report("token", `getToken gave no fresher token (exp ${exp}); trying again`);
+                    this.scheduleRefresh(true);
+                }
+                else {
+                    this.emit("token", { exp });
+                    this.scheduleRefresh();
+                }
             });
         })
             .catch((cause) => {
@@ -477,7 +484,7 @@ export class ImgateClient {
     }
     onFrame(transport, frame) {
         if (frame.op === Op.Disconnect) {
-            this.onKick(bodyText(frame));
+            this.onKick(transport, bodyText(frame));
             return;
         }
         if (frame.op === Op.AuthReply) {
@@ -512,7 +519,7 @@ export class ImgateClient {
         this.delivery.onPush(frame);
     }
     /** op 6: the server closes the connection and says why; see kick.ts for what follows. */
-    onKick(reason) {
+    onKick(transport, reason) {
         const atAuth = this.phase !== "connected";
         const outcome = afterKick(reason, atAuth, this.options.getToken !== undefined);
         const after = outcome === "stop" ? "stop" : outcome === "renew" ? "now" : "backoff";
@@ -521,11 +528,14 @@ export class ImgateClient {
             this.emit("error", refused);
             if (after === "stop")
                 this.stopWaiters(refused);
-            this.drop(`auth refused: ${reason}`, after);
-            return;
         }
-        this.emit("kicked", { reason, final: after === "stop" });
-        this.drop(`kicked: ${reason}`, after);
+        else {
+            this.emit("kicked", { reason, final: after === "stop" });
+        }
+        // A listener may have closed the client meanwhile.
+        if (this.transport === transport) {
+            this.drop(atAuth ? `auth refused: ${reason}` : `kicked: ${reason}`, after);
+        }
     }
     // ----- rooms -----
     /** The client is in `room` (besides its main room); `entered`: the connection is in it now. */

@@ -135,6 +135,8 @@ type Timer = ReturnType<typeof setTimeout>;
 const LAST_PROTOCOL_OP = 31;
 /** A connection authenticated this long counts as good: the next reconnect starts over. */
 const STABLE_MS = 10_000;
+/** Renewals of the token are at least this far apart (ms). */
+const MIN_REFRESH_MS = 1000;
 /** setTimeout's longest delay; a longer one would fire at once. */
 const MAX_TIMER_MS = 0x7fffffff;
 
@@ -568,10 +570,9 @@ export class ImgateClient {
       return;
     }
     const left = this.tokenExpiry * 1000 - Date.now();
-    // A retry (op 31 empty: not checked; getToken failed) comes sooner, but not in a loop.
-    const delay = retry
-      ? Math.max(500, Math.min(30_000, left / 4))
-      : Math.max(0, (left * 3) / 4);
+    // A retry (op 31 empty: not checked; getToken failed or gave no fresher token) comes
+    // sooner; neither comes in a loop, even past `exp` (the gateway's leeway runs then).
+    const delay = Math.max(MIN_REFRESH_MS, retry ? Math.min(30_000, left / 4) : (left * 3) / 4);
     const due = Date.now() + delay;
     const arm = () => {
       const wait = due - Date.now();
@@ -595,6 +596,7 @@ export class ImgateClient {
           // Nothing to renew with: the connection lasts until its token expires.
           return undefined;
         }
+        const before = this.tokenExpiry ?? 0;
         return this.request(Op.Refresh, token, Op.RefreshReply, (reply) => {
           const exp = refreshedExp(reply);
           if (exp !== undefined) {
@@ -607,10 +609,13 @@ export class ImgateClient {
           if (exp === undefined) {
             this.report("refused", "the gateway could not check the fresh token now; trying again");
             this.scheduleRefresh(true);
-            return;
+          } else if (exp <= before) {
+            this.report("token", `getToken gave no fresher token (exp ${exp}); trying again`);
+            this.scheduleRefresh(true);
+          } else {
+            this.emit("token", { exp });
+            this.scheduleRefresh();
           }
-          this.emit("token", { exp });
-          this.scheduleRefresh();
         });
       })
       .catch((cause) => {
@@ -651,7 +656,7 @@ export class ImgateClient {
 
   private onFrame(transport: Transport, frame: Frame): void {
     if (frame.op === Op.Disconnect) {
-      this.onKick(bodyText(frame));
+      this.onKick(transport, bodyText(frame));
       return;
     }
     if (frame.op === Op.AuthReply) {
@@ -685,7 +690,7 @@ export class ImgateClient {
   }
 
   /** op 6: the server closes the connection and says why; see kick.ts for what follows. */
-  private onKick(reason: string): void {
+  private onKick(transport: Transport, reason: string): void {
     const atAuth = this.phase !== "connected";
     const outcome: KickOutcome = afterKick(reason, atAuth, this.options.getToken !== undefined);
     const after: After = outcome === "stop" ? "stop" : outcome === "renew" ? "now" : "backoff";
@@ -693,11 +698,13 @@ export class ImgateClient {
       const refused = new ImgateError("refused", `the server refused auth: ${reason}`);
       this.emit("error", refused);
       if (after === "stop") this.stopWaiters(refused);
-      this.drop(`auth refused: ${reason}`, after);
-      return;
+    } else {
+      this.emit("kicked", { reason, final: after === "stop" });
     }
-    this.emit("kicked", { reason, final: after === "stop" });
-    this.drop(`kicked: ${reason}`, after);
+    // A listener may have closed the client meanwhile.
+    if (this.transport === transport) {
+      this.drop(atAuth ? `auth refused: ${reason}` : `kicked: ${reason}`, after);
+    }
   }
 
   // ----- rooms -----
