@@ -53,11 +53,7 @@ const FILES: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../sdk/js/dist/frame.js"),
     ),
-    (
-        "sdk/kick.js",
-        JS,
-        include_str!("../../sdk/js/dist/kick.js"),
-    ),
+    ("sdk/kick.js", JS, include_str!("../../sdk/js/dist/kick.js")),
     (
         "sdk/message.js",
         JS,
