@@ -178,6 +178,38 @@ test("a getToken that keeps giving the same token is reported, and not asked in 
   assert.ok(r.errors.some((e) => e.code === "token" && /no fresher token/.test(e.message)));
 });
 
+test("a gateway without op 30 is reported once and not asked again", async () => {
+  let refreshes = 0;
+  const { comet, client, r } = await setup(
+    { getToken: () => jwt({ sub: "9", exp: nowSecs() + 2 }) },
+    {
+      // An older gateway echoes an op it does not know, with an empty body.
+      [Op.Refresh]: (_conn, frame) => {
+        refreshes++;
+        return encodeFrame(Op.Refresh, frame.seq, "");
+      },
+    },
+  );
+  await client.connect();
+  await r.until(() => r.errors.some((e) => e.code === "unsupported"), "the unsupported op", 4000);
+  await sleep(2000);
+  assert.equal(refreshes, 1);
+  assert.deepEqual(r.tokens, []);
+  assert.equal(comet.connections.length, 1);
+});
+
+test("a kick listener that closes the client is obeyed: no reconnect", async () => {
+  const { comet, client, r } = await setup({ mid: 8 });
+  client.on("kicked", () => client.close());
+  await client.connect();
+  (await comet.connection(0)).socket.send(disconnect("reconnect: soon"));
+  await r.until(() => r.kicks.length === 1, "the kick");
+  await sleep(200);
+  assert.equal(comet.connections.length, 1, "closed by the application, so no reconnect");
+  assert.equal(client.state, "disconnected");
+  assert.equal(r.disconnected.at(-1).willReconnect, false);
+});
+
 test("rooms the server joins and leaves show up, in the rooms list and as events", async () => {
   const { comet, client, r } = await setup({ mid: 5, room: "live://1" });
   await client.connect();
