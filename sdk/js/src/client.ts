@@ -710,14 +710,14 @@ export class ImgateClient {
   // ----- rooms -----
 
   /** The client is in `room` (besides its main room); `entered`: the connection is in it now. */
-  private addRoom(room: string, by: "client" | "server", entered: boolean): void {
+  private addRoom(room: string, by: RoomChangeBy, entered: boolean): void {
     const added = this.roomSet.add(room);
     if (entered && this.roomSet.has(room)) this.delivery.enterRoom(room, false);
     if (added) this.emit("roomJoined", { room, by });
   }
 
   /** The client is no longer in `room`: its log ends (a later join starts a new one). */
-  private removeRoom(room: string, by: "client" | "server"): void {
+  private removeRoom(room: string, by: RoomChangeBy): void {
     const removed = this.roomSet.remove(room);
     this.delivery.leaveRoom(room);
     if (removed) this.emit("roomLeft", { room, by });
