@@ -51,7 +51,8 @@ export class ImgateClient {
         this.key = options.key ?? randomKey();
         this.accepts = new Set(checkOps(options.accepts ?? []));
         this.roomSet = new RoomSet(options.room ?? "");
-        this.token = options.token;
+        if (options.token !== undefined)
+            this.useToken(options.token);
         this.delivery = new Delivery({
             deliver: (messages) => {
                 for (const message of messages)
@@ -364,13 +365,15 @@ export class ImgateClient {
             return;
         }
         let delay = 0;
-        if (after === "backoff") {
+        // At once only right after a good stretch: a token that expires again at once (a clock
+        // far off, a hook's expire_at in the past) must not turn into a reconnect loop.
+        if (after === "backoff" || this.attempt > 0) {
             const { minDelay = 500, maxDelay = 30000 } = settings === true ? {} : settings;
             const ceiling = Math.min(maxDelay, minDelay * 2 ** Math.min(this.attempt, 30));
             // Half fixed, half random: clients dropped together do not come back together.
             delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
-            this.attempt++;
         }
+        this.attempt++;
         this.setPhase("waiting");
         this.reconnectTimer = setTimeout(() => this.open(), delay);
         this.emit("disconnected", { reason, willReconnect: true, delay });

@@ -280,8 +280,16 @@ test("an expired token reconnects at once with getToken's next one, and stops wi
   assert.equal(second.auth.token, "t2");
   assert.ok(Date.now() - started < 4000, "at once, not after the 5 s backoff");
   assert.deepEqual(r.kicks, [{ reason: "token expired", final: false }]);
+  assert.equal(r.disconnected[0].delay, 0);
+  // Expired again at once: no loop, the backoff this time.
+  await r.until(() => r.connected.length === 2, "the reconnect");
+  second.socket.send(disconnect("token expired"));
+  await r.until(() => r.disconnected.length === 2, "the second expiry");
+  assert.ok(r.disconnected[1].delay >= 2500, `backoff after a second expiry: ${r.disconnected[1].delay} ms`);
+  client.close();
 
-  const fixed = await setup({ token: "fixed" });
+  const fixed = await setup({ token: jwt({ sub: "9", exp: 1_900_000_000 }) });
+  assert.equal(fixed.client.tokenExpiresAt, 1_900_000_000, "a fixed JWT's exp is known too");
   await fixed.client.connect();
   (await fixed.comet.connection(0)).socket.send(disconnect("token expired"));
   await fixed.r.until(() => fixed.r.disconnected.length === 1, "the stop");
