@@ -60,6 +60,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../sdk/js/dist/message.js"),
     ),
     (
+        "sdk/options.js",
+        JS,
+        include_str!("../../sdk/js/dist/options.js"),
+    ),
+    (
         "sdk/rooms.js",
         JS,
         include_str!("../../sdk/js/dist/rooms.js"),

@@ -3,7 +3,7 @@
  * JSON and a token it asks the application for (`getToken`) and renews before it expires
  * (op 30), reconnected with backoff, back in its rooms (`rooms.ts`) after each reconnect and
  * caught up (`delivery.ts`) so that the application sees every stored message once, in order.
- * This file is the lifecycle, the public API and the events; the rest is in those modules.
+ * This file is the lifecycle and the public API; its options and events are in `options.ts`.
  */
 import { authBody, bodyText, decodeIncoming, onlineCount, refreshedExp, tokenExp, } from "./codec.js";
 import { Delivery } from "./delivery.js";

@@ -2,15 +2,15 @@
  * imgate-client: a client for imgate, the goim-compatible instant-messaging and push gateway.
  * See README.md for a quick start.
  */
-export {
-  ImgateClient,
-  type ConnectionState,
-  type ImgateClientOptions,
-  type ImgateEvents,
-  type ReconnectOptions,
-  type RoomChangeBy,
-  type TokenSource,
-} from "./client.js";
+export { ImgateClient } from "./client.js";
+export type {
+  ConnectionState,
+  ImgateClientOptions,
+  ImgateEvents,
+  ReconnectOptions,
+  RoomChangeBy,
+  TokenSource,
+} from "./options.js";
 export { tokenExp } from "./codec.js";
 export type { Checkpoint } from "./delivery.js";
 export { ImgateError, type ImgateErrorCode } from "./errors.js";
