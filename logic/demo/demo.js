@@ -2,7 +2,9 @@
 // any rooms joined besides, a push form on the business HTTP API, a message to the business,
 // and online counts per room. Everything it does, an application can do the same way. URL
 // parameters fill the form: ?mid=7&room=live://1000&rooms=chat://a,chat://b&connect=1 (and
-// ws=URL to choose the WebSocket endpoint yourself).
+// ws=URL to choose the WebSocket endpoint yourself; token=JWT, apikey=KEY for a gateway that
+// needs them). The token is read from its field whenever the SDK asks for one (getToken): at
+// each connection and before the current token expires.
 import { ImgateClient } from "./sdk/index.js";
 
 const OPS_BY_TARGET = { mids: 1000, room: 1001, all: 1002 };
@@ -30,6 +32,7 @@ function fillFromUrl() {
     ["room", "room"],
     ["accepts", "accepts"],
     ["token", "token"],
+    ["apikey", "push-key"],
   ]) {
     if (params.has(param)) $(id).value = params.get(param);
   }
@@ -107,7 +110,7 @@ function savedState(mid) {
 
 function saveState(mid) {
   try {
-    localStorage.setItem(`imgate-demo:${mid}`, JSON.stringify(client.state));
+    localStorage.setItem(`imgate-demo:${mid}`, JSON.stringify(client.checkpoint));
   } catch {
     // Storage may be off; the demo works without it.
   }
@@ -165,11 +168,12 @@ async function connect(event) {
     for (const room of client?.joinedRooms ?? []) roomsToJoin.add(room);
     client?.close();
     const saved = savedState(mid);
-    const token = $("token").value.trim();
+    const signed = $("token").value.trim() !== "";
     client = new ImgateClient({
       url: await websocketUrl(),
       mid,
-      token: token || undefined,
+      // The token field as it is when the SDK asks: paste a fresh token to renew it.
+      getToken: signed ? () => $("token").value.trim() || null : undefined,
       room: $("room").value.trim(),
       accepts: parseOps($("accepts").value),
       inboxSeq: saved.inboxSeq ?? undefined,
@@ -206,6 +210,22 @@ async function connect(event) {
       renderRooms(); // a room refused on rejoin is gone
     });
     client.on("heartbeat", ({ online }) => ($("online-heartbeat").textContent = online));
+    client.on("token", ({ exp }) => {
+      note(`token renewed: valid until ${new Date(exp * 1000).toLocaleTimeString()}`);
+    });
+    client.on("kicked", ({ reason, final }) => {
+      note(final ? `disconnected by the server: ${reason}` : `asked to reconnect: ${reason}`);
+    });
+    client.on("roomJoined", ({ room, by }) => {
+      if (by === "server") note(`the server joined you to ${room}`);
+      renderRooms();
+      refreshOnline();
+    });
+    client.on("roomLeft", ({ room, by }) => {
+      if (by === "server") note(`the server took you out of ${room}`);
+      onlineCounts.delete(room);
+      renderRooms();
+    });
   }
   const room = $("room").value.trim();
   if (room !== client.room) await client.switchRoom(room).catch(() => {});
@@ -265,6 +285,22 @@ async function leaveRoom(room) {
   onlineCounts.delete(room);
   renderRooms();
   refreshOnline();
+}
+
+/** Asks the business API to join this page's user to a room (every connection of the user). */
+async function serverJoin(event) {
+  event.preventDefault();
+  const room = $("server-join-room").value.trim();
+  if (!room || !client) return;
+  const [type, id] = splitRoom(room);
+  const query = new URLSearchParams({ type, room: id, mids: String(clientMid) });
+  try {
+    const response = await fetch(`/goim/rooms/join?${query}`, { method: "POST", headers: apiHeaders() });
+    if (!response.ok) note(`the server could not join ${room}: ${response.status} ${await response.text()}`);
+  } catch (error) {
+    note(`the server could not join ${room}: ${error}`);
+  }
+  $("server-join-room").value = "";
 }
 
 function apiHeaders() {
@@ -363,6 +399,7 @@ fillFromUrl();
 $("login").addEventListener("submit", connect);
 $("disconnect").addEventListener("click", disconnect);
 $("join").addEventListener("submit", joinRoom);
+$("server-join").addEventListener("submit", serverJoin);
 $("push").addEventListener("submit", push);
 $("send").addEventListener("submit", sendToBusiness);
 $("push-target").addEventListener("change", showTargetFields);

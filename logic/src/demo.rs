@@ -34,6 +34,16 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../sdk/js/dist/client.js"),
     ),
     (
+        "sdk/codec.js",
+        JS,
+        include_str!("../../sdk/js/dist/codec.js"),
+    ),
+    (
+        "sdk/delivery.js",
+        JS,
+        include_str!("../../sdk/js/dist/delivery.js"),
+    ),
+    (
         "sdk/errors.js",
         JS,
         include_str!("../../sdk/js/dist/errors.js"),
@@ -43,15 +53,31 @@ const FILES: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../sdk/js/dist/frame.js"),
     ),
+    ("sdk/kick.js", JS, include_str!("../../sdk/js/dist/kick.js")),
     (
         "sdk/message.js",
         JS,
         include_str!("../../sdk/js/dist/message.js"),
     ),
     (
+        "sdk/options.js",
+        JS,
+        include_str!("../../sdk/js/dist/options.js"),
+    ),
+    (
+        "sdk/rooms.js",
+        JS,
+        include_str!("../../sdk/js/dist/rooms.js"),
+    ),
+    (
         "sdk/sequence.js",
         JS,
         include_str!("../../sdk/js/dist/sequence.js"),
+    ),
+    (
+        "sdk/transport.js",
+        JS,
+        include_str!("../../sdk/js/dist/transport.js"),
     ),
 ];
 

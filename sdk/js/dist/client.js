@@ -1,39 +1,46 @@
 /**
- * The imgate client: one WebSocket to comet, authenticated with goim's auth JSON, kept alive
- * with heartbeats, reconnected with backoff, back in its rooms after each reconnect and caught
- * up so that the application sees every stored message once, in order: the user's inbox and
- * each room's history, told apart by imgate's room tags (op 28).
+ * The imgate client: one connection at a time (`transport.ts`), authenticated with goim's auth
+ * JSON and a token it asks the application for (`getToken`) and renews before it expires
+ * (op 30), reconnected with backoff, back in its rooms (`rooms.ts`) after each reconnect and
+ * caught up (`delivery.ts`) so that the application sees every stored message once, in order.
+ * This file is the lifecycle and the public API; its options and events are in `options.ts`.
  */
+import { authBody, bodyText, decodeIncoming, onlineCount, refreshedExp, tokenExp, } from "./codec.js";
+import { Delivery } from "./delivery.js";
 import { ImgateError } from "./errors.js";
-import { decodeMessage, decodeRoomFrames, encodeFrame, FrameError, Op } from "./frame.js";
-import { ImgateMessage } from "./message.js";
-import { SequenceLog } from "./sequence.js";
+import { FrameError, Op } from "./frame.js";
+import { afterKick } from "./kick.js";
+import { RoomSet } from "./rooms.js";
+import { Transport } from "./transport.js";
 /** Ops up to here are the protocol's; a frame with one of them is never a business push. */
 const LAST_PROTOCOL_OP = 31;
 /** A connection authenticated this long counts as good: the next reconnect starts over. */
 const STABLE_MS = 10000;
-const OPEN = 1;
+/** Renewals of the token are at least this far apart (ms). */
+const MIN_REFRESH_MS = 1000;
+/** setTimeout's longest delay; a longer one would fire at once. */
+const MAX_TIMER_MS = 0x7fffffff;
 const noop = () => { };
-const decoder = new TextDecoder();
 /** A client of imgate; see the README for a quick start. */
 export class ImgateClient {
     constructor(options) {
-        /** Rooms joined with op 24 besides the main room; joined again on every connection. */
-        this.joined = new Set();
-        /** The logs of the rooms the client has been in and not left, by room. */
-        this.roomTracks = new Map();
         this.listeners = new Map();
-        this.requests = new Map();
         this.phase = "idle";
-        this.nextSeqValue = 0;
+        /** Counts connection attempts, so a late answer from `getToken` for an old one is ignored. */
+        this.attemptId = 0;
         this.authSeq = 0;
         this.attempt = 0;
         this.everConnected = false;
         this.connectedAt = 0;
-        this.lastAcked = 0;
         this.waiters = [];
         if (!options || typeof options.url !== "string" || options.url === "") {
             throw new TypeError("ImgateClient needs options.url, e.g. ws://127.0.0.1:3102/sub");
+        }
+        if (options.getToken !== undefined && typeof options.getToken !== "function") {
+            throw new TypeError("options.getToken must be a function returning the token (or a promise of it)");
+        }
+        if (options.getToken !== undefined && options.token !== undefined) {
+            throw new TypeError("pass options.getToken or options.token, not both");
         }
         const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
         if (!WebSocketClass) {
@@ -43,9 +50,19 @@ export class ImgateClient {
         this.WebSocketClass = WebSocketClass;
         this.key = options.key ?? randomKey();
         this.accepts = new Set(checkOps(options.accepts ?? []));
-        this.primaryRoom = options.room ?? "";
-        this.inbox = { target: "", log: new SequenceLog(options.inboxSeq) };
-        this.resumeFloors = new Map(Object.entries(options.roomSeqs ?? {}));
+        this.roomSet = new RoomSet(options.room ?? "");
+        if (options.token !== undefined)
+            this.useToken(options.token);
+        this.delivery = new Delivery({
+            deliver: (messages) => {
+                for (const message of messages)
+                    this.emit("message", message);
+            },
+            sync: (body) => this.request(Op.Sync, body, Op.SyncReply, (reply) => reply.body.length > 0),
+            ack: (floor) => this.transport?.sendOneWay(Op.Ack, `${floor}`),
+            connected: () => this.phase === "connected",
+            report: (error) => this.emit("error", error),
+        }, { gapTimeout: options.gapTimeout ?? 500, acks: options.acks ?? true }, { inboxSeq: options.inboxSeq, roomSeqs: options.roomSeqs });
     }
     // ----- public API -----
     /** Subscribes to an event; returns the function that unsubscribes. */
@@ -62,8 +79,9 @@ export class ImgateClient {
         this.listeners.get(event)?.delete(listener);
     }
     /**
-     * Starts connecting (and reconnecting after every loss until `close()`). Resolves at the
-     * next successful auth; rejects only if `close()` comes first.
+     * Starts connecting (and reconnecting after every loss until `close()` or a final kick).
+     * Resolves at the next successful auth; rejects if the client stops first (`closed`,
+     * `kicked`, `refused`, `token`).
      */
     connect() {
         const connected = new Promise((resolve, reject) => {
@@ -81,26 +99,19 @@ export class ImgateClient {
         return connected;
     }
     /**
-     * Closes the connection and stops reconnecting. Rooms and sequence state are kept for
+     * Closes the connection and stops reconnecting. Rooms and where the logs stand are kept for
      * `connect()`.
      */
     close() {
-        const wasActive = this.phase !== "idle";
-        this.clearTimer("reconnectTimer");
-        for (const track of this.tracks()) {
-            this.stopGapTimer(track);
+        this.delivery.stop();
+        this.stopWaiters(new ImgateError("closed", "the client was closed"));
+        if (this.phase !== "idle") {
+            this.drop("closed by the application", "stop");
         }
-        const closed = new ImgateError("closed", "the client was closed");
-        for (const waiter of this.waiters.splice(0)) {
-            waiter.reject(closed);
-        }
-        if (this.socket) {
-            this.drop("closed by the application", false);
-        }
-        else if (wasActive) {
-            this.phase = "idle";
-            this.emit("disconnected", { reason: "closed by the application", willReconnect: false });
-        }
+    }
+    /** The connection's state: `connecting`, `connected` or `disconnected` (event `state`). */
+    get state() {
+        return publicState(this.phase);
     }
     /** Whether the client is connected and authenticated now. */
     get connected() {
@@ -108,25 +119,26 @@ export class ImgateClient {
     }
     /** The main room (auth / op 12), "" for none. */
     get room() {
-        return this.primaryRoom;
+        return this.roomSet.primary;
     }
-    /** Rooms joined with `join()`, besides `room`. */
+    /** Rooms joined besides `room`, by `join()` or by the server. */
     get joinedRooms() {
-        return [...this.joined];
+        return this.roomSet.extra;
     }
     /** Every room the client is in (or will be in on its next connection): `room` first. */
     get rooms() {
-        return this.primaryRoom === "" ? [...this.joined] : [this.primaryRoom, ...this.joined];
+        return this.roomSet.all;
     }
-    /** Where the logs stand: save it to resume with the `inboxSeq` and `roomSeqs` options. */
-    get state() {
-        const roomSeqs = Object.fromEntries(this.resumeFloors);
-        for (const [room, track] of this.roomTracks) {
-            if (track.log.floor !== undefined) {
-                roomSeqs[room] = track.log.floor;
-            }
-        }
-        return { inboxSeq: this.inbox.log.floor, roomSeqs };
+    /**
+     * Where the logs stand: save it to resume with the `inboxSeq` and `roomSeqs` options.
+     * (Called `state` before 0.3.)
+     */
+    get checkpoint() {
+        return this.delivery.checkpoint;
+    }
+    /** When the current token expires (Unix seconds), when the client knows. */
+    get tokenExpiresAt() {
+        return this.tokenExpiry;
     }
     /**
      * Moves the connection to another main room (op 12); "" leaves it. The old main room is
@@ -156,18 +168,15 @@ export class ImgateClient {
     async join(room) {
         checkRoom(room, false);
         if (this.phase !== "connected") {
-            if (room !== this.primaryRoom)
-                this.joined.add(room);
+            this.addRoom(room, "client", false);
             return room;
         }
         return this.request(Op.Join, room, Op.JoinReply, (reply) => {
             if (reply.body.length === 0) {
                 throw new ImgateError("refused", `the server refused to join ${room}`);
             }
-            if (room !== this.primaryRoom)
-                this.joined.add(room);
-            this.enterRoom(room, false);
-            return decoder.decode(reply.body);
+            this.addRoom(room, "client", true);
+            return bodyText(reply);
         });
     }
     /**
@@ -178,15 +187,15 @@ export class ImgateClient {
     async leave(room) {
         checkRoom(room, false);
         if (this.phase !== "connected") {
-            this.forgetRoom(room);
+            this.removeRoom(room, "client");
             return room;
         }
         return this.request(Op.Leave, room, Op.LeaveReply, (reply) => {
-            this.forgetRoom(room);
+            this.removeRoom(room, "client");
             if (reply.body.length === 0) {
                 throw new ImgateError("refused", `the server says the connection is not in ${room}`);
             }
-            return decoder.decode(reply.body);
+            return bodyText(reply);
         });
     }
     /** Adds business ops to receive from pushes by key and broadcasts (op 14). */
@@ -224,73 +233,85 @@ export class ImgateClient {
         return this.request(Op.SendMsg, bytes, Op.SendMsgReply, (reply) => reply.body);
     }
     // ----- connection lifecycle -----
+    /** One connection attempt: a token (from `getToken`), the socket, auth. */
     open() {
         this.reconnectTimer = undefined;
-        let ws;
-        try {
-            ws = new this.WebSocketClass(this.options.url);
-            ws.binaryType = "arraybuffer";
-        }
-        catch (cause) {
-            this.phase = "connecting";
-            this.report("socket", `cannot open ${this.options.url}: ${String(cause)}`, cause);
-            this.afterLoss("the WebSocket could not be created");
+        const id = ++this.attemptId;
+        this.setPhase("connecting");
+        this.emit("connecting", { attempt: this.attempt });
+        if (this.phase !== "connecting" || id !== this.attemptId)
+            return; // a listener closed it
+        const authTimeout = this.options.authTimeout ?? 10000;
+        this.authTimer = setTimeout(() => this.drop(`not authenticated within ${authTimeout} ms`, "backoff"), authTimeout);
+        const getToken = this.options.getToken;
+        if (!getToken) {
+            this.openSocket();
             return;
         }
-        this.socket = ws;
-        this.phase = "connecting";
-        const authTimeout = this.options.authTimeout ?? 10000;
-        this.authTimer = setTimeout(() => this.drop(`not authenticated within ${authTimeout} ms`), authTimeout);
-        ws.onopen = () => {
-            if (ws !== this.socket)
+        callTokenSource(getToken).then((token) => {
+            if (id !== this.attemptId || this.phase !== "connecting")
                 return;
-            this.phase = "authenticating";
-            this.authSeq = this.nextSeq();
-            this.sendFrame(Op.Auth, this.authSeq, JSON.stringify(this.authBody()));
-        };
-        ws.onmessage = (event) => {
-            if (ws !== this.socket)
+            if (token === undefined) {
+                this.stopWaiters(new ImgateError("token", "getToken gave no token"));
+                this.drop("getToken gave no token", "stop");
                 return;
-            this.onData(event.data);
-        };
-        ws.onclose = (event) => {
-            if (ws !== this.socket)
+            }
+            this.useToken(token);
+            this.openSocket();
+        }, (cause) => {
+            if (id !== this.attemptId || this.phase !== "connecting")
                 return;
-            const code = event?.code ?? 0;
-            const why = event?.reason ? ` ${event.reason}` : "";
-            this.drop(this.phase === "connected"
-                ? `the connection closed (code ${code}${why})`
-                : `the connection closed before auth was accepted (code ${code}${why})`);
-        };
-        // A close event always follows an error event.
-        ws.onerror = noop;
+            this.report("token", `getToken failed: ${describe(cause)}`, cause);
+            this.drop("getToken failed", "backoff");
+        });
     }
-    authBody() {
-        const body = {
+    openSocket() {
+        let transport;
+        try {
+            transport = new Transport(this.WebSocketClass, this.options.url, {
+                open: () => this.onOpen(transport),
+                data: (data) => this.onData(transport, data),
+                closed: (code, reason) => {
+                    const why = reason ? ` ${reason}` : "";
+                    this.drop(this.phase === "connected"
+                        ? `the connection closed (code ${code}${why})`
+                        : `the connection closed before auth was accepted (code ${code}${why})`, "backoff");
+                },
+                lost: (reason, cause) => {
+                    if (cause !== undefined)
+                        this.report("socket", `${reason}: ${describe(cause)}`, cause);
+                    this.drop(reason, "backoff");
+                },
+            });
+        }
+        catch (cause) {
+            this.report("socket", `cannot open ${this.options.url}: ${describe(cause)}`, cause);
+            this.drop("the WebSocket could not be created", "backoff");
+            return;
+        }
+        this.transport = transport;
+    }
+    onOpen(transport) {
+        this.phase = "authenticating";
+        this.authSeq = transport.sendOneWay(Op.Auth, authBody({
             mid: this.options.mid ?? 0,
             key: this.key,
-            room_id: this.primaryRoom,
+            room: this.roomSet.primary,
             platform: this.options.platform ?? "web",
             accepts: [...this.accepts],
             acks: this.options.acks ?? true,
-            // Room pushes and room history come in op-28 frames naming their room: the only way to
-            // tell a room's sequence from the inbox's, and one room's from another's.
-            room_tags: true,
-        };
-        if (this.options.token !== undefined) {
-            body.token = this.options.token;
-        }
-        return body;
+            token: this.token,
+        }));
     }
-    onAuthenticated() {
+    onAuthenticated(transport) {
         this.clearTimer("authTimer");
-        this.phase = "connected";
+        this.setPhase("connected");
         this.connectedAt = Date.now();
         const reconnected = this.everConnected;
         this.everConnected = true;
-        this.lastAcked = 0;
-        this.startHeartbeat();
+        transport.startHeartbeat(this.options.heartbeat ?? 30000, this.options.heartbeatTimeout ?? 10000);
         this.catchUp();
+        this.scheduleRefresh();
         this.emit("connected", { reconnected });
         for (const waiter of this.waiters.splice(0)) {
             waiter.resolve();
@@ -298,384 +319,281 @@ export class ImgateClient {
     }
     /**
      * Back in every room and caught up. The main room came with auth (its `room_id`); each
-     * joined room is joined again (op 24) and, once in, caught up. The server sends the inbox's
-     * unacknowledged backlog by itself; ask for what came after what the application has, in
-     * the inbox and in each room that keeps history (messages written to a socket that died
-     * never reached the application), then acknowledge.
+     * joined room is joined again (op 24) and, once in, caught up; then the inbox.
      */
     catchUp() {
-        // A room the client was in without seeing one of its stored messages has no floor: any
-        // message the room keeps may have come while the connection was down.
-        for (const track of this.roomTracks.values()) {
-            if (track.log.floor === undefined)
-                track.log.floor = 0;
+        this.delivery.connectionStarted();
+        if (this.roomSet.primary !== "") {
+            this.delivery.enterRoom(this.roomSet.primary, true);
         }
-        if (this.primaryRoom !== "") {
-            this.enterRoom(this.primaryRoom, true);
-        }
-        for (const room of this.joined) {
+        for (const room of this.roomSet.extra) {
             this.request(Op.Join, room, Op.JoinReply, (reply) => {
                 if (reply.body.length === 0) {
-                    if (room !== this.primaryRoom)
-                        this.forgetRoom(room);
+                    if (room !== this.roomSet.primary)
+                        this.removeRoom(room, "server");
                     throw new ImgateError("refused", `the server refused to join ${room} again`);
                 }
-                if (this.joined.has(room))
-                    this.enterRoom(room, true);
+                if (this.roomSet.isExtra(room))
+                    this.delivery.enterRoom(room, true);
             }).catch((error) => {
                 // A lost connection joins again on the next one.
                 if (error.code !== "disconnected")
-                    this.emitError(error);
+                    this.emit("error", error);
             });
         }
-        if (this.inbox.log.floor !== undefined) {
-            this.sync(this.inbox);
-        }
-        this.watchGap(this.inbox);
-        this.flushAck();
+        this.delivery.catchUpInbox();
     }
     /**
-     * The connection is in `room` now: the room's log starts (from a saved floor, if there is
-     * one) or goes on. A room is caught up when its log has a floor and it was just entered
-     * (`fresh`, on a new connection) or newly started; a room the connection is in already is
-     * not asked for again.
+     * Drops the connection (if any) and goes on as `after` says: reconnect after a backoff, at
+     * once, or stop.
      */
-    enterRoom(room, fresh) {
-        let track = this.roomTracks.get(room);
-        const started = track === undefined;
-        if (!track) {
-            track = { target: room, log: new SequenceLog(this.resumeFloors.get(room)) };
-            this.resumeFloors.delete(room);
-            this.roomTracks.set(room, track);
-        }
-        if ((fresh || started) && track.log.floor !== undefined) {
-            this.sync(track);
-        }
-        this.watchGap(track);
-    }
-    /** The client is no longer in `room`: its log ends (a later join starts a new one). */
-    forgetRoom(room) {
-        if (room === this.primaryRoom)
-            this.primaryRoom = "";
-        this.joined.delete(room);
-        this.resumeFloors.delete(room);
-        this.dropTrack(room);
-    }
-    dropTrack(room) {
-        const track = this.roomTracks.get(room);
-        if (track) {
-            this.stopGapTimer(track);
-            this.roomTracks.delete(room);
-        }
-    }
-    /** Asks for a log's messages after its floor; `then` runs with the op-23 reply. */
-    sync(track, then) {
-        const body = track.target === "" ? `${track.log.floor}` : `${track.target} ${track.log.floor}`;
-        this.request(Op.Sync, body, Op.SyncReply, (reply) => reply.body.length > 0).then((served) => {
-            if (!served) {
-                this.report("refused", `the server could not serve sync ${body}`);
-            }
-            then?.(served);
-        }, (error) => {
-            if (error.code !== "disconnected")
-                this.emitError(error);
-            then?.(false);
-        });
-    }
-    /**
-     * Drops the socket (if any) and reconnects unless the application closed the client or
-     * turned reconnecting off.
-     */
-    drop(reason, reconnect = true) {
-        const ws = this.socket;
-        if (ws) {
-            this.socket = undefined;
-            ws.onopen = noop;
-            ws.onmessage = noop;
-            ws.onclose = noop;
-            ws.onerror = noop;
-            try {
-                ws.close(reconnect ? 4000 : 1000);
-            }
-            catch {
-                // Already closing or closed.
-            }
-        }
+    drop(reason, after) {
+        this.attemptId++; // a getToken still running belongs to a gone attempt
+        const transport = this.transport;
+        this.transport = undefined;
+        transport?.close(reason, after === "stop" ? 1000 : 4000);
         if (this.phase === "connected" && Date.now() - this.connectedAt >= STABLE_MS) {
             this.attempt = 0;
         }
         this.clearTimer("authTimer");
-        this.clearTimer("deadTimer");
-        if (this.heartbeatTimer !== undefined) {
-            clearInterval(this.heartbeatTimer);
-            this.heartbeatTimer = undefined;
-        }
-        for (const [seq, request] of this.requests) {
-            this.requests.delete(seq);
-            clearTimeout(request.timer);
-            request.reject(new ImgateError("disconnected", `the connection was lost: ${reason}`));
-        }
-        if (reconnect) {
-            this.afterLoss(reason);
-        }
-        else {
-            this.phase = "idle";
-            this.emit("disconnected", { reason, willReconnect: false });
-        }
-    }
-    afterLoss(reason) {
+        this.clearTimer("reconnectTimer");
+        this.clearTimer("refreshTimer");
         const settings = this.options.reconnect ?? true;
-        if (settings === false) {
-            this.phase = "idle";
+        if (after === "stop" || settings === false) {
+            this.setPhase("idle");
             this.emit("disconnected", { reason, willReconnect: false });
             return;
         }
-        const { minDelay = 500, maxDelay = 30000 } = settings === true ? {} : settings;
-        const ceiling = Math.min(maxDelay, minDelay * 2 ** Math.min(this.attempt, 30));
-        // Half fixed, half random: clients dropped together do not come back together.
-        const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+        let delay = 0;
+        // At once only right after a good stretch: a token that expires again at once (a clock
+        // far off, a hook's expire_at in the past) must not turn into a reconnect loop.
+        if (after === "backoff" || this.attempt > 0) {
+            const { minDelay = 500, maxDelay = 30000 } = settings === true ? {} : settings;
+            const ceiling = Math.min(maxDelay, minDelay * 2 ** Math.min(this.attempt, 30));
+            // Half fixed, half random: clients dropped together do not come back together.
+            delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+        }
         this.attempt++;
-        this.phase = "waiting";
+        this.setPhase("waiting");
         this.reconnectTimer = setTimeout(() => this.open(), delay);
         this.emit("disconnected", { reason, willReconnect: true, delay });
     }
-    startHeartbeat() {
-        const interval = this.options.heartbeat ?? 30000;
-        const timeout = this.options.heartbeatTimeout ?? 10000;
-        const beat = () => {
-            this.sendFrame(Op.Heartbeat, this.nextSeq());
-            if (this.deadTimer === undefined) {
-                this.deadTimer = setTimeout(() => this.drop(`no answer to a heartbeat within ${timeout} ms`), timeout);
-            }
-        };
-        beat();
-        this.heartbeatTimer = setInterval(beat, interval);
+    // ----- tokens -----
+    useToken(token) {
+        this.token = token;
+        this.tokenExpiry = tokenExp(token);
     }
-    // ----- receiving -----
-    onData(data) {
-        this.clearTimer("deadTimer");
-        const received = [];
-        try {
-            for (const frame of decodeMessage(toBytes(data))) {
-                if (frame.op === Op.Room) {
-                    const { room, frames } = decodeRoomFrames(frame.body);
-                    for (const inner of frames)
-                        received.push({ frame: inner, room });
+    /**
+     * With `getToken` and a known expiry, asks for a fresh token when three quarters of the
+     * time left have passed (the gateway closes the connection at `exp` plus its leeway).
+     */
+    scheduleRefresh(retry = false) {
+        this.clearTimer("refreshTimer");
+        if (!this.options.getToken || this.tokenExpiry === undefined || this.phase !== "connected") {
+            return;
+        }
+        const left = this.tokenExpiry * 1000 - Date.now();
+        // A retry (op 31 empty: not checked; getToken failed or gave no fresher token) comes
+        // sooner; neither comes in a loop, even past `exp` (the gateway's leeway runs then).
+        const delay = Math.max(MIN_REFRESH_MS, retry ? Math.min(30000, left / 4) : (left * 3) / 4);
+        const due = Date.now() + delay;
+        const arm = () => {
+            const wait = due - Date.now();
+            this.refreshTimer =
+                wait > MAX_TIMER_MS ? setTimeout(arm, MAX_TIMER_MS) : setTimeout(() => this.refresh(), Math.max(0, wait));
+        };
+        arm();
+    }
+    /** Sends a fresh token from `getToken` (op 30); op 31 says until when it holds. */
+    refresh() {
+        this.refreshTimer = undefined;
+        const transport = this.transport;
+        const getToken = this.options.getToken;
+        if (!getToken || !transport || this.phase !== "connected")
+            return;
+        const current = () => this.transport === transport && this.phase === "connected";
+        callTokenSource(getToken)
+            .then((token) => {
+            if (!current())
+                return undefined;
+            if (token === undefined) {
+                // Nothing to renew with: the connection lasts until its token expires.
+                return undefined;
+            }
+            const before = this.tokenExpiry ?? 0;
+            return this.request(Op.Refresh, token, Op.RefreshReply, (reply) => {
+                const exp = refreshedExp(reply);
+                if (exp !== undefined) {
+                    this.token = token;
+                    this.tokenExpiry = exp;
+                }
+                return exp;
+            }).then((exp) => {
+                if (!current())
+                    return;
+                if (exp === undefined) {
+                    this.report("refused", "the gateway could not check the fresh token now; trying again");
+                    this.scheduleRefresh(true);
+                }
+                else if (exp <= before) {
+                    this.report("token", `getToken gave no fresher token (exp ${exp}); trying again`);
+                    this.scheduleRefresh(true);
                 }
                 else {
-                    received.push({ frame });
+                    this.emit("token", { exp });
+                    this.scheduleRefresh();
                 }
+            });
+        })
+            .catch((cause) => {
+            if (!current())
+                return;
+            if (cause instanceof ImgateError) {
+                if (cause.code === "disconnected")
+                    return;
+                this.emit("error", cause);
+                if (cause.code === "unsupported")
+                    return; // an older gateway: no op 30
             }
+            else {
+                this.report("token", `getToken failed: ${describe(cause)}`, cause);
+            }
+            this.scheduleRefresh(true);
+        });
+    }
+    // ----- receiving -----
+    onData(transport, data) {
+        let received;
+        try {
+            received = decodeIncoming(data);
         }
         catch (cause) {
             const detail = cause instanceof FrameError ? cause.message : String(cause);
             this.report("protocol", `malformed message from the server: ${detail}`, cause);
-            this.drop(`protocol error: ${detail}`);
+            this.drop(`protocol error: ${detail}`, "backoff");
             return;
         }
         for (const { frame, room } of received) {
-            if (this.socket === undefined)
-                return; // a listener closed the client
+            if (this.transport !== transport)
+                return; // a listener closed the client, or a kick
             if (room === undefined) {
-                this.onFrame(frame);
+                this.onFrame(transport, frame);
             }
             else if (this.phase === "connected") {
-                this.onRoomPush(room, frame);
+                this.delivery.onRoomPush(room, frame);
             }
         }
-        this.flushAck();
+        this.delivery.flushAck();
     }
-    onFrame(frame) {
+    onFrame(transport, frame) {
+        if (frame.op === Op.Disconnect) {
+            this.onKick(transport, bodyText(frame));
+            return;
+        }
         if (frame.op === Op.AuthReply) {
             if (this.phase === "authenticating" && frame.seq === this.authSeq)
-                this.onAuthenticated();
+                this.onAuthenticated(transport);
             return;
         }
         if (this.phase !== "connected") {
             return; // nothing but the auth reply is expected before auth
         }
         if (frame.op === Op.HeartbeatReply) {
-            const online = frame.body.length >= 4
-                ? new DataView(frame.body.buffer, frame.body.byteOffset, 4).getInt32(0)
-                : 0;
-            this.emit("heartbeat", { online });
+            this.emit("heartbeat", { online: onlineCount(frame) });
             return;
         }
-        const request = this.requests.get(frame.seq);
-        if (request && (frame.op === request.replyOp || frame.op === request.op)) {
-            this.requests.delete(frame.seq);
-            clearTimeout(request.timer);
-            if (frame.op === request.op) {
-                request.reject(new ImgateError("unsupported", `the server does not support op ${request.op}`));
-            }
-            else {
-                request.answer(frame);
-            }
+        if (transport.settle(frame)) {
+            return;
+        }
+        // seq 0: the server joined or left a room for the connection (the business's call).
+        if (frame.seq === 0 && frame.op === Op.JoinReply) {
+            const room = bodyText(frame);
+            if (room !== "")
+                this.addRoom(room, "server", true);
+            return;
+        }
+        if (frame.seq === 0 && frame.op === Op.LeaveReply) {
+            this.removeRoom(bodyText(frame), "server");
             return;
         }
         if (frame.op >= 0 && frame.op <= LAST_PROTOCOL_OP) {
             return; // a late reply, or an op this client does not use
         }
-        this.onPush(frame);
+        this.delivery.onPush(frame);
     }
-    /** A push that names no room: to the user (stored, with a seq), to a key or to everyone. */
-    onPush(frame) {
-        if (frame.seq === 0) {
-            this.deliver([new ImgateMessage(frame.op, 0, "push", undefined, frame.body)]);
-            return;
-        }
-        const message = new ImgateMessage(frame.op, frame.seq, "inbox", undefined, frame.body);
-        this.take(this.inbox, frame.seq, message);
-    }
-    /** A push to `room` (op 28): live, or its history answering a sync. */
-    onRoomPush(room, frame) {
-        const track = this.roomTracks.get(room);
-        if (!track) {
-            return; // history the client asked for before it left the room
-        }
-        const message = new ImgateMessage(frame.op, frame.seq, "room", room, frame.body);
-        if (frame.seq === 0) {
-            this.deliver([message]); // the room keeps no history of it
-            return;
-        }
-        // A room's pushes arrive in order: with no starting point, the first one is it.
-        if (track.log.floor === undefined)
-            track.log.floor = frame.seq - 1;
-        this.take(track, frame.seq, message);
-    }
-    take(track, seq, message) {
-        this.deliver(track.log.offer(seq, message));
-        this.watchGap(track);
-    }
-    /** Keeps a gap timer running exactly while the log waits on a gap. */
-    watchGap(track) {
-        if (track.log.waiting) {
-            this.armGap(track);
+    /** op 6: the server closes the connection and says why; see kick.ts for what follows. */
+    onKick(transport, reason) {
+        const atAuth = this.phase !== "connected";
+        const outcome = afterKick(reason, atAuth, this.options.getToken !== undefined);
+        const after = outcome === "stop" ? "stop" : outcome === "renew" ? "now" : "backoff";
+        if (atAuth) {
+            const refused = new ImgateError("refused", `the server refused auth: ${reason}`);
+            this.emit("error", refused);
+            if (after === "stop")
+                this.stopWaiters(refused);
         }
         else {
-            this.stopGapTimer(track);
+            this.emit("kicked", { reason, final: after === "stop" });
+        }
+        // A listener may have closed the client meanwhile.
+        if (this.transport === transport) {
+            this.drop(atAuth ? `auth refused: ${reason}` : `kicked: ${reason}`, after);
         }
     }
-    /**
-     * A log waits on a gap: after `gapTimeout` ask the server for what is after the floor; when
-     * its answer made no progress, the missing messages are gone and the rest is handed over (a
-     * request that failed or filled part of the gap is tried again).
-     * A log with no starting point (a fresh inbox) just waits `gapTimeout` for stragglers.
-     */
-    armGap(track) {
-        if (track.gapTimer !== undefined)
-            return;
-        track.gapTimer = setTimeout(() => {
-            track.gapTimer = undefined;
-            if (!track.log.waiting)
-                return;
-            if (track.log.floor === undefined) {
-                this.deliver(track.log.skipGap());
-                this.flushAck();
-                this.watchGap(track);
-                return;
-            }
-            if (this.phase !== "connected")
-                return; // the next auth catches up and re-arms
-            const before = track.log.floor;
-            this.sync(track, (answered) => {
-                if (!track.log.waiting || this.phase !== "connected")
-                    return;
-                if (answered && (track.log.floor ?? 0) === before) {
-                    this.deliver(track.log.skipGap());
-                    this.flushAck();
-                }
-                this.watchGap(track);
-            });
-        }, this.options.gapTimeout ?? 500);
+    // ----- rooms -----
+    /** The client is in `room` (besides its main room); `entered`: the connection is in it now. */
+    addRoom(room, by, entered) {
+        const added = this.roomSet.add(room);
+        if (entered && this.roomSet.has(room))
+            this.delivery.enterRoom(room, false);
+        if (added)
+            this.emit("roomJoined", { room, by });
     }
-    stopGapTimer(track) {
-        if (track.gapTimer !== undefined) {
-            clearTimeout(track.gapTimer);
-            track.gapTimer = undefined;
-        }
+    /** The client is no longer in `room`: its log ends (a later join starts a new one). */
+    removeRoom(room, by) {
+        const removed = this.roomSet.remove(room);
+        this.delivery.leaveRoom(room);
+        if (removed)
+            this.emit("roomLeft", { room, by });
     }
-    deliver(messages) {
-        for (const message of messages) {
-            this.emit("message", message);
-        }
-    }
-    /** Acknowledges the inbox up to what the application has had, once per advance. */
-    flushAck() {
-        const floor = this.inbox.log.floor;
-        if ((this.options.acks ?? true) &&
-            this.phase === "connected" &&
-            floor !== undefined &&
-            floor > this.lastAcked) {
-            this.lastAcked = floor;
-            this.sendFrame(Op.Ack, this.nextSeq(), `${floor}`);
-        }
-    }
-    // ----- plumbing -----
     /**
      * The main room is now `room`, as the server does it for op 12: the old main room is left,
      * and a joined room that becomes the main one stays (with its log).
      */
     setPrimaryRoom(room) {
-        if (room === this.primaryRoom)
+        if (room === this.roomSet.primary)
             return;
-        if (this.primaryRoom !== "")
-            this.dropTrack(this.primaryRoom);
-        this.primaryRoom = room;
+        const wasExtra = this.roomSet.isExtra(room);
+        const old = this.roomSet.setPrimary(room);
+        if (old !== "") {
+            this.delivery.leaveRoom(old);
+            this.emit("roomLeft", { room: old, by: "client" });
+        }
         if (room === "")
             return;
-        this.joined.delete(room);
         if (this.phase === "connected")
-            this.enterRoom(room, false);
+            this.delivery.enterRoom(room, false);
+        if (!wasExtra)
+            this.emit("roomJoined", { room, by: "client" });
     }
-    /**
-     * Sends a request and settles it with `answer(reply)`, run as the reply is read (before any
-     * frame after it), or with the error it throws.
-     */
+    // ----- plumbing -----
     request(op, body, replyOp, answer) {
-        if (this.phase !== "connected") {
+        if (this.phase !== "connected" || !this.transport) {
             return Promise.reject(new ImgateError("not_connected", "the client is not connected"));
         }
-        const seq = this.nextSeq();
-        const timeout = this.options.requestTimeout ?? 10000;
-        return new Promise((resolve, reject) => {
-            const timer = setTimeout(() => {
-                this.requests.delete(seq);
-                reject(new ImgateError("timeout", `no reply to op ${op} within ${timeout} ms`));
-            }, timeout);
-            const settle = (reply) => {
-                try {
-                    resolve(answer(reply));
-                }
-                catch (error) {
-                    reject(error);
-                }
-            };
-            this.requests.set(seq, { op, replyOp, answer: settle, reject, timer });
-            this.sendFrame(op, seq, body);
-        });
+        return this.transport.request(op, body, replyOp, this.options.requestTimeout ?? 10000, answer);
     }
-    sendFrame(op, seq, body) {
-        const ws = this.socket;
-        if (!ws || ws.readyState !== OPEN)
-            return;
-        try {
-            ws.send(encodeFrame(op, seq, body));
+    setPhase(phase) {
+        const previous = publicState(this.phase);
+        this.phase = phase;
+        const state = publicState(phase);
+        if (state !== previous)
+            this.emit("state", { state, previous });
+    }
+    stopWaiters(error) {
+        for (const waiter of this.waiters.splice(0)) {
+            waiter.reject(error);
         }
-        catch (cause) {
-            this.report("socket", `sending failed: ${String(cause)}`, cause);
-            this.drop("sending failed");
-        }
-    }
-    /** Request seqs run 1…2^31−1 and skip the ones still waiting for a reply. */
-    nextSeq() {
-        do {
-            this.nextSeqValue = this.nextSeqValue >= 0x7fffffff ? 1 : this.nextSeqValue + 1;
-        } while (this.requests.has(this.nextSeqValue));
-        return this.nextSeqValue;
-    }
-    tracks() {
-        return [this.inbox, ...this.roomTracks.values()];
     }
     clearTimer(name) {
         const timer = this[name];
@@ -685,10 +603,7 @@ export class ImgateClient {
         }
     }
     report(code, message, cause) {
-        this.emitError(new ImgateError(code, message, cause === undefined ? undefined : { cause }));
-    }
-    emitError(error) {
-        this.emit("error", error);
+        this.emit("error", new ImgateError(code, message, cause === undefined ? undefined : { cause }));
     }
     /** Calls each listener; one that throws is reported and never breaks the client. */
     emit(event, value) {
@@ -707,17 +622,32 @@ export class ImgateClient {
         }
     }
 }
-function toBytes(data) {
-    if (data instanceof ArrayBuffer) {
-        return new Uint8Array(data);
+function publicState(phase) {
+    switch (phase) {
+        case "connecting":
+        case "authenticating":
+            return "connecting";
+        case "connected":
+            return "connected";
+        default:
+            return "disconnected";
     }
-    if (ArrayBuffer.isView(data)) {
-        return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+/**
+ * Calls `getToken`, whatever it returns or throws: a token, `undefined` for none, or a
+ * rejection (a token that is not a non-empty string is one).
+ */
+async function callTokenSource(getToken) {
+    const token = await getToken();
+    if (token === null || token === undefined)
+        return undefined;
+    if (typeof token !== "string" || token === "") {
+        throw new TypeError(`getToken must give a non-empty string, got ${JSON.stringify(token)}`);
     }
-    if (typeof data === "string") {
-        throw new FrameError("a text message (frames come as binary messages)");
-    }
-    throw new FrameError(`an unreadable message (${Object.prototype.toString.call(data)})`);
+    return token;
+}
+function describe(cause) {
+    return cause instanceof Error ? cause.message : String(cause);
 }
 function checkOps(ops) {
     if (!Array.isArray(ops) || !ops.every((op) => Number.isInteger(op) && op >= -(2 ** 31) && op < 2 ** 31)) {

@@ -12,10 +12,13 @@ export type ImgateErrorCode =
  | "not_connected"
 /** `close()` was called. */
  | "closed"
+/** `getToken` failed, gave something that is not a token, or gave none. */
+ | "token"
 /**
  * The server said no with an empty reply: a room the token does not allow, a join past the
  * gateway's rooms per connection, a leave of a room the connection is not in, a sync it
- * could not serve.
+ * could not serve; or op 6 instead of the auth reply (auth refused, the reason in the
+ * message).
  */
  | "refused"
 /** The server does not know this op (it echoed the request instead of replying). */

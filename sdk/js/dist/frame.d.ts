@@ -15,6 +15,8 @@ export declare const Op: {
     readonly HeartbeatReply: 3;
     readonly SendMsg: 4;
     readonly SendMsgReply: 5;
+    /** imgate: the server says why it closes the connection (kick, expiry, refused auth). */
+    readonly Disconnect: 6;
     readonly Auth: 7;
     readonly AuthReply: 8;
     readonly Raw: 9;
@@ -33,6 +35,10 @@ export declare const Op: {
     readonly Leave: 26;
     readonly LeaveReply: 27;
     readonly Room: 28;
+    /** imgate: a fresh token for the connection (body: the token). */
+    readonly Refresh: 30;
+    /** imgate: the fresh token was taken (body: `{"exp": …}`, empty when it was not checked). */
+    readonly RefreshReply: 31;
 };
 /** One decoded frame. `seq` is unsigned: stored sequences may pass 2^31. */
 export interface Frame {

@@ -15,6 +15,8 @@ export const Op = {
     HeartbeatReply: 3,
     SendMsg: 4,
     SendMsgReply: 5,
+    /** imgate: the server says why it closes the connection (kick, expiry, refused auth). */
+    Disconnect: 6,
     Auth: 7,
     AuthReply: 8,
     Raw: 9,
@@ -33,6 +35,10 @@ export const Op = {
     Leave: 26,
     LeaveReply: 27,
     Room: 28,
+    /** imgate: a fresh token for the connection (body: the token). */
+    Refresh: 30,
+    /** imgate: the fresh token was taken (body: `{"exp": …}`, empty when it was not checked). */
+    RefreshReply: 31,
 };
 /** Bytes from the server that are not a valid frame (or op-9 batch, or op-28 room frame). */
 export class FrameError extends Error {

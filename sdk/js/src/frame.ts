@@ -17,6 +17,8 @@ export const Op = {
   HeartbeatReply: 3,
   SendMsg: 4,
   SendMsgReply: 5,
+  /** imgate: the server says why it closes the connection (kick, expiry, refused auth). */
+  Disconnect: 6,
   Auth: 7,
   AuthReply: 8,
   Raw: 9,
@@ -35,6 +37,10 @@ export const Op = {
   Leave: 26,
   LeaveReply: 27,
   Room: 28,
+  /** imgate: a fresh token for the connection (body: the token). */
+  Refresh: 30,
+  /** imgate: the fresh token was taken (body: `{"exp": …}`, empty when it was not checked). */
+  RefreshReply: 31,
 } as const;
 
 /** One decoded frame. `seq` is unsigned: stored sequences may pass 2^31. */

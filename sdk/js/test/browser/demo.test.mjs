@@ -3,10 +3,14 @@
 // joined with the page's buttons; a room push shown on both, a private one on its owner's
 // only; a page whose connection is cut mid-stream (by a proxy between it and the gateway)
 // comes back showing what it missed; a room left stops; a message to the business is
-// answered. Saves target/demo.png.
+// answered. Saves target/demo.png. Then the business's side: a room joined from the server
+// (the page's "Join from the server" button) shows up and gets its pushes; on a gateway with
+// signed tokens, a fresh token pasted into the page renews the connection's before it expires.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { createHmac } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { startImgate, repoRoot } from "../support/imgate.mjs";
@@ -47,7 +51,7 @@ after(async () => {
   await gateway?.stop();
 });
 
-async function openAs(mid, { room, ws }) {
+async function openAs(mid, { room, ws, token, apikey, gw = gateway }) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const problems = [];
@@ -60,7 +64,9 @@ async function openAs(mid, { room, ws }) {
   });
   const query = new URLSearchParams({ mid: String(mid), room, connect: "1" });
   if (ws) query.set("ws", ws);
-  await page.goto(`${gateway.httpBase}/demo/?${query}`);
+  if (token) query.set("token", token);
+  if (apikey) query.set("apikey", apikey);
+  await page.goto(`${gw.httpBase}/demo/?${query}`);
   await page.waitForSelector('#status[data-state="on"]', { timeout: 10_000 });
   return { page, problems };
 }
@@ -197,5 +203,64 @@ test("two users in a shared room and a private room each; a cut page catches up 
     assert.deepEqual([...alice.problems, ...bob.problems], []);
   } finally {
     await proxy.close();
+  }
+});
+
+async function waitForNote(page, prefix, timeout = 10_000) {
+  await page.waitForFunction(
+    (p) => [...document.querySelectorAll("#messages li.note")].some((n) => n.textContent.startsWith(p)),
+    prefix,
+    { timeout },
+  );
+}
+
+test("a room joined from the server shows up on the page and gets its pushes", async () => {
+  const room = "chat://srv-611";
+  const { page, problems } = await openAs(611, { room: "live://browser-611" });
+  await page.fill("#server-join-room", room);
+  await page.click("#server-join-button");
+  await page.waitForSelector(roomItem(room), { timeout: 5000 });
+  await waitForNote(page, `the server joined you to ${room}`);
+  await gateway.push("/goim/push/room?operation=1001&type=chat&room=srv-611&history=1", "from the server's room");
+  await waitForBody(page, "from the server's room");
+  const shown = await shownMessages(page);
+  assert.deepEqual(shown, [["room", room, "from the server's room"]]);
+  assert.deepEqual(problems, []);
+});
+
+test("with signed tokens, a fresh token pasted into the page renews the connection's", async () => {
+  const secret = "browser-secret";
+  const apikey = "browser-api-key";
+  const dir = mkdtempSync(path.join(tmpdir(), "imgate-sdk-browser-"));
+  const file = path.join(dir, "imgate.toml");
+  writeFileSync(
+    file,
+    ["[auth]", `jwt_secret = "${secret}"`, `api_key = "${apikey}"`, 'leeway = "1s"', "[logic]", "demo = true", ""].join("\n"),
+  );
+  const signed = await startImgate({ args: ["--config", file] });
+  const b64url = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const sign = (mid, ttl) => {
+    const exp = Math.floor(Date.now() / 1000) + ttl;
+    const head = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url({ sub: String(mid), exp })}`;
+    return { exp, token: `${head}.${createHmac("sha256", secret).update(head).digest("base64url")}` };
+  };
+  try {
+    const first = sign(612, 5);
+    const { page, problems } = await openAs(612, { room: "live://browser-612", token: first.token, apikey, gw: signed });
+    await page.fill("#token", sign(612, 600).token);
+    await waitForNote(page, "token renewed", 10_000);
+    // Past the first token's exp and the gateway's leeway: still the same connection.
+    while (Date.now() / 1000 < first.exp + 2.5) await page.waitForTimeout(200);
+    assert.equal(await page.getAttribute("#status", "data-state"), "on");
+    const notes = await page.$$eval("#messages li.note", (nodes) => nodes.map((n) => n.textContent));
+    assert.ok(!notes.some((n) => /disconnected|offline/.test(n)), JSON.stringify(notes));
+    await signed.push("/goim/push/mids?operation=1000&mids=612", "after the old exp", {
+      Authorization: `Bearer ${apikey}`,
+    });
+    await waitForBody(page, "after the old exp");
+    assert.deepEqual(problems, []);
+  } finally {
+    await signed.stop();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -202,7 +202,7 @@ test("joined rooms are joined again after mid-stream cuts; their history misses 
   }
   assert.deepEqual(c.rooms, [main, ...kept, plain]);
   assert.deepEqual(r.errors, []);
-  for (const room of [main, ...kept]) assert.equal(c.state.roomSeqs[room], expected, `${room}'s floor`);
+  for (const room of [main, ...kept]) assert.equal(c.checkpoint.roomSeqs[room], expected, `${room}'s floor`);
 });
 
 test("send() resolves with the op-5 answer of its own seq, empty while no business answers", async () => {

@@ -149,7 +149,7 @@ test("stored messages are handed over once, in order, and the inbox is acknowled
   await comet.until(() => comet.sent(conn, Op.Ack).some((f) => text(f) === "4"), "ack 4");
   const acks = comet.sent(conn, Op.Ack).map(text);
   assert.deepEqual(acks, [...acks].sort((a, b) => a - b), "acks only go up");
-  assert.equal(client.state.inboxSeq, 4);
+  assert.equal(client.checkpoint.inboxSeq, 4);
 });
 
 test("without acks the client still orders and dedupes but never sends op 20", async () => {
@@ -188,7 +188,7 @@ test("a gap the server cannot fill is skipped after its sync, not waited on fore
   await r.until(() => r.messages.length === 2, "m3 after the skip");
   assert.deepEqual(r.texts(), ["m1", "m3"]);
   assert.equal(comet.sent(conn, Op.Sync).length, 1);
-  assert.equal(client.state.inboxSeq, 3);
+  assert.equal(client.checkpoint.inboxSeq, 3);
 });
 
 test("room pushes come tagged with their room: history by room sequence, the rest as it comes", async () => {
@@ -213,7 +213,7 @@ test("room pushes come tagged with their room: history by room sequence, the res
   assert.deepEqual(log("room", "live://9"), [[1, "main 1"], [2, "main 2"]]);
   assert.deepEqual(log("room", "chat://a"), [[1, "a 1"], [0, "a, not kept"]]);
   assert.equal(r.messages.length, 6, "nothing else: not twice, not from a room it is not in");
-  assert.deepEqual(client.state, { inboxSeq: 2, roomSeqs: { "live://9": 2, "chat://a": 1 } });
+  assert.deepEqual(client.checkpoint, { inboxSeq: 2, roomSeqs: { "live://9": 2, "chat://a": 1 } });
   assert.deepEqual(r.errors, []);
 });
 
@@ -226,7 +226,7 @@ test("a room's first stored message is where its log starts: what came before is
   await r.until(() => r.messages.length === 2, "two messages");
   await sleep(250); // two gap timeouts
   assert.deepEqual(comet.sent(conn, Op.Sync), []);
-  assert.equal(client.state.roomSeqs["live://9"], 42);
+  assert.equal(client.checkpoint.roomSeqs["live://9"], 42);
 });
 
 test("a reconnect joins every room again, then catches up the inbox and each room", async () => {
@@ -296,7 +296,7 @@ test("options resume the logs where a previous page left them", async () => {
   await comet.until(() => comet.sent(conn, Op.Sync).length === 2, "two syncs");
   assert.deepEqual(comet.sent(conn, Op.Sync).map(text).sort(), ["17", "live://5 8"]);
   // A saved room is caught up when the client enters it, and stays in the state till then.
-  assert.deepEqual(client.state.roomSeqs, { "live://5": 8, "chat://later": 3 });
+  assert.deepEqual(client.checkpoint.roomSeqs, { "live://5": 8, "chat://later": 3 });
   await client.join("chat://later");
   await comet.until(() => comet.sent(conn, Op.Sync).length === 3, "the joined room's sync");
   assert.equal(text(comet.sent(conn, Op.Sync)[2]), "chat://later 3");
@@ -443,7 +443,7 @@ test("switchRoom to a joined room makes it the main room and leaves the old one"
   await client.switchRoom("chat://a");
   assert.equal(client.room, "chat://a");
   assert.deepEqual(client.joinedRooms, []);
-  assert.deepEqual(client.state.roomSeqs, { "chat://a": 3 }, "the joined room keeps its log");
+  assert.deepEqual(client.checkpoint.roomSeqs, { "chat://a": 3 }, "the joined room keeps its log");
   conn.socket.send(roomFrames("live://old", { op: 1000, body: "old" }));
   conn.socket.send(roomFrames("chat://a", { op: 1000, seq: 4, body: "a 4" }));
   await r.until(() => r.messages.length === 2, "a's next push");
