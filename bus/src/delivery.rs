@@ -55,6 +55,15 @@ impl DeliveryGuard {
     }
 }
 
+/// Closes a consumer's event queue and abandons what job never took from it: dropped, their
+/// guards would report them delivered, and the last commit or acknowledgement would pass them.
+pub(crate) fn abandon_unread(events: &mut tokio::sync::mpsc::Receiver<crate::BusEvent>) {
+    events.close();
+    while let Ok(event) = events.try_recv() {
+        event.abandon();
+    }
+}
+
 impl crate::BusEvent {
     /// Abandons the guard of a message event that will never be handed on (see
     /// [`DeliveryGuard::abandon`]); other events are simply dropped.

@@ -266,20 +266,9 @@ impl KafkaConsumer {
     }
 }
 
-impl KafkaConsumer {
-    /// Abandons the events job never took: dropped, their guards would report them
-    /// delivered, and the last commit would pass them.
-    fn abandon_unread(&mut self) {
-        self.events.close();
-        while let Ok(event) = self.events.try_recv() {
-            event.abandon();
-        }
-    }
-}
-
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
-        self.abandon_unread();
+        crate::delivery::abandon_unread(&mut self.events);
         self.shared.stop.store(true, Ordering::Relaxed);
     }
 }
@@ -292,7 +281,7 @@ impl BusConsumer for KafkaConsumer {
 
     async fn close(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        self.abandon_unread();
+        crate::delivery::abandon_unread(&mut self.events);
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }

@@ -164,20 +164,9 @@ impl NatsConsumer {
     }
 }
 
-impl NatsConsumer {
-    /// Abandons the events job never took: dropped, their guards would report them
-    /// delivered, and the last acknowledgement would pass them.
-    fn abandon_unread(&mut self) {
-        self.events.close();
-        while let Ok(event) = self.events.try_recv() {
-            event.abandon();
-        }
-    }
-}
-
 impl Drop for NatsConsumer {
     fn drop(&mut self) {
-        self.abandon_unread();
+        crate::delivery::abandon_unread(&mut self.events);
         let _ = self.stop.send(true);
     }
 }
@@ -190,7 +179,7 @@ impl BusConsumer for NatsConsumer {
 
     async fn close(&mut self) {
         let _ = self.stop.send(true);
-        self.abandon_unread();
+        crate::delivery::abandon_unread(&mut self.events);
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(REVOKE_WAIT * 2, task).await;
         }
